@@ -1,0 +1,6 @@
+import sys
+
+from quantlab.cli import entry
+
+if __name__ == "__main__":
+    sys.exit(entry())

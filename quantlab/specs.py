@@ -1,0 +1,392 @@
+"""Specs: the frozen values the planner reads and the lab is configured by.
+
+Everything here is a value (``frozen=True``); ``__post_init__`` validates and nothing else.
+Closed choices are ``Enum``s whose values are the strings the CLI accepts.
+
+Assumptions (numbered, referred to from the planner):
+
+1. Architecture fields carry the names of HF ``config.json`` (hidden_size, num_hidden_layers, ...),
+   so a profile is copied from a config, not invented. GPT-2's own names (n_embd, n_layer, ...)
+   are mapped onto them by :meth:`ModelSpec.from_hf_config`.
+2. A model is a stack of identical decoder blocks between an input embedding and an output head
+   (lm_head), which may be tied to the embedding. Every family shipped here follows that shape.
+3. The linears of a block are listed by :meth:`ModelSpec.block_linears` with the module names
+   transformers uses, so LoRA targets and quantization skip-lists can name them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Mapping
+
+from quantlab.errors import QuantlabError
+
+
+class SpecError(QuantlabError, ValueError):
+    """A spec that cannot describe a real configuration. Its message is one line for the user."""
+
+
+class Precision(str, Enum):
+    """Storage format of the base weights."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+    INT8 = "int8"  # LLM.int8 (bitsandbytes): int8 weights + one fp32 scale per output row
+    NF4 = "nf4"  # bitsandbytes 4-bit NormalFloat, 64-weight blocks with absmax
+    FP4 = "fp4"  # bitsandbytes 4-bit float, same block layout as NF4
+    INT4 = "int4"  # GPTQ/AWQ-style int4 with a group size (scales + zeros per group)
+    FP8 = "fp8"  # e4m3 weights with a per-tensor (or per-row) scale
+
+    @property
+    def is_float(self) -> bool:
+        return self in (Precision.FP32, Precision.FP16, Precision.BF16)
+
+    @property
+    def is_kbit(self) -> bool:
+        """Quantized storage (only quantizable linears take it)."""
+        return not self.is_float
+
+
+class DType(str, Enum):
+    """A compute / activation / KV-cache dtype."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+    FP8 = "fp8"
+
+    @property
+    def nbytes(self) -> int:
+        return {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1}[self.value]
+
+
+class Method(str, Enum):
+    INFERENCE = "inference"
+    FULL = "full"
+    FREEZE = "freeze"
+    LORA = "lora"
+    QLORA = "qlora"
+    ADAPTER = "adapter"  # bottleneck adapters (Houlsby)
+    PREFIX = "prefix"  # prefix tuning (per-layer key/value prefixes)
+    PROMPT = "prompt"  # prompt tuning / P-tuning (virtual input tokens)
+    IA3 = "ia3"
+
+    @property
+    def is_training(self) -> bool:
+        return self is not Method.INFERENCE
+
+    @property
+    def is_peft(self) -> bool:
+        return self in (Method.LORA, Method.QLORA, Method.ADAPTER, Method.PREFIX, Method.PROMPT, Method.IA3)
+
+
+class Optimizer(str, Enum):
+    ADAMW = "adamw"
+    ADAMW_8BIT = "adamw-8bit"
+    PAGED_ADAMW = "paged-adamw"
+    PAGED_ADAMW_8BIT = "paged-adamw-8bit"
+    SGD = "sgd"
+    SGD_MOMENTUM = "sgd-momentum"
+    ADAFACTOR = "adafactor"
+    LION = "lion"
+
+
+class TrainingPrecision(str, Enum):
+    PURE = "pure"  # weights, grads and optimizer states in the compute dtype
+    AMP = "amp"  # fp32 master weights and states, autocast to the compute dtype
+
+
+class Attention(str, Enum):
+    EAGER = "eager"  # materialises heads x seq x seq scores (and keeps them for backward)
+    SDPA = "sdpa"  # fused kernel: no seq^2 tensor kept
+
+
+class Offload(str, Enum):
+    NONE = "none"
+    OPTIMIZER = "optimizer"
+    PARAMS = "params"  # parameters and optimizer states
+
+
+class DeviceMode(str, Enum):
+    """Where the plan is for. ``cpu`` has no CUDA context and no caching-allocator reserve."""
+
+    CUDA = "cuda"
+    CPU = "cpu"
+
+
+@dataclass(frozen=True)
+class LinearShape:
+    """One linear module of a decoder block, with the name transformers gives it."""
+
+    name: str
+    in_features: int
+    out_features: int
+    bias: bool = False
+    count: int = 1  # > 1 for MoE experts (one module per expert)
+
+    @property
+    def params(self) -> int:
+        return self.count * (self.in_features * self.out_features + (self.out_features if self.bias else 0))
+
+
+_GPT2_KEYS = {"n_embd": "hidden_size", "n_layer": "num_hidden_layers", "n_head": "num_attention_heads",
+              "n_positions": "max_position_embeddings", "n_inner": "intermediate_size"}
+
+FAMILIES = ("llama", "mistral", "qwen2", "mixtral", "gemma2", "phi3", "gpt2")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A decoder-only transformer, in HF config.json terms (assumption 1)."""
+
+    name: str
+    model_type: str
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    vocab_size: int
+    num_key_value_heads: int | None = None
+    head_dim_: int | None = None  # config.json "head_dim" when given (gemma2); else hidden/heads
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = 2048
+    hidden_act: str = "silu"
+    attention_bias: bool = False  # bias on q/k/v (qwen2: true)
+    mlp_bias: bool = False
+    num_local_experts: int = 0  # MoE: experts per layer (0 = dense)
+    num_experts_per_tok: int = 0
+    sliding_window: int | None = None
+    hf_id: str | None = None
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.model_type not in FAMILIES:
+            raise SpecError(f"model_type {self.model_type!r} is not supported (supported: {', '.join(FAMILIES)})")
+        for f in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
+                  "max_position_embeddings"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise SpecError(f"{self.name}: {f} must be a positive integer, got {v!r}")
+        if self.num_attention_heads % self.kv_heads:
+            raise SpecError(f"{self.name}: num_attention_heads {self.num_attention_heads} is not a multiple of "
+                            f"num_key_value_heads {self.kv_heads}")
+        if self.num_local_experts and not 0 < self.num_experts_per_tok <= self.num_local_experts:
+            raise SpecError(f"{self.name}: num_experts_per_tok must be in 1..num_local_experts")
+
+    # ---- derived -------------------------------------------------------------------------
+    @property
+    def kv_heads(self) -> int:
+        return self.num_key_value_heads or self.num_attention_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.head_dim_ or self.hidden_size // self.num_attention_heads
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_local_experts > 0
+
+    @property
+    def uses_layernorm(self) -> bool:
+        """LayerNorm (weight + bias) rather than RMSNorm (weight only)."""
+        return self.model_type == "gpt2"
+
+    @property
+    def norms_per_block(self) -> int:
+        return 4 if self.model_type == "gemma2" else 2
+
+    @property
+    def gated_mlp(self) -> bool:
+        """SwiGLU/GeGLU (gate, up, down) rather than a two-linear GeLU MLP."""
+        return self.model_type != "gpt2"
+
+    def block_linears(self) -> tuple[LinearShape, ...]:
+        """The linears of one decoder block (assumption 3)."""
+        h, d, i = self.hidden_size, self.head_dim, self.intermediate_size
+        q, kv = self.num_attention_heads * d, self.kv_heads * d
+        t = self.model_type
+        if t == "gpt2":
+            return (LinearShape("c_attn", h, 3 * h, True), LinearShape("attn.c_proj", h, h, True),
+                    LinearShape("c_fc", h, i, True), LinearShape("mlp.c_proj", i, h, True))
+        if t == "phi3":
+            attn = (LinearShape("qkv_proj", h, q + 2 * kv, self.attention_bias),
+                    LinearShape("o_proj", q, h, self.attention_bias))
+            return attn + (LinearShape("gate_up_proj", h, 2 * i, self.mlp_bias), LinearShape("down_proj", i, h, self.mlp_bias))
+        o_bias = self.attention_bias and t not in ("qwen2",)  # qwen2: bias on q/k/v only
+        attn = (LinearShape("q_proj", h, q, self.attention_bias), LinearShape("k_proj", h, kv, self.attention_bias),
+                LinearShape("v_proj", h, kv, self.attention_bias), LinearShape("o_proj", q, h, o_bias))
+        if self.is_moe:
+            e = self.num_local_experts
+            return attn + (LinearShape("gate", h, e, False), LinearShape("w1", h, i, False, e),
+                           LinearShape("w3", h, i, False, e), LinearShape("w2", i, h, False, e))
+        return attn + (LinearShape("gate_proj", h, i, self.mlp_bias), LinearShape("up_proj", h, i, self.mlp_bias),
+                       LinearShape("down_proj", i, h, self.mlp_bias))
+
+    # ---- construction --------------------------------------------------------------------
+    @classmethod
+    def from_hf_config(cls, config: Mapping[str, Any], *, name: str | None = None, hf_id: str | None = None,
+                       source: str | None = None) -> "ModelSpec":
+        """Build from a config.json mapping (assumption 1). Raises SpecError on a malformed one."""
+        if not isinstance(config, Mapping):
+            raise SpecError("config must be a JSON object")
+        c = dict(config)
+        mt = c.get("model_type")
+        if mt == "gpt2":
+            for old, new in _GPT2_KEYS.items():
+                if old in c and new not in c:
+                    c[new] = c[old]
+            if c.get("intermediate_size") is None:
+                c["intermediate_size"] = 4 * c.get("hidden_size", 0)
+            c.setdefault("hidden_act", c.get("activation_function", "gelu_new"))
+            c.setdefault("tie_word_embeddings", True)
+        if mt == "mistral" and c.get("num_local_experts"):
+            mt = "mixtral"
+        missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+                   if c.get(k) is None]
+        if mt is None:
+            missing.insert(0, "model_type")
+        if missing:
+            raise SpecError(f"config is missing {', '.join(missing)}")
+        if c.get("intermediate_size") is None:
+            raise SpecError("config is missing intermediate_size")
+        act = c.get("hidden_act") or c.get("hidden_activation") or "silu"
+        return cls(
+            name=name or c.get("_name_or_path") or mt,
+            model_type=mt,
+            hidden_size=c["hidden_size"],
+            num_hidden_layers=c["num_hidden_layers"],
+            num_attention_heads=c["num_attention_heads"],
+            intermediate_size=c["intermediate_size"],
+            vocab_size=c["vocab_size"],
+            num_key_value_heads=c.get("num_key_value_heads"),
+            head_dim_=c.get("head_dim"),
+            tie_word_embeddings=bool(c.get("tie_word_embeddings", mt == "gemma2")),
+            max_position_embeddings=c.get("max_position_embeddings") or 2048,
+            hidden_act=act,
+            attention_bias=bool(c.get("attention_bias", mt == "qwen2")),
+            mlp_bias=bool(c.get("mlp_bias", False)),
+            num_local_experts=c.get("num_local_experts") or 0,
+            num_experts_per_tok=c.get("num_experts_per_tok") or 0,
+            sliding_window=c.get("sliding_window") if c.get("use_sliding_window", True) else None,
+            hf_id=hf_id,
+            source=source,
+        )
+
+
+@dataclass(frozen=True)
+class Sourced:
+    """A number with where it comes from: basis is 'datasheet', 'measured' or 'assumed'."""
+
+    value: float | int | None
+    basis: str
+    source: str
+
+    def __post_init__(self) -> None:
+        if self.basis not in ("datasheet", "measured", "assumed"):
+            raise SpecError(f"basis must be datasheet, measured or assumed, got {self.basis!r}")
+
+
+@dataclass(frozen=True)
+class GPUSpec:
+    """An accelerator kind. Throughputs are dense (no sparsity), in FLOP/s (OP/s for int8)."""
+
+    name: str
+    vendor: str
+    memory_bytes: int
+    memory_bandwidth_bytes_per_s: float
+    flops: Mapping[str, float | None]  # keys: fp32, tf32, bf16, fp16, int8, fp8; None = not supported
+    bf16_supported: bool
+    fp8_supported: bool
+    interconnect: str
+    interconnect_bandwidth_bytes_per_s: float | None
+    price_usd_per_hour: float | None
+    aliases: tuple[str, ...] = ()
+    nvml_names: tuple[str, ...] = ()  # substrings of the NVML device name that identify it
+    sources: Mapping[str, Sourced] = field(default_factory=dict)  # field name -> provenance
+
+    def __post_init__(self) -> None:
+        if self.memory_bytes <= 0:
+            raise SpecError(f"{self.name}: memory_bytes must be positive")
+
+    def with_memory(self, memory_bytes: int) -> "GPUSpec":
+        return dataclasses.replace(self, memory_bytes=memory_bytes)
+
+
+ALL_LINEAR = "all-linear"
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """One configuration to plan (and, in the lab, to measure): model, method, precision, workload.
+
+    ``seq`` is tokens per sequence: the training sequence length, or for inference the whole context
+    (prompt plus generated tokens) the KV cache holds. Sizes are per GPU before sharding;
+    ``batch`` is the micro-batch per GPU (``grad_accum`` micro-batches make one optimizer step).
+    """
+
+    model: ModelSpec
+    method: Method = Method.INFERENCE
+    precision: Precision = Precision.BF16  # storage of the base weights
+    compute_dtype: DType = DType.BF16
+    training_precision: TrainingPrecision = TrainingPrecision.PURE
+    double_quant: bool = False
+    group_size: int = 128  # int4 (GPTQ/AWQ-style) quantization group
+    optimizer: Optimizer = Optimizer.ADAMW
+    batch: int = 1
+    seq: int = 2048
+    kv_dtype: DType | None = None  # None: the compute dtype
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")  # or (ALL_LINEAR,)
+    freeze_last_layers: int = 2  # method=freeze: the last k blocks train ...
+    freeze_modules: tuple[str, ...] = ()  # ... or these named modules (e.g. lm_head)
+    adapter_size: int = 64  # bottleneck adapter width
+    num_virtual_tokens: int = 20  # prefix / prompt tuning
+    grad_checkpointing: bool = False
+    attn: Attention = Attention.SDPA
+    grad_accum: int = 1
+    num_gpus: int = 1
+    zero: int = 0  # DeepSpeed ZeRO stage 0..3
+    fsdp: str | None = None  # "full_shard" | "shard_grad_op"
+    offload: Offload = Offload.NONE
+    tp: int = 1  # tensor-parallel degree
+    device: DeviceMode = DeviceMode.CUDA
+
+    def __post_init__(self) -> None:
+        for f in ("batch", "seq", "lora_r", "lora_alpha", "group_size", "grad_accum", "num_gpus", "tp",
+                  "adapter_size", "num_virtual_tokens"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise SpecError(f"{f.replace('_', '-')} must be a positive integer, got {v!r}")
+        if self.freeze_last_layers < 0 or self.freeze_last_layers > self.model.num_hidden_layers:
+            raise SpecError(f"freeze-last-layers must be in 0..{self.model.num_hidden_layers}")
+        if self.zero not in (0, 1, 2, 3):
+            raise SpecError(f"zero must be 0, 1, 2 or 3, got {self.zero!r}")
+        if self.fsdp not in (None, "full_shard", "shard_grad_op"):
+            raise SpecError(f"fsdp must be full_shard or shard_grad_op, got {self.fsdp!r}")
+        if self.fsdp and self.zero:
+            raise SpecError("choose ZeRO or FSDP, not both")
+        if self.num_gpus % self.tp:
+            raise SpecError(f"num-gpus {self.num_gpus} is not a multiple of the tensor-parallel degree {self.tp}")
+        if self.method is Method.QLORA and self.precision not in (Precision.NF4, Precision.FP4):
+            raise SpecError(f"QLoRA trains LoRA adapters on 4-bit (nf4/fp4) weights, not {self.precision.value}; "
+                            "use --method lora for unquantized weights")
+        if self.method in (Method.FULL, Method.FREEZE) and self.precision.is_kbit:
+            raise SpecError(f"{self.method.value} fine-tuning cannot update {self.precision.value} weights; "
+                            "use --method qlora (or lora) on quantized weights")
+        if self.double_quant and self.precision not in (Precision.NF4, Precision.FP4):
+            raise SpecError("double quantization applies to nf4/fp4 weights only")
+        if self.device is DeviceMode.CPU and self.num_gpus > 1:
+            raise SpecError("a CPU plan is for one process; num-gpus must be 1")
+
+    @property
+    def world_size(self) -> int:
+        return self.num_gpus
+
+    @property
+    def dp(self) -> int:
+        """Data-parallel degree."""
+        return self.num_gpus // self.tp

@@ -1,0 +1,27 @@
+"""Units. Integer bytes inside; GiB (binary, 2**30) or GB (decimal, 10**9) only at display."""
+
+from __future__ import annotations
+
+GiB = 1 << 30
+MiB = 1 << 20
+GB = 10**9
+
+
+def fmt_bytes(n: int | float | None, unit: str = "GiB", digits: int = 2) -> str:
+    """The one display helper for byte counts: ``fmt_bytes(3 * GiB) == '3.00 GiB'``."""
+    if n is None:
+        return "-"
+    div = {"GiB": GiB, "MiB": MiB, "GB": GB, "B": 1}[unit]
+    if unit == "B":
+        return f"{int(n):,} B"
+    return f"{n / div:.{digits}f} {unit}"
+
+
+def fmt_count(n: int | None) -> str:
+    """Parameter counts: 6,738,415,616 -> '6.74 B'."""
+    if n is None:
+        return "-"
+    for div, suffix in ((10**12, "T"), (10**9, "B"), (10**6, "M"), (10**3, "K")):
+        if abs(n) >= div:
+            return f"{n / div:.2f} {suffix}"
+    return str(n)
