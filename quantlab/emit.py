@@ -1,0 +1,265 @@
+"""Ready-to-run launch configurations for a planned sharding: accelerate, DeepSpeed, FSDP.
+
+``emit(cfg, kind, out_dir)`` writes the files and returns their paths; ``launch_command`` is the
+``accelerate launch`` line that uses them. The files are checked by the tools' own parsers in
+``tests/test_emit.py`` (accelerate's ``ClusterConfig`` and launch-time plugins, DeepSpeed's
+``DeepSpeedConfig``).
+
+What each kind writes (all in ``out_dir``):
+
+- ``accelerate``: ``accelerate_config.yaml`` for the plan as it is: plain data parallel
+  (``MULTI_GPU``; ``NO`` on one GPU), or, when the plan uses ZeRO or FSDP, the same settings inline
+  (accelerate's own ``deepspeed_config`` / ``fsdp_config`` keys).
+- ``deepspeed``: ``ds_config.json`` (ZeRO stage, offload, bucket sizes, precision, batch) and an
+  ``accelerate_config.yaml`` that points at it (``distributed_type: DEEPSPEED``).
+- ``fsdp``: ``accelerate_config.yaml`` with ``distributed_type: FSDP`` and its ``fsdp_config``.
+- always: ``launch.sh``, the ``accelerate launch`` command line.
+
+Choices the plan does not fix, and why:
+
+1. Bucket sizes follow the values transformers' DeepSpeed integration fills in for ``auto``
+   (``transformers/integrations/deepspeed.py``): ``reduce_bucket_size = hidden²``,
+   ``stage3_prefetch_bucket_size = 0.9·hidden²``, ``stage3_param_persistence_threshold = 10·hidden``;
+   ``allgather_bucket_size = hidden²`` for stages 1-2. They scale with the layer sizes, which the
+   fixed DeepSpeed defaults (5e8) do not.
+2. ``train_batch_size`` is left out of the DeepSpeed file: DeepSpeed derives it as micro-batch ×
+   accumulation × world size, so the file stays right for any number of processes.
+3. Mixed precision: AMP plans run ``mixed_precision: bf16``/``fp16`` (fp32 master weights);
+   pure-precision plans load the model in the compute dtype and run ``mixed_precision: no``
+   (DeepSpeed: its ``bf16``/``fp16`` section, which is how DeepSpeed keeps bf16 weights).
+4. FSDP uses accelerate's FSDP2 (``fsdp_version: 2``), wrapping each decoder block
+   (``TRANSFORMER_BASED_WRAP`` with the block class transformers gives the family). full_shard
+   reshards after forward; shard_grad_op keeps parameters gathered until backward. FSDP offload
+   moves parameters, gradients and optimizer states together (it has no optimizer-only offload).
+5. With optimizer offload, DeepSpeed runs its CPU Adam only for an optimizer named in its config,
+   so the file names AdamW with ``auto`` values that accelerate fills from ``DummyOptim``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from pathlib import Path
+
+from quantlab.errors import QuantlabError
+from quantlab.fileio import atomic_write_text
+from quantlab.specs import DType, Method, Offload, PlanConfig, Precision, TrainingPrecision
+
+KINDS = ("accelerate", "deepspeed", "fsdp")
+ACCELERATE_YAML = "accelerate_config.yaml"
+DS_JSON = "ds_config.json"
+LAUNCH_SH = "launch.sh"
+GPUS_PER_NODE = 8
+
+# transformers' decoder-block class per family: what FSDP wraps as one unit (choice 4)
+BLOCK_CLASS = {"llama": "LlamaDecoderLayer", "mistral": "MistralDecoderLayer", "qwen2": "Qwen2DecoderLayer",
+               "mixtral": "MixtralDecoderLayer", "gemma2": "Gemma2DecoderLayer", "phi3": "Phi3DecoderLayer",
+               "gpt2": "GPT2Block"}
+
+
+def add_emit_argument(parser: argparse.ArgumentParser) -> None:
+    """``--emit KIND`` and ``--emit-dir DIR`` for ``quantlab plan``."""
+    parser.add_argument("--emit", choices=KINDS, default=None,
+                        help="also write a ready launch configuration for the planned sharding: an accelerate config "
+                             "YAML, a DeepSpeed JSON (ZeRO stage, offload, bucket sizes) or FSDP settings, plus the "
+                             "'accelerate launch' command line (launch.sh)")
+    parser.add_argument("--emit-dir", default="launch", metavar="DIR",
+                        help="folder for the --emit files (default: ./launch; existing files there are replaced)")
+
+
+def mixed_precision(cfg: PlanConfig) -> str:
+    """accelerate's ``mixed_precision`` for the plan (choice 3)."""
+    if cfg.training_precision is TrainingPrecision.AMP and cfg.compute_dtype in (DType.BF16, DType.FP16):
+        return cfg.compute_dtype.value
+    if cfg.compute_dtype is DType.FP8:
+        return "fp8"
+    return "no"
+
+
+def _check(cfg: PlanConfig, kind: str) -> None:
+    if kind not in KINDS:
+        raise QuantlabError(f"--emit must be one of {', '.join(KINDS)}, got {kind!r}")
+    if not cfg.method.is_training:
+        raise QuantlabError("--emit writes training launch configurations; this plan is for inference")
+    if kind == "deepspeed" and cfg.fsdp:
+        raise QuantlabError(f"the plan shards with FSDP ({cfg.fsdp}); use --emit fsdp, or plan with --zero N for DeepSpeed")
+    if kind == "fsdp" and cfg.zero:
+        raise QuantlabError(f"the plan shards with ZeRO-{cfg.zero}; use --emit deepspeed, or plan with --fsdp for FSDP")
+    if cfg.tp > 1:
+        raise QuantlabError("tensor parallel training is not emitted (accelerate/DeepSpeed configs here are data "
+                            "parallel); plan with --tp 1")
+    if cfg.offload is Offload.PARAMS and cfg.zero and cfg.zero < 3:
+        raise QuantlabError(f"parameter offload needs ZeRO-3, the plan uses ZeRO-{cfg.zero}")
+    if cfg.offload is not Offload.NONE and not (cfg.zero or cfg.fsdp) and kind == "accelerate":
+        raise QuantlabError("offload needs DeepSpeed ZeRO or FSDP; plan with --zero 2/3 or --fsdp, "
+                            "or use --emit deepspeed")
+
+
+def _fsdp_strategy(cfg: PlanConfig) -> str:
+    return cfg.fsdp or "full_shard"
+
+
+def _zero_stage(cfg: PlanConfig) -> int:
+    """The ZeRO stage to write: the plan's, or the lowest one that carries its offload."""
+    if cfg.zero:
+        return cfg.zero
+    return {Offload.NONE: 0, Offload.OPTIMIZER: 2, Offload.PARAMS: 3}[cfg.offload]
+
+
+def deepspeed_config(cfg: PlanConfig) -> dict:
+    """The DeepSpeed JSON document for ``cfg`` (choices 1-3, 5)."""
+    h = cfg.model.hidden_size
+    stage = _zero_stage(cfg)
+    zero: dict = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True,
+                  "reduce_bucket_size": h * h}
+    if stage in (1, 2):
+        zero["allgather_bucket_size"] = h * h
+        zero["reduce_scatter"] = True
+    if stage == 3:
+        zero.update(stage3_prefetch_bucket_size=int(0.9 * h * h), stage3_param_persistence_threshold=10 * h,
+                    stage3_max_live_parameters=int(1e9), stage3_max_reuse_distance=int(1e9),
+                    stage3_gather_16bit_weights_on_model_save=True)
+    if cfg.offload is not Offload.NONE:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if cfg.offload is Offload.PARAMS:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    doc: dict = {
+        "train_micro_batch_size_per_gpu": cfg.batch,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "gradient_clipping": 1.0,
+        "zero_optimization": zero,
+        "steps_per_print": 100,
+        "wall_clock_breakdown": False,
+    }
+    if cfg.compute_dtype is DType.BF16:
+        doc["bf16"] = {"enabled": True}
+    elif cfg.compute_dtype is DType.FP16:
+        doc["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
+                       "hysteresis": 2, "min_loss_scale": 1}
+    if cfg.offload is not Offload.NONE:
+        doc["optimizer"] = {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto",
+                                                        "weight_decay": "auto"}}
+    return doc
+
+
+def fsdp_config(cfg: PlanConfig) -> dict:
+    """accelerate's ``fsdp_config`` keys for ``cfg`` (choice 4)."""
+    return {
+        "fsdp_version": 2,
+        "fsdp_reshard_after_forward": _fsdp_strategy(cfg) == "full_shard",
+        "fsdp_offload_params": cfg.offload is not Offload.NONE,
+        "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+        "fsdp_transformer_layer_cls_to_wrap": BLOCK_CLASS[cfg.model.model_type],
+        "fsdp_state_dict_type": "SHARDED_STATE_DICT",
+        "fsdp_cpu_ram_efficient_loading": True,
+        "fsdp_activation_checkpointing": cfg.grad_checkpointing,
+    }
+
+
+def accelerate_config(cfg: PlanConfig, kind: str, ds_file: str | None = None) -> dict:
+    """The accelerate config document (the keys ``accelerate config`` writes)."""
+    n = cfg.num_gpus
+    machines = max(1, -(-n // GPUS_PER_NODE))
+    doc: dict = {
+        "compute_environment": "LOCAL_MACHINE",
+        "debug": False,
+        "downcast_bf16": "no",
+        "machine_rank": 0,
+        "main_training_function": "main",
+        "mixed_precision": mixed_precision(cfg),
+        "num_machines": machines,
+        "num_processes": n,
+        "rdzv_backend": "static",
+        "same_network": True,
+        "use_cpu": False,
+        "enable_cpu_affinity": False,
+    }
+    if machines > 1:
+        doc["main_process_port"] = 29500  # main_process_ip: pass --main_process_ip on each node
+    if kind == "fsdp" or (kind == "accelerate" and cfg.fsdp):
+        doc["distributed_type"] = "FSDP"
+        doc["fsdp_config"] = fsdp_config(cfg)
+    elif kind == "deepspeed" or (kind == "accelerate" and (cfg.zero or cfg.offload is not Offload.NONE)):
+        doc["distributed_type"] = "DEEPSPEED"
+        if ds_file:  # precision lives in the DeepSpeed file; accelerate rejects a second source for it
+            doc["deepspeed_config"] = {"deepspeed_config_file": ds_file, "zero3_init_flag": _zero_stage(cfg) == 3}
+            del doc["mixed_precision"]
+        else:
+            # accelerate turns mixed_precision into DeepSpeed's bf16/fp16 section (choice 3)
+            doc["mixed_precision"] = cfg.compute_dtype.value if cfg.compute_dtype in (DType.BF16, DType.FP16) else "no"
+            ds = {"zero_stage": _zero_stage(cfg), "gradient_accumulation_steps": cfg.grad_accum,
+                  "gradient_clipping": 1.0, "zero3_init_flag": _zero_stage(cfg) == 3,
+                  "offload_optimizer_device": "cpu" if cfg.offload is not Offload.NONE else "none",
+                  "offload_param_device": "cpu" if cfg.offload is Offload.PARAMS else "none"}
+            if _zero_stage(cfg) == 3:
+                ds["zero3_save_16bit_model"] = True
+            doc["deepspeed_config"] = ds
+    else:
+        doc["distributed_type"] = "MULTI_GPU" if n > 1 else "NO"
+    return doc
+
+
+def notes(cfg: PlanConfig, kind: str) -> list[str]:
+    """What the user's training script must do for these files to work (shown in launch.sh)."""
+    out = []
+    if cfg.method is Method.QLORA and (cfg.zero == 3 or kind == "fsdp" or cfg.fsdp):
+        out.append("QLoRA under ZeRO-3/FSDP: load with BitsAndBytesConfig(bnb_4bit_quant_storage=torch."
+                   f"{'bfloat16' if cfg.compute_dtype is DType.BF16 else 'float16'}) so 4-bit weights can be sharded.")
+    if cfg.method.is_peft and (kind == "fsdp" or cfg.fsdp):
+        out.append("PEFT under FSDP: mixed trainable/frozen parameters need use_orig_params (FSDP2 handles it).")
+    if cfg.offload is not Offload.NONE and (kind == "deepspeed" or cfg.zero):
+        out.append("Optimizer offload: the DeepSpeed file names AdamW, so create the optimizer with "
+                   "accelerate.utils.DummyOptim(params, lr=...) in the script.")
+    if kind == "fsdp" and cfg.offload is Offload.OPTIMIZER:
+        out.append("FSDP has no optimizer-only offload: fsdp_offload_params moves parameters, gradients and "
+                   "optimizer states to the CPU (more host traffic than the plan's optimizer offload).")
+    if kind == "fsdp" and not cfg.fsdp:
+        out.append("The plan named no FSDP strategy: full_shard is written.")
+    if kind == "deepspeed" and not cfg.zero:
+        out.append(f"The plan named no ZeRO stage: stage {_zero_stage(cfg)} is written.")
+    if cfg.grad_checkpointing and kind != "fsdp" and not cfg.fsdp:
+        out.append("Gradient checkpointing is the model's: call model.gradient_checkpointing_enable() in the script.")
+    if cfg.precision in (Precision.NF4, Precision.FP4, Precision.INT8) and cfg.compute_dtype is DType.FP32:
+        out.append("k-bit weights compute in fp32 here (bnb_4bit_compute_dtype=torch.float32).")
+    if cfg.num_gpus > GPUS_PER_NODE:
+        out.append(f"{cfg.num_gpus} processes span {-(-cfg.num_gpus // GPUS_PER_NODE)} nodes: run the command on "
+                   "each with --machine_rank R --main_process_ip MAIN_NODE_IP.")
+    return out
+
+
+def launch_command(config_path: str | Path, script: str = "train.py") -> str:
+    """The ``accelerate launch`` command line for an emitted accelerate config."""
+    return f"accelerate launch --config_file {shlex.quote(str(config_path))} {script}"
+
+
+def _yaml(doc: dict) -> str:
+    import yaml  # pyyaml is a core dependency; imported here so the planner path stays lean
+
+    return yaml.safe_dump(doc, sort_keys=True)
+
+
+def emit(cfg: PlanConfig, kind: str, out_dir: str | Path) -> list[Path]:
+    """Write the launch files for ``cfg`` into ``out_dir`` (atomically each) and return their paths."""
+    _check(cfg, kind)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise QuantlabError(f"--emit-dir {out} exists and is not a folder")
+    written: list[Path] = []
+    ds_file = None
+    if kind == "deepspeed":
+        ds_path = out / DS_JSON
+        written.append(atomic_write_text(ds_path, json.dumps(deepspeed_config(cfg), indent=2) + "\n"))
+        ds_file = str(ds_path.resolve())
+    acc_path = out / ACCELERATE_YAML
+    written.append(atomic_write_text(acc_path, _yaml(accelerate_config(cfg, kind, ds_file))))
+    lines = ["#!/usr/bin/env bash",
+             f"# quantlab: {cfg.model.name}, {cfg.method.value}, {cfg.num_gpus} process(es), kind={kind}",
+             "# Usage: bash launch.sh your_train.py [script args...]"]
+    lines += [f"# NOTE: {n}" for n in notes(cfg, kind)]
+    lines += ['set -euo pipefail', 'here="$(cd "$(dirname "$0")" && pwd)"',
+              f'exec accelerate launch --config_file "$here/{ACCELERATE_YAML}" "$@"', ""]
+    sh = out / LAUNCH_SH
+    written.append(atomic_write_text(sh, "\n".join(lines)))
+    sh.chmod(0o755)
+    return written

@@ -1,0 +1,137 @@
+"""Emitted launch configurations load in the tools themselves: accelerate's config and launch path, DeepSpeed's
+config models. Each test goes through the code the real `accelerate launch` runs, not a schema of our own."""
+
+import json
+import os
+
+import pytest
+
+from quantlab.emit import ACCELERATE_YAML, DS_JSON, LAUNCH_SH, emit
+from quantlab.errors import QuantlabError
+from quantlab.specs import DType, Method, ModelSpec, Offload, PlanConfig, Precision, TrainingPrecision
+
+LLAMA2_7B = ModelSpec(name="llama-2-7b", model_type="llama", hidden_size=4096, num_hidden_layers=32,
+                      num_attention_heads=32, intermediate_size=11008, vocab_size=32000, max_position_embeddings=4096)
+
+
+def _launch_env(config_path, monkeypatch):
+    """What `accelerate launch --config_file X train.py` resolves: merged args and the env its workers get."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+    args = launch_command_parser().parse_args(["--config_file", str(config_path), "train.py"])
+    args, defaults, mp_from_config = _validate_launch_command(args)
+    if args.use_deepspeed:  # as accelerate's launch_command does before deepspeed_launcher
+        fields = list(defaults.deepspeed_config.keys()) + (["mixed_precision"] if mp_from_config else [])
+        args.deepspeed_fields_from_accelerate_config = ",".join(fields)
+        _, env = prepare_deepspeed_cmd_env(args)
+    else:
+        env = prepare_multi_gpu_env(args)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return args
+
+
+def test_deepspeed_zero3_offload_loads_in_deepspeed_and_accelerate(tmp_path, monkeypatch):
+    from accelerate.commands.config.config_args import ClusterConfig
+    from accelerate.utils import DeepSpeedPlugin
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    cfg = PlanConfig(model=LLAMA2_7B, method=Method.FULL, num_gpus=8, zero=3, offload=Offload.PARAMS, batch=2,
+                     grad_accum=4)
+    paths = emit(cfg, "deepspeed", tmp_path)
+    assert {p.name for p in paths} == {DS_JSON, ACCELERATE_YAML, LAUNCH_SH}
+    ds = DeepSpeedConfig(str(tmp_path / DS_JSON))  # DeepSpeed's own parser (pydantic ZeRO model inside)
+    z = ds.zero_config
+    assert z.stage == 3
+    assert z.offload_param.device == "cpu" and z.offload_optimizer.device == "cpu"
+    assert z.reduce_bucket_size == 4096 * 4096 and z.prefetch_bucket_size == int(0.9 * 4096 * 4096)
+    assert z.param_persistence_threshold == 10 * 4096
+    assert ds.train_micro_batch_size_per_gpu == 2 and ds.gradient_accumulation_steps == 4
+    assert ds.bfloat16_config.enabled
+    acc = ClusterConfig.from_yaml_file(str(tmp_path / ACCELERATE_YAML))
+    assert acc.distributed_type.value == "DEEPSPEED" and acc.num_processes == 8
+    args = _launch_env(tmp_path / ACCELERATE_YAML, monkeypatch)
+    assert args.use_deepspeed
+    plugin = DeepSpeedPlugin()  # reads the env accelerate launch sets, then the JSON it points at
+    assert plugin.zero_stage == 3 and plugin.deepspeed_config["zero_optimization"]["offload_param"]["device"] == "cpu"
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_deepspeed_low_stages_carry_allgather_buckets_and_no_param_offload(tmp_path, stage):
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+
+    cfg = PlanConfig(model=LLAMA2_7B, method=Method.LORA, num_gpus=4, zero=stage)
+    emit(cfg, "deepspeed", tmp_path)
+    doc = json.loads((tmp_path / DS_JSON).read_text())
+    z = DeepSpeedZeroConfig(**doc["zero_optimization"])  # extra keys are forbidden by the model
+    assert z.stage == stage and z.allgather_bucket_size == 4096 * 4096
+    assert "offload_param" not in doc["zero_optimization"] and "optimizer" not in doc
+
+
+def test_fsdp_config_builds_accelerates_fsdp_plugin(tmp_path, monkeypatch):
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    cfg = PlanConfig(model=LLAMA2_7B, method=Method.FULL, num_gpus=4, fsdp="shard_grad_op", grad_checkpointing=True)
+    emit(cfg, "fsdp", tmp_path)
+    args = _launch_env(tmp_path / ACCELERATE_YAML, monkeypatch)
+    assert args.use_fsdp and args.num_processes == 4
+    plugin = FullyShardedDataParallelPlugin()
+    assert plugin.fsdp_version == 2
+    assert plugin.reshard_after_forward is False  # shard_grad_op keeps parameters gathered through backward
+    assert plugin.transformer_cls_names_to_wrap == ["LlamaDecoderLayer"]
+    assert plugin.activation_checkpointing is True
+
+
+def test_accelerate_kind_follows_the_plan(tmp_path, monkeypatch):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    ddp = PlanConfig(model=LLAMA2_7B, method=Method.LORA, num_gpus=2, training_precision=TrainingPrecision.AMP)
+    emit(ddp, "accelerate", tmp_path / "ddp")
+    c = ClusterConfig.from_yaml_file(str(tmp_path / "ddp" / ACCELERATE_YAML))
+    assert c.distributed_type.value == "MULTI_GPU" and c.num_processes == 2 and c.mixed_precision == "bf16"
+    args = _launch_env(tmp_path / "ddp" / ACCELERATE_YAML, monkeypatch)
+    assert args.multi_gpu and not args.use_deepspeed
+
+    one = PlanConfig(model=LLAMA2_7B, method=Method.QLORA, precision=Precision.NF4, compute_dtype=DType.FP32)
+    emit(one, "accelerate", tmp_path / "one")
+    assert ClusterConfig.from_yaml_file(str(tmp_path / "one" / ACCELERATE_YAML)).distributed_type.value == "NO"
+
+    z2 = PlanConfig(model=LLAMA2_7B, method=Method.FULL, num_gpus=8, zero=2, offload=Offload.OPTIMIZER)
+    emit(z2, "accelerate", tmp_path / "z2")
+    c = ClusterConfig.from_yaml_file(str(tmp_path / "z2" / ACCELERATE_YAML))
+    assert c.distributed_type.value == "DEEPSPEED"
+    assert c.deepspeed_config["zero_stage"] == 2 and c.deepspeed_config["offload_optimizer_device"] == "cpu"
+
+
+def test_launch_script_is_the_accelerate_launch_line_with_notes(tmp_path):
+    cfg = PlanConfig(model=LLAMA2_7B, method=Method.QLORA, precision=Precision.NF4, num_gpus=2, zero=3)
+    emit(cfg, "deepspeed", tmp_path)
+    sh = (tmp_path / LAUNCH_SH).read_text()
+    assert f'accelerate launch --config_file "$here/{ACCELERATE_YAML}" "$@"' in sh
+    assert "bnb_4bit_quant_storage" in sh  # QLoRA under ZeRO-3 needs it to shard 4-bit weights
+    assert os.access(tmp_path / LAUNCH_SH, os.X_OK)
+
+
+def test_multi_node_plans_span_machines(tmp_path):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    emit(PlanConfig(model=LLAMA2_7B, method=Method.FULL, num_gpus=16, zero=3), "deepspeed", tmp_path)
+    c = ClusterConfig.from_yaml_file(str(tmp_path / ACCELERATE_YAML))
+    assert c.num_machines == 2 and c.num_processes == 16
+
+
+@pytest.mark.parametrize("cfg,kind,msg", [
+    (PlanConfig(model=LLAMA2_7B, method=Method.INFERENCE), "accelerate", "inference"),
+    (PlanConfig(model=LLAMA2_7B, method=Method.FULL, num_gpus=2, fsdp="full_shard"), "deepspeed", "FSDP"),
+    (PlanConfig(model=LLAMA2_7B, method=Method.FULL, num_gpus=2, zero=2), "fsdp", "ZeRO-2"),
+    (PlanConfig(model=LLAMA2_7B, method=Method.FULL, num_gpus=2, zero=2, offload=Offload.PARAMS), "deepspeed",
+     "ZeRO-3"),
+    (PlanConfig(model=LLAMA2_7B, method=Method.FULL, num_gpus=2, tp=2), "accelerate", "tensor parallel"),
+    (PlanConfig(model=LLAMA2_7B, method=Method.FULL), "megatron", "one of"),
+])
+def test_impossible_emits_are_one_line_errors(tmp_path, cfg, kind, msg):
+    with pytest.raises(QuantlabError, match=msg) as e:
+        emit(cfg, kind, tmp_path)
+    assert "\n" not in str(e.value)
+    assert not any(tmp_path.iterdir())  # nothing half-written
