@@ -1,0 +1,382 @@
+"""Which GPU, how many, sharded how: ranked by time to finish and cost, with the Pareto front.
+
+Pure (standard library only): the caller passes the GPU kinds (``GPUSpec`` from the profiles) and
+a base :class:`~quantlab.specs.PlanConfig`; memory comes from the planner (``plan`` and ``fit``),
+speed from the roofline (:mod:`quantlab.planner.throughput`), prices from the GPU profiles.
+
+Assumptions (numbered; every option carries the ones it used, and the answer lists them all):
+
+1. Search space. Counts 1, 2, 4, 8, ... up to ``max_gpus`` (and ``max_gpus`` itself), one GPU kind
+   per option. Training: one GPU alone or with DeepSpeed ZeRO-Offload (optimizer, or optimizer and
+   parameters); several GPUs under DDP, ZeRO-1/2/3, FSDP (full_shard, shard_grad_op) and ZeRO with
+   offload. Inference: tensor parallel over ``tp`` GPUs (``tp`` divides the attention and KV heads),
+   replicated ``count / tp`` times (data parallel).
+2. An option fits when the planner's process memory per GPU (allocated + allocator reserve + CUDA
+   context) fits the GPU's memory (``fit``).
+3. Speed is the roofline of :mod:`~quantlab.planner.throughput` at the stated utilisations; more
+   GPUs add data-parallel ranks that each run the same step, with their communication as one
+   more roof. Pipeline parallelism is not modelled.
+4. Training time = tokens to train on / tokens per second of all ranks. Serving time = tokens to
+   generate per day / decode tokens per second of all replicas, decoding at a context of ``seq``
+   tokens (the KV cache full: the slow end) with the largest batch that fits (at most
+   :data:`MAX_SERVE_BATCH`) unless ``--batch`` is given; prefill is not counted (a prompt-heavy
+   workload needs more).
+5. Cost = hours × GPUs × the profile's indicative on-demand price per GPU-hour (its date and
+   source are shown); GPUs without a price are ranked by time only and are off the Pareto front.
+6. More than 8 GPUs span nodes: collectives then run at the inter-node bandwidth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+from quantlab.planner import throughput as tp
+from quantlab.specs import GPUSpec, Method, Offload, PlanConfig
+
+MAX_SERVE_BATCH = 256
+SECONDS_PER_DAY = 86_400
+
+
+@dataclass(frozen=True)
+class Goal:
+    """What the GPUs must do: train on ``train_tokens`` tokens, or generate ``serve_tokens_per_day``."""
+
+    train_tokens: float | None = None
+    serve_tokens_per_day: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.train_tokens is not None and self.serve_tokens_per_day is not None:
+            raise ValueError("give train tokens or serve tokens per day, not both")
+        for v in (self.train_tokens, self.serve_tokens_per_day):
+            if v is not None and not (v > 0 and math.isfinite(v)):
+                raise ValueError(f"token counts must be positive, got {v!r}")
+
+    @property
+    def tokens(self) -> float:
+        return self.train_tokens or self.serve_tokens_per_day or 1e6
+
+    @property
+    def described(self) -> str:
+        if self.train_tokens:
+            return f"train on {self.train_tokens:.3g} tokens"
+        if self.serve_tokens_per_day:
+            return f"generate {self.serve_tokens_per_day:.3g} tokens per day"
+        return "1e6 tokens (no goal given: time and cost per million tokens)"
+
+
+@dataclass(frozen=True)
+class Sharding:
+    """One way to spread a job over ``count`` GPUs; ``apply`` turns a base config into it."""
+
+    name: str
+    zero: int = 0
+    fsdp: str | None = None
+    offload: Offload = Offload.NONE
+    tp: int = 1
+
+    def apply(self, cfg: PlanConfig, count: int) -> PlanConfig:
+        return dataclasses.replace(cfg, num_gpus=count, zero=self.zero, fsdp=self.fsdp, offload=self.offload,
+                                   tp=self.tp)
+
+
+def training_shardings(count: int) -> list[Sharding]:
+    """Assumption 1, training."""
+    if count == 1:
+        return [Sharding("single"), Sharding("zero2+offload-opt", zero=2, offload=Offload.OPTIMIZER),
+                Sharding("zero3+offload-all", zero=3, offload=Offload.PARAMS)]
+    return [Sharding("ddp"), Sharding("zero1", zero=1), Sharding("zero2", zero=2), Sharding("zero3", zero=3),
+            Sharding("fsdp-full", fsdp="full_shard"), Sharding("fsdp-grad-op", fsdp="shard_grad_op"),
+            Sharding("zero2+offload-opt", zero=2, offload=Offload.OPTIMIZER),
+            Sharding("zero3+offload-opt", zero=3, offload=Offload.OPTIMIZER),
+            Sharding("zero3+offload-all", zero=3, offload=Offload.PARAMS)]
+
+
+def inference_shardings(count: int, cfg: PlanConfig) -> list[Sharding]:
+    """Assumption 1, inference: tensor parallel degrees that divide the heads, the rest replicas."""
+    m = cfg.model
+    out = []
+    for t in (1, 2, 4, 8, 16):
+        if t > count or count % t or m.num_attention_heads % t or (m.kv_heads % t and t % m.kv_heads):
+            continue
+        dp = count // t
+        name = f"tp{t}" if dp == 1 else (f"{dp}x replicas" if t == 1 else f"tp{t} x{dp} replicas")
+        out.append(Sharding(name, tp=t))
+    return out
+
+
+def gpu_counts(max_gpus: int) -> list[int]:
+    counts, c = [], 1
+    while c <= max_gpus:
+        counts.append(c)
+        c *= 2
+    if counts[-1] != max_gpus:
+        counts.append(max_gpus)
+    return counts
+
+
+@dataclass(frozen=True)
+class Option:
+    """One fitting configuration with its speed, time and cost, and what they assume."""
+
+    gpu: str
+    count: int
+    sharding: str
+    tp: int
+    dp: int
+    batch: int
+    memory_per_gpu_bytes: int
+    gpu_memory_bytes: int
+    tokens_per_s: float  # all GPUs together
+    time_s: float
+    cost_usd: float | None
+    price_usd_per_gpu_hour: float | None
+    bound: str  # the roof that limits the step: compute, memory, network, host
+    step: tp.StepTime
+    config: PlanConfig
+    notes: tuple[str, ...] = ()
+    pareto: bool = False
+
+    @property
+    def cost_per_hour_usd(self) -> float | None:
+        return None if self.price_usd_per_gpu_hour is None else self.price_usd_per_gpu_hour * self.count
+
+    @property
+    def replicas_to_keep_up(self) -> int:
+        """Serving: copies of this configuration that must run all day to generate the day's tokens."""
+        return max(1, math.ceil(self.time_s / SECONDS_PER_DAY))
+
+    def to_dict(self) -> dict:
+        c = self.config
+        return {
+            "gpu": self.gpu, "count": self.count, "sharding": self.sharding, "tp": self.tp, "dp": self.dp,
+            "zero": c.zero, "fsdp": c.fsdp, "offload": c.offload.value, "batch": self.batch, "seq": c.seq,
+            "memory_per_gpu_bytes": self.memory_per_gpu_bytes, "gpu_memory_bytes": self.gpu_memory_bytes,
+            "tokens_per_s": self.tokens_per_s, "time_s": self.time_s, "time_h": self.time_s / 3600,
+            "cost_usd": self.cost_usd, "price_usd_per_gpu_hour": self.price_usd_per_gpu_hour,
+            "cost_per_hour_usd": self.cost_per_hour_usd, "bound": self.bound, "pareto": self.pareto,
+            "step": {"compute_s": self.step.compute_s, "memory_s": self.step.memory_s,
+                     "network_s": self.step.network_s, "host_s": self.step.host_s, "seconds": self.step.seconds,
+                     "tokens": self.step.tokens, "flops": self.step.flops, "bytes": self.step.bytes},
+            "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    options: tuple[Option, ...]  # ranked
+    goal: Goal
+    base: PlanConfig
+    util: tp.Utilisation
+    assumptions: tuple[str, ...]
+    gpu_facts: dict  # gpu name -> interconnect, price and where the price comes from
+    considered: int  # configurations planned
+    rejected: dict = field(default_factory=dict)  # reason -> count
+    sort: str = "cost"
+
+    @property
+    def pareto(self) -> tuple[Option, ...]:
+        return tuple(sorted((o for o in self.options if o.pareto), key=lambda o: o.time_s))
+
+    def to_dict(self) -> dict:
+        b = self.base
+        return {
+            "question": {"model": b.model.name, "method": b.method.value, "precision": b.precision.value,
+                         "compute_dtype": b.compute_dtype.value, "seq": b.seq, "batch": b.batch,
+                         "grad_checkpointing": b.grad_checkpointing, "goal": self.goal.described,
+                         "train_tokens": self.goal.train_tokens,
+                         "serve_tokens_per_day": self.goal.serve_tokens_per_day, "sort": self.sort},
+            "options": [dict(o.to_dict(), rank=i + 1) for i, o in enumerate(self.options)],
+            "pareto": [self.options.index(o) + 1 for o in self.pareto],
+            "assumptions": {"notes": list(self.assumptions), "utilisation": self.util.to_dict(),
+                            "gpus": self.gpu_facts},
+            "considered": self.considered, "rejected": dict(self.rejected),
+        }
+
+
+def pareto_front(options: Sequence[Option]) -> set[int]:
+    """Indices of the priced options that no other option beats: none is at least as fast and as cheap and
+    strictly better on one. Ties (same time and cost, e.g. ZeRO-3 and FSDP full_shard) are all kept."""
+    priced = sorted((i for i, o in enumerate(options) if o.cost_usd is not None),
+                    key=lambda i: (options[i].time_s, options[i].cost_usd))
+    front: set[int] = set()
+    best_cost = math.inf  # cheapest among strictly faster options
+    k = 0
+    while k < len(priced):
+        t = options[priced[k]].time_s
+        group = [i for i in priced[k:] if options[i].time_s == t]
+        c = min(options[i].cost_usd for i in group)
+        if c < best_cost:
+            front.update(i for i in group if options[i].cost_usd == c)
+            best_cost = c
+        k += len(group)
+    return front
+
+
+def best_per_group(options: Sequence[Option]) -> list[Option]:
+    """One option per (GPU kind, count): the fastest; among equally fast ones (within 0.5%), the one that moves
+    the fewest bytes between devices (network and host seconds: the roofline assumes perfect overlap, real runs
+    do not), then the one with the most memory to spare. The others that are as fast are named in its notes."""
+    groups: dict[tuple, list[Option]] = {}
+    for o in options:
+        groups.setdefault((o.gpu, o.count), []).append(o)
+    out = []
+    for group in groups.values():
+        fastest = min(o.time_s for o in group)
+        tied = [o for o in group if o.time_s <= fastest * 1.005]
+        best = min(tied, key=lambda o: (o.step.network_s + o.step.host_s, o.memory_per_gpu_bytes))
+        also = [o.sharding for o in tied if o is not best]
+        if also:
+            best = dataclasses.replace(best, notes=best.notes + (f"as fast with: {', '.join(also)}",))
+        out.append(best)
+    return out
+
+
+def _sum(components: dict, keys: Iterable[str]) -> int:
+    return int(sum(components.get(k, 0) or 0 for k in keys))
+
+
+WEIGHT_KEYS = ("weights", "quant_constants", "adapters", "lora", "kbit_upcast", "master_weights")
+GRAD_KEYS = ("gradients",)
+OPT_KEYS = ("optimizer",)
+
+
+def model_bytes(plan_obj) -> tp.ModelBytes:
+    """The unsharded bytes the roofline moves, from a one-GPU plan's components."""
+    c = plan_obj.components
+    return tp.ModelBytes(weights=_sum(c, WEIGHT_KEYS), gradients=_sum(c, GRAD_KEYS), optimizer=_sum(c, OPT_KEYS))
+
+
+def recommend(base: PlanConfig, gpus: Sequence[GPUSpec], goal: Goal = Goal(), *, max_gpus: int = 8,
+              budget_per_hour: float | None = None, util: tp.Utilisation = tp.Utilisation(), sort: str = "cost",
+              auto_batch: bool = True, all_shardings: bool = False, plan: Callable | None = None,
+              fit: Callable | None = None) -> Recommendation:
+    """Rank every fitting (GPU kind × count × sharding) for ``base`` by cost (or time); mark the Pareto front.
+
+    ``plan``/``fit`` default to the planner's; they are parameters so tests can count calls.
+    ``auto_batch`` (inference only) picks the largest batch that fits, up to :data:`MAX_SERVE_BATCH`.
+    Unless ``all_shardings``, each (GPU kind, count) keeps its best sharding (:func:`best_per_group`).
+    """
+    if plan is None or fit is None:
+        from quantlab import planner as _planner
+
+        plan = plan or _planner.plan
+        fit = fit or _planner.fit
+    if max_gpus < 1:
+        raise ValueError("max-gpus must be at least 1")
+    if sort not in ("cost", "time"):
+        raise ValueError("sort must be cost or time")
+    base = dataclasses.replace(base, num_gpus=1, zero=0, fsdp=None, offload=Offload.NONE, tp=1)
+    training = base.method.is_training
+    ref = plan(base)
+    nbytes = model_bytes(ref)
+    trainable = ref.trainable_params
+    options: list[Option] = []
+    rejected: dict[str, int] = {}
+    considered = 0
+    facts: dict = {}
+
+    def reject(reason: str) -> None:
+        rejected[reason] = rejected.get(reason, 0) + 1
+
+    for gpu in gpus:
+        facts[gpu.name] = _gpu_facts(gpu)
+        try:
+            r = tp.roof(gpu, base.compute_dtype)
+        except ValueError as e:
+            reject(f"{gpu.name}: {e}")
+            continue
+        for count in gpu_counts(max_gpus):
+            price = gpu.price_usd_per_hour
+            if budget_per_hour is not None and (price is None or price * count > budget_per_hour):
+                reject("over the hourly budget" if price is not None else "no price to check the budget against")
+                continue
+            shardings = training_shardings(count) if training else inference_shardings(count, base)
+            for sh in shardings:
+                cfg = sh.apply(base, count)
+                considered += 1
+                f = fit(cfg, gpu)
+                if not training and auto_batch and f.fits and f.max_batch:
+                    cfg = dataclasses.replace(cfg, batch=max(cfg.batch, min(f.max_batch, MAX_SERVE_BATCH)))
+                    f = fit(cfg, gpu)
+                if not f.fits:
+                    reject("does not fit in memory")
+                    continue
+                p = plan(cfg)
+                options.append(_option(cfg, gpu, sh, p, r, nbytes, trainable, goal, util, training))
+    if not all_shardings:
+        options = best_per_group(options)
+    _mark = pareto_front(options)
+    options = [dataclasses.replace(o, pareto=i in _mark) for i, o in enumerate(options)]
+    key = (lambda o: (o.cost_usd is None, o.cost_usd or 0.0, o.time_s)) if sort == "cost" else \
+        (lambda o: (o.time_s, o.cost_usd if o.cost_usd is not None else math.inf))
+    options.sort(key=key)
+    return Recommendation(options=tuple(options), goal=goal, base=base, util=util,
+                          assumptions=_assumptions(base, goal, util, training), gpu_facts=facts,
+                          considered=considered, rejected=rejected, sort=sort)
+
+
+def _option(cfg: PlanConfig, gpu: GPUSpec, sh: Sharding, p, r: tp.Roof, nbytes: tp.ModelBytes, trainable: int,
+            goal: Goal, util: tp.Utilisation, training: bool) -> Option:
+    notes = []
+    if training:
+        step = tp.train_step(cfg, trainable, nbytes, r, util)
+        tokens_per_s = step.tokens_per_s * cfg.dp
+    else:
+        step = tp.decode_step(cfg, nbytes, r, util)
+        tokens_per_s = step.tokens_per_s * cfg.dp
+        notes.append(f"decode at batch {cfg.batch} per replica, context {cfg.seq}")
+    if r.flops_key != tp.flops_key(cfg.compute_dtype):
+        notes.append(f"{gpu.name} has no {tp.flops_key(cfg.compute_dtype)} peak: {r.flops_key} used")
+    if cfg.num_gpus > tp.GPUS_PER_NODE:
+        notes.append("spans nodes: inter-node bandwidth assumed")
+    if not gpu.interconnect_bandwidth_bytes_per_s and cfg.num_gpus > 1:
+        notes.append("no peer link listed: collectives over the host link (PCIe) assumed")
+    time_s = goal.tokens / tokens_per_s
+    price = gpu.price_usd_per_hour
+    cost = None if price is None else time_s / 3600 * cfg.num_gpus * price
+    return Option(gpu=gpu.name, count=cfg.num_gpus, sharding=sh.name, tp=cfg.tp, dp=cfg.dp, batch=cfg.batch,
+                  memory_per_gpu_bytes=int(p.process_bytes), gpu_memory_bytes=gpu.memory_bytes,
+                  tokens_per_s=tokens_per_s, time_s=time_s, cost_usd=cost, price_usd_per_gpu_hour=price,
+                  bound=step.bound, step=step, config=cfg, notes=tuple(notes))
+
+
+def _gpu_facts(gpu: GPUSpec) -> dict:
+    src = gpu.sources or {}
+    price_src = src.get("price_usd_per_hour")
+    link_src = src.get("interconnect_bandwidth_bytes_per_s")
+    return {"price_usd_per_hour": gpu.price_usd_per_hour,
+            "price_source": price_src.source if price_src else None,
+            "price_basis": price_src.basis if price_src else None,
+            "interconnect": gpu.interconnect, "interconnect_bandwidth_bytes_per_s": gpu.interconnect_bandwidth_bytes_per_s,
+            "interconnect_source": link_src.source if link_src else None,
+            "memory_bandwidth_bytes_per_s": gpu.memory_bandwidth_bytes_per_s}
+
+
+def _assumptions(base: PlanConfig, goal: Goal, util: tp.Utilisation, training: bool) -> tuple[str, ...]:
+    out = []
+    if training:
+        mfu = util.kbit_train_mfu if base.precision.is_kbit else util.train_mfu
+        out.append(f"training at {mfu:.0%} of the GPU's dense {tp.flops_key(base.compute_dtype)} peak "
+                   f"({'k-bit dequantizing ' if base.precision.is_kbit else ''}MFU); memory traffic at "
+                   f"{util.mbu:.0%} of its bandwidth")
+        out.append("FLOPs per token: 2N forward + 2N input gradients + 2 per trainable weight (6N for full fine-tuning, "
+                   "about 4N for LoRA/QLoRA) + 12·L·d·seq attention (PaLM)"
+                   + (" + 2N recompute (checkpointing)" if base.grad_checkpointing else ""))
+        out.append(f"communication overlaps compute; collectives at {util.network:.0%} of the listed interconnect "
+                   f"bandwidth; more than {tp.GPUS_PER_NODE} GPUs use {util.inter_node_bytes_per_s / 1e9:.0f} GB/s "
+                   "per GPU between nodes")
+        out.append(f"offload: host link {util.host_link_bytes_per_s / 1e9:.0f} GB/s, CPU Adam "
+                   f"{util.cpu_adam_params_per_s:.0e} params/s, not overlapped")
+    else:
+        out.append(f"decode reads weights + KV cache at {util.mbu:.0%} of memory bandwidth; compute at "
+                   f"{util.prefill_mfu:.0%} of peak; tensor parallel pays 2 all-reduces per layer "
+                   f"({util.collective_latency_s * 1e6:.0f} us latency each)")
+        out.append(f"largest batch that fits, at most {MAX_SERVE_BATCH} sequences, each with {base.seq} tokens of "
+                   "context; prefill not counted")
+    out.append(f"goal: {goal.described}")
+    out.append("cost: indicative on-demand price per GPU-hour from each GPU profile (see gpus: price_source)")
+    out.append(f"utilisation basis: {util.basis}; {util.source}")
+    return tuple(out)
