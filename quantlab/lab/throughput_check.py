@@ -11,7 +11,8 @@ loaded with the lab's loader) for
 2. prefill: one forward over ``batch × seq`` prompt tokens (all logits computed, as the roofline's
    2N per token assumes);
 3. training steps: forward + backward + AdamW step at ``batch × seq`` tokens, full fine-tune and
-   LoRA (r=16 on q_proj, v_proj: the planner's defaults), median seconds per step after a warm-up.
+   LoRA (r=16 on q_proj, v_proj: the planner's defaults), LoRA again with gradient checkpointing
+   (the roofline adds one recomputed forward), median seconds per step after a warm-up.
 
 ``meas/pred`` (measured over ideal tokens/s) is the utilisation this machine reaches on the roof
 that binds; the medians per phase become this CPU's :class:`~quantlab.planner.throughput.Utilisation`
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import statistics
 import sys
 import time
@@ -48,7 +50,7 @@ class CheckConfig:
     prefill_seqs: tuple[int, ...] = (256, 1024)
     train_batch: int = 4
     train_seq: int = 256
-    train_methods: tuple[str, ...] = ("full", "lora")
+    train_methods: tuple[str, ...] = ("full", "lora", "lora+ckpt")
     train_steps: int = 3  # timed steps, after one warm-up step
     threads: int = 2
     tiny: bool = False  # a tiny random model (tests / smoke runs), not the embedded one
@@ -156,20 +158,25 @@ def measure_rows(cc: CheckConfig, device) -> list[dict]:
     return rows
 
 
-def _train_row(cc: CheckConfig, method: str, spec: ModelSpec, r: tp.Roof) -> dict:
+def _train_row(cc: CheckConfig, variant: str, spec: ModelSpec, r: tp.Roof) -> dict:
+    """One training variant: ``full``, ``lora``, optionally with ``+ckpt`` (gradient checkpointing)."""
     import torch
 
+    method, _, extra = variant.partition("+")
+    ckpt = extra == "ckpt"
     model, _ = _load(cc)
     model.train()
     model.config.use_cache = False
-    kw = {}
+    if ckpt:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kw = {"grad_checkpointing": ckpt}
     if method == "lora":
         from peft import LoraConfig, get_peft_model
 
         defaults = PlanConfig(model=spec)
         model = get_peft_model(model, LoraConfig(r=defaults.lora_r, lora_alpha=defaults.lora_alpha,
                                                  target_modules=list(defaults.lora_targets), lora_dropout=0.0))
-        kw = dict(lora_r=defaults.lora_r, lora_targets=defaults.lora_targets)
+        kw.update(lora_r=defaults.lora_r, lora_targets=defaults.lora_targets)
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_train = sum(p.numel() for p in trainable)
     opt = torch.optim.AdamW(trainable, lr=1e-5)
@@ -184,7 +191,7 @@ def _train_row(cc: CheckConfig, method: str, spec: ModelSpec, r: tp.Roof) -> dic
     meas = _median_time(step, steps=cc.train_steps)
     nbytes = tp.ModelBytes(weights=tensor_bytes(model), gradients=4 * n_train, optimizer=8 * n_train)
     cfg = _cfg(spec, Method(method), cc.train_batch, cc.train_seq, **kw)
-    row = _row("train", method, cfg, tp.train_step(cfg, n_train, nbytes, r, IDEAL), meas, trainable_params=n_train)
+    row = _row("train", variant, cfg, tp.train_step(cfg, n_train, nbytes, r, IDEAL), meas, trainable_params=n_train)
     del model, opt
     return row
 
@@ -212,6 +219,25 @@ def repredict(rows: list[dict], util: tp.Utilisation) -> list[dict]:
     return out
 
 
+def environment() -> dict:
+    """Where the figures were measured: library versions, git commit, and the machine's load (other jobs
+    sharing the cores slow a run down; the load average says how busy it was)."""
+    import platform
+    import subprocess
+
+    import torch
+    import transformers
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "git_commit": commit, "cpu_count": os.cpu_count(), "loadavg_1m": os.getloadavg()[0],
+            "torch_threads": torch.get_num_threads()}
+
+
 def run(cc: CheckConfig = CheckConfig(), device=None, probe_kwargs: dict | None = None) -> dict:
     """Probe the machine (unless ``device`` is given), measure, derive, re-predict; a JSON-ready document."""
     from quantlab.lab import cpu_probe
@@ -220,11 +246,15 @@ def run(cc: CheckConfig = CheckConfig(), device=None, probe_kwargs: dict | None 
     if device is None:
         probe = cpu_probe.probe(threads=cc.threads, **(probe_kwargs or {}))
         device = cpu_probe.as_device(probe)
+    env_before = environment()
     rows = measure_rows(cc, device)
+    env = dict(environment(), loadavg_1m_before=env_before["loadavg_1m"])
+    rows = [dict(r, **{f"env_{k}": v for k, v in env.items()}) for r in rows]
     util = derive_utilisation(rows, device.name)
     return {"device": {"name": device.name, "memory_bandwidth_bytes_per_s": device.memory_bandwidth_bytes_per_s,
                        "flops": dict(device.flops)},
             "probe": probe.to_dict() if probe else None,
+            "environment": env,
             "config": dataclasses.asdict(cc),
             "utilisation_derived": util.to_dict(),
             "utilisation_gpu_defaults": tp.Utilisation().to_dict(),
@@ -245,6 +275,8 @@ def to_markdown(doc: dict, command: str) -> str:
         + (f" (copy {p['copy_bytes_per_s'] / GB:.1f} GB/s, matrix-vector {p['gemv_bytes_per_s'] / GB:.1f} GB/s)"
            if p else "")
         + f"; FP32 matmul {d['flops']['fp32'] / 1e9:.0f} GFLOP/s.", "",
+        "Environment: " + ", ".join(f"{k} {v}" for k, v in (doc.get("environment") or {}).items())
+        + " (a load average above the core count means other jobs shared the machine).", "",
         "`pred_ideal` is the roofline at utilisation 1.0 on the measured peaks; `meas/pred` is the utilisation "
         "reached; `pred_derived` uses the derived per-phase constants below.", "",
         "| phase | method | batch | seq/context | bound | pred ideal tok/s | measured tok/s | meas/pred | "
