@@ -24,6 +24,8 @@ Assumptions (numbered; every option carries the ones it used, and the answer lis
 5. Cost = hours × GPUs × the profile's indicative on-demand price per GPU-hour (its date and
    source are shown); GPUs without a price are ranked by time only and are off the Pareto front.
 6. More than 8 GPUs span nodes: collectives then run at the inter-node bandwidth.
+7. Training also tries gradient checkpointing (unless the question already turned it on): it saves
+   activation memory for one more forward pass of compute; an option that needs it says ``+ckpt``.
 """
 
 from __future__ import annotations
@@ -273,6 +275,8 @@ def recommend(base: PlanConfig, gpus: Sequence[GPUSpec], goal: Goal = Goal(), *,
     ref = plan(base)
     nbytes = model_bytes(ref)
     trainable = ref.trainable_params
+    # Assumption 7: checkpointing is searched too unless the question fixed it on.
+    checkpointing = [base.grad_checkpointing] if base.grad_checkpointing or not training else [False, True]
     options: list[Option] = []
     rejected: dict[str, int] = {}
     considered = 0
@@ -294,8 +298,11 @@ def recommend(base: PlanConfig, gpus: Sequence[GPUSpec], goal: Goal = Goal(), *,
                 reject("over the hourly budget" if price is not None else "no price to check the budget against")
                 continue
             shardings = training_shardings(count) if training else inference_shardings(count, base)
-            for sh in shardings:
-                cfg = sh.apply(base, count)
+            variants = [(sh, ck) for sh in shardings for ck in checkpointing]
+            for sh, ck in variants:
+                cfg = dataclasses.replace(sh.apply(base, count), grad_checkpointing=ck)
+                if ck and not base.grad_checkpointing:
+                    sh = dataclasses.replace(sh, name=sh.name + "+ckpt")
                 considered += 1
                 f = fit(cfg, gpu)
                 if not training and auto_batch and f.fits and f.max_batch:

@@ -51,7 +51,7 @@ class FakeFit:
 @dataclass
 class FakePlanner:
     """bf16 weights (2 B/param), full fine-tune: bf16 grads (2 B) + AdamW with fp32 master (12 B); 2 GiB of
-    activations per sequence; 1 GiB context. ZeRO-1 shards the optimizer, 2 also grads, 3 also weights
+    activations per sequence (1/4 GiB with checkpointing); 1 GiB context. ZeRO-1 shards the optimizer, 2 also grads, 3 also weights
     (FSDP full_shard = ZeRO-3, shard_grad_op = ZeRO-2); offload moves the optimizer (and weights) off the GPU.
     Inference: weights / tp + 0.5 MiB of KV per token per sequence / tp."""
 
@@ -68,7 +68,8 @@ class FakePlanner:
             return FakePlan(comp, sum(comp.values()) + GiB, 0)
         w, g, o = 2 * P7B, 2 * P7B, 12 * P7B
         comp = {"weights": w // (n if zero == 3 else 1), "gradients": g // (n if zero >= 2 else 1),
-                "optimizer": o // (n if zero >= 1 else 1), "activations": 2 * GiB * cfg.batch}
+                "optimizer": o // (n if zero >= 1 else 1),
+                "activations": (GiB // 4 if cfg.grad_checkpointing else 2 * GiB) * cfg.batch}
         if cfg.offload is not Offload.NONE:
             comp["optimizer"] = 0
         if cfg.offload is Offload.PARAMS:
@@ -209,3 +210,20 @@ def test_goal_validation():
         R.Goal(train_tokens=-1)
     with pytest.raises(ValueError):
         R.Goal(train_tokens=math.inf)
+
+
+def test_checkpointing_is_searched_and_chosen_only_where_it_is_needed():
+    """8 x 24 GiB under ZeRO-3: 100 GiB of states / 8 = 12.6 GiB + 1 GiB context + activations. At batch 6,
+    2 GiB per sequence (12 GiB) does not fit, 1/4 GiB (1.5 GiB) does: that option must be '+ckpt' and pay one
+    more forward. On 8 x 80 GiB the faster option without checkpointing is kept."""
+    base = dataclasses.replace(FULL, batch=6)
+    r, _ = rec(base, [SMALL, BIG], all_shardings=True)
+    small8 = {o.sharding: o for o in r.options if o.gpu == "small-24g" and o.count == 8}
+    assert "zero3" not in small8 and small8["zero3+ckpt"].config.grad_checkpointing
+    best, _ = rec(base, [SMALL, BIG])
+    big8 = next(o for o in best.options if o.gpu == "big-80g" and o.count == 8)
+    assert not big8.config.grad_checkpointing
+    ck = next(o for o in r.options if o.gpu == "big-80g" and o.count == 8 and o.sharding == big8.sharding + "+ckpt")
+    assert ck.step.compute_s > big8.step.compute_s
+    fixed, _ = rec(dataclasses.replace(base, grad_checkpointing=True), [SMALL, BIG], all_shardings=True)
+    assert all(o.config.grad_checkpointing and "+ckpt" not in o.sharding for o in fixed.options)
