@@ -279,6 +279,36 @@ def launch(cfg: DistConfig, out_dir: str | Path, timeout_s: float = 900) -> list
     return recs
 
 
+COMPONENTS = ("weights", "gradients", "optimizer")
+
+
+def compare_with_plan(cfg: DistConfig, recs: list[dict]) -> list[dict]:
+    """One tidy row per rank and component: the planner's per-GPU bytes beside the bytes counted from tensors.
+
+    The planner's components are grouped as the roofline groups them (``quantlab.planner.recommend``:
+    weights include adapters and quantization constants). Activations, logits and the CUDA context
+    are not compared: a CPU process has no allocator pool or context, and activations are freed
+    by the time the step ends.
+    """
+    from quantlab import planner
+    from quantlab.planner.recommend import GRAD_KEYS, OPT_KEYS, WEIGHT_KEYS, _sum
+
+    spec = model_spec(cfg)
+    p = planner.plan(plan_config(cfg, spec))
+    pred = {"weights": _sum(p.components, WEIGHT_KEYS), "gradients": _sum(p.components, GRAD_KEYS),
+            "optimizer": _sum(p.components, OPT_KEYS)}
+    rows = []
+    for rec in recs:
+        for comp in COMPONENTS:
+            meas = rec[f"{comp}_bytes"]
+            rows.append({"model": spec.name, "method": cfg.method, "sharding": cfg.sharding,
+                         "processes": rec["world_size"], "rank": rec["rank"], "component": comp,
+                         "pred_bytes": pred[comp], "meas_bytes": meas,
+                         "meas_over_pred": meas / pred[comp] if pred[comp] else None,
+                         "meas_peak_rss_bytes": rec["peak_rss_bytes"], "replicas_agree": rec["replicas_agree"]})
+    return rows
+
+
 def _cli(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m quantlab.lab.distributed")
     sub = ap.add_subparsers(dest="cmd", required=True)

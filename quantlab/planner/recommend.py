@@ -175,6 +175,7 @@ class Recommendation:
     assumptions: tuple[str, ...]
     gpu_facts: dict  # gpu name -> interconnect, price and where the price comes from
     considered: int  # configurations planned
+    fitting: int = 0  # of which fit (before keeping the best sharding per GPU kind and count)
     rejected: dict = field(default_factory=dict)  # reason -> count
     sort: str = "cost"
 
@@ -190,11 +191,13 @@ class Recommendation:
                          "grad_checkpointing": b.grad_checkpointing, "goal": self.goal.described,
                          "train_tokens": self.goal.train_tokens,
                          "serve_tokens_per_day": self.goal.serve_tokens_per_day, "sort": self.sort},
-            "options": [dict(o.to_dict(), rank=i + 1) for i, o in enumerate(self.options)],
+            "options": [dict(o.to_dict(), rank=i + 1, **({"copies_to_keep_up": o.replicas_to_keep_up}
+                                                           if self.goal.serve_tokens_per_day else {}))
+                        for i, o in enumerate(self.options)],
             "pareto": [self.options.index(o) + 1 for o in self.pareto],
             "assumptions": {"notes": list(self.assumptions), "utilisation": self.util.to_dict(),
                             "gpus": self.gpu_facts},
-            "considered": self.considered, "rejected": dict(self.rejected),
+            "considered": self.considered, "fitting": self.fitting, "rejected": dict(self.rejected),
         }
 
 
@@ -313,6 +316,7 @@ def recommend(base: PlanConfig, gpus: Sequence[GPUSpec], goal: Goal = Goal(), *,
                     continue
                 p = plan(cfg)
                 options.append(_option(cfg, gpu, sh, p, r, nbytes, trainable, goal, util, training))
+    fitting = len(options)
     if not all_shardings:
         options = best_per_group(options)
     _mark = pareto_front(options)
@@ -322,7 +326,7 @@ def recommend(base: PlanConfig, gpus: Sequence[GPUSpec], goal: Goal = Goal(), *,
     options.sort(key=key)
     return Recommendation(options=tuple(options), goal=goal, base=base, util=util,
                           assumptions=_assumptions(base, goal, util, training), gpu_facts=facts,
-                          considered=considered, rejected=rejected, sort=sort)
+                          considered=considered, fitting=fitting, rejected=rejected, sort=sort)
 
 
 def _option(cfg: PlanConfig, gpu: GPUSpec, sh: Sharding, p, r: tp.Roof, nbytes: tp.ModelBytes, trainable: int,

@@ -1,0 +1,285 @@
+"""``quantlab recommend``: which GPU kind, how many and which sharding, ranked by cost (or time).
+
+Thin: parse, call :func:`quantlab.planner.recommend.recommend`, render. The model, method and
+workload flags are ``quantlab plan``'s own (``add_plan_arguments``), so a recommendation and a plan
+describe the same configuration. matplotlib is imported only when a plot is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+from pathlib import Path
+
+from quantlab.errors import QuantlabError
+
+FORMATS = ("table", "json", "csv", "markdown")
+
+
+def register(sub) -> None:
+    try:
+        from quantlab.commands.plan import add_plan_arguments
+    except ModuleNotFoundError as e:  # the planner's CLI is absent: skip, as cli.py skips absent commands
+        if e.name != "quantlab.commands.plan":
+            raise
+        return
+    p = sub.add_parser(
+        "recommend", conflict_handler="resolve",
+        help="rank GPU kind x count x sharding by time and cost for a training or serving job",
+        description="Rank every configuration (GPU kind x count x sharding: DDP, ZeRO-1/2/3, FSDP, offload; tensor "
+                    "parallel for inference) that fits in memory (the planner) by cost or time (a roofline at stated "
+                    "utilisations, priced from the GPU profiles), and mark the Pareto front of time against cost.",
+        epilog="Example:\n  quantlab recommend --model 70b --method qlora --seq 4096 --train-tokens 1e8 --plot rec.png\n"
+               "  quantlab recommend --model 8b --method inference --seq 4096 --serve-tokens-per-day 1e9",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_plan_arguments(p)
+    goal = p.add_mutually_exclusive_group()
+    goal.add_argument("--train-tokens", type=float, default=None, metavar="T",
+                      help="tokens to train on (e.g. 1e8): time and cost are for the whole run")
+    goal.add_argument("--serve-tokens-per-day", type=float, default=None, metavar="T",
+                      help="tokens to generate per day: time is GPU time per day, cost is per day")
+    p.add_argument("--max-gpus", type=int, default=8,
+                   help="largest GPU count to consider (1, 2, 4, ... up to it; above 8 spans nodes and pays the "
+                        "slower inter-node network)")
+    p.add_argument("--budget-per-hour", type=float, default=None, metavar="USD",
+                   help="drop configurations whose GPUs cost more than this per hour (drops unpriced GPUs too)")
+    p.add_argument("--gpus", default=None, metavar="A,B",
+                   help="only these GPU kinds (profile names or aliases); default: every GPU profile")
+    p.add_argument("--sort", choices=("cost", "time"), default="cost",
+                   help="rank cheapest first (default) or fastest first; the Pareto front is marked either way")
+    p.add_argument("--all-shardings", action="store_true",
+                   help="rank every fitting sharding, not only the best one per GPU kind and count")
+    p.add_argument("--top", type=int, default=15, help="rows in the table/markdown (json and csv hold every option)")
+    p.add_argument("--format", choices=FORMATS, default="table", help="output format")
+    p.add_argument("--out", default=None, metavar="PATH",
+                   help="write the output here instead of stdout (and the plot beside it as .png unless --plot)")
+    p.add_argument("--plot", default=None, metavar="PNG", help="write the time-vs-cost plot (Pareto front) here")
+    p.set_defaults(func=run, batch=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    from quantlab import profiles
+    from quantlab.commands.plan import config_from_args
+    from quantlab.planner.recommend import Goal, recommend
+
+    auto_batch = args.batch is None
+    if auto_batch:
+        args.batch = 1
+    if args.max_gpus < 1:
+        raise QuantlabError(f"--max-gpus must be at least 1, got {args.max_gpus}")
+    if args.top < 1:
+        raise QuantlabError(f"--top must be at least 1, got {args.top}")
+    if args.budget_per_hour is not None and not args.budget_per_hour > 0:
+        raise QuantlabError(f"--budget-per-hour must be positive, got {args.budget_per_hour}")
+    for flag in ("train_tokens", "serve_tokens_per_day"):
+        v = getattr(args, flag)
+        if v is not None and not (v > 0 and math.isfinite(v)):
+            raise QuantlabError(f"--{flag.replace('_', '-')} must be a positive number, got {v}")
+    cfg = config_from_args(args)
+    if cfg.method.is_training and args.serve_tokens_per_day is not None:
+        raise QuantlabError("--serve-tokens-per-day is for --method inference; a training method takes --train-tokens")
+    if not cfg.method.is_training and args.train_tokens is not None:
+        raise QuantlabError("--train-tokens is for training methods; --method inference takes --serve-tokens-per-day")
+    names = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else list(profiles.list_gpus())
+    gpus = [profiles.load_gpu(n) for n in names]
+    if not gpus:
+        raise QuantlabError("no GPU kinds to consider")
+    rec = recommend(cfg, gpus, Goal(args.train_tokens, args.serve_tokens_per_day), max_gpus=args.max_gpus,
+                    budget_per_hour=args.budget_per_hour, sort=args.sort, auto_batch=auto_batch,
+                    all_shardings=args.all_shardings)
+    text = render(rec, args.format, args.top)
+    plot_path = args.plot or (str(Path(args.out).with_suffix(".png")) if args.out else None)
+    if args.out:
+        from quantlab.fileio import atomic_write_text
+
+        atomic_write_text(args.out, text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    if plot_path:
+        if not rec.options:
+            print("no configuration fits: no plot written", file=sys.stderr)
+        else:
+            plot(rec, plot_path)
+            print(f"wrote {plot_path}", file=sys.stderr)
+    return 0 if rec.options else 1
+
+
+# ---- rendering ------------------------------------------------------------------------------------
+
+def fmt_time(s: float) -> str:
+    if s < 1:
+        return f"{s * 1e3:.0f} ms"
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 2 * 3600:
+        return f"{s / 60:.0f} min"
+    if s < 72 * 3600:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} d"
+
+
+def fmt_usd(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"${x:,.0f}" if x >= 100 else f"${x:,.2f}"
+
+
+def _label(o) -> str:
+    return f"{o.count}x {o.gpu} {o.sharding}"
+
+
+def summary_lines(rec) -> list[str]:
+    """The explanation: what answers the question, and the trade-off the front offers."""
+    from quantlab.units import fmt_bytes
+
+    if not rec.options:
+        why = ", ".join(f"{k}: {v}" for k, v in rec.rejected.items()) or "no GPU profiles"
+        return [f"Nothing fits ({rec.considered} configurations planned; {why}). Try --max-gpus higher, a smaller "
+                "--batch/--seq, --grad-checkpointing, or a k-bit precision."]
+    priced = [o for o in rec.options if o.cost_usd is not None]
+    lines = []
+    if priced:
+        cheap = min(priced, key=lambda o: (o.cost_usd, o.time_s))
+        fast = min(priced, key=lambda o: (o.time_s, o.cost_usd))
+        lines.append(f"Cheapest: {_label(cheap)}: {fmt_time(cheap.time_s)}, {fmt_usd(cheap.cost_usd)} "
+                     f"({fmt_bytes(cheap.memory_per_gpu_bytes)} of {fmt_bytes(cheap.gpu_memory_bytes)} per GPU, "
+                     f"{cheap.bound}-bound).")
+        lines.append(f"Fastest:  {_label(fast)}: {fmt_time(fast.time_s)}, {fmt_usd(fast.cost_usd)} "
+                     f"({fast.bound}-bound).")
+        if rec.goal.serve_tokens_per_day:
+            lines.append(f"To keep up with {rec.goal.serve_tokens_per_day:.3g} tokens a day, run "
+                         f"{cheap.replicas_to_keep_up} cop{'y' if cheap.replicas_to_keep_up == 1 else 'ies'} of the "
+                         f"cheapest all day ({cheap.replicas_to_keep_up * cheap.count} GPUs), or "
+                         f"{fast.replicas_to_keep_up} of the fastest ({fast.replicas_to_keep_up * fast.count} GPUs).")
+        front = rec.pareto
+        if len(front) > 2:
+            lines.append("Pareto front (no option is both faster and cheaper): "
+                         + "; ".join(f"{_label(o)} {fmt_time(o.time_s)} {fmt_usd(o.cost_usd)}" for o in front) + ".")
+    lines.append(f"{rec.considered} configurations planned, {rec.fitting} fit"
+                 + (" (left out: " + "; ".join(f"{k}: {v}" for k, v in rec.rejected.items()) + ")"
+                    if rec.rejected else "")
+                 + (f"; ranked: the best sharding of each GPU kind and count ({len(rec.options)}; --all-shardings "
+                    "ranks every one)." if len(rec.options) < rec.fitting else "."))
+    return lines
+
+
+def _rows(rec, top: int | None):
+    from quantlab.units import fmt_bytes
+
+    for i, o in enumerate(rec.options[:top] if top else rec.options):
+        yield [str(i + 1), "*" if o.pareto else "", o.gpu, str(o.count), o.sharding, str(o.batch),
+               f"{fmt_bytes(o.memory_per_gpu_bytes, digits=1)} / {fmt_bytes(o.gpu_memory_bytes, digits=0)}",
+               f"{o.tokens_per_s:,.0f}", fmt_time(o.time_s), fmt_usd(o.cost_usd), fmt_usd(o.cost_per_hour_usd),
+               o.bound]
+
+
+HEADERS = ["#", "front", "GPU", "n", "sharding", "batch", "memory/GPU", "tok/s", "time", "cost", "$/h", "bound"]
+
+
+def _assumption_lines(rec) -> list[str]:
+    out = list(rec.assumptions)
+    shown = {o.gpu for o in rec.options[:15]}
+    for name, f in rec.gpu_facts.items():
+        if name not in shown:
+            continue
+        link = f["interconnect_bandwidth_bytes_per_s"]
+        out.append(f"{name}: {f['interconnect'] or 'no peer link'}"
+                   + (f" {link / 1e9:.0f} GB/s" if link else "")
+                   + (f"; ${f['price_usd_per_hour']}/GPU-h ({f['price_source']})" if f["price_usd_per_hour"]
+                      else "; no price"))
+    return out
+
+
+def render(rec, fmt: str, top: int = 15) -> str:
+    if fmt == "json":
+        return json.dumps(rec.to_dict(), indent=2) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        cols = ["rank", "pareto", "gpu", "count", "sharding", "tp", "dp", "zero", "fsdp", "offload", "batch", "seq",
+                "memory_per_gpu_bytes", "gpu_memory_bytes", "tokens_per_s", "time_s", "cost_usd",
+                "price_usd_per_gpu_hour", "bound"]
+        w.writerow(cols)
+        for i, o in enumerate(rec.options):
+            d = dict(o.to_dict(), rank=i + 1)
+            w.writerow(["" if d[c] is None else d[c] for c in cols])
+        return buf.getvalue()
+    b = rec.base
+    title = (f"{b.model.name}, {b.method.value} ({b.precision.value} weights, {b.compute_dtype.value} compute), "
+             f"seq {b.seq}: {rec.goal.described}")
+    if fmt == "markdown":
+        lines = [f"# GPU recommendation: {title}", ""]
+        lines += [f"- {s}" for s in summary_lines(rec)] + [""]
+        if rec.options:
+            lines += ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+            lines += ["| " + " | ".join(r) + " |" for r in _rows(rec, top)]
+        lines += ["", "Assumptions:", ""] + [f"- {a}" for a in _assumption_lines(rec)] + [""]
+        return "\n".join(lines)
+    # table (rich)
+    from rich.console import Console
+    from rich.table import Table
+
+    buf = io.StringIO()
+    con = Console(file=buf, width=150, force_terminal=False, color_system=None)
+    t = Table(title=title, title_justify="left")
+    for h in HEADERS:
+        t.add_column(h, justify="right" if h in ("#", "n", "batch", "tok/s", "time", "cost", "$/h") else "left")
+    for r in _rows(rec, top):
+        t.add_row(*r)
+    if rec.options:
+        con.print(t)
+        if len(rec.options) > top:
+            con.print(f"({len(rec.options) - top} more in --format json/csv; * = on the Pareto front of time vs cost)")
+        else:
+            con.print("(* = on the Pareto front of time vs cost)")
+    for s in summary_lines(rec):
+        con.print(s)
+    con.print("Assumptions:")
+    for a in _assumption_lines(rec):
+        con.print(f"  - {a}")
+    return buf.getvalue()
+
+
+def plot(rec, path: str) -> Path:
+    """Time against cost, one colour per GPU kind, the Pareto front as a line (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    priced = [o for o in rec.options if o.cost_usd is not None]
+    fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
+    kinds = sorted({o.gpu for o in priced})
+    cmap = plt.get_cmap("tab20", max(len(kinds), 1))
+    for k, kind in enumerate(kinds):
+        pts = [o for o in priced if o.gpu == kind]
+        ax.scatter([o.time_s / 3600 for o in pts], [o.cost_usd for o in pts], s=[18 + 10 * o.count for o in pts],
+                   color=cmap(k), alpha=0.75, label=kind, edgecolors="none")
+    front = rec.pareto
+    if front:
+        ax.plot([o.time_s / 3600 for o in front], [o.cost_usd for o in front], "k--", lw=1, drawstyle="steps-post",
+                label="Pareto front")
+        for o in front:
+            ax.annotate(f"{o.count}x{o.gpu} {o.sharding}", (o.time_s / 3600, o.cost_usd), fontsize=7,
+                        xytext=(4, 4), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("time (hours, log)")
+    ax.set_ylabel("cost (USD, log; indicative on-demand prices)")
+    b = rec.base
+    ax.set_title(f"{b.model.name} {b.method.value}, seq {b.seq}: {rec.goal.described}", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="best", title="marker size: GPU count", title_fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    from quantlab.fileio import atomic_write_bytes
+
+    return atomic_write_bytes(path, buf.getvalue())
