@@ -243,20 +243,25 @@ class ModelBytes:
 
 def train_step(cfg: PlanConfig, trainable_params: int, nbytes: ModelBytes, r: Roof,
                util: Utilisation = Utilisation()) -> StepTime:
-    """One optimizer step of ``cfg.batch`` × ``cfg.seq`` tokens per data-parallel rank.
+    """One optimizer step of ``cfg.batch`` × ``cfg.seq`` × ``cfg.grad_accum`` tokens per data-parallel rank.
 
     Under tensor parallel (``cfg.tp`` > 1) each GPU does 1/tp of the FLOPs and bytes; the
     activation all-reduces of training TP are not modelled (the recommender proposes TP for
     inference only). Memory traffic: the weights are read once forward, once backward and once
-    more when recomputing; gradients and optimizer states are read and written once each.
+    more when recomputing (all of them, gathered, even under ZeRO-3); each GPU's share of the gradients
+    and optimizer states (sharded by ZeRO-1/2 and FSDP, moved to the CPU by offload) is read and
+    written once.
     """
     flops = train_flops_per_token(cfg, trainable_params)
     tokens = cfg.batch * cfg.seq * cfg.grad_accum
     f_gpu = tokens * flops.total / cfg.tp
     mfu = util.kbit_train_mfu if _kbit(cfg) else util.train_mfu
     passes = 3 if cfg.grad_checkpointing else 2
-    b_gpu = (cfg.grad_accum * passes * nbytes.weights + 2 * (nbytes.gradients + nbytes.optimizer)) / cfg.tp
     n = cfg.dp
+    sharded = bool(cfg.fsdp) or cfg.zero > 0
+    opt_gpu = 0 if cfg.offload is not Offload.NONE else nbytes.optimizer / (n if sharded else 1)
+    grad_gpu = nbytes.gradients / (n if cfg.fsdp or cfg.zero >= 2 else 1)
+    b_gpu = (cfg.grad_accum * passes * nbytes.weights + 2 * (grad_gpu + opt_gpu)) / cfg.tp
     net = 0.0
     if n > 1:
         link = link_bandwidth(r, cfg.num_gpus, util)

@@ -180,3 +180,20 @@ def test_throughput_module_is_pure():
     mods = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     mods |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert mods <= {"__future__", "dataclasses", "quantlab", "math"}
+
+
+def test_training_memory_traffic_counts_each_gpus_share_of_the_states():
+    """Per step each GPU reads the (gathered) weights twice, three times with checkpointing, and reads and writes
+    its own share of gradients and optimizer states: ZeRO-2 on 8 GPUs holds 1/8 of both, offload none on the GPU."""
+    cfg = PlanConfig(model=LLAMA2_7B, method=Method.FULL, seq=1024, num_gpus=8)
+    w, g, o = 2 * P7, 2 * P7, 12 * P7
+    nb = tp.ModelBytes(weights=w, gradients=g, optimizer=o)
+    r = tp.roof(DEV, DType.BF16)
+    assert tp.train_step(cfg, P7, nb, r, U).bytes == 2 * w + 2 * (g + o)
+    assert tp.train_step(dataclasses.replace(cfg, zero=2), P7, nb, r, U).bytes == 2 * w + 2 * (g + o) / 8
+    assert tp.train_step(dataclasses.replace(cfg, zero=1), P7, nb, r, U).bytes == 2 * w + 2 * (g + o / 8)
+    off = dataclasses.replace(cfg, zero=3, offload=Offload.OPTIMIZER, grad_checkpointing=True)
+    assert tp.train_step(off, P7, nb, r, U).bytes == 3 * w + 2 * g / 8
+
+
+P7 = 6_738_415_616
