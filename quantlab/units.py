@@ -25,3 +25,13 @@ def fmt_count(n: int | None) -> str:
         if abs(n) >= div:
             return f"{n / div:.2f} {suffix}"
     return str(n)
+
+
+def console(stderr: bool = False):
+    """A rich Console; when output is not a terminal (pipes, files, tests) it is wide, so tables do not wrap."""
+    import sys
+
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(file=stream, width=None if stream.isatty() else 200)
