@@ -354,6 +354,8 @@ class PlanConfig:
     offload: Offload = Offload.NONE
     tp: int = 1  # tensor-parallel degree
     device: DeviceMode = DeviceMode.CUDA
+    kbit_upcast: bool = True  # PEFT prepare_model_for_kbit_training: non-quantized weights to fp32 (k-bit training)
+    stack: str = "transformers"  # "transformers" (+ PEFT + bitsandbytes 0.50) or "litgpt" (its own model code)
 
     def __post_init__(self) -> None:
         for f in ("batch", "seq", "lora_r", "lora_alpha", "group_size", "grad_accum", "num_gpus", "tp",
@@ -363,6 +365,8 @@ class PlanConfig:
                 raise SpecError(f"{f.replace('_', '-')} must be a positive integer, got {v!r}")
         if self.freeze_last_layers < 0 or self.freeze_last_layers > self.model.num_hidden_layers:
             raise SpecError(f"freeze-last-layers must be in 0..{self.model.num_hidden_layers}")
+        if self.stack not in ("transformers", "litgpt"):
+            raise SpecError(f"stack must be transformers or litgpt, got {self.stack!r}")
         if self.zero not in (0, 1, 2, 3):
             raise SpecError(f"zero must be 0, 1, 2 or 3, got {self.zero!r}")
         if self.fsdp not in (None, "full_shard", "shard_grad_op"):

@@ -1,0 +1,117 @@
+"""Measured memory figures (published ones, and the lab's own) and the planner's error against them.
+
+Rows follow ``shared/ground-truth/published.jsonl``: the exact conditions of a run (model, method, weights,
+compute dtype, training precision, optimizer, LoRA, checkpointing, batch, seq, attention, GPU, stack) and
+one metric (``allocated``, ``reserved``, ``process`` in bytes, or ``fits``). The lab appends its own rows
+to ``reports/measurements.jsonl`` in the same format, so one check covers both.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from quantlab.errors import QuantlabError
+from quantlab.specs import (Attention, DeviceMode, DType, Method, Optimizer, PlanConfig, Precision,
+                            TrainingPrecision)
+
+REPO = Path(__file__).resolve().parent.parent
+PUBLISHED = REPO.parent / "shared" / "ground-truth" / "published.jsonl"
+MEASUREMENTS = REPO / "reports" / "measurements.jsonl"
+TARGETS = {("transformers", "allocated"): 0.05, ("transformers", "reserved"): 0.10,
+           ("transformers", "process"): 0.10, ("litgpt", "allocated"): 0.15, ("litgpt", "reserved"): 0.15,
+           ("litgpt", "process"): 0.15}
+
+
+def load_rows(path: str | Path) -> list[dict]:
+    rows = []
+    p = Path(path)
+    if not p.exists():
+        return rows
+    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise QuantlabError(f"{p}:{i}: not valid JSON ({e.msg})") from e
+    return rows
+
+
+def row_to_config(row: dict) -> PlanConfig:
+    """The PlanConfig that describes a measured row's exact conditions."""
+    from quantlab.profiles import load_model
+
+    tp = row.get("training_precision") or "pure"
+    weights = Precision(row.get("weights", "bf16"))
+    method = Method(row.get("method", "inference"))
+    kw = dict(model=load_model(row["model"]).spec, method=method, precision=weights,
+              compute_dtype=DType(row.get("compute_dtype", "bf16")),
+              training_precision=TrainingPrecision.AMP if tp.startswith("amp") else TrainingPrecision.PURE,
+              double_quant=bool(row.get("double_quant")), batch=int(row["batch"]), seq=int(row["seq"]),
+              attn=Attention(row.get("attn", "sdpa")), grad_checkpointing=bool(row.get("grad_checkpointing")),
+              stack=row.get("stack") or "transformers",
+              device=DeviceMode(row.get("device", "cuda")))
+    if row.get("optimizer"):
+        kw["optimizer"] = Optimizer(row["optimizer"])
+    if row.get("lora_r"):
+        kw["lora_r"] = int(row["lora_r"])
+    if row.get("lora_targets"):
+        kw["lora_targets"] = tuple(row["lora_targets"])
+    for k in ("grad_accum", "num_gpus", "zero", "tp", "freeze_last_layers", "num_virtual_tokens", "group_size"):
+        if row.get(k) is not None:
+            kw[k] = int(row[k])
+    if row.get("kbit_upcast") is not None:
+        kw["kbit_upcast"] = bool(row["kbit_upcast"])
+    return PlanConfig(**kw)
+
+
+@dataclass(frozen=True)
+class Check:
+    id: str
+    metric: str
+    stack: str
+    measured: float
+    predicted: float
+    error: float | None  # (predicted - measured) / measured; None for fits rows
+    ok: bool
+
+
+def check_row(row: dict) -> Check:
+    from quantlab.planner import fit, plan
+    from quantlab.profiles import load_gpu
+
+    cfg = row_to_config(row)
+    stack = row.get("stack") or "transformers"
+    metric = row["metric"]
+    if metric == "fits":
+        f = fit(cfg, load_gpu(row["gpu"]), suggest=False)
+        return Check(row["id"], metric, stack, float(bool(row["fits"])), float(f.fits), None, f.fits == row["fits"])
+    p = plan(cfg)
+    pred = {"allocated": p.peak_allocated_bytes, "reserved": p.peak_reserved_bytes, "process": p.process_bytes}[metric]
+    err = (pred - row["value_bytes"]) / row["value_bytes"]
+    tol = row.get("tolerance") or TARGETS.get((stack, metric), 0.10)
+    return Check(row["id"], metric, stack, row["value_bytes"], pred, err, abs(err) <= tol)
+
+
+def summarize(checks: list[Check]) -> list[dict]:
+    """Per (stack, metric): rows, mean |error|, worst error, worst under-prediction, all within target."""
+    out = []
+    groups: dict[tuple[str, str], list[Check]] = {}
+    for c in checks:
+        groups.setdefault((c.stack, c.metric), []).append(c)
+    for (stack, metric), cs in sorted(groups.items()):
+        if metric == "fits":
+            out.append(dict(stack=stack, metric=metric, rows=len(cs), right=sum(c.ok for c in cs),
+                            mean_abs_error=None, worst_error=None, worst_under=None, ok=all(c.ok for c in cs)))
+            continue
+        errs = [c.error for c in cs]
+        worst = max(errs, key=abs)
+        under = min(errs)
+        out.append(dict(stack=stack, metric=metric, rows=len(cs), right=sum(c.ok for c in cs),
+                        mean_abs_error=statistics.fmean(abs(e) for e in errs), worst_error=worst,
+                        worst_under=under if under < 0 else 0.0, target=TARGETS.get((stack, metric)),
+                        ok=all(c.ok for c in cs)))
+    return out

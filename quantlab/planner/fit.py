@@ -1,0 +1,142 @@
+"""Fit: does a plan fit a GPU, with what margin, and what would make it fit.
+
+1. Out-of-memory is decided by the process total (reserved + CUDA context: what nvidia-smi shows), so the
+   verdict compares ``process_bytes`` with the GPU's memory.
+2. Memory grows monotonically with batch and with sequence length, so the largest batch and the longest
+   sequence that fit are found by doubling then bisection.
+3. The fewest GPUs: the user's sharding when it shards; otherwise ZeRO-3 for training and tensor parallel
+   for inference (data parallel alone does not lower memory per GPU), over 1, 2, 4, 8, ... 512 GPUs.
+4. Suggestions are single changes, each planned and kept only when it fits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from quantlab.planner.memory import Plan, plan
+from quantlab.specs import GPUSpec, Method, Offload, Optimizer, PlanConfig, Precision, SpecError
+
+GPU_COUNTS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+@dataclass(frozen=True)
+class Fit:
+    gpu: GPUSpec
+    plan: Plan
+    fits: bool
+    margin_bytes: int
+    max_batch: int  # 0: not even batch 1 fits
+    max_seq: int  # 0: not even 1 token fits
+    min_gpus: int | None  # None: not within 512 GPUs
+    min_gpus_sharding: str
+    suggestions: tuple  # (change, process_bytes) pairs that make it fit
+
+    def to_dict(self) -> dict:
+        return {"gpu": self.gpu.name, "gpu_memory_bytes": self.gpu.memory_bytes, "fits": self.fits,
+                "margin_bytes": self.margin_bytes, "max_batch": self.max_batch, "max_seq": self.max_seq,
+                "min_gpus": self.min_gpus, "min_gpus_sharding": self.min_gpus_sharding,
+                "suggestions": [{"change": c, "process_bytes": b} for c, b in self.suggestions]}
+
+
+def _fits(cfg: PlanConfig, gpu: GPUSpec) -> bool:
+    try:
+        return plan(cfg).process_bytes <= gpu.memory_bytes
+    except SpecError:
+        return False
+
+
+def _largest(cfg: PlanConfig, gpu: GPUSpec, field: str, cap: int) -> int:
+    lo = 0
+    hi = 1
+    while hi <= cap and _fits(dataclasses.replace(cfg, **{field: hi}), gpu):
+        lo, hi = hi, hi * 2
+    hi = min(hi, cap + 1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _fits(dataclasses.replace(cfg, **{field: mid}), gpu):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _scaled(cfg: PlanConfig, n: int) -> tuple[PlanConfig, str]:
+    if cfg.zero or cfg.fsdp or cfg.tp > 1:
+        tp = n if cfg.tp > 1 else 1
+        return dataclasses.replace(cfg, num_gpus=n, tp=tp), "as planned"
+    if cfg.method.is_training:
+        return dataclasses.replace(cfg, num_gpus=n, zero=3), "ZeRO-3"
+    return dataclasses.replace(cfg, num_gpus=n, tp=n), "tensor parallel"
+
+
+def min_gpus(cfg: PlanConfig, gpu: GPUSpec) -> tuple[int | None, str]:
+    how = ""
+    for n in GPU_COUNTS:
+        try:
+            c, how = _scaled(cfg, n)
+        except SpecError:
+            continue
+        if _fits(c, gpu):
+            return n, how
+    return None, how
+
+
+def _suggestions(cfg: PlanConfig, gpu: GPUSpec) -> list[tuple[str, int]]:
+    cands: list[tuple[str, dict]] = []
+    m = cfg.method
+    if m is Method.LORA:
+        cands.append(("QLoRA (nf4 base) instead of LoRA", dict(method=Method.QLORA, precision=Precision.NF4)))
+    if m is Method.FULL:
+        cands.append(("LoRA instead of a full fine-tune", dict(method=Method.LORA)))
+        cands.append(("QLoRA instead of a full fine-tune", dict(method=Method.QLORA, precision=Precision.NF4)))
+    if m.is_training and not cfg.grad_checkpointing:
+        cands.append(("gradient checkpointing on", dict(grad_checkpointing=True)))
+    if m.is_training and cfg.optimizer is Optimizer.ADAMW:
+        cands.append(("8-bit AdamW", dict(optimizer=Optimizer.ADAMW_8BIT)))
+    if m is Method.QLORA and not cfg.double_quant:
+        cands.append(("double quantization", dict(double_quant=True)))
+    if not m.is_training:
+        for p in (Precision.INT8, Precision.NF4):
+            if cfg.precision in (Precision.FP32, Precision.FP16, Precision.BF16) or \
+                    (cfg.precision is Precision.INT8 and p is Precision.NF4):
+                cands.append((f"{p.value} weights", dict(precision=p)))
+    if m.is_training and cfg.num_gpus > 1:
+        for z in (1, 2, 3):
+            if z > cfg.zero and not cfg.fsdp:
+                cands.append((f"ZeRO-{z} across the {cfg.num_gpus} GPUs", dict(zero=z)))
+    if m.is_training and cfg.offload is Offload.NONE and (cfg.num_gpus == 1 or cfg.zero):
+        cands.append(("offload optimizer states to CPU", dict(offload=Offload.OPTIMIZER)))
+    out = []
+    for text, change in cands:
+        try:
+            c = dataclasses.replace(cfg, **change)
+            p = plan(c)
+        except SpecError:
+            continue
+        if p.process_bytes <= gpu.memory_bytes:
+            out.append((text, p.process_bytes))
+    if cfg.batch > 1:
+        b = _largest(dataclasses.replace(cfg, batch=1), gpu, "batch", cfg.batch - 1)
+        if b:
+            out.append((f"batch {b} (largest that fits)" + (f"; keep the effective batch with --grad-accum "
+                                                            f"{-(-cfg.batch * cfg.grad_accum // b)}" if m.is_training else ""),
+                        plan(dataclasses.replace(cfg, batch=b)).process_bytes))
+    s = _largest(dataclasses.replace(cfg, seq=1), gpu, "seq", cfg.seq - 1) if cfg.seq > 1 else 0
+    if s and s < cfg.seq:
+        out.append((f"sequence {s} (longest that fits)", plan(dataclasses.replace(cfg, seq=s)).process_bytes))
+    n, how = min_gpus(cfg, gpu)
+    if n and n > cfg.num_gpus:
+        out.append((f"{n} x {gpu.name} with {how}", plan(_scaled(cfg, n)[0]).process_bytes))
+    return out
+
+
+def fit(cfg: PlanConfig, gpu: GPUSpec, suggest: bool = True) -> Fit:
+    p = plan(cfg)
+    ok = p.process_bytes <= gpu.memory_bytes
+    max_batch = _largest(dataclasses.replace(cfg, batch=1), gpu, "batch", 1 << 16)
+    max_seq = _largest(dataclasses.replace(cfg, seq=1), gpu, "seq", max(cfg.model.max_position_embeddings, cfg.seq))
+    n, how = min_gpus(cfg, gpu)
+    sugg = tuple(_suggestions(cfg, gpu)) if (suggest and not ok) else ()
+    return Fit(gpu=gpu, plan=p, fits=ok, margin_bytes=gpu.memory_bytes - p.process_bytes, max_batch=max_batch,
+               max_seq=max_seq, min_gpus=n, min_gpus_sharding=how, suggestions=sugg)

@@ -1,0 +1,64 @@
+"""Exact parameter counts from the architecture (checked to the parameter against transformers on the meta device).
+
+1. Input embedding: vocab_size x hidden_size; GPT-2 adds learned positions (max_position_embeddings x hidden).
+2. Output head: vocab x hidden, absent when ``tie_word_embeddings`` (the head shares the embedding).
+3. Each block: the linears of :meth:`ModelSpec.block_linears` (biases where the family has them; MoE:
+   one router plus ``num_local_experts`` copies of the expert MLP), plus its norms: RMSNorm has a weight
+   (hidden), LayerNorm a weight and a bias. Gemma-2 has four norms per block, the others two.
+4. A final norm after the last block.
+5. Active parameters (MoE): the router and ``num_experts_per_tok`` experts per token, everything else.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from quantlab.specs import LinearShape, ModelSpec
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    embedding: int
+    lm_head: int  # 0 when tied
+    block_linear_weights: int  # per block, weights only (no biases)
+    block_linear_biases: int  # per block
+    block_norms: int  # per block
+    final_norm: int
+    layers: int
+    linears: tuple[LinearShape, ...]
+    expert_weights: int  # per block, the expert linears' weights (MoE), included in block_linear_weights
+    active_expert_weights: int  # per block, the experts one token uses
+
+    @property
+    def per_block(self) -> int:
+        return self.block_linear_weights + self.block_linear_biases + self.block_norms
+
+    @property
+    def total(self) -> int:
+        return self.embedding + self.lm_head + self.layers * self.per_block + self.final_norm
+
+    @property
+    def active(self) -> int:
+        return self.total - self.layers * (self.expert_weights - self.active_expert_weights)
+
+    @property
+    def norms(self) -> int:
+        return self.layers * self.block_norms + self.final_norm
+
+
+@functools.lru_cache(maxsize=1024)
+def count_params(m: ModelSpec) -> ParamCounts:
+    h = m.hidden_size
+    linears = m.block_linears()
+    embedding = m.vocab_size * h + (m.max_position_embeddings * h if m.model_type == "gpt2" else 0)
+    lm_head = 0 if m.tie_word_embeddings else m.vocab_size * h
+    norm = 2 * h if m.uses_layernorm else h
+    weights = sum(l.count * l.in_features * l.out_features for l in linears)
+    biases = sum(l.count * l.out_features for l in linears if l.bias)
+    experts = sum(l.count * l.in_features * l.out_features for l in linears if l.count > 1)
+    per_expert = sum(l.in_features * l.out_features for l in linears if l.count > 1)
+    active = per_expert * m.num_experts_per_tok if m.is_moe else experts
+    return ParamCounts(embedding=embedding, lm_head=lm_head, block_linear_weights=weights, block_linear_biases=biases,
+                       block_norms=m.norms_per_block * norm, final_norm=norm, layers=m.num_hidden_layers,
+                       linears=linears, expert_weights=experts, active_expert_weights=active)
