@@ -1,0 +1,85 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from quantlab.cli import main
+
+
+def run(capsys, *argv):
+    rc = main(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_plan_13b_qlora_on_4090_breakdown_and_verdict(capsys):
+    rc, out, _ = run(capsys, "plan", "--model", "13b", "--method", "qlora", "--gpu", "rtx-4090")
+    assert rc == 0
+    assert "13b -> llama-2-13b (alias)" in out
+    assert "weights" in out and "quant_constants" in out and "activations" in out
+    assert "FIT" in out
+
+
+def test_plan_json_contract(capsys):
+    rc, out, _ = run(capsys, "plan", "--model", "8b", "--method", "lora", "--gpu", "a100-80gb", "--format", "json")
+    doc = json.loads(out)
+    for k in ("model", "params", "trainable_params", "components", "peak_allocated_bytes", "peak_reserved_bytes",
+              "process_bytes", "gpu", "fits", "margin_bytes", "max_batch", "max_seq"):
+        assert k in doc, k
+    assert doc["model"] == "llama-3.1-8b" and doc["gpu"] == "a100-80gb"
+    assert all(isinstance(v, int) for v in doc["components"].values())
+    assert doc["peak_allocated_bytes"] <= doc["peak_reserved_bytes"] <= doc["process_bytes"]
+
+
+def test_plan_csv(capsys):
+    rc, out, _ = run(capsys, "plan", "--model", "7b", "--format", "csv")
+    assert rc == 0 and out.splitlines()[0].startswith("model,") and "weights_bytes" in out
+
+
+def test_gpu_auto_without_gpu_is_normal(capsys):
+    rc, out, _ = run(capsys, "plan", "--model", "7b", "--gpu", "auto")
+    assert rc == 0
+
+
+def test_compare_formats(capsys):
+    rc, out, _ = run(capsys, "compare", "--model", "8b", "--method", "lora", "--grad-checkpointing", "--format", "json")
+    doc = json.loads(out)
+    assert [r["precision"] for r in doc["rows"]] == ["fp32", "fp16", "bf16", "int8", "nf4"]
+    by = {r["precision"]: r["process_bytes"] for r in doc["rows"]}
+    assert by["nf4"] < by["bf16"] < by["fp32"]
+    rc, out, _ = run(capsys, "compare", "--model", "8b", "--format", "markdown")
+    assert out.count("|") > 20
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--model", "lama-2-7b"], "did you mean"),
+    (["--model", "7b", "--gpu", "h1000"], "unknown GPU"),
+    (["--model", "7b", "--batch", "0"], "positive"),
+    (["--model", "7b", "--seq", "-5"], "positive"),
+    (["--model", "7b", "--method", "qlora", "--precision", "fp32"], "QLoRA"),
+    (["--model", "7b", "--method", "lora", "--lora-targets", "nope"], "match no linear"),
+])
+def test_bad_input_one_line_exit_2(capsys, argv, needle):
+    rc, out, err = run(capsys, "plan", *argv)
+    assert rc == 2
+    assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_malformed_config_json(tmp_path, capsys):
+    p = tmp_path / "config.json"
+    p.write_text("{oops")
+    rc, _, err = run(capsys, "plan", "--model", str(p))
+    assert rc == 2 and "not valid JSON" in err
+
+
+def test_seq_beyond_context_warns_not_fails(capsys):
+    rc, out, _ = run(capsys, "plan", "--model", "7b", "--seq", "8192")
+    assert rc == 0 and "beyond the model's context" in out
+
+
+def test_plan_does_not_import_torch():
+    code = ("import sys; from quantlab.cli import main; main(['plan','--model','13b','--method','qlora','--gpu',"
+            "'rtx-4090','--format','json']); assert 'torch' not in sys.modules and 'pandas' not in sys.modules")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

@@ -1,0 +1,142 @@
+"""Memory components: golden numbers derived in docstrings, and properties that must hold."""
+
+import dataclasses
+
+import pytest
+
+from quantlab.planner import plan
+from quantlab.planner.formats import weight_format
+from quantlab.profiles import load_model
+from quantlab.specs import (ALL_LINEAR, Attention, DeviceMode, DType, Method, Optimizer, PlanConfig, Precision,
+                            SpecError, TrainingPrecision)
+
+L7 = load_model("llama-2-7b").spec
+L8 = load_model("llama-3.1-8b").spec
+
+
+def cfg(**kw):
+    base = dict(model=L7, method=Method.INFERENCE, precision=Precision.FP16, compute_dtype=DType.FP16, seq=1)
+    base.update(kw)
+    return PlanConfig(**base)
+
+
+def test_kv_cache_golden():
+    """Llama-2-7B fp16 KV cache: 2 (K,V) x 32 layers x 32 heads x 128 dims x 2 bytes = 524,288 bytes per token;
+    Llama-3.1-8B (8 KV heads, GQA) is 4x smaller: 131,072 bytes per token."""
+    assert plan(cfg(seq=1000)).components["kv_cache"] == 524_288 * 1000
+    assert plan(cfg(model=L8, seq=1000)).components["kv_cache"] == 131_072 * 1000
+    assert plan(cfg(seq=1000, kv_dtype=DType.FP8)).components["kv_cache"] == 262_144 * 1000
+
+
+def test_fp16_weights_golden():
+    """6,738,415,616 parameters x 2 bytes, plus the 64-float rotary inv_freq buffer (256 bytes)."""
+    assert plan(cfg()).components["weights"] == 6_738_415_616 * 2 + 64 * 4
+
+
+def test_nf4_layout_golden():
+    """A 4096x4096 NF4 weight: 8,388,608 packed bytes + 262,144 blocks x 4-byte absmax = 9,437,184 bytes;
+    double quant: 8,388,608 + 262,144 uint8 absmax + 1,024 x 4 (second-level absmax) + 4 (offset) + 1,024 (code)."""
+    assert weight_format(Precision.NF4).linear_bytes(4096, 4096, 2) == 8_388_608 + 262_144 * 4
+    assert weight_format(Precision.NF4, True).linear_bytes(4096, 4096, 2) == 8_388_608 + 262_144 + 4096 + 4 + 1024
+    assert weight_format(Precision.INT8).linear_bytes(4096, 11008, 2) == 4096 * 11008 + 11008 * 4
+
+
+def test_only_block_linears_are_quantized():
+    """Under NF4 the embeddings and lm_head stay fp16: 2 x 32000 x 4096 x 2 bytes of Llama-2-7B's weights."""
+    w = plan(cfg(precision=Precision.NF4)).components["weights"]
+    assert w > 2 * 32000 * 4096 * 2
+    assert w < 6_738_415_616 * 0.5 + 2 * 32000 * 4096 * 2
+
+
+def test_precision_order():
+    totals = {p: plan(cfg(precision=p)).components["weights"] + plan(cfg(precision=p)).components.get("quant_constants", 0)
+              for p in (Precision.FP32, Precision.BF16, Precision.INT8, Precision.NF4)}
+    assert totals[Precision.NF4] < totals[Precision.INT8] < totals[Precision.BF16] < totals[Precision.FP32]
+    assert plan(cfg(precision=Precision.NF4, double_quant=True)).components["quant_constants"] < \
+        plan(cfg(precision=Precision.NF4)).components["quant_constants"]
+
+
+@pytest.mark.parametrize("method", [Method.FULL, Method.LORA, Method.QLORA, Method.INFERENCE])
+def test_memory_grows_with_batch_and_seq(method):
+    prec = Precision.NF4 if method is Method.QLORA else Precision.BF16
+    base = PlanConfig(model=L8, method=method, precision=prec, batch=1, seq=512)
+    a = plan(base)
+    for bigger in (dataclasses.replace(base, batch=2), dataclasses.replace(base, seq=1024)):
+        b = plan(bigger)
+        # the peak may be the optimizer step (independent of batch), so it never shrinks; the dynamic parts grow
+        assert b.peak_allocated_bytes >= a.peak_allocated_bytes
+        key = "activations" if method.is_training else "kv_cache"
+        assert b.components[key] > a.components[key]
+
+
+def test_checkpointing_lowers_activations_and_eager_raises_them():
+    base = PlanConfig(model=L8, method=Method.LORA, seq=2048)
+    a = plan(base).components["activations"]
+    assert plan(dataclasses.replace(base, grad_checkpointing=True)).components["activations"] < a / 5
+    assert plan(dataclasses.replace(base, attn=Attention.EAGER)).components["activations"] > a
+
+
+def test_optimizer_states():
+    """Full fine-tune of Llama-2-7B in pure bf16: AdamW holds 2 x N x 2 bytes; 8-bit AdamW 2 x N bytes plus
+    one fp32 absmax per 256 values per state; SGD none; momentum 1 x N x 2."""
+    n = 6_738_415_616
+    full = PlanConfig(model=L7, method=Method.FULL)
+    assert plan(full).components["optimizer"] == 4 * n
+    assert plan(dataclasses.replace(full, optimizer=Optimizer.ADAMW_8BIT)).components["optimizer"] == \
+        2 * n + 8 * -(-n // 256)
+    assert plan(dataclasses.replace(full, optimizer=Optimizer.SGD)).components["optimizer"] == 0
+    assert plan(dataclasses.replace(full, optimizer=Optimizer.SGD_MOMENTUM)).components["optimizer"] == 2 * n
+    amp = plan(dataclasses.replace(full, training_precision=TrainingPrecision.AMP))
+    assert amp.components["optimizer"] == 8 * n and amp.components["weights"] > 4 * n
+
+
+def test_paged_optimizer_outside_allocator():
+    base = PlanConfig(model=L7, method=Method.FULL)
+    paged = plan(dataclasses.replace(base, optimizer=Optimizer.PAGED_ADAMW))
+    assert paged.peak_allocated_bytes < plan(base).peak_allocated_bytes
+    assert paged.process_bytes >= paged.peak_reserved_bytes + paged.components["optimizer"]
+
+
+def test_lora_trainable_params():
+    """LoRA r=16 on q_proj, v_proj of Llama-2-7B: 32 layers x 2 x 16 x (4096 + 4096) = 8,388,608."""
+    p = plan(PlanConfig(model=L7, method=Method.LORA, lora_r=16, lora_targets=("q_proj", "v_proj")))
+    assert p.trainable_params == 8_388_608
+    assert p.components["adapters"] == 8_388_608 * 4  # fp32 under PEFT
+    allp = plan(PlanConfig(model=L7, method=Method.LORA, lora_targets=(ALL_LINEAR,)))
+    assert allp.trainable_params > p.trainable_params
+    with pytest.raises(SpecError, match="match no linear"):
+        plan(PlanConfig(model=L7, method=Method.LORA, lora_targets=("c_attn",)))
+
+
+def test_freeze_trains_last_k_blocks():
+    one_block = (4096 * 4096 * 4 + 3 * 4096 * 11008) + 2 * 4096
+    p = plan(PlanConfig(model=L7, method=Method.FREEZE, freeze_last_layers=2))
+    assert p.trainable_params == 2 * one_block
+
+
+def test_sharding_order_per_gpu():
+    base = PlanConfig(model=L7, method=Method.FULL, num_gpus=8)
+    vals = [plan(dataclasses.replace(base, zero=z)).peak_allocated_bytes for z in (0, 1, 2, 3)]
+    assert vals[3] < vals[2] < vals[1] < vals[0]
+    assert plan(dataclasses.replace(base, fsdp="full_shard")).peak_allocated_bytes == vals[3]
+
+
+def test_cpu_mode_has_no_context_or_reserve():
+    p = plan(cfg(device=DeviceMode.CPU))
+    assert p.components["cuda_context"] == 0 and p.components["allocator_reserve"] == 0
+    assert p.process_bytes == p.peak_allocated_bytes
+
+
+def test_qlora_upcast_and_impossible_combinations():
+    q = plan(PlanConfig(model=L7, method=Method.QLORA, precision=Precision.NF4))
+    no_up = plan(PlanConfig(model=L7, method=Method.QLORA, precision=Precision.NF4, kbit_upcast=False))
+    assert q.components["weights"] - no_up.components["weights"] == 2 * 32000 * 4096 * 2 + (65 * 4096) * 2
+    with pytest.raises(SpecError):
+        PlanConfig(model=L7, method=Method.QLORA, precision=Precision.FP32)
+    with pytest.raises(SpecError):
+        PlanConfig(model=L7, method=Method.FULL, precision=Precision.NF4)
+
+
+def test_sequence_beyond_context_warns():
+    p = plan(cfg(seq=8192))
+    assert any("beyond the model's context" in n for n in p.notes)
