@@ -10,6 +10,7 @@ import argparse
 import csv
 import json
 import sys
+from pathlib import Path
 
 from quantlab.errors import QuantlabError
 
@@ -194,6 +195,9 @@ def run(args) -> int:
 
         for path in emit(cfg, args.emit, args.emit_dir):
             print(f"wrote {path}", file=sys.stderr)
+        from quantlab.emit import ACCELERATE_YAML, launch_command
+
+        print(f"launch with: {launch_command(Path(args.emit_dir) / ACCELERATE_YAML, 'your_train.py')}", file=sys.stderr)
     return 0
 
 
