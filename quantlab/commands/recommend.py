@@ -182,17 +182,24 @@ def _rows(rec, top: int | None):
 HEADERS = ["#", "front", "GPU", "n", "sharding", "batch", "memory/GPU", "tok/s", "time", "cost", "$/h", "bound"]
 
 
-def _assumption_lines(rec) -> list[str]:
+def _assumption_lines(rec, top: int = 15) -> list[str]:
+    """The recommender's assumptions, then the interconnect and price of each GPU kind in the shown rows, with
+    the price's source (once when the profiles share it)."""
     out = list(rec.assumptions)
-    shown = {o.gpu for o in rec.options[:15]}
-    for name, f in rec.gpu_facts.items():
-        if name not in shown:
-            continue
+    shown = []
+    for o in rec.options[:top]:
+        if o.gpu not in shown:
+            shown.append(o.gpu)
+    facts = [(n, rec.gpu_facts[n]) for n in shown]
+    sources = {f["price_source"] for _, f in facts if f["price_usd_per_hour"] is not None}
+    for name, f in facts:
         link = f["interconnect_bandwidth_bytes_per_s"]
-        out.append(f"{name}: {f['interconnect'] or 'no peer link'}"
-                   + (f" {link / 1e9:.0f} GB/s" if link else "")
-                   + (f"; ${f['price_usd_per_hour']}/GPU-h ({f['price_source']})" if f["price_usd_per_hour"]
-                      else "; no price"))
+        price = f["price_usd_per_hour"]
+        out.append(f"{name}: {f['interconnect'] or 'no peer link'}" + (f" {link / 1e9:.0f} GB/s" if link else "")
+                   + (f"; ${price}/GPU-hour" if price is not None else "; no price")
+                   + (f" ({f['price_source']})" if price is not None and len(sources) > 1 else ""))
+    if len(sources) == 1:
+        out.append(f"prices: {sources.pop()}")
     return out
 
 
@@ -219,7 +226,7 @@ def render(rec, fmt: str, top: int = 15) -> str:
         if rec.options:
             lines += ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
             lines += ["| " + " | ".join(r) + " |" for r in _rows(rec, top)]
-        lines += ["", "Assumptions:", ""] + [f"- {a}" for a in _assumption_lines(rec)] + [""]
+        lines += ["", "Assumptions:", ""] + [f"- {a}" for a in _assumption_lines(rec, top)] + [""]
         return "\n".join(lines)
     # table (rich)
     from rich.console import Console
@@ -241,7 +248,7 @@ def render(rec, fmt: str, top: int = 15) -> str:
     for s in summary_lines(rec):
         con.print(s)
     con.print("Assumptions:")
-    for a in _assumption_lines(rec):
+    for a in _assumption_lines(rec, top):
         con.print(f"  - {a}")
     return buf.getvalue()
 

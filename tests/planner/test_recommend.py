@@ -43,12 +43,6 @@ class FakePlan:
 
 
 @dataclass
-class FakeFit:
-    fits: bool
-    max_batch: int | None
-
-
-@dataclass
 class FakePlanner:
     """bf16 weights (2 B/param), full fine-tune: bf16 grads (2 B) + AdamW with fp32 master (12 B); 2 GiB of
     activations per sequence (1/4 GiB with checkpointing); 1 GiB context. ZeRO-1 shards the optimizer, 2 also grads, 3 also weights
@@ -76,18 +70,10 @@ class FakePlanner:
             comp["weights"] = 0
         return FakePlan(comp, sum(comp.values()) + GiB, P7B)
 
-    def fit(self, cfg: PlanConfig, g: GPUSpec) -> FakeFit:
-        p = self.plan(cfg)
-        max_batch = None
-        if cfg.method is Method.INFERENCE:
-            free = g.memory_bytes - (p.process_bytes - p.components["kv_cache"])
-            max_batch = max(0, free // (cfg.seq * 524_288 // cfg.tp))
-        return FakeFit(p.process_bytes <= g.memory_bytes, max_batch)
-
 
 def rec(base, gpus, goal=R.Goal(train_tokens=1e8), **kw):
     fp = FakePlanner()
-    return R.recommend(base, gpus, goal, plan=fp.plan, fit=fp.fit, **kw), fp
+    return R.recommend(base, gpus, goal, plan=fp.plan, **kw), fp
 
 
 FULL = PlanConfig(model=LLAMA2_7B, method=Method.FULL, seq=4096)
@@ -227,3 +213,43 @@ def test_checkpointing_is_searched_and_chosen_only_where_it_is_needed():
     assert ck.step.compute_s > big8.step.compute_s
     fixed, _ = rec(dataclasses.replace(base, grad_checkpointing=True), [SMALL, BIG], all_shardings=True)
     assert all(o.config.grad_checkpointing and "+ckpt" not in o.sharding for o in fixed.options)
+
+
+# ---- with the real planner and GPU profiles -------------------------------------------------------------
+
+def _real(model, method, **kw):
+    from quantlab.profiles import list_gpus, load_gpu, load_model
+    from quantlab.specs import Precision
+
+    spec = load_model(model).spec
+    prec = Precision.NF4 if method is Method.QLORA else Precision.BF16
+    base = PlanConfig(model=spec, method=method, precision=prec, **kw)
+    return base, [load_gpu(n) for n in list_gpus()]
+
+
+def test_real_70b_qlora_memory_is_the_planners_and_speed_the_roofline():
+    """Every option's memory is the planner's process total for exactly that configuration, and a
+    compute-bound option's speed is MFU × peak / FLOPs per token."""
+    from quantlab.planner import plan
+
+    base, gpus = _real("70b", Method.QLORA, seq=4096)
+    r = R.recommend(base, gpus, R.Goal(train_tokens=1e8))
+    assert r.options and r.pareto
+    for o in r.options:
+        assert o.memory_per_gpu_bytes == plan(o.config).process_bytes <= o.gpu_memory_bytes
+    h100 = next(o for o in r.options if o.gpu == "h100-sxm" and o.count == 1)
+    assert h100.config.grad_checkpointing  # 70B at seq 4096 keeps ~160 GiB of activations without it
+    assert h100.bound == "compute"
+    per_tok = tp.train_flops_per_token(h100.config, plan(h100.config).trainable_params).total
+    assert h100.tokens_per_s == pytest.approx(0.25 * 989.5e12 / per_tok)
+
+
+def test_real_serving_uses_tensor_parallel_and_reads_fewer_bytes_per_gpu():
+    base, gpus = _real("70b", Method.INFERENCE, seq=4096)
+    h100 = [g for g in gpus if g.name == "h100-sxm"]
+    r = R.recommend(base, h100, R.Goal(serve_tokens_per_day=1e9), all_shardings=True)
+    by = {(o.count, o.tp): o for o in r.options}
+    assert (1, 1) not in by  # 138 GB of bf16 weights do not fit one 80 GB GPU
+    assert (2, 2) in by and (8, 8) in by
+    assert by[(8, 8)].step.bytes < by[(2, 2)].step.bytes
+    assert all(o.bound == "memory" for o in r.options)  # decode

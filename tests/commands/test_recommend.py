@@ -1,0 +1,91 @@
+"""`quantlab recommend`: the ranked, explained answer in every format, the plot, and one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from quantlab.cli import main
+
+Q70 = ["recommend", "--model", "70b", "--method", "qlora", "--seq", "4096", "--train-tokens", "1e8"]
+
+
+def test_table_answers_with_cheapest_fastest_and_assumptions(capsys):
+    assert main(Q70) == 0
+    out = capsys.readouterr().out
+    assert "Cheapest:" in out and "Fastest:" in out and "Pareto" in out
+    assert "Assumptions:" in out and "25%" in out  # the k-bit training utilisation it used
+    assert "prices:" in out and "2026-11" in out  # the price date from the GPU profiles
+
+
+def test_json_document_holds_the_ranked_options(tmp_path, capsys):
+    out = tmp_path / "rec.json"
+    assert main(Q70 + ["--format", "json", "--out", str(out), "--plot", str(tmp_path / "rec.png")]) == 0
+    doc = json.loads(out.read_text())
+    opts = doc["options"]
+    assert opts and [o["rank"] for o in opts] == list(range(1, len(opts) + 1))
+    for o in opts:
+        assert o["memory_per_gpu_bytes"] <= o["gpu_memory_bytes"]
+        assert o["time_s"] == pytest.approx(1e8 / o["tokens_per_s"])
+        assert o["cost_usd"] == pytest.approx(o["time_h"] * o["count"] * o["price_usd_per_gpu_hour"])
+    costs = [o["cost_usd"] for o in opts]
+    assert costs == sorted(costs)
+    assert doc["assumptions"]["utilisation"]["kbit_train_mfu"] == 0.25
+    assert "h100-sxm" in doc["assumptions"]["gpus"] and doc["assumptions"]["gpus"]["h100-sxm"]["price_source"]
+    # a 70B model in NF4 is ~38 GiB of weights: no single 24 GiB card holds it without offloading the weights
+    assert not any(o["count"] == 1 and o["gpu_memory_bytes"] <= 24 << 30 and o["offload"] != "params" for o in opts)
+    png = (tmp_path / "rec.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_csv_and_markdown(capsys):
+    assert main(Q70 + ["--format", "csv"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("rank,pareto,gpu,count,sharding") and len(lines) > 10
+    assert main(Q70 + ["--format", "markdown", "--top", "5"]) == 0
+    md = capsys.readouterr().out
+    assert md.startswith("# GPU recommendation") and md.count("\n| ") == 6  # header + 5 rows
+
+
+def test_serving_budget_and_gpu_subset(capsys):
+    args = ["recommend", "--model", "8b", "--method", "inference", "--seq", "4096", "--serve-tokens-per-day", "1e9",
+            "--gpus", "l40s,h100", "--budget-per-hour", "10", "--format", "json"]
+    assert main(args) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert {o["gpu"] for o in doc["options"]} <= {"l40s", "h100-sxm"}
+    assert all(o["cost_per_hour_usd"] <= 10 for o in doc["options"])
+    assert all(o["copies_to_keep_up"] >= 1 and o["batch"] >= 1 for o in doc["options"])
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["--max-gpus", "0"], "max-gpus"),
+    (["--train-tokens", "-5"], "train-tokens"),
+    (["--gpus", "h1000"], "unknown GPU"),
+    (["--budget-per-hour", "0"], "budget"),
+])
+def test_bad_input_is_one_line_exit_2(capsys, extra, msg):
+    base = ["recommend", "--model", "70b", "--method", "qlora", "--seq", "4096"]
+    assert main(base + extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and msg in err
+
+
+def test_goal_must_match_the_method(capsys):
+    assert main(["recommend", "--model", "8b", "--method", "qlora", "--serve-tokens-per-day", "1e9"]) == 2
+    assert "--train-tokens" in capsys.readouterr().err
+
+
+def test_nothing_fits_says_why_and_exits_1(capsys):
+    assert main(["recommend", "--model", "405b", "--method", "full", "--seq", "8192", "--max-gpus", "1",
+                 "--gpus", "rtx-4090"]) == 1
+    out = capsys.readouterr().out
+    assert "Nothing fits" in out and "--max-gpus" in out
+
+
+def test_matplotlib_only_when_a_plot_is_asked_for():
+    code = ("import sys; from quantlab.cli import main; "
+            "main(['recommend', '--model', '8b', '--method', 'lora', '--format', 'json']); "
+            "print('MPL', 'matplotlib' in sys.modules, 'torch' in sys.modules, file=sys.stderr)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "MPL False False" in r.stderr
