@@ -1,0 +1,58 @@
+"""``quantlab lab ptq``: post-training quantization of a real model, measured side by side."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "ptq", help="quantize a real model several ways and measure memory, speed and quality",
+        description="Load the model once per method (casts, bitsandbytes INT8/NF4/FP4, GPTQ, torchao), count the "
+                    "bytes its tensors hold, time prefill and decode, and score perplexity, KL divergence and top-1 "
+                    "agreement against FP32, per-layer SQNR and cloze-task accuracy. Each method is a row in the "
+                    "results store; 'quantlab report' renders them.",
+        epilog="Examples:\n  quantlab lab ptq --methods fp32,bf16,int8,nf4,gptq-int4\n"
+               "  quantlab lab ptq --methods fp32,nf4,nf4-dq,fp4 --quick\n"
+               "Methods: fp32 fp16 bf16 int8 nf4 nf4-dq fp4 gptq-int4 torchao-int8 torchao-intx4 torchao-int4",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m",
+                   help="smollm2-135m (the embedded real model), a local transformers folder (safetensors) or a .gguf")
+    p.add_argument("--methods", default="fp32,bf16,int8,nf4", help="comma-separated methods (see below)")
+    p.add_argument("--quick", action="store_true",
+                   help="small evaluation sizes (about a minute per method on 2 CPU cores): for a demo, not a report")
+    p.add_argument("--eval-tokens", type=int, default=None, help="held-out tokens for perplexity (default 4096)")
+    p.add_argument("--store", default=None, help="results database (default reports/quantlab.sqlite)")
+    p.add_argument("--redo", action="store_true", help="run again even if the store has this configuration")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import dataclasses
+
+    from quantlab.errors import QuantlabError
+    from quantlab.lab.ptq import EvalSizes, parse_methods, run_ptq
+    from quantlab.report.store import ResultStore
+
+    methods = parse_methods(args.methods)
+    sizes = EvalSizes.quick() if args.quick else EvalSizes()
+    if args.eval_tokens is not None:
+        if args.eval_tokens < sizes.window:
+            raise QuantlabError(f"--eval-tokens must be at least one window ({sizes.window})")
+        sizes = dataclasses.replace(sizes, eval_tokens=args.eval_tokens)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    store = ResultStore(args.store)
+    records, skipped = run_ptq(methods, args.model, store=store, redo=args.redo, sizes=sizes,
+                               log=lambda s: print(s, file=sys.stderr))
+    from quantlab.report.render import ptq_table
+
+    print(ptq_table([r for r in records if r.kind == "ptq"], "table"))
+    for s in skipped:
+        print(f"skipped {s}", file=sys.stderr)
+    print(f"stored in {store.path}; render with: quantlab report --store {store.path}", file=sys.stderr)
+    return 0 if records else 1

@@ -1,0 +1,236 @@
+"""The lab's instruments: bytes held by a model's tensors, process memory, CUDA allocator peaks, timing.
+
+1. Weight bytes are counted from the tensors actually held: every parameter and buffer, deduplicated by
+   storage (tied embeddings count once), with tensor subclasses (torchao) flattened to their inner tensors and
+   bitsandbytes' quantization state (absmax, nested absmax, code tables, LLM.int8 row scales ``SCB``) included,
+   since bitsandbytes keeps those outside the module's parameters and buffers.
+2. On a CPU, process memory is the resident set size (``/proc/self/statm``). A phase's peak is sampled by a
+   background thread every ``interval`` seconds (a short allocation between samples can be missed), and
+   reported as the delta over the RSS at the start of the phase.
+3. On a GPU: ``torch.cuda.max_memory_allocated`` and ``max_memory_reserved`` after ``reset_peak_memory_stats``,
+   and the NVML figure for this process (CUDA context included), kept apart.
+4. Timing: warm-up runs, then the median of timed runs, synchronising the device around each.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _flatten(t):
+    """Yield plain tensors inside ``t`` (tensor subclasses are flattened)."""
+    import torch
+
+    inner = getattr(type(t), "__tensor_flatten__", None)
+    if inner is not None and type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter:
+        try:
+            names, _ = t.__tensor_flatten__()
+        except Exception:
+            names = []
+        if names:
+            for n in names:
+                yield from _flatten(getattr(t, n))
+            return
+    yield t
+
+
+def _quant_state_tensors(param):
+    """bitsandbytes keeps quantization constants beside the weight, not as parameters or buffers."""
+    import torch
+
+    qs = getattr(param, "quant_state", None)
+    seen = []
+    while qs is not None:
+        for name in ("absmax", "code", "offset"):
+            v = getattr(qs, name, None)
+            if isinstance(v, torch.Tensor):
+                seen.append(v)
+        qs = getattr(qs, "state2", None)
+    scb = getattr(param, "SCB", None)
+    if isinstance(scb, torch.Tensor):
+        seen.append(scb)
+    return seen
+
+
+def _storage_key(t) -> tuple:
+    try:
+        s = t.untyped_storage()
+        return (s.data_ptr(), s.nbytes(), str(t.device)) if s.data_ptr() else ("id", id(s))
+    except (RuntimeError, NotImplementedError):
+        return ("id", id(t))
+
+
+def _nbytes(t) -> int:
+    try:
+        return t.untyped_storage().nbytes()
+    except (RuntimeError, NotImplementedError):
+        return t.numel() * t.element_size()
+
+
+@dataclass
+class TensorBytes:
+    total: int = 0
+    by_dtype: dict = field(default_factory=dict)
+    quant_constants: int = 0  # absmax / scales / zeros / code tables
+    params: int = 0  # parameter elements (logical, as the model defines them)
+    trainable_params: int = 0
+
+
+def tensor_bytes(tensors, constants=()) -> TensorBytes:
+    """Bytes of distinct storages among ``tensors`` (plus ``constants``, counted as quantization constants)."""
+    out = TensorBytes()
+    seen = set()
+    for group, is_const in ((tensors, False), (constants, True)):
+        for t in group:
+            for leaf in _flatten(t):
+                k = _storage_key(leaf)
+                if k in seen:
+                    continue
+                seen.add(k)
+                n = _nbytes(leaf)
+                out.total += n
+                d = str(leaf.dtype).replace("torch.", "")
+                out.by_dtype[d] = out.by_dtype.get(d, 0) + n
+                if is_const:
+                    out.quant_constants += n
+    return out
+
+
+def model_bytes(model) -> TensorBytes:
+    """All parameter and buffer storages of ``model`` plus bitsandbytes quantization state (assumption 1)."""
+    params = list(model.parameters())
+    consts = [c for p in params for c in _quant_state_tensors(p)]
+    tb = tensor_bytes(params + list(model.buffers()), consts)
+    tb.params = sum(p.numel() for p in params)
+    tb.trainable_params = sum(p.numel() for p in params if p.requires_grad)
+    return tb
+
+
+def rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except OSError:  # pragma: no cover - not Linux
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@dataclass
+class PeakRSS:
+    start: int = 0
+    peak: int = 0
+
+    @property
+    def delta(self) -> int:
+        return max(0, self.peak - self.start)
+
+
+@contextmanager
+def track_rss(interval: float = 0.005):
+    """Sample the process RSS in a background thread; yields a PeakRSS filled in on exit (assumption 2)."""
+    res = PeakRSS(start=rss_bytes())
+    res.peak = res.start
+    stop = threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            res.peak = max(res.peak, rss_bytes())
+            stop.wait(interval)
+
+    th = threading.Thread(target=loop, daemon=True)
+    th.start()
+    try:
+        yield res
+    finally:
+        stop.set()
+        th.join()
+        res.peak = max(res.peak, rss_bytes())
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def nvml_process_bytes() -> int | None:
+    """This process's GPU memory as NVML reports it (CUDA context included), or None."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            h = pynvml.nvmlDeviceGetHandleByIndex(0)
+            for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h):
+                if p.pid == os.getpid():
+                    return int(p.usedGpuMemory)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        return None
+    return None
+
+
+@dataclass
+class MemoryReading:
+    """Peak memory of a phase: CPU RSS always; CUDA allocator and NVML figures on a GPU (kept apart)."""
+
+    rss_delta_bytes: int
+    rss_peak_bytes: int
+    cuda_allocated_bytes: int | None = None
+    cuda_reserved_bytes: int | None = None
+    nvml_process_bytes: int | None = None
+
+
+@contextmanager
+def measure_memory():
+    """Peak memory of the enclosed phase (assumptions 2, 3)."""
+    gpu = cuda_available()
+    if gpu:
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    reading = MemoryReading(0, 0)
+    with track_rss() as rss:
+        yield reading
+    reading.rss_delta_bytes, reading.rss_peak_bytes = rss.delta, rss.peak
+    if gpu:
+        import torch
+
+        torch.cuda.synchronize()
+        reading.cuda_allocated_bytes = int(torch.cuda.max_memory_allocated())
+        reading.cuda_reserved_bytes = int(torch.cuda.max_memory_reserved())
+        reading.nvml_process_bytes = nvml_process_bytes()
+
+
+def _sync():
+    if cuda_available():
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def median_time(fn, warmup: int = 1, repeat: int = 3) -> float:
+    """Median seconds of ``fn()`` after ``warmup`` untimed runs (assumption 4)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        _sync()
+        t = time.perf_counter()
+        fn()
+        _sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)

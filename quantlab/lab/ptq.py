@@ -1,0 +1,364 @@
+"""Post-training quantization, measured: every method is a frozen config plus a registered loader, and all of
+them go through :func:`run_ptq`, so each is loaded, measured and evaluated the same way.
+
+Methods (``quantlab lab ptq --methods ...``):
+
+- casts: ``fp32``, ``fp16``, ``bf16`` (``torch_dtype`` at load);
+- bitsandbytes: ``int8`` (LLM.int8), ``nf4``, ``nf4-dq`` (double quantization), ``fp4``; compute in fp32 on a
+  CPU (``bnb_4bit_compute_dtype``), in bf16 on a GPU;
+- ``gptq-int4``: transformers ``GPTQConfig`` on GPTQModel (4 bits, group size 64 by default), calibrated on
+  ``texts/calibration.txt`` (a different text from the held-out one);
+- torchao weight-only: ``torchao-int8`` (``Int8WeightOnlyConfig``), ``torchao-intx4``
+  (``IntxWeightOnlyConfig``, int4 values in 32-weight groups; on a CPU torchao stores them unpacked in int8),
+  ``torchao-int4`` (``Int4WeightOnlyConfig``: CUDA kernels only).
+
+A method that cannot run on this device raises :class:`UnsupportedOnDevice`; the comparison prints that one
+line and goes on with the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from quantlab.errors import QuantlabError, UnsupportedOnDevice
+from quantlab.lab import measure, quality
+from quantlab.lab.model import ModelSource, load_model, load_tokenizer, resolve
+
+os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(min(2, os.cpu_count() or 2)))
+
+
+@dataclass(frozen=True)
+class PTQMethod:
+    name: str
+    backend: str  # cast | bitsandbytes | gptq | torchao
+    precision: str  # the planner's weight precision (fp32, fp16, bf16, int8, nf4, fp4, int4) or "intx4"
+    double_quant: bool = False
+    group_size: int = 64
+    needs_cuda: bool = False
+    description: str = ""
+
+
+REGISTRY: dict[str, PTQMethod] = {m.name: m for m in (
+    PTQMethod("fp32", "cast", "fp32", description="reference: fp32 weights and compute"),
+    PTQMethod("fp16", "cast", "fp16", description="fp16 weights and compute"),
+    PTQMethod("bf16", "cast", "bf16", description="bf16 weights and compute"),
+    PTQMethod("int8", "bitsandbytes", "int8", description="LLM.int8: int8 weights, fp32 row scales, outliers in fp16"),
+    PTQMethod("nf4", "bitsandbytes", "nf4", description="4-bit NormalFloat, fp32 absmax per 64 weights"),
+    PTQMethod("nf4-dq", "bitsandbytes", "nf4", double_quant=True, description="NF4 with double quantization"),
+    PTQMethod("fp4", "bitsandbytes", "fp4", description="4-bit float, fp32 absmax per 64 weights"),
+    PTQMethod("gptq-int4", "gptq", "int4", group_size=64, description="GPTQ 4-bit, group 64, via GPTQModel"),
+    PTQMethod("torchao-int8", "torchao", "int8", description="torchao int8 weight-only, per-row scales"),
+    PTQMethod("torchao-intx4", "torchao", "intx4", group_size=32,
+              description="torchao int4 weight-only (IntxWeightOnlyConfig, group 32; unpacked int8 storage on CPU)"),
+    PTQMethod("torchao-int4", "torchao", "int4", group_size=64, needs_cuda=True,
+              description="torchao Int4WeightOnlyConfig (tinygemm: CUDA only)"),
+)}
+
+
+def parse_methods(spec: str) -> list[PTQMethod]:
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise QuantlabError("--methods is empty")
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise QuantlabError(f"unknown method {unknown[0]!r} (known: {', '.join(REGISTRY)})")
+    return [REGISTRY[n] for n in names]
+
+
+@dataclass(frozen=True)
+class EvalSizes:
+    """How much each figure measures. BF16/FP16 matmuls are emulated (slow) on many CPUs: they get
+    ``half_tokens`` on a CPU; the report says how many tokens every figure used."""
+
+    window: int = 512
+    eval_tokens: int = 4096
+    half_tokens: int = 1024  # fp16/bf16 on a CPU
+    kl_windows: int = 2
+    cloze_items: int = 120
+    prompt_lengths: tuple = (64, 256)
+    decode_tokens: int = 8
+    repeat: int = 3
+    calib_samples: int = 32
+    calib_len: int = 128
+
+    @classmethod
+    def quick(cls) -> "EvalSizes":
+        return cls(window=256, eval_tokens=1024, half_tokens=512, kl_windows=1, cloze_items=40, prompt_lengths=(64,),
+                   decode_tokens=4, repeat=1, calib_samples=8, calib_len=128)
+
+
+# ---- loaders ------------------------------------------------------------------------------------------
+
+Loader = Callable[[PTQMethod, ModelSource, object, EvalSizes], object]
+LOADERS: dict[str, Loader] = {}
+
+
+def register(backend: str):
+    def deco(fn: Loader) -> Loader:
+        LOADERS[backend] = fn
+        return fn
+    return deco
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+@register("cast")
+def _load_cast(m: PTQMethod, src: ModelSource, tok, sizes: EvalSizes):
+    model = load_model(src, dtype=_torch_dtype(m.precision), progress=False)
+    return model.to("cuda") if measure.cuda_available() else model
+
+
+@register("bitsandbytes")
+def _load_bnb(m: PTQMethod, src: ModelSource, tok, sizes: EvalSizes):
+    import warnings
+
+    import torch
+
+    # LLM.int8 on a CPU casts fp32 inputs to fp16 on every call and says so each time: once is enough
+    warnings.filterwarnings("once", message="MatMul8bitLt: inputs will be cast")
+    from transformers import BitsAndBytesConfig
+
+    gpu = measure.cuda_available()
+    compute = torch.bfloat16 if gpu else torch.float32
+    if m.precision == "int8":
+        q = BitsAndBytesConfig(load_in_8bit=True)
+    else:
+        q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=m.precision,
+                               bnb_4bit_use_double_quant=m.double_quant, bnb_4bit_compute_dtype=compute)
+    return load_model(src, dtype=compute, quantization_config=q, device_map="cuda" if gpu else "cpu", progress=False)
+
+
+@register("gptq")
+def _load_gptq(m: PTQMethod, src: ModelSource, tok, sizes: EvalSizes):
+    import torch
+    from transformers import GPTQConfig
+
+    ids = tok(quality.read_text("calibration.txt"), add_special_tokens=False)["input_ids"]
+    n = min(sizes.calib_samples, len(ids) // sizes.calib_len)
+    samples = [tok.decode(ids[i * sizes.calib_len:(i + 1) * sizes.calib_len]) for i in range(n)]
+    gpu = measure.cuda_available()
+    q = GPTQConfig(bits=4, group_size=m.group_size, dataset=samples, tokenizer=tok, desc_act=False)
+    try:
+        return load_model(src, dtype=torch.float16 if gpu else torch.float32, quantization_config=q,
+                          device_map="cuda" if gpu else "cpu", progress=False)
+    except ImportError as e:
+        raise UnsupportedOnDevice(f"gptq-int4 needs gptqmodel==7.6.0 ({e})") from e
+
+
+@register("torchao")
+def _load_torchao(m: PTQMethod, src: ModelSource, tok, sizes: EvalSizes):
+    import torch
+
+    gpu = measure.cuda_available()
+    if m.needs_cuda and not gpu:
+        raise UnsupportedOnDevice(f"{m.name} needs a CUDA GPU (torchao Int4WeightOnlyConfig has no CPU kernel); "
+                                  "on a CPU use torchao-intx4")
+    from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, IntxWeightOnlyConfig, quantize_
+    from torchao.quantization.granularity import PerGroup
+
+    model = load_model(src, dtype=torch.bfloat16 if gpu else torch.float32, progress=False)
+    if gpu:
+        model = model.to("cuda")
+    cfg = {"int8": lambda: Int8WeightOnlyConfig(),
+           "intx4": lambda: IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(m.group_size)),
+           "int4": lambda: Int4WeightOnlyConfig(group_size=m.group_size)}[m.precision]()
+    try:
+        # lm_head is tied to the embedding in small models: quantizing it would untie and duplicate it
+        quantize_(model, cfg, filter_fn=lambda mod, fqn: isinstance(mod, torch.nn.Linear) and "lm_head" not in fqn)
+    except ImportError as e:
+        raise UnsupportedOnDevice(f"{m.name}: torchao kernel unavailable here ({str(e).splitlines()[0]})") from e
+    return model
+
+
+def load_quantized(m: PTQMethod, src: ModelSource, tok, sizes: EvalSizes):
+    if m.needs_cuda and not measure.cuda_available():
+        raise UnsupportedOnDevice(f"{m.name} needs a CUDA GPU; skipped on this CPU")
+    return LOADERS[m.backend](m, src, tok, sizes)
+
+
+# ---- planner prediction -------------------------------------------------------------------------------
+
+def predicted_weight_bytes(m: PTQMethod, src: ModelSource) -> int | None:
+    """The planner's weights + quantization constants for the same configuration (CPU mode), or None."""
+    if src.profile_name is None or m.precision == "intx4" or m.backend == "torchao":
+        return None
+    from quantlab.planner import plan
+    from quantlab.profiles import load_model as load_profile
+    from quantlab.specs import DeviceMode, DType, Method, PlanConfig, Precision
+
+    spec = load_profile(src.profile_name).spec
+    compute = DType.FP32 if m.precision not in ("fp16", "bf16") else DType(m.precision)
+    cfg = PlanConfig(model=spec, method=Method.INFERENCE, precision=Precision(m.precision), compute_dtype=compute,
+                     double_quant=m.double_quant, group_size=m.group_size, seq=1, device=DeviceMode.CPU)
+    p = plan(cfg)
+    return p.components["weights"] + p.components.get("quant_constants", 0)
+
+
+# ---- speed --------------------------------------------------------------------------------------------
+
+def measure_speed(model, tok, sizes: EvalSizes) -> dict:
+    import torch
+
+    dev = next(model.parameters()).device
+    ids = tok(quality.read_text("heldout.txt")[-20000:], add_special_tokens=False)["input_ids"]
+    out = {}
+    with torch.inference_mode():
+        for n in sizes.prompt_lengths:
+            x = torch.tensor([ids[:n]], device=dev)
+            t = measure.median_time(lambda: model(x, use_cache=True), warmup=1, repeat=sizes.repeat)
+            out[f"meas_prefill_{n}_tok_per_s"] = n / t
+            if n == sizes.prompt_lengths[0]:
+                out["meas_ttft_s"] = t  # time to first token = one prefill of the prompt
+        x = torch.tensor([ids[:sizes.prompt_lengths[0]]], device=dev)
+
+        def decode():
+            o = model(x, use_cache=True)
+            past, nxt = o.past_key_values, o.logits[:, -1:].argmax(-1)
+            t0 = time.perf_counter()
+            for _ in range(sizes.decode_tokens):
+                o = model(nxt, past_key_values=past, use_cache=True)
+                past, nxt = o.past_key_values, o.logits[:, -1:].argmax(-1)
+            if measure.cuda_available():
+                torch.cuda.synchronize()
+            return time.perf_counter() - t0
+
+        decode()
+        times = sorted(decode() for _ in range(sizes.repeat))
+        out["meas_decode_tok_per_s"] = sizes.decode_tokens / times[len(times) // 2]
+    return out
+
+
+# ---- the comparison -----------------------------------------------------------------------------------
+
+@dataclass
+class Reference:
+    logprobs: list
+    weights: dict
+    windows: list
+
+
+def _free(model) -> None:
+    del model
+    gc.collect()
+    if measure.cuda_available():
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def build_reference(src: ModelSource, tok, sizes: EvalSizes, log=print) -> Reference:
+    import torch
+
+    log("reference: fp32 logits and weights")
+    model = load_model(src, dtype=torch.float32, progress=False)
+    windows = quality.token_windows(tok, quality.read_text("heldout.txt"), sizes.window, sizes.eval_tokens)
+    if not windows:
+        raise QuantlabError("the held-out text is shorter than one evaluation window")
+    _, kept = quality.score_text(model, windows[:sizes.kl_windows], keep=sizes.kl_windows)
+    ref = Reference(kept, quality.reference_linear_weights(model), windows)
+    _free(model)
+    return ref
+
+
+def run_method(m: PTQMethod, src: ModelSource, tok, ref: Reference, sizes: EvalSizes, log=print) -> dict:
+    """Load, measure and evaluate one method; the metrics of its stored row."""
+    import torch
+
+    gc.collect()
+    with measure.measure_memory() as load_mem:
+        t0 = time.perf_counter()
+        model = load_quantized(m, src, tok, sizes)
+        load_s = time.perf_counter() - t0
+    model.eval()
+    tb = measure.model_bytes(model)
+    half = m.precision in ("fp16", "bf16") and not measure.cuda_available()
+    n_windows = max(1, (sizes.half_tokens if half else sizes.eval_tokens) // sizes.window)
+    with measure.measure_memory() as eval_mem:
+        score, _ = quality.score_text(model, ref.windows[:n_windows], reference=ref.logprobs)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    if m.backend in ("bitsandbytes", "gptq") or m.precision == "intx4":
+        dtype = torch.float32 if not measure.cuda_available() else dtype
+    sq = quality.layer_sqnr(model, ref.weights, dtype)
+    finite = [v for v in sq.values() if v != float("inf")]
+    items = quality.load_cloze()[:sizes.cloze_items]
+    acc = quality.cloze_accuracy(model, tok, items)
+    speed = measure_speed(model, tok, sizes)
+    metrics = {
+        "meas_load_s": load_s,
+        "meas_weight_bytes": tb.total,
+        "meas_quant_constant_bytes": tb.quant_constants,
+        "meas_footprint_bytes": int(model.get_memory_footprint()),
+        "meas_load_rss_delta_bytes": load_mem.rss_delta_bytes,
+        "meas_eval_rss_delta_bytes": eval_mem.rss_delta_bytes,
+        "meas_peak_rss_bytes": max(load_mem.rss_peak_bytes, eval_mem.rss_peak_bytes),
+        "meas_cuda_allocated_bytes": eval_mem.cuda_allocated_bytes,
+        "meas_cuda_reserved_bytes": eval_mem.cuda_reserved_bytes,
+        "meas_nvml_process_bytes": eval_mem.nvml_process_bytes,
+        "meas_perplexity": score.perplexity,
+        "meas_ppl_tokens": score.tokens,
+        "meas_kl_nats": score.kl,
+        "meas_top1_agreement": score.top1_agreement,
+        "meas_kl_tokens": score.kl_tokens,
+        "meas_sqnr_mean_db": (sum(finite) / len(finite)) if finite else None,
+        "meas_sqnr_min_db": min(finite) if finite else None,
+        "meas_sqnr_layers": len(sq),
+        "meas_cloze_accuracy": acc,
+        "meas_cloze_items": len(items),
+        "pred_weight_bytes": predicted_weight_bytes(m, src),
+        "weight_dtypes": ",".join(f"{k}:{v}" for k, v in sorted(tb.by_dtype.items())),
+    }
+    metrics.update(speed)
+    _free(model)
+    return metrics
+
+
+def run_ptq(methods: list[PTQMethod], model: str | None = None, *, store=None, redo: bool = False,
+            sizes: EvalSizes = EvalSizes(), log=print, progress: bool = True) -> tuple[list, list[str]]:
+    """Run (or reuse) each method; returns (records, skipped lines)."""
+    import torch
+
+    from quantlab.report.env import environment
+    from quantlab.report.store import ResultStore, RunRecord, config_key
+
+    torch.manual_seed(0)
+    src = resolve(model)
+    tok = load_tokenizer(src, progress=progress)
+    store = store or ResultStore()
+    env = environment()
+    records, skipped, todo = [], [], []
+    for m in methods:
+        cfg = {**dataclasses.asdict(m), "sizes": dataclasses.asdict(sizes), "device": env["device"],
+               "model_path": str(src.path) if src.kind != "embedded" else "embedded"}
+        key = config_key("ptq", src.name, m.name, cfg)
+        old = None if redo else store.get(key)
+        if old is not None:
+            log(f"{m.name}: reusing the stored run {key} from {old.created_at} (--redo to run again)")
+            records.append(old)
+        else:
+            todo.append((m, cfg, key))
+    if not todo:
+        return records, skipped
+    ref = build_reference(src, tok, sizes, log)
+    from quantlab.lab.progress import track
+
+    for m, cfg, key in track(todo, "PTQ methods", enabled=progress):
+        log(f"{m.name}: {m.description}")
+        try:
+            metrics = run_method(m, src, tok, ref, sizes, log)
+        except UnsupportedOnDevice as e:
+            skipped.append(f"{m.name}: {e}")
+            log(f"{m.name}: skipped: {e}")
+            continue
+        rec = RunRecord(key=key, kind="ptq", model=src.name, method=m.name, config=cfg, env=env, metrics=metrics)
+        store.put(rec)
+        records.append(rec)
+    return records, skipped

@@ -1,0 +1,58 @@
+"""The environment snapshot every stored run carries: device, library versions, git commit."""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import platform
+import subprocess
+from pathlib import Path
+
+LIBS = ("torch", "transformers", "peft", "bitsandbytes", "torchao", "gptqmodel", "accelerate", "quantlab")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    repo = Path(__file__).resolve().parent.parent.parent
+    try:
+        r = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                           timeout=5)
+        return r.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict:
+    env = {"python": platform.python_version(), "platform": platform.platform(), "git_commit": git_commit()}
+    env.update({lib: _version(lib) for lib in LIBS})
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            env["device"] = "cuda"
+            env["device_name"] = torch.cuda.get_device_name(0)
+        else:
+            env["device"] = "cpu"
+            env["device_name"] = _cpu_name()
+        env["threads"] = torch.get_num_threads()
+    except ImportError:
+        env["device"] = "cpu"
+        env["device_name"] = _cpu_name()
+    return env

@@ -1,0 +1,178 @@
+"""Renderers for stored runs: rich table, CSV, JSON, Markdown, and a self-contained HTML page with PNG plots.
+
+Memory is shown in MiB (2^20 bytes) for these small lab models; the stored values are integer bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+
+PTQ_COLUMNS = [  # (column, header, formatter)
+    ("method", "method", str),
+    ("meas_weight_bytes", "weights MiB", lambda v: f"{v / 2**20:.1f}"),
+    ("pred_weight_bytes", "planner MiB", lambda v: f"{v / 2**20:.1f}"),
+    ("meas_perplexity", "perplexity", lambda v: f"{v:.2f}"),
+    ("meas_kl_nats", "KL nats", lambda v: f"{v:.4f}"),
+    ("meas_top1_agreement", "top-1 agree", lambda v: f"{100 * v:.1f}%"),
+    ("meas_sqnr_mean_db", "SQNR dB", lambda v: f"{v:.1f}"),
+    ("meas_cloze_accuracy", "cloze acc", lambda v: f"{100 * v:.1f}%"),
+    ("meas_load_s", "load s", lambda v: f"{v:.1f}"),
+    ("meas_prefill_64_tok_per_s", "prefill64 tok/s", lambda v: f"{v:.0f}"),
+    ("meas_decode_tok_per_s", "decode tok/s", lambda v: f"{v:.1f}"),
+    ("meas_peak_rss_bytes", "peak RSS MiB", lambda v: f"{v / 2**20:.0f}"),
+    ("meas_ppl_tokens", "ppl tokens", lambda v: f"{int(v)}"),
+]
+
+
+def _rows(records) -> list[dict]:
+    out = []
+    for r in records:
+        row = {"method": r.method, "model": r.model, "kind": r.kind, "created_at": r.created_at,
+               "device": r.env.get("device_name"), **r.metrics}
+        out.append(row)
+    return out
+
+
+def _cell(row, col, f):
+    v = row.get(col)
+    return "-" if v is None else f(v)
+
+
+def ptq_table(records, fmt: str = "table") -> str:
+    rows = _rows(records)
+    if fmt == "json":
+        return json.dumps(rows, indent=2, default=str) + "\n"
+    if fmt == "csv":
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+        return buf.getvalue()
+    if fmt == "markdown":
+        heads = [h for _, h, _ in PTQ_COLUMNS]
+        lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+        for r in rows:
+            lines.append("| " + " | ".join(_cell(r, c, f) for c, _, f in PTQ_COLUMNS) + " |")
+        return "\n".join(lines) + "\n"
+    from rich.table import Table
+
+    from quantlab.units import console
+
+    t = Table(title="Post-training quantization (MiB = 2^20 bytes; quality vs the fp32 reference)")
+    for _, h, _ in PTQ_COLUMNS:
+        t.add_column(h, justify="left" if h == "method" else "right")
+    for r in rows:
+        t.add_row(*(_cell(r, c, f) for c, _, f in PTQ_COLUMNS))
+    con = console()
+    with con.capture() as cap:
+        con.print(t)
+    return cap.get()
+
+
+def generic_table(records, fmt: str) -> str:
+    """Any other kind of run (fine-tunes, validation): every meas_/pred_ column."""
+    rows = _rows(records)
+    if fmt == "json":
+        return json.dumps(rows, indent=2, default=str) + "\n"
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    if fmt == "csv":
+        w = csv.DictWriter(buf, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+        return buf.getvalue()
+    keys = ["method"] + [k for k in keys if k.startswith(("meas_", "pred_"))]
+    fmtv = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+    buf.write("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n")
+    for r in rows:
+        buf.write("| " + " | ".join(fmtv(r.get(k)) for k in keys) + " |\n")
+    return buf.getvalue()
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def ptq_plots(records) -> list[tuple[str, bytes]]:
+    """(title, PNG bytes): memory vs quality, speed vs precision."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in _rows(records) if r.get("meas_weight_bytes")]
+    out = []
+    if not rows:
+        return out
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        x, y = r["meas_weight_bytes"] / 2**20, r.get("meas_perplexity")
+        if y is not None:
+            ax.scatter(x, y)
+            ax.annotate(r["method"], (x, y), textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel("weight bytes held (MiB)")
+    ax.set_ylabel("perplexity (held-out text)")
+    ax.set_title("Memory vs quality")
+    ax.grid(alpha=0.3)
+    out.append(("Memory vs quality", base64.b64decode(_png(fig))))
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    names = [r["method"] for r in rows]
+    ax.bar(names, [r.get("meas_decode_tok_per_s") or 0 for r in rows], label="decode tok/s")
+    ax.set_ylabel("decode tokens/s (median)")
+    ax.set_title(f"Speed vs precision ({rows[0].get('device')})")
+    ax.tick_params(axis="x", rotation=30)
+    out.append(("Speed vs precision", base64.b64decode(_png(fig))))
+    plt.close(fig)
+    return out
+
+
+def html_page(ptq_records, other_records) -> str:
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>quantlab report</title>",
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}th{background:#eee}</style></head><body>",
+             "<h1>quantlab report</h1>"]
+    if ptq_records:
+        env = ptq_records[0].env
+        parts.append(f"<p>Device: {html.escape(str(env.get('device_name')))}; torch {env.get('torch')}, transformers "
+                     f"{env.get('transformers')}, bitsandbytes {env.get('bitsandbytes')}, git {env.get('git_commit')}."
+                     "</p><h2>Post-training quantization</h2>")
+        parts.append(_md_to_html(ptq_table(ptq_records, "markdown")))
+        for title, png in ptq_plots(ptq_records):
+            parts.append(f"<h3>{html.escape(title)}</h3><img alt='{html.escape(title)}' "
+                         f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
+    kinds = sorted({r.kind for r in other_records})
+    for k in kinds:
+        recs = [r for r in other_records if r.kind == k]
+        parts.append(f"<h2>{html.escape(k)} runs</h2>")
+        parts.append(_md_to_html(generic_table(recs, "markdown")))
+        for r in recs:
+            for name, path in (r.artifacts or {}).items():
+                if str(path).endswith(".png"):
+                    try:
+                        data = open(path, "rb").read()
+                    except OSError:
+                        continue
+                    parts.append(f"<h3>{html.escape(r.method)}: {html.escape(name)}</h3>"
+                                 f"<img src='data:image/png;base64,{base64.b64encode(data).decode()}'>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _md_to_html(md: str) -> str:
+    lines = [l for l in md.strip().splitlines() if l.strip()]
+    if len(lines) < 2:
+        return ""
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
+    for l in lines[2:]:
+        out.append("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in l.strip("|").split("|")) + "</tr>")
+    out.append("</table>")
+    return "\n".join(out)
