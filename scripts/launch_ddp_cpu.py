@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from quantlab.fileio import atomic_write_text
     from quantlab.lab import distributed as D
-    from quantlab.units import fmt_bytes
+    from quantlab.units import fmt_bytes  # RSS column
 
     out = Path(args.out)
     runs, rows = [], []
@@ -51,15 +51,19 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(out / "distributed.csv", df.to_csv(index=False))
     lines = ["# Fine-tune under accelerate launch on CPU processes: per-process bytes vs the planner", "",
              f"Command: `{command.strip()}` (each run: `{runs[0]['ranks'][0]['launch_command']}` with its flags)", "",
-             "Measured: bytes of each process's own tensors after the last step (weights and buffers, gradients, "
+             "Bytes. Measured: bytes of each process's own tensors after the last step (weights and buffers, gradients, "
              "AdamW states; a sharded parameter counts its local shard). Predicted: the planner's per-GPU component "
              "for the same plan (FP32 weights and compute, AdamW, num_gpus = processes, fsdp=full_shard for FSDP).",
-             "", "| sharding | method | rank | component | predicted | measured | meas/pred |",
-             "|---|---|---:|---|---:|---:|---:|"]
+             "FSDP weights: the planner's per-GPU figure includes two gathered blocks, live only while a block runs; "
+             "'at rest' is its sharded share (one-process plan / processes), which is what a process holds after "
+             "the step. DDP buckets: sizes from DDP's logging data.",
+             "", "| sharding | method | rank | component | predicted (peak) | predicted at rest | measured | "
+                 "meas/pred at rest |",
+             "|---|---|---:|---|---:|---:|---:|---:|"]
     for r in rows:
         ratio = "-" if r["meas_over_pred"] is None else f"{r['meas_over_pred']:.4f}"
         lines.append(f"| {r['sharding']} | {r['method']} | {r['rank']} | {r['component']} | "
-                     f"{fmt_bytes(r['pred_bytes'], 'MiB')} | {fmt_bytes(r['meas_bytes'], 'MiB')} | {ratio} |")
+                     f"{r['pred_bytes']:,} | {r['pred_at_rest_bytes']:,} | {r['meas_bytes']:,} | {ratio} |")
     lines += ["", "Per process: peak RSS, loss at first and last step, replicas consistent:", "",
               "| sharding | method | rank | peak RSS | first loss | last loss | replicas agree | step s (median) |",
               "|---|---|---:|---:|---:|---:|---|---:|"]

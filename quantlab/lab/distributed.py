@@ -18,9 +18,10 @@ Sharding on a CPU, and why it is done this way:
 1. ``ddp``: accelerate's own data parallel. On a machine without GPUs, ``accelerate launch`` with a
    MULTI_GPU config starts the processes with torchrun and ``Accelerator(cpu=True)`` joins them in a
    gloo process group (``DistributedType.MULTI_CPU``); ``prepare`` wraps the model in
-   ``DistributedDataParallel``. ``gradient_as_bucket_view=True`` makes the gradients views into
-   DDP's communication buckets, so the bytes counted from ``.grad`` are the buckets themselves
-   (with the default, DDP keeps the buckets *and* the gradients: twice the gradient bytes).
+   ``DistributedDataParallel`` with its defaults. DDP then keeps its communication buckets beside
+   the gradients (``gradient_as_bucket_view=False``, the planner's assumption 9); their sizes are
+   read from DDP's own logging data (``_get_ddp_logging_data()['bucket_sizes']``), the one figure
+   here not counted from tensors (the reducer does not expose its buckets).
 2. ``fsdp``: accelerate enables FSDP only on accelerators (a FSDP config on a CPU silently falls
    back to DDP, checked with accelerate 1.15), so the worker applies PyTorch's FSDP2
    ``fully_shard`` itself, per decoder block and then the root: what accelerate's FSDP2 plugin
@@ -114,6 +115,14 @@ def count_process_bytes(model, optimizer) -> dict:
     }
 
 
+def ddp_bucket_bytes(model) -> int:
+    """Bytes of DDP's gradient buckets as DDP reports them (0 when the model is not DDP-wrapped)."""
+    if not hasattr(model, "_get_ddp_logging_data"):
+        return 0
+    sizes = str(model._get_ddp_logging_data().get("bucket_sizes", ""))
+    return sum(int(x) for x in sizes.split(",") if x.strip())
+
+
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -151,10 +160,9 @@ def worker(cfg: DistConfig, out_dir: Path) -> dict:
     import torch
     import torch.distributed as dist
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
 
     torch.set_num_threads(cfg.threads_per_process)
-    acc = Accelerator(cpu=True, kwargs_handlers=[DistributedDataParallelKwargs(gradient_as_bucket_view=True)])
+    acc = Accelerator(cpu=True)
     torch.manual_seed(cfg.seed)  # same initial weights (LoRA init) on every rank
     model = _build(cfg)
     model.train()
@@ -181,6 +189,7 @@ def worker(cfg: DistConfig, out_dir: Path) -> dict:
         losses.append(float(loss.detach()))
     inner = model.module if hasattr(model, "module") else model
     counts = count_process_bytes(inner, opt)
+    counts["ddp_buckets_bytes"] = ddp_bucket_bytes(model)
     in_sync = _replicas_agree(inner, acc.num_processes, cfg.sharding) if dist.is_initialized() else True
     rec = {"rank": acc.process_index, "world_size": acc.num_processes, "distributed_type": str(acc.distributed_type),
            "backend": dist.get_backend() if dist.is_initialized() else None, "config": asdict(cfg),
@@ -279,33 +288,44 @@ def launch(cfg: DistConfig, out_dir: str | Path, timeout_s: float = 900) -> list
     return recs
 
 
-COMPONENTS = ("weights", "gradients", "optimizer")
+COMPONENTS = ("weights", "gradients", "optimizer", "ddp_buckets")
 
 
 def compare_with_plan(cfg: DistConfig, recs: list[dict]) -> list[dict]:
-    """One tidy row per rank and component: the planner's per-GPU bytes beside the bytes counted from tensors.
+    """One tidy row per rank and component: the planner's per-GPU bytes beside this process's bytes.
 
-    The planner's components are grouped as the roofline groups them (``quantlab.planner.recommend``:
-    weights include adapters and quantization constants). Activations, logits and the CUDA context
-    are not compared: a CPU process has no allocator pool or context, and activations are freed
-    by the time the step ends.
+    Weights include adapters and quantization constants (grouped as ``quantlab.planner.recommend``
+    groups them). Under FSDP full_shard the planner's weights also hold two gathered blocks, live only
+    while a block runs; the process is counted at rest after the step, so the row compares the
+    sharded share (``pred_at_rest_bytes``: the one-process plan's weights / processes) and keeps the
+    planner's peak figure beside it. Activations, logits and the CUDA context are not compared: they
+    are freed by the end of the step, and a CPU process has no context or allocator pool.
     """
+    import dataclasses
+
     from quantlab import planner
     from quantlab.planner.recommend import GRAD_KEYS, OPT_KEYS, WEIGHT_KEYS, _sum
 
     spec = model_spec(cfg)
-    p = planner.plan(plan_config(cfg, spec))
+    pc = plan_config(cfg, spec)
+    p = planner.plan(pc)
+    one = planner.plan(dataclasses.replace(pc, num_gpus=1, fsdp=None))
     pred = {"weights": _sum(p.components, WEIGHT_KEYS), "gradients": _sum(p.components, GRAD_KEYS),
-            "optimizer": _sum(p.components, OPT_KEYS)}
+            "optimizer": _sum(p.components, OPT_KEYS), "ddp_buckets": p.components.get("ddp_buckets", 0)}
+    at_rest = dict(pred)
+    if cfg.sharding == "fsdp":
+        at_rest["weights"] = _sum(one.components, WEIGHT_KEYS) // cfg.processes
     rows = []
     for rec in recs:
         for comp in COMPONENTS:
             meas = rec[f"{comp}_bytes"]
             rows.append({"model": spec.name, "method": cfg.method, "sharding": cfg.sharding,
                          "processes": rec["world_size"], "rank": rec["rank"], "component": comp,
-                         "pred_bytes": pred[comp], "meas_bytes": meas,
-                         "meas_over_pred": meas / pred[comp] if pred[comp] else None,
-                         "meas_peak_rss_bytes": rec["peak_rss_bytes"], "replicas_agree": rec["replicas_agree"]})
+                         "pred_bytes": pred[comp], "pred_at_rest_bytes": at_rest[comp], "meas_bytes": meas,
+                         "meas_over_pred": meas / at_rest[comp] if at_rest[comp] else None,
+                         "meas_peak_rss_bytes": rec["peak_rss_bytes"], "replicas_agree": rec["replicas_agree"],
+                         "how_measured": "DDP logging data (bucket_sizes)" if comp == "ddp_buckets"
+                         else "storages of the process's tensors after the last step"})
     return rows
 
 

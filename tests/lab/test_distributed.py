@@ -18,17 +18,20 @@ def _full_bytes():
     return params + buffers, params
 
 
+CASES = (("ddp", "full"), ("fsdp", "full"), ("ddp", "lora"))
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = {}
-    for sharding in ("ddp", "fsdp"):
-        cfg = D.DistConfig(model="tiny", method="full", sharding=sharding, processes=2, steps=3)
-        out[sharding] = D.launch(cfg, tmp_path_factory.mktemp(sharding), timeout_s=300)
+    for sharding, method in CASES:
+        cfg = D.DistConfig(model="tiny", method=method, sharding=sharding, processes=2, steps=3)
+        out[sharding, method] = (cfg, D.launch(cfg, tmp_path_factory.mktemp(f"{sharding}-{method}"), timeout_s=300))
     return out
 
 
 def test_two_gloo_processes_under_accelerate_launch(runs):
-    for recs in runs.values():
+    for _, recs in runs.values():
         assert [r["rank"] for r in recs] == [0, 1]
         assert all(r["world_size"] == 2 and r["backend"] == "gloo" and r["distributed_type"].endswith("MULTI_CPU")
                    for r in recs)
@@ -39,22 +42,39 @@ def test_two_gloo_processes_under_accelerate_launch(runs):
 
 def test_ddp_replicates_every_component(runs):
     weights, params = _full_bytes()
-    for r in runs["ddp"]:
+    _, recs = runs["ddp", "full"]
+    for r in recs:
         assert r["weights_bytes"] == weights
-        assert r["gradients_bytes"] == params  # gradients are views into DDP's buckets: counted once
+        assert r["gradients_bytes"] == params
+        assert r["ddp_buckets_bytes"] == params  # DDP's buckets beside the gradients (its default)
         assert r["optimizer_bytes"] == 2 * params
-    assert runs["ddp"][0]["losses"] != runs["ddp"][1]["losses"]  # different data per rank ...
+    assert recs[0]["losses"] != recs[1]["losses"]  # different data per rank ...
     # ... yet identical parameters after the steps (replicas_agree): the gradients were all-reduced
 
 
 def test_fsdp_holds_one_shard_per_process(runs):
     weights, params = _full_bytes()
-    recs = runs["fsdp"]
+    _, recs = runs["fsdp", "full"]
     for r in recs:
-        assert r["params_local"] * 2 == pytest.approx(params / 4, rel=0.01)  # half the parameters, up to padding
+        assert r["params_local"] * 4 == pytest.approx(params / 2, rel=0.01)  # half the parameters, up to padding
         assert r["gradients_bytes"] == pytest.approx(params / 2, rel=0.01)
         assert r["optimizer_bytes"] == pytest.approx(params, rel=0.01)
-    assert sum(r["params_local"] for r in recs) >= params // 4  # the shards cover the model
+        assert r["ddp_buckets_bytes"] == 0
+    assert sum(r["params_local"] for r in recs) * 4 >= params  # the shards cover the model
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_per_process_bytes_follow_the_planners_per_gpu_numbers(runs, case):
+    """The planner's per-GPU components for the same plan (FP32, AdamW, 2 GPUs, DDP or FSDP full_shard) against
+    each process's bytes: equal to within buffers and shard padding (0.5%)."""
+    cfg, recs = runs[case]
+    rows = D.compare_with_plan(cfg, recs)
+    assert {r["component"] for r in rows} == set(D.COMPONENTS)
+    for r in rows:
+        if r["pred_at_rest_bytes"]:
+            assert r["meas_over_pred"] == pytest.approx(1.0, abs=0.005), r
+        else:
+            assert r["meas_bytes"] == 0, r
 
 
 def test_bad_config_is_a_one_line_error():
