@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 from quantlab.planner import throughput as tp
-from quantlab.specs import GPUSpec, Method, Offload, PlanConfig
+from quantlab.specs import GPUSpec, Offload, PlanConfig, SpecError
 
 MAX_SERVE_BATCH = 256
 SECONDS_PER_DAY = 86_400
@@ -324,7 +324,11 @@ def recommend(base: PlanConfig, gpus: Sequence[GPUSpec], goal: Goal = Goal(), *,
                 if ck and not base.grad_checkpointing:
                     sh = dataclasses.replace(sh, name=sh.name + "+ckpt")
                 considered += 1
-                p = plan(cfg)
+                try:
+                    p = plan(cfg)
+                except SpecError as e:  # a combination the planner rejects (e.g. heads not divisible by tp)
+                    reject(f"not plannable: {e}")
+                    continue
                 if p.process_bytes > gpu.memory_bytes:
                     reject("does not fit in memory")
                     continue
