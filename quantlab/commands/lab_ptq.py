@@ -22,8 +22,9 @@ def register(sub) -> None:
     p.add_argument("--methods", default="fp32,bf16,int8,nf4", help="comma-separated methods (see below)")
     p.add_argument("--quick", action="store_true",
                    help="small evaluation sizes (about a minute per method on 2 CPU cores): for a demo, not a report")
-    p.add_argument("--eval-tokens", type=int, default=None, help="held-out tokens for perplexity (default 4096)")
+    p.add_argument("--eval-tokens", type=int, default=None, help="held-out tokens for perplexity (default 2048; fp16/bf16 get 512 on a CPU, where they are emulated)")
     p.add_argument("--store", default=None, help="results database (default reports/quantlab.sqlite)")
+    p.add_argument("--cloze-items", type=int, default=None, help="cloze task items to score (default 40 of 120; a quarter of that for fp16/bf16 on a CPU)")
     p.add_argument("--redo", action="store_true", help="run again even if the store has this configuration")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     p.set_defaults(func=run)
@@ -41,7 +42,11 @@ def run(args) -> int:
     if args.eval_tokens is not None:
         if args.eval_tokens < sizes.window:
             raise QuantlabError(f"--eval-tokens must be at least one window ({sizes.window})")
-        sizes = dataclasses.replace(sizes, eval_tokens=args.eval_tokens)
+        sizes = dataclasses.replace(sizes, eval_tokens=args.eval_tokens, half_tokens=min(sizes.half_tokens, args.eval_tokens))
+    if args.cloze_items is not None:
+        if not 1 <= args.cloze_items <= 120:
+            raise QuantlabError("--cloze-items must be in 1..120")
+        sizes = dataclasses.replace(sizes, cloze_items=args.cloze_items)
     import torch
 
     if args.threads:
@@ -49,6 +54,8 @@ def run(args) -> int:
     store = ResultStore(args.store)
     records, skipped = run_ptq(methods, args.model, store=store, redo=args.redo, sizes=sizes,
                                log=lambda s: print(s, file=sys.stderr))
+    if not records and skipped:
+        raise QuantlabError(skipped[0])
     from quantlab.report.render import ptq_table
 
     print(ptq_table([r for r in records if r.kind == "ptq"], "table"))

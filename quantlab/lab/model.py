@@ -191,7 +191,9 @@ def load_model(src: ModelSource, *, dtype: Any = None, quantization_config: Any 
         return AutoModelForCausalLM.from_pretrained(path, **kw)
     except QuantlabError:
         raise
-    except (OSError, ValueError, RuntimeError, KeyError) as e:
+    except Exception as e:  # loaders raise many types (SafetensorError is not an OSError): one line for the user
+        if isinstance(e, (ImportError, MemoryError)):
+            raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "safetensor" in msg.lower() or "header" in msg.lower() or "deserializ" in msg.lower() \
                 or type(e).__name__ == "SafetensorError":

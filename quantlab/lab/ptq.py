@@ -76,10 +76,10 @@ class EvalSizes:
     ``half_tokens`` on a CPU; the report says how many tokens every figure used."""
 
     window: int = 512
-    eval_tokens: int = 4096
-    half_tokens: int = 1024  # fp16/bf16 on a CPU
+    eval_tokens: int = 2048
+    half_tokens: int = 512  # fp16/bf16 on a CPU
     kl_windows: int = 2
-    cloze_items: int = 120
+    cloze_items: int = 40
     prompt_lengths: tuple = (64, 256)
     decode_tokens: int = 8
     repeat: int = 3
@@ -289,7 +289,7 @@ def run_method(m: PTQMethod, src: ModelSource, tok, ref: Reference, sizes: EvalS
         dtype = torch.float32 if not measure.cuda_available() else dtype
     sq = quality.layer_sqnr(model, ref.weights, dtype)
     finite = [v for v in sq.values() if v != float("inf")]
-    items = quality.load_cloze()[:sizes.cloze_items]
+    items = quality.load_cloze()[:max(1, sizes.cloze_items // 4) if half else sizes.cloze_items]
     acc = quality.cloze_accuracy(model, tok, items)
     speed = measure_speed(model, tok, sizes)
     metrics = {

@@ -130,25 +130,36 @@ def load_cloze(path: Path | None = None) -> list[dict]:
     return [json.loads(l) for l in p.read_text().splitlines() if l.strip()]
 
 
+last_scores: list = []  # per-item choice scores of the last call (for inspection and tests)
+
+
 def cloze_accuracy(model, tokenizer, items: list[dict]) -> float:
+    """Assumption 4. The four choices of an item run as one left-padded batch, and only the last positions'
+    logits are computed (``logits_to_keep``): the vocabulary projection dominates the cost of short inputs."""
     import torch
     import torch.nn.functional as F
 
     dev = _device(model)
     right = 0
+    last_scores.clear()
+    pad = tokenizer.pad_token_id or 0
     with torch.inference_mode():
         for it in items:
             ctx = tokenizer(it["context"], add_special_tokens=False)["input_ids"]
-            seqs, spans = [], []
-            for ch in it["choices"]:
-                c = tokenizer(" " + ch, add_special_tokens=False)["input_ids"]
-                seqs.append(ctx + c)
-                spans.append((len(ctx), len(ctx) + len(c)))
+            conts = [tokenizer(" " + ch, add_special_tokens=False)["input_ids"] for ch in it["choices"]]
+            seqs = [ctx + c for c in conts]
             width = max(len(s) for s in seqs)
-            pad = tokenizer.pad_token_id or 0
-            batch = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=dev)
-            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=dev)
-            logp = F.log_softmax(model(batch, attention_mask=mask).logits.float(), dim=-1)
-            scores = [float(sum(logp[k, t - 1, seqs[k][t]] for t in range(a, b))) for k, (a, b) in enumerate(spans)]
+            keep = max(len(c) for c in conts) + 1
+            batch = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=dev)
+            mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=dev)
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = model(batch, attention_mask=mask, position_ids=pos, logits_to_keep=keep).logits.float()
+            logp = F.log_softmax(logits, dim=-1)  # positions width-keep .. width-1
+            scores = []
+            for k, c in enumerate(conts):
+                # token c[j] sits at position width-len(c)+j and is predicted by the logits one position before
+                idx = [keep - len(c) - 1 + j for j in range(len(c))]
+                scores.append(float(logp[k, idx, c].sum()))
             right += int(max(range(len(scores)), key=scores.__getitem__) == it["answer"])
+            last_scores.append(scores)
     return right / len(items)

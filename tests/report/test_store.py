@@ -1,0 +1,64 @@
+import sqlite3
+
+import pytest
+
+from quantlab.report.render import generic_table, html_page, ptq_table
+from quantlab.report.store import ResultStore, RunRecord, config_key
+
+
+def rec(method="nf4", **metrics):
+    cfg = {"precision": method}
+    return RunRecord(key=config_key("ptq", "m", method, cfg), kind="ptq", model="m", method=method, config=cfg,
+                     env={"device": "cpu", "torch": "2.13"}, metrics={"meas_weight_bytes": 100, **metrics})
+
+
+def test_key_is_stable_and_config_sensitive():
+    assert config_key("ptq", "m", "a", {"x": 1, "y": 2}) == config_key("ptq", "m", "a", {"y": 2, "x": 1})
+    assert config_key("ptq", "m", "a", {"x": 1}) != config_key("ptq", "m", "a", {"x": 2})
+
+
+def test_round_trip_and_frame(tmp_path):
+    s = ResultStore(tmp_path / "s.sqlite")
+    r = rec(meas_perplexity=30.5)
+    s.put(r)
+    got = s.get(r.key)
+    assert got == r
+    s.put(rec("int8", meas_perplexity=24.0))
+    df = s.frame("ptq")
+    assert list(df["method"]) == ["nf4", "int8"]
+    assert "config_precision" in df.columns and "env_torch" in df.columns and "meas_perplexity" in df.columns
+
+
+def test_replace_keeps_one_row(tmp_path):
+    s = ResultStore(tmp_path / "s.sqlite")
+    s.put(rec(meas_perplexity=1.0))
+    s.put(rec(meas_perplexity=2.0))
+    assert len(s.records()) == 1 and s.records()[0].metrics["meas_perplexity"] == 2.0
+
+
+def test_interrupted_write_leaves_no_row(tmp_path, monkeypatch):
+    """A failure inside the write's transaction rolls it back whole."""
+    s = ResultStore(tmp_path / "s.sqlite")
+    real = s._connect
+
+    class Boom(sqlite3.Connection):
+        def execute(self, *a, **k):
+            super().execute(*a, **k)
+            raise KeyboardInterrupt  # interrupted right after the INSERT, before the commit
+
+    monkeypatch.setattr(s, "_connect", lambda: sqlite3.connect(s.path, factory=Boom))
+    with pytest.raises(KeyboardInterrupt):
+        s.put(rec())
+    monkeypatch.setattr(s, "_connect", real)
+    assert s.records() == []
+
+
+def test_renderers(tmp_path):
+    recs = [rec("fp32", meas_perplexity=24.0, meas_decode_tok_per_s=20.0),
+            rec("nf4", meas_perplexity=33.0, meas_decode_tok_per_s=40.0)]
+    assert "nf4" in ptq_table(recs, "markdown") and "| method |" in ptq_table(recs, "markdown")
+    assert ptq_table(recs, "csv").startswith("method,")
+    assert '"method": "nf4"' in ptq_table(recs, "json")
+    page = html_page(recs, [])
+    assert page.startswith("<!doctype html>") and "data:image/png;base64," in page
+    assert "nf4" in generic_table(recs, "markdown")
