@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
 import time
 from dataclasses import dataclass
 
@@ -50,16 +49,6 @@ class ProbeResult:
                 "cpu_name": self.cpu_name, "memory_bytes": self.memory_bytes, "probe_seconds": self.seconds}
 
 
-def _median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up (page faults, thread pool start)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -82,6 +71,8 @@ def probe(threads: int = 2, repeats: int = 5, matmul_n: int = 2048, bf16: bool =
     """Run the probes (a few seconds on 2 cores) and return what they measured."""
     import torch
 
+    from quantlab.lab.measure import median_time
+
     t_start = time.perf_counter()
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -90,20 +81,20 @@ def probe(threads: int = 2, repeats: int = 5, matmul_n: int = 2048, bf16: bool =
             n = PROBE_BYTES // 4
             a = torch.ones(n)
             b = torch.empty(n)
-            read = PROBE_BYTES / _median_seconds(lambda: a.sum(), repeats)
-            copy = 2 * PROBE_BYTES / _median_seconds(lambda: b.copy_(a), repeats)
+            read = PROBE_BYTES / median_time(lambda: a.sum(), repeat=repeats)
+            copy = 2 * PROBE_BYTES / median_time(lambda: b.copy_(a), repeat=repeats)
             del b
             w = a.view(8192, n // 8192)  # the same 256 MiB as a matrix
             x = torch.ones(w.shape[1])
-            gemv = PROBE_BYTES / _median_seconds(lambda: w @ x, repeats)
+            gemv = PROBE_BYTES / median_time(lambda: w @ x, repeat=repeats)
             del a, w
             flops = {}
             m = torch.randn(matmul_n, matmul_n)
-            flops["fp32"] = 2 * matmul_n ** 3 / _median_seconds(lambda: m @ m, repeats)
+            flops["fp32"] = 2 * matmul_n ** 3 / median_time(lambda: m @ m, repeat=repeats)
             if bf16:
                 nb = 1024
                 mb = torch.randn(nb, nb, dtype=torch.bfloat16)
-                flops["bf16"] = 2 * nb ** 3 / _median_seconds(lambda: mb @ mb, max(2, repeats // 2))
+                flops["bf16"] = 2 * nb ** 3 / median_time(lambda: mb @ mb, repeat=max(2, repeats // 2))
     finally:
         torch.set_num_threads(old)
     return ProbeResult(read, copy, gemv, flops, threads, cpu_name(), total_memory_bytes(),

@@ -84,18 +84,12 @@ def _local(t):
 
 
 def storage_bytes(tensors) -> int:
-    """Bytes of the storages behind ``tensors``, each storage once (tied weights, bucket views)."""
-    seen, total = set(), 0
-    for t in tensors:
-        if t is None:
-            continue
-        t = _local(t)
-        st = t.untyped_storage()
-        if st.data_ptr() in seen or st.nbytes() == 0:
-            continue
-        seen.add(st.data_ptr())
-        total += st.nbytes()
-    return total
+    """Bytes of the storages behind ``tensors``, each storage once (tied weights), a DTensor by its local shard:
+    the lab's instrument (``quantlab.lab.measure.tensor_bytes``) on the local tensors (it does not unwrap
+    DTensors itself)."""
+    from quantlab.lab.measure import tensor_bytes
+
+    return tensor_bytes([_local(t) for t in tensors if t is not None]).total
 
 
 def count_process_bytes(model, optimizer) -> dict:

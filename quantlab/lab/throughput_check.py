@@ -61,29 +61,6 @@ IDEAL = tp.Utilisation(train_mfu=1.0, kbit_train_mfu=1.0, prefill_mfu=1.0, mbu=1
                        basis="ideal", source="every roof at its measured peak (utilisation 1.0)")
 
 
-def tensor_bytes(model) -> int:
-    """Bytes of parameter and buffer storages, each storage counted once (tied weights)."""
-    seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        key = t.untyped_storage().data_ptr()
-        if key in seen:
-            continue
-        seen.add(key)
-        total += t.untyped_storage().nbytes()
-    return total
-
-
-def _median_time(fn, steps: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def _load(cc: CheckConfig):
     import torch
 
@@ -120,20 +97,22 @@ def measure_rows(cc: CheckConfig, device) -> list[dict]:
     """Time decode, prefill and training steps of the model and set each beside the ideal roofline."""
     import torch
 
+    from quantlab.lab.measure import median_time, model_bytes
+
     torch.set_num_threads(cc.threads)
     torch.manual_seed(cc.seed)
     r = tp.roof(device, DType.FP32)
     model, spec = _load(cc)
     model.eval()
     vocab = spec.vocab_size
-    wbytes = tensor_bytes(model)
+    wbytes = model_bytes(model).total
     rows: list[dict] = []
 
     with torch.inference_mode():
         # ---- prefill -------------------------------------------------------------------------------
         for seq in cc.prefill_seqs:
             ids = torch.randint(0, vocab, (cc.prefill_batch, seq))
-            meas = _median_time(lambda: model(input_ids=ids, use_cache=False), steps=3)
+            meas = median_time(lambda: model(input_ids=ids, use_cache=False), warmup=1, repeat=3)
             cfg = _cfg(spec, Method.INFERENCE, cc.prefill_batch, seq)
             rows.append(_row("prefill", "inference", cfg, tp.prefill_step(cfg, tp.ModelBytes(wbytes), r, IDEAL), meas))
         # ---- decode --------------------------------------------------------------------------------
@@ -162,6 +141,8 @@ def _train_row(cc: CheckConfig, variant: str, spec: ModelSpec, r: tp.Roof) -> di
     """One training variant: ``full``, ``lora``, optionally with ``+ckpt`` (gradient checkpointing)."""
     import torch
 
+    from quantlab.lab.measure import median_time, model_bytes
+
     method, _, extra = variant.partition("+")
     ckpt = extra == "ckpt"
     model, _ = _load(cc)
@@ -188,8 +169,8 @@ def _train_row(cc: CheckConfig, variant: str, spec: ModelSpec, r: tp.Roof) -> di
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    meas = _median_time(step, steps=cc.train_steps)
-    nbytes = tp.ModelBytes(weights=tensor_bytes(model), gradients=4 * n_train, optimizer=8 * n_train)
+    meas = median_time(step, warmup=1, repeat=cc.train_steps)
+    nbytes = tp.ModelBytes(weights=model_bytes(model).total, gradients=4 * n_train, optimizer=8 * n_train)
     cfg = _cfg(spec, Method(method), cc.train_batch, cc.train_seq, **kw)
     row = _row("train", variant, cfg, tp.train_step(cfg, n_train, nbytes, r, IDEAL), meas, trainable_params=n_train)
     del model, opt

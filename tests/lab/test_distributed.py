@@ -77,6 +77,17 @@ def test_per_process_bytes_follow_the_planners_per_gpu_numbers(runs, case):
             assert r["meas_bytes"] == 0, r
 
 
+def test_storage_bytes_calibration():
+    """Known sizes: Linear(10, 20) holds 200 + 20 fp32 = 880 bytes; tied weights count once; None is skipped."""
+    import torch
+
+    lin = torch.nn.Linear(10, 20)
+    assert D.storage_bytes(list(lin.parameters()) + [None]) == 880
+    tied = torch.nn.Sequential(torch.nn.Embedding(16, 8), torch.nn.Linear(8, 16, bias=False))
+    tied[1].weight = tied[0].weight
+    assert D.storage_bytes(tied.parameters()) == 16 * 8 * 4
+
+
 def test_bad_config_is_a_one_line_error():
     with pytest.raises(QuantlabError, match="sharding"):
         D.DistConfig(sharding="zero9")
