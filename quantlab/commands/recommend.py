@@ -44,7 +44,7 @@ def register(sub) -> None:
                       help="tokens to generate per day: time is GPU time per day, cost is per day")
     p.add_argument("--max-gpus", type=int, default=8,
                    help="largest GPU count to consider (1, 2, 4, ... up to it; above 8 spans nodes and pays the "
-                        "slower inter-node network)")
+                        "slower inter-node network); --num-gpus N considers exactly N")
     p.add_argument("--budget-per-hour", type=float, default=None, metavar="USD",
                    help="drop configurations whose GPUs cost more than this per hour (drops unpriced GPUs too)")
     p.add_argument("--gpus", default=None, metavar="A,B",
@@ -79,6 +79,12 @@ def run(args: argparse.Namespace) -> int:
         v = getattr(args, flag)
         if v is not None and not (v > 0 and math.isfinite(v)):
             raise QuantlabError(f"--{flag.replace('_', '-')} must be a positive number, got {v}")
+    for flag, default in (("zero", 0), ("fsdp", None), ("offload", "none"), ("tp", 1), ("device", "cuda")):
+        if getattr(args, flag) != default:
+            raise QuantlabError(f"recommend chooses the sharding itself (DDP, ZeRO, FSDP, offload, tensor parallel); "
+                                f"drop --{flag}, or plan that one configuration with 'quantlab plan'")
+    counts = [args.num_gpus] if args.num_gpus != 1 else None
+    args.num_gpus = 1
     cfg = config_from_args(args)
     if cfg.method.is_training and args.serve_tokens_per_day is not None:
         raise QuantlabError("--serve-tokens-per-day is for --method inference; a training method takes --train-tokens")
@@ -90,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         raise QuantlabError("no GPU kinds to consider")
     rec = recommend(cfg, gpus, Goal(args.train_tokens, args.serve_tokens_per_day), max_gpus=args.max_gpus,
                     budget_per_hour=args.budget_per_hour, sort=args.sort, auto_batch=auto_batch,
-                    all_shardings=args.all_shardings)
+                    all_shardings=args.all_shardings, counts=counts)
     text = render(rec, args.format, args.top)
     plot_path = args.plot or (str(Path(args.out).with_suffix(".png")) if args.out else None)
     if args.out:

@@ -277,12 +277,14 @@ def model_bytes(plan_obj) -> tp.ModelBytes:
 
 def recommend(base: PlanConfig, gpus: Sequence[GPUSpec], goal: Goal = Goal(), *, max_gpus: int = 8,
               budget_per_hour: float | None = None, util: tp.Utilisation = tp.Utilisation(), sort: str = "cost",
-              auto_batch: bool = True, all_shardings: bool = False, plan: Callable | None = None) -> Recommendation:
+              auto_batch: bool = True, all_shardings: bool = False, counts: Sequence[int] | None = None,
+              plan: Callable | None = None) -> Recommendation:
     """Rank every fitting (GPU kind × count × sharding) for ``base`` by cost (or time); mark the Pareto front.
 
     ``plan`` defaults to the planner's; it is a parameter so tests can drive the ranking with hand-made plans.
     ``auto_batch`` (inference only) picks the largest batch that fits, up to :data:`MAX_SERVE_BATCH`.
     Unless ``all_shardings``, each (GPU kind, count) keeps its best sharding (:func:`best_per_group`).
+    ``counts`` replaces the GPU counts searched (default :func:`gpu_counts` of ``max_gpus``).
     """
     if plan is None:
         from quantlab.planner import plan
@@ -312,7 +314,7 @@ def recommend(base: PlanConfig, gpus: Sequence[GPUSpec], goal: Goal = Goal(), *,
         except ValueError as e:
             reject(f"{gpu.name}: {e}")
             continue
-        for count in gpu_counts(max_gpus):
+        for count in counts or gpu_counts(max_gpus):
             price = gpu.price_usd_per_hour
             if budget_per_hour is not None and (price is None or price * count > budget_per_hour):
                 reject("over the hourly budget" if price is not None else "no price to check the budget against")

@@ -58,7 +58,15 @@ def test_serving_budget_and_gpu_subset(capsys):
     assert all(o["copies_to_keep_up"] >= 1 and o["batch"] >= 1 for o in doc["options"])
 
 
+def test_num_gpus_fixes_the_count(capsys):
+    assert main(Q70 + ["--num-gpus", "4", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["options"] and {o["count"] for o in doc["options"]} == {4}
+
+
 @pytest.mark.parametrize("extra,msg", [
+    (["--zero", "3"], "chooses the sharding itself"),
+    (["--tp", "2"], "--tp"),
     (["--max-gpus", "0"], "max-gpus"),
     (["--train-tokens", "-5"], "train-tokens"),
     (["--gpus", "h1000"], "unknown GPU"),
