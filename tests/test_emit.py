@@ -135,3 +135,18 @@ def test_impossible_emits_are_one_line_errors(tmp_path, cfg, kind, msg):
         emit(cfg, kind, tmp_path)
     assert "\n" not in str(e.value)
     assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_plan_emit_flag_writes_files_deepspeed_loads(tmp_path, capsys):
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    from quantlab.cli import main
+
+    out = tmp_path / "launch"
+    rc = main(["plan", "--model", "8b", "--method", "lora", "--num-gpus", "4", "--zero", "2", "--offload", "optimizer",
+               "--emit", "deepspeed", "--emit-dir", str(out), "--format", "json"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "launch with: accelerate launch --config_file" in err
+    ds = DeepSpeedConfig(str(out / DS_JSON))
+    assert ds.zero_config.stage == 2 and ds.zero_config.offload_optimizer.device == "cpu"
