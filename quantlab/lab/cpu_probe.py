@@ -23,10 +23,10 @@ Other jobs on the machine lower what the probe sees; the figures are of this run
 from __future__ import annotations
 
 import os
-import platform
 import time
 from dataclasses import dataclass
 
+from quantlab.report.env import _cpu_name  # the lab's one reader of /proc/cpuinfo
 from quantlab.specs import GPUSpec, Sourced
 
 PROBE_BYTES = 256 << 20
@@ -47,17 +47,6 @@ class ProbeResult:
         return {"read_bytes_per_s": self.read_bytes_per_s, "copy_bytes_per_s": self.copy_bytes_per_s,
                 "gemv_bytes_per_s": self.gemv_bytes_per_s, "flops": dict(self.flops), "threads": self.threads,
                 "cpu_name": self.cpu_name, "memory_bytes": self.memory_bytes, "probe_seconds": self.seconds}
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def total_memory_bytes() -> int:
@@ -97,7 +86,7 @@ def probe(threads: int = 2, repeats: int = 5, matmul_n: int = 2048, bf16: bool =
                 flops["bf16"] = 2 * nb ** 3 / median_time(lambda: mb @ mb, repeat=max(2, repeats // 2))
     finally:
         torch.set_num_threads(old)
-    return ProbeResult(read, copy, gemv, flops, threads, cpu_name(), total_memory_bytes(),
+    return ProbeResult(read, copy, gemv, flops, threads, _cpu_name(), total_memory_bytes(),
                        time.perf_counter() - t_start)
 
 

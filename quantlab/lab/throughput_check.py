@@ -201,22 +201,11 @@ def repredict(rows: list[dict], util: tp.Utilisation) -> list[dict]:
 
 
 def environment() -> dict:
-    """Where the figures were measured: library versions, git commit, and the machine's load (other jobs
-    sharing the cores slow a run down; the load average says how busy it was)."""
-    import platform
-    import subprocess
+    """The lab's environment snapshot (``quantlab.report.env``) plus the machine's load: other jobs sharing the
+    cores slow a run down, and the load average says how busy the machine was."""
+    from quantlab.report.env import environment as env
 
-    import torch
-    import transformers
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "git_commit": commit, "cpu_count": os.cpu_count(), "loadavg_1m": os.getloadavg()[0],
-            "torch_threads": torch.get_num_threads()}
+    return dict(env(), cpu_count=os.cpu_count(), loadavg_1m=os.getloadavg()[0])
 
 
 def run(cc: CheckConfig = CheckConfig(), device=None, probe_kwargs: dict | None = None) -> dict:
