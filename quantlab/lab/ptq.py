@@ -123,8 +123,21 @@ def _load_bnb(m: PTQMethod, src: ModelSource, tok, sizes: EvalSizes):
 
     import torch
 
-    # LLM.int8 on a CPU casts fp32 inputs to fp16 on every call and says so each time: once is enough
+    # LLM.int8 on a CPU casts fp32 inputs to fp16 on every call and logs it each time: once is enough
     warnings.filterwarnings("once", message="MatMul8bitLt: inputs will be cast")
+    import logging
+
+    class _Once(logging.Filter):
+        seen: set = set()
+
+        def filter(self, record):
+            key = record.getMessage()
+            if key in self.seen:
+                return False
+            self.seen.add(key)
+            return True
+
+    logging.getLogger("bitsandbytes.autograd._functions").addFilter(_Once())
     from transformers import BitsAndBytesConfig
 
     gpu = measure.cuda_available()

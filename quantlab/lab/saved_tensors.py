@@ -1,0 +1,71 @@
+"""What training holds, counted from tensors: bytes saved for backward, gradients, optimizer states.
+
+1. Saved activations are counted with ``torch.autograd.graph.saved_tensors_hooks``: every tensor autograd saves
+   passes through the pack hook; storages are deduplicated (a tensor saved by several nodes, or views of one
+   tensor, count once) and storages that belong to the model's parameters or buffers are excluded (a weight
+   saved by a matmul is not an activation). Autocast copies of weights are counted: they are new tensors.
+2. Gradient bytes: the distinct storages of ``p.grad``. Optimizer-state bytes: every tensor in
+   ``optimizer.state`` (bitsandbytes 8-bit states, their absmax and quantile maps included).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from quantlab.lab.measure import _nbytes, _storage_key
+
+
+class SavedTensorCounter:
+    def __init__(self, exclude=()):
+        self.exclude = {_storage_key(t) for t in exclude}
+        self.seen: set = set()
+        self.bytes = 0
+        self.count = 0
+
+    def pack(self, t):
+        k = _storage_key(t)
+        if k not in self.seen and k not in self.exclude:
+            self.seen.add(k)
+            self.bytes += _nbytes(t)
+            self.count += 1
+        return t
+
+    @staticmethod
+    def unpack(t):
+        return t
+
+
+@contextmanager
+def count_saved(model=None):
+    """Count the bytes of tensors saved for backward inside the block (assumption 1)."""
+    import torch
+
+    exclude = list(model.parameters()) + list(model.buffers()) if model is not None else []
+    c = SavedTensorCounter(exclude)
+    with torch.autograd.graph.saved_tensors_hooks(c.pack, c.unpack):
+        yield c
+
+
+def grad_bytes(model) -> int:
+    seen, total = set(), 0
+    for p in model.parameters():
+        if p.grad is not None:
+            k = _storage_key(p.grad)
+            if k not in seen:
+                seen.add(k)
+                total += _nbytes(p.grad)
+    return total
+
+
+def optimizer_bytes(optimizer) -> int:
+    import torch
+
+    seen, total = set(), 0
+    for state in optimizer.state.values():
+        for v in state.values():
+            if isinstance(v, torch.Tensor):
+                k = _storage_key(v)
+                if k not in seen:
+                    seen.add(k)
+                    total += _nbytes(v)
+    return total
