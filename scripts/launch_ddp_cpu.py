@@ -2,7 +2,7 @@
 """Run the lab's fine-tune under `accelerate launch` on 2 CPU processes (gloo), DDP and FSDP, full and LoRA,
 and compare each process's bytes (counted from its tensors) with the planner's per-GPU prediction.
 
-    python scripts/launch_ddp_cpu.py                      # the embedded SmolLM2-135M (about 2-3 minutes on 2 cores)
+    python scripts/launch_ddp_cpu.py                      # the embedded SmolLM2-135M on the json-extract task (~3 min)
     python scripts/launch_ddp_cpu.py --model tiny --out /tmp/dist   # a tiny random model (seconds)
 
 Writes <out>/distributed.json (rank records + comparison rows), distributed.csv and distributed.md.
@@ -24,8 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="reports/distributed-cpu")
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--seq", type=int, default=256, help="longest example in tokens (the task's max length)")
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--task", default="json-extract",
+                    help="the lab's fine-tune task the runs train on (ignored for --model tiny, which trains on random "
+                         "tokens)")
     args = ap.parse_args(argv)
 
     import pandas as pd
@@ -39,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     for sharding in D.SHARDINGS:
         for method in D.METHODS:
             cfg = D.DistConfig(model=args.model, method=method, sharding=sharding, processes=args.processes,
-                               batch=args.batch, seq=args.seq, steps=args.steps)
+                               batch=args.batch, seq=args.seq, steps=args.steps,
+                               task=None if args.model == "tiny" else args.task)
             print(f"running {sharding} {method} on {args.processes} processes ...", file=sys.stderr, flush=True)
             recs = D.launch(cfg, out / f"{sharding}-{method}")
             runs.append({"config": cfg.__dict__, "ranks": recs})

@@ -51,6 +51,7 @@ from quantlab.errors import QuantlabError
 
 SHARDINGS = ("ddp", "fsdp")
 LR = 1e-3
+LORA_TARGETS = ("q_proj", "v_proj")  # the planner's default targets, so the plan and the run agree
 METHODS = ("full", "lora")
 
 
@@ -65,6 +66,7 @@ class DistConfig:
     steps: int = 2
     threads_per_process: int = 1
     seed: int = 0
+    task: str | None = None  # a lab task (json-extract): the lab's fine-tune pieces on real data (not with "tiny")
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -74,6 +76,8 @@ class DistConfig:
         for f in ("processes", "batch", "seq", "steps", "threads_per_process"):
             if getattr(self, f) < 1:
                 raise QuantlabError(f"{f} must be positive")
+        if self.task and self.model == "tiny":
+            raise QuantlabError("a task needs a real model with a tokenizer (e.g. smollm2-135m), not 'tiny'")
 
 
 # ---- counting -------------------------------------------------------------------------------------
@@ -140,9 +144,34 @@ def _build(cfg: DistConfig):
         from quantlab.specs import ModelSpec, PlanConfig
 
         d = PlanConfig(model=ModelSpec.from_hf_config(m.config.to_dict()))
-        m = get_peft_model(m, LoraConfig(r=d.lora_r, lora_alpha=d.lora_alpha, target_modules=list(d.lora_targets),
+        m = get_peft_model(m, LoraConfig(r=d.lora_r, lora_alpha=d.lora_alpha, target_modules=list(LORA_TARGETS),
                                          lora_dropout=0.0))
     return m
+
+
+def _lab_finetune(cfg: DistConfig, rank: int, world: int):
+    """The lab's fine-tune pieces (``quantlab.lab.finetune``): the method's registered model builder, the task's
+    prepared data, its seeded batch order and its token-weighted loss. Rank r of w takes batch ``step·w + r`` of
+    that order, so the ranks see disjoint batches and together the sequence one process would see."""
+    from quantlab.lab import finetune as F
+    from quantlab.lab.data import collate, prepare
+    from quantlab.lab.model import load_tokenizer, resolve
+
+    ft = F.FinetuneConfig(method=cfg.method, model=cfg.model, task=cfg.task, batch=cfg.batch, max_len=cfg.seq,
+                          lora_targets=LORA_TARGETS, seed=cfg.seed, max_steps=cfg.steps, warmup_steps=1)
+    src = resolve(cfg.model)
+    model = F.build_model(ft, src)
+    model.config.use_cache = False
+    tok = load_tokenizer(src, progress=False)
+    data = prepare(ft.data_path, tok, max_len=ft.max_len, seed=ft.seed)
+
+    def batch_of(step):
+        return collate(F.batch_for(step * world + rank, 0, data.train, ft), tok.pad_token_id)
+
+    def loss_of(m, batch):
+        return F.weighted_loss(m, *batch)
+
+    return model, batch_of, loss_of, ft.learning_rate
 
 
 def _decoder_layers(model):
@@ -158,7 +187,20 @@ def worker(cfg: DistConfig, out_dir: Path) -> dict:
     torch.set_num_threads(cfg.threads_per_process)
     acc = Accelerator(cpu=True)
     torch.manual_seed(cfg.seed)  # same initial weights (LoRA init) on every rank
-    model = _build(cfg)
+    if cfg.task:
+        model, batch_of, loss_of, lr = _lab_finetune(cfg, acc.process_index, acc.num_processes)
+    else:
+        model = _build(cfg)
+        lr = LR
+        vocab = model.config.vocab_size
+        gen = torch.Generator().manual_seed(cfg.seed + 1000 * (acc.process_index + 1))  # each rank its own data
+        ids = torch.randint(0, vocab, (cfg.batch, cfg.seq), generator=gen)  # repeated each step: the loss falls
+
+        def batch_of(step):
+            return ids
+
+        def loss_of(m, ids):
+            return m(input_ids=ids, labels=ids).loss
     model.train()
     if cfg.sharding == "fsdp" and acc.num_processes > 1:  # FSDP2 by hand: accelerate has no CPU FSDP (note 2)
         from torch.distributed.fsdp import fully_shard
@@ -166,16 +208,13 @@ def worker(cfg: DistConfig, out_dir: Path) -> dict:
         for layer in _decoder_layers(model):
             fully_shard(layer)
         fully_shard(model)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     if cfg.sharding == "ddp":
         model, opt = acc.prepare(model, opt)
-    vocab = (model.module if hasattr(model, "module") else model).config.vocab_size
-    gen = torch.Generator().manual_seed(cfg.seed + 1000 * (acc.process_index + 1))  # each rank its own data
-    ids = torch.randint(0, vocab, (cfg.batch, cfg.seq), generator=gen)  # one batch per rank, repeated: loss falls
     losses, times = [], []
-    for _ in range(cfg.steps):
+    for step in range(cfg.steps):
         t0 = time.perf_counter()
-        loss = model(input_ids=ids, labels=ids).loss
+        loss = loss_of(model, batch_of(step))
         acc.backward(loss)
         opt.step()
         opt.zero_grad(set_to_none=False)  # keep the gradient buffers: they are what is counted
@@ -228,7 +267,7 @@ def plan_config(cfg: DistConfig, spec):
     from quantlab.specs import DType, Method, PlanConfig, Precision
 
     return PlanConfig(model=spec, method=Method(cfg.method), precision=Precision.FP32, compute_dtype=DType.FP32,
-                      batch=cfg.batch, seq=cfg.seq, num_gpus=cfg.processes,
+                      batch=cfg.batch, seq=cfg.seq, num_gpus=cfg.processes, lora_targets=LORA_TARGETS,
                       fsdp="full_shard" if cfg.sharding == "fsdp" else None)
 
 
@@ -263,7 +302,8 @@ def launch(cfg: DistConfig, out_dir: str | Path, timeout_s: float = 900) -> list
            "--main_process_port", str(_free_port()), "--num_cpu_threads_per_process", str(cfg.threads_per_process),
            "-m", "quantlab.lab.distributed", "worker", "--out", str(out)]
     for k, v in asdict(cfg).items():
-        cmd += [f"--{k.replace('_', '-')}", str(v)]
+        if v is not None:
+            cmd += [f"--{k.replace('_', '-')}", str(v)]
     env = dict(os.environ, OMP_NUM_THREADS=str(cfg.threads_per_process), TOKENIZERS_PARALLELISM="false",
                HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
     if cfg.processes == 1:  # accelerate's MULTI_GPU config needs > 1 process; one process runs plainly
@@ -329,7 +369,7 @@ def _cli(argv: list[str] | None = None) -> int:
     w = sub.add_parser("worker", help="one process of the run (started by accelerate launch)")
     w.add_argument("--out", required=True)
     for f, default in asdict(DistConfig()).items():
-        w.add_argument(f"--{f.replace('_', '-')}", type=type(default), default=default)
+        w.add_argument(f"--{f.replace('_', '-')}", type=str if default is None else type(default), default=default)
     args = ap.parse_args(argv)
     kw = {f: getattr(args, f) for f in asdict(DistConfig())}
     worker(DistConfig(**kw), Path(args.out))

@@ -77,6 +77,20 @@ def test_per_process_bytes_follow_the_planners_per_gpu_numbers(runs, case):
             assert r["meas_bytes"] == 0, r
 
 
+@pytest.mark.slow
+def test_the_lab_finetune_of_the_embedded_model_on_two_processes(tmp_path):
+    """The lab's fine-tune (its LoRA builder, the json-extract task's data, batch order and loss) on the embedded
+    SmolLM2-135M under accelerate launch, DDP on 2 gloo processes: replicas agree and each process holds what the
+    planner predicts per GPU."""
+    cfg = D.DistConfig(model="smollm2-135m", method="lora", sharding="ddp", processes=2, batch=2, seq=256, steps=2,
+                       task="json-extract")
+    recs = D.launch(cfg, tmp_path, timeout_s=400)
+    assert all(r["replicas_agree"] and all(0 < x < 20 for x in r["losses"]) for r in recs)
+    assert recs[0]["losses"] != recs[1]["losses"]  # disjoint batches per rank
+    for row in D.compare_with_plan(cfg, recs):
+        assert row["meas_over_pred"] == pytest.approx(1.0, abs=0.005), row
+
+
 def test_storage_bytes_calibration():
     """Known sizes: Linear(10, 20) holds 200 + 20 fp32 = 880 bytes; tied weights count once; None is skipped."""
     import torch
