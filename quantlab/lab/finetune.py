@@ -196,6 +196,7 @@ def _qlora(cfg, src):
                            bnb_4bit_compute_dtype=compute)
     m = load_model(src, dtype=compute, quantization_config=q, device_map="cuda" if gpu else "cpu",
                    attn_implementation=cfg.attn, progress=False)
+    keep_training_layout(m)
     m = prepare_model_for_kbit_training(m, use_gradient_checkpointing=cfg.grad_checkpointing)
     return get_peft_model(m, _lora_config(cfg))
 
@@ -287,6 +288,27 @@ def batch_for(step: int, micro: int, train, cfg: FinetuneConfig):
     order = list(range(len(train)))
     random.Random(cfg.seed * 100003 + epoch).shuffle(order)
     return [train[i] for i in order[pos * cfg.batch:(pos + 1) * cfg.batch]]
+
+
+def keep_training_layout(model) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights for CPU inference; returns the layers changed.
+
+    bitsandbytes 0.50 (``Linear4bit.forward``) repacks a 4-bit weight into an AVX512-BF16 inference layout the
+    first time it runs in eval mode without gradients on such a CPU, and keeps that layout: training forwards
+    after an evaluation then produced garbage here (a QLoRA run's loss jumped from 0.97 to 17 right after its
+    first validation pass, with or without the library's inverse repacking). Turning the repacking off for a
+    model that will train keeps the one training layout (evaluation is a little slower).
+    """
+    try:
+        from bitsandbytes.nn.modules import Linear4bit
+    except ImportError:
+        return 0
+    n = 0
+    for mod in model.modules():
+        if isinstance(mod, Linear4bit) and getattr(mod, "support_avx512bf16_for_cpu", False):
+            mod.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
 
 
 def val_loss(model, val, pad_id, cfg, amp=None) -> float:
@@ -490,7 +512,7 @@ def run_finetune(cfg: FinetuneConfig, *, log=print, progress: bool = True, keep_
                     loss = weighted_loss(model, ids, mask, w, amp)
                 loss = loss / cfg.grad_accum
                 (scaler.scale(loss) if scaler else loss).backward()
-                total += float(loss)
+                total += float(loss.detach())
             if measure_this:
                 metrics["meas_gradient_bytes"] = grad_bytes(model)
             if scaler:

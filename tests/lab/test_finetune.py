@@ -130,3 +130,26 @@ def test_too_long_record_exit_2(tmp_path, capsys, small_data):
     rc = main(["lab", "finetune", "--data", small_data, "--max-len", "20", "--store", str(tmp_path / "s.sqlite")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and "more than the context of 20" in err[-1]
+
+
+def test_qlora_training_unchanged_by_an_evaluation(small_data):
+    """bitsandbytes repacks 4-bit weights for CPU inference in eval mode, which broke training after a validation
+    pass; the QLoRA builder turns that off: the training loss of one batch is the same before and after an
+    evaluation, and gradients reach the first layer's adapters."""
+    import bitsandbytes as bnb
+
+    m = build_model(fast(method="qlora", data=small_data), resolve("smollm2-135m"))
+    assert not any(getattr(mod, "support_avx512bf16_for_cpu", False) for mod in m.modules()
+                   if isinstance(mod, bnb.nn.Linear4bit))
+    x = torch.randint(0, 1000, (1, 16))
+    m.train()
+    before = float(m(x, labels=x).loss)
+    m.eval()
+    with torch.no_grad():
+        m(x)
+    m.train()
+    loss = m(x, labels=x).loss
+    assert float(loss) == pytest.approx(before, rel=1e-5)
+    loss.backward()
+    g = dict(m.named_parameters())["base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"].grad
+    assert g is not None and float(g.abs().sum()) > 0
