@@ -90,7 +90,8 @@ def _row(phase: str, method: str, cfg: PlanConfig, step: tp.StepTime, meas_s: fl
     return {"phase": phase, "method": method, "batch": cfg.batch, "seq": cfg.seq, **extra,
             "tokens_per_step": step.tokens, "pred_flops_per_step": step.flops, "pred_bytes_per_step": step.bytes,
             "pred_bound": step.bound, "pred_ideal_s": step.seconds, "meas_s": meas_s,
-            "pred_ideal_tok_per_s": pred_tps, "meas_tok_per_s": meas_tps, "meas_over_pred": meas_tps / pred_tps}
+            "pred_ideal_tok_per_s": pred_tps, "meas_tok_per_s": meas_tps, "meas_over_pred": meas_tps / pred_tps,
+            "meas_loadavg_1m": os.getloadavg()[0]}  # right after this row's timing: was the machine shared?
 
 
 def measure_rows(cc: CheckConfig, device) -> list[dict]:
@@ -250,13 +251,14 @@ def to_markdown(doc: dict, command: str) -> str:
         "`pred_ideal` is the roofline at utilisation 1.0 on the measured peaks; `meas/pred` is the utilisation "
         "reached; `pred_derived` uses the derived per-phase constants below.", "",
         "| phase | method | batch | seq/context | bound | pred ideal tok/s | measured tok/s | meas/pred | "
-        "pred derived tok/s | meas/pred derived |",
-        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|",
+        "pred derived tok/s | meas/pred derived | load avg |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in doc["rows"]:
         lines.append(f"| {r['phase']} | {r['method']} | {r['batch']} | {r.get('context', r['seq'])} | {r['pred_bound']} "
                      f"| {r['pred_ideal_tok_per_s']:.1f} | {r['meas_tok_per_s']:.1f} | {r['meas_over_pred']:.3f} "
-                     f"| {r['pred_derived_tok_per_s']:.1f} | {r['meas_over_pred_derived']:.2f} |")
+                     f"| {r['pred_derived_tok_per_s']:.1f} | {r['meas_over_pred_derived']:.2f} "
+                     f"| {r['meas_loadavg_1m']:.1f} |")
     lines += ["", "Derived utilisation constants for this CPU (median meas/pred per phase):", "",
               f"- training MFU: {u['train_mfu']:.3f}", f"- prefill MFU: {u['prefill_mfu']:.3f}",
               f"- decode memory-bandwidth utilisation (MBU): {u['mbu']:.3f}", "",
