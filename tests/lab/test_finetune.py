@@ -22,7 +22,7 @@ def small_data(tmp_path_factory):
 
 
 def fast(**kw):
-    base = dict(batch=2, max_len=96, eval_items=2, max_new_tokens=4, eval_every=2, max_steps=4, task=None)
+    base = dict(batch=2, max_len=128, eval_items=2, max_new_tokens=4, eval_every=2, max_steps=4, task=None)
     base.update(kw)
     return FinetuneConfig(**base)
 
