@@ -135,7 +135,7 @@ def test_too_long_record_exit_2(tmp_path, capsys, small_data):
 def test_qlora_training_unchanged_by_an_evaluation(small_data):
     """bitsandbytes repacks 4-bit weights for CPU inference in eval mode, which broke training after a validation
     pass; the QLoRA builder turns that off: the training loss of one batch is the same before and after an
-    evaluation, and gradients reach the first layer's adapters."""
+    evaluation, and gradients reach the first layer's adapters (lora_B: lora_A starts with a zero gradient, B being 0)."""
     import bitsandbytes as bnb
 
     m = build_model(fast(method="qlora", data=small_data), resolve("smollm2-135m"))
@@ -151,5 +151,5 @@ def test_qlora_training_unchanged_by_an_evaluation(small_data):
     loss = m(x, labels=x).loss
     assert float(loss) == pytest.approx(before, rel=1e-5)
     loss.backward()
-    g = dict(m.named_parameters())["base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"].grad
+    g = dict(m.named_parameters())["base_model.model.model.layers.0.self_attn.q_proj.lora_B.default.weight"].grad
     assert g is not None and float(g.abs().sum()) > 0
