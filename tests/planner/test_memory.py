@@ -34,10 +34,12 @@ def test_fp16_weights_golden():
 
 
 def test_nf4_layout_golden():
-    """A 4096x4096 NF4 weight: 8,388,608 packed bytes + 262,144 blocks x 4-byte absmax = 9,437,184 bytes;
-    double quant: 8,388,608 + 262,144 uint8 absmax + 1,024 x 4 (second-level absmax) + 4 (offset) + 1,024 (code)."""
-    assert weight_format(Precision.NF4).linear_bytes(4096, 4096, 2) == 8_388_608 + 262_144 * 4
-    assert weight_format(Precision.NF4, True).linear_bytes(4096, 4096, 2) == 8_388_608 + 262_144 + 4096 + 4 + 1024
+    """A 4096x4096 NF4 weight: 8,388,608 packed bytes + 262,144 blocks x 4-byte absmax + the 16-entry fp32 4-bit
+    code table every QuantState holds (64) = 9,437,248 bytes; double quant: 8,388,608 + 262,144 uint8 absmax +
+    1,024 x 4 (second-level absmax) + 4 (offset) + 256 x 4 (the nested state's 8-bit code table) + 64."""
+    assert weight_format(Precision.NF4).linear_bytes(4096, 4096, 2) == 8_388_608 + 262_144 * 4 + 64
+    assert weight_format(Precision.NF4, True).linear_bytes(4096, 4096, 2) == \
+        8_388_608 + 262_144 + 4096 + 4 + 1024 + 64
     assert weight_format(Precision.INT8).linear_bytes(4096, 11008, 2) == 4096 * 11008 + 11008 * 4
 
 
