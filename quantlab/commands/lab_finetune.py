@@ -49,6 +49,8 @@ def register(sub) -> None:
     p.add_argument("--checkpoint-dir", default=None, help="save resumable checkpoints here; rerun to resume")
     p.add_argument("--out", default="reports/finetune", help="folder for loss curves and adapters")
     p.add_argument("--store", default=None, help="results database (default reports/quantlab.sqlite)")
+    p.add_argument("--no-eval-before", dest="eval_before", action="store_false",
+                   help="skip scoring the base model first (saves a minute when the base score is already known)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 
@@ -82,7 +84,7 @@ def run(args) -> int:
 
         rows = compare(cfg, log=log, out=out)
     else:
-        res = run_finetune(cfg, log=log, keep_model=cfg.method in ("lora", "qlora"))
+        res = run_finetune(cfg, log=log, keep_model=cfg.method in ("lora", "qlora"), evaluate_before=args.eval_before)
         png = loss_curve_png(res.history, out / f"{name}-loss.png", f"{cfg.method} on {cfg.data or cfg.task}")
         artifacts = {"loss_curve": str(png)}
         if res.model is not None:
