@@ -1,8 +1,18 @@
 """Profiles: the only code that reads ``profiles/`` (model and GPU profiles as data with sources).
 
 A model is found by profile name, alias (``13b`` is Llama-2-13B, ``8b`` Llama-3.1-8B), Hugging Face id,
-or a local ``config.json`` / model folder (offline). A GPU by name, alias or NVML device name.
-YAML is parsed lazily, one file at a time, so that ``quantlab plan`` starts fast.
+or a local ``config.json`` / model folder (offline: nothing is downloaded). A GPU by name, alias or
+NVML device name.
+
+Assumptions:
+
+1. The profile folder is ``<repo>/profiles`` (a clone or an editable install), or, for a regular
+   ``pip install``, ``<prefix>/share/quantlab/profiles`` (pyproject's ``data-files``); the environment
+   variable ``QUANTLAB_PROFILES`` overrides both.
+2. A profile's ``config`` block is copied from the model's ``config.json`` (HF field names), so the same
+   code path reads a profile and a local config (:meth:`ModelSpec.from_hf_config`).
+3. ``quantlab plan`` must start fast: YAML is parsed lazily and cached. A name that is a file name reads
+   that one file; only an alias, HF id or a misspelling reads them all (about 45 small files).
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ import functools
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,19 +30,33 @@ from typing import Any
 import yaml
 
 from quantlab.errors import QuantlabError
-from quantlab.specs import GPUSpec, ModelSpec, SpecError, Sourced
+from quantlab.specs import FAMILIES, GPUSpec, ModelSpec, SpecError, Sourced
 
-try:
+try:  # libyaml's C loader parses several times faster than the pure-Python one
     _Loader = yaml.CSafeLoader
-except AttributeError:  # pragma: no cover - PyYAML without libyaml
+except AttributeError:  # pragma: no cover - PyYAML built without libyaml
     _Loader = yaml.SafeLoader
+
+# Optional architecture fields that must be positive integers when a config gives them
+# (ModelSpec validates the required ones).
+_OPTIONAL_POSITIVE = ("num_key_value_heads", "head_dim", "num_local_experts", "num_experts_per_tok", "sliding_window")
+
+
+@functools.lru_cache(maxsize=1)
+def _default_dir() -> Path:
+    here = Path(__file__).resolve().parent.parent / "profiles"  # a clone or an editable install
+    candidates = [here, Path(sys.prefix) / "share" / "quantlab" / "profiles"]  # a regular install (data-files)
+    for c in candidates:
+        if (c / "models").is_dir():
+            return c
+    raise QuantlabError(f"profile folder not found (looked in {', '.join(map(str, candidates))}); "
+                        "set QUANTLAB_PROFILES to the folder holding models/ and gpus/")
 
 
 def profiles_dir() -> Path:
+    """The folder holding ``models/`` and ``gpus/`` (assumption 1)."""
     env = os.environ.get("QUANTLAB_PROFILES")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent / "profiles"
+    return Path(env) if env else _default_dir()
 
 
 @dataclass(frozen=True)
@@ -40,15 +65,23 @@ class ResolvedModel:
 
     name: str
     spec: ModelSpec
-    resolved_from: str
-    config: dict
-    source: str | None = None
+    resolved_from: str  # e.g. "13b -> llama-2-13b (alias)"
+    config: dict  # the config.json mapping it was built from (HF field names)
+    source: str | None = None  # where that config comes from (URL or local path)
+
+
+def hf_config_dict(resolved: ResolvedModel) -> dict:
+    """A copy of the config as keyword arguments for ``transformers.AutoConfig.for_model(**d)``."""
+    return dict(resolved.config)
 
 
 @functools.lru_cache(maxsize=None)
 def _read(path: str) -> dict:
-    with open(path, encoding="utf-8") as f:
-        doc = yaml.load(f, Loader=_Loader)
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.load(f, Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise QuantlabError(f"profile {path} is not valid YAML ({str(e).splitlines()[0]})") from e
     if not isinstance(doc, dict) or "name" not in doc:
         raise QuantlabError(f"profile {path} is malformed (expected a mapping with a name)")
     return doc
@@ -59,23 +92,49 @@ def _files(kind: str) -> list[Path]:
 
 
 def list_models() -> list[str]:
+    """Model profile names (file stems), sorted."""
     return [p.stem for p in _files("models")]
 
 
 def list_gpus() -> list[str]:
+    """GPU profile names (file stems), sorted."""
     return [p.stem for p in _files("gpus")]
+
+
+def model_doc(name: str) -> dict:
+    """The raw model profile document (name, aliases, hf_id, source, notes, config)."""
+    return _read(str(profiles_dir() / "models" / f"{name}.yaml"))
+
+
+def gpu_doc(name: str) -> dict:
+    """The raw GPU profile document (every number with value, basis and source)."""
+    return _read(str(profiles_dir() / "gpus" / f"{name}.yaml"))
+
+
+def clear_caches() -> None:
+    """Forget parsed profiles (after editing a profile or changing QUANTLAB_PROFILES in-process)."""
+    for f in (_default_dir, _read, _index, _load_profile, load_gpu):
+        f.cache_clear()
 
 
 def _norm(s: str) -> str:
     return s.strip().lower()
 
 
+_broken: dict[str, list[str]] = {}  # profile files the last scan could not parse, per kind
+
+
 @functools.lru_cache(maxsize=None)
 def _index(kind: str) -> dict[str, tuple[str, str]]:
-    """name/alias/hf_id (lower case) -> (file stem, how it matched)."""
+    """name/alias/hf_id (lower case) -> (file stem, how it matched). Reads every profile of ``kind``."""
     idx: dict[str, tuple[str, str]] = {}
+    _broken[kind] = []
     for p in _files(kind):
-        doc = _read(str(p))
+        try:
+            doc = _read(str(p))
+        except QuantlabError:  # one broken file must not hide the others; _unknown names it
+            _broken[kind].append(p.name)
+            continue
         idx.setdefault(_norm(doc["name"]), (p.stem, "profile"))
         for a in doc.get("aliases") or []:
             idx.setdefault(_norm(str(a)), (p.stem, "alias"))
@@ -84,21 +143,43 @@ def _index(kind: str) -> dict[str, tuple[str, str]]:
     return idx
 
 
-def _unknown(kind: str, name: str, known: list[str]) -> QuantlabError:
-    candidates = sorted(_index(kind))
-    close = difflib.get_close_matches(_norm(name), candidates, n=4, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    what = "model" if kind == "models" else "GPU"
-    return QuantlabError(f"unknown {what} {name!r}{hint} (known: {', '.join(known)}; see 'quantlab profiles')")
+def _unknown(kind: str, name: str) -> QuantlabError:
+    idx = _index(kind)
+    close = difflib.get_close_matches(_norm(name), list(idx), n=6, cutoff=0.5)
+    suggestions = list(dict.fromkeys(idx[c][0] for c in close))[:4]  # canonical names, not lower-cased ids
+    hint = f"did you mean {', '.join(suggestions)}? " if suggestions else ""
+    broken = f"unreadable profiles skipped: {', '.join(_broken[kind])}; " if _broken.get(kind) else ""
+    if kind == "models":
+        known = "" if suggestions else f"known: {', '.join(list_models())}; "
+        local = "a model not in the catalog can be given as a local config.json or model folder; " if "/" in name else ""
+        return QuantlabError(f"unknown model {name!r}: {hint}{known}{local}{broken}see 'quantlab profiles'")
+    return QuantlabError(f"unknown GPU {name!r}: {hint}known: {', '.join(list_gpus())}; {broken}see 'quantlab profiles'")
+
+
+def _spec_from_config(config: Any, *, name: str, where: str, hf_id: str | None = None,
+                      source: str | None = None) -> ModelSpec:
+    if not isinstance(config, dict):
+        raise QuantlabError(f"{where} is not a JSON object")
+    mt = config.get("model_type")
+    if isinstance(mt, str) and mt not in FAMILIES:
+        raise QuantlabError(f"{where}: model_type {mt!r} is not supported (supported: {', '.join(FAMILIES)})")
+    for k in _OPTIONAL_POSITIVE:
+        v = config.get(k)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
+            raise QuantlabError(f"{where}: {k} must be a positive integer, got {v!r}")
+    try:
+        return ModelSpec.from_hf_config(config, name=name, hf_id=hf_id, source=source)
+    except SpecError as e:
+        raise QuantlabError(f"{where}: {e}") from e
+    except (TypeError, ValueError, KeyError, ZeroDivisionError) as e:
+        raise QuantlabError(f"{where}: malformed config ({type(e).__name__}: {e})") from e
 
 
 def _model_from_doc(doc: dict, resolved_from: str) -> ResolvedModel:
-    try:
-        spec = ModelSpec.from_hf_config(doc["config"], name=doc["name"], hf_id=doc.get("hf_id"),
-                                        source=doc.get("source"))
-    except (SpecError, TypeError, KeyError) as e:
-        raise QuantlabError(f"profile {doc.get('name')} is malformed: {e}") from e
-    return ResolvedModel(doc["name"], spec, resolved_from, dict(doc["config"]), doc.get("source"))
+    where = f"model profile {doc.get('name')}"
+    config = doc.get("config")
+    spec = _spec_from_config(config, name=doc["name"], where=where, hf_id=doc.get("hf_id"), source=doc.get("source"))
+    return ResolvedModel(doc["name"], spec, resolved_from, dict(config), doc.get("source"))
 
 
 def _model_from_config_file(path: Path, shown: str) -> ResolvedModel:
@@ -108,43 +189,49 @@ def _model_from_config_file(path: Path, shown: str) -> ResolvedModel:
         raise QuantlabError(f"cannot read {path}: {e}") from e
     except json.JSONDecodeError as e:
         raise QuantlabError(f"{path} is not valid JSON (line {e.lineno}: {e.msg})") from e
-    if not isinstance(config, dict):
-        raise QuantlabError(f"{path} is not a JSON object")
     name = path.parent.name if path.name == "config.json" else path.stem
-    try:
-        spec = ModelSpec.from_hf_config(config, name=name, source=str(path))
-    except SpecError as e:
-        raise QuantlabError(f"{path}: {e}") from e
-    except (TypeError, ValueError) as e:
-        raise QuantlabError(f"{path}: malformed config ({e})") from e
+    spec = _spec_from_config(config, name=name, where=str(path), source=str(path))
     return ResolvedModel(name, spec, f"{shown} -> {path} (local config)", config, str(path))
 
 
-@functools.lru_cache(maxsize=256)
+def _looks_like_path(raw: str) -> bool:
+    return (raw.startswith(("/", "./", "../", "~", "\\")) or raw.endswith(".json") or raw.count("/") > 1
+            or bool(re.match(r"^[A-Za-z]:[\\/]", raw)))
+
+
 def load_model(name_or_path: str) -> ResolvedModel:
-    """Resolve a model name, alias, HF id, local config.json or model folder to a spec."""
-    if not name_or_path or not str(name_or_path).strip():
-        raise QuantlabError("no model given (try --model llama-3.1-8b; see 'quantlab profiles')")
-    raw = str(name_or_path).strip()
+    """Resolve a profile name, alias, HF id, local config.json or local model folder to a spec.
+
+    Raises :class:`QuantlabError` (one line) for an unknown name or a malformed config.
+    """
+    raw = str(name_or_path or "").strip()
+    if not raw:
+        raise QuantlabError("no model given (e.g. --model llama-3.1-8b; see 'quantlab profiles')")
     p = Path(raw).expanduser()
-    if p.is_dir():
+    if p.is_dir():  # local files are read every time (not cached): they may change between calls
         cfg = p / "config.json"
         if not cfg.is_file():
-            raise QuantlabError(f"{p} has no config.json")
+            raise QuantlabError(f"{p} is a folder without a config.json")
         return _model_from_config_file(cfg, raw)
     if p.is_file():
         return _model_from_config_file(p, raw)
-    direct = profiles_dir() / "models" / f"{_norm(raw)}.yaml"
-    if direct.is_file():
-        return _model_from_doc(_read(str(direct)), f"{raw} (profile)")
-    hit = _index("models").get(_norm(raw))
+    if _looks_like_path(raw):
+        raise QuantlabError(f"{raw} does not exist (give a config.json, a model folder, or a profile name)")
+    return _load_profile(_norm(raw), raw)
+
+
+@functools.lru_cache(maxsize=256)
+def _load_profile(key: str, shown: str) -> ResolvedModel:
+    direct = profiles_dir() / "models" / f"{key}.yaml"
+    if direct.is_file():  # the common case reads one file (assumption 3)
+        doc = _read(str(direct))
+        return _model_from_doc(doc, f"{shown} (profile)" if shown == doc["name"] else f"{shown} -> {doc['name']} (profile)")
+    hit = _index("models").get(key)
     if hit is None:
-        if raw.endswith(".json") or "/" in raw and not raw.count("/") == 1:
-            raise QuantlabError(f"{raw} does not exist")
-        raise _unknown("models", raw, list_models())
+        raise _unknown("models", shown)
     stem, how = hit
-    doc = _read(str(profiles_dir() / "models" / f"{stem}.yaml"))
-    return _model_from_doc(doc, f"{raw} -> {doc['name']} ({how})")
+    doc = model_doc(stem)
+    return _model_from_doc(doc, f"{shown} -> {doc['name']} ({how})")
 
 
 def _sourced(x: Any) -> Sourced:
@@ -159,37 +246,40 @@ def _gpu_from_doc(doc: dict) -> GPUSpec:
                    "interconnect_bandwidth_bytes_per_s": _sourced(ic["bandwidth_bytes_per_s"]),
                    "price_usd_per_hour": _sourced(doc["price_usd_per_hour"])}
         sources.update({f"flops.{k}": _sourced(v) for k, v in doc["flops"].items()})
+        ic_bw = ic["bandwidth_bytes_per_s"]["value"]
         return GPUSpec(
             name=doc["name"], vendor=doc["vendor"], memory_bytes=int(doc["memory_bytes"]["value"]),
             memory_bandwidth_bytes_per_s=float(doc["memory_bandwidth_bytes_per_s"]["value"]),
             flops={k: (None if v["value"] is None else float(v["value"])) for k, v in doc["flops"].items()},
             bf16_supported=bool(doc["bf16_supported"]), fp8_supported=bool(doc["fp8_supported"]),
-            interconnect=ic["name"], interconnect_bandwidth_bytes_per_s=float(ic["bandwidth_bytes_per_s"]["value"]),
+            interconnect=ic["name"], interconnect_bandwidth_bytes_per_s=None if ic_bw is None else float(ic_bw),
             price_usd_per_hour=doc["price_usd_per_hour"]["value"],
             aliases=tuple(doc.get("aliases") or ()), nvml_names=tuple(doc.get("nvml_names") or ()),
             sources=sources)
-    except (KeyError, TypeError, ValueError, SpecError) as e:
-        raise QuantlabError(f"GPU profile {doc.get('name')} is malformed: {e}") from e
+    except (KeyError, TypeError, ValueError, AttributeError, SpecError) as e:
+        raise QuantlabError(f"GPU profile {doc.get('name')} is malformed ({type(e).__name__}: {e})") from e
 
 
 @functools.lru_cache(maxsize=64)
 def load_gpu(name: str) -> GPUSpec:
     """A GPU by profile name, alias or NVML device name (case-insensitive)."""
-    raw = str(name).strip()
+    raw = str(name or "").strip()
+    if not raw:
+        raise QuantlabError(f"no GPU given (known: {', '.join(list_gpus())})")
     direct = profiles_dir() / "gpus" / f"{_norm(raw)}.yaml"
     if direct.is_file():
         return _gpu_from_doc(_read(str(direct)))
     hit = _index("gpus").get(_norm(raw))
-    if hit is None:
-        by_device = match_gpu_by_device_name(raw)
-        if by_device is not None:
-            return by_device
-        raise _unknown("gpus", raw, list_gpus())
-    return _gpu_from_doc(_read(str(profiles_dir() / "gpus" / f"{hit[0]}.yaml")))
+    if hit is not None:
+        return _gpu_from_doc(gpu_doc(hit[0]))
+    by_device = match_gpu_by_device_name(raw)
+    if by_device is not None:
+        return by_device
+    raise _unknown("gpus", raw)
 
 
 def match_gpu_by_device_name(device_name: str) -> GPUSpec | None:
-    """Map an NVML / torch device name (e.g. 'NVIDIA A100-SXM4-80GB') onto a profile.
+    """Map an NVML / torch device name (e.g. 'NVIDIA A100-SXM4-80GB') onto a profile, or None.
 
     Entries match on word boundaries and the longest wins, so 'NVIDIA L40S' is an L40S, not an L4.
     """
@@ -200,13 +290,4 @@ def match_gpu_by_device_name(device_name: str) -> GPUSpec | None:
             hit = re.search(r"(?<![a-z0-9])" + re.escape(_norm(n)) + r"(?![a-z0-9])", dn)
             if hit and (best is None or len(n) > best[0]):
                 best = (len(n), p.stem)
-    return None if best is None else _gpu_from_doc(_read(str(profiles_dir() / "gpus" / f"{best[1]}.yaml")))
-
-
-def model_doc(name: str) -> dict:
-    """The raw profile document (name, aliases, hf_id, source, config)."""
-    return _read(str(profiles_dir() / "models" / f"{name}.yaml"))
-
-
-def gpu_doc(name: str) -> dict:
-    return _read(str(profiles_dir() / "gpus" / f"{name}.yaml"))
+    return None if best is None else _gpu_from_doc(gpu_doc(best[1]))

@@ -16,7 +16,7 @@ def test_table_answers_with_cheapest_fastest_and_assumptions(capsys):
     out = capsys.readouterr().out
     assert "Cheapest:" in out and "Fastest:" in out and "Pareto" in out
     assert "Assumptions:" in out and "25%" in out  # the k-bit training utilisation it used
-    assert "prices:" in out and "2026-11" in out  # the price date from the GPU profiles
+    assert "/GPU-hour" in out and "2026-11" in out  # each shown GPU's price with its dated source (GPU profiles)
 
 
 def test_json_document_holds_the_ranked_options(tmp_path, capsys):
