@@ -125,7 +125,8 @@ class LinearShape:
     in_features: int
     out_features: int
     bias: bool = False
-    count: int = 1  # > 1 for MoE experts (one module per expert)
+    count: int = 1  # > 1 for MoE experts (one matrix per expert)
+    module: bool = True  # an nn.Linear that quantizers and PEFT's LoRA see; False: a fused parameter (MoE in v5)
 
     @property
     def params(self) -> int:
@@ -159,6 +160,9 @@ class ModelSpec:
     num_local_experts: int = 0  # MoE: experts per layer (0 = dense)
     num_experts_per_tok: int = 0
     sliding_window: int | None = None
+    attention_dropout: float = 0.0  # training-mode dropout on attention probabilities (GPT-2: attn_pdrop)
+    hidden_dropout: float = 0.0  # on block outputs (GPT-2: resid_pdrop)
+    embd_dropout: float = 0.0  # on the embeddings (GPT-2: embd_pdrop)
     hf_id: str | None = None
     source: str | None = None
 
@@ -219,9 +223,12 @@ class ModelSpec:
         attn = (LinearShape("q_proj", h, q, self.attention_bias), LinearShape("k_proj", h, kv, self.attention_bias),
                 LinearShape("v_proj", h, kv, self.attention_bias), LinearShape("o_proj", q, h, o_bias))
         if self.is_moe:
+            # transformers 5: a router parameter (MixtralTopKRouter.weight) and fused 3-D expert parameters
+            # (MixtralExperts.gate_up_proj [E, 2I, h], .down_proj [E, h, I]); none of them is an nn.Linear.
             e = self.num_local_experts
-            return attn + (LinearShape("gate", h, e, False), LinearShape("w1", h, i, False, e),
-                           LinearShape("w3", h, i, False, e), LinearShape("w2", i, h, False, e))
+            return attn + (LinearShape("gate", h, e, False, 1, False),
+                           LinearShape("experts.gate_up_proj", h, 2 * i, False, e, False),
+                           LinearShape("experts.down_proj", i, h, False, e, False))
         return attn + (LinearShape("gate_proj", h, i, self.mlp_bias), LinearShape("up_proj", h, i, self.mlp_bias),
                        LinearShape("down_proj", i, h, self.mlp_bias))
 
@@ -271,6 +278,9 @@ class ModelSpec:
             num_local_experts=c.get("num_local_experts") or 0,
             num_experts_per_tok=c.get("num_experts_per_tok") or 0,
             sliding_window=c.get("sliding_window") if c.get("use_sliding_window", True) else None,
+            attention_dropout=float(c.get("attn_pdrop", 0.1) if mt == "gpt2" else c.get("attention_dropout") or 0.0),
+            hidden_dropout=float(c.get("resid_pdrop", 0.1) if mt == "gpt2" else 0.0),
+            embd_dropout=float(c.get("embd_pdrop", 0.1) if mt == "gpt2" else 0.0),
             hf_id=hf_id,
             source=source,
         )
@@ -341,6 +351,8 @@ class PlanConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")  # or (ALL_LINEAR,)
+    lora_dropout: float = 0.0  # PEFT's default; > 0 saves a mask and a dropped copy per adapter
+    flash_attention: bool = True  # the GPU runs FlashAttention (sm80+); False (T4, V100): GQA SDPA takes the math kernel
     freeze_last_layers: int = 2  # method=freeze: the last k blocks train ...
     freeze_modules: tuple[str, ...] = ()  # ... or these named modules (e.g. lm_head)
     adapter_size: int = 64  # bottleneck adapter width
@@ -363,8 +375,10 @@ class PlanConfig:
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise SpecError(f"{f.replace('_', '-')} must be a positive integer, got {v!r}")
-        if self.freeze_last_layers < 0 or self.freeze_last_layers > self.model.num_hidden_layers:
+        if self.method is Method.FREEZE and not 0 <= self.freeze_last_layers <= self.model.num_hidden_layers:
             raise SpecError(f"freeze-last-layers must be in 0..{self.model.num_hidden_layers}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise SpecError(f"lora-dropout must be in [0, 1), got {self.lora_dropout!r}")
         if self.stack not in ("transformers", "litgpt"):
             raise SpecError(f"stack must be transformers or litgpt, got {self.stack!r}")
         if self.zero not in (0, 1, 2, 3):

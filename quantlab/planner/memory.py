@@ -15,22 +15,25 @@ Assumptions (numbered; notes in the plan refer to them):
 1. Weights: block linears take the storage format (:mod:`quantlab.planner.formats`); embeddings, lm_head,
    norms and biases stay in the load dtype (the compute dtype for k-bit models). Under AMP the weights
    are fp32 (master weights). Under k-bit training, PEFT's ``prepare_model_for_kbit_training``
-   (peft/utils/other.py) upcasts every fp16/bf16 parameter that is not ``Params4bit`` to fp32.
+   (peft/utils/other.py) upcasts every fp16/bf16 parameter that is not ``Params4bit`` to fp32. Quantizers
+   (bitsandbytes, torchao) replace ``nn.Linear`` modules only: Mixtral's router and fused 3-D expert tensors
+   (transformers 5, ``LinearShape.module=False``) stay in the load dtype (checked on a tiny Mixtral).
+   Buffers: RoPE's ``inv_freq`` and ``original_inv_freq`` (fp32, head_dim/2 each), Gemma-2's ``embed_scale``.
 2. PEFT adapters are fp32 (``autocast_adapter_dtype=True``, the default) and cast their input to fp32
    (``LoraLayer._cast_input_dtype``); their gradients and optimizer states are fp32 too.
 3. Gradients are counted as live through the next forward/backward: the safe reading (gradient
    accumulation and ``zero_grad(set_to_none=False)`` keep them; with ``set_to_none=True`` the true peak is
    lower by the gradient bytes). Checked against the published full fine-tune rows.
-4. Saved activations follow autograd's rule: a node saves only what the gradients it must compute need
-   (``mm`` saves its input only when the weight needs a gradient). Per block, with T = batch x seq tokens:
-   RMSNorm (modeling_llama.py ``LlamaRMSNorm``) saves its fp32 upcast input (4·T·h) and, when its weight
-   trains, its output; SDPA saves q, k, v, its output and the log-sum-exp; eager attention
-   (``eager_attention_forward``) also saves the fp32 softmax (4·b·heads·s²) and its cast to the compute
-   dtype; a gated MLP saves the gate output, the activation, the up output and (when down_proj trains) their
-   product. Under AMP every linear saves its own autocast copy of its input and of its weight
-   (torch autocast casts per call; weights that require grad are cached for the whole forward).
-5. Gradient checkpointing keeps each block's input (T·h in the residual dtype) and recomputes one block at a
-   time during backward, so one block's saved tensors are live at once.
+4. Saved activations: :mod:`quantlab.planner.activations` (autograd's rule applied op by op to the transformers 5
+   modeling code, per family; exact to the byte against ``saved_tensors_hooks`` on tiny CPU models). Dtypes: pure
+   training keeps everything in the weights' dtype; AMP keeps an fp32 residual stream and autocast-dtype linear
+   outputs; k-bit training under PEFT's upcast runs everything outside the k-bit matmuls in fp32 (bitsandbytes
+   casts a k-bit linear's output back to its input dtype), without the upcast in the compute dtype. k-bit
+   training is planned without autocast.
+5. Gradient checkpointing (transformers 5: ``use_reentrant=False``) keeps each block's input (T·h in the residual
+   dtype; ``_NoopSaveInputs``) and, held by the checkpoint's closure, its keyword tensors: RoPE's cos/sin and,
+   for eager attention, the causal mask (b·s² in the residual dtype; Gemma-2 also a sliding-window mask). One
+   block is recomputed at a time during backward, so one block's saved tensors are live at once.
 6. Logits and loss (transformers ``loss/loss_utils.py`` ``ForCausalLMLoss``): the logits (T·vocab in the
    lm_head output dtype) stay referenced by the model output; the loss upcasts them to fp32
    (``logits.float()``), ``log_softmax`` saves its fp32 output, and backward allocates the fp32 gradient of
@@ -38,7 +41,9 @@ Assumptions (numbered; notes in the plan refer to them):
 7. Inference is a full forward over ``seq`` tokens with the KV cache kept (``use_cache``): weights + KV
    cache + the larger of the logits (T·vocab in the compute dtype) and one block's transient (the gated MLP's
    three T x intermediate tensors; for eager attention the b·heads·s² scores, the fp32 softmax and, for a
-   bf16 input, the fp32 copy ``softmax(dtype=float32)`` makes of it).
+   bf16 input, the fp32 copy ``softmax(dtype=float32)`` makes of it; for SDPA on the math kernel (activations
+   A3b) fp32 q, k, v, scores and probabilities). A k-bit matmul over many tokens first dequantizes its
+   weight (bitsandbytes ``gemm_4bit``): the largest quantized linear in the compute dtype joins the transient.
 8. Optimizer states: AdamW 2 x trainable in the parameter dtype; 8-bit AdamW (bitsandbytes blockwise) 2 bytes
    per parameter + one fp32 absmax per 256 values per state; paged optimizers live in CUDA unified memory,
    outside PyTorch's allocator (counted in the process total, not in allocated/reserved); SGD with momentum
@@ -66,6 +71,8 @@ import dataclasses
 import functools
 from dataclasses import dataclass, field
 
+from quantlab.planner.activations import (Act, amp_weight_casts, block_saved, ia3_params_per_block, outside_blocks,
+                                          sdpa_kernel)
 from quantlab.planner.formats import weight_format
 from quantlab.planner.params import ParamCounts, count_params
 from quantlab.specs import (ALL_LINEAR, Attention, DeviceMode, LinearShape, Method, ModelSpec, Offload, Optimizer,
@@ -115,13 +122,17 @@ class Plan:
 def _targets(m: ModelSpec, targets: tuple[str, ...]) -> tuple[LinearShape, ...]:
     """The block linears a LoRA target list names (PEFT matches module-name suffixes)."""
     lins = m.block_linears()
-    if ALL_LINEAR in targets:
-        return tuple(l for l in lins if l.name != "gate")  # PEFT's all-linear: every linear but the output layer
+    if ALL_LINEAR in targets:  # PEFT's all-linear: every nn.Linear but the output layer
+        return tuple(l for l in lins if getattr(l, "module", True))
     chosen = tuple(l for l in lins if any(l.name == t or l.name.split(".")[-1] == t or l.name.endswith("." + t)
                                           for t in targets))
     if not chosen:
-        names = ", ".join(l.name for l in lins)
+        names = ", ".join(l.name for l in lins if getattr(l, "module", True))
         raise SpecError(f"LoRA targets {','.join(targets)} match no linear of {m.name} (its linears: {names})")
+    fused = [l.name for l in chosen if not getattr(l, "module", True)]
+    if fused:
+        raise SpecError(f"LoRA targets nn.Linear modules; {', '.join(fused)} of {m.name} are fused parameters in "
+                        "transformers 5 (PEFT's target_parameters is not planned)")
     return chosen
 
 
@@ -145,9 +156,8 @@ def _adapter_params(m: ModelSpec, method: Method, lora_r: int, targets: tuple[st
         return n, ((nvt, L * 2 * kv),)
     if method is Method.PROMPT:
         return nvt * h, ((nvt, h),)
-    if method is Method.IA3:  # PEFT IA3 defaults for Llama: k_proj, v_proj outputs and down_proj input
-        per = 2 * kv + m.intermediate_size
-        return L * per, ()
+    if method is Method.IA3:  # PEFT's IA3 defaults per family (activations.IA3_TARGETS)
+        return L * ia3_params_per_block(m), ()
     return 0, ()
 
 
@@ -174,115 +184,6 @@ def _optimizer_bytes(opt: Optimizer, n: int, state_bytes: int, shapes: tuple[tup
 
 
 # ---------------------------------------------------------------------------------------------------------
-# activations
-
-
-@dataclass(frozen=True)
-class _Dt:
-    r: int  # residual stream / norm output dtype bytes
-    a: int  # dtype of linear outputs and attention internals
-    amp: bool
-    c: int  # autocast dtype bytes (AMP)
-
-
-def _block_saved(m: ModelSpec, cfg: PlanConfig, dt: _Dt, trainable_block: bool, lora: frozenset[str]) -> int:
-    """Bytes one decoder block saves for backward (assumption 4). ``trainable_block``: its weights train."""
-    b, s = cfg.batch, cfg.seq + (cfg.num_virtual_tokens if cfg.method is Method.PROMPT else 0)
-    T = b * s
-    h, I, H, d = m.hidden_size, m.intermediate_size, m.num_attention_heads, m.head_dim
-    qd, kvd = H * d, m.kv_heads * d
-    r, a = dt.r, dt.a
-    tp = cfg.tp
-    total = 0
-    if m.is_moe:
-        I_tok = I * m.num_experts_per_tok  # each token runs through k experts
-    else:
-        I_tok = I
-
-    def norm() -> int:
-        # x.to(float32) saved by pow and mul; output saved when the norm weight trains (mul by weight).
-        return 4 * T * h + (r * T * h if trainable_block else 0)
-
-    def consumers(names: tuple[str, ...], width: int, in_dtype: int, weight_in_dtype_shared: bool) -> int:
-        """Inputs saved by the linears reading one tensor of ``width`` features."""
-        out = 0
-        shared_counted = weight_in_dtype_shared
-        for n in names:
-            trains = trainable_block
-            in_lora = n in lora
-            if dt.amp and (trains or in_lora):
-                # autocast casts the input for each linear call: one copy per trainable linear
-                if trains:
-                    out += dt.c * T * width
-                if in_lora:  # PEFT casts the (fp32) input to fp32: a no-op, the fp32 tensor itself
-                    if not shared_counted and in_dtype == 4:
-                        out += 4 * T * width
-                        shared_counted = True
-                    elif in_dtype != 4:
-                        out += 4 * T * width
-                continue
-            if trains and not shared_counted:
-                out += in_dtype * T * width
-                shared_counted = True
-            if in_lora:
-                if in_dtype == 4:
-                    if not shared_counted:
-                        out += 4 * T * width
-                        shared_counted = True
-                else:
-                    out += 4 * T * width
-        return out
-
-    lins = {l.name for l in m.block_linears()}
-    # -- attention
-    total += norm()
-    if m.model_type == "gpt2":
-        total += consumers(("c_attn",), h, r, trainable_block)
-        total += 3 * a * T * h // tp  # q, k, v are views of c_attn's output: one storage
-        total += a * T * qd // tp + 4 * H * T  # sdpa output + logsumexp
-        total += consumers(("attn.c_proj",), qd, a, False) // tp
-    else:
-        qkv = ("qkv_proj",) if "qkv_proj" in lins else ("q_proj", "k_proj", "v_proj")
-        total += consumers(qkv, h, r, trainable_block)
-        if cfg.attn is Attention.SDPA:
-            # q, k, v (GQA handled natively when no padding mask), output, logsumexp
-            total += (a * T * (2 * qd + 2 * kvd) + 4 * H * T) // tp
-        else:
-            S = b * H * s * s
-            total += (a * T * 3 * qd + 4 * S + (a * S if a != 4 else 0)) // tp
-        total += consumers(("o_proj",), qd, a, False) // tp
-    # -- MLP
-    total += norm()
-    if m.gated_mlp:
-        up = ("gate_up_proj",) if "gate_up_proj" in lins else (("w1", "w3") if m.is_moe else ("gate_proj", "up_proj"))
-        down = "w2" if m.is_moe else "down_proj"
-        total += consumers(up, h, r, trainable_block)
-        total += 3 * a * T * I_tok // tp  # gate out (for the activation), activation and up out (for the product)
-        total += consumers((down,), I_tok, a, False) // tp
-        if m.is_moe:
-            total += 4 * T * m.num_local_experts  # router logits (fp32 softmax)
-    else:
-        total += consumers(("c_fc",), h, r, trainable_block)
-        total += 4 * a * T * I // tp  # gelu_new composed of tensor ops: x, tanh(...), 0.5x, 1 + tanh
-        total += consumers(("mlp.c_proj",), I, a, False) // tp
-    if cfg.stack == "litgpt" and cfg.precision.is_kbit and not trainable_block:
-        # assumption 11: bitsandbytes 0.41 MatMul4Bit saves its input (norm outputs shared by their readers)
-        total += (2 * r * T * h + a * T * qd + a * T * I_tok) // tp
-    if cfg.method is Method.IA3:
-        total += a * T * I_tok // tp  # the scaled down_proj input
-    if cfg.method is Method.ADAPTER:
-        total += 2 * (a * T * h + 4 * T * h + 4 * T * cfg.adapter_size)
-    return total
-
-
-def _amp_weight_casts(m: ModelSpec, pc: ParamCounts, c: int, layers: int, lm_head: bool) -> int:
-    """Autocast copies of linear weights held for backward (assumption 4)."""
-    per_block = pc.block_linear_weights
-    head = m.vocab_size * m.hidden_size if lm_head else 0
-    return c * (layers * per_block + head)
-
-
-# ---------------------------------------------------------------------------------------------------------
 
 
 def _kv_cache(m: ModelSpec, cfg: PlanConfig, kv_bytes: int) -> int:
@@ -298,6 +199,50 @@ def _kv_cache(m: ModelSpec, cfg: PlanConfig, kv_bytes: int) -> int:
     return cfg.batch * total // cfg.tp
 
 
+def _dtypes(cfg: PlanConfig) -> tuple[int, int, int, bool, bool]:
+    """(load bytes of float weights, residual bytes r, linear-output bytes a, amp, k-bit upcast) (assumptions 1, 4)."""
+    kbit = cfg.precision.is_kbit
+    training = cfg.method.is_training
+    amp = training and cfg.training_precision is TrainingPrecision.AMP and not kbit
+    c = cfg.compute_dtype.nbytes
+    load = (4 if amp else _FLOAT_BYTES[cfg.precision]) if cfg.precision.is_float else c
+    upcast = kbit and training and cfg.kbit_upcast and cfg.stack == "transformers"
+    if kbit:
+        r = 4 if upcast else c
+        a = r  # bitsandbytes casts a k-bit linear's output back to its input dtype
+    elif amp:
+        r, a = 4, c
+    else:
+        r = a = load
+    return load, r, a, amp, upcast
+
+
+def _block_groups(cfg: PlanConfig, pc: ParamCounts, upcast: bool) -> tuple[tuple[int, bool, bool], ...]:
+    """(blocks, weights train, input needs a gradient) groups of decoder blocks (assumption 4, activations A10)."""
+    L = cfg.model.num_hidden_layers
+    method = cfg.method
+    if method is Method.FULL:
+        return ((L, True, True),)
+    if method is Method.FREEZE:
+        k = cfg.freeze_last_layers
+        if _embed_trains(cfg, pc):
+            return ((L - k, False, True), (k, True, True))
+        return ((1, True, False), (k - 1, True, True)) if k else ()
+    # PEFT freezes the embedding: the first block's input needs a gradient only under checkpointing
+    # (enable_input_require_grads) or prompt tuning (trainable virtual tokens)
+    first = cfg.grad_checkpointing or method is Method.PROMPT
+    return ((1, False, first), (L - 1, False, True))
+
+
+def _embed_trains(cfg: PlanConfig, pc: ParamCounts) -> bool:
+    if cfg.method is Method.FULL:
+        return True
+    if cfg.method is not Method.FREEZE:
+        return False
+    mods = set(cfg.freeze_modules)
+    return bool(mods & {"embed_tokens", "wte"}) or ("lm_head" in mods and pc.lm_head == 0)
+
+
 def plan(cfg: PlanConfig) -> Plan:
     """Plan one configuration (pure arithmetic; no I/O)."""
     m = cfg.model
@@ -306,21 +251,24 @@ def plan(cfg: PlanConfig) -> Plan:
     method = cfg.method
     training = method.is_training
     kbit = cfg.precision.is_kbit
-    amp = training and cfg.training_precision is TrainingPrecision.AMP and not kbit
     c = cfg.compute_dtype.nbytes
-    if cfg.precision.is_float:
-        load = 4 if amp else _FLOAT_BYTES[cfg.precision]
-        if amp and cfg.precision is not Precision.FP32:
-            notes.append("AMP keeps fp32 master weights: weights counted in fp32 (assumption 1)")
-    else:
-        load = c
-    upcast = kbit and training and cfg.kbit_upcast and cfg.stack == "transformers"
+    load, r, a, amp, upcast = _dtypes(cfg)
+    if amp and cfg.precision is not Precision.FP32:
+        notes.append("AMP keeps fp32 master weights: weights counted in fp32 (assumption 1)")
+    if kbit and training and cfg.training_precision is TrainingPrecision.AMP:
+        notes.append("k-bit training is planned without autocast: the adapters and upcast modules run in fp32, "
+                     "the k-bit matmuls in the compute dtype (assumption 4)")
     hp = 4 if upcast else load  # bytes of the modules that stay in high precision
     if upcast:
         notes.append("k-bit training: PEFT prepare_model_for_kbit_training upcasts embeddings, norms and lm_head "
                      "to fp32 (assumption 1)")
     if cfg.seq > m.max_position_embeddings:
         notes.append(f"warning: seq {cfg.seq} is beyond the model's context ({m.max_position_embeddings} tokens)")
+    attn = cfg.attn
+    if m.model_type == "gemma2" and attn is Attention.SDPA and cfg.stack == "transformers":
+        attn = Attention.EAGER
+        notes.append("gemma2: transformers 5 has no SDPA path for attention softcapping: planned with eager "
+                     "attention (heads x seq^2 scores)")
 
     # ---- weights (assumption 1)
     fmt = weight_format(cfg.precision, cfg.double_quant, cfg.group_size)
@@ -330,15 +278,25 @@ def plan(cfg: PlanConfig) -> Plan:
         lin_data = pc.block_linear_weights * load
         lin_const = 0
     else:
-        lin_total = sum(l.count * fmt.linear_bytes(l.in_features, l.out_features, load) for l in pc.linears)
-        lin_data = sum(l.count * -(-(l.in_features * l.out_features * fmt.bits) // 8) for l in pc.linears)
-        lin_const = lin_total - lin_data
+        quantized = tuple(l for l in pc.linears if getattr(l, "module", True) or cfg.stack == "litgpt")
+        kept = sum(l.count * l.in_features * l.out_features for l in pc.linears if l not in quantized)
+        lin_total = sum(l.count * fmt.linear_bytes(l.in_features, l.out_features, load) for l in quantized)
+        lin_bits = sum(l.count * -(-(l.in_features * l.out_features * fmt.bits) // 8) for l in quantized)
+        lin_data = lin_bits + kept * hp
+        lin_const = lin_total - lin_bits
+        if kept:
+            notes.append(f"transformers 5 keeps {m.name}'s router and fused expert tensors (not nn.Linear) in "
+                         f"{'fp32' if hp == 4 else cfg.compute_dtype.value}: bitsandbytes and torchao quantize "
+                         f"nn.Linear modules only ({L * kept:,} of {pc.total:,} parameters stay unquantized)")
         if cfg.precision is Precision.INT8:
             notes.append("LLM.int8: block linears int8 + fp32 row scales; lm_head, embeddings and norms stay in "
                          f"{'fp32' if hp == 4 else cfg.compute_dtype.value}")
     other = (pc.embedding + pc.lm_head + pc.layers * (pc.block_linear_biases + pc.block_norms) + pc.final_norm) * hp
-    rotary = 0 if m.model_type == "gpt2" else (m.head_dim // 2) * 4  # inv_freq buffer (fp32)
-    weights = L * lin_data // tp + other + rotary
+    # buffers: RoPE inv_freq and original_inv_freq (fp32, head_dim/2 each); Gemma-2's embed_scale scalar
+    buffers = 0 if m.model_type == "gpt2" else 2 * (m.head_dim // 2) * 4
+    if m.model_type == "gemma2":
+        buffers += load
+    weights = L * lin_data // tp + other + buffers
     quant_constants = L * lin_const // tp
 
     # ---- trainable parameters (assumption 2)
@@ -404,20 +362,33 @@ def plan(cfg: PlanConfig) -> Plan:
     if adapters:
         comps["adapters"] = adapters
 
-    T = cfg.batch * cfg.seq
     V = m.vocab_size
     if not training:
+        T = cfg.batch * cfg.seq
         kv_bytes = (cfg.kv_dtype or cfg.compute_dtype).nbytes
         kv = _kv_cache(m, cfg, kv_bytes)
         a = c
         h, I, H = m.hidden_size, m.intermediate_size * (m.num_experts_per_tok if m.is_moe else 1), m.num_attention_heads
         layer = (3 * a * T * I + 2 * a * T * h) // tp
-        if cfg.attn is Attention.EAGER:
-            S = cfg.batch * H * cfg.seq * cfg.seq
+        S = cfg.batch * H * cfg.seq * cfg.seq
+        qd = H * m.head_dim
+        if attn is Attention.EAGER:
             fp32_copy = 4 * S if (a == 2 and not (cfg.compute_dtype.value == "fp16" and cfg.device is DeviceMode.CUDA)) else 0
-            attn = max(2 * S * a, S * a + fp32_copy + 4 * S, S * a + 4 * S + S * a) if a != 4 else 2 * 4 * S
-            mask = cfg.batch * cfg.seq * cfg.seq * a
-            layer = max(layer, (attn + 4 * a * T * H * m.head_dim) // tp + mask)
+            att = max(2 * S * a, S * a + fp32_copy + 4 * S, S * a + 4 * S + S * a) if a != 4 else 2 * 4 * S
+            mask = (2 if m.model_type == "gemma2" else 1) * cfg.batch * cfg.seq * cfg.seq * a
+            layer = max(layer, (att + 4 * a * T * qd) // tp + mask)
+        elif sdpa_kernel(m, Act(b=cfg.batch, s=cfg.seq, kv_s=cfg.seq, r=a, a=a, c=c, amp=False, eager=False,
+                                cuda=cfg.device is DeviceMode.CUDA, flash=cfg.flash_attention)) == "math":
+            # activations A3b: GQA without FlashAttention takes the math kernel: fp32 scaled q, repeated k and v,
+            # fp32 scores and probabilities
+            layer = max(layer, (12 * T * qd + 8 * S) // tp)
+            notes.append("SDPA with grouped-query attention falls back to the math kernel here (fp32 inputs or no "
+                         "FlashAttention on this GPU): heads x seq^2 fp32 scores are materialized (activations A3b)")
+        if kbit and cfg.precision is not Precision.INT8:
+            # a k-bit matmul over more than one token dequantizes the whole weight first (bitsandbytes
+            # gemm_4bit; GPTQ/torchao dequantizing kernels): the largest quantized linear, in the compute dtype
+            layer += c * max((l.in_features * l.out_features for l in pc.linears if getattr(l, "module", True)),
+                             default=0) // tp
         logits = a * T * V + a * T * h
         transient = max(layer, logits)
         comps["kv_cache"] = kv
@@ -426,43 +397,55 @@ def plan(cfg: PlanConfig) -> Plan:
         allocated = static + kv + transient
         dynamic = kv + transient
     else:
-        r = 4 if (amp or upcast or cfg.precision is Precision.FP32) else (load if cfg.precision.is_float else c)
-        if cfg.precision.is_float and not amp:
-            a = load
-        elif amp:
-            a = c
-        else:
-            a = r  # bitsandbytes casts k-bit linear outputs back to the input dtype
-        dt = _Dt(r=r, a=a, amp=amp, c=c)
+        s_eff = cfg.seq + (cfg.num_virtual_tokens if method is Method.PROMPT else 0)
+        kv_s = s_eff + (cfg.num_virtual_tokens if method is Method.PREFIX else 0)
         lora = frozenset(l.name for l in _targets(m, tuple(cfg.lora_targets))) \
             if method in (Method.LORA, Method.QLORA) else frozenset()
-        full_like = method is Method.FULL
-        if method is Method.FREEZE:
-            n_layers_grad = cfg.freeze_last_layers
-            per_layer = _block_saved(m, cfg, dt, True, lora) if n_layers_grad else 0
-        else:
-            n_layers_grad = L
-            per_layer = _block_saved(m, cfg, dt, full_like, lora)
-        trains_head = full_like or (method is Method.FREEZE and "lm_head" in cfg.freeze_modules)
-        head_grad = n_layers_grad > 0 or trains_head
-        final_norm = (4 * T * m.hidden_size + (r * T * m.hidden_size if full_like else 0)) if head_grad else 0
-        if trains_head and not full_like:
-            final_norm += r * T * m.hidden_size
-        Ld = a if not upcast else 4
+        x = Act(b=cfg.batch, s=s_eff, kv_s=kv_s, r=r, a=a, c=c, amp=amp, eager=attn is Attention.EAGER,
+                cuda=cfg.device is DeviceMode.CUDA, flash=cfg.flash_attention, rank=cfg.lora_r if lora else 0,
+                lora_dropout=bool(lora) and cfg.lora_dropout > 0,
+                litgpt_kbit=cfg.stack == "litgpt" and kbit, prefix=method is Method.PREFIX)
+        T = x.T
+        if not x.eager and sdpa_kernel(m, x) == "math":
+            notes.append("SDPA with grouped-query attention falls back to the math kernel here (fp32 attention "
+                         "inputs or no FlashAttention on this GPU): it keeps heads x seq^2 fp32 probabilities per "
+                         "layer (activations A3b); autocast to bf16/fp16 or eager attention avoids the fallback")
+        ia3 = method is Method.IA3
+        adapter_size = cfg.adapter_size if method is Method.ADAPTER else 0
+        groups = _block_groups(cfg, pc, upcast)
+        per = [(n, trains, ig, block_saved(m, x, trains, lora, ig, ia3, adapter_size) // tp)
+               for n, trains, ig in groups if n > 0]
+        grad_blocks = sum(n for n, _, _, v in per if v)
+        blocks = sum(n * v for n, _, _, v in per)
+        recompute = max((v for _, _, _, v in per), default=0)
+        head_trains = method is Method.FULL or (method is Method.FREEZE and "lm_head" in cfg.freeze_modules)
+        norm_trains = method is Method.FULL or (method is Method.FREEZE and bool({"norm", "ln_f"} & set(cfg.freeze_modules))) \
+            or (method is Method.FREEZE and cfg.freeze_last_layers == L and False)
+        head_grad = grad_blocks > 0 or norm_trains
+        Ld = c if amp else r  # logits dtype: lm_head's output
+        outside = outside_blocks(m, x, head_grad=head_grad, norm_trains=norm_trains, head_trains=head_trains,
+                                 embed_trains=_embed_trains(cfg, pc), head_bytes=Ld,
+                                 prompt_tokens=cfg.num_virtual_tokens if method is Method.PROMPT else 0,
+                                 inputs_grad=cfg.grad_checkpointing and method.is_peft)
         keep_logits = Ld * T * V
-        loss_peak = keep_logits + 12 * T * V
+        loss_peak = keep_logits + 12 * T * V  # assumption 6
         amp_casts = 0
         if amp:
-            amp_casts = _amp_weight_casts(m, pc, c, n_layers_grad if not cfg.grad_checkpointing else 1, head_grad)
+            amp_casts = c * V * m.hidden_size if (head_grad or head_trains) else 0
+            if not cfg.grad_checkpointing:
+                amp_casts += sum(n * amp_weight_casts(m, x, trains, lora, ig) // tp for n, trains, ig, v in per if v)
         if cfg.grad_checkpointing:
-            ckpt = n_layers_grad * r * T * m.hidden_size
-            activations = ckpt + final_norm
-            recompute = per_layer + (c * pc.block_linear_weights if amp else 0)
-            fwd_bwd = activations + max(loss_peak + amp_casts, keep_logits + recompute)
+            ckpt = grad_blocks * r * T * m.hidden_size // tp
+            if x.eager and grad_blocks:  # the causal mask (Gemma-2: also the sliding-window one), a block input
+                ckpt += (2 if m.model_type == "gemma2" else 1) * cfg.batch * s_eff * kv_s * r
+            activations = ckpt + outside
+            recompute_amp = max((amp_weight_casts(m, x, trains, lora, True) // tp for _, trains, _, v in per if v),
+                                default=0) if amp else 0
+            fwd_bwd = activations + max(loss_peak + amp_casts, keep_logits + recompute + recompute_amp)
             notes.append("gradient checkpointing: one input per block kept, one block recomputed at a time "
                          "(assumption 5)")
         else:
-            activations = n_layers_grad * per_layer + final_norm
+            activations = blocks + outside
             fwd_bwd = activations + amp_casts + loss_peak
         comps["gradients"] = gradients
         comps["optimizer"] = opt_state

@@ -29,8 +29,9 @@ def test_kv_cache_golden():
 
 
 def test_fp16_weights_golden():
-    """6,738,415,616 parameters x 2 bytes, plus the 64-float rotary inv_freq buffer (256 bytes)."""
-    assert plan(cfg()).components["weights"] == 6_738_415_616 * 2 + 64 * 4
+    """6,738,415,616 parameters x 2 bytes, plus RoPE's two fp32 buffers of head_dim/2 = 64 floats (``inv_freq`` and
+    ``original_inv_freq`` in transformers 5): 2 x 64 x 4 = 512 bytes."""
+    assert plan(cfg()).components["weights"] == 6_738_415_616 * 2 + 2 * 64 * 4
 
 
 def test_nf4_layout_golden():

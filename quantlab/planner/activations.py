@@ -1,0 +1,367 @@
+"""Tensors saved for backward, per architecture, in integer bytes: what autograd keeps between forward and backward.
+
+Derived op by op from the modeling code of transformers 5.23 (``models/<family>/modeling_<family>.py``,
+``integrations/sdpa_attention.py``), PEFT 0.21 (``tuners/lora/layer.py``), bitsandbytes 0.50
+(``autograd/_functions.py``) and torch's ``scaled_dot_product_attention``; checked on a CPU against
+``torch.autograd.graph.saved_tensors_hooks`` on tiny models of every family
+(``tests/planner/test_activations_vs_torch.py``). Costs sit beside the architecture they describe, one function
+per part of a block, as nanochat's ``kv_bytes_per_token`` does.
+
+Autograd's rule (assumption A1): a node saves only what the gradients it must compute need. ``y = x @ W`` saves
+``x`` only when ``W`` needs a gradient, and keeps ``W`` (a parameter, not an activation) for ``x``'s gradient;
+a node none of whose inputs needs a gradient saves nothing. Storages count once (a view of a saved tensor adds
+nothing; a tensor saved by several nodes counts once).
+
+Numbered assumptions (T = batch x tokens, h hidden, I intermediate, H heads of width d, qd = H·d, kvd = kv
+heads · d, S = batch · H · seq · keys; ``r`` bytes of the residual stream and norm outputs, ``a`` of linear
+outputs and attention internals, ``c`` of the autocast dtype):
+
+A2. RMSNorm (``LlamaRMSNorm``: ``x.to(float32)``, ``pow``, ``* rsqrt``, ``weight * x.to(input_dtype)``) saves
+    the fp32 copy of its input (the input itself when it is fp32: 4·T·h) and the rsqrt (4·T) when its input needs
+    a gradient, and the normalized tensor (r·T·h) when its weight trains. Its output is saved by the linears that
+    read it (A5). Gemma-2's norm computes ``x.float() * (1 + w.float())`` in fp32 and casts after: its normalized
+    tensor is fp32 (4·T·h) and ``1 + w`` (4·h) is saved; a block has four norms, the post-norms' outputs feed a
+    residual add (nothing saved). GPT-2's LayerNorm saves its input (r·T·h) and the mean and rstd (fp32 on CUDA,
+    the input dtype on a CPU).
+A3. Fused SDPA (FlashAttention, the memory-efficient kernel, the CPU flash kernel) saves q, k, v, its output and
+    the fp32 log-sum-exp (4·b·H·s); GQA runs natively (transformers passes ``enable_gqa`` when there is no mask,
+    ``use_gqa_in_sdpa``). q and k are new tensors (RoPE); v is a view of the projection output; the kernel's
+    output is laid out (b, s, H, d), so the ``transpose(1, 2).contiguous()`` before ``o_proj`` is free and
+    o_proj's input is the saved output. Phi-3's v is a view of the fused qkv output, so that whole storage stays
+    (CUDA; the CPU kernel copies v and its output).
+A3b. On CUDA only FlashAttention and the math kernel take ``enable_gqa`` (torch ``scaled_dot_product_attention``
+    docstring), and FlashAttention needs fp16/bf16 on sm80+. A GQA model whose attention inputs are fp32 (k-bit
+    training under PEFT's fp32 upcast, fp32 fine-tunes) or that runs on a GPU without FlashAttention (T4, V100:
+    ``flash_attention=False``) gets the math kernel: fp32 scaled q, repeated k and v (4·T·qd each) and the fp32
+    probabilities (4·S) are saved, and o_proj reads a new copy of the output. (Source of the finding: the other
+    planner session's note, checked against the torch docstring in this venv.)
+A4. Eager attention (``eager_attention_forward``) saves q, k and v repeated to H heads (``repeat_kv`` copies,
+    and a non-contiguous v is copied by ``matmul``), the fp32 softmax (``softmax(dtype=float32)``, 4·S) and its
+    cast to the compute dtype (a·S, none when a = 4), and o_proj's input is a new contiguous copy (a·T·qd).
+    Gemma-2 also saves the softcap ``tanh`` (a·S) and has no SDPA path in transformers 5 (softcapping).
+    GPT-2's softmax runs in the compute dtype. Attention dropout (p > 0) saves a mask and its output.
+A5. A tensor read by linears is saved once if any of them trains (its own dtype), and by each LoRA adapter
+    reading it as PEFT's fp32 cast (``_cast_input_dtype``: a new 4-byte copy per adapter unless the tensor is
+    fp32 and dropout is off, then the tensor itself); lora_B saves lora_A's fp32 output (4·T·rank). With
+    ``lora_dropout`` > 0 each adapter saves the dropout mask and its own dropped copy. Under autocast (AMP)
+    every linear saves its own cast of its input (autocast does not cache activations), adapters included
+    (c·T·width each), and the cast of every weight whose input or weight needs a gradient (cached per forward
+    for trainable leaves, per call for frozen ones): c bytes per weight.
+A6. Gated MLP (SwiGLU / GeGLU; Phi-3's fused gate_up is one storage of the same size) saves the gate output
+    (the activation's input), the activation output and the up output (the product's inputs): 3·a·T·I, and the
+    product when down_proj reads it as in A5. GPT-2's ``gelu_new`` is composed of tensor ops and saves four
+    T x I tensors (x, tanh, 0.5·x, 1 + tanh).
+A7. Mixtral (transformers 5: experts as fused 3-D parameters run by the default ``grouped_mm`` experts
+    implementation, ``integrations/moe.py``): the router saves its fp32 softmax (4·T·E), the top-k indices (int64)
+    and normalized weights and their sum; each of the T·k routed (token, expert) pairs saves three int64 indices
+    (the sort permutation, its inverse, the token gather), the gate_up output (2·a·I), the activation (a·I), the
+    expert output (a·h, for the routing-weight product) and the fp32 routing weight; its gathered input (a·h) and
+    product (a·I) when the experts train; ``grouped_mm`` keeps its int32 offsets (4·E).
+A8. Dropout (GPT-2's attn/resid/embd_pdrop, LoRA's dropout) saves a bool mask on CUDA (1 byte per element;
+    the input dtype on a CPU, where ``dropout`` is ``x * mask``).
+A9. Outside the blocks: RoPE's cos and sin (2·s·d·r, shared by all layers), the final norm, lm_head's input
+    when lm_head trains, the embedding's int64 ids when it trains (GPT-2: also the position ids), Gemma-2's final
+    logit softcap ``tanh`` (a·T·V). The logits and the loss buffers are counted apart (``logits_loss``).
+A10. A block whose input needs no gradient (the first block under LoRA without gradient checkpointing: PEFT
+    freezes the embedding) saves nothing in its first norm. QLoRA's ``prepare_model_for_kbit_training`` and
+    gradient checkpointing make the input require a gradient, so every block saves it.
+A11. ``stack="litgpt"`` with k-bit weights: bitsandbytes 0.41 (LitGPT's published tables) saves each 4-bit
+    linear's input (``MatMul4Bit``: ``ctx.tensors = (A, B)``); 0.50 saves only B.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from quantlab.specs import ModelSpec
+
+
+@dataclass(frozen=True)
+class Act:
+    """Sizes, dtype bytes and switches of one training configuration (hashable: results are cached)."""
+
+    b: int
+    s: int  # tokens per sequence, virtual prompt tokens included
+    kv_s: int  # keys each query sees (s, plus prefix-tuning tokens)
+    r: int  # residual stream / norm outputs
+    a: int  # linear outputs / attention internals
+    c: int  # autocast dtype (amp)
+    amp: bool
+    eager: bool
+    cuda: bool
+    flash: bool = True  # the GPU runs FlashAttention (sm80+)
+    rank: int = 0  # LoRA rank
+    lora_dropout: bool = False
+    litgpt_kbit: bool = False
+    prefix: bool = False
+
+    @property
+    def T(self) -> int:
+        return self.b * self.s
+
+    @property
+    def mask(self) -> int:
+        """Bytes per element of a dropout mask (A8)."""
+        return 1 if self.cuda else self.a
+
+
+def sdpa_kernel(m: ModelSpec, x: Act) -> str:
+    """Which SDPA kernel runs: "fused" (flash / memory-efficient / CPU flash) or "math" (A3, A3b)."""
+    gqa = m.kv_heads < m.num_attention_heads
+    if x.cuda and gqa and not x.prefix and (x.a == 4 or not x.flash):
+        return "math"
+    return "fused"
+
+
+def _readers(x: Act, xb: int, width: int, trains: int, loras: int, shared: bool = False, grad: bool = True) -> int:
+    """Bytes saved by the linears that read one tensor of ``width`` features stored in ``xb`` bytes (A5).
+
+    ``trains``: how many of them have trainable weights; ``loras``: how many carry a LoRA adapter; ``shared``: the
+    tensor is already counted (an SDPA output); ``grad``: the tensor needs a gradient (else LoRA's dropout keeps
+    no mask).
+    """
+    n = x.T * width
+    out = 0
+    mask = (1 if x.cuda else 4) * n if (x.lora_dropout and grad) else 0  # dropout after PEFT's fp32 cast (A8)
+    if x.amp:
+        if trains:
+            out += 0 if (xb == x.c and shared) else x.c * n * (1 if xb == x.c else trains)
+        if loras:
+            out += loras * (x.c * n + mask + x.c * x.T * x.rank)
+        return out
+    if trains and not shared:
+        out += xb * n
+    if loras:
+        if x.lora_dropout:
+            out += loras * (mask + 4 * n)
+        elif xb == 4:
+            out += 0 if (trains or shared) else 4 * n
+        else:
+            out += loras * 4 * n
+        out += loras * 4 * x.T * x.rank
+    return out
+
+
+# PEFT's IA3 defaults (utils/constants.py TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING and the
+# feedforward mapping); Phi-3 has none there (PEFT asks for target_modules): its fused qkv_proj and down_proj here.
+# Mixtral's default ``w2`` no longer exists in transformers 5 (fused experts): only k_proj, v_proj match.
+IA3_TARGETS = {"llama": ("k_proj", "v_proj"), "mistral": ("k_proj", "v_proj"), "mixtral": ("k_proj", "v_proj"),
+               "gemma2": ("q_proj", "v_proj"), "qwen2": ("q_proj", "v_proj"), "gpt2": ("c_attn",),
+               "phi3": ("qkv_proj",)}
+IA3_FEEDFORWARD = {"llama": "down_proj", "mistral": "down_proj", "gemma2": "down_proj", "qwen2": "down_proj",
+                   "gpt2": "mlp.c_proj", "phi3": "down_proj", "mixtral": None}
+
+
+def ia3_params_per_block(m: ModelSpec) -> int:
+    """IA3 vectors of one block: the output width of each scaled linear, the input width of the feedforward one."""
+    lins = {l.name: l for l in m.block_linears()}
+    n = sum(lins[t].out_features for t in IA3_TARGETS[m.model_type])
+    ff = IA3_FEEDFORWARD[m.model_type]
+    return n + (lins[ff].in_features if ff else 0)
+
+
+def _norm(m: ModelSpec, x: Act, input_grad: bool, weight_trains: bool) -> int:
+    """One norm (A2)."""
+    T, h = x.T, m.hidden_size
+    if m.model_type == "gpt2":
+        stat = 4 if x.cuda else x.r
+        return x.r * T * h + 2 * stat * T if (input_grad or weight_trains) else 0
+    out = 0
+    if input_grad:
+        out += 4 * T * h + 4 * T
+    if m.model_type == "gemma2":
+        out += 4 * h if input_grad else 0
+        out += 4 * T * h if weight_trains else 0
+    elif weight_trains:
+        out += x.r * T * h
+    return out
+
+
+def _has(names: frozenset, *cands: str) -> int:
+    return sum(1 for c in cands if c in names)
+
+
+def attention(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: bool, ia3: bool = False) -> int:
+    """Attention sub-block: its norm, projections' inputs, attention internals, o_proj's input (A2-A5)."""
+    T, h, H, d = x.T, m.hidden_size, m.num_attention_heads, m.head_dim
+    qd, kvd = H * d, m.kv_heads * d
+    a, r = x.a, x.r
+    t = m.model_type
+    qkv_names = ("c_attn",) if t == "gpt2" else ("qkv_proj",) if t == "phi3" else ("q_proj", "k_proj", "v_proj")
+    o_name = "attn.c_proj" if t == "gpt2" else "o_proj"
+    n_lora_in = _has(lora, *qkv_names)
+    scaled = frozenset(IA3_TARGETS[t]) if ia3 else frozenset()  # IA3: outputs times a trainable vector
+    if not (input_grad or trains or n_lora_in or scaled):
+        return 0  # nothing upstream or here needs a gradient (A1)
+    # which of q, k, v need a gradient (the first block under LoRA: only the adapted ones, A1, A10)
+    base = input_grad or trains
+    if len(qkv_names) == 1:
+        qg = kg = vg = base or n_lora_in > 0 or bool(scaled)
+    else:
+        qg, kg, vg = (base or n in lora or n in scaled for n in qkv_names)
+    scores = qg or kg
+    # IA3 keeps each scaled linear's output for its vector's gradient
+    outs = {"q_proj": qd, "k_proj": kvd, "v_proj": kvd, "qkv_proj": qd + 2 * kvd, "c_attn": 3 * h}
+    out = _norm(m, x, input_grad, trains)
+    # IA3 keeps each scaled output (for its vector's gradient) and, when that output needs a gradient through the
+    # product, the fp32 vector ``1 * ia3_l.flatten()`` (a new tensor)
+    out += sum(a * T * outs[n] + (4 * outs[n] if base else 0) for n in scaled) if scaled else 0
+    out += _readers(x, r, h, len(qkv_names) if trains else 0, n_lora_in, grad=input_grad)
+    if x.litgpt_kbit and not trains:
+        out += r * T * h  # A11: the 4-bit qkv linears save their (shared) input
+    S = x.b * H * x.s * x.kv_s
+    kv_T = x.b * x.kv_s
+    o_shared = False
+    if t == "gpt2":
+        drop = m.attention_dropout > 0
+        if not x.eager and (x.cuda or not drop):
+            out += a * T * 3 * h + a * T * qd + 4 * H * T  # q, k, v: views of c_attn's output; out; lse
+            o_shared = True
+        else:  # eager; a CPU SDPA with dropout falls back to the math kernel, which upcasts half inputs to fp32
+            f = a if x.eager else 4
+            sm = 4 if x.amp else f  # autocast runs softmax in fp32
+            out += 3 * f * T * h  # q, k, v copies
+            if drop:
+                out += sm * S + (1 if x.cuda else f) * S + f * S  # softmax, mask (A8), dropped probabilities
+            else:
+                out += sm * S + (f * S if sm != f else 0)  # softmax and its cast back
+    elif not x.eager:
+        if sdpa_kernel(m, x) == "math":  # A3b: fp32 scaled q, repeated k and v, fp32 probabilities
+            out += (4 * T * qd if kg else 0) + (4 * kv_T * qd if qg else 0) + (4 * kv_T * qd if scores else 0)
+            out += 4 * S
+        elif x.prefix:  # a prefix makes a mask: no native GQA, k and v repeated to H heads
+            out += a * T * qd + 2 * a * kv_T * qd + a * T * qd + 4 * H * T
+            o_shared = True
+        else:
+            v = a * T * (qd + 2 * kvd) if (t == "phi3" and x.cuda) else a * T * kvd
+            out += a * T * qd + a * T * kvd + v + a * T * qd + 4 * H * T
+            o_shared = not (t == "phi3" and not x.cuda)
+    else:
+        # q (for k's gradient), k repeated to H heads (for q's), v repeated (for the probabilities')
+        out += (a * T * qd if kg else 0) + (a * kv_T * qd if qg else 0) + (a * kv_T * qd if scores else 0)
+        drop = m.attention_dropout > 0
+        out += 4 * S if (scores or (vg and a == 4 and not drop)) else 0  # fp32 softmax
+        if t == "gemma2" and scores:
+            out += a * S  # softcap tanh
+        if drop:
+            out += (x.mask * S if scores else 0) + (a * S if vg else 0)  # mask; dropped probabilities
+        elif vg and a != 4:
+            out += a * S  # the probabilities cast to the compute dtype
+    out += _readers(x, a, qd, 1 if trains else 0, _has(lora, o_name), shared=o_shared)
+    if x.litgpt_kbit and not trains and not o_shared:
+        out += a * T * qd  # A11: o_proj saves its input
+    if t == "gpt2" and m.hidden_dropout > 0:
+        out += x.mask * T * h  # resid_dropout
+    if t == "gemma2":
+        out += _norm(m, x, True, trains)  # post_attention_layernorm
+    return out
+
+
+def mlp(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: bool, ia3: bool = False) -> int:
+    """MLP sub-block with its norm (A2, A5-A7); ``ia3``: PEFT's IA3 scales the feedforward linear's input."""
+    ff = IA3_FEEDFORWARD[m.model_type] if ia3 else None
+    T, h, I = x.T, m.hidden_size, m.intermediate_size
+    a, r = x.a, x.r
+    t = m.model_type
+    if t == "gpt2":
+        up, down = ("c_fc",), "mlp.c_proj"
+    elif m.is_moe:
+        up, down = (), ""
+    else:
+        up, down = (("gate_up_proj",) if t == "phi3" else ("gate_proj", "up_proj")), "down_proj"
+    if not (input_grad or trains or ff or _has(lora, *up, down)):
+        return 0
+    out = _norm(m, x, input_grad, trains)
+    if t == "gpt2":
+        out += _readers(x, r, h, 1 if trains else 0, _has(lora, *up))
+        out += 4 * a * T * I
+        out += _readers(x, a, I, 1 if trains else 0, _has(lora, down))
+        out += 4 * T * I + 4 * I if ff else 0  # IA3: the fp32 copy of the scaled input, the vector
+        if m.hidden_dropout > 0:
+            out += x.mask * T * h
+        return out
+    if m.is_moe:
+        k, E = m.num_experts_per_tok, m.num_local_experts
+        n = T * k
+        out += ((x.c if x.amp else r) * T * h) if trains else 0  # the router's input (autocast: its cast)
+        out += 4 * T * E + 8 * T * k + 4 * T * k + 4 * T  # softmax, top-k indices, normalized weights, their sum
+        ae = r if x.amp else a  # autocast does not cover grouped_mm: the experts run in the residual dtype
+        out += n * (24 + 2 * ae * I + ae * I + ae * h + 4) + 4 * E  # per pair; grouped_mm offsets
+        if trains:
+            out += n * (ae * h + ae * I)
+        return out
+    out += _readers(x, r, h, len(up) if trains else 0, _has(lora, *up))
+    if x.litgpt_kbit and not trains:
+        out += r * T * h  # A11: gate/up save their (shared) input
+    if input_grad or trains or _has(lora, *up):
+        out += 3 * a * T * I
+    out += _readers(x, a, I, 1 if trains else 0, _has(lora, down))
+    if ff:  # IA3 casts down_proj's input to its fp32 vector's dtype and keeps it and the vector for the product
+        out += 4 * T * I + 4 * I
+    if x.litgpt_kbit and not trains:
+        out += a * T * I  # A11: bitsandbytes 0.41 keeps down_proj's input
+    if t == "gemma2":
+        out += _norm(m, x, True, trains)  # post_feedforward_layernorm
+    return out
+
+
+@functools.lru_cache(maxsize=8192)
+def block_saved(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: bool, ia3: bool = False,
+                adapter_size: int = 0) -> int:
+    """Bytes one decoder block saves for backward."""
+    attn_out = attention(m, x, trains, lora, input_grad, ia3)
+    total = attn_out + mlp(m, x, trains, lora, input_grad or attn_out > 0, ia3)
+    if adapter_size:  # two bottleneck adapters (down, nonlinearity, up) per block
+        total += 2 * (x.a * x.T * m.hidden_size + 4 * x.T * m.hidden_size + 4 * x.T * adapter_size)
+    return total
+
+
+@functools.lru_cache(maxsize=4096)
+def amp_weight_casts(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: bool) -> int:
+    """Autocast copies of one block's weights saved for backward (A5).
+
+    A linear keeps its weight's cast when its input needs a gradient (the input's gradient multiplies by it);
+    lora_B's input (lora_A's output) always does. MoE experts run through ``grouped_mm``, which autocast does not
+    cover: no cast.
+    """
+    lins = m.block_linears()
+    qkv = {"c_attn", "qkv_proj", "q_proj", "k_proj", "v_proj"}
+    attn_grad = input_grad or trains or bool(lora & qkv)
+    total = 0
+    for l in lins:
+        if l.name.startswith("experts."):
+            continue
+        reads_input = l.name in qkv
+        grad = (input_grad or trains) if reads_input else attn_grad  # a trained norm's output needs one
+        w = l.count * l.in_features * l.out_features
+        if grad:
+            total += w
+        if l.name in lora:
+            total += x.rank * l.out_features * l.count  # lora_B
+            total += (x.rank * l.in_features * l.count) if grad else 0  # lora_A
+    return x.c * total
+
+
+def outside_blocks(m: ModelSpec, x: Act, *, head_grad: bool, norm_trains: bool, head_trains: bool,
+                   embed_trains: bool, head_bytes: int, prompt_tokens: int = 0, inputs_grad: bool = False) -> int:
+    """Saved tensors outside the blocks (A9): RoPE tables, final norm, lm_head input, embedding ids, softcap.
+
+    ``prompt_tokens``: prompt tuning's virtual tokens (their int64 ids feed PEFT's prompt embedding);
+    ``inputs_grad``: the embedding output needs a gradient (``enable_input_require_grads`` under checkpointing).
+    """
+    T, h = x.T, m.hidden_size
+    out = 8 * prompt_tokens
+    if m.model_type != "gpt2":
+        out += 2 * x.s * m.head_dim * x.r  # cos, sin (position ids broadcast over the batch)
+    elif m.embd_dropout > 0 and (embed_trains or prompt_tokens or inputs_grad):
+        out += (1 if x.cuda else x.r) * T * h  # embedding dropout mask (the embedding's dtype on a CPU)
+    if head_grad or head_trains:
+        out += _norm(m, x, head_grad, norm_trains)
+    if head_trains:
+        out += (x.c if x.amp else x.r) * T * h
+    if embed_trains:
+        out += 8 * T + (8 * x.s if m.model_type == "gpt2" else 0)
+    if m.model_type == "gemma2" and (head_grad or head_trains):
+        out += head_bytes * T * m.vocab_size  # final logit softcap tanh
+    return out
