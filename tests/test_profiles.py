@@ -131,6 +131,15 @@ def test_gpu_profile_numbers_are_bounded_and_sourced(name):
     for n in numbers:
         assert n["basis"] in ("datasheet", "measured", "assumed") and len(n["source"]) > 20
     assert doc["price_usd_per_hour"]["basis"] == "assumed"
+    # provenance is per number: two numbers with different values cannot share one copied source line
+    named = {"memory_bandwidth_bytes_per_s": doc["memory_bandwidth_bytes_per_s"],
+             "interconnect": doc["interconnect"]["bandwidth_bytes_per_s"], **doc["flops"]}
+    for a, x in named.items():
+        for b, y in named.items():
+            if a < b and x["value"] != y["value"]:
+                assert x["source"] != y["source"], f"{name}: {a} and {b} share one source"
+    # collectives send and receive at once: the planner's network roof needs the per-direction link rate
+    assert "per direction" in doc["interconnect"]["bandwidth_bytes_per_s"]["source"]
     assert g.sources["memory_bytes"].basis == doc["memory_bytes"]["basis"]
 
 
