@@ -305,6 +305,7 @@ def test_profiles_command(capsys):
     assert {r["name"] for r in rows} == set(list_gpus())
     h100 = next(r for r in rows if r["name"] == "h100-sxm")
     assert h100["memory_bytes"] == load_gpu("h100-sxm").memory_bytes
+    assert h100["interconnect_bytes_per_s_per_direction"] == 450e9  # NVLink 4: 900 GB/s counts both directions
     assert main(["profiles", "--kind", "models", "--format", "csv"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 + len(list_models()) and lines[0].startswith("kind,name")

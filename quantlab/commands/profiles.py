@@ -32,8 +32,13 @@ def _rows(kind: str) -> list[dict]:
             rows.append(dict(kind="gpu", name=name, aliases=",".join(g.aliases), memory_bytes=g.memory_bytes,
                              bandwidth_bytes_per_s=g.memory_bandwidth_bytes_per_s, bf16_flops=g.flops.get("bf16"),
                              price_usd_per_hour=g.price_usd_per_hour, interconnect=g.interconnect,
+                             interconnect_bytes_per_s_per_direction=g.interconnect_bandwidth_bytes_per_s,
                              source=gpu_doc(name)["memory_bandwidth_bytes_per_s"]["source"]))
     return rows
+
+
+def _gbs(x: float | None) -> str:
+    return "-" if x is None else f"{x / 1e9:,.1f}"
 
 
 def run(args) -> int:
@@ -65,11 +70,12 @@ def run(args) -> int:
         console.print(t)
     if gpus:
         t = Table(title="GPUs (memory in GiB = 2^30 bytes; dense BF16; price is indicative, assumed)")
-        for c in ("name", "aliases", "memory", "bandwidth GB/s", "BF16 TFLOPS", "$/h", "interconnect"):
+        for c in ("name", "aliases", "memory", "bandwidth GB/s", "BF16 TFLOPS", "$/h", "interconnect", "link GB/s per dir"):
             t.add_column(c)
         for r in gpus:
             bf = r["bf16_flops"]
             t.add_row(r["name"], r["aliases"], fmt_bytes(r["memory_bytes"]), f"{r['bandwidth_bytes_per_s'] / 1e9:,.0f}",
-                      "-" if bf is None else f"{bf / 1e12:,.0f}", f"{r['price_usd_per_hour']:.2f}", r["interconnect"])
+                      "-" if bf is None else f"{bf / 1e12:,.0f}", f"{r['price_usd_per_hour']:.2f}", r["interconnect"],
+                      _gbs(r["interconnect_bytes_per_s_per_direction"]))
         console.print(t)
     return 0
