@@ -65,6 +65,12 @@ def row_to_config(row: dict) -> PlanConfig:
             kw[k] = int(row[k])
     if row.get("kbit_upcast") is not None:
         kw["kbit_upcast"] = bool(row["kbit_upcast"])
+    if row.get("lora_dropout") is not None:
+        kw["lora_dropout"] = float(row["lora_dropout"])
+    if row.get("gpu"):
+        from quantlab.profiles import load_gpu
+
+        kw["flash_attention"] = load_gpu(row["gpu"]).bf16_supported  # fit.for_gpu's rule
     return PlanConfig(**kw)
 
 

@@ -389,6 +389,10 @@ class PlanConfig:
             raise SpecError("choose ZeRO or FSDP, not both")
         if self.num_gpus % self.tp:
             raise SpecError(f"num-gpus {self.num_gpus} is not a multiple of the tensor-parallel degree {self.tp}")
+        heads, kv = self.model.num_attention_heads, self.model.kv_heads
+        if self.tp > 1 and (heads % self.tp or (kv % self.tp and self.tp % kv)):
+            raise SpecError(f"tensor-parallel degree {self.tp} must divide {self.model.name}'s {heads} attention heads "
+                            f"and divide or be a multiple of its {kv} KV heads")
         if self.method is Method.QLORA and self.precision not in (Precision.NF4, Precision.FP4):
             raise SpecError(f"QLoRA trains LoRA adapters on 4-bit (nf4/fp4) weights, not {self.precision.value}; "
                             "use --method lora for unquantized weights")

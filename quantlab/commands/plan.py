@@ -54,6 +54,9 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha (scaling only; no memory effect)")
     t.add_argument("--lora-targets", default="q_proj,v_proj",
                    help="comma-separated module names, or all-linear (more adapters, better quality, more memory)")
+    t.add_argument("--lora-dropout", type=float, default=0.0,
+                   help="LoRA dropout (PEFT default 0): > 0 regularizes but keeps a mask and a copy of the input "
+                        "per adapter")
     t.add_argument("--freeze-last-layers", type=int, default=2, help="freeze: how many of the last blocks train")
     t.add_argument("--freeze-modules", default="", help="freeze: also train these modules (lm_head, embed_tokens, norm)")
     t.add_argument("--adapter-size", type=int, default=64, help="bottleneck adapter width")
@@ -100,6 +103,11 @@ def config_from_args(args: argparse.Namespace, *, gpu=None):
             notes.append(f"{gpu.name} has no bf16: compute dtype fp16")
             if precision is Precision.BF16:
                 precision = Precision.FP16
+    flash = True
+    if gpu is not None and not gpu.bf16_supported:
+        flash = False  # bf16 and PyTorch's FlashAttention both need sm80+ (NVIDIA Ampere or newer)
+        notes.append(f"{gpu.name} has no FlashAttention (pre-Ampere): SDPA on a grouped-query model takes the math "
+                     "kernel (activations A3b)")
     args._auto_notes = notes
     targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
     if not targets:
@@ -111,7 +119,8 @@ def config_from_args(args: argparse.Namespace, *, gpu=None):
         training_precision=TrainingPrecision(args.training_precision), double_quant=args.double_quant,
         group_size=args.group_size, optimizer=Optimizer(args.optimizer), batch=args.batch, seq=args.seq,
         kv_dtype=DType(args.kv_dtype) if args.kv_dtype else None, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
-        lora_targets=targets, freeze_last_layers=args.freeze_last_layers,
+        lora_targets=targets, lora_dropout=args.lora_dropout, flash_attention=flash,
+        freeze_last_layers=args.freeze_last_layers,
         freeze_modules=tuple(m.strip() for m in args.freeze_modules.split(",") if m.strip()),
         adapter_size=args.adapter_size, num_virtual_tokens=args.num_virtual_tokens,
         grad_checkpointing=args.grad_checkpointing, attn=Attention(args.attn), grad_accum=args.grad_accum,

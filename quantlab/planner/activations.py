@@ -95,6 +95,12 @@ class Act:
     lora_dropout: bool = False
     litgpt_kbit: bool = False
     prefix: bool = False
+    kbit: bool = False  # block linears are k-bit (bitsandbytes autograd Functions: autocast does not cast them)
+
+    @property
+    def att(self) -> int:
+        """Bytes of the attention inputs and internals: autocast casts q, k, v to its dtype (A5)."""
+        return self.c if self.amp else self.a
 
     @property
     def T(self) -> int:
@@ -109,7 +115,7 @@ class Act:
 def sdpa_kernel(m: ModelSpec, x: Act) -> str:
     """Which SDPA kernel runs: "fused" (flash / memory-efficient / CPU flash) or "math" (A3, A3b)."""
     gqa = m.kv_heads < m.num_attention_heads
-    if x.cuda and gqa and not x.prefix and (x.a == 4 or not x.flash):
+    if x.cuda and gqa and not x.prefix and (x.att == 4 or not x.flash):
         return "math"
     return "fused"
 
@@ -186,7 +192,7 @@ def attention(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: b
     """Attention sub-block: its norm, projections' inputs, attention internals, o_proj's input (A2-A5)."""
     T, h, H, d = x.T, m.hidden_size, m.num_attention_heads, m.head_dim
     qd, kvd = H * d, m.kv_heads * d
-    a, r = x.a, x.r
+    a, r, at = x.a, x.r, x.att  # at: attention dtype (differs from a under autocast over k-bit linears)
     t = m.model_type
     qkv_names = ("c_attn",) if t == "gpt2" else ("qkv_proj",) if t == "phi3" else ("q_proj", "k_proj", "v_proj")
     o_name = "attn.c_proj" if t == "gpt2" else "o_proj"
@@ -231,24 +237,24 @@ def attention(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: b
             out += (4 * T * qd if kg else 0) + (4 * kv_T * qd if qg else 0) + (4 * kv_T * qd if scores else 0)
             out += 4 * S
         elif x.prefix:  # a prefix makes a mask: no native GQA, k and v repeated to H heads
-            out += a * T * qd + 2 * a * kv_T * qd + a * T * qd + 4 * H * T
+            out += at * T * qd + 2 * at * kv_T * qd + at * T * qd + 4 * H * T
             o_shared = True
-        else:
-            v = a * T * (qd + 2 * kvd) if (t == "phi3" and x.cuda) else a * T * kvd
-            out += a * T * qd + a * T * kvd + v + a * T * qd + 4 * H * T
+        else:  # Phi-3's v is a view of the fused qkv output (CUDA), unless autocast copies it
+            v = at * T * (qd + 2 * kvd) if (t == "phi3" and x.cuda and at == a) else at * T * kvd
+            out += at * T * qd + at * T * kvd + v + at * T * qd + 4 * H * T
             o_shared = not (t == "phi3" and not x.cuda)
     else:
         # q (for k's gradient), k repeated to H heads (for q's), v repeated (for the probabilities')
-        out += (a * T * qd if kg else 0) + (a * kv_T * qd if qg else 0) + (a * kv_T * qd if scores else 0)
+        out += (at * T * qd if kg else 0) + (at * kv_T * qd if qg else 0) + (at * kv_T * qd if scores else 0)
         drop = m.attention_dropout > 0
-        out += 4 * S if (scores or (vg and a == 4 and not drop)) else 0  # fp32 softmax
+        out += 4 * S if (scores or (vg and at == 4 and not drop)) else 0  # fp32 softmax
         if t == "gemma2" and scores:
-            out += a * S  # softcap tanh
+            out += at * S  # softcap tanh
         if drop:
-            out += (x.mask * S if scores else 0) + (a * S if vg else 0)  # mask; dropped probabilities
-        elif vg and a != 4:
-            out += a * S  # the probabilities cast to the compute dtype
-    out += _readers(x, a, qd, 1 if trains else 0, _has(lora, o_name), shared=o_shared)
+            out += (x.mask * S if scores else 0) + (at * S if vg else 0)  # mask; dropped probabilities
+        elif vg and at != 4:
+            out += at * S  # the probabilities cast to the compute dtype
+    out += _readers(x, at, qd, 1 if trains else 0, _has(lora, o_name), shared=o_shared)
     if x.litgpt_kbit and not trains and not o_shared:
         out += a * T * qd  # A11: o_proj saves its input
     if t == "gpt2" and m.hidden_dropout > 0:
@@ -330,12 +336,12 @@ def amp_weight_casts(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_
     attn_grad = input_grad or trains or bool(lora & qkv)
     total = 0
     for l in lins:
-        if l.name.startswith("experts."):
+        if l.name.startswith("experts.") or (x.kbit and getattr(l, "module", True) and l.name not in lora):
             continue
         reads_input = l.name in qkv
         grad = (input_grad or trains) if reads_input else attn_grad  # a trained norm's output needs one
         w = l.count * l.in_features * l.out_features
-        if grad:
+        if grad and not (x.kbit and getattr(l, "module", True)):
             total += w
         if l.name in lora:
             total += x.rank * l.out_features * l.count  # lora_B

@@ -7,6 +7,10 @@
 3. The fewest GPUs: the user's sharding when it shards; otherwise ZeRO-3 for training and tensor parallel
    for inference (data parallel alone does not lower memory per GPU), over 1, 2, 4, 8, ... 512 GPUs.
 4. Suggestions are single changes, each planned and kept only when it fits.
+5. The configuration is planned as it runs on the GPU: a GPU without bf16 (pre-Ampere: T4, V100) has no
+   FlashAttention either, which changes the SDPA kernel of grouped-query models (activations A3b).
+6. Tensor parallelism splits attention heads: a degree must divide the KV heads (inference scale-out stops
+   there; pipeline parallelism is not planned).
 """
 
 from __future__ import annotations
@@ -131,7 +135,16 @@ def _suggestions(cfg: PlanConfig, gpu: GPUSpec) -> list[tuple[str, int]]:
     return out
 
 
+def for_gpu(cfg: PlanConfig, gpu: GPUSpec) -> PlanConfig:
+    """The configuration as it runs on ``gpu`` (assumption 5): FlashAttention needs sm80+, the same GPUs that have
+    bf16, so a GPU without bf16 (T4, V100) runs SDPA without it."""
+    if cfg.flash_attention and not gpu.bf16_supported:
+        return dataclasses.replace(cfg, flash_attention=False)
+    return cfg
+
+
 def fit(cfg: PlanConfig, gpu: GPUSpec, suggest: bool = True) -> Fit:
+    cfg = for_gpu(cfg, gpu)
     p = plan(cfg)
     ok = p.process_bytes <= gpu.memory_bytes
     max_batch = _largest(dataclasses.replace(cfg, batch=1), gpu, "batch", 1 << 16)

@@ -196,14 +196,14 @@ def _kv_cache(m: ModelSpec, cfg: PlanConfig, kv_bytes: int) -> int:
         total += per_token_layer * (min(cfg.seq, w) if sliding else cfg.seq)
     if not (w and w < cfg.seq):
         total = L * per_token_layer * cfg.seq
-    return cfg.batch * total // cfg.tp
+    return cfg.batch * total // min(cfg.tp, m.kv_heads)  # beyond the KV heads, each GPU keeps one (replicated)
 
 
 def _dtypes(cfg: PlanConfig) -> tuple[int, int, int, bool, bool]:
     """(load bytes of float weights, residual bytes r, linear-output bytes a, amp, k-bit upcast) (assumptions 1, 4)."""
     kbit = cfg.precision.is_kbit
     training = cfg.method.is_training
-    amp = training and cfg.training_precision is TrainingPrecision.AMP and not kbit
+    amp = training and cfg.training_precision is TrainingPrecision.AMP
     c = cfg.compute_dtype.nbytes
     load = (4 if amp else _FLOAT_BYTES[cfg.precision]) if cfg.precision.is_float else c
     upcast = kbit and training and cfg.kbit_upcast and cfg.stack == "transformers"
@@ -255,9 +255,9 @@ def plan(cfg: PlanConfig) -> Plan:
     load, r, a, amp, upcast = _dtypes(cfg)
     if amp and cfg.precision is not Precision.FP32:
         notes.append("AMP keeps fp32 master weights: weights counted in fp32 (assumption 1)")
-    if kbit and training and cfg.training_precision is TrainingPrecision.AMP:
-        notes.append("k-bit training is planned without autocast: the adapters and upcast modules run in fp32, "
-                     "the k-bit matmuls in the compute dtype (assumption 4)")
+    if kbit and amp:
+        notes.append("k-bit training under autocast: the k-bit linears return their input's dtype (fp32 after "
+                     "PEFT's upcast); autocast casts attention inputs and adapter inputs (assumption 4)")
     hp = 4 if upcast else load  # bytes of the modules that stay in high precision
     if upcast:
         notes.append("k-bit training: PEFT prepare_model_for_kbit_training upcasts embeddings, norms and lm_head "
@@ -404,7 +404,7 @@ def plan(cfg: PlanConfig) -> Plan:
         x = Act(b=cfg.batch, s=s_eff, kv_s=kv_s, r=r, a=a, c=c, amp=amp, eager=attn is Attention.EAGER,
                 cuda=cfg.device is DeviceMode.CUDA, flash=cfg.flash_attention, rank=cfg.lora_r if lora else 0,
                 lora_dropout=bool(lora) and cfg.lora_dropout > 0,
-                litgpt_kbit=cfg.stack == "litgpt" and kbit, prefix=method is Method.PREFIX)
+                litgpt_kbit=cfg.stack == "litgpt" and kbit, prefix=method is Method.PREFIX, kbit=kbit)
         T = x.T
         if not x.eager and sdpa_kernel(m, x) == "math":
             notes.append("SDPA with grouped-query attention falls back to the math kernel here (fp32 attention "

@@ -83,3 +83,18 @@ def test_plan_does_not_import_torch():
             "'rtx-4090','--format','json']); assert 'torch' not in sys.modules and 'pandas' not in sys.modules")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_lora_dropout_flag_and_t4_flash_note(capsys):
+    rc, out, _ = run(capsys, "plan", "--model", "8b", "--method", "lora", "--lora-dropout", "0.05", "--gpu", "t4",
+                     "--format", "json")
+    doc = json.loads(out)
+    assert rc == 0 and any("no FlashAttention" in n for n in doc["notes"])
+    assert any("math kernel" in n for n in doc["notes"])
+    rc, _, err = run(capsys, "plan", "--model", "8b", "--method", "lora", "--lora-dropout", "1.5")
+    assert rc == 2 and "lora-dropout" in err
+
+
+def test_tensor_parallel_that_cannot_split_heads_is_one_line(capsys):
+    rc, _, err = run(capsys, "plan", "--model", "8b", "--num-gpus", "3", "--tp", "3")
+    assert rc == 2 and "tensor-parallel degree 3" in err and len(err.strip().splitlines()) == 1

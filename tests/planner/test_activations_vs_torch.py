@@ -143,11 +143,12 @@ def test_amp_autocast_copies(family, method, attn):
     assert p.components["activations"] + _loss_saved(spec, method) == meas
 
 
-@pytest.mark.parametrize("family,dtype", [("llama", "bf16"), ("mixtral", "bf16")])
-def test_qlora_on_bitsandbytes(family, dtype, tmp_path):
-    """bitsandbytes 0.50 keeps no activation for a 4-bit linear; PEFT's k-bit preparation runs the rest in fp32."""
-    attn = "eager" if family == "gemma2" else "sdpa"
-    meas, spec, p = _measure(family, "qlora", dtype, attn, tmp_path=tmp_path)
+@pytest.mark.parametrize("family,attn,amp", [("llama", "sdpa", False), ("mixtral", "sdpa", False),
+                                             ("llama", "eager", True), ("phi3", "sdpa", True)])
+def test_qlora_on_bitsandbytes(family, attn, amp, tmp_path):
+    """bitsandbytes 0.50 keeps no activation for a 4-bit linear and returns its input's dtype; PEFT's k-bit
+    preparation runs the rest in fp32; under autocast the attention and adapter inputs are bf16 casts."""
+    meas, spec, p = _measure(family, "qlora", "bf16", attn, amp=amp, tmp_path=tmp_path)
     assert p.components["activations"] + _loss_saved(spec, "qlora") == meas
 
 

@@ -37,3 +37,13 @@ def test_qlora_13b_fits_24gb_with_checkpointing():
     cfg = PlanConfig(model=load_model("13b").spec, method=Method.QLORA, precision=Precision.NF4, seq=1024,
                      grad_checkpointing=True)
     assert fit(cfg, load_gpu("rtx-4090")).fits
+
+
+def test_fit_plans_the_gpu_without_flash_attention():
+    """A T4 has no bf16 and no FlashAttention: a GQA model's SDPA takes the math kernel there, so the same LoRA plan
+    needs more memory on a T4 than the configuration alone says (fit.for_gpu)."""
+    cfg = PlanConfig(model=load_model("8b").spec, method=Method.LORA, seq=1024)
+    f = fit(cfg, load_gpu("t4"))
+    assert f.plan.config.flash_attention is False
+    assert f.plan.process_bytes > plan(cfg).process_bytes
+    assert fit(cfg, load_gpu("a100-80gb")).plan.process_bytes == plan(cfg).process_bytes

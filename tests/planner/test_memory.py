@@ -143,3 +143,55 @@ def test_qlora_upcast_and_impossible_combinations():
 def test_sequence_beyond_context_warns():
     p = plan(cfg(seq=8192))
     assert any("beyond the model's context" in n for n in p.notes)
+
+
+def test_mixtral_fused_experts_stay_unquantized():
+    """transformers 5 stores Mixtral's experts as fused 3-D parameters and its router as a plain parameter: no
+    nn.Linear, so bitsandbytes leaves them in bf16. Per layer 8 experts x 3 x 4096 x 14336 + 8 x 4096 router
+    = 1,409,318,912 parameters; x 32 layers x 2 bytes = 90,196,410,368 bytes stay in the weights."""
+    mix = load_model("mixtral-8x7b").spec
+    p = plan(PlanConfig(model=mix, method=Method.INFERENCE, precision=Precision.NF4, seq=1))
+    assert p.components["weights"] > 90_196_410_368
+    assert any("stay unquantized" in n for n in p.notes)
+    with pytest.raises(SpecError, match="fused parameters"):
+        plan(PlanConfig(model=mix, method=Method.LORA, lora_targets=("experts.gate_up_proj",)))
+    all_linear = plan(PlanConfig(model=mix, method=Method.LORA, lora_targets=(ALL_LINEAR,), lora_r=8))
+    assert all_linear.trainable_params == 32 * 8 * (2 * (4096 + 4096) + 2 * (4096 + 1024))  # q, o, k, v only
+
+
+def test_gqa_sdpa_math_fallback():
+    """Llama-3.1-8B (32 heads, 8 KV heads) QLoRA, batch 1 x 2048: under PEFT's fp32 upcast the attention inputs are
+    fp32, so SDPA with enable_gqa takes the math kernel on CUDA and keeps 4 x 32 x 2048^2 = 536,870,912 bytes of
+    fp32 probabilities per layer (32 layers). Under bf16 autocast FlashAttention takes it; on a CPU the fused CPU
+    kernel does."""
+    base = PlanConfig(model=L8, method=Method.QLORA, precision=Precision.NF4, seq=2048)
+    fp32_attn = plan(base)
+    autocast = plan(dataclasses.replace(base, training_precision=TrainingPrecision.AMP))
+    cpu = plan(dataclasses.replace(base, device=DeviceMode.CPU))
+    assert fp32_attn.components["activations"] - cpu.components["activations"] >= 32 * 536_870_912
+    assert autocast.components["activations"] < fp32_attn.components["activations"] - 32 * 536_870_912
+    assert any("math kernel" in n for n in fp32_attn.notes)
+    # a bf16 LoRA needs FlashAttention: a GPU without it (flash_attention=False) gets the math kernel too
+    lora = PlanConfig(model=L8, method=Method.LORA, seq=2048)
+    assert plan(dataclasses.replace(lora, flash_attention=False)).components["activations"] > \
+        plan(lora).components["activations"] + 32 * 536_870_912
+    # Llama-2-7B has no GQA (32 KV heads): the memory-efficient kernel takes fp32, nothing changes
+    l7 = PlanConfig(model=L7, method=Method.QLORA, precision=Precision.NF4, seq=2048)
+    assert plan(l7).components["activations"] == plan(dataclasses.replace(l7, device=DeviceMode.CPU)).components["activations"]
+
+
+def test_tensor_parallel_degree_must_split_heads():
+    """Llama-3.1-8B: 32 heads, 8 KV heads. TP 16 splits the heads and replicates each KV head twice (KV cache per
+    GPU = one KV head's share: 1/8 of the whole); TP 3 splits nothing evenly."""
+    kv = plan(PlanConfig(model=L8, seq=1000, num_gpus=16, tp=16, compute_dtype=DType.FP16)).components["kv_cache"]
+    assert kv == 131_072 * 1000 // 8
+    with pytest.raises(SpecError, match="tensor-parallel degree 3"):
+        PlanConfig(model=L8, num_gpus=3, tp=3)
+
+
+def test_lora_dropout_keeps_masks_and_copies():
+    base = PlanConfig(model=L8, method=Method.LORA, seq=1024, lora_targets=(ALL_LINEAR,))
+    assert plan(dataclasses.replace(base, lora_dropout=0.05)).components["activations"] > \
+        plan(base).components["activations"]
+    with pytest.raises(SpecError, match="lora-dropout"):
+        dataclasses.replace(base, lora_dropout=1.5)
