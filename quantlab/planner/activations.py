@@ -198,7 +198,7 @@ def attention(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: b
     o_name = "attn.c_proj" if t == "gpt2" else "o_proj"
     n_lora_in = _has(lora, *qkv_names)
     scaled = frozenset(IA3_TARGETS[t]) if ia3 else frozenset()  # IA3: outputs times a trainable vector
-    if not (input_grad or trains or n_lora_in or scaled):
+    if not (input_grad or trains or n_lora_in or scaled or x.prefix):
         return 0  # nothing upstream or here needs a gradient (A1)
     # which of q, k, v need a gradient (the first block under LoRA: only the adapted ones, A1, A10)
     base = input_grad or trains
@@ -206,6 +206,8 @@ def attention(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: b
         qg = kg = vg = base or n_lora_in > 0 or bool(scaled)
     else:
         qg, kg, vg = (base or n in lora or n in scaled for n in qkv_names)
+    if x.prefix:  # the trainable prefix is concatenated to k and v
+        kg = vg = True
     scores = qg or kg
     # IA3 keeps each scaled linear's output for its vector's gradient
     outs = {"q_proj": qd, "k_proj": kvd, "v_proj": kvd, "qkv_proj": qd + 2 * kvd, "c_attn": 3 * h}
@@ -221,23 +223,25 @@ def attention(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: b
     o_shared = False
     if t == "gpt2":
         drop = m.attention_dropout > 0
-        if not x.eager and (x.cuda or not drop):
-            out += a * T * 3 * h + a * T * qd + 4 * H * T  # q, k, v: views of c_attn's output; out; lse
+        if not x.eager and (x.cuda or not drop):  # fused: q, k, v views of c_attn's output (prefix: k, v new)
+            out += a * T * 3 * h + a * T * qd + 4 * H * T
+            out += 2 * a * kv_T * h + a * x.b * x.s * x.kv_s if x.prefix else 0  # concatenated k, v; the mask
             o_shared = True
         else:  # eager; a CPU SDPA with dropout falls back to the math kernel, which upcasts half inputs to fp32
             f = a if x.eager else 4
             sm = 4 if x.amp else f  # autocast runs softmax in fp32
-            out += 3 * f * T * h  # q, k, v copies
-            if drop:
-                out += sm * S + (1 if x.cuda else f) * S + f * S  # softmax, mask (A8), dropped probabilities
-            else:
-                out += sm * S + (f * S if sm != f else 0)  # softmax and its cast back
+            # q copy (for k's gradient), k (for q's), v (for the probabilities')
+            out += (f * T * h if kg else 0) + (f * kv_T * h if qg else 0) + (f * kv_T * h if scores else 0)
+            if drop:  # softmax, mask (A8), dropped probabilities
+                out += (sm * S + (1 if x.cuda else f) * S if scores else 0) + (f * S if vg else 0)
+            else:  # softmax and its cast back
+                out += (sm * S if scores or (vg and sm == f) else 0) + (f * S if sm != f and vg else 0)
     elif not x.eager:
         if sdpa_kernel(m, x) == "math":  # A3b: fp32 scaled q, repeated k and v, fp32 probabilities
             out += (4 * T * qd if kg else 0) + (4 * kv_T * qd if qg else 0) + (4 * kv_T * qd if scores else 0)
             out += 4 * S
-        elif x.prefix:  # a prefix makes a mask: no native GQA, k and v repeated to H heads
-            out += at * T * qd + 2 * at * kv_T * qd + at * T * qd + 4 * H * T
+        elif x.prefix:  # a prefix makes a mask: no native GQA, k and v repeated to H heads; the mask is kept
+            out += at * T * qd + 2 * at * kv_T * qd + at * T * qd + 4 * H * T + x.r * x.b * x.s * x.kv_s
             o_shared = True
         else:  # Phi-3's v is a view of the fused qkv output (CUDA), unless autocast copies it
             v = at * T * (qd + 2 * kvd) if (t == "phi3" and x.cuda and at == a) else at * T * kvd
@@ -353,14 +357,15 @@ def outside_blocks(m: ModelSpec, x: Act, *, head_grad: bool, norm_trains: bool, 
                    embed_trains: bool, head_bytes: int, prompt_tokens: int = 0, inputs_grad: bool = False) -> int:
     """Saved tensors outside the blocks (A9): RoPE tables, final norm, lm_head input, embedding ids, softcap.
 
-    ``prompt_tokens``: prompt tuning's virtual tokens (their int64 ids feed PEFT's prompt embedding);
-    ``inputs_grad``: the embedding output needs a gradient (``enable_input_require_grads`` under checkpointing).
+    ``prompt_tokens``: prompt or prefix tuning's virtual tokens (their int64 ids feed PEFT's prompt encoder);
+    ``inputs_grad``: the embedding output needs a gradient (``enable_input_require_grads`` under checkpointing,
+    prompt tuning's trainable virtual tokens).
     """
     T, h = x.T, m.hidden_size
     out = 8 * prompt_tokens
     if m.model_type != "gpt2":
         out += 2 * x.s * m.head_dim * x.r  # cos, sin (position ids broadcast over the batch)
-    elif m.embd_dropout > 0 and (embed_trains or prompt_tokens or inputs_grad):
+    elif m.embd_dropout > 0 and (embed_trains or inputs_grad):
         out += (1 if x.cuda else x.r) * T * h  # embedding dropout mask (the embedding's dtype on a CPU)
     if head_grad or head_trains:
         out += _norm(m, x, head_grad, norm_trains)

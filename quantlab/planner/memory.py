@@ -262,6 +262,10 @@ def plan(cfg: PlanConfig) -> Plan:
     if upcast:
         notes.append("k-bit training: PEFT prepare_model_for_kbit_training upcasts embeddings, norms and lm_head "
                      "to fp32 (assumption 1)")
+        if not cfg.grad_checkpointing:
+            notes.append("prepare_model_for_kbit_training turns gradient checkpointing on unless told not to "
+                         "(use_gradient_checkpointing=True): this plan has it off; --grad-checkpointing plans the "
+                         "default recipe")
     if cfg.seq > m.max_position_embeddings:
         notes.append(f"warning: seq {cfg.seq} is beyond the model's context ({m.max_position_embeddings} tokens)")
     attn = cfg.attn
@@ -425,8 +429,8 @@ def plan(cfg: PlanConfig) -> Plan:
         Ld = c if amp else r  # logits dtype: lm_head's output
         outside = outside_blocks(m, x, head_grad=head_grad, norm_trains=norm_trains, head_trains=head_trains,
                                  embed_trains=_embed_trains(cfg, pc), head_bytes=Ld,
-                                 prompt_tokens=cfg.num_virtual_tokens if method is Method.PROMPT else 0,
-                                 inputs_grad=cfg.grad_checkpointing and method.is_peft)
+                                 prompt_tokens=cfg.num_virtual_tokens if method in (Method.PROMPT, Method.PREFIX) else 0,
+                                 inputs_grad=(cfg.grad_checkpointing and method.is_peft) or method is Method.PROMPT)
         keep_logits = Ld * T * V
         loss_peak = keep_logits + 12 * T * V  # assumption 6
         amp_casts = 0

@@ -70,6 +70,10 @@ def _build(family, method, dtype, attn, amp, targets, lora_dropout, tmp_path):
         kw = dict(target_modules=["qkv_proj", "down_proj"], feedforward_modules=["down_proj"]) \
             if family == "phi3" else {}  # PEFT has no IA3 default for Phi-3; the planner's choice
         model = get_peft_model(model, IA3Config(task_type="CAUSAL_LM", **kw))
+    elif method == "prefix":
+        from peft import PrefixTuningConfig, get_peft_model
+
+        model = get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
     elif method == "prompt":
         from peft import PromptTuningConfig, get_peft_model
 
@@ -124,7 +128,8 @@ CASES += [("llama", "freeze", "bf16", "sdpa"), ("gemma2", "freeze", "bf16", "eag
           ("mixtral", "freeze", "bf16", "sdpa"), ("phi3", "freeze", "bf16", "sdpa"),
           ("llama", "ia3", "bf16", "sdpa"), ("gemma2", "ia3", "bf16", "eager"), ("gpt2", "ia3", "bf16", "sdpa"),
           ("mixtral", "ia3", "bf16", "eager"), ("phi3", "ia3", "bf16", "eager"),
-          ("llama", "prompt", "bf16", "eager"), ("gpt2", "prompt", "bf16", "sdpa"), ("gemma2", "prompt", "bf16", "eager")]
+          ("llama", "prompt", "bf16", "eager"), ("gpt2", "prompt", "bf16", "sdpa"), ("gemma2", "prompt", "bf16", "eager"),
+          ("llama", "prefix", "bf16", "sdpa"), ("mixtral", "prefix", "bf16", "eager"), ("gpt2", "prefix", "fp32", "eager")]
 
 
 @pytest.mark.parametrize("family,method,dtype,attn", CASES, ids=["-".join(c) for c in CASES])
