@@ -74,7 +74,7 @@ from dataclasses import dataclass, field
 from quantlab.planner.activations import (Act, amp_weight_casts, block_saved, ia3_params_per_block, outside_blocks,
                                           sdpa_kernel)
 from quantlab.planner.formats import weight_format
-from quantlab.planner.params import ParamCounts, count_params
+from quantlab.planner.params import ParamCounts, Tensors, block_tensors, count_params, outside_tensors
 from quantlab.specs import (ALL_LINEAR, Attention, DeviceMode, LinearShape, Method, ModelSpec, Offload, Optimizer,
                             PlanConfig, Precision, SpecError, TrainingPrecision)
 
@@ -138,37 +138,55 @@ def _targets(m: ModelSpec, targets: tuple[str, ...]) -> tuple[LinearShape, ...]:
 
 @functools.lru_cache(maxsize=4096)
 def _adapter_params(m: ModelSpec, method: Method, lora_r: int, targets: tuple[str, ...], adapter_size: int,
-                    nvt: int) -> tuple[int, tuple[tuple[int, int], ...]]:
-    """(trainable adapter parameters, their matrix shapes) for a PEFT method."""
+                    nvt: int) -> tuple[int, Tensors]:
+    """(trainable adapter parameters, their tensors as ((shape, how many), ...)) for a PEFT method."""
     L, h = m.num_hidden_layers, m.hidden_size
     kv = m.kv_heads * m.head_dim
-    if method in (Method.LORA, Method.QLORA):
-        shapes = []
-        for l in _targets(m, targets):
-            shapes += [(l.in_features, lora_r), (lora_r, l.out_features)] * l.count
-        per = sum(a * b for a, b in shapes)
-        return L * per, tuple(shapes) * L
-    if method is Method.ADAPTER:  # Houlsby: two bottleneck adapters per block, with biases
-        per = 2 * (2 * h * adapter_size + adapter_size + h)
-        return L * per, ((h, adapter_size), (adapter_size, h)) * (2 * L)
-    if method is Method.PREFIX:  # PEFT PrefixEncoder without projection: keys and values per layer
-        n = nvt * L * 2 * kv
-        return n, ((nvt, L * 2 * kv),)
-    if method is Method.PROMPT:
-        return nvt * h, ((nvt, h),)
-    if method is Method.IA3:  # PEFT's IA3 defaults per family (activations.IA3_TARGETS)
-        return L * ia3_params_per_block(m), ()
-    return 0, ()
+    if method in (Method.LORA, Method.QLORA):  # lora_A (r, in), lora_B (out, r) per target and layer
+        t = tuple(x for l in _targets(m, targets) for x in (((lora_r, l.in_features), l.count * L),
+                                                             ((l.out_features, lora_r), l.count * L)))
+    elif method is Method.ADAPTER:  # Houlsby: two bottleneck adapters per block, with biases
+        t = (((adapter_size, h), 2 * L), ((adapter_size,), 2 * L), ((h, adapter_size), 2 * L), ((h,), 2 * L))
+    elif method is Method.PREFIX:  # PEFT PrefixEncoder without projection: keys and values of every layer
+        t = (((nvt, L * 2 * kv), 1),)
+    elif method is Method.PROMPT:
+        t = (((nvt, h), 1),)
+    elif method is Method.IA3:  # PEFT's IA3 defaults per family (activations.IA3_TARGETS): (out, 1) / (1, in)
+        t = (((ia3_params_per_block(m), 1), L),)
+    else:
+        t = ()
+    return _numel(t), t
 
 
-def _optimizer_bytes(opt: Optimizer, n: int, state_bytes: int, shapes: tuple[tuple[int, int], ...]) -> tuple[int, int]:
-    """(persistent state bytes, step transient bytes) for ``n`` trainable parameters (assumption 8)."""
+def _numel(tensors: Tensors) -> int:
+    total = 0
+    for shape, n in tensors:
+        size = n
+        for d in shape:
+            size *= d
+        total += size
+    return total
+
+
+@functools.lru_cache(maxsize=4096)
+def _optimizer_bytes(opt: Optimizer, tensors: Tensors, state_bytes: int, cpu: bool) -> tuple[int, int]:
+    """(persistent state bytes, step transient bytes) for the trainable ``tensors`` (assumption 8)."""
+    n = _numel(tensors)
     if n == 0:
         return 0, 0
+    count = sum(k for _, k in tensors)
     if opt in (Optimizer.ADAMW, Optimizer.PAGED_ADAMW):
-        return 2 * n * state_bytes, n * state_bytes
+        # exp_avg, exp_avg_sq like the parameter; the 0-dim fp32 ``step`` lives on the CPU unless capturable/fused
+        return 2 * n * state_bytes + (4 * count if cpu else 0), n * state_bytes
     if opt in (Optimizer.ADAMW_8BIT, Optimizer.PAGED_ADAMW_8BIT):
-        return 2 * n + 2 * 4 * -(-n // 256), 0
+        # bitsandbytes blockwise: uint8 state1/state2 + one fp32 absmax per 256 values each; tensors under
+        # min_8bit_size (4096 values) keep fp32 states (checked on a CPU against bitsandbytes 0.50 AdamW8bit)
+        total, eight_bit = 0, False
+        for shape, k in tensors:
+            size = _numel(((shape, 1),))
+            total += k * (2 * size + 2 * 4 * -(-size // 256) if size >= 4096 else 2 * 4 * size)
+            eight_bit = eight_bit or size >= 4096
+        return total + (2 * 256 * 4 if eight_bit else 0), 0  # + the two 256-entry fp32 quantile maps, shared
     if opt is Optimizer.SGD:
         return 0, 0
     if opt is Optimizer.SGD_MOMENTUM:
@@ -176,10 +194,21 @@ def _optimizer_bytes(opt: Optimizer, n: int, state_bytes: int, shapes: tuple[tup
     if opt is Optimizer.LION:
         return n * state_bytes, n * state_bytes
     if opt is Optimizer.ADAFACTOR:
-        if shapes:
-            mat = sum(a * b for a, b in shapes)
-            return 4 * (sum(a + b for a, b in shapes) + max(0, n - mat)), 4 * max(a * b for a, b in shapes)
-        return 4 * n, 0
+        # transformers' Adafactor: a matrix keeps row and column second-moment factors, a vector its full second
+        # moment, in fp32 (``.to(grad)`` after ``grad.float()``), every tensor an fp32 ``RMS`` scalar; a step works
+        # in fp32 on one parameter at a time (fp32 grad, fp32 copy of a half parameter, the update)
+        state_bytes = 4
+        total, biggest = 0, 0
+        for shape, k in tensors:
+            size = _numel(((shape, 1),))
+            biggest = max(biggest, size)
+            if len(shape) >= 2:
+                rows = _numel(((shape[:-1], 1),))
+                cols = _numel(((shape[:-2], 1),)) * shape[-1]
+                total += k * ((rows + cols) * state_bytes + 4)
+            else:
+                total += k * (size * state_bytes + 4)
+        return total, 3 * 4 * biggest
     raise ValueError(opt)  # pragma: no cover
 
 
@@ -304,29 +333,35 @@ def plan(cfg: PlanConfig) -> Plan:
     quant_constants = L * lin_const // tp
 
     # ---- trainable parameters (assumption 2)
-    shapes: tuple[tuple[int, int], ...] = ()
+    tensors: Tensors = ()
     adapter_n = 0
     trainable = 0
     tw_bytes = load  # dtype of trainable base weights
     if method is Method.FULL:
         trainable = pc.total
-        shapes = tuple((l.in_features, l.out_features) for l in pc.linears for _ in range(l.count)) * L
+        outside = outside_tensors(m)
+        tensors = tuple((s, k * L) for s, k in block_tensors(m)) + outside["embed_tokens"] + outside["lm_head"] \
+            + outside["norm"]
     elif method is Method.FREEZE:
         k = cfg.freeze_last_layers
         trainable = k * pc.per_block
+        tensors = tuple((s, n * k) for s, n in block_tensors(m) if k)
+        outside = outside_tensors(m)
         for name in cfg.freeze_modules:
             if name in ("lm_head", "embed_tokens", "wte"):
-                trainable += pc.lm_head if (name == "lm_head" and pc.lm_head) else pc.embedding
+                head = name == "lm_head" and pc.lm_head
+                trainable += pc.lm_head if head else pc.embedding
+                tensors += outside["lm_head"] if head else outside["embed_tokens"]
             elif name in ("norm", "ln_f"):
                 trainable += pc.final_norm
+                tensors += outside["norm"]
             else:
                 raise SpecError(f"--freeze-modules: unknown module {name!r} (known: lm_head, embed_tokens, norm)")
-        shapes = tuple((l.in_features, l.out_features) for l in pc.linears for _ in range(l.count)) * k
         notes.append(f"freeze: the last {k} of {L} blocks train" + (f", plus {', '.join(cfg.freeze_modules)}"
                                                                       if cfg.freeze_modules else ""))
     elif method.is_peft:
-        adapter_n, shapes = _adapter_params(m, method, cfg.lora_r, tuple(cfg.lora_targets), cfg.adapter_size,
-                                            cfg.num_virtual_tokens)
+        adapter_n, tensors = _adapter_params(m, method, cfg.lora_r, tuple(cfg.lora_targets), cfg.adapter_size,
+                                             cfg.num_virtual_tokens)
         trainable = adapter_n
     adapters = adapter_n * 4
 
@@ -334,7 +369,8 @@ def plan(cfg: PlanConfig) -> Plan:
     grad_bytes = 4 if method.is_peft else tw_bytes
     gradients = trainable * grad_bytes if training else 0
     paged = cfg.optimizer in (Optimizer.PAGED_ADAMW, Optimizer.PAGED_ADAMW_8BIT)
-    opt_state, step_tmp = _optimizer_bytes(cfg.optimizer, trainable, grad_bytes, shapes) if training else (0, 0)
+    opt_state, step_tmp = _optimizer_bytes(cfg.optimizer, tensors, grad_bytes, cfg.device is DeviceMode.CPU) \
+        if training else (0, 0)
 
     # ---- sharding (assumption 9)
     dp = cfg.dp

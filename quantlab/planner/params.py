@@ -62,3 +62,32 @@ def count_params(m: ModelSpec) -> ParamCounts:
     return ParamCounts(embedding=embedding, lm_head=lm_head, block_linear_weights=weights, block_linear_biases=biases,
                        block_norms=m.norms_per_block * norm, final_norm=norm, layers=m.num_hidden_layers,
                        linears=linears, expert_weights=experts, active_expert_weights=active)
+
+
+Tensors = tuple  # ((shape, how many), ...): parameter tensors grouped by shape
+
+
+@functools.lru_cache(maxsize=1024)
+def block_tensors(m: ModelSpec) -> Tensors:
+    """Parameter tensors of one decoder block, as the module holds them (assumption 3): each linear's weight
+    (out, in) and bias, a fused MoE parameter as one (experts, out, in) tensor, each norm's weight (and bias)."""
+    out: list = []
+    for l in m.block_linears():
+        if getattr(l, "module", True):
+            out.append(((l.out_features, l.in_features), l.count))
+            if l.bias:
+                out.append(((l.out_features,), l.count))
+        else:
+            out.append((((l.count, l.out_features, l.in_features) if l.count > 1 else
+                         (l.out_features, l.in_features)), 1))
+    out.append(((m.hidden_size,), m.norms_per_block * (2 if m.uses_layernorm else 1)))
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=1024)
+def outside_tensors(m: ModelSpec) -> dict:
+    """Parameter tensors outside the blocks, by module name (assumptions 1, 2, 4)."""
+    h = m.hidden_size
+    emb = [((m.vocab_size, h), 1)] + ([((m.max_position_embeddings, h), 1)] if m.model_type == "gpt2" else [])
+    return {"embed_tokens": tuple(emb), "lm_head": () if m.tie_word_embeddings else (((m.vocab_size, h), 1),),
+            "norm": (((h,), 2 if m.uses_layernorm else 1),)}

@@ -176,3 +176,48 @@ def test_checkpointing_keeps_block_inputs(family, method, attn):
     if attn == "eager" and family != "gpt2":
         closure += (2 if family == "gemma2" else 1) * B * S * S * r  # causal (and sliding-window) masks
     assert p.components["activations"] + _loss_saved(spec, method) - closure == meas
+
+
+@pytest.mark.parametrize("family,method,opt,dtype", [("llama", "full", "adamw", "bf16"), ("gpt2", "lora", "adamw", "fp32"),
+                                                     ("llama", "full", "adafactor", "bf16"),
+                                                     ("llama", "lora", "sgd-momentum", "fp32"),
+                                                     ("mixtral", "full", "adamw-8bit", "fp32"),
+                                                     ("phi3", "lora", "adamw-8bit", "fp32")])
+def test_gradients_and_optimizer_states_equal_torch(family, method, opt, dtype):
+    """After one step: gradient storages and every tensor in ``optimizer.state`` (the lab's instrument). AdamW's
+    states in the weights' dtype and its fp32 ``step`` scalars, Adafactor's fp32 factors and RMS scalars,
+    bitsandbytes' uint8 states, absmax and shared quantile maps, fp32 states for tensors under 4096 values."""
+    from transformers import AutoModelForCausalLM
+
+    from quantlab.lab.saved_tensors import grad_bytes, optimizer_bytes
+
+    cfg = _config(family)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=TD[dtype])
+    targets = TARGETS.get(family, ("q_proj", "v_proj"))
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=list(targets)))
+    params = [p for p in model.parameters() if p.requires_grad]
+    if opt == "adamw":
+        o = torch.optim.AdamW(params, lr=1e-4)
+    elif opt == "sgd-momentum":
+        o = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
+    elif opt == "adafactor":
+        from transformers.optimization import Adafactor
+
+        o = Adafactor(params, lr=1e-4, relative_step=False, scale_parameter=False)
+    else:
+        bnb = pytest.importorskip("bitsandbytes")
+        o = bnb.optim.AdamW8bit(params, lr=1e-4)
+    ids = torch.randint(0, cfg.vocab_size, (B, S))
+    model(input_ids=ids, labels=ids).loss.backward()
+    o.step()
+    spec = ModelSpec.from_hf_config(cfg.to_dict(), name=family)
+    from quantlab.specs import Optimizer
+
+    p = plan(PlanConfig(model=spec, method=Method(method), precision=Precision(dtype), compute_dtype=DType(dtype), batch=B,
+                        seq=S, device=DeviceMode.CPU, lora_r=4, lora_targets=targets, optimizer=Optimizer(opt)))
+    assert p.components["gradients"] == grad_bytes(model)
+    assert p.components["optimizer"] == optimizer_bytes(o)

@@ -80,13 +80,15 @@ def test_checkpointing_lowers_activations_and_eager_raises_them():
 
 
 def test_optimizer_states():
-    """Full fine-tune of Llama-2-7B in pure bf16: AdamW holds 2 x N x 2 bytes; 8-bit AdamW 2 x N bytes plus
-    one fp32 absmax per 256 values per state; SGD none; momentum 1 x N x 2."""
+    """Full fine-tune of Llama-2-7B in pure bf16: AdamW holds 2 x N x 2 bytes (its fp32 ``step`` scalars stay on
+    the CPU); 8-bit AdamW 2 x N bytes plus one fp32 absmax per 256 values per state (every tensor of Llama-2-7B has
+    at least 4096 values and a multiple of 256) plus the two shared 256-entry fp32 quantile maps; SGD none;
+    momentum 1 x N x 2."""
     n = 6_738_415_616
     full = PlanConfig(model=L7, method=Method.FULL)
     assert plan(full).components["optimizer"] == 4 * n
     assert plan(dataclasses.replace(full, optimizer=Optimizer.ADAMW_8BIT)).components["optimizer"] == \
-        2 * n + 8 * -(-n // 256)
+        2 * n + 8 * (n // 256) + 2 * 256 * 4
     assert plan(dataclasses.replace(full, optimizer=Optimizer.SGD)).components["optimizer"] == 0
     assert plan(dataclasses.replace(full, optimizer=Optimizer.SGD_MOMENTUM)).components["optimizer"] == 2 * n
     amp = plan(dataclasses.replace(full, training_precision=TrainingPrecision.AMP))
@@ -195,3 +197,16 @@ def test_lora_dropout_keeps_masks_and_copies():
         plan(base).components["activations"]
     with pytest.raises(SpecError, match="lora-dropout"):
         dataclasses.replace(base, lora_dropout=1.5)
+
+
+def test_optimizer_state_layouts():
+    """Trainable tensors of LoRA r=16 on q_proj, v_proj of Llama-2-7B: 64 lora_A (16 x 4096) and 64 lora_B
+    (4096 x 16), 8,388,608 fp32 values. AdamW on a CPU adds one 4-byte ``step`` per tensor: 2 x 4 x 8,388,608 + 128 x 4.
+    Adafactor factors each matrix: rows + columns, fp32, + one fp32 RMS scalar per tensor:
+    64 x (16 + 4096) x 4 + 64 x (4096 + 16) x 4 + 128 x 4."""
+    lora = PlanConfig(model=L7, method=Method.LORA, lora_r=16, device=DeviceMode.CPU)
+    assert plan(lora).components["optimizer"] == 2 * 4 * 8_388_608 + 128 * 4
+    ada = plan(dataclasses.replace(lora, optimizer=Optimizer.ADAFACTOR)).components["optimizer"]
+    assert ada == 128 * (16 + 4096) * 4 + 128 * 4
+    full = plan(PlanConfig(model=L7, method=Method.FULL, optimizer=Optimizer.ADAFACTOR))
+    assert full.components["optimizer"] < 0.01 * full.components["gradients"]
