@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quantlab.errors import QuantlabError
-from quantlab.specs import (Attention, DeviceMode, DType, Method, Optimizer, PlanConfig, Precision,
+from quantlab.specs import (Attention, DeviceMode, DType, Method, Offload, Optimizer, PlanConfig, Precision,
                             TrainingPrecision)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,7 +41,17 @@ def load_rows(path: str | Path) -> list[dict]:
 
 
 def row_to_config(row: dict) -> PlanConfig:
-    """The PlanConfig that describes a measured row's exact conditions."""
+    """The PlanConfig that describes a measured row's exact conditions (a bad field: one-line QuantlabError)."""
+    try:
+        return _row_to_config(row)
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, QuantlabError):
+            raise
+        raise QuantlabError(f"measurement row {row.get('id', '?')}: bad or missing field ({type(e).__name__}: {e})") \
+            from e
+
+
+def _row_to_config(row: dict) -> PlanConfig:
     from quantlab.profiles import load_model
 
     tp = row.get("training_precision") or "pure"
@@ -60,14 +70,25 @@ def row_to_config(row: dict) -> PlanConfig:
         kw["lora_r"] = int(row["lora_r"])
     if row.get("lora_targets"):
         kw["lora_targets"] = tuple(row["lora_targets"])
-    for k in ("grad_accum", "num_gpus", "zero", "tp", "freeze_last_layers", "num_virtual_tokens", "group_size"):
+    for k in ("grad_accum", "num_gpus", "zero", "tp", "freeze_last_layers", "num_virtual_tokens", "group_size",
+              "lora_alpha", "adapter_size"):
         if row.get(k) is not None:
             kw[k] = int(row[k])
+    if row.get("freeze_modules"):
+        kw["freeze_modules"] = tuple(row["freeze_modules"])
+    if row.get("kv_dtype"):
+        kw["kv_dtype"] = DType(row["kv_dtype"])
+    if row.get("fsdp"):
+        kw["fsdp"] = row["fsdp"]
+    if row.get("offload"):
+        kw["offload"] = Offload(row["offload"])
     if row.get("kbit_upcast") is not None:
         kw["kbit_upcast"] = bool(row["kbit_upcast"])
     if row.get("lora_dropout") is not None:
         kw["lora_dropout"] = float(row["lora_dropout"])
-    if row.get("gpu"):
+    if row.get("flash_attention") is not None:
+        kw["flash_attention"] = bool(row["flash_attention"])
+    elif row.get("gpu"):
         from quantlab.profiles import load_gpu
 
         kw["flash_attention"] = load_gpu(row["gpu"]).bf16_supported  # fit.for_gpu's rule

@@ -28,3 +28,27 @@ def test_summary_printed(capsys):
         print(s)
         assert s["ok"]
     assert "allocated" in capsys.readouterr().out
+
+
+def test_row_fields_map_onto_the_plan_config():
+    from quantlab.groundtruth import row_to_config
+    from quantlab.specs import DeviceMode, Method, Offload, Optimizer
+
+    row = {"id": "x", "model": "smollm2-135m", "method": "lora", "weights": "fp32", "compute_dtype": "fp32",
+           "training_precision": "pure", "optimizer": "adamw-8bit", "lora_r": 8, "lora_targets": ["q_proj"],
+           "lora_dropout": 0.05, "batch": 4, "seq": 256, "device": "cpu", "offload": "none", "gpu": "t4",
+           "metric": "allocated", "value_bytes": 1}
+    c = row_to_config(row)
+    assert (c.method, c.optimizer, c.lora_r, c.lora_targets, c.lora_dropout, c.device, c.offload) == \
+        (Method.LORA, Optimizer.ADAMW_8BIT, 8, ("q_proj",), 0.05, DeviceMode.CPU, Offload.NONE)
+    assert c.flash_attention is False  # a T4 has no FlashAttention
+
+
+def test_bad_row_is_one_line():
+    from quantlab.errors import QuantlabError
+    from quantlab.groundtruth import row_to_config
+
+    with pytest.raises(QuantlabError, match="measurement row r1"):
+        row_to_config({"id": "r1", "model": "smollm2-135m", "method": "lora", "weights": "fp33", "batch": 1, "seq": 8})
+    with pytest.raises(QuantlabError, match="measurement row r2"):
+        row_to_config({"id": "r2", "model": "smollm2-135m"})
