@@ -65,8 +65,11 @@ A9. Outside the blocks: RoPE's cos and sin (2·s·d·r, shared by all layers), t
 A10. A block whose input needs no gradient (the first block under LoRA without gradient checkpointing: PEFT
     freezes the embedding) saves nothing in its first norm. QLoRA's ``prepare_model_for_kbit_training`` and
     gradient checkpointing make the input require a gradient, so every block saves it.
-A11. ``stack="litgpt"`` with k-bit weights: bitsandbytes 0.41 (LitGPT's published tables) saves each 4-bit
-    linear's input (``MatMul4Bit``: ``ctx.tensors = (A, B)``); 0.50 saves only B.
+A11. A k-bit linear that keeps its input: bitsandbytes 0.50's LLM.int8 (``MatMul8bitLt``: ``ctx.tensors =
+    (CAt, subA, A)`` whenever A needs a gradient) and, for ``stack="litgpt"`` (LitGPT's published tables),
+    bitsandbytes 0.41's 4-bit ``MatMul4Bit`` (``ctx.tensors = (A, B)``; 0.50 keeps only B). ``ctx.tensors`` is
+    not ``save_for_backward``, so saved-tensor hooks do not see these inputs (the CPU comparison cannot check
+    them); they are the norm outputs, o_proj's input (when not the SDPA output) and down_proj's input.
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ class Act:
     flash: bool = True  # the GPU runs FlashAttention (sm80+)
     rank: int = 0  # LoRA rank
     lora_dropout: bool = False
-    litgpt_kbit: bool = False
+    kbit_keeps_input: bool = False  # A11
     prefix: bool = False
     kbit: bool = False  # block linears are k-bit (bitsandbytes autograd Functions: autocast does not cast them)
 
@@ -215,9 +218,9 @@ def attention(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: b
     # IA3 keeps each scaled output (for its vector's gradient) and, when that output needs a gradient through the
     # product, the fp32 vector ``1 * ia3_l.flatten()`` (a new tensor)
     out += sum(a * T * outs[n] + (4 * outs[n] if base else 0) for n in scaled) if scaled else 0
-    out += _readers(x, r, h, len(qkv_names) if trains else 0, n_lora_in, grad=input_grad)
-    if x.litgpt_kbit and not trains:
-        out += r * T * h  # A11: the 4-bit qkv linears save their (shared) input
+    keep = x.kbit_keeps_input and not trains
+    out += r * T * h if keep else 0  # A11: the k-bit q/k/v linears keep their (shared) input
+    out += _readers(x, r, h, len(qkv_names) if trains else 0, n_lora_in, grad=input_grad, shared=keep)
     S = x.b * H * x.s * x.kv_s
     kv_T = x.b * x.kv_s
     o_shared = False
@@ -258,9 +261,9 @@ def attention(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: b
             out += (x.mask * S if scores else 0) + (at * S if vg else 0)  # mask; dropped probabilities
         elif vg and at != 4:
             out += at * S  # the probabilities cast to the compute dtype
-    out += _readers(x, at, qd, 1 if trains else 0, _has(lora, o_name), shared=o_shared)
-    if x.litgpt_kbit and not trains and not o_shared:
-        out += a * T * qd  # A11: o_proj saves its input
+    o_keep = x.kbit_keeps_input and not trains and not o_shared
+    out += at * T * qd if o_keep else 0  # A11: o_proj keeps its input
+    out += _readers(x, at, qd, 1 if trains else 0, _has(lora, o_name), shared=o_shared or o_keep)
     if t == "gpt2" and m.hidden_dropout > 0:
         out += x.mask * T * h  # resid_dropout
     if t == "gemma2":
@@ -301,16 +304,15 @@ def mlp(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: bool, i
         if trains:
             out += n * (ae * h + ae * I)
         return out
-    out += _readers(x, r, h, len(up) if trains else 0, _has(lora, *up))
-    if x.litgpt_kbit and not trains:
-        out += r * T * h  # A11: gate/up save their (shared) input
+    keep = x.kbit_keeps_input and not trains
+    out += r * T * h if keep else 0  # A11: the k-bit gate/up linears keep their (shared) input
+    out += _readers(x, r, h, len(up) if trains else 0, _has(lora, *up), shared=keep)
     if input_grad or trains or _has(lora, *up):
         out += 3 * a * T * I
-    out += _readers(x, a, I, 1 if trains else 0, _has(lora, down))
+    out += a * T * I if keep else 0  # A11: down_proj keeps its input
+    out += _readers(x, a, I, 1 if trains else 0, _has(lora, down), shared=keep)
     if ff:  # IA3 casts down_proj's input to its fp32 vector's dtype and keeps it and the vector for the product
         out += 4 * T * I + 4 * I
-    if x.litgpt_kbit and not trains:
-        out += a * T * I  # A11: bitsandbytes 0.41 keeps down_proj's input
     if t == "gemma2":
         out += _norm(m, x, True, trains)  # post_feedforward_layernorm
     return out

@@ -444,7 +444,8 @@ def plan(cfg: PlanConfig) -> Plan:
         x = Act(b=cfg.batch, s=s_eff, kv_s=kv_s, r=r, a=a, c=c, amp=amp, eager=attn is Attention.EAGER,
                 cuda=cfg.device is DeviceMode.CUDA, flash=cfg.flash_attention, rank=cfg.lora_r if lora else 0,
                 lora_dropout=bool(lora) and cfg.lora_dropout > 0,
-                litgpt_kbit=cfg.stack == "litgpt" and kbit, prefix=method is Method.PREFIX, kbit=kbit)
+                kbit_keeps_input=kbit and (cfg.stack == "litgpt" or cfg.precision is Precision.INT8),
+                prefix=method is Method.PREFIX, kbit=kbit)
         T = x.T
         if not x.eager and sdpa_kernel(m, x) == "math":
             notes.append("SDPA with grouped-query attention falls back to the math kernel here (fp32 attention "

@@ -10,7 +10,7 @@ Under gradient checkpointing RoPE's cos/sin (2·s·head_dim·r bytes) and the ea
 keyword arguments of the checkpointed blocks: alive, held by the checkpoint's closure, but not saved tensors; the
 planner counts them, so it exceeds the hook count by exactly those bytes.
 
-Tiny models: 2 blocks, hidden 64, 4 heads (2 KV heads), intermediate 128, vocabulary 256, batch 2 x 32 tokens
+Tiny models: 2 blocks, hidden 64, 4 heads (2 KV heads), intermediate 128, vocabulary 256, batch 2 x 24 tokens
 (``quantlab.lab.model.tiny_config``); Gemma-2's default head_dim is 256; Mixtral 4 experts, top-2.
 """
 
@@ -26,7 +26,7 @@ from quantlab.planner import plan  # noqa: E402
 from quantlab.specs import (Attention, DeviceMode, DType, Method, ModelSpec, PlanConfig, Precision,  # noqa: E402
                             TrainingPrecision)
 
-B, S, L = 2, 32, 2
+B, S, L = 2, 24, 2
 TD = {"fp32": torch.float32, "bf16": torch.bfloat16}
 TARGETS = {"phi3": ("qkv_proj", "o_proj"), "gpt2": ("c_attn",)}
 
