@@ -70,6 +70,11 @@ A11. A k-bit linear that keeps its input: bitsandbytes 0.50's LLM.int8 (``MatMul
     bitsandbytes 0.41's 4-bit ``MatMul4Bit`` (``ctx.tensors = (A, B)``; 0.50 keeps only B). ``ctx.tensors`` is
     not ``save_for_backward``, so saved-tensor hooks do not see these inputs (the CPU comparison cannot check
     them); they are the norm outputs, o_proj's input (when not the SDPA output) and down_proj's input.
+A12. Tensor parallelism (Megatron-style, no sequence parallelism) splits the heads and the MLP's intermediate
+    width: q, k, v, attention internals, o_proj's and down_proj's inputs and the MLP's intermediates divide by the
+    degree; the norms, their outputs (each rank's q/k/v and gate/up read the whole hidden state), the router and
+    the residual stream stay whole on every rank (Korthikanti et al. 2022, "Reducing Activation Recomputation in
+    Large Transformer Models", section 4.2.1).
 """
 
 from __future__ import annotations
@@ -99,6 +104,7 @@ class Act:
     kbit_keeps_input: bool = False  # A11
     prefix: bool = False
     kbit: bool = False  # block linears are k-bit (bitsandbytes autograd Functions: autocast does not cast them)
+    tp: int = 1  # tensor-parallel degree (A12)
 
     @property
     def att(self) -> int:
@@ -214,13 +220,13 @@ def attention(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: b
     scores = qg or kg
     # IA3 keeps each scaled linear's output for its vector's gradient
     outs = {"q_proj": qd, "k_proj": kvd, "v_proj": kvd, "qkv_proj": qd + 2 * kvd, "c_attn": 3 * h}
-    out = _norm(m, x, input_grad, trains)
+    rep = _norm(m, x, input_grad, trains)  # replicated on every tensor-parallel rank (A12)
+    keep = x.kbit_keeps_input and not trains
+    rep += r * T * h if keep else 0  # A11: the k-bit q/k/v linears keep their (shared) input
+    rep += _readers(x, r, h, len(qkv_names) if trains else 0, n_lora_in, grad=input_grad, shared=keep)
     # IA3 keeps each scaled output (for its vector's gradient) and, when that output needs a gradient through the
     # product, the fp32 vector ``1 * ia3_l.flatten()`` (a new tensor)
-    out += sum(a * T * outs[n] + (4 * outs[n] if base else 0) for n in scaled) if scaled else 0
-    keep = x.kbit_keeps_input and not trains
-    out += r * T * h if keep else 0  # A11: the k-bit q/k/v linears keep their (shared) input
-    out += _readers(x, r, h, len(qkv_names) if trains else 0, n_lora_in, grad=input_grad, shared=keep)
+    out = sum(a * T * outs[n] + (4 * outs[n] if base else 0) for n in scaled) if scaled else 0
     S = x.b * H * x.s * x.kv_s
     kv_T = x.b * x.kv_s
     o_shared = False
@@ -264,6 +270,7 @@ def attention(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: b
     o_keep = x.kbit_keeps_input and not trains and not o_shared
     out += at * T * qd if o_keep else 0  # A11: o_proj keeps its input
     out += _readers(x, at, qd, 1 if trains else 0, _has(lora, o_name), shared=o_shared or o_keep)
+    out = rep + out // x.tp  # A12: heads are split across tensor-parallel ranks, the residual stream is not
     if t == "gpt2" and m.hidden_dropout > 0:
         out += x.mask * T * h  # resid_dropout
     if t == "gemma2":
@@ -285,28 +292,31 @@ def mlp(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: bool, i
         up, down = (("gate_up_proj",) if t == "phi3" else ("gate_proj", "up_proj")), "down_proj"
     if not (input_grad or trains or ff or _has(lora, *up, down)):
         return 0
-    out = _norm(m, x, input_grad, trains)
+    rep = _norm(m, x, input_grad, trains)  # replicated on every tensor-parallel rank (A12)
     if t == "gpt2":
-        out += _readers(x, r, h, 1 if trains else 0, _has(lora, *up))
-        out += 4 * a * T * I
+        rep += _readers(x, r, h, 1 if trains else 0, _has(lora, *up))
+        out = 4 * a * T * I
         out += _readers(x, a, I, 1 if trains else 0, _has(lora, down))
         out += 4 * T * I + 4 * I if ff else 0  # IA3: the fp32 copy of the scaled input, the vector
         if m.hidden_dropout > 0:
-            out += x.mask * T * h
-        return out
+            rep += x.mask * T * h
+        return rep + out // x.tp
     if m.is_moe:
         k, E = m.num_experts_per_tok, m.num_local_experts
         n = T * k
-        out += ((x.c if x.amp else r) * T * h) if trains else 0  # the router's input (autocast: its cast)
-        out += 4 * T * E + 8 * T * k + 4 * T * k + 4 * T  # softmax, top-k indices, normalized weights, their sum
+        rep += ((x.c if x.amp else r) * T * h) if trains else 0  # the router's input (autocast: its cast)
+        rep += 4 * T * E + 8 * T * k + 4 * T * k + 4 * T  # softmax, top-k indices, normalized weights, their sum
         ae = r if x.amp else a  # autocast does not cover grouped_mm: the experts run in the residual dtype
-        out += n * (24 + 2 * ae * I + ae * I + ae * h + 4) + 4 * E  # per pair; grouped_mm offsets
+        rep += n * (24 + ae * h + 4) + 4 * E  # per pair: indices, expert output, routing weight; offsets
+        out = n * (2 * ae * I + ae * I)  # gate_up output, activation: split with each expert's intermediate
         if trains:
-            out += n * (ae * h + ae * I)
-        return out
+            rep += n * ae * h
+            out += n * ae * I
+        return rep + out // x.tp
     keep = x.kbit_keeps_input and not trains
-    out += r * T * h if keep else 0  # A11: the k-bit gate/up linears keep their (shared) input
-    out += _readers(x, r, h, len(up) if trains else 0, _has(lora, *up), shared=keep)
+    rep += r * T * h if keep else 0  # A11: the k-bit gate/up linears keep their (shared) input
+    rep += _readers(x, r, h, len(up) if trains else 0, _has(lora, *up), shared=keep)
+    out = 0
     if input_grad or trains or _has(lora, *up):
         out += 3 * a * T * I
     out += a * T * I if keep else 0  # A11: down_proj keeps its input
@@ -314,8 +324,8 @@ def mlp(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: bool, i
     if ff:  # IA3 casts down_proj's input to its fp32 vector's dtype and keeps it and the vector for the product
         out += 4 * T * I + 4 * I
     if t == "gemma2":
-        out += _norm(m, x, True, trains)  # post_feedforward_layernorm
-    return out
+        rep += _norm(m, x, True, trains)  # post_feedforward_layernorm
+    return rep + out // x.tp
 
 
 @functools.lru_cache(maxsize=8192)
@@ -324,7 +334,7 @@ def block_saved(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad:
     """Bytes one decoder block saves for backward."""
     attn_out = attention(m, x, trains, lora, input_grad, ia3)
     total = attn_out + mlp(m, x, trains, lora, input_grad or attn_out > 0, ia3)
-    if adapter_size:  # two bottleneck adapters (down, nonlinearity, up) per block
+    if adapter_size:  # two bottleneck adapters (down, nonlinearity, up) per block, on the residual stream
         total += 2 * (x.a * x.T * m.hidden_size + 4 * x.T * m.hidden_size + 4 * x.T * adapter_size)
     return total
 

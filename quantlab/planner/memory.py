@@ -53,7 +53,8 @@ Assumptions (numbered; notes in the plan refer to them):
    gradients, ZeRO-3 / FSDP full_shard also weights (plus two gathered blocks: the current and the
    prefetched one); FSDP shard_grad_op is ZeRO-2. Plain DDP keeps gradient buckets the size of the
    gradients (``gradient_as_bucket_view=False``). Offload moves optimizer states (and with ``params``, the
-   weights) to CPU memory. Tensor parallel divides block linears, KV cache and block activations by tp.
+   weights) to CPU memory. Tensor parallel divides block linears and the KV cache (a GPU keeps at least one
+   KV head) by tp, and the head- and intermediate-wide activations (activations A12).
 10. CUDA context: 150 MiB per process (assumed: CUDA 12 with lazy module loading; the published T4 row shows
     141 MiB between NVML and reserved). Allocator reserve: the caching allocator rounds blocks up to 2 MiB and
     keeps freed activation blocks of sizes later requests cannot reuse; modelled as 25% of the dynamic
@@ -246,7 +247,7 @@ def _dtypes(cfg: PlanConfig) -> tuple[int, int, int, bool, bool]:
     return load, r, a, amp, upcast
 
 
-def _block_groups(cfg: PlanConfig, pc: ParamCounts, upcast: bool) -> tuple[tuple[int, bool, bool], ...]:
+def _block_groups(cfg: PlanConfig, pc: ParamCounts) -> tuple[tuple[int, bool, bool], ...]:
     """(blocks, weights train, input needs a gradient) groups of decoder blocks (assumption 4, activations A10)."""
     L = cfg.model.num_hidden_layers
     method = cfg.method
@@ -445,7 +446,7 @@ def plan(cfg: PlanConfig) -> Plan:
                 cuda=cfg.device is DeviceMode.CUDA, flash=cfg.flash_attention, rank=cfg.lora_r if lora else 0,
                 lora_dropout=bool(lora) and cfg.lora_dropout > 0,
                 kbit_keeps_input=kbit and (cfg.stack == "litgpt" or cfg.precision is Precision.INT8),
-                prefix=method is Method.PREFIX, kbit=kbit)
+                prefix=method is Method.PREFIX, kbit=kbit, tp=tp)
         T = x.T
         if not x.eager and sdpa_kernel(m, x) == "math":
             notes.append("SDPA with grouped-query attention falls back to the math kernel here (fp32 attention "
@@ -453,15 +454,14 @@ def plan(cfg: PlanConfig) -> Plan:
                          "layer (activations A3b); autocast to bf16/fp16 or eager attention avoids the fallback")
         ia3 = method is Method.IA3
         adapter_size = cfg.adapter_size if method is Method.ADAPTER else 0
-        groups = _block_groups(cfg, pc, upcast)
-        per = [(n, trains, ig, block_saved(m, x, trains, lora, ig, ia3, adapter_size) // tp)
+        groups = _block_groups(cfg, pc)
+        per = [(n, trains, ig, block_saved(m, x, trains, lora, ig, ia3, adapter_size))
                for n, trains, ig in groups if n > 0]
         grad_blocks = sum(n for n, _, _, v in per if v)
         blocks = sum(n * v for n, _, _, v in per)
         recompute = max((v for _, _, _, v in per), default=0)
         head_trains = method is Method.FULL or (method is Method.FREEZE and "lm_head" in cfg.freeze_modules)
-        norm_trains = method is Method.FULL or (method is Method.FREEZE and bool({"norm", "ln_f"} & set(cfg.freeze_modules))) \
-            or (method is Method.FREEZE and cfg.freeze_last_layers == L and False)
+        norm_trains = method is Method.FULL or (method is Method.FREEZE and bool({"norm", "ln_f"} & set(cfg.freeze_modules)))
         head_grad = grad_blocks > 0 or norm_trains
         Ld = c if amp else r  # logits dtype: lm_head's output
         outside = outside_blocks(m, x, head_grad=head_grad, norm_trains=norm_trains, head_trains=head_trains,
@@ -476,7 +476,7 @@ def plan(cfg: PlanConfig) -> Plan:
             if not cfg.grad_checkpointing:
                 amp_casts += sum(n * amp_weight_casts(m, x, trains, lora, ig) // tp for n, trains, ig, v in per if v)
         if cfg.grad_checkpointing:
-            ckpt = grad_blocks * r * T * m.hidden_size // tp
+            ckpt = grad_blocks * r * T * m.hidden_size  # block inputs: the residual stream, whole on every rank
             if x.eager and grad_blocks:  # the causal mask (Gemma-2: also the sliding-window one), a block input
                 ckpt += (2 if m.model_type == "gemma2" else 1) * cfg.batch * s_eff * kv_s * r
             activations = ckpt + outside

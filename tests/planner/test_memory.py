@@ -210,3 +210,15 @@ def test_optimizer_state_layouts():
     assert ada == 128 * (16 + 4096) * 4 + 128 * 4
     full = plan(PlanConfig(model=L7, method=Method.FULL, optimizer=Optimizer.ADAFACTOR))
     assert full.components["optimizer"] < 0.01 * full.components["gradients"]
+
+
+def test_tensor_parallel_splits_heads_not_the_residual_stream():
+    """Megatron-style TP without sequence parallelism (activations A12): per GPU the attention and MLP internals
+    halve at TP 2, the norms and block inputs do not, so activations land strictly between a half and the whole;
+    with checkpointing (only block inputs kept) they do not shrink at all."""
+    base = PlanConfig(model=L8, method=Method.LORA, seq=2048)
+    one = plan(base).components["activations"]
+    two = plan(dataclasses.replace(base, num_gpus=2, tp=2)).components["activations"]
+    assert one / 2 < two < one
+    ck = dataclasses.replace(base, grad_checkpointing=True)
+    assert plan(dataclasses.replace(ck, num_gpus=2, tp=2)).components["activations"] == plan(ck).components["activations"]
