@@ -288,6 +288,7 @@ def recommend(base: PlanConfig, gpus: Sequence[GPUSpec], goal: Goal = Goal(), *,
     """
     if plan is None:
         from quantlab.planner import plan
+    from quantlab.planner.fit import for_gpu
     if max_gpus < 1:
         raise ValueError("max-gpus must be at least 1")
     if sort not in ("cost", "time"):
@@ -322,7 +323,8 @@ def recommend(base: PlanConfig, gpus: Sequence[GPUSpec], goal: Goal = Goal(), *,
             shardings = training_shardings(count) if training else inference_shardings(count, base)
             variants = [(sh, ck) for sh in shardings for ck in checkpointing]
             for sh, ck in variants:
-                cfg = dataclasses.replace(sh.apply(base, count), grad_checkpointing=ck)
+                # as the configuration runs on this GPU (fit.for_gpu: no FlashAttention without bf16)
+                cfg = for_gpu(dataclasses.replace(sh.apply(base, count), grad_checkpointing=ck), gpu)
                 if ck and not base.grad_checkpointing:
                     sh = dataclasses.replace(sh, name=sh.name + "+ckpt")
                 considered += 1
