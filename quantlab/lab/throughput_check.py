@@ -14,8 +14,10 @@ loaded with the lab's loader) for
    LoRA (r=16 on q_proj, v_proj: the planner's defaults), LoRA again with gradient checkpointing
    (the roofline adds one recomputed forward), median seconds per step after a warm-up.
 
-``meas/pred`` (measured over ideal tokens/s) is the utilisation this machine reaches on the roof
-that binds; the medians per phase become this CPU's :class:`~quantlab.planner.throughput.Utilisation`
+Each row's peaks are probed again right before it is timed (``reprobe``), so the ratio compares the
+run with a baseline taken in the same process at the same moment: on a machine shared with other
+jobs both drop together. ``meas/pred`` (measured over ideal tokens/s) is the utilisation this
+machine reaches on the roof that binds; the medians per phase become this CPU's :class:`~quantlab.planner.throughput.Utilisation`
 ("derived"), and the rows are re-predicted with it (``pred_derived_tok_per_s``) so the report shows
 how well one constant per phase fits across batch sizes and methods.
 
@@ -55,6 +57,8 @@ class CheckConfig:
     threads: int = 2
     tiny: bool = False  # a tiny random model (tests / smoke runs), not the embedded one
     seed: int = 0
+    reprobe: bool = True  # probe the peaks again right before each row (see _roof_source)
+    probe_matmul_n: int = 2048
 
 
 IDEAL = tp.Utilisation(train_mfu=1.0, kbit_train_mfu=1.0, prefill_mfu=1.0, mbu=1.0, network=1.0,
@@ -102,7 +106,7 @@ def measure_rows(cc: CheckConfig, device) -> list[dict]:
 
     torch.set_num_threads(cc.threads)
     torch.manual_seed(cc.seed)
-    r = tp.roof(device, DType.FP32)
+    roof_now = _roof_source(cc, device)
     model, spec = _load(cc)
     model.eval()
     vocab = spec.vocab_size
@@ -113,12 +117,15 @@ def measure_rows(cc: CheckConfig, device) -> list[dict]:
         # ---- prefill -------------------------------------------------------------------------------
         for seq in cc.prefill_seqs:
             ids = torch.randint(0, vocab, (cc.prefill_batch, seq))
+            r, peaks = roof_now()
             meas = median_time(lambda: model(input_ids=ids, use_cache=False), warmup=1, repeat=3)
             cfg = _cfg(spec, Method.INFERENCE, cc.prefill_batch, seq)
-            rows.append(_row("prefill", "inference", cfg, tp.prefill_step(cfg, tp.ModelBytes(wbytes), r, IDEAL), meas))
+            rows.append(_row("prefill", "inference", cfg, tp.prefill_step(cfg, tp.ModelBytes(wbytes), r, IDEAL), meas,
+                             **peaks))
         # ---- decode --------------------------------------------------------------------------------
         for b in cc.decode_batches:
             ids = torch.randint(0, vocab, (b, cc.prompt))
+            r, peaks = roof_now()
             out = model(input_ids=ids, use_cache=True)
             cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
             times = []
@@ -131,14 +138,31 @@ def measure_rows(cc: CheckConfig, device) -> list[dict]:
             ctx = cc.prompt + cc.new_tokens // 2
             cfg = _cfg(spec, Method.INFERENCE, b, ctx)
             rows.append(_row("decode", "inference", cfg, tp.decode_step(cfg, tp.ModelBytes(wbytes), r, IDEAL), meas,
-                             context=ctx))
+                             context=ctx, **peaks))
     # ---- training ------------------------------------------------------------------------------
     for method in cc.train_methods:
-        rows.append(_train_row(cc, method, spec, r))
+        rows.append(_train_row(cc, method, spec, roof_now))
     return rows
 
 
-def _train_row(cc: CheckConfig, variant: str, spec: ModelSpec, r: tp.Roof) -> dict:
+def _roof_source(cc: CheckConfig, device):
+    """What each row is compared with: with ``reprobe``, peaks probed again right before the row is timed (a
+    baseline in the same process at the same moment, so a machine shared with other jobs lowers both the peak
+    and the measurement); otherwise the one device given."""
+    fixed = tp.roof(device, DType.FP32)
+
+    def roof_now():
+        if not cc.reprobe:
+            return fixed, {}
+        from quantlab.lab import cpu_probe
+
+        res = cpu_probe.probe(threads=cc.threads, repeats=3, matmul_n=cc.probe_matmul_n, bf16=False)
+        return tp.roof(cpu_probe.as_device(res), DType.FP32), {"probe_read_bytes_per_s": res.read_bytes_per_s,
+                                                               "probe_fp32_flops_per_s": res.flops["fp32"]}
+    return roof_now
+
+
+def _train_row(cc: CheckConfig, variant: str, spec: ModelSpec, roof_now) -> dict:
     """One training variant: ``full``, ``lora``, optionally with ``+ckpt`` (gradient checkpointing)."""
     import torch
 
@@ -170,10 +194,13 @@ def _train_row(cc: CheckConfig, variant: str, spec: ModelSpec, r: tp.Roof) -> di
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    meas = median_time(step, warmup=1, repeat=cc.train_steps)
+    step()  # warm-up (optimizer states appear), then the peaks at this moment, then the timed steps
+    r, peaks = roof_now()
+    meas = median_time(step, warmup=0, repeat=cc.train_steps)
     nbytes = tp.ModelBytes(weights=model_bytes(model).total, gradients=4 * n_train, optimizer=8 * n_train)
     cfg = _cfg(spec, Method(method), cc.train_batch, cc.train_seq, **kw)
-    row = _row("train", variant, cfg, tp.train_step(cfg, n_train, nbytes, r, IDEAL), meas, trainable_params=n_train)
+    row = _row("train", variant, cfg, tp.train_step(cfg, n_train, nbytes, r, IDEAL), meas, trainable_params=n_train,
+               **peaks)
     del model, opt
     return row
 
@@ -232,6 +259,10 @@ def run(cc: CheckConfig = CheckConfig(), device=None, probe_kwargs: dict | None 
             "rows": repredict(rows, util)}
 
 
+def _fmt(x, div: float) -> str:
+    return "-" if x is None else f"{x / div:.1f}"
+
+
 def to_markdown(doc: dict, command: str) -> str:
     from quantlab.units import GB
 
@@ -241,7 +272,8 @@ def to_markdown(doc: dict, command: str) -> str:
     lines = [
         "# Roofline vs measured throughput on this CPU", "",
         f"Command: `{command}`", "",
-        f"Device (measured by `quantlab.lab.cpu_probe`): {p.get('cpu_name', d['name'])}, {p.get('threads', '?')} "
+        f"Device (measured by `quantlab.lab.cpu_probe` at the start; each row is re-probed just before it runs): "
+        f"{p.get('cpu_name', d['name'])}, {p.get('threads', '?')} "
         f"threads; read bandwidth {d['memory_bandwidth_bytes_per_s'] / GB:.1f} GB/s"
         + (f" (copy {p['copy_bytes_per_s'] / GB:.1f} GB/s, matrix-vector {p['gemv_bytes_per_s'] / GB:.1f} GB/s)"
            if p else "")
@@ -251,13 +283,14 @@ def to_markdown(doc: dict, command: str) -> str:
         "`pred_ideal` is the roofline at utilisation 1.0 on the measured peaks; `meas/pred` is the utilisation "
         "reached; `pred_derived` uses the derived per-phase constants below.", "",
         "| phase | method | batch | seq/context | bound | pred ideal tok/s | measured tok/s | meas/pred | "
-        "pred derived tok/s | meas/pred derived | load avg |",
-        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "pred derived tok/s | meas/pred derived | row's probe GB/s | row's probe GFLOP/s | load avg |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in doc["rows"]:
         lines.append(f"| {r['phase']} | {r['method']} | {r['batch']} | {r.get('context', r['seq'])} | {r['pred_bound']} "
                      f"| {r['pred_ideal_tok_per_s']:.1f} | {r['meas_tok_per_s']:.1f} | {r['meas_over_pred']:.3f} "
                      f"| {r['pred_derived_tok_per_s']:.1f} | {r['meas_over_pred_derived']:.2f} "
+                     f"| {_fmt(r.get('probe_read_bytes_per_s'), 1e9)} | {_fmt(r.get('probe_fp32_flops_per_s'), 1e9)} "
                      f"| {r['meas_loadavg_1m']:.1f} |")
     lines += ["", "Derived utilisation constants for this CPU (median meas/pred per phase):", "",
               f"- training MFU: {u['train_mfu']:.3f}", f"- prefill MFU: {u['prefill_mfu']:.3f}",
@@ -278,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     cc = CheckConfig(model=args.model, threads=args.threads)
     if args.quick:
         cc = dataclasses.replace(cc, tiny=True, decode_batches=(1, 4), prompt=32, new_tokens=8, prefill_seqs=(64,),
-                                 train_batch=2, train_seq=64, train_steps=2)
+                                 train_batch=2, train_seq=64, train_steps=2, probe_matmul_n=512)
     doc = run(cc, probe_kwargs={"repeats": 3, "matmul_n": 1024} if args.quick else None)
     from quantlab.fileio import atomic_write_text
 
