@@ -51,13 +51,27 @@ def row_to_config(row: dict) -> PlanConfig:
             from e
 
 
-def _row_to_config(row: dict) -> PlanConfig:
+def model_spec(name: str, overrides: dict | None = None):
+    """The profile's spec, or with ``overrides`` (HF config keys, e.g. a scaled-down ``num_hidden_layers``) applied
+    to its config first: the architecture ``quantlab validate`` measures with random weights."""
     from quantlab.profiles import load_model
+    from quantlab.specs import ModelSpec
 
+    resolved = load_model(name)
+    if not overrides:
+        return resolved.spec
+    if not isinstance(overrides, dict):
+        raise QuantlabError(f"model_overrides of {name} must be a mapping of config.json keys, got {overrides!r}")
+    cfg = dict(resolved.config)
+    cfg.update(overrides)
+    return ModelSpec.from_hf_config(cfg, name=resolved.name, hf_id=resolved.spec.hf_id, source=resolved.source)
+
+
+def _row_to_config(row: dict) -> PlanConfig:
     tp = row.get("training_precision") or "pure"
     weights = Precision(row.get("weights", "bf16"))
     method = Method(row.get("method", "inference"))
-    kw = dict(model=load_model(row["model"]).spec, method=method, precision=weights,
+    kw = dict(model=model_spec(row["model"], row.get("model_overrides")), method=method, precision=weights,
               compute_dtype=DType(row.get("compute_dtype", "bf16")),
               training_precision=TrainingPrecision.AMP if tp.startswith("amp") else TrainingPrecision.PURE,
               double_quant=bool(row.get("double_quant")), batch=int(row["batch"]), seq=int(row["seq"]),

@@ -21,12 +21,13 @@ def _choices(enum) -> list[str]:
     return [e.value for e in enum]
 
 
-def add_plan_arguments(p: argparse.ArgumentParser) -> None:
-    """The model, method, precision and workload flags (no output or GPU flags)."""
+def add_plan_arguments(p: argparse.ArgumentParser, *, model_required: bool = True) -> None:
+    """The model, method, precision and workload flags (no output or GPU flags); ``quantlab validate`` takes
+    ``--matrix FILE`` instead of ``--model``, so there the model is optional."""
     from quantlab.specs import Attention, DType, Method, Offload, Optimizer, Precision, TrainingPrecision
 
     g = p.add_argument_group("model and method")
-    g.add_argument("--model", required=True,
+    g.add_argument("--model", required=model_required,
                    help="profile name (llama-3.1-8b), alias (7b, 13b, 70b = Llama-2; 8b = Llama-3.1-8B), HF id, or a "
                         "local config.json / model folder (see 'quantlab profiles')")
     g.add_argument("--method", choices=_choices(Method), default="inference",

@@ -247,6 +247,22 @@ def _dtypes(cfg: PlanConfig) -> tuple[int, int, int, bool, bool]:
     return load, r, a, amp, upcast
 
 
+def loss_buffers(cfg: PlanConfig) -> tuple[int, int, int]:
+    """(logits, what the loss saves for backward, what its backward allocates) in bytes (assumption 6).
+
+    The logits are T x vocab in lm_head's output dtype; ``ForCausalLMLoss`` saves the fp32 ``log_softmax`` output
+    (4·T·V), the int64 targets (8·T) and ``nll_loss``'s fp32 ``total_weight`` (4 bytes); backward allocates the
+    fp32 gradients of ``nll_loss`` and of ``log_softmax`` (2 x 4·T·V). T counts prompt tuning's virtual tokens.
+    """
+    if not cfg.method.is_training:
+        return 0, 0, 0
+    _, r, _, amp, _ = _dtypes(cfg)
+    T = cfg.batch * (cfg.seq + (cfg.num_virtual_tokens if cfg.method is Method.PROMPT else 0))
+    V = cfg.model.vocab_size
+    logits = (cfg.compute_dtype.nbytes if amp else r) * T * V
+    return logits, 4 * T * V + 8 * T + 4, 8 * T * V
+
+
 def _block_groups(cfg: PlanConfig, pc: ParamCounts) -> tuple[tuple[int, bool, bool], ...]:
     """(blocks, weights train, input needs a gradient) groups of decoder blocks (assumption 4, activations A10)."""
     L = cfg.model.num_hidden_layers
@@ -468,8 +484,8 @@ def plan(cfg: PlanConfig) -> Plan:
                                  embed_trains=_embed_trains(cfg, pc), head_bytes=Ld,
                                  prompt_tokens=cfg.num_virtual_tokens if method in (Method.PROMPT, Method.PREFIX) else 0,
                                  inputs_grad=(cfg.grad_checkpointing and method.is_peft) or method is Method.PROMPT)
-        keep_logits = Ld * T * V
-        loss_peak = keep_logits + 12 * T * V  # assumption 6
+        keep_logits, loss_saved, loss_grads = loss_buffers(cfg)
+        loss_peak = keep_logits + loss_saved + loss_grads  # assumption 6
         amp_casts = 0
         if amp:
             amp_casts = c * V * m.hidden_size if (head_grad or head_trains) else 0

@@ -1,0 +1,443 @@
+"""``quantlab validate``: run the lab on exactly the configuration the planner planned, compare per component.
+
+One configuration takes the flags of ``quantlab plan`` (:func:`quantlab.commands.plan.add_plan_arguments`), plus
+``--weights`` and ``--scale`` (how the lab builds the model); a matrix file (``--matrix``) lists many, each entry
+the same flags as keys. The comparison itself is :mod:`quantlab.validate`.
+
+Matrix file (YAML or JSON)::
+
+    scales:                       # named scale-downs: HF config.json overrides of a profile
+      llama-small: {num_hidden_layers: 2, hidden_size: 256, intermediate_size: 1024, vocab_size: 4096}
+    defaults: {batch: 2, seq: 64} # applied to every entry (an entry's own keys win)
+    configurations:
+      - {id: llama-lora-bf16, model: llama-3.2-1b, scale: llama-small, method: lora, precision: bf16,
+         compute-dtype: bf16}
+
+Keys are plan flags without the dashes (``compute-dtype`` or ``compute_dtype``); ``true`` turns a switch on;
+lists are joined with commas (``lora-targets: [q_proj, v_proj]``); ``scale`` is a name under ``scales`` or a
+mapping; ``weights`` is ``random`` (default) or ``pretrained`` (the embedded smollm2-135m only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+from quantlab.errors import QuantlabError
+
+FORMATS = ("table", "json", "csv", "markdown")
+SUMMARY_KEYS = ("component", "configurations", "mean_abs_error", "worst_error", "worst_id", "worst_under",
+                "worst_under_id", "target", "ok")
+ROW_COLUMNS = ("id", "model", "method", "precision", "compute_dtype", "training_precision", "optimizer", "batch", "seq",
+               "attn", "grad_checkpointing")
+
+
+def register(sub) -> None:
+    from quantlab.commands.plan import add_plan_arguments
+
+    p = sub.add_parser(
+        "validate", help="run the lab on a planned configuration and compare predicted with measured, per component",
+        description="Build the planned model (the embedded SmolLM2-135M, or random weights from a profile's "
+                    "architecture, optionally scaled down), run one training step (or an inference prefill) on a "
+                    "synthetic batch of exactly batch x seq tokens, and compare the planner with what the lab "
+                    "measured, component by component: weights, quantization constants, adapters, gradients, "
+                    "optimizer states, saved activations, logits and loss buffers, KV cache, and the peak of live "
+                    "tensor bytes (allocated). On a CPU the planner plans with device=cpu (no CUDA context or "
+                    "allocator reserve) and tensor bytes are counted exactly: targets are 2%% per component and 3%% "
+                    "for the total. On a GPU the CUDA allocator and NVML are read (allocated 3%%, reserved and "
+                    "process 6%%). Exit status: 0 when every configuration meets its targets, 1 when one misses, 2 "
+                    "for bad input.",
+        epilog="Examples:\n"
+               "  quantlab validate --model smollm2-135m --method lora --precision fp32 --compute-dtype fp32 "
+               "--batch 1 --seq 64\n"
+               "  quantlab validate --model llama-3.2-1b --scale num_hidden_layers=2,hidden_size=256,"
+               "intermediate_size=1024,vocab_size=4096 --method qlora --compute-dtype fp32 --batch 2 --seq 64\n"
+               "  quantlab validate --matrix profiles/validation/matrix.yaml --out reports/validation-cpu "
+               "--append-measurements\n"
+               "Random weights are fine for memory (quality needs real ones). Errors are (predicted - measured) / "
+               "measured: negative means the planner under-predicts, the dangerous direction.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_plan_arguments(p, model_required=False)
+    lab = p.add_argument_group("how the lab builds the model")
+    lab.add_argument("--weights", choices=("random", "pretrained"), default=None,
+                     help="random: weights drawn from the profile's architecture (any profile; fine for memory); "
+                          "pretrained: the embedded smollm2-135m (default for it)")
+    lab.add_argument("--scale", default="", metavar="KEY=VALUE,...",
+                     help="config.json overrides that scale the architecture down so it runs on a CPU, e.g. "
+                          "num_hidden_layers=2,vocab_size=4096; the planner gets the same scaled spec")
+    lab.add_argument("--matrix", default=None, metavar="FILE",
+                     help="a YAML/JSON file of configurations (see profiles/validation/matrix.yaml) instead of "
+                          "--model and the plan flags")
+    lab.add_argument("--only", default="", metavar="ID,...", help="with --matrix: run only these configuration ids")
+    o = p.add_argument_group("output")
+    o.add_argument("--format", choices=FORMATS, default="table",
+                   help="table (rich, per configuration and the summary), json, csv or markdown on stdout")
+    o.add_argument("--out", default=None, metavar="DIR",
+                   help="also write validation.md, validation.csv, validation.json and validation.png (predicted vs "
+                        "measured with the y = x line) there, atomically")
+    o.add_argument("--append-measurements", nargs="?", const="reports/measurements.jsonl", default=None,
+                   metavar="PATH", help="append each measured total to PATH (default reports/measurements.jsonl) in "
+                                        "the ground-truth format, so tests/test_groundtruth.py checks it too")
+    o.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar on stderr")
+    p.set_defaults(func=run)
+
+
+# ---- configurations ----------------------------------------------------------------------------------------
+
+def _parse_scale(text: str) -> dict:
+    out = {}
+    for part in (x.strip() for x in text.split(",") if x.strip()):
+        if "=" not in part:
+            raise QuantlabError(f"--scale: {part!r} is not KEY=VALUE (e.g. num_hidden_layers=2)")
+        k, v = (s.strip() for s in part.split("=", 1))
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def _entry_parser() -> argparse.ArgumentParser:
+    from quantlab.commands.plan import add_plan_arguments
+
+    class P(argparse.ArgumentParser):
+        def error(self, message):
+            raise QuantlabError(message)
+
+    p = P(add_help=False)
+    add_plan_arguments(p)
+    return p
+
+
+def case_from_flags(args, *, id: str, weights: str | None, scale: dict):
+    """The :class:`quantlab.validate.Case` of parsed plan flags (the spec scaled; the lab decides the device)."""
+    import dataclasses
+
+    from quantlab.commands.plan import config_from_args
+    from quantlab.groundtruth import model_spec
+    from quantlab.validate import Case
+
+    if not args.model:
+        raise QuantlabError("give --model (and the plan flags) or --matrix FILE")
+    from quantlab.validate import lab_refusal
+
+    pc = config_from_args(args)
+    why = lab_refusal(pc)
+    if why:
+        raise QuantlabError(why)
+    resolved = args._resolved
+    if not isinstance(scale, dict):
+        raise QuantlabError(f"{id}: scale must be a mapping of config.json keys")
+    spec = model_spec(resolved.name, scale) if scale else pc.model
+    hf = dict(resolved.config)
+    hf.update(scale)
+    weights = weights or ("pretrained" if resolved.name == "smollm2-135m" and not scale else "random")
+    from quantlab.lab.measure import cuda_available
+    from quantlab.specs import DeviceMode
+
+    device = DeviceMode.CUDA if cuda_available() else DeviceMode.CPU
+    return Case(id, dataclasses.replace(pc, model=spec, device=device), resolved.name, weights,
+                tuple(sorted(scale.items())), hf)
+
+
+def _argv(entry: dict, where: str) -> list[str]:
+    argv = []
+    for k, v in entry.items():
+        flag = "--" + str(k).replace("_", "-")
+        if v is None or v is False:
+            continue
+        if v is True:
+            argv.append(flag)
+        elif isinstance(v, (list, tuple)):
+            argv += [flag, ",".join(str(x) for x in v)]
+        elif isinstance(v, dict):
+            raise QuantlabError(f"{where}: {k} must be a value, not a mapping")
+        else:
+            argv += [flag, str(v)]
+    return argv
+
+
+def load_matrix(path: str | Path, only: tuple[str, ...] = ()) -> list:
+    """The cases of a matrix file (module docstring); a bad entry is a one-line QuantlabError naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise QuantlabError(f"matrix file {p} does not exist")
+    text = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix == ".json":
+            doc = json.loads(text)
+        else:
+            import yaml
+
+            doc = yaml.safe_load(text)
+    except Exception as e:  # yaml and json raise their own types: one line either way
+        raise QuantlabError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'} "
+                            f"({str(e).splitlines()[0][:160]})") from e
+    if isinstance(doc, list):
+        doc = {"configurations": doc}
+    if not isinstance(doc, dict) or not isinstance(doc.get("configurations"), list) or not doc["configurations"]:
+        raise QuantlabError(f"{p}: expected a list of configurations (or a mapping with 'configurations:')")
+    scales = doc.get("scales") or {}
+    defaults = doc.get("defaults") or {}
+    parser = _entry_parser()
+    cases, seen = [], set()
+    for i, raw in enumerate(doc["configurations"], 1):
+        if not isinstance(raw, dict):
+            raise QuantlabError(f"{p}: configuration {i} is not a mapping")
+        entry = {**defaults, **raw}
+        id = str(entry.pop("id", f"config-{i}"))
+        where = f"{p}: configuration {id}"
+        if id in seen:
+            raise QuantlabError(f"{where}: duplicate id")
+        seen.add(id)
+        weights = entry.pop("weights", None)
+        scale = entry.pop("scale", None) or {}
+        if isinstance(scale, str):
+            if scale not in scales:
+                raise QuantlabError(f"{where}: unknown scale {scale!r} (known: {', '.join(scales) or 'none'})")
+            scale = scales[scale]
+        if only and id not in only:
+            continue
+        try:
+            args = parser.parse_args(_argv(entry, where))
+            cases.append(case_from_flags(args, id=id, weights=weights, scale=dict(scale)))
+        except QuantlabError as e:
+            raise QuantlabError(f"{where}: {e}") from e
+    if only:
+        missing = [x for x in only if x not in seen]
+        if missing:
+            raise QuantlabError(f"{p}: no configuration with id {', '.join(missing)}")
+    return cases
+
+
+# ---- running -----------------------------------------------------------------------------------------------
+
+def run(args) -> int:
+    from quantlab.validate import lab_refusal
+
+    if args.matrix:
+        cases = load_matrix(args.matrix, tuple(x.strip() for x in args.only.split(",") if x.strip()))
+    else:
+        cases = [case_from_flags(args, id="cli", weights=args.weights, scale=_parse_scale(args.scale))]
+    for c in cases:  # refuse before anything runs
+        why = lab_refusal(c.config)
+        if why:
+            raise QuantlabError(f"{c.id}: {why}")
+    rows = run_cases(cases, progress=args.progress)
+    return report(rows, fmt=args.format, out=args.out, append=args.append_measurements)
+
+
+def run_cases(cases, *, progress: bool = False, readings=None) -> list[dict]:
+    from quantlab.lab.progress import track
+    from quantlab.validate import validate
+
+    return [validate(c, readings=readings) for c in track(cases, "validating", total=len(cases), enabled=progress)]
+
+
+def report(rows: list[dict], *, fmt: str = "table", out: str | None = None, append: str | None = None,
+           stream=None) -> int:
+    from quantlab.validate import summarize
+
+    stream = stream or sys.stdout
+    summary = summarize(rows)
+    if fmt == "json":
+        json.dump({"configurations": rows, "summary": summary}, stream, indent=2, default=str)
+        print(file=stream)
+    elif fmt == "csv":
+        stream.write(rows_csv(rows))
+    elif fmt == "markdown":
+        stream.write(markdown(rows, summary))
+    else:
+        render_table(rows, summary)
+    if out:
+        for path in write_outputs(rows, summary, Path(out)):
+            print(f"wrote {path}", file=sys.stderr)
+    if append:
+        n = append_measurements(rows, Path(append))
+        print(f"appended {n} measurement rows to {append}", file=sys.stderr)
+    return 0 if all(s["ok"] for s in summary) else 1
+
+
+# ---- rendering -----------------------------------------------------------------------------------------------
+
+def _pct(e) -> str:
+    return "" if e is None else f"{100 * e:+.2f}%"
+
+
+def _flat(row: dict) -> dict:
+    return {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in row.items()}
+
+
+def rows_csv(rows: list[dict]) -> str:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    for r in rows:
+        w.writerow(_flat(r))
+    return buf.getvalue()
+
+
+def _components(rows):
+    """Components and totals that some configuration measured as non-zero (or predicted so)."""
+    from quantlab.validate import GPU_TOTALS, TENSOR_COMPONENTS
+
+    return [k for k in TENSOR_COMPONENTS + GPU_TOTALS
+            if any(r.get(f"meas_{k}_bytes") is not None and (r.get(f"meas_{k}_bytes") or r.get(f"pred_{k}_bytes"))
+                   for r in rows)]
+
+
+def summary_markdown(summary: list[dict]) -> str:
+    lines = ["| component | configurations | mean abs error | worst error | worst under-prediction | target | ok |",
+             "|---|---:|---:|---:|---:|---:|:-:|"]
+    for s in summary:
+        under = _pct(s["worst_under"]) + (f" ({s['worst_under_id']})" if s["worst_under_id"] else "")
+        lines.append(f"| {s['component']} | {s['configurations']} | {100 * s['mean_abs_error']:.3f}% | "
+                     f"{_pct(s['worst_error'])} ({s['worst_id']}) | {under} | {100 * s['target']:.0f}% | "
+                     f"{'yes' if s['ok'] else '**no**'} |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown(rows: list[dict], summary: list[dict]) -> str:
+    comps = _components(rows)
+    head = "| id | method | precision | " + " | ".join(comps) + " | ok |"
+    lines = ["## Summary", "", summary_markdown(summary), "## Per configuration",
+             "", "Each cell: predicted / measured bytes (error).", "", head,
+             "|" + "---|" * (len(comps) + 4)]
+    for r in rows:
+        cells = []
+        for k in comps:
+            m = r.get(f"meas_{k}_bytes")
+            cells.append("" if m is None else f"{r.get(f'pred_{k}_bytes'):,} / {m:,} ({_pct(r.get(f'err_{k}'))})")
+        prec = r["precision"] + ("+dq" if r.get("double_quant") else "")
+        lines.append(f"| {r['id']} | {r['method']} | {prec} | " + " | ".join(cells) + f" | {'yes' if r['ok'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def render_table(rows: list[dict], summary: list[dict]) -> None:
+    from rich.table import Table
+
+    from quantlab.units import console
+
+    con = console()
+    comps = _components(rows)
+    t = Table(title="Predicted vs measured (error = (pred - meas) / meas)")
+    t.add_column("id")
+    t.add_column("method")
+    for k in comps:
+        t.add_column(k, justify="right")
+    t.add_column("ok")
+    for r in rows:
+        t.add_row(r["id"], r["method"], *[_pct(r.get(f"err_{k}")) for k in comps], "yes" if r["ok"] else "[red]no[/]")
+    con.print(t)
+    s = Table(title="Summary")
+    for k in ("component", "configs", "mean |err|", "worst", "worst under-prediction", "target", "ok"):
+        s.add_column(k)
+    for x in summary:
+        s.add_row(x["component"], str(x["configurations"]), f"{100 * x['mean_abs_error']:.3f}%",
+                  f"{_pct(x['worst_error'])} ({x['worst_id']})",
+                  _pct(x["worst_under"]) + (f" ({x['worst_under_id']})" if x["worst_under_id"] else ""),
+                  f"{100 * x['target']:.0f}%", "yes" if x["ok"] else "[red]NO[/]")
+    con.print(s)
+
+
+def plot_png(rows: list[dict], path: Path) -> Path:
+    """Predicted vs measured: one point per configuration and component, log-log, with the y = x line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from quantlab.fileio import atomic_write_bytes
+
+    comps = _components(rows)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    lo, hi = float("inf"), 0.0
+    for k in comps:
+        pts = [(r[f"meas_{k}_bytes"], r[f"pred_{k}_bytes"]) for r in rows
+               if r.get(f"meas_{k}_bytes") and r.get(f"pred_{k}_bytes")]
+        if not pts:
+            continue
+        xs, ys = zip(*pts)
+        lo, hi = min(lo, *xs, *ys), max(hi, *xs, *ys)
+        ax.scatter(xs, ys, s=30 if k == "allocated" else 14, marker="D" if k == "allocated" else "o", label=k,
+                   alpha=0.8)
+    if hi > 0:
+        ax.plot([lo / 1.5, hi * 1.5], [lo / 1.5, hi * 1.5], "k--", lw=1, label="y = x")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("measured bytes")
+    ax.set_ylabel("predicted bytes")
+    ax.set_title(f"quantlab validate: {len(rows)} configurations")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def write_outputs(rows: list[dict], summary: list[dict], out: Path) -> list[Path]:
+    from quantlab.fileio import atomic_write_text
+
+    out = Path(out)
+    return [atomic_write_text(out / "validation.md", markdown(rows, summary)),
+            atomic_write_text(out / "validation.csv", rows_csv(rows)),
+            atomic_write_text(out / "validation.json", json.dumps({"configurations": rows, "summary": summary},
+                                                                  indent=2, default=str) + "\n"),
+            plot_png(rows, out / "validation.png")]
+
+
+def measurement_source(device: str) -> str:
+    import platform
+    import subprocess
+
+    import torch
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip() or "unknown"
+    except Exception:
+        commit = "unknown"
+    import os
+
+    where = f"{os.cpu_count()}-core CPU" if device == "cpu" else "GPU"
+    libs = []
+    for name in ("transformers", "peft", "bitsandbytes"):
+        try:
+            libs.append(f"{name} {__import__(name).__version__}")
+        except Exception:
+            pass
+    return (f"quantlab validate on {where} ({platform.machine()}), torch {torch.__version__}, {', '.join(libs)}; "
+            f"git commit {commit}; peak live tensor bytes (profiler allocator events) over one training step or "
+            "prefill; random weights unless the model is the embedded smollm2-135m")
+
+
+def append_measurements(rows: list[dict], path: Path) -> int:
+    """Append (or replace, by id) one ground-truth row per measured configuration; returns how many."""
+    from quantlab.fileio import atomic_write_text
+    from quantlab.validate import measurement_row
+
+    new = {}
+    for r in rows:
+        m = measurement_row(r, source=measurement_source(r.get("device", "cpu")))
+        if m is not None:
+            new[m["id"]] = m
+    old = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                try:
+                    if json.loads(line).get("id") in new:
+                        continue  # a re-run replaces its own row
+                except json.JSONDecodeError:
+                    pass
+                old.append(line)
+    atomic_write_text(path, "\n".join(old + [json.dumps(m) for m in new.values()]) + "\n")
+    return len(new)

@@ -1,0 +1,515 @@
+"""Validation: the lab runs exactly the configuration the planner planned and measures it per component.
+
+One :class:`Case` is a :class:`~quantlab.specs.PlanConfig` plus how to build its model: the embedded pretrained
+SmolLM2-135M, or random weights from a shipped architecture profile, optionally scaled down (fewer layers, a
+smaller hidden size or vocabulary: HF config overrides). The planner is given the *same* scaled spec, so the
+comparison is like with like; random weights are fine for memory (quality needs real ones).
+
+What is measured on a CPU (numbered assumptions; the planner plans with ``device=cpu``: no CUDA context, no
+allocator reserve):
+
+1. ``weights``, ``quant_constants``, ``adapters``: distinct parameter and buffer storages of the built model, with
+   bitsandbytes' quantization state (:func:`quantlab.lab.measure.model_bytes`); adapters are the trainable
+   parameters of a PEFT method (:func:`quantlab.lab.finetune.component_bytes`).
+2. Training runs two optimizer steps on one synthetic batch of exactly ``batch x seq`` random token ids (no
+   padding, no attention mask) and measures the second, when the optimizer states exist. Gradients are zeroed with
+   ``set_to_none=False`` so they stay allocated through the next step, the planner's reading (memory
+   assumption 3). ``gradients``: distinct ``p.grad`` storages after backward; ``optimizer``: every tensor in
+   ``optimizer.state`` after the step (:mod:`quantlab.lab.saved_tensors`).
+3. ``activations``: the bytes the model's forward saves for backward (``saved_tensors_hooks``, storages
+   deduplicated, parameters and buffers excluded). Under gradient checkpointing the block inputs are saved, and
+   the keyword tensors each checkpointed block is called with (RoPE's cos/sin, eager attention masks) are held
+   by the checkpoint's closure without being saved tensors: a forward pre-hook on every decoder block collects
+   them, and their distinct storages not already counted are added (the planner counts both).
+4. ``logits_loss``: the logits tensor plus what the loss saves for backward, measured around
+   ``model.loss_function`` (transformers' ``ForCausalLMLoss``) run on the logits exactly as the model would under
+   ``labels=`` (prompt tuning: the virtual tokens carry label -100). Compared with the planner's logits and
+   saved-loss part (:func:`quantlab.planner.memory.loss_buffers`); the two fp32 T x vocab buffers the loss's
+   backward allocates are not saved tensors: they are in the total (5), not in this component. The step keeps
+   the logits referenced until backward has run, as a loop that holds the model's output does (``out =
+   model(...); out.loss.backward()``), and as the planner assumes (memory assumption 6).
+5. ``allocated`` (the total): the peak of live CPU tensor bytes over the measured step. The live bytes at the
+   start (model storages, gradients, optimizer states, the input batch) are counted from the tensors; the growth
+   over them is the running sum of the CPU allocator's allocation and free events that
+   ``torch.profiler.profile(profile_memory=True)`` records (kineto ``[memory]`` events with signed ``nbytes``,
+   checked in torch 2.13 against a tensor of known size), taken at its maximum. Compared with the planner's
+   ``peak_allocated_bytes``.
+6. Inference: one prefill forward over ``batch x seq`` tokens with ``use_cache=True`` under ``no_grad``;
+   ``kv_cache`` is the distinct storages of the returned cache's key and value tensors; the total is (5) around
+   that forward. Compared with the planner's ``kv_cache`` and ``peak_allocated_bytes``.
+7. On a GPU (:func:`cuda_readings`, used only when ``torch.cuda.is_available()``): ``max_memory_allocated`` and
+   ``max_memory_reserved`` after ``reset_peak_memory_stats`` with the device synchronised, and the NVML figure
+   of this process, against the planner's ``cuda`` totals (allocated, reserved, process). The readings function
+   is a parameter, so the comparison is tested without a GPU.
+
+Targets (issue #5): on a CPU every tensor component within 2% and every total within 3%; on a GPU allocated
+within 3%, reserved and process within 6%. An error is ``(predicted - measured) / measured``: negative is an
+under-prediction, the dangerous direction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from quantlab.errors import QuantlabError
+from quantlab.specs import DeviceMode, Method, PlanConfig
+
+TENSOR_COMPONENTS = ("weights", "quant_constants", "adapters", "gradients", "optimizer", "activations",
+                     "logits_loss", "kv_cache")
+CPU_TOTALS = ("allocated",)
+GPU_TOTALS = ("allocated", "reserved", "process")
+CPU_TARGETS = {"tensor": 0.02, "allocated": 0.03}
+GPU_TARGETS = {"allocated": 0.03, "reserved": 0.06, "process": 0.06}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One configuration to validate: the plan config (on the possibly scaled spec) and how to build its model."""
+
+    id: str
+    config: PlanConfig
+    model: str  # the profile name
+    weights: str = "random"  # "random" (from the profile's architecture) or "pretrained" (the embedded model)
+    overrides: tuple = ()  # ((hf config key, value), ...) applied to the profile's config (scale-down)
+    hf_config: dict = field(default_factory=dict, hash=False, compare=False)  # the profile config, overrides applied
+
+    def __post_init__(self):
+        if self.weights not in ("random", "pretrained"):
+            raise QuantlabError(f"{self.id}: weights must be random or pretrained, not {self.weights!r}")
+        if self.weights == "pretrained" and self.model != "smollm2-135m":
+            raise QuantlabError(f"{self.id}: pretrained weights exist here for the embedded smollm2-135m only; "
+                                "use weights: random for other architectures")
+        if self.weights == "pretrained" and self.overrides:
+            raise QuantlabError(f"{self.id}: a pretrained model cannot be scaled down (drop the overrides)")
+
+
+def lab_refusal(pc: PlanConfig) -> str | None:
+    """Why the one-process lab cannot run ``pc`` (one line), or None."""
+    if pc.num_gpus > 1 or pc.zero or pc.fsdp or pc.tp > 1:
+        return "the lab runs one process: sharded plans (num-gpus, ZeRO, FSDP, tensor parallel) cannot be validated here"
+    if pc.method.is_training:
+        from quantlab.lab.finetune_plan import from_plan_config
+
+        try:
+            from_plan_config(pc)
+        except QuantlabError as e:
+            return str(e)
+        return None
+    if pc.precision.value not in ("fp32", "bf16", "fp16", "int8", "nf4", "fp4"):
+        return f"the lab's inference loads {pc.precision.value} weights only through bitsandbytes (int8, nf4, fp4)"
+    if pc.precision.is_float and pc.precision.value != pc.compute_dtype.value:
+        return f"inference computes in the weights' dtype: give compute-dtype {pc.precision.value}"
+    if pc.kv_dtype is not None and pc.kv_dtype is not pc.compute_dtype:
+        return "the lab's KV cache is in the compute dtype (kv-dtype is not measured)"
+    return None
+
+
+# ---- building the model ------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def model_source(case: Case):
+    """A :class:`quantlab.lab.model.ModelSource` for the case: the embedded model, or random weights saved to a
+    temporary folder (so every method loads through the same ``from_pretrained`` path, quantization included)."""
+    from quantlab.lab.model import ModelSource, resolve
+
+    if case.weights == "pretrained":
+        yield resolve("smollm2-135m")
+        return
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    d = dict(case.hf_config)
+    mt = d.pop("model_type")
+    for k in ("architectures", "torch_dtype", "dtype"):
+        d.pop(k, None)
+    cfg = AutoConfig.for_model(mt, **d)
+    torch.manual_seed(0)
+    m = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    with tempfile.TemporaryDirectory(prefix="quantlab-validate-") as tmp:
+        m.save_pretrained(tmp)
+        del m
+        yield ModelSource(case.id, "folder", Path(tmp))
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def _inference_model(pc: PlanConfig, src):
+    from quantlab.lab.model import load_model
+
+    q = None
+    compute = _torch_dtype(pc.compute_dtype.value)
+    if pc.precision.value == "int8":
+        from transformers import BitsAndBytesConfig
+
+        q = BitsAndBytesConfig(load_in_8bit=True)
+    elif pc.precision.value in ("nf4", "fp4"):
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=pc.precision.value,
+                               bnb_4bit_use_double_quant=pc.double_quant, bnb_4bit_compute_dtype=compute,
+                               bnb_4bit_quant_storage=torch.uint8)
+    m = load_model(src, dtype=compute, quantization_config=q, attn_implementation=pc.attn.value, progress=False,
+                   device_map=_device() if q is not None else None)
+    if q is not None:
+        from quantlab.lab.finetune import keep_training_layout
+
+        keep_training_layout(m)  # the same 4-bit layout as training (no CPU inference repacking)
+    elif _device() == "cuda":
+        m = m.to("cuda")
+    return m.eval()
+
+
+def _device() -> str:
+    from quantlab.lab.measure import cuda_available
+
+    return "cuda" if cuda_available() else "cpu"
+
+
+# ---- instruments -------------------------------------------------------------------------------------------
+
+@dataclass
+class Peak:
+    """Growth of live CPU tensor bytes over a block: the maximum and the final running sum (assumption 5)."""
+
+    peak: int = 0
+    end: int = 0
+    events: int = 0
+
+
+@contextlib.contextmanager
+def cpu_peak():
+    """Track the CPU allocator's allocation and free events inside the block (``torch.profiler``, assumption 5)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    res = Peak()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        yield res
+    evs = [(e.start_ns(), i, e.nbytes()) for i, e in enumerate(prof.profiler.kineto_results.events())
+           if e.name() == "[memory]" and "CPU" in str(e.device_type()).upper()]
+    evs.sort()
+    cur = peak = 0
+    for _, _, n in evs:
+        cur += n
+        peak = max(peak, cur)
+    res.peak, res.end, res.events = peak, cur, len(evs)
+
+
+@dataclass(frozen=True)
+class CudaReadings:
+    allocated: int
+    reserved: int
+    process: int | None  # NVML's figure for this process (CUDA context included); None where NVML has none
+
+
+def cuda_readings() -> CudaReadings:
+    """Peak allocator figures since the last reset, and the NVML process figure (assumption 7)."""
+    import torch
+
+    from quantlab.lab.measure import nvml_process_bytes
+
+    torch.cuda.synchronize()
+    return CudaReadings(int(torch.cuda.max_memory_allocated()), int(torch.cuda.max_memory_reserved()),
+                        nvml_process_bytes())
+
+
+def reset_cuda_peaks() -> None:
+    import torch
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+
+
+def _storages(tensors) -> dict:
+    from quantlab.lab.measure import _nbytes, _storage_key
+
+    return {_storage_key(t): _nbytes(t) for t in tensors}
+
+
+def _cache_tensors(cache) -> list:
+    import torch
+
+    out = []
+    for layer in getattr(cache, "layers", None) or []:
+        for name in ("keys", "values"):
+            t = getattr(layer, name, None)
+            if isinstance(t, torch.Tensor):
+                out.append(t)
+    if not out and isinstance(cache, (tuple, list)):  # legacy tuple-of-tuples cache
+        for kv in cache:
+            out += [t for t in kv if isinstance(t, torch.Tensor)]
+    return out
+
+
+@contextlib.contextmanager
+def _block_kwargs(model, enabled: bool):
+    """Tensors passed to each decoder block besides its hidden states (assumption 3: the checkpoint closure)."""
+    import torch
+
+    held: list = []
+    handles = []
+    if enabled:
+        from quantlab.lab.finetune import decoder_layers
+
+        def hook(mod, args, kwargs):
+            for v in list(args[1:]) + list(kwargs.values()):
+                vs = v if isinstance(v, (tuple, list)) else v.values() if isinstance(v, dict) else (v,)
+                held.extend(t for t in vs if isinstance(t, torch.Tensor))
+
+        handles = [layer.register_forward_pre_hook(hook, with_kwargs=True) for layer in decoder_layers(model)]
+    try:
+        yield held
+    finally:
+        for h in handles:
+            h.remove()
+
+
+# ---- one measurement ---------------------------------------------------------------------------------------
+
+def measure_case(case: Case, *, readings: Callable[[], CudaReadings] | None = None) -> dict:
+    """Build the case's model and measure it (assumptions 1-7): ``meas_<component>_bytes`` and totals."""
+    import torch
+
+    torch.manual_seed(0)
+    pc = case.config
+    why = lab_refusal(pc)
+    if why:
+        raise QuantlabError(f"{case.id}: {why}")
+    gpu = _device() == "cuda"
+    t0 = time.perf_counter()
+    with model_source(case) as src:
+        if pc.method.is_training:
+            out = _measure_training(pc, src, gpu)
+        else:
+            out = _measure_inference(pc, src, gpu)
+    if gpu:
+        r = (readings or cuda_readings)()
+        out.update(meas_allocated_bytes=r.allocated, meas_reserved_bytes=r.reserved, meas_process_bytes=r.process)
+    out["meas_s"] = time.perf_counter() - t0
+    out["device"] = "cuda" if gpu else "cpu"
+    return out
+
+
+def _static(model, method: str) -> dict:
+    from quantlab.lab.finetune import component_bytes
+
+    cb = component_bytes(model, method)
+    return {"meas_weights_bytes": cb["meas_weights_bytes"], "meas_quant_constants_bytes": cb["meas_quant_constants_bytes"],
+            "meas_adapters_bytes": cb["meas_adapters_bytes"], "meas_trainable_params": cb["meas_trainable_params"]}
+
+
+def _measure_inference(pc: PlanConfig, src, gpu: bool) -> dict:
+    import torch
+
+    from quantlab.lab.measure import model_bytes
+
+    model = _inference_model(pc, src)
+    dev = next(model.parameters()).device
+    V = model.config.vocab_size
+    ids = torch.randint(0, V, (pc.batch, pc.seq), device=dev)
+    out = _static(model, "inference")
+    base = model_bytes(model).total + sum(_storages([ids]).values())
+    if gpu:
+        reset_cuda_peaks()
+    with torch.no_grad(), (contextlib.nullcontext(Peak()) if gpu else cpu_peak()) as pk:
+        res = model(input_ids=ids, use_cache=True)
+        kv = sum(_storages(_cache_tensors(res.past_key_values)).values())
+        del res
+    out["meas_kv_cache_bytes"] = kv
+    if not gpu:
+        out["meas_allocated_bytes"] = base + pk.peak
+    return out
+
+
+def _measure_training(pc: PlanConfig, src, gpu: bool) -> dict:
+    import torch
+
+    from quantlab.lab.finetune import build_model, make_optimizer
+    from quantlab.lab.finetune_plan import from_plan_config
+    from quantlab.lab.measure import _nbytes, _storage_key, model_bytes
+    from quantlab.lab.saved_tensors import count_saved, grad_bytes, optimizer_bytes
+
+    fcfg = from_plan_config(pc, model=src.name)
+    model = build_model(fcfg, src)
+    model.train()
+    dev = next(model.parameters()).device
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise QuantlabError(f"method {pc.method.value} left nothing to train")
+    opt = make_optimizer(fcfg, params)
+    base_cfg = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
+    V = base_cfg.vocab_size
+    ids = torch.randint(0, V, (pc.batch, pc.seq), device=dev)
+    labels = ids
+    if pc.method is Method.PROMPT:  # PEFT gives the virtual tokens label -100
+        labels = torch.cat([torch.full((pc.batch, pc.num_virtual_tokens), -100, device=dev), ids], dim=1)
+    amp = fcfg.amp_dtype
+    autocast = (lambda: torch.autocast(dev.type, dtype=amp)) if amp is not None else contextlib.nullcontext
+    loss_fn = model.loss_function if hasattr(model, "loss_function") else model.get_base_model().loss_function
+    out = {}
+
+    def step(measure: bool):
+        with autocast():
+            if measure:
+                with _block_kwargs(model, pc.grad_checkpointing) as kw, count_saved(model) as act:
+                    logits = model(input_ids=ids).logits
+                closure = {k: n for k, n in _storages(kw).items() if k not in act.seen}
+                with count_saved(model, exclude=[logits]) as ls:
+                    loss = loss_fn(logits=logits, labels=labels, vocab_size=V)
+                held = 0 if _storage_key(logits) in act.seen else _nbytes(logits)
+                out["meas_activations_bytes"] = act.bytes + sum(closure.values())
+                out["meas_logits_loss_bytes"] = held + ls.bytes
+                del kw
+            else:
+                logits = model(input_ids=ids).logits
+                loss = loss_fn(logits=logits, labels=labels, vocab_size=V)
+        loss.backward()  # the logits stay referenced through backward, as by a loop's model output (assumption 4)
+        del loss, logits
+        if measure:
+            out["meas_gradients_bytes"] = grad_bytes(model)
+        opt.step()
+        if measure:
+            out["meas_optimizer_bytes"] = optimizer_bytes(opt)
+        opt.zero_grad(set_to_none=False)  # assumption 2: gradients stay allocated, as the planner reads them
+
+    step(False)
+    out.update(_static(model, pc.method.value))
+    base = model_bytes(model).total + grad_bytes(model) + optimizer_bytes(opt) + sum(_storages([ids, labels]).values())
+    if gpu:
+        reset_cuda_peaks()
+    with contextlib.nullcontext(Peak()) if gpu else cpu_peak() as pk:
+        step(True)
+    if not gpu:
+        out["meas_allocated_bytes"] = base + pk.peak
+    return out
+
+
+# ---- prediction and comparison -----------------------------------------------------------------------------
+
+def predict(pc: PlanConfig) -> dict:
+    """``pred_<component>_bytes`` and totals, on the component boundaries the lab measures (assumption 4)."""
+    from quantlab.planner import plan
+    from quantlab.planner.memory import loss_buffers
+
+    p = plan(pc)
+    c = p.components
+    out = {f"pred_{k}_bytes": c.get(k, 0) for k in TENSOR_COMPONENTS}
+    if pc.method.is_training:
+        logits, saved, _ = loss_buffers(pc)
+        out["pred_logits_loss_bytes"] = logits + saved
+        out["pred_logits_loss_with_backward_bytes"] = c.get("logits_loss", 0)
+    out["pred_allocated_bytes"] = p.peak_allocated_bytes
+    out["pred_reserved_bytes"] = p.peak_reserved_bytes
+    out["pred_process_bytes"] = p.process_bytes
+    out["pred_trainable_params"] = p.trainable_params
+    return out
+
+
+def error(pred: int | None, meas: int | None) -> float | None:
+    """(pred - meas) / meas; 0 when both are 0; None when there is no measurement."""
+    if meas is None or pred is None:
+        return None
+    if meas == 0:
+        return 0.0 if pred == 0 else float("inf")
+    return (pred - meas) / meas
+
+
+def compare(case: Case, meas: dict) -> dict:
+    """One tidy row: the case's conditions, ``pred_``/``meas_`` bytes side by side, ``err_`` and ``diff_``."""
+    pc = case.config
+    device = meas.get("device", "cpu")
+    pcd = dataclasses.replace(pc, device=DeviceMode(device))
+    row: dict[str, Any] = dict(id=case.id, model=case.model, weights_init=case.weights,
+                               overrides=dict(case.overrides) or None, method=pc.method.value,
+                               precision=pc.precision.value, double_quant=pc.double_quant,
+                               compute_dtype=pc.compute_dtype.value, training_precision=pc.training_precision.value,
+                               optimizer=pc.optimizer.value if pc.method.is_training else None, batch=pc.batch,
+                               seq=pc.seq, attn=pc.attn.value, grad_checkpointing=pc.grad_checkpointing, device=device)
+    if pc.method in (Method.LORA, Method.QLORA):
+        row.update(lora_r=pc.lora_r, lora_alpha=pc.lora_alpha, lora_targets=list(pc.lora_targets),
+                   lora_dropout=pc.lora_dropout)
+    if pc.method in (Method.PREFIX, Method.PROMPT):
+        row["num_virtual_tokens"] = pc.num_virtual_tokens
+    if pc.method is Method.FREEZE:
+        row["freeze_last_layers"] = pc.freeze_last_layers
+        row["freeze_modules"] = list(pc.freeze_modules) or None
+    if pc.precision.is_kbit and pc.method.is_training:
+        row["kbit_upcast"] = pc.kbit_upcast
+    row.update(predict(pcd))
+    row.update(meas)
+    totals = GPU_TOTALS if device == "cuda" else CPU_TOTALS
+    oks = []
+    for k in TENSOR_COMPONENTS + totals:
+        m = meas.get(f"meas_{k}_bytes")
+        p = row.get(f"pred_{k}_bytes")
+        if m is None:
+            row[f"err_{k}"] = row[f"diff_{k}_bytes"] = None
+            continue
+        e = error(p, m)
+        row[f"err_{k}"] = e
+        row[f"diff_{k}_bytes"] = p - m
+        tol = (GPU_TARGETS if device == "cuda" else CPU_TARGETS).get(k, CPU_TARGETS["tensor"]) \
+            if k in totals else CPU_TARGETS["tensor"]
+        oks.append(e is not None and abs(e) <= tol)
+    row["ok"] = all(oks)
+    return row
+
+
+def validate(case: Case, *, readings=None) -> dict:
+    return compare(case, measure_case(case, readings=readings))
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per component and total: configurations measured, mean |error|, worst error, worst under-prediction, target."""
+    out = []
+    devices = {r.get("device", "cpu") for r in rows}
+    totals = GPU_TOTALS if devices == {"cuda"} else CPU_TOTALS
+    for k in TENSOR_COMPONENTS + totals:
+        errs = [(r[f"err_{k}"], r["id"]) for r in rows if r.get(f"err_{k}") is not None
+                and (r.get(f"meas_{k}_bytes") or r.get(f"pred_{k}_bytes"))]
+        if not errs:
+            continue
+        tol = (GPU_TARGETS if devices == {"cuda"} else CPU_TARGETS).get(k, CPU_TARGETS["tensor"]) \
+            if k in totals else CPU_TARGETS["tensor"]
+        worst = max(errs, key=lambda x: abs(x[0]))
+        under = min(errs)
+        out.append(dict(component=k, configurations=len(errs), mean_abs_error=statistics.fmean(abs(e) for e, _ in errs),
+                        worst_error=worst[0], worst_id=worst[1], worst_under=min(under[0], 0.0),
+                        worst_under_id=under[1] if under[0] < 0 else None, target=tol,
+                        ok=all(abs(e) <= tol for e, _ in errs)))
+    return out
+
+
+# ---- measurements.jsonl rows (the published format, shared/ground-truth/README.md) ---------------------------
+
+def measurement_row(row: dict, *, source: str) -> dict | None:
+    """The row for ``reports/measurements.jsonl``: the run's conditions, metric ``allocated``, ``device``."""
+    total = row.get("meas_allocated_bytes")
+    if total is None:
+        return None
+    r: dict[str, Any] = {"id": f"quantlab-validate-{row['id']}", "source": source, "model": row["model"],
+                         "method": row["method"], "weights": row["precision"], "double_quant": row["double_quant"],
+                         "compute_dtype": row["compute_dtype"], "batch": row["batch"], "seq": row["seq"],
+                         "attn": row["attn"], "device": row.get("device", "cpu"), "metric": "allocated",
+                         "value_bytes": int(total), "unit_published": "bytes", "flash_attention": False}
+    if row.get("overrides"):
+        r["model_overrides"] = row["overrides"]
+    if row["method"] != "inference":
+        r.update(training_precision=row["training_precision"], optimizer=row["optimizer"],
+                 grad_checkpointing=row["grad_checkpointing"])
+    for k in ("lora_r", "lora_alpha", "lora_targets", "lora_dropout", "num_virtual_tokens", "freeze_last_layers",
+              "freeze_modules", "kbit_upcast"):
+        if row.get(k) is not None:
+            r[k] = row[k]
+    return r
