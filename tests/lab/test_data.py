@@ -37,7 +37,15 @@ def test_messages_format_and_whitespace(tmp_path):
     p = write(tmp_path, [json.dumps({"messages": [{"role": "user", "content": "hi   there\t you"},
                                                   {"role": "assistant", "content": " ok "}]})])
     r = data.read_jsonl(p)[0]
-    assert r.prompt == "hi there you" and r.response == "ok"
+    assert r.messages == (("user", "hi there you"),) and r.response == "ok"
+    assert r.prompt == "user: hi there you"  # display/deduplication form
+
+
+def test_messages_need_roles_and_a_user_turn(tmp_path):
+    bad = [json.dumps({"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]}),
+           json.dumps({"messages": [{"role": "system", "content": "x"}, {"role": "assistant", "content": "y"}]})]
+    with pytest.raises(QuantlabError, match=r"2 bad record.*line 1: message 1 needs a role.*line 2: no user message"):
+        data.read_jsonl(write(tmp_path, bad))
 
 
 def test_exact_and_near_duplicates_removed():
