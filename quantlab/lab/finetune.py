@@ -1,36 +1,44 @@
 """Fine-tunes, measured: every method is a frozen config plus a registered model builder, and all go through
 :func:`run_finetune` (one training loop, one evaluation, one measurement).
 
-Methods: ``full``; ``freeze`` (the last k blocks, or named modules, train); ``lora``; ``qlora`` (bitsandbytes NF4
-base, optional double quantization, PEFT ``prepare_model_for_kbit_training``, LoRA adapters); ``prefix`` and
-``prompt`` (PEFT prefix / prompt tuning); ``qat`` (full fine-tune with torchao fake quantization of the linears,
-then converted, compared with PTQ of a plain fine-tune at the same bit width: see :mod:`quantlab.lab.qat`).
+Methods: ``full``; ``freeze`` (the last k blocks, and/or named modules, train); ``lora``; ``qlora``
+(bitsandbytes NF4/FP4 base, optional double quantization, PEFT ``prepare_model_for_kbit_training``, LoRA
+adapters); ``ia3``, ``prefix`` and ``prompt`` (PEFT IA3 / prefix tuning / prompt tuning); ``qat`` (full fine-tune
+with torchao int4 fake quantization of the block linears, converted afterwards and compared with PTQ of a plain
+fine-tune at the same bit width: :mod:`quantlab.lab.qat`, :mod:`quantlab.lab.qat_compare`).
 
-Training precision: ``fp32``; ``bf16`` (pure: weights, grads and states in bf16); ``amp-bf16`` / ``amp-fp16``
-(fp32 master weights, autocast; fp16 with gradient scaling). BF16/FP16 matmuls are emulated on many CPUs: the
-embedded model trains in fp32 here, and the other paths are exercised on tiny models in the tests.
+Training precision: ``fp32``; ``bf16`` / ``fp16`` (pure: weights, gradients and optimizer states in that dtype);
+``amp-bf16`` / ``amp-fp16`` (fp32 master weights, autocast; fp16 with gradient scaling). BF16/FP16 matmuls are
+emulated on many CPUs: the embedded model trains in fp32 here, and the other paths are exercised on tiny models in
+the tests. Optimizers: AdamW (torch), 8-bit / paged AdamW and Lion (bitsandbytes), Adafactor (transformers), SGD.
 
 Assumptions:
 
 1. The loss is the token-weighted mean cross-entropy of next-token prediction; prompt tokens carry
-   ``prompt_loss_weight`` (see :mod:`quantlab.lab.data`).
+   ``prompt_loss_weight`` (see :mod:`quantlab.lab.data`). Gradient accumulation averages the micro-batch losses.
 2. Batches are drawn in a seeded order that depends only on the step number, so a run resumed from a checkpoint
    sees the same batches and reaches the same losses as an uninterrupted one.
-3. Memory per component is measured on one training step (the second, after the optimizer states exist):
-   parameter bytes (base and trainable), gradient bytes, optimizer-state bytes, bytes saved for backward
-   (:mod:`quantlab.lab.saved_tensors`), and the process RSS peak over the run; on a GPU also the CUDA allocator.
-4. Task quality: greedy decoding of the test prompts (left-padded batches); exact match compares the parsed JSON
-   object with the reference (text that does not parse is wrong; plain string equality for non-JSON tasks); token
-   F1 over alphanumeric tokens.
+3. Memory per component is measured on one training step (the second, after the optimizer states exist), with the
+   planner's component names (:mod:`quantlab.planner.memory`), integer bytes of distinct tensor storages:
+   ``weights`` (parameters and buffers that are not adapters, quantization constants excluded),
+   ``quant_constants`` (bitsandbytes absmax / code tables), ``adapters`` (the trainable parameters of a PEFT
+   method), ``gradients``, ``optimizer`` (states after the step), ``activations`` (tensors the model's forward saves
+   for backward: :mod:`quantlab.lab.saved_tensors`), ``logits_loss`` (the logits plus what the loss saves: its
+   fp32 log-softmax, targets and weights; the planner's figure also holds the two fp32 T x vocab gradient buffers
+   backward allocates, which are not saved tensors). Beside them: the process RSS (peak over the run, and the
+   growth over the measured step), and on a GPU ``max_memory_allocated`` / ``max_memory_reserved`` of that step and
+   the NVML process figure. The planner's prediction for the same step (batch x padded width) is stored beside it
+   as ``pred_*`` where the planner knows the architecture.
+4. Speed: the median seconds of the optimizer steps (evaluation excluded) and trained tokens (padding excluded)
+   per second of training.
+5. Task quality before and after: :mod:`quantlab.lab.finetune_eval` (greedy answers; exact match, token F1).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import random
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,16 +46,23 @@ from typing import Callable
 
 from quantlab.errors import QuantlabError
 from quantlab.lab import measure
+from quantlab.lab.finetune_ckpt import has_checkpoint, load_checkpoint, save_checkpoint  # noqa: F401 (re-export)
+from quantlab.lab.finetune_eval import exact_match, generate_answers, token_f1  # noqa: F401 (re-export)
 from quantlab.lab.model import load_model, load_tokenizer, resolve
 
 TASKS = Path(__file__).resolve().parent.parent.parent / "tasks"
-METHODS = ("full", "freeze", "lora", "qlora", "prefix", "prompt", "qat")
-PRECISIONS = ("fp32", "bf16", "amp-bf16", "amp-fp16")
-OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw", "sgd")
+METHODS = ("full", "freeze", "lora", "qlora", "ia3", "prefix", "prompt", "qat")
+PEFT_METHODS = ("lora", "qlora", "ia3", "prefix", "prompt")
+PRECISIONS = ("fp32", "bf16", "fp16", "amp-bf16", "amp-fp16")
+OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw", "paged-adamw-8bit", "sgd", "sgd-momentum", "adafactor", "lion")
+DEFAULT_LR = {"full": 5e-5, "qat": 5e-5, "freeze": 1e-4, "lora": 1e-3, "qlora": 1e-3, "ia3": 3e-3, "prefix": 3e-3,
+              "prompt": 3e-3}
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
+    """One fine-tune: method, data, precision, optimizer, workload (validation only in ``__post_init__``)."""
+
     method: str = "qlora"
     model: str = "smollm2-135m"
     task: str | None = "json-extract"
@@ -55,21 +70,25 @@ class FinetuneConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
-    lora_targets: tuple = ("q_proj", "k_proj", "v_proj", "o_proj")
-    double_quant: bool = False
+    lora_targets: tuple = ("q_proj", "k_proj", "v_proj", "o_proj")  # or ("all-linear",)
+    quant_type: str = "nf4"  # qlora: nf4 | fp4
+    double_quant: bool = False  # qlora: quantize the absmax constants too
+    kbit_upcast: bool = True  # qlora: PEFT prepare_model_for_kbit_training (non-4-bit weights to fp32)
     freeze_last_layers: int = 2
     freeze_modules: tuple = ()
-    num_virtual_tokens: int = 16
+    num_virtual_tokens: int = 20
     qat_group_size: int = 32
     optimizer: str = "adamw"
     precision: str = "fp32"
-    lr: float | None = None  # default per method
-    schedule: str = "cosine"  # cosine | linear | constant
+    lr: float | None = None  # None: DEFAULT_LR[method]
+    schedule: str = "cosine"  # cosine | linear | constant (after linear warm-up)
     warmup_steps: int = 5
     batch: int = 8
     grad_accum: int = 1
     max_steps: int = 60
     max_len: int = 128
+    pad_to_max_len: bool = False  # pad every batch to max_len (a fixed shape, with padding)
+    packing: bool = False  # rows of exactly max_len tokens cut from the concatenated examples (no padding)
     grad_checkpointing: bool = False
     attn: str = "sdpa"
     eval_every: int = 20
@@ -81,25 +100,40 @@ class FinetuneConfig:
     checkpoint_dir: str | None = None
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise QuantlabError(f"unknown method {self.method!r} (known: {', '.join(METHODS)})")
-        if self.precision not in PRECISIONS:
-            raise QuantlabError(f"unknown precision {self.precision!r} (known: {', '.join(PRECISIONS)})")
-        if self.optimizer not in OPTIMIZERS:
-            raise QuantlabError(f"unknown optimizer {self.optimizer!r} (known: {', '.join(OPTIMIZERS)})")
-        if self.schedule not in ("cosine", "linear", "constant"):
-            raise QuantlabError("schedule must be cosine, linear or constant")
-        for f in ("batch", "grad_accum", "max_steps", "max_len", "eval_every", "lora_r", "eval_items"):
-            if getattr(self, f) <= 0:
-                raise QuantlabError(f"{f.replace('_', '-')} must be positive")
+        def bad(msg):
+            raise QuantlabError(msg)
+
+        for name, value, known in (("method", self.method, METHODS), ("precision", self.precision, PRECISIONS),
+                                   ("optimizer", self.optimizer, OPTIMIZERS),
+                                   ("schedule", self.schedule, ("cosine", "linear", "constant")),
+                                   ("attn", self.attn, ("sdpa", "eager")), ("quant-type", self.quant_type, ("nf4", "fp4"))):
+            if value not in known:
+                bad(f"unknown {name} {value!r} (known: {', '.join(known)})")
+        for f in ("batch", "grad_accum", "max_steps", "max_len", "eval_every", "lora_r", "lora_alpha", "eval_items",
+                  "num_virtual_tokens", "qat_group_size", "max_new_tokens", "patience"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                bad(f"{f.replace('_', '-')} must be a positive integer, got {v!r}")
+        if self.warmup_steps < 0 or self.freeze_last_layers < 0:
+            bad("warmup-steps and freeze-last-layers must not be negative")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            bad(f"lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        if not 0.0 <= self.prompt_loss_weight <= 1.0:
+            bad(f"prompt-loss-weight must be in [0, 1], got {self.prompt_loss_weight}")
+        if self.lr is not None and not (self.lr >= 0 and math.isfinite(self.lr)):
+            bad(f"lr must be a finite non-negative number, got {self.lr}")
+        if not self.lora_targets:
+            bad("lora-targets is empty")
+        if self.packing and self.pad_to_max_len:
+            bad("choose packing or pad-to-max-len, not both")
+        if self.double_quant and self.method != "qlora":
+            bad("double quantization applies to --method qlora only")
         if (self.task is None) == (self.data is None):
-            raise QuantlabError("give either --task or --data")
+            bad("give either --task or --data")
 
     @property
     def learning_rate(self) -> float:
-        if self.lr is not None:
-            return self.lr
-        return {"full": 5e-5, "freeze": 1e-4, "qat": 5e-5, "prefix": 3e-3, "prompt": 3e-3}.get(self.method, 1e-3)
+        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
 
     @property
     def data_path(self) -> Path:
@@ -108,11 +142,36 @@ class FinetuneConfig:
         p = TASKS / str(self.task) / "data.jsonl"
         if not p.is_file():
             known = sorted(d.name for d in TASKS.iterdir() if (d / "data.jsonl").is_file()) if TASKS.is_dir() else []
-            raise QuantlabError(f"unknown task {self.task!r} (known: {', '.join(known)})")
+            raise QuantlabError(f"unknown task {self.task!r} (known: {', '.join(known) or 'none installed'})")
         return p
 
+    @property
+    def amp_dtype(self):
+        import torch
 
-# ---- model builders --------------------------------------------------------------------------------------
+        return {"amp-bf16": torch.bfloat16, "amp-fp16": torch.float16}.get(self.precision)
+
+    @property
+    def param_dtype(self):
+        """The dtype weights are loaded in (the master weights under AMP are fp32)."""
+        import torch
+
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+
+    def to_plan_config(self, spec, **kw):
+        """The planner's :class:`PlanConfig` of this run (:mod:`quantlab.lab.finetune_plan`)."""
+        from quantlab.lab.finetune_plan import to_plan_config
+
+        return to_plan_config(self, spec, **kw)
+
+    @classmethod
+    def from_plan_config(cls, pc, **kw) -> "FinetuneConfig":
+        from quantlab.lab.finetune_plan import from_plan_config
+
+        return from_plan_config(pc, **kw)
+
+
+# ---- model builders (one per method) ----------------------------------------------------------------------
 
 Builder = Callable[[FinetuneConfig, object], object]
 BUILDERS: dict[str, Builder] = {}
@@ -125,14 +184,26 @@ def register(name: str):
     return deco
 
 
-def _dtype(cfg: FinetuneConfig):
-    import torch
+def decoder_layers(model):
+    """The list of transformer blocks (Llama-style ``model.layers``, GPT-2 ``transformer.h``, NeoX ``layers``)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
+        obj = base
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+            return obj
+        except AttributeError:
+            continue
+    raise QuantlabError(f"cannot find the decoder blocks of {type(base).__name__} (freeze needs them)")
 
-    return torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+
+def _device():
+    return "cuda" if measure.cuda_available() else "cpu"
 
 
 def _load_base(cfg: FinetuneConfig, src, **kw):
-    return load_model(src, dtype=_dtype(cfg), attn_implementation=cfg.attn, progress=False, **kw)
+    return load_model(src, dtype=cfg.param_dtype, attn_implementation=cfg.attn, progress=False, **kw)
 
 
 @register("full")
@@ -155,139 +226,102 @@ def _freeze(cfg, src):
     m = _load_base(cfg, src)
     for p in m.parameters():
         p.requires_grad_(False)
-    layers = m.model.layers
-    if not 0 <= cfg.freeze_last_layers <= len(layers):
-        raise QuantlabError(f"--freeze-last-layers must be in 0..{len(layers)}")
+    layers = decoder_layers(m)
+    if cfg.freeze_last_layers > len(layers):
+        raise QuantlabError(f"--freeze-last-layers must be in 0..{len(layers)} for this model")
     for layer in list(layers)[len(layers) - cfg.freeze_last_layers:]:
         for p in layer.parameters():
             p.requires_grad_(True)
     mods = dict(m.named_modules())
     for name in cfg.freeze_modules:
-        if name not in mods:
-            raise QuantlabError(f"--freeze-modules: no module named {name!r}")
-        for p in mods[name].parameters():
-            p.requires_grad_(True)
+        hits = [n for n in mods if n == name or n.endswith("." + name)]
+        if not hits:
+            raise QuantlabError(f"--freeze-modules: no module named {name!r} (e.g. lm_head, model.norm)")
+        for n in hits:
+            for p in mods[n].parameters():
+                p.requires_grad_(True)
+    if not any(p.requires_grad for p in m.parameters()):
+        raise QuantlabError("freeze: nothing trains (give --freeze-last-layers > 0 or --freeze-modules)")
     return m
 
 
 def _lora_config(cfg):
     from peft import LoraConfig
 
+    targets = "all-linear" if tuple(cfg.lora_targets) == ("all-linear",) else list(cfg.lora_targets)
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM")
+                      target_modules=targets, task_type="CAUSAL_LM")
+
+
+def _peft(model, peft_config):
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(model, peft_config)
+    except ValueError as e:  # e.g. target modules not found in the base model
+        raise QuantlabError(f"PEFT refused the configuration: {str(e).splitlines()[0][:200]}") from e
 
 
 @register("lora")
 def _lora(cfg, src):
-    from peft import get_peft_model
-
-    return get_peft_model(_load_base(cfg, src), _lora_config(cfg))
+    return _peft(_load_base(cfg, src), _lora_config(cfg))
 
 
 @register("qlora")
 def _qlora(cfg, src):
     import torch
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
 
-    gpu = measure.cuda_available()
-    compute = torch.bfloat16 if gpu else torch.float32  # fp32 compute on a CPU (bf16 is emulated there)
-    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=cfg.double_quant,
-                           bnb_4bit_compute_dtype=compute)
-    m = load_model(src, dtype=compute, quantization_config=q, device_map="cuda" if gpu else "cpu",
-                   attn_implementation=cfg.attn, progress=False)
+    # compute dtype: the training dtype (fp32 on a CPU, where bf16 matmuls are emulated); under AMP the k-bit
+    # matmuls compute in the autocast dtype
+    compute = cfg.amp_dtype or cfg.param_dtype
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=cfg.quant_type,
+                           bnb_4bit_use_double_quant=cfg.double_quant, bnb_4bit_compute_dtype=compute,
+                           bnb_4bit_quant_storage=torch.uint8)
+    m = load_model(src, dtype=compute, quantization_config=q, device_map=_device(), attn_implementation=cfg.attn,
+                   progress=False)
     keep_training_layout(m)
-    m = prepare_model_for_kbit_training(m, use_gradient_checkpointing=cfg.grad_checkpointing)
-    return get_peft_model(m, _lora_config(cfg))
+    if cfg.kbit_upcast:
+        m = prepare_model_for_kbit_training(m, use_gradient_checkpointing=cfg.grad_checkpointing,
+                                            gradient_checkpointing_kwargs={"use_reentrant": False})
+    return _peft(m, _lora_config(cfg))
+
+
+@register("ia3")
+def _ia3(cfg, src):
+    from peft import IA3Config
+
+    return _peft(_load_base(cfg, src), IA3Config(task_type="CAUSAL_LM"))
 
 
 @register("prefix")
 def _prefix(cfg, src):
-    from peft import PrefixTuningConfig, get_peft_model
+    from peft import PrefixTuningConfig
 
-    return get_peft_model(_load_base(cfg, src), PrefixTuningConfig(task_type="CAUSAL_LM",
-                                                                   num_virtual_tokens=cfg.num_virtual_tokens))
+    return _peft(_load_base(cfg, src), PrefixTuningConfig(task_type="CAUSAL_LM",
+                                                          num_virtual_tokens=cfg.num_virtual_tokens))
 
 
 @register("prompt")
 def _prompt(cfg, src):
-    from peft import PromptTuningConfig, get_peft_model
+    from peft import PromptTuningConfig
 
-    return get_peft_model(_load_base(cfg, src), PromptTuningConfig(task_type="CAUSAL_LM",
-                                                                   num_virtual_tokens=cfg.num_virtual_tokens))
+    return _peft(_load_base(cfg, src), PromptTuningConfig(task_type="CAUSAL_LM",
+                                                          num_virtual_tokens=cfg.num_virtual_tokens))
 
 
 def build_model(cfg: FinetuneConfig, src):
+    """The method's model, on the device, with gradient checkpointing as configured (non-reentrant)."""
     m = BUILDERS[cfg.method](cfg, src)
-    if cfg.grad_checkpointing and cfg.method != "qlora":
-        m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if hasattr(m, "enable_input_require_grads"):
+    if cfg.grad_checkpointing:
+        if not (cfg.method == "qlora" and cfg.kbit_upcast):  # prepare_model_for_kbit_training turned it on
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.method in PEFT_METHODS and hasattr(m, "enable_input_require_grads"):
             m.enable_input_require_grads()
+    if measure.cuda_available() and cfg.method != "qlora":
+        m = m.to("cuda")
     return m
-
-
-def make_optimizer(cfg: FinetuneConfig, params):
-    import torch
-
-    lr = cfg.learning_rate
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
-    if cfg.optimizer in ("adamw-8bit", "paged-adamw"):
-        try:
-            import bitsandbytes as bnb
-
-            cls = bnb.optim.AdamW8bit if cfg.optimizer == "adamw-8bit" else bnb.optim.PagedAdamW
-            return cls(params, lr=lr)
-        except Exception as e:  # bitsandbytes' optimizers need kernels this device may lack
-            raise QuantlabError(f"{cfg.optimizer} is not available here ({str(e).splitlines()[0][:120]})") from e
-    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-
-
-def make_schedule(cfg: FinetuneConfig, opt):
-    import torch
-
-    def f(step):
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.schedule == "constant":
-            return 1.0
-        frac = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-        return max(0.0, 1 - frac) if cfg.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, f)
-
-
-# ---- loss, batches, evaluation ---------------------------------------------------------------------------
-
-def weighted_loss(model, ids, mask, w, amp=None):
-    import torch
-    import torch.nn.functional as F
-
-    ctx = torch.autocast(device_type=ids.device.type, dtype=amp) if amp is not None else _null()
-    with ctx:
-        logits = model(input_ids=ids, attention_mask=mask).logits
-    logits = logits[:, -ids.shape[1]:]  # prompt tuning prepends virtual tokens
-    tgt, tw = ids[:, 1:], w[:, 1:]
-    ce = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="none")
-    return (ce * tw.reshape(-1)).sum() / tw.sum().clamp(min=1e-6)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
-def batch_for(step: int, micro: int, train, cfg: FinetuneConfig):
-    """Assumption 2: the batch of (step, micro) depends only on them and the seed."""
-    per_epoch = max(1, len(train) // cfg.batch)
-    k = step * cfg.grad_accum + micro
-    epoch, pos = divmod(k, per_epoch)
-    order = list(range(len(train)))
-    random.Random(cfg.seed * 100003 + epoch).shuffle(order)
-    return [train[i] for i in order[pos * cfg.batch:(pos + 1) * cfg.batch]]
 
 
 def keep_training_layout(model) -> int:
@@ -311,129 +345,140 @@ def keep_training_layout(model) -> int:
     return n
 
 
+def make_optimizer(cfg: FinetuneConfig, params):
+    """The optimizer by name. bitsandbytes' 8-bit and paged optimizers run on a CPU in 0.50 (paged memory is a CUDA
+    feature: on a CPU the paged variants hold ordinary tensors); tensors under 4096 elements keep 32-bit states."""
+    import torch
+
+    lr = cfg.learning_rate
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    if cfg.optimizer == "sgd-momentum":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    if cfg.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(params, lr=lr, relative_step=False, scale_parameter=False, warmup_init=False)
+    if cfg.optimizer in ("adamw-8bit", "paged-adamw", "paged-adamw-8bit", "lion"):
+        try:
+            import bitsandbytes as bnb
+
+            cls = {"adamw-8bit": bnb.optim.AdamW8bit, "paged-adamw": bnb.optim.PagedAdamW,
+                   "paged-adamw-8bit": bnb.optim.PagedAdamW8bit, "lion": bnb.optim.Lion}[cfg.optimizer]
+            return cls(params, lr=lr, weight_decay=0.0)
+        except Exception as e:  # bitsandbytes' optimizers need kernels this device may lack
+            raise QuantlabError(f"{cfg.optimizer} is not available here ({str(e).splitlines()[0][:120]})") from e
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+
+
+def make_schedule(cfg: FinetuneConfig, opt):
+    """Linear warm-up over ``warmup_steps``, then cosine / linear decay to 0 at ``max_steps``, or constant."""
+    import torch
+
+    def f(step):
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        frac = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+        return max(0.0, 1 - frac) if cfg.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, f)
+
+
+# ---- loss, batches, evaluation ---------------------------------------------------------------------------
+
+def forward_logits(model, ids, mask, amp=None):
+    import contextlib
+
+    import torch
+
+    ctx = torch.autocast(device_type=ids.device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+    with ctx:
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    return logits[:, -ids.shape[1]:]  # prompt tuning prepends virtual tokens
+
+
+def loss_from_logits(logits, ids, w):
+    """Token-weighted mean next-token cross-entropy in fp32 (assumption 1)."""
+    import torch.nn.functional as F
+
+    tgt, tw = ids[:, 1:], w[:, 1:]
+    ce = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="none")
+    return (ce * tw.reshape(-1)).sum() / tw.sum().clamp(min=1e-6)
+
+
+def weighted_loss(model, ids, mask, w, amp=None):
+    return loss_from_logits(forward_logits(model, ids, mask, amp), ids, w)
+
+
+def batch_for(step: int, micro: int, train, cfg: FinetuneConfig):
+    """Assumption 2: the batch of (step, micro) depends only on them and the seed."""
+    per_epoch = max(1, len(train) // cfg.batch)
+    k = step * cfg.grad_accum + micro
+    epoch, pos = divmod(k, per_epoch)
+    order = list(range(len(train)))
+    random.Random(cfg.seed * 100003 + epoch).shuffle(order)
+    return [train[i] for i in order[pos * cfg.batch:(pos + 1) * cfg.batch]]
+
+
 def val_loss(model, val, pad_id, cfg, amp=None) -> float:
+    """Token-weighted validation loss over the whole validation split."""
     import torch
 
     from quantlab.lab.data import collate
 
+    was = model.training
     model.eval()
-    tot, n = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(val), cfg.batch):
-            ids, mask, w = collate(val[i:i + cfg.batch], pad_id)
-            dev = next(model.parameters()).device
-            tot += float(weighted_loss(model, ids.to(dev), mask.to(dev), w.to(dev), amp)) * len(val[i:i + cfg.batch])
-            n += len(val[i:i + cfg.batch])
-    model.train()
-    return tot / max(n, 1)
-
-
-def _tokens(s: str) -> list[str]:
-    return re.findall(r"[A-Za-z0-9]+", s.lower())
-
-
-def token_f1(pred: str, ref: str) -> float:
-    p, r = _tokens(pred), _tokens(ref)
-    if not p or not r:
-        return float(p == r)
-    common = sum(min(p.count(t), r.count(t)) for t in set(p))
-    if common == 0:
-        return 0.0
-    prec, rec = common / len(p), common / len(r)
-    return 2 * prec * rec / (prec + rec)
-
-
-def exact_match(pred: str, ref: str) -> bool:
-    try:
-        want = json.loads(ref)
-    except json.JSONDecodeError:
-        return pred.strip() == ref.strip()
-    m = re.search(r"\{.*?\}", pred, re.S)
-    if not m:
-        return False
-    try:
-        return json.loads(m.group(0)) == want
-    except json.JSONDecodeError:
-        return False
-
-
-def generate_answers(model, tok, prompts: list[str], max_new_tokens: int, batch: int = 20) -> list[str]:
-    import torch
-
-    from quantlab.lab.data import render_prompt
-
+    tot, n = 0.0, 0.0
     dev = next(model.parameters()).device
-    side = tok.padding_side
-    tok.padding_side = "left"
-    out = []
-    model.eval()
     try:
         with torch.no_grad():
-            for i in range(0, len(prompts), batch):
-                texts = [render_prompt(tok, p) for p in prompts[i:i + batch]]
-                enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
-                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-                out += tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            for i in range(0, len(val), cfg.batch):
+                ids, mask, w = collate(val[i:i + cfg.batch], pad_id, cfg.max_len if cfg.pad_to_max_len else None)
+                ids, mask, w = ids.to(dev), mask.to(dev), w.to(dev)
+                weight = float(w[:, 1:].sum())
+                tot += float(weighted_loss(model, ids, mask, w, amp)) * weight
+                n += weight
     finally:
-        tok.padding_side = side
-        model.train()
-    return out
+        model.train(was)
+    return tot / max(n, 1e-6)
 
 
 def task_scores(model, tok, records, cfg: FinetuneConfig) -> dict:
-    recs = records[:cfg.eval_items]
-    answers = generate_answers(model, tok, [r.prompt for r in recs], cfg.max_new_tokens)
-    em = sum(exact_match(a, r.response) for a, r in zip(answers, recs)) / len(recs)
-    f1 = sum(token_f1(a, r.response) for a, r in zip(answers, recs)) / len(recs)
-    return {"exact_match": em, "token_f1": f1, "items": len(recs), "sample": answers[0] if answers else ""}
+    from quantlab.lab.finetune_eval import task_scores as _scores
+
+    return _scores(model, tok, records, cfg.eval_items, cfg.max_new_tokens)
 
 
-# ---- checkpoints -----------------------------------------------------------------------------------------
+# ---- measurement of one step (assumption 3) --------------------------------------------------------------
 
-def save_checkpoint(dirpath: Path, model, opt, sched, state: dict) -> None:
-    """Trainable tensors as safetensors, optimizer/scheduler with torch.save, the rest as JSON (atomically)."""
-    import os
-    import tempfile
+def component_bytes(model, method: str) -> dict:
+    """weights / quant_constants / adapters bytes of the model as it is now, plus parameters by dtype."""
+    from quantlab.lab.measure import model_bytes, tensor_bytes
 
-    import torch
-    from safetensors.torch import save_file
-
-    from quantlab.fileio import atomic_write_text
-
-    dirpath.mkdir(parents=True, exist_ok=True)
-    tensors = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
-    fd, tmp = tempfile.mkstemp(dir=dirpath, suffix=".tmp")
-    os.close(fd)
-    save_file(tensors, tmp)
-    os.replace(tmp, dirpath / "trainable.safetensors")
-    fd, tmp = tempfile.mkstemp(dir=dirpath, suffix=".tmp")
-    os.close(fd)
-    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tmp)
-    os.replace(tmp, dirpath / "optimizer.pt")
-    atomic_write_text(dirpath / "state.json", json.dumps(state, indent=2))
+    tb = model_bytes(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    adapters = tensor_bytes(trainable).total if method in PEFT_METHODS else 0
+    out = {"meas_weights_bytes": tb.total - tb.quant_constants - adapters,
+           "meas_quant_constants_bytes": tb.quant_constants, "meas_adapters_bytes": adapters,
+           "meas_params": tb.params, "meas_trainable_params": sum(p.numel() for p in trainable),
+           "meas_trainable_bytes": tensor_bytes(trainable).total}
+    out.update({f"meas_param_bytes_{d}": n for d, n in sorted(tb.by_dtype.items())})
+    return out
 
 
-def load_checkpoint(dirpath: Path, model, opt, sched) -> dict:
-    import torch
-    from safetensors.torch import load_file
+def measured_micro_step(model, ids, mask, w, amp):
+    """Forward and loss of one micro-batch, counting what each saves for backward: (loss, activations, logits_loss)."""
+    from quantlab.lab.measure import _nbytes, _storage_key
+    from quantlab.lab.saved_tensors import count_saved
 
-    try:
-        state = json.loads((dirpath / "state.json").read_text())
-        tensors = load_file(dirpath / "trainable.safetensors")
-        extra = torch.load(dirpath / "optimizer.pt", weights_only=True)
-    except Exception as e:
-        raise QuantlabError(f"cannot resume from {dirpath}: corrupt or incomplete checkpoint ({str(e)[:120]})") from e
-    params = dict(model.named_parameters())
-    missing = [n for n in tensors if n not in params]
-    if missing:
-        raise QuantlabError(f"checkpoint {dirpath} does not match this model/method (e.g. {missing[0]})")
-    with torch.no_grad():
-        for n, t in tensors.items():
-            params[n].copy_(t)
-    opt.load_state_dict(extra["optimizer"])
-    sched.load_state_dict(extra["scheduler"])
-    return state
+    with count_saved(model) as act:
+        logits = forward_logits(model, ids, mask, amp)
+    with count_saved(model, exclude=[logits]) as ls:
+        loss = loss_from_logits(logits, ids, w)
+    held = _nbytes(logits) if _storage_key(logits) not in act.seen else 0
+    return loss, act.bytes, held + ls.bytes
 
 
 # ---- the run ---------------------------------------------------------------------------------------------
@@ -447,34 +492,44 @@ class Result:
     model: object = None
     tokenizer: object = None
     data: object = None
+    notes: list = dataclasses.field(default_factory=list)
 
 
 def run_finetune(cfg: FinetuneConfig, *, log=print, progress: bool = True, keep_model: bool = False,
-                 interrupt_after: int | None = None, evaluate_before: bool = True) -> Result:
+                 interrupt_after: int | None = None, evaluate_before: bool = True,
+                 evaluate_after: bool = True) -> Result:
     """Train and evaluate one configuration. ``interrupt_after`` stops after that many steps (tests of resume)."""
     import torch
 
     from quantlab.lab.data import collate, prepare
+    from quantlab.lab.finetune_plan import model_spec, predicted
     from quantlab.lab.progress import track
-    from quantlab.lab.saved_tensors import count_saved, grad_bytes, optimizer_bytes
+    from quantlab.lab.saved_tensors import grad_bytes, optimizer_bytes
 
     torch.manual_seed(cfg.seed)
     src = resolve(cfg.model)
     tok = load_tokenizer(src, progress=progress)
-    data = prepare(cfg.data_path, tok, cfg.max_len, cfg.prompt_loss_weight, cfg.seed)
+    data = prepare(cfg.data_path, tok, None if cfg.packing else cfg.max_len, cfg.prompt_loss_weight, cfg.seed)
+    log(data.summary())
+    if cfg.packing:
+        from quantlab.lab.data import pack
+
+        data.train, data.val = pack(data.train, cfg.max_len), pack(data.val, cfg.max_len)
+        log(f"packed into {len(data.train)} training and {len(data.val)} validation rows of {cfg.max_len} tokens")
     if len(data.train) < cfg.batch:
         raise QuantlabError(f"{len(data.train)} training records are fewer than one batch of {cfg.batch}")
-    metrics: dict = {f"data_{k}": v for k, v in data.stats["train"].items()}
-    metrics["data_exact_duplicates"], metrics["data_near_duplicates"] = data.dedupe.exact, data.dedupe.near
-    with measure.track_rss() as rss:
+    metrics: dict = {f"meas_data_{k}": v for k, v in data.stats["train"].items()}
+    metrics["meas_data_val_records"], metrics["meas_data_test_records"] = len(data.val), len(data.test)
+    metrics["meas_data_exact_duplicates"], metrics["meas_data_near_duplicates"] = data.dedupe.exact, data.dedupe.near
+    notes: list[str] = []
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    width = cfg.max_len if cfg.pad_to_max_len else None
+    with measure.measure_memory() as run_mem:
         t0 = time.perf_counter()
         model = build_model(cfg, src)
         metrics["meas_load_s"] = time.perf_counter() - t0
-        gpu = measure.cuda_available()
-        if gpu and cfg.method != "qlora":
-            model = model.to("cuda")
         dev = next(model.parameters()).device
-        amp = {"amp-bf16": torch.bfloat16, "amp-fp16": torch.float16}.get(cfg.precision)
+        amp = cfg.amp_dtype
         scaler = torch.amp.GradScaler(dev.type) if cfg.precision == "amp-fp16" else None
         if evaluate_before:
             before = task_scores(model, tok, data.test_records, cfg)
@@ -486,45 +541,57 @@ def run_finetune(cfg: FinetuneConfig, *, log=print, progress: bool = True, keep_
             raise QuantlabError(f"method {cfg.method} left nothing to train")
         opt = make_optimizer(cfg, params)
         sched = make_schedule(cfg, opt)
-        pad = tok.pad_token_id or 0
         start, best, bad_evals, history, stopped = 0, float("inf"), 0, [], False
-        ckpt = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
-        if ckpt and (ckpt / "state.json").exists():
-            st = load_checkpoint(ckpt, model, opt, sched)
-            start, best, bad_evals, history = st["step"], st["best"], st["bad_evals"], [tuple(h) for h in st["history"]]
-            log(f"resumed from {ckpt} at step {start}")
+        if has_checkpoint(cfg.checkpoint_dir):
+            st = load_checkpoint(cfg.checkpoint_dir, model, opt, sched, scaler)
+            start, best, bad_evals = st["step"], st["best"], st["bad_evals"]
+            history = [tuple(h) for h in st["history"]]
+            log(f"resumed from {cfg.checkpoint_dir} at step {start}")
+            if start >= cfg.max_steps or st.get("stopped_early"):
+                stopped = bool(st.get("stopped_early"))
         model.train()
         step_times, tokens = [], 0
-        steps = range(start, cfg.max_steps)
+        measure_at = start + 1 if cfg.max_steps - start > 1 else start
+        steps = range(start, cfg.max_steps) if not stopped else range(0)
         for step in track(steps, f"{cfg.method} fine-tune", total=len(steps), enabled=progress):
             t = time.perf_counter()
             total = 0.0
-            measure_this = step == start + 1 or (step == start and cfg.max_steps - start == 1)
-            for micro in range(cfg.grad_accum):
-                ids, mask, w = collate(batch_for(step, micro, data.train, cfg), pad)
-                ids, mask, w = ids.to(dev), mask.to(dev), w.to(dev)
-                tokens += int(mask.sum())
-                if measure_this and micro == 0:
-                    with count_saved(model) as saved:
+            with measure.measure_memory() if step == measure_at else _Null() as step_mem:
+                for micro in range(cfg.grad_accum):
+                    batch = batch_for(step, micro, data.train, cfg)
+                    ids, mask, w = (x.to(dev) for x in collate(batch, pad, width))
+                    tokens += int(mask.sum())
+                    if step == measure_at and micro == 0:
+                        loss, act, ll = measured_micro_step(model, ids, mask, w, amp)
+                        metrics["meas_activations_bytes"], metrics["meas_logits_loss_bytes"] = act, ll
+                        shape = tuple(ids.shape)
+                        metrics["meas_step_pad_tokens"] = int(mask.numel() - mask.sum())
+                    else:
                         loss = weighted_loss(model, ids, mask, w, amp)
-                    metrics["meas_activation_bytes"] = saved.bytes
+                    loss = loss / cfg.grad_accum
+                    (scaler.scale(loss) if scaler else loss).backward()
+                    total += float(loss.detach())
+                if step == measure_at:
+                    metrics["meas_gradients_bytes"] = grad_bytes(model)
+                if scaler:
+                    scaler.step(opt)
+                    scaler.update()
                 else:
-                    loss = weighted_loss(model, ids, mask, w, amp)
-                loss = loss / cfg.grad_accum
-                (scaler.scale(loss) if scaler else loss).backward()
-                total += float(loss.detach())
-            if measure_this:
-                metrics["meas_gradient_bytes"] = grad_bytes(model)
-            if scaler:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            sched.step()
-            if measure_this:
-                metrics["meas_optimizer_bytes"] = optimizer_bytes(opt)
-            opt.zero_grad(set_to_none=True)
+                    opt.step()
+                sched.step()
+                if step == measure_at:
+                    metrics["meas_optimizer_bytes"] = optimizer_bytes(opt)
+                opt.zero_grad(set_to_none=True)
+            if step == measure_at:
+                metrics["meas_step_rss_delta_bytes"] = step_mem.rss_delta_bytes
+                metrics["meas_step_peak_allocated_bytes"] = step_mem.cuda_allocated_bytes
+                metrics["meas_step_peak_reserved_bytes"] = step_mem.cuda_reserved_bytes
+                metrics["meas_step_nvml_process_bytes"] = step_mem.nvml_process_bytes
+                metrics["meas_step_batch"], metrics["meas_step_seq"] = shape
             step_times.append(time.perf_counter() - t)
+            if not math.isfinite(total):
+                raise QuantlabError(f"the training loss became {total} at step {step + 1} (lower --lr, or use fp32 "
+                                    "/ amp instead of pure fp16)")
             vl = None
             if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps:
                 vl = val_loss(model, data.val, pad, cfg, amp)
@@ -532,44 +599,56 @@ def run_finetune(cfg: FinetuneConfig, *, log=print, progress: bool = True, keep_
                     best, bad_evals = vl, 0
                 else:
                     bad_evals += 1
+                stopped = bad_evals >= cfg.patience
             history.append((step + 1, total, vl))
-            if ckpt and vl is not None:
-                save_checkpoint(ckpt, model, opt, sched, {"step": step + 1, "best": best, "bad_evals": bad_evals,
-                                                          "history": history, "config": dataclasses.asdict(cfg)})
-            if vl is not None and bad_evals >= cfg.patience:
+            if cfg.checkpoint_dir and vl is not None:
+                save_checkpoint(cfg.checkpoint_dir, model, opt, sched,
+                                {"step": step + 1, "best": best, "bad_evals": bad_evals, "stopped_early": stopped,
+                                 "history": history, "config": dataclasses.asdict(cfg)}, scaler)
+            if stopped:
                 log(f"early stop at step {step + 1}: validation loss has not improved for {bad_evals} evaluations")
-                stopped = True
                 break
             if interrupt_after is not None and step + 1 - start >= interrupt_after:
                 break
         metrics["meas_s_per_step"] = sorted(step_times)[len(step_times) // 2] if step_times else None
+        metrics["meas_train_s"] = sum(step_times) if step_times else None
         metrics["meas_train_tok_per_s"] = tokens / sum(step_times) if step_times else None
         metrics["meas_steps"] = history[-1][0] if history else start
-        tb = measure.model_bytes(model)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        from quantlab.lab.measure import tensor_bytes
-
-        metrics["meas_trainable_params"] = sum(p.numel() for p in trainable)
-        metrics["meas_params"] = tb.params
-        metrics["meas_weight_bytes"] = tb.total
-        metrics["meas_trainable_bytes"] = tensor_bytes(trainable).total
-        metrics["weight_dtypes"] = ",".join(f"{k}:{v}" for k, v in sorted(tb.by_dtype.items()))
+        metrics["meas_stopped_early"] = stopped
+        metrics.update(component_bytes(model, cfg.method))
+        if "meas_step_batch" in metrics:
+            spec = model_spec((model.get_base_model() if hasattr(model, "get_base_model") else model).config,
+                              cfg.model)
+            metrics.update(predicted(cfg, spec, batch=metrics["meas_step_batch"], seq=metrics["meas_step_seq"],
+                                     device=dev.type))
         if history:
             metrics["meas_final_train_loss"] = history[-1][1]
             vals = [h[2] for h in history if h[2] is not None]
             metrics["meas_final_val_loss"] = vals[-1] if vals else None
-        if interrupt_after is None:
+            metrics["meas_best_val_loss"] = min(vals) if vals else None
+        if evaluate_after and interrupt_after is None:
             after = task_scores(model, tok, data.test_records, cfg)
             metrics["meas_exact_match"], metrics["meas_token_f1"] = after["exact_match"], after["token_f1"]
             log(f"after: exact match {after['exact_match']:.2f}, token F1 {after['token_f1']:.2f}; e.g. "
                 f"{after['sample'][:80]!r}")
-    metrics["meas_peak_rss_bytes"] = rss.peak
-    metrics["meas_rss_delta_bytes"] = rss.delta
+    metrics["meas_peak_rss_bytes"] = run_mem.rss_peak_bytes
+    metrics["meas_rss_delta_bytes"] = run_mem.rss_delta_bytes
+    metrics["meas_peak_allocated_bytes"] = run_mem.cuda_allocated_bytes
+    metrics["meas_peak_reserved_bytes"] = run_mem.cuda_reserved_bytes
     return Result(cfg, metrics, history, stopped, model if keep_model else None, tok if keep_model else None,
-                  data if keep_model else None)
+                  data if keep_model else None, notes)
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
 
 
 def loss_curve_png(history, path: Path, title: str) -> Path:
+    """Train (every step) and validation (each evaluation) loss against the step, as a PNG (written atomically)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -580,14 +659,25 @@ def loss_curve_png(history, path: Path, title: str) -> Path:
     v = [(h[0], h[2]) for h in history if h[2] is not None]
     if v:
         ax.plot([a for a, _ in v], [b for _, b in v], "o-", label="validation")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (token-weighted cross-entropy)")
+    ax.set_yscale("log")
     ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
+    tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=100, bbox_inches="tight")
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def history_csv(history, path: Path) -> Path:
+    from quantlab.fileio import atomic_write_text
+
+    rows = ["step,train_loss,val_loss"] + [f"{s},{tl:.6g},{'' if vl is None else f'{vl:.6g}'}"
+                                           for s, tl, vl in history]
+    atomic_write_text(path, "\n".join(rows) + "\n")
+    return Path(path)

