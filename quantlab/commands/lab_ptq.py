@@ -32,6 +32,13 @@ def register(sub) -> None:
 
 def run(args) -> int:
     import dataclasses
+    import os
+
+    # Before torch loads its OpenMP runtime: idle OpenMP threads sleep instead of spinning. On a machine whose
+    # cores are shared with other jobs, spinning threads made a 64-token forward of the embedded model 3-20x
+    # slower (2 threads, load average 4-8); on an idle machine the difference is small. Export
+    # OMP_WAIT_POLICY=ACTIVE to override; the setting is stored with every run's environment.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     from quantlab.errors import QuantlabError
     from quantlab.lab.ptq import EvalSizes, parse_methods, run_ptq

@@ -44,6 +44,10 @@ def run(args) -> int:
         parts = []
         if ptq:
             parts.append(ptq_table(ptq, args.format))
+            if args.format == "markdown":
+                from quantlab.report.render import PTQ_NOTES
+
+                parts.append("".join(f"- {n}\n" for n in PTQ_NOTES))
         if other:
             parts.append(generic_table(other, args.format if args.format != "table" else "markdown"))
         text = "\n".join(parts)

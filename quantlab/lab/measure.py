@@ -4,9 +4,13 @@
    storage (tied embeddings count once), with tensor subclasses (torchao) flattened to their inner tensors and
    bitsandbytes' quantization state (absmax, nested absmax, code tables, LLM.int8 row scales ``SCB``) included,
    since bitsandbytes keeps those outside the module's parameters and buffers.
-2. On a CPU, process memory is the resident set size (``/proc/self/statm``). A phase's peak is sampled by a
-   background thread every ``interval`` seconds (a short allocation between samples can be missed), and
-   reported as the delta over the RSS at the start of the phase.
+2. On a CPU, process memory is the *current* resident set size (``/proc/self/statm``, field 2 x page size;
+   psutil elsewhere). A phase's peak is the largest value a background thread samples every ``interval``
+   seconds (an allocation freed between two samples can be missed), reported absolute and as the delta over
+   the RSS at the start of the phase. ``getrusage().ru_maxrss`` is deliberately not used: it is the peak over
+   the whole life of the process, so after the first large phase it no longer moves and cannot give a phase's
+   peak. RSS counts pages touched, not bytes allocated: freed memory the allocator keeps, shared libraries
+   and the interpreter are in it, which is why the tensor-byte count (1) is reported beside it.
 3. On a GPU: ``torch.cuda.max_memory_allocated`` and ``max_memory_reserved`` after ``reset_peak_memory_stats``,
    and the NVML figure for this process (CUDA context included), kept apart.
 4. Timing: warm-up runs, then the median of timed runs, synchronising the device around each.
@@ -118,9 +122,9 @@ def rss_bytes() -> int:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * _PAGE
     except OSError:  # pragma: no cover - not Linux
-        import resource
+        import psutil
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return int(psutil.Process().memory_info().rss)
 
 
 @dataclass

@@ -27,7 +27,7 @@ from typing import Callable
 
 from quantlab.errors import QuantlabError, UnsupportedOnDevice
 from quantlab.lab import measure, quality
-from quantlab.lab.model import ModelSource, load_model, load_tokenizer, resolve
+from quantlab.lab.model import ModelSource, load_config, load_model, load_tokenizer, resolve
 
 os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(min(2, os.cpu_count() or 2)))
 
@@ -72,18 +72,19 @@ def parse_methods(spec: str) -> list[PTQMethod]:
 
 @dataclass(frozen=True)
 class EvalSizes:
-    """How much each figure measures. BF16/FP16 matmuls are emulated (slow) on many CPUs: they get
-    ``half_tokens`` on a CPU; the report says how many tokens every figure used."""
+    """How much each figure measures. FP16/BF16 matmuls are emulated (slow) on many CPUs: a method whose compute
+    dtype is measured to be slow here (:func:`slow_dtype`) gets ``half_tokens`` and a quarter of the cloze items;
+    the report says how many tokens every figure used."""
 
     window: int = 512
     eval_tokens: int = 2048
-    half_tokens: int = 512  # fp16/bf16 on a CPU
+    half_tokens: int = 512  # fp16/bf16 where measured slow on this CPU
     kl_windows: int = 2
     cloze_items: int = 40
     prompt_lengths: tuple = (64, 256)
     decode_tokens: int = 8
     repeat: int = 3
-    calib_samples: int = 32
+    calib_samples: int = 16
     calib_len: int = 128
 
     @classmethod
@@ -150,6 +151,9 @@ def _load_bnb(m: PTQMethod, src: ModelSource, tok, sizes: EvalSizes):
     return load_model(src, dtype=compute, quantization_config=q, device_map="cuda" if gpu else "cpu", progress=False)
 
 
+_LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3")
+
+
 @register("gptq")
 def _load_gptq(m: PTQMethod, src: ModelSource, tok, sizes: EvalSizes):
     import torch
@@ -159,7 +163,15 @@ def _load_gptq(m: PTQMethod, src: ModelSource, tok, sizes: EvalSizes):
     n = min(sizes.calib_samples, len(ids) // sizes.calib_len)
     samples = [tok.decode(ids[i * sizes.calib_len:(i + 1) * sizes.calib_len]) for i in range(n)]
     gpu = measure.cuda_available()
-    q = GPTQConfig(bits=4, group_size=m.group_size, dataset=samples, tokenizer=tok, desc_act=False)
+    extra = {}
+    if load_config(src, progress=False).model_type in _LLAMA_LIKE:
+        # GPTQ's usual sequential groups (as AutoGPTQ's llama definition): linears that read the same input share
+        # one pass of the calibration samples through the block, 4 passes per block instead of 7 (+1 for the
+        # outputs) with the same result order; the column-by-column quantization itself is unchanged
+        extra["modules_in_block_to_quantize"] = [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+                                                 ["self_attn.o_proj"], ["mlp.gate_proj", "mlp.up_proj"],
+                                                 ["mlp.down_proj"]]
+    q = GPTQConfig(bits=4, group_size=m.group_size, dataset=samples, tokenizer=tok, desc_act=False, **extra)
     try:
         return load_model(src, dtype=torch.float16 if gpu else torch.float32, quantization_config=q,
                           device_map="cuda" if gpu else "cpu", progress=False)
@@ -216,6 +228,29 @@ def predicted_weight_bytes(m: PTQMethod, src: ModelSource) -> int | None:
     return p.components["weights"] + p.components.get("quant_constants", 0)
 
 
+# ---- budgets ------------------------------------------------------------------------------------------
+
+_SLOW: dict = {}
+
+
+def slow_dtype(precision: str, threshold: float = 4.0) -> float:
+    """How many times slower than fp32 a (256x576)@(576x1536) matmul runs in ``precision`` on this CPU, or 0.0
+    when it is not ``threshold`` times slower (or on a GPU). Measured once per process (about 0.1 s): CPUs with
+    AVX512-BF16/AMX run bf16 at fp32 speed or better, others emulate it, and fp16 is emulated on most."""
+    if measure.cuda_available():
+        return 0.0
+    if precision not in _SLOW:
+        import torch
+
+        def t(dtype):
+            a, b = torch.randn(256, 576).to(dtype), torch.randn(576, 1536).to(dtype)
+            return measure.median_time(lambda: a @ b, warmup=1, repeat=3)
+
+        ratio = t(_torch_dtype(precision)) / t(torch.float32)
+        _SLOW[precision] = ratio if ratio >= threshold else 0.0
+    return _SLOW[precision]
+
+
 # ---- speed --------------------------------------------------------------------------------------------
 
 def measure_speed(model, tok, sizes: EvalSizes) -> dict:
@@ -257,6 +292,7 @@ class Reference:
     logprobs: list
     weights: dict
     windows: list
+    window_nll: tuple = ()  # the reference's summed NLL per window: its perplexity on any method's tokens
 
 
 def _free(model) -> None:
@@ -273,42 +309,71 @@ def build_reference(src: ModelSource, tok, sizes: EvalSizes, log=print) -> Refer
 
     log("reference: fp32 logits and weights")
     model = load_model(src, dtype=torch.float32, progress=False)
+    if measure.cuda_available():
+        model = model.to("cuda")
     windows = quality.token_windows(tok, quality.read_text("heldout.txt"), sizes.window, sizes.eval_tokens)
     if not windows:
         raise QuantlabError("the held-out text is shorter than one evaluation window")
-    _, kept = quality.score_text(model, windows[:sizes.kl_windows], keep=sizes.kl_windows)
-    ref = Reference(kept, quality.reference_linear_weights(model), windows)
+    score, kept = quality.score_text(model, windows, keep=sizes.kl_windows)
+    ref = Reference(kept, quality.reference_linear_weights(model), windows, score.window_nll)
     _free(model)
     return ref
 
 
 def run_method(m: PTQMethod, src: ModelSource, tok, ref: Reference, sizes: EvalSizes, log=print) -> dict:
-    """Load, measure and evaluate one method; the metrics of its stored row."""
+    """Load, measure and evaluate one method; the metrics of its stored row.
+
+    Phases (each timed, ``meas_time_<phase>_s``): load/quantize; weight bytes and per-layer SQNR (before any
+    forward pass: bitsandbytes' dequantize reads the stored layout, which bitsandbytes 0.50 repacks for
+    inference at the first eval forward on AVX512-BF16 CPUs); perplexity/KL on the held-out windows; bytes held
+    after evaluation; cloze accuracy; speed.
+    """
     import torch
 
     gc.collect()
+    t_method = time.perf_counter()
     with measure.measure_memory() as load_mem:
         t0 = time.perf_counter()
         model = load_quantized(m, src, tok, sizes)
         load_s = time.perf_counter() - t0
     model.eval()
     tb = measure.model_bytes(model)
-    half = m.precision in ("fp16", "bf16") and not measure.cuda_available()
-    n_windows = max(1, (sizes.half_tokens if half else sizes.eval_tokens) // sizes.window)
-    with measure.measure_memory() as eval_mem:
-        score, _ = quality.score_text(model, ref.windows[:n_windows], reference=ref.logprobs)
+    t0 = time.perf_counter()
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     if m.backend in ("bitsandbytes", "gptq") or m.precision == "intx4":
         dtype = torch.float32 if not measure.cuda_available() else dtype
     sq = quality.layer_sqnr(model, ref.weights, dtype)
     finite = [v for v in sq.values() if v != float("inf")]
+    sq_route = ",".join(sorted({quality.weight_source(mod) for n, mod in model.named_modules() if n in sq})) or None
+    sqnr_s = time.perf_counter() - t0
+    half = m.precision in ("fp16", "bf16") and slow_dtype(m.precision)
+    n_windows = max(1, (sizes.half_tokens if half else sizes.eval_tokens) // sizes.window)
+    t0 = time.perf_counter()
+    with measure.measure_memory() as eval_mem:
+        score, _ = quality.score_text(model, ref.windows[:n_windows], reference=ref.logprobs)
+    ppl_s = time.perf_counter() - t0
+    ref_ppl = quality.TextScore.perplexity_of(ref.window_nll[:n_windows], sizes.window - 1) \
+        if len(ref.window_nll) >= n_windows else None
+    # the bytes held while serving can differ from those at rest (bitsandbytes' CPU inference packing keeps
+    # 4-bit absmax in bf16 and undoes double quantization)
+    tb_eval = measure.model_bytes(model)
+    t0 = time.perf_counter()
     items = quality.load_cloze()[:max(1, sizes.cloze_items // 4) if half else sizes.cloze_items]
     acc = quality.cloze_accuracy(model, tok, items)
+    cloze_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
     speed = measure_speed(model, tok, sizes)
+    speed_s = time.perf_counter() - t0
+    try:
+        load_avg = round(os.getloadavg()[0], 2)  # right after the timings: was the machine shared?
+    except OSError:
+        load_avg = None
     metrics = {
         "meas_load_s": load_s,
         "meas_weight_bytes": tb.total,
         "meas_quant_constant_bytes": tb.quant_constants,
+        "meas_weight_after_eval_bytes": tb_eval.total,
+        "meas_quant_constant_after_eval_bytes": tb_eval.quant_constants,
         "meas_footprint_bytes": int(model.get_memory_footprint()),
         "meas_load_rss_delta_bytes": load_mem.rss_delta_bytes,
         "meas_eval_rss_delta_bytes": eval_mem.rss_delta_bytes,
@@ -316,7 +381,10 @@ def run_method(m: PTQMethod, src: ModelSource, tok, ref: Reference, sizes: EvalS
         "meas_cuda_allocated_bytes": eval_mem.cuda_allocated_bytes,
         "meas_cuda_reserved_bytes": eval_mem.cuda_reserved_bytes,
         "meas_nvml_process_bytes": eval_mem.nvml_process_bytes,
+        "meas_load_cuda_allocated_bytes": load_mem.cuda_allocated_bytes,
         "meas_perplexity": score.perplexity,
+        "meas_ref_perplexity": ref_ppl,
+        "meas_ppl_ratio": score.perplexity / ref_ppl if ref_ppl else None,
         "meas_ppl_tokens": score.tokens,
         "meas_kl_nats": score.kl,
         "meas_top1_agreement": score.top1_agreement,
@@ -326,11 +394,20 @@ def run_method(m: PTQMethod, src: ModelSource, tok, ref: Reference, sizes: EvalS
         "meas_sqnr_layers": len(sq),
         "meas_cloze_accuracy": acc,
         "meas_cloze_items": len(items),
+        "budget_note": (f"{m.precision} matmuls measured {slow_dtype(m.precision):.0f}x slower than fp32 on this CPU: "
+                        f"{sizes.half_tokens} perplexity tokens, a quarter of the cloze items") if half else None,
         "pred_weight_bytes": predicted_weight_bytes(m, src),
         "weight_dtypes": ",".join(f"{k}:{v}" for k, v in sorted(tb.by_dtype.items())),
+        "sqnr_route": sq_route,
+        "meas_time_sqnr_s": sqnr_s,
+        "meas_time_perplexity_s": ppl_s,
+        "meas_time_cloze_s": cloze_s,
+        "meas_time_speed_s": speed_s,
+        "meas_loadavg_1m": load_avg,
     }
     metrics.update(speed)
     _free(model)
+    metrics["meas_time_method_s"] = time.perf_counter() - t_method
     return metrics
 
 

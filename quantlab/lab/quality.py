@@ -5,10 +5,14 @@ SQNR of the weights, and accuracy on the shipped cloze task.
    held-out text (``texts/heldout.txt``), each window scored from its own start (no carried context).
 2. KL divergence KL(reference || model) of the next-token distributions, and the share of positions where
    both pick the same top-1 token, on the first ``kl_windows`` windows; the reference log-probabilities are kept
-   in fp16 (the error this adds is below 1e-3 nats).
-3. SQNR per linear (Signal-to-Quantization-Noise Ratio, dB) = 10 log10(|W|^2 / |W - W_q|^2). W_q is read back
-   by running the quantized layer on the identity matrix (``layer(I) - bias`` = W_q^T), so every backend
-   (bitsandbytes, GPTQ, torchao) is measured the same way, through its own kernels.
+   in fp16 (the error this adds is below 1e-3 nats), its top-1 tokens from fp32.
+3. SQNR per linear (Signal-to-Quantization-Noise Ratio, dB) = 10 log10(|W|^2 / |W - W_q|^2), as torchao's
+   ``compute_error``. For bitsandbytes layers W_q is bitsandbytes' own dequantization of the stored weights
+   (``dequantize_4bit`` with the layer's quant state; ``int8_vectorwise_dequant`` of the int8 codes and row scales
+   ``SCB``), taken before any forward pass (see ``weight_source``). Other backends (GPTQ, torchao) have no single
+   public dequantize across versions, so W_q is read back by running the layer on the identity matrix
+   (``layer(I) - bias`` = W_q^T), through the backend's own kernel; the two routes agree on bitsandbytes layers
+   (tests/lab/test_quality.py).
 4. Cloze accuracy: each choice is scored by the summed log-likelihood of " <word>" after the context; the item
    counts as right when the answer scores highest (four choices: chance is 25%).
 """
@@ -45,6 +49,12 @@ class TextScore:
     kl: float | None = None
     top1_agreement: float | None = None
     kl_tokens: int = 0
+    window_nll: tuple = ()  # summed NLL of each window (to compare another model on exactly the same tokens)
+
+    @staticmethod
+    def perplexity_of(window_nll, window_tokens: int) -> float:
+        """Perplexity of the first len(window_nll) windows, each scoring ``window_tokens`` targets."""
+        return math.exp(sum(window_nll) / (len(window_nll) * window_tokens))
 
 
 def _device(model):
@@ -52,41 +62,79 @@ def _device(model):
 
 
 def score_text(model, windows, reference=None, keep: int = 0, progress=None):
-    """Score ``windows``; returns (TextScore, kept log-probs of the first ``keep`` windows in fp16)."""
+    """Score ``windows``; returns (TextScore, kept reference of the first ``keep`` windows: (fp16 log-probs,
+    fp32 top-1 token ids) per window). ``reference`` takes such a kept list (or bare log-prob tensors)."""
     import torch
     import torch.nn.functional as F
 
     dev = _device(model)
     nll_sum, count = 0.0, 0
     kl_sum, agree, kl_count = 0.0, 0, 0
-    kept = []
+    kept, per_window = [], []
     with torch.inference_mode():
         for i, w in enumerate(windows):
             w = w.to(dev)
             logits = model(w).logits[0, :-1].float()
             logp = F.log_softmax(logits, dim=-1)
             tgt = w[0, 1:]
-            nll_sum += float(-logp.gather(1, tgt[:, None]).sum())
+            w_nll = float(-logp.gather(1, tgt[:, None]).sum())
+            nll_sum += w_nll
+            per_window.append(w_nll)
             count += tgt.numel()
-            if i < keep:
-                kept.append(logp.to(torch.float16).cpu())
+            if i < keep:  # fp16 log-probs for KL; the top-1 token from fp32 (fp16 rounding would flip near-ties)
+                kept.append((logp.to(torch.float16).cpu(), logp.argmax(-1).cpu()))
             if reference is not None and i < len(reference):
-                ref = reference[i].to(dev).float()
+                ref_lp, ref_top = reference[i] if isinstance(reference[i], tuple) else (reference[i], None)
+                ref = ref_lp.to(dev).float()
+                ref_top = ref.argmax(-1) if ref_top is None else ref_top.to(dev)
                 kl_sum += float((ref.exp() * (ref - logp)).sum())
-                agree += int((ref.argmax(-1) == logp.argmax(-1)).sum())
+                agree += int((ref_top == logp.argmax(-1)).sum())
                 kl_count += tgt.numel()
             if progress:
                 progress()
     mean = nll_sum / max(count, 1)
-    s = TextScore(perplexity=math.exp(mean), nll=mean, tokens=count)
+    s = TextScore(perplexity=math.exp(mean), nll=mean, tokens=count, window_nll=tuple(per_window))
     if kl_count:
         s.kl, s.top1_agreement, s.kl_tokens = kl_sum / kl_count, agree / kl_count, kl_count
     return s, kept
 
 
-def effective_weight(layer, in_features: int, dtype):
-    """W_q as the layer computes with it: layer(I) - bias, transposed (assumption 3)."""
+def bnb_dequantized_weight(layer):
+    """bitsandbytes' dequantization of a Linear4bit / Linear8bitLt weight (fp32, shape out x in), or None when the
+    layer is not a bitsandbytes layer or its weight is in bitsandbytes' CPU inference packing (bitsandbytes 0.50
+    repacks 4-bit weights at the first eval-mode forward on AVX512-BF16 CPUs; dequantize_4bit does not read it)."""
+    w = getattr(layer, "weight", None)
+    cls = type(w).__name__ if w is not None else ""
+    if cls not in ("Params4bit", "Int8Params"):
+        return None
+    import bitsandbytes.functional as bf
+
+    with __import__("torch").inference_mode():
+        if cls == "Params4bit":
+            qs = w.quant_state
+            if qs is None or getattr(qs, "packing_format_for_cpu", False):
+                return None
+            return bf.dequantize_4bit(w.data, qs).float().reshape(qs.shape)
+        scb = getattr(w, "SCB", None) if getattr(w, "SCB", None) is not None else getattr(layer.state, "SCB", None)
+        if scb is None:
+            return None
+        return bf.int8_vectorwise_dequant(w.data, scb).float()
+
+
+def weight_source(layer) -> str:
+    """Which route :func:`effective_weight` takes for ``layer``: 'bitsandbytes' or 'identity'."""
+    return "bitsandbytes" if bnb_dequantized_weight(layer) is not None else "identity"
+
+
+def effective_weight(layer, in_features: int, dtype, route: str = "auto"):
+    """W_q (out x in, fp32): bitsandbytes' dequantization for its layers, else layer(I) - bias transposed
+    (assumption 3). ``route='identity'`` forces the kernel route (used to cross-check the two)."""
     import torch
+
+    if route == "auto":
+        w = bnb_dequantized_weight(layer)
+        if w is not None:
+            return w.cpu()
 
     dev = _device(layer) if any(True for _ in layer.parameters()) else torch.device("cpu")
     with torch.inference_mode():
@@ -134,8 +182,11 @@ last_scores: list = []  # per-item choice scores of the last call (for inspectio
 
 
 def cloze_accuracy(model, tokenizer, items: list[dict]) -> float:
-    """Assumption 4. The four choices of an item run as one left-padded batch, and only the last positions'
-    logits are computed (``logits_to_keep``): the vocabulary projection dominates the cost of short inputs."""
+    """Assumption 4. The shared context runs once (only its last position's logits are computed,
+    ``logits_to_keep=1``); its KV cache is repeated for the four choices, which then run as one right-padded batch
+    on top of it. Right padding cannot change earlier positions under a causal mask, and padded positions are never
+    read, so each choice's score equals scoring ``context + choice`` alone (tests/lab/test_quality.py checks this),
+    at about a quarter of the tokens of running every choice with its own copy of the context."""
     import torch
     import torch.nn.functional as F
 
@@ -147,19 +198,20 @@ def cloze_accuracy(model, tokenizer, items: list[dict]) -> float:
         for it in items:
             ctx = tokenizer(it["context"], add_special_tokens=False)["input_ids"]
             conts = [tokenizer(" " + ch, add_special_tokens=False)["input_ids"] for ch in it["choices"]]
-            seqs = [ctx + c for c in conts]
-            width = max(len(s) for s in seqs)
-            keep = max(len(c) for c in conts) + 1
-            batch = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=dev)
-            mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=dev)
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = model(batch, attention_mask=mask, position_ids=pos, logits_to_keep=keep).logits.float()
-            logp = F.log_softmax(logits, dim=-1)  # positions width-keep .. width-1
-            scores = []
-            for k, c in enumerate(conts):
-                # token c[j] sits at position width-len(c)+j and is predicted by the logits one position before
-                idx = [keep - len(c) - 1 + j for j in range(len(c))]
-                scores.append(float(logp[k, idx, c].sum()))
+            out = model(torch.tensor([ctx], device=dev), use_cache=True, logits_to_keep=1)
+            first = F.log_softmax(out.logits[0, -1].float(), dim=-1)  # predicts each choice's first token
+            scores = [float(first[c[0]]) for c in conts]
+            width = max(len(c) for c in conts) - 1
+            if width > 0:
+                cache = out.past_key_values
+                cache.batch_repeat_interleave(len(conts))
+                batch = torch.tensor([c[:-1] + [pad] * (width - len(c) + 1) for c in conts], device=dev)
+                mask = torch.ones(len(conts), len(ctx) + width, dtype=torch.long, device=dev)
+                logp = F.log_softmax(model(batch, past_key_values=cache, attention_mask=mask,
+                                           use_cache=True).logits.float(), dim=-1)
+                for k, c in enumerate(conts):
+                    # token c[j] (j >= 1) is predicted at position j-1 of the continuation batch
+                    scores[k] += sum(float(logp[k, j - 1, c[j]]) for j in range(1, len(c)))
             right += int(max(range(len(scores)), key=scores.__getitem__) == it["answer"])
             last_scores.append(scores)
     return right / len(items)

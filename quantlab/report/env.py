@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -40,7 +41,15 @@ def _cpu_name() -> str:
 
 
 def environment() -> dict:
-    env = {"python": platform.python_version(), "platform": platform.platform(), "git_commit": git_commit()}
+    """Versions, device and the CPU conditions a timing depends on: thread settings, core count and the load
+    average when the snapshot was taken (a shared machine's other jobs show up there)."""
+    env = {"python": platform.python_version(), "platform": platform.platform(), "git_commit": git_commit(),
+           "cpu_count": os.cpu_count(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+           "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    try:
+        env["loadavg_1m"] = round(os.getloadavg()[0], 2)
+    except OSError:
+        env["loadavg_1m"] = None
     env.update({lib: _version(lib) for lib in LIBS})
     try:
         import torch

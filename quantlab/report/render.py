@@ -15,16 +15,40 @@ PTQ_COLUMNS = [  # (column, header, formatter)
     ("method", "method", str),
     ("meas_weight_bytes", "weights MiB", lambda v: f"{v / 2**20:.1f}"),
     ("pred_weight_bytes", "planner MiB", lambda v: f"{v / 2**20:.1f}"),
+    ("meas_weight_after_eval_bytes", "serving MiB", lambda v: f"{v / 2**20:.1f}"),
     ("meas_perplexity", "perplexity", lambda v: f"{v:.2f}"),
+    ("meas_ppl_ratio", "ppl / fp32", lambda v: f"{v:.3f}"),
+    ("meas_ppl_tokens", "ppl tokens", lambda v: f"{int(v)}"),
     ("meas_kl_nats", "KL nats", lambda v: f"{v:.4f}"),
     ("meas_top1_agreement", "top-1 agree", lambda v: f"{100 * v:.1f}%"),
     ("meas_sqnr_mean_db", "SQNR dB", lambda v: f"{v:.1f}"),
     ("meas_cloze_accuracy", "cloze acc", lambda v: f"{100 * v:.1f}%"),
+    ("meas_cloze_items", "cloze n", lambda v: f"{int(v)}"),
     ("meas_load_s", "load s", lambda v: f"{v:.1f}"),
+    ("meas_ttft_s", "TTFT ms", lambda v: f"{1000 * v:.0f}"),
     ("meas_prefill_64_tok_per_s", "prefill64 tok/s", lambda v: f"{v:.0f}"),
+    ("meas_prefill_256_tok_per_s", "prefill256 tok/s", lambda v: f"{v:.0f}"),
     ("meas_decode_tok_per_s", "decode tok/s", lambda v: f"{v:.1f}"),
     ("meas_peak_rss_bytes", "peak RSS MiB", lambda v: f"{v / 2**20:.0f}"),
-    ("meas_ppl_tokens", "ppl tokens", lambda v: f"{int(v)}"),
+    ("meas_loadavg_1m", "load avg", lambda v: f"{v:.1f}"),
+]
+
+PTQ_NOTES = [
+    "weights MiB: bytes of the distinct parameter/buffer storages the loaded model holds, bitsandbytes' "
+    "quantization state included, before any forward pass; serving MiB: the same count after evaluation "
+    "(bitsandbytes 0.50 repacks 4-bit weights for CPU inference at the first forward on AVX512-BF16 CPUs: "
+    "absmax in bf16, double quantization undone).",
+    "planner MiB: quantlab plan's weights + quantization constants for the same precision; '-' where the planner "
+    "has no model of the layout (torchao) or no profile for the model.",
+    "quality vs the fp32 reference of the same model: perplexity on the shipped held-out text ('ppl tokens' scored; "
+    "'ppl / fp32' divides by the fp32 reference's perplexity on exactly those tokens, so rows with a smaller "
+    "budget stay comparable); "
+    "KL(reference || method) in nats per token and top-1 agreement on the first reference windows; SQNR = mean over "
+    "block linears of 10 log10(|W|^2/|W - W_q|^2); cloze accuracy over 'cloze n' 4-choice items (chance 25%).",
+    "speed: medians after a warm-up (load avg: the machine's 1-minute load average right after the row's "
+    "timings; above the core count, other jobs shared the cores and the speed figures are low); TTFT = one prefill of the 64-token prompt (or the shortest measured); decode = "
+    "greedy next tokens with the KV cache. peak RSS is the process resident set (sampled every 5 ms), which also "
+    "holds the tokenizer, the fp32 reference logits and allocator leftovers of earlier methods in the same run.",
 ]
 
 
@@ -123,12 +147,22 @@ def ptq_plots(records) -> list[tuple[str, bytes]]:
     ax.grid(alpha=0.3)
     out.append(("Memory vs quality", base64.b64decode(_png(fig))))
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4))
     names = [r["method"] for r in rows]
-    ax.bar(names, [r.get("meas_decode_tok_per_s") or 0 for r in rows], label="decode tok/s")
-    ax.set_ylabel("decode tokens/s (median)")
-    ax.set_title(f"Speed vs precision ({rows[0].get('device')})")
-    ax.tick_params(axis="x", rotation=30)
+    prefill_cols = sorted({k for r in rows for k in r if k.startswith("meas_prefill_") and k.endswith("_tok_per_s")},
+                          key=lambda k: int(k.split("_")[2]))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.8 / max(1, len(prefill_cols))
+    for i, col in enumerate(prefill_cols):
+        axes[0].bar([j + i * width for j in range(len(rows))], [r.get(col) or 0 for r in rows], width,
+                    label=f"{col.split('_')[2]}-token prompt")
+    axes[0].set_xticks([j + width * (len(prefill_cols) - 1) / 2 for j in range(len(rows))], names, rotation=30)
+    axes[0].set_ylabel("prefill tokens/s (median)")
+    if prefill_cols:
+        axes[0].legend()
+    axes[1].bar(names, [r.get("meas_decode_tok_per_s") or 0 for r in rows])
+    axes[1].set_ylabel("decode tokens/s (median)")
+    axes[1].tick_params(axis="x", rotation=30)
+    fig.suptitle(f"Speed vs precision ({rows[0].get('device')})")
     out.append(("Speed vs precision", base64.b64decode(_png(fig))))
     plt.close(fig)
     return out
@@ -145,6 +179,7 @@ def html_page(ptq_records, other_records) -> str:
                      f"{env.get('transformers')}, bitsandbytes {env.get('bitsandbytes')}, git {env.get('git_commit')}."
                      "</p><h2>Post-training quantization</h2>")
         parts.append(_md_to_html(ptq_table(ptq_records, "markdown")))
+        parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in PTQ_NOTES) + "</ul>")
         for title, png in ptq_plots(ptq_records):
             parts.append(f"<h3>{html.escape(title)}</h3><img alt='{html.escape(title)}' "
                          f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>")

@@ -38,3 +38,29 @@ def test_median_time_runs_warmup_and_repeats():
     calls = []
     t = measure.median_time(lambda: calls.append(1), warmup=2, repeat=3)
     assert len(calls) == 5 and t >= 0
+
+
+def test_cuda_figures_are_none_on_cpu_and_rss_always_set():
+    with measure.measure_memory() as r:
+        x = torch.ones(2**20)
+    del x
+    assert r.rss_peak_bytes > 0 and r.rss_delta_bytes >= 0
+    if not torch.cuda.is_available():
+        assert r.cuda_allocated_bytes is None and r.cuda_reserved_bytes is None and r.nvml_process_bytes is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+def test_cuda_allocator_calibrated_within_5_percent():
+    """A 256 MiB tensor allocated inside the phase raises max_memory_allocated by 256 MiB (within 5%);
+    reserved >= allocated; NVML's process figure (CUDA context included) >= reserved when NVML sees the process."""
+    n = 256 * 2**20
+    torch.cuda.init()
+    base = torch.cuda.memory_allocated()
+    with measure.measure_memory() as r:
+        x = torch.ones(n // 4, device="cuda")
+        del x
+    assert abs(r.cuda_allocated_bytes - base - n) / n < 0.05
+    assert r.cuda_reserved_bytes >= r.cuda_allocated_bytes
+    if r.nvml_process_bytes is not None:
+        assert r.nvml_process_bytes >= r.cuda_reserved_bytes

@@ -37,13 +37,17 @@ def test_weight_bytes_order_and_planner_agreement(runs):
 
 
 def test_quality_floors(runs):
+    """Perplexity ratios are against the fp32 reference on exactly the tokens each method scored (bf16 scores fewer)."""
     m, _, _ = runs
     ref = m["fp32"]["meas_perplexity"]
     assert 10 < ref < 60
-    assert m["int8"]["meas_perplexity"] <= ref * 1.02
-    assert m["nf4"]["meas_perplexity"] <= ref * 1.6
-    assert m["fp4"]["meas_perplexity"] <= ref * 1.45
-    assert m["bf16"]["meas_perplexity"] <= ref * 1.03
+    assert m["fp32"]["meas_ppl_ratio"] == pytest.approx(1.0, abs=1e-4)
+    r = {k: v["meas_ppl_ratio"] for k, v in m.items()}
+    assert r["int8"] <= 1.02  # the issue's target
+    assert r["nf4"] <= 1.6
+    assert r["fp4"] <= 1.45
+    assert r["bf16"] <= 1.03
+    assert r["torchao-int8"] <= 1.02
     assert m["fp32"]["meas_kl_nats"] < 1e-3 and m["fp32"]["meas_top1_agreement"] > 0.999
     assert m["int8"]["meas_kl_nats"] < 0.1 and m["int8"]["meas_top1_agreement"] > 0.85
     assert m["nf4"]["meas_kl_nats"] < 0.8 and m["fp4"]["meas_kl_nats"] < 0.8
@@ -85,3 +89,41 @@ def test_gptq_int4_quantizes_on_cpu(tmp_path):
     assert g["meas_weight_bytes"] < 0.45 * 513 * 2**20
     assert math.isfinite(g["meas_perplexity"]) and g["meas_perplexity"] < 40
     assert g["meas_sqnr_mean_db"] > 17
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+def test_gpu_path_reads_the_cuda_allocator(tmp_path):
+    """On a GPU every method reports allocated <= reserved, and the CUDA-only torchao int4 runs instead of skipping."""
+    recs, skipped = run_ptq(parse_methods("fp32,bf16,nf4,torchao-int4"), "smollm2-135m",
+                            store=ResultStore(tmp_path / "gpu.sqlite"), sizes=SIZES, log=lambda s: None,
+                            progress=False)
+    assert not skipped and len(recs) == 4
+    for r in recs:
+        m = r.metrics
+        assert r.env["device"] == "cuda"
+        assert 0 < m["meas_cuda_allocated_bytes"] <= m["meas_cuda_reserved_bytes"]
+        assert math.isfinite(m["meas_perplexity"])
+
+
+def test_bitsandbytes_cpu_serving_layout(runs):
+    """NF4 at rest: 4 bits per block-linear weight + an fp32 absmax per 64 weights. The 210 block linears of
+    SmolLM2-135M hold 30 x (2*576*576 + 2*576*192 + 3*576*1536) = 106,168,320 weights, so 1,658,880 absmax values.
+    On an AVX512-BF16 CPU bitsandbytes 0.50 repacks for inference at the first forward and keeps absmax in bf16:
+    the bytes held while serving drop by 1,658,880 x 2 = 3,317,760 bytes; elsewhere nothing changes."""
+    m, _, _ = runs
+    nf4 = m["nf4"]
+    assert nf4["sqnr_route"] == "bitsandbytes"
+    saved = nf4["meas_weight_bytes"] - nf4["meas_weight_after_eval_bytes"]
+    if _cpu_repacks_4bit():
+        assert saved == pytest.approx(3_317_760, rel=0.01)
+    else:
+        assert saved == 0
+
+
+def _cpu_repacks_4bit() -> bool:
+    if torch.cuda.is_available():
+        return False
+    from bitsandbytes.functional import has_avx512bf16
+
+    return bool(has_avx512bf16())

@@ -62,3 +62,36 @@ def test_renderers(tmp_path):
     page = html_page(recs, [])
     assert page.startswith("<!doctype html>") and "data:image/png;base64," in page
     assert "nf4" in generic_table(recs, "markdown")
+
+
+def test_environment_snapshot_has_the_contract_keys():
+    from quantlab.report.env import environment
+
+    env = environment()
+    for k in ("device", "device_name", "torch", "transformers", "peft", "bitsandbytes", "torchao", "gptqmodel",
+              "python", "git_commit", "cpu_count", "loadavg_1m"):
+        assert k in env, k
+    assert env["device"] in ("cpu", "cuda")
+
+
+def test_report_command_renders_every_format(tmp_path, capsys):
+    from quantlab.cli import main
+
+    p = tmp_path / "s.sqlite"
+    s = ResultStore(p)
+    s.put(rec("fp32", meas_perplexity=24.0, meas_decode_tok_per_s=20.0, meas_prefill_64_tok_per_s=100.0))
+    s.put(rec("nf4", meas_perplexity=33.0, meas_decode_tok_per_s=40.0, meas_prefill_64_tok_per_s=300.0))
+    ft = RunRecord(key="ft1", kind="finetune", model="m", method="lora", config={}, env={"device": "cpu"},
+                   metrics={"meas_step_s": 5.0})
+    s.put(ft)
+    out = tmp_path / "r.html"
+    assert main(["report", "--store", str(p), "--format", "html", "--out", str(out)]) == 0
+    page = out.read_text()
+    assert page.count("data:image/png;base64,") == 2 and "finetune runs" in page and "meas_step_s" in page
+    capsys.readouterr()
+    assert main(["report", "--store", str(p), "--format", "markdown"]) == 0
+    md = capsys.readouterr().out
+    assert "| fp32 |" in md and "ppl / fp32" in md and "- weights MiB:" in md and "| lora |" in md
+    assert main(["report", "--store", str(p), "--format", "csv", "--kind", "ptq"]) == 0
+    assert capsys.readouterr().out.startswith("method,")
+    assert main(["report", "--store", str(p), "--kind", "qat"]) == 2
