@@ -168,14 +168,27 @@ def cuda_available() -> bool:
         return False
 
 
+def _nvml_handle(pynvml):
+    """NVML's handle of torch's current device. NVML numbers GPUs as the host does, torch after
+    CUDA_VISIBLE_DEVICES: match by UUID (index 0 only where torch gives none)."""
+    try:
+        import torch
+
+        uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
+        return pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}")
+    except Exception:
+        return pynvml.nvmlDeviceGetHandleByIndex(0)
+
+
 def nvml_process_bytes() -> int | None:
-    """This process's GPU memory as NVML reports it (CUDA context included), or None."""
+    """This process's GPU memory as NVML reports it (CUDA context included), or None: also None in a container
+    whose PID namespace hides the host PID NVML reports (then only the allocator figures are shown)."""
     try:
         import pynvml
 
         pynvml.nvmlInit()
         try:
-            h = pynvml.nvmlDeviceGetHandleByIndex(0)
+            h = _nvml_handle(pynvml)
             for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h):
                 if p.pid == os.getpid():
                     return int(p.usedGpuMemory)

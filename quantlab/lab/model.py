@@ -9,7 +9,10 @@
    transformers refuses ``save_pretrained`` on a GGUF-loaded model, so the state dict is copied
    into a model built from the same config (without the GGUF quantization_config).
 2. ``--model PATH`` may also be a local transformers folder (config.json + *.safetensors) or a
-   ``.gguf`` file. Nothing is fetched from a hub: ``HF_HUB_OFFLINE=1`` and ``local_files_only``.
+   ``.gguf`` file. A GGUF is converted like the embedded one, once, to a cache folder named after the file and
+   its size and modification time: transformers 5 refuses a ``quantization_config`` together with ``gguf_file``
+   (``quantizers/auto.py``), so bitsandbytes/GPTQ could not quantize a GGUF loaded directly. Nothing is fetched
+   from a hub: ``HF_HUB_OFFLINE=1`` and ``local_files_only``.
 3. Weights load only from safetensors (``use_safetensors=True``); ``trust_remote_code`` is never set
    unless the caller asks for it.
 """
@@ -73,27 +76,46 @@ def _is_complete(folder: Path) -> bool:
 
 def ensure_embedded(progress: bool = True) -> Path:
     """Return the safetensors folder of the embedded model, converting the GGUF once (atomically)."""
-    target = cache_dir() / EMBEDDED_CACHE_NAME
+    return convert_gguf(embedded_gguf_path(), cache_dir() / EMBEDDED_CACHE_NAME, progress,
+                        name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct")
+
+
+def gguf_cache_folder(gguf: Path) -> Path:
+    """Where a user's GGUF is converted to: keyed by its absolute path, size and modification time."""
+    import hashlib
+
+    st = gguf.stat()
+    h = hashlib.sha1(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    return cache_dir() / "gguf" / f"{gguf.stem}-{h}"
+
+
+def convert_gguf(gguf: Path, target: Path, progress: bool = True, name_or_path: str | None = None) -> Path:
+    """Dequantize ``gguf`` through transformers and save it as a safetensors folder at ``target`` (atomically:
+    a temporary folder renamed into place; a complete folder is reused)."""
     if _is_complete(target):
         return target
-    gguf = embedded_gguf_path()
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     from quantlab.lab.progress import status
 
-    with status(f"Converting the embedded model {gguf.name} to a safetensors cache in {target} (once)",
-                enabled=progress):
+    with status(f"Converting {gguf.name} to a safetensors cache in {target} (once)", enabled=progress):
         if not progress:
             hf_logging.disable_progress_bar()
         kw = dict(gguf_file=gguf.name, local_files_only=True)
-        tok = AutoTokenizer.from_pretrained(gguf.parent, **kw)
-        src = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kw)
-        config = AutoConfig.from_pretrained(gguf.parent, **kw)
+        try:
+            tok = AutoTokenizer.from_pretrained(gguf.parent, **kw)
+            src = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kw)
+            config = AutoConfig.from_pretrained(gguf.parent, **kw)
+        except (ImportError, MemoryError):
+            raise
+        except Exception as e:  # a corrupt or unsupported GGUF: one line
+            msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise QuantlabError(f"cannot read GGUF {gguf}: {msg[:200]}") from e
         if hasattr(config, "quantization_config"):
             del config.quantization_config
-        config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+        config.name_or_path = name_or_path or gguf.stem
         with torch.device("meta"):
             dst = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         dst.load_state_dict(src.state_dict(), assign=True)
@@ -136,16 +158,18 @@ def resolve(model: str | os.PathLike | None = None) -> ModelSource:
 
 
 def _load_kwargs(src: ModelSource, trust_remote_code: bool) -> dict[str, Any]:
-    kw: dict[str, Any] = dict(local_files_only=True, trust_remote_code=trust_remote_code)
-    if src.gguf_file:
-        kw["gguf_file"] = src.gguf_file
-    else:
-        kw["use_safetensors"] = True
-    return kw
+    # every source is a safetensors folder by the time it loads (a GGUF is converted first: assumption 2)
+    return dict(local_files_only=True, trust_remote_code=trust_remote_code, use_safetensors=True)
 
 
 def model_path(src: ModelSource, progress: bool = True) -> Path:
-    return ensure_embedded(progress) if src.kind == "embedded" else src.path
+    """The safetensors folder to load ``src`` from (converting a GGUF once)."""
+    if src.kind == "embedded":
+        return ensure_embedded(progress)
+    if src.kind == "gguf":
+        gguf = src.path / str(src.gguf_file)
+        return convert_gguf(gguf, gguf_cache_folder(gguf), progress)
+    return src.path
 
 
 def load_config(src: ModelSource, progress: bool = True, trust_remote_code: bool = False):

@@ -141,6 +141,11 @@ def _load_bnb(m: PTQMethod, src: ModelSource, tok, sizes: EvalSizes):
     logging.getLogger("bitsandbytes.autograd._functions").addFilter(_Once())
     from transformers import BitsAndBytesConfig
 
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as e:
+        raise UnsupportedOnDevice(f"{m.name} needs bitsandbytes (pip install bitsandbytes): {e}") from e
+
     gpu = measure.cuda_available()
     compute = torch.bfloat16 if gpu else torch.float32
     if m.precision == "int8":
@@ -148,10 +153,21 @@ def _load_bnb(m: PTQMethod, src: ModelSource, tok, sizes: EvalSizes):
     else:
         q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=m.precision,
                                bnb_4bit_use_double_quant=m.double_quant, bnb_4bit_compute_dtype=compute)
-    return load_model(src, dtype=compute, quantization_config=q, device_map="cuda" if gpu else "cpu", progress=False)
+    try:
+        return load_model(src, dtype=compute, quantization_config=q, device_map="cuda" if gpu else "cpu",
+                          progress=False)
+    except ImportError as e:  # transformers' bitsandbytes quantizer checks accelerate/bitsandbytes versions
+        raise UnsupportedOnDevice(f"{m.name}: {str(e).splitlines()[0][:200]}") from e
+    except QuantlabError as e:  # validate_bnb_backend_availability: no bitsandbytes backend for this device
+        if "backend" in str(e).lower() or "bitsandbytes" in str(e).lower():
+            raise UnsupportedOnDevice(f"{m.name}: bitsandbytes cannot run here ({e})") from e
+        raise
 
 
 _LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3")
+# Part of every stored row's configuration key: bump it when what a row measures changes, so a rerun does not
+# reuse rows that lack (or measured differently) today's figures.
+HARNESS_VERSION = 2
 
 
 @register("gptq")
@@ -187,8 +203,11 @@ def _load_torchao(m: PTQMethod, src: ModelSource, tok, sizes: EvalSizes):
     if m.needs_cuda and not gpu:
         raise UnsupportedOnDevice(f"{m.name} needs a CUDA GPU (torchao Int4WeightOnlyConfig has no CPU kernel); "
                                   "on a CPU use torchao-intx4")
-    from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, IntxWeightOnlyConfig, quantize_
-    from torchao.quantization.granularity import PerGroup
+    try:
+        from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, IntxWeightOnlyConfig, quantize_
+        from torchao.quantization.granularity import PerGroup
+    except ImportError as e:  # torchao absent, or a release that renamed these configs (pinned: torchao==0.18.0)
+        raise UnsupportedOnDevice(f"{m.name} needs torchao==0.18.0 ({str(e).splitlines()[0][:160]})") from e
 
     model = load_model(src, dtype=torch.bfloat16 if gpu else torch.float32, progress=False)
     if gpu:
@@ -271,12 +290,12 @@ def measure_speed(model, tok, sizes: EvalSizes) -> dict:
         def decode():
             o = model(x, use_cache=True)
             past, nxt = o.past_key_values, o.logits[:, -1:].argmax(-1)
+            measure._sync()  # the prefill's queued GPU work is not decode time
             t0 = time.perf_counter()
             for _ in range(sizes.decode_tokens):
                 o = model(nxt, past_key_values=past, use_cache=True)
                 past, nxt = o.past_key_values, o.logits[:, -1:].argmax(-1)
-            if measure.cuda_available():
-                torch.cuda.synchronize()
+            measure._sync()
             return time.perf_counter() - t0
 
         decode()
@@ -427,7 +446,8 @@ def run_ptq(methods: list[PTQMethod], model: str | None = None, *, store=None, r
     records, skipped, todo = [], [], []
     for m in methods:
         cfg = {**dataclasses.asdict(m), "sizes": dataclasses.asdict(sizes), "device": env["device"],
-               "model_path": str(src.path) if src.kind != "embedded" else "embedded"}
+               "harness": HARNESS_VERSION,
+               "model_path": "embedded" if src.kind == "embedded" else str(src.path / (src.gguf_file or ""))}
         key = config_key("ptq", src.name, m.name, cfg)
         old = None if redo else store.get(key)
         if old is not None:

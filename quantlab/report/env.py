@@ -30,6 +30,17 @@ def git_commit() -> str | None:
         return None
 
 
+def git_dirty() -> bool | None:
+    """Whether tracked files differ from the commit (a row measured with uncommitted code says so)."""
+    repo = Path(__file__).resolve().parent.parent.parent
+    try:
+        r = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, timeout=5)
+        return bool(r.stdout.strip()) if r.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -44,6 +55,7 @@ def environment() -> dict:
     """Versions, device and the CPU conditions a timing depends on: thread settings, core count and the load
     average when the snapshot was taken (a shared machine's other jobs show up there)."""
     env = {"python": platform.python_version(), "platform": platform.platform(), "git_commit": git_commit(),
+           "git_dirty": git_dirty(),
            "cpu_count": os.cpu_count(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
            "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
     try:

@@ -55,8 +55,10 @@ PTQ_NOTES = [
 def _rows(records) -> list[dict]:
     out = []
     for r in records:
+        sizes = r.config.get("sizes") or {}
+        budget = f"{sizes.get('eval_tokens')} tok / {sizes.get('cloze_items')} items" if sizes else None
         row = {"method": r.method, "model": r.model, "kind": r.kind, "created_at": r.created_at,
-               "device": r.env.get("device_name"), **r.metrics}
+               "device": r.env.get("device_name"), "config_budget": budget, **r.metrics}
         out.append(row)
     return out
 
@@ -66,8 +68,19 @@ def _cell(row, col, f):
     return "-" if v is None else f(v)
 
 
+def _ptq_columns(rows) -> list:
+    """PTQ_COLUMNS, led by model / device / eval-budget columns when the rows differ in them (a --quick run or a
+    second model in the same store must not show two indistinguishable 'fp32' rows)."""
+    lead = []
+    for col, head in (("model", "model"), ("device", "device"), ("config_budget", "budget")):
+        if len({r.get(col) for r in rows}) > 1:
+            lead.append((col, head, str))
+    return lead + PTQ_COLUMNS
+
+
 def ptq_table(records, fmt: str = "table") -> str:
     rows = _rows(records)
+    columns = _ptq_columns(rows)
     if fmt == "json":
         return json.dumps(rows, indent=2, default=str) + "\n"
     if fmt == "csv":
@@ -78,20 +91,20 @@ def ptq_table(records, fmt: str = "table") -> str:
         w.writerows(rows)
         return buf.getvalue()
     if fmt == "markdown":
-        heads = [h for _, h, _ in PTQ_COLUMNS]
+        heads = [h for _, h, _ in columns]
         lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
         for r in rows:
-            lines.append("| " + " | ".join(_cell(r, c, f) for c, _, f in PTQ_COLUMNS) + " |")
+            lines.append("| " + " | ".join(_cell(r, c, f) for c, _, f in columns) + " |")
         return "\n".join(lines) + "\n"
     from rich.table import Table
 
     from quantlab.units import console
 
     t = Table(title="Post-training quantization (MiB = 2^20 bytes; quality vs the fp32 reference)")
-    for _, h, _ in PTQ_COLUMNS:
+    for _, h, _ in columns:
         t.add_column(h, justify="left" if h == "method" else "right")
     for r in rows:
-        t.add_row(*(_cell(r, c, f) for c, _, f in PTQ_COLUMNS))
+        t.add_row(*(_cell(r, c, f) for c, _, f in columns))
     con = console()
     with con.capture() as cap:
         con.print(t)

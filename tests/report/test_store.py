@@ -1,3 +1,4 @@
+import dataclasses
 import sqlite3
 
 import pytest
@@ -95,3 +96,18 @@ def test_report_command_renders_every_format(tmp_path, capsys):
     assert main(["report", "--store", str(p), "--format", "csv", "--kind", "ptq"]) == 0
     assert capsys.readouterr().out.startswith("method,")
     assert main(["report", "--store", str(p), "--kind", "qat"]) == 2
+
+
+def test_ptq_table_names_model_and_budget_when_rows_differ():
+    """Two 'fp32' rows of different models (or evaluation budgets) must not look the same."""
+    a, b = rec("fp32", meas_perplexity=24.0), rec("fp32", meas_perplexity=30.0)
+    b = dataclasses.replace(b, model="other-model", key="k2")
+    md = ptq_table([a, b], "markdown")
+    assert md.startswith("| model | method |") and "other-model" in md
+    assert ptq_table([a], "markdown").startswith("| method |")  # one model: no extra column
+
+
+def test_environment_says_whether_the_tree_was_dirty():
+    from quantlab.report.env import environment
+
+    assert environment()["git_dirty"] in (True, False, None)
