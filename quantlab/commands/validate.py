@@ -232,10 +232,15 @@ def run(args) -> int:
 
 
 def run_cases(cases, *, progress: bool = False, readings=None) -> list[dict]:
+    import contextlib
+
     from quantlab.lab.progress import track
     from quantlab.validate import validate
 
-    return [validate(c, readings=readings) for c in track(cases, "validating", total=len(cases), enabled=progress)]
+    # libraries imported on the way (deepspeed, gptqmodel via peft) print banners on stdout: keep stdout for the
+    # report (--format json/csv must parse)
+    with contextlib.redirect_stdout(sys.stderr):
+        return [validate(c, readings=readings) for c in track(cases, "validating", total=len(cases), enabled=progress)]
 
 
 def report(rows: list[dict], *, fmt: str = "table", out: str | None = None, append: str | None = None,
@@ -258,7 +263,8 @@ def report(rows: list[dict], *, fmt: str = "table", out: str | None = None, appe
             print(f"wrote {path}", file=sys.stderr)
     if append:
         n = append_measurements(rows, Path(append))
-        print(f"appended {n} measurement rows to {append}", file=sys.stderr)
+        print(f"appended {n} measurement rows to {append}" + (f" ({len(rows) - n} configurations missed a target "
+              "and are in the validation report only)" if n < len(rows) else ""), file=sys.stderr)
     return 0 if all(s["ok"] for s in summary) else 1
 
 
@@ -420,12 +426,18 @@ def measurement_source(device: str) -> str:
 
 
 def append_measurements(rows: list[dict], path: Path) -> int:
-    """Append (or replace, by id) one ground-truth row per measured configuration; returns how many."""
+    """Append (or replace, by id) one ground-truth row per configuration that met its validation targets; returns
+    how many. A configuration that missed stays in the validation report (with its error) but is not added to the
+    ground truth, whose test would then fail every run until the planner is fixed; its stale row, if any, is
+    removed."""
     from quantlab.fileio import atomic_write_text
     from quantlab.validate import measurement_row
 
-    new = {}
+    new, drop = {}, set()
     for r in rows:
+        if not r.get("ok"):
+            drop.add(f"quantlab-validate-{r['id']}")
+            continue
         m = measurement_row(r, source=measurement_source(r.get("device", "cpu")))
         if m is not None:
             new[m["id"]] = m
@@ -434,7 +446,7 @@ def append_measurements(rows: list[dict], path: Path) -> int:
         for line in path.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 try:
-                    if json.loads(line).get("id") in new:
+                    if json.loads(line).get("id") in new or json.loads(line).get("id") in drop:
                         continue  # a re-run replaces its own row
                 except json.JSONDecodeError:
                     pass

@@ -250,7 +250,10 @@ def attention(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: b
             out += (4 * T * qd if kg else 0) + (4 * kv_T * qd if qg else 0) + (4 * kv_T * qd if scores else 0)
             out += 4 * S
         elif x.prefix:  # a prefix makes a mask: no native GQA, k and v repeated to H heads; the mask is kept
-            out += at * T * qd + 2 * at * kv_T * qd + at * T * qd + 4 * H * T + x.r * x.b * x.s * x.kv_s
+            # (one KV head: ``repeat_kv``'s expand + reshape is a view, and the fused kernel saves it as it is, so the
+            # storage kept is the unrepeated k and v; measured by quantlab validate)
+            rd = kvd if m.kv_heads == 1 else qd
+            out += at * T * qd + 2 * at * kv_T * rd + at * T * qd + 4 * H * T + x.r * x.b * x.s * x.kv_s
             o_shared = True
         else:  # Phi-3's v is a view of the fused qkv output (CUDA), unless autocast copies it
             v = at * T * (qd + 2 * kvd) if (t == "phi3" and x.cuda and at == a) else at * T * kvd

@@ -24,6 +24,11 @@ Assumptions (numbered; notes in the plan refer to them):
 3. Gradients are counted as live through the next forward/backward: the safe reading (gradient
    accumulation and ``zero_grad(set_to_none=False)`` keep them; with ``set_to_none=True`` the true peak is
    lower by the gradient bytes). Checked against the published full fine-tune rows.
+   3b. At the end of backward a trainable embedding's gradient is a whole V x h tensor before it is added into
+   ``.grad``; tied to lm_head, lm_head's gradient waits for it in autograd's input buffer from the start of
+   backward (beside every later phase: block backward, checkpoint recompute) and the two are summed out of place
+   (under AMP in place): three (two) V x h tensors beside the logits (:func:`_embedding_grad_tail`; measured on a CPU by
+   ``quantlab validate``: it decides the peak when the vocabulary is large and the batch small).
 4. Saved activations: :mod:`quantlab.planner.activations` (autograd's rule applied op by op to the transformers 5
    modeling code, per family; exact to the byte against ``saved_tensors_hooks`` on tiny CPU models). Dtypes: pure
    training keeps everything in the weights' dtype; AMP keeps an fp32 residual stream and autocast-dtype linear
@@ -177,17 +182,27 @@ def _optimizer_bytes(opt: Optimizer, tensors: Tensors, state_bytes: int, cpu: bo
         return 0, 0
     count = sum(k for _, k in tensors)
     if opt in (Optimizer.ADAMW, Optimizer.PAGED_ADAMW):
-        # exp_avg, exp_avg_sq like the parameter; the 0-dim fp32 ``step`` lives on the CPU unless capturable/fused
-        return 2 * n * state_bytes + (4 * count if cpu else 0), n * state_bytes
+        # exp_avg, exp_avg_sq like the parameter; the 0-dim fp32 ``step`` lives on the CPU unless capturable/fused.
+        # CUDA defaults to the foreach step (one state-sized temporary, ``torch._foreach_sqrt``); a CPU runs
+        # ``_single_tensor_adamw``, one parameter at a time: ``exp_avg_sq.sqrt() / bias_correction2_sqrt`` holds
+        # two temporaries of the largest parameter (checked with the profiler, torch 2.13)
+        if cpu:
+            return 2 * n * state_bytes + 4 * count, 2 * max(_numel(((s, 1),)) for s, _ in tensors) * state_bytes
+        return 2 * n * state_bytes, n * state_bytes
     if opt in (Optimizer.ADAMW_8BIT, Optimizer.PAGED_ADAMW_8BIT):
         # bitsandbytes blockwise: uint8 state1/state2 + one fp32 absmax per 256 values each; tensors under
         # min_8bit_size (4096 values) keep fp32 states (checked on a CPU against bitsandbytes 0.50 AdamW8bit)
-        total, eight_bit = 0, False
+        total, eight_bit, biggest = 0, False, 0
         for shape, k in tensors:
             size = _numel(((shape, 1),))
             total += k * (2 * size + 2 * 4 * -(-size // 256) if size >= 4096 else 2 * 4 * size)
             eight_bit = eight_bit or size >= 4096
-        return total + (2 * 256 * 4 if eight_bit else 0), 0  # + the two 256-entry fp32 quantile maps, shared
+            biggest = max(biggest, size if size >= 4096 else 0)
+        # CUDA runs the update in one fused kernel; on a CPU bitsandbytes 0.50 (``optimizer_update_8bit_blockwise``)
+        # works in torch ops on one parameter at a time: both states dequantized to fp32, then the mul, sqrt and div
+        # of the update: five fp32 tensors of the largest 8-bit parameter (checked with the profiler)
+        tmp = 5 * 4 * biggest if cpu else 0
+        return total + (2 * 256 * 4 if eight_bit else 0), tmp  # + the two 256-entry fp32 quantile maps, shared
     if opt is Optimizer.SGD:
         return 0, 0
     if opt is Optimizer.SGD_MOMENTUM:
@@ -197,19 +212,27 @@ def _optimizer_bytes(opt: Optimizer, tensors: Tensors, state_bytes: int, cpu: bo
     if opt is Optimizer.ADAFACTOR:
         # transformers' Adafactor: a matrix keeps row and column second-moment factors, a vector its full second
         # moment, in fp32 (``.to(grad)`` after ``grad.float()``), every tensor an fp32 ``RMS`` scalar; a step works
-        # in fp32 on one parameter at a time (fp32 grad, fp32 copy of a half parameter, the update)
+        # in fp32 on one parameter at a time: ``update = grad**2 + eps`` holds the power and the sum at once, and so
+        # does ``_approx_sq_grad`` (the new update beside the old); a half parameter adds its fp32 copy and the fp32
+        # copy of its gradient (four fp32 tensors of the largest parameter, two for an fp32 one; profiler-checked)
+        # The previous parameter's fp32 ``update`` is still bound while the next one's ``grad**2 + eps`` is computed,
+        # so the peak is the largest (2 + copies) x N_i + N_{i-1} over parameters in the model's order (``tensors``
+        # lists them in that order; a block's first tensor follows the previous block's last).
+        copies = 2 if state_bytes < 4 else 0
         state_bytes = 4
         total, biggest = 0, 0
-        for shape, k in tensors:
-            size = _numel(((shape, 1),))
-            biggest = max(biggest, size)
+        sizes = [_numel(((shape, 1),)) for shape, _ in tensors]
+        for j, (shape, k) in enumerate(tensors):
+            size = sizes[j]
+            prev = size if k > 1 and len(tensors) == 1 else sizes[j - 1] if j else 0
+            biggest = max(biggest, (2 + copies) * size + prev)
             if len(shape) >= 2:
                 rows = _numel(((shape[:-1], 1),))
                 cols = _numel(((shape[:-2], 1),)) * shape[-1]
                 total += k * ((rows + cols) * state_bytes + 4)
             else:
                 total += k * (size * state_bytes + 4)
-        return total, 3 * 4 * biggest
+        return total, 4 * biggest
     raise ValueError(opt)  # pragma: no cover
 
 
@@ -245,6 +268,25 @@ def _dtypes(cfg: PlanConfig) -> tuple[int, int, int, bool, bool]:
     else:
         r = a = load
     return load, r, a, amp, upcast
+
+
+def _embedding_grad_tail(cfg: PlanConfig, pc: ParamCounts, grad_bytes: int) -> tuple[int, int]:
+    """(bytes at the end of backward, bytes held through backward) of a trainable embedding's gradient (3b).
+
+    ``embedding_dense_backward`` returns a whole vocab x hidden gradient, added in place into the existing ``.grad``
+    (untied: one V·h). Tied to lm_head, the weight's two gradients meet in autograd's input buffer: lm_head's,
+    computed first and held through the whole backward, the embedding's, and their out-of-place sum (three V·h).
+    """
+    if not cfg.method.is_training or not _embed_trains(cfg, pc):
+        return 0, 0
+    m = cfg.model
+    n = m.vocab_size * m.hidden_size * grad_bytes
+    if not m.tie_word_embeddings:
+        return n, 0
+    # lm_head's gradient of a tied weight reaches the input buffer as a transposed view (summed out of place: three
+    # V·h at the end); under AMP as the fp32 cast of the bf16 gradient, a fresh tensor summed in place (two)
+    amp = cfg.training_precision is TrainingPrecision.AMP
+    return (2 if amp else 3) * n, n
 
 
 def loss_buffers(cfg: PlanConfig) -> tuple[int, int, int]:
@@ -357,8 +399,8 @@ def plan(cfg: PlanConfig) -> Plan:
     if method is Method.FULL:
         trainable = pc.total
         outside = outside_tensors(m)
-        tensors = tuple((s, k * L) for s, k in block_tensors(m)) + outside["embed_tokens"] + outside["lm_head"] \
-            + outside["norm"]
+        tensors = outside["embed_tokens"] + tuple((s, k * L) for s, k in block_tensors(m)) + outside["norm"] \
+            + outside["lm_head"]  # the model's parameter order
     elif method is Method.FREEZE:
         k = cfg.freeze_last_layers
         trainable = k * pc.per_block
@@ -385,7 +427,8 @@ def plan(cfg: PlanConfig) -> Plan:
     # ---- gradients, optimizer (assumptions 3, 8)
     grad_bytes = 4 if method.is_peft else tw_bytes
     gradients = trainable * grad_bytes if training else 0
-    paged = cfg.optimizer in (Optimizer.PAGED_ADAMW, Optimizer.PAGED_ADAMW_8BIT)
+    # paged states live in CUDA unified memory; on a CPU bitsandbytes' paged optimizers hold ordinary tensors
+    paged = cfg.optimizer in (Optimizer.PAGED_ADAMW, Optimizer.PAGED_ADAMW_8BIT) and cfg.device is DeviceMode.CUDA
     opt_state, step_tmp = _optimizer_bytes(cfg.optimizer, tensors, grad_bytes, cfg.device is DeviceMode.CPU) \
         if training else (0, 0)
 
@@ -426,7 +469,17 @@ def plan(cfg: PlanConfig) -> Plan:
         kv = _kv_cache(m, cfg, kv_bytes)
         a = c
         h, I, H = m.hidden_size, m.intermediate_size * (m.num_experts_per_tok if m.is_moe else 1), m.num_attention_heads
-        layer = (3 * a * T * I + 2 * a * T * h) // tp
+        # a gated MLP holds act(gate), up and their product; GPT-2's two-linear MLP with gelu_new (``NewGELUActivation``,
+        # written in tensor ops: 0.5*x, x**3, ... each a new tensor) holds its input and three temporaries
+        mlp = 3 if m.gated_mlp else 4 if m.hidden_act == "gelu_new" else 2
+        layer = (mlp * a * T * I + 2 * a * T * h) // tp
+        if m.is_moe:  # transformers 5 grouped_mm experts: the k·T routed token states, the fused gate_up output (2I
+            # wide), its activation and the product, all over k·T rows
+            k = m.num_experts_per_tok
+            layer = (4 * a * T * I + a * k * T * h + 2 * a * T * h) // tp
+        if m.model_type == "gpt2":  # GPT2Model.forward keeps inputs_embeds and the position embeddings as locals,
+            layer += a * T * h + a * cfg.seq * h  # beside the block input
+            layer += a * T * h
         S = cfg.batch * H * cfg.seq * cfg.seq
         qd = H * m.head_dim
         if attn is Attention.EAGER:
@@ -446,7 +499,9 @@ def plan(cfg: PlanConfig) -> Plan:
             # gemm_4bit; GPTQ/torchao dequantizing kernels): the largest quantized linear, in the compute dtype
             layer += c * max((l.in_features * l.out_features for l in pc.linears if getattr(l, "module", True)),
                              default=0) // tp
-        logits = a * T * V + a * T * h
+        # Gemma-2's final logit softcapping (``logits / cap``, tanh, ``* cap``) makes a second T x vocab tensor
+        softcap = 2 if m.model_type == "gemma2" else 1
+        logits = softcap * a * T * V + a * T * h
         transient = max(layer, logits)
         comps["kv_cache"] = kv
         comps["prefill_transient"] = transient
@@ -485,6 +540,7 @@ def plan(cfg: PlanConfig) -> Plan:
                                  prompt_tokens=cfg.num_virtual_tokens if method in (Method.PROMPT, Method.PREFIX) else 0,
                                  inputs_grad=(cfg.grad_checkpointing and method.is_peft) or method is Method.PROMPT)
         keep_logits, loss_saved, loss_grads = loss_buffers(cfg)
+        embed_tail, held = _embedding_grad_tail(cfg, pc, tw_bytes)  # assumption 3b
         loss_peak = keep_logits + loss_saved + loss_grads  # assumption 6
         amp_casts = 0
         if amp:
@@ -498,12 +554,12 @@ def plan(cfg: PlanConfig) -> Plan:
             activations = ckpt + outside
             recompute_amp = max((amp_weight_casts(m, x, trains, lora, True) // tp for _, trains, _, v in per if v),
                                 default=0) if amp else 0
-            fwd_bwd = activations + max(loss_peak + amp_casts, keep_logits + recompute + recompute_amp)
+            fwd_bwd = activations + max(loss_peak + amp_casts, keep_logits + held + recompute + recompute_amp)
             notes.append("gradient checkpointing: one input per block kept, one block recomputed at a time "
                          "(assumption 5)")
         else:
             activations = blocks + outside
-            fwd_bwd = activations + amp_casts + loss_peak
+            fwd_bwd = activations + amp_casts + max(loss_peak, keep_logits + held)
         comps["gradients"] = gradients
         comps["optimizer"] = opt_state
         comps["activations"] = activations + amp_casts
@@ -512,7 +568,9 @@ def plan(cfg: PlanConfig) -> Plan:
             comps["ddp_buckets"] = ddp_buckets
         static = weights + quant_constants + adapters + gradients + ddp_buckets + (0 if paged else opt_state)
         comps["optimizer_step"] = step_tmp
-        dynamic = max(fwd_bwd, step_tmp)
+        if embed_tail:
+            comps["embedding_grad_tail"] = embed_tail
+        dynamic = max(fwd_bwd, step_tmp, keep_logits + embed_tail)
         allocated = static + dynamic
         if paged:
             notes.append("paged optimizer states live in CUDA unified memory: counted in the process total, "
