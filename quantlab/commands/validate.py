@@ -47,9 +47,10 @@ def register(sub) -> None:
                     "measured, component by component: weights, quantization constants, adapters, gradients, "
                     "optimizer states, saved activations, logits and loss buffers, KV cache, and the peak of live "
                     "tensor bytes (allocated). On a CPU the planner plans with device=cpu (no CUDA context or "
-                    "allocator reserve) and tensor bytes are counted exactly: targets are 2%% per component and 3%% "
-                    "for the total. On a GPU the CUDA allocator and NVML are read (allocated 3%%, reserved and "
-                    "process 6%%). Exit status: 0 when every configuration meets its targets, 1 when one misses, 2 "
+                    "allocator reserve) and tensor bytes are counted exactly: targets are 2% per component and 3% "
+                    "for the total. On a GPU the CUDA allocator and NVML are read (allocated 3%, reserved and "
+                    "process 6%); --device is not read: the lab plans for where it runs (cuda when torch sees a "
+                    "GPU, else cpu). Exit status: 0 when every configuration meets its targets, 1 when one misses, 2 "
                     "for bad input.",
         epilog="Examples:\n"
                "  quantlab validate --model smollm2-135m --method lora --precision fp32 --compute-dtype fp32 "
@@ -80,8 +81,9 @@ def register(sub) -> None:
                    help="also write validation.md, validation.csv, validation.json and validation.png (predicted vs "
                         "measured with the y = x line) there, atomically")
     o.add_argument("--append-measurements", nargs="?", const="reports/measurements.jsonl", default=None,
-                   metavar="PATH", help="append each measured total to PATH (default reports/measurements.jsonl) in "
-                                        "the ground-truth format, so tests/test_groundtruth.py checks it too")
+                   metavar="PATH", help="append the measured total of each configuration that met its targets to PATH "
+                                        "(default reports/measurements.jsonl) in the ground-truth format, so "
+                                        "tests/test_groundtruth.py checks it too (a re-run replaces its rows)")
     o.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar on stderr")
     p.set_defaults(func=run)
 

@@ -77,8 +77,8 @@ import dataclasses
 import functools
 from dataclasses import dataclass, field
 
-from quantlab.planner.activations import (Act, amp_weight_casts, block_saved, ia3_params_per_block, outside_blocks,
-                                          sdpa_kernel)
+from quantlab.planner.activations import (IA3_FEEDFORWARD, IA3_TARGETS, Act, amp_weight_casts, block_saved,
+                                          ia3_params_per_block, outside_blocks, sdpa_kernel)
 from quantlab.planner.formats import weight_format
 from quantlab.planner.params import ParamCounts, Tensors, block_tensors, count_params, outside_tensors
 from quantlab.specs import (ALL_LINEAR, Attention, DeviceMode, LinearShape, Method, ModelSpec, Offload, Optimizer,
@@ -157,8 +157,12 @@ def _adapter_params(m: ModelSpec, method: Method, lora_r: int, targets: tuple[st
         t = (((nvt, L * 2 * kv), 1),)
     elif method is Method.PROMPT:
         t = (((nvt, h), 1),)
-    elif method is Method.IA3:  # PEFT's IA3 defaults per family (activations.IA3_TARGETS): (out, 1) / (1, in)
-        t = (((ia3_params_per_block(m), 1), L),)
+    elif method is Method.IA3:  # PEFT's IA3 defaults per family (activations.IA3_TARGETS): (out, 1) / (1, in), one
+        # vector per target and layer (each its own tensor: the optimizer keeps a step counter per tensor)
+        lins = {l.name: l for l in m.block_linears()}
+        ff = IA3_FEEDFORWARD[m.model_type]
+        t = tuple(((lins[n].out_features, 1), L) for n in IA3_TARGETS[m.model_type]) + \
+            ((((1, lins[ff].in_features), L),) if ff else ())
     else:
         t = ()
     return _numel(t), t
@@ -469,17 +473,25 @@ def plan(cfg: PlanConfig) -> Plan:
         kv = _kv_cache(m, cfg, kv_bytes)
         a = c
         h, I, H = m.hidden_size, m.intermediate_size * (m.num_experts_per_tok if m.is_moe else 1), m.num_attention_heads
+        # the residual stream beside a block's transients (whole on every tensor-parallel rank): the model forward's
+        # ``inputs_embeds`` (a local), the block input (the caller's loop variable), the residual after attention and
+        # the norm output; from the second block on these are four tensors (GPT-2 also keeps its learned position
+        # embeddings as a local)
+        stream = (4 if m.num_hidden_layers > 1 else 3) * a * T * h + (a * cfg.seq * h if m.model_type == "gpt2" else 0)
         # a gated MLP holds act(gate), up and their product; GPT-2's two-linear MLP with gelu_new (``NewGELUActivation``,
         # written in tensor ops: 0.5*x, x**3, ... each a new tensor) holds its input and three temporaries
         mlp = 3 if m.gated_mlp else 4 if m.hidden_act == "gelu_new" else 2
-        layer = (mlp * a * T * I + 2 * a * T * h) // tp
+        layer = mlp * a * T * I // tp + stream
         if m.is_moe:  # transformers 5 grouped_mm experts: the k·T routed token states, the fused gate_up output (2I
-            # wide), its activation and the product, all over k·T rows
+            # wide), its activation and the product, all over k·T rows (I here is already k x intermediate)
             k = m.num_experts_per_tok
-            layer = (4 * a * T * I + a * k * T * h + 2 * a * T * h) // tp
-        if m.model_type == "gpt2":  # GPT2Model.forward keeps inputs_embeds and the position embeddings as locals,
-            layer += a * T * h + a * cfg.seq * h  # beside the block input
-            layer += a * T * h
+            layer = (4 * a * T * I + a * k * T * h) // tp + stream
+        if cfg.precision is Precision.INT8 and cfg.device is DeviceMode.CPU:
+            # bitsandbytes 0.50's CPU LLM.int8 (backends/default/ops.py): ``torch._int_mm`` gives an int32 T x out,
+            # ``int8_mm_dequant`` multiplies its fp32 copy by the fp32 outer product of the row and column scales:
+            # four 4-byte T x out tensors at once, beside act(gate) and the int8 input, at the up projection
+            up = max((l.out_features for l in m.block_linears() if getattr(l, "module", True)), default=0)
+            layer = max(layer, (a * T * I + 16 * T * up + T * h) // tp + stream)
         S = cfg.batch * H * cfg.seq * cfg.seq
         qd = H * m.head_dim
         if attn is Attention.EAGER:
@@ -496,9 +508,12 @@ def plan(cfg: PlanConfig) -> Plan:
                          "FlashAttention on this GPU): heads x seq^2 fp32 scores are materialized (activations A3b)")
         if kbit and cfg.precision is not Precision.INT8:
             # a k-bit matmul over more than one token dequantizes the whole weight first (bitsandbytes
-            # gemm_4bit; GPTQ/torchao dequantizing kernels): the largest quantized linear, in the compute dtype
-            layer += c * max((l.in_features * l.out_features for l in pc.linears if getattr(l, "module", True)),
-                             default=0) // tp
+            # gemm_4bit; GPTQ/torchao dequantizing kernels): the largest quantized linear, in the compute dtype, is
+            # alive during its own matmul only: beside act(gate) and the up projection's output (not beside their
+            # product, measured by quantlab validate)
+            deq = c * max((l.in_features * l.out_features for l in pc.linears if getattr(l, "module", True)),
+                          default=0) // tp
+            layer = max(layer, (2 if m.gated_mlp else 1) * a * T * I // tp + deq + stream)
         # Gemma-2's final logit softcapping (``logits / cap``, tanh, ``* cap``) makes a second T x vocab tensor
         softcap = 2 if m.model_type == "gemma2" else 1
         logits = softcap * a * T * V + a * T * h
@@ -551,6 +566,8 @@ def plan(cfg: PlanConfig) -> Plan:
             ckpt = grad_blocks * r * T * m.hidden_size  # block inputs: the residual stream, whole on every rank
             if x.eager and grad_blocks:  # the causal mask (Gemma-2: also the sliding-window one), a block input
                 ckpt += (2 if m.model_type == "gemma2" else 1) * cfg.batch * s_eff * kv_s * r
+            if grad_blocks and m.model_type != "gpt2":  # the int64 position ids, a keyword of every RoPE block
+                ckpt += 8 * s_eff
             activations = ckpt + outside
             recompute_amp = max((amp_weight_casts(m, x, trains, lora, True) // tp for _, trains, _, v in per if v),
                                 default=0) if amp else 0

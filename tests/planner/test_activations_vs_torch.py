@@ -6,9 +6,9 @@ The planner (``device=cpu``) predicts ``activations``: everything the blocks and
 The loss saves three more tensors, which the planner counts in ``logits_loss`` with the loss buffers: the fp32
 ``log_softmax`` output (4·T·V), the int64 targets (8·T) and ``nll_loss``'s ``total_weight`` (4 bytes).
 
-Under gradient checkpointing RoPE's cos/sin (2·s·head_dim·r bytes) and the eager causal mask(s) (b·s²·r each) are
-keyword arguments of the checkpointed blocks: alive, held by the checkpoint's closure, but not saved tensors; the
-planner counts them, so it exceeds the hook count by exactly those bytes.
+Under gradient checkpointing RoPE's cos/sin (2·s·head_dim·r bytes), the int64 position ids (8·s) and the eager causal
+mask(s) (b·s²·r each) are keyword arguments of the checkpointed blocks: alive, held by the checkpoint's closure, but
+not saved tensors; the planner counts them, so it exceeds the hook count by exactly those bytes.
 
 Tiny models: 2 blocks, hidden 64, 4 heads (2 KV heads), intermediate 128, vocabulary 256, batch 2 x 24 tokens
 (``quantlab.lab.model.tiny_config``); Gemma-2's default head_dim is 256; Mixtral 4 experts, top-2.
@@ -172,7 +172,7 @@ def test_lora_dropout_and_all_linear(family, dtype, targets):
 def test_checkpointing_keeps_block_inputs(family, method, attn):
     meas, spec, p = _measure(family, method, "bf16", attn, ckpt=True)
     r = 2  # bf16 residual stream
-    closure = 0 if family == "gpt2" else 2 * S * spec.head_dim * r  # cos, sin
+    closure = 0 if family == "gpt2" else 2 * S * spec.head_dim * r + 8 * S  # cos, sin; the int64 position ids
     if attn == "eager" and family != "gpt2":
         closure += (2 if family == "gemma2" else 1) * B * S * S * r  # causal (and sliding-window) masks
     assert p.components["activations"] + _loss_saved(spec, method) - closure == meas

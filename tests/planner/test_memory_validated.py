@@ -92,25 +92,36 @@ def test_paged_optimizer_states_are_ordinary_tensors_on_a_cpu():
 
 
 def test_inference_transients_per_family():
-    """Gemma-2's softcapping doubles the logits; a MoE layer holds k·T routed rows 4·I wide (gate_up, act, product)
-    plus the routed inputs; GPT-2's gelu_new holds 4 T x I tensors and its embeddings as locals."""
+    """Beside a block's transients the residual stream holds four T x h tensors (inputs_embeds, the block input, the
+    residual after attention, the norm output; GPT-2 also its s x h position embeddings). Gemma-2's softcapping
+    doubles the logits; a MoE layer holds k·T routed rows 4·I wide plus the routed inputs; GPT-2's gelu_new holds
+    4 T x I tensors; bitsandbytes' CPU LLM.int8 holds four 4-byte T x out tensors (int32 product, its fp32 copy,
+    the scale outer product, their product) beside act(gate); a 4-bit weight is dequantized beside act(gate) and
+    the up projection's output only."""
     base = dict(method=Method.INFERENCE, precision=Precision.BF16, compute_dtype=DType.BF16, batch=2, seq=64,
                 device=DeviceMode.CPU, attn=Attention.EAGER)
-    T, a = 128, 2
+    T, a, h = 128, 2, 256
+    stream = 4 * a * T * h
+    logits = a * T * 4096 + a * T * h
     gemma = model_spec("gemma-2-2b", {"num_hidden_layers": 2, "hidden_size": 256, "num_attention_heads": 4,
                                       "num_key_value_heads": 2, "head_dim": 64, "intermediate_size": 1024,
                                       "vocab_size": 4096})
-    assert plan(PlanConfig(model=gemma, **base)).components["prefill_transient"] == 2 * a * T * 4096 + a * T * 256
+    assert plan(PlanConfig(model=gemma, **base)).components["prefill_transient"] == 2 * a * T * 4096 + a * T * h
     gpt2 = model_spec("gpt2", {"n_layer": 2, "n_embd": 256, "n_head": 4, "vocab_size": 4096, "n_positions": 512})
-    layer = 4 * a * T * 1024 + 2 * a * T * 256 + 2 * a * T * 256 + a * 64 * 256
-    eager_scores = plan(PlanConfig(model=gpt2, **dict(base, attn=Attention.SDPA))).components["prefill_transient"]
-    assert eager_scores == max(layer, a * T * 4096 + a * T * 256)
+    sdpa = dict(base, attn=Attention.SDPA)
+    assert plan(PlanConfig(model=gpt2, **sdpa)).components["prefill_transient"] == \
+        max(4 * a * T * 1024 + stream + a * 64 * h, logits)
     moe = model_spec("mixtral-8x7b", {"num_hidden_layers": 2, "hidden_size": 256, "num_attention_heads": 4,
                                       "num_key_value_heads": 1, "intermediate_size": 512, "vocab_size": 4096,
                                       "num_local_experts": 4, "num_experts_per_tok": 2})
-    p = plan(PlanConfig(model=moe, **dict(base, attn=Attention.SDPA)))
-    assert p.components["prefill_transient"] == max(4 * a * T * 1024 + a * 2 * T * 256 + 2 * a * T * 256,
-                                                    a * T * 4096 + a * T * 256)
+    assert plan(PlanConfig(model=moe, **sdpa)).components["prefill_transient"] == \
+        max(4 * a * T * 1024 + a * 2 * T * h + stream, logits)
+    int8 = dict(sdpa, precision=Precision.INT8, compute_dtype=DType.FP32)
+    assert plan(PlanConfig(model=LLAMA, **int8)).components["prefill_transient"] == \
+        4 * T * 1024 + 16 * T * 1024 + T * h + 4 * 4 * T * h
+    nf4 = dict(sdpa, precision=Precision.NF4, compute_dtype=DType.FP32, batch=4)
+    assert plan(PlanConfig(model=LLAMA, **nf4)).components["prefill_transient"] == \
+        max(2 * 4 * 256 * 1024 + 4 * 1024 * 256 + 4 * 4 * 256 * h, 4 * 256 * 4096 + 4 * 256 * h)
 
 
 def test_prefix_sdpa_with_one_kv_head_keeps_unrepeated_kv():
@@ -122,3 +133,15 @@ def test_prefix_sdpa_with_one_kv_head_keeps_unrepeated_kv():
     # per layer: 2 tensors x bf16 x b·(s + 8) rows x (256 - 64) columns fewer than the repeated reading
     four = dataclasses.replace(LLAMA, num_key_value_heads=4)  # no repetition at all: H·d wide k and v
     assert plan(cfg(model=four, **pre)).components["activations"] - one == 2 * 2 * 2 * 144 * (256 - 64)
+
+
+def test_ia3_vectors_are_one_tensor_per_target():
+    """PEFT's IA3 on Llama: k_proj and v_proj (out, 1) and down_proj (1, in) per layer; AdamW on a CPU keeps a 4-byte
+    step counter per tensor: 3 x 2 layers x 4 = 24 bytes beside the states (2 x 4 bytes per value)."""
+    from quantlab.planner.activations import ia3_params_per_block
+
+    p = plan(cfg(method=Method.IA3))
+    n = 2 * ia3_params_per_block(LLAMA)
+    assert n == 2 * (64 + 64 + 1024) and p.trainable_params == n
+    assert p.components["optimizer"] == 2 * 4 * n + 4 * 3 * 2
+
