@@ -22,7 +22,7 @@ def register(sub) -> None:
     p.add_argument("--methods", default="fp32,bf16,int8,nf4", help="comma-separated methods (see below)")
     p.add_argument("--quick", action="store_true",
                    help="small evaluation sizes (about a minute per method on 2 CPU cores): for a demo, not a report")
-    p.add_argument("--eval-tokens", type=int, default=None, help="held-out tokens for perplexity (default 2048; fp16/bf16 get 512 on a CPU, where they are emulated)")
+    p.add_argument("--eval-tokens", type=int, default=None, help="held-out tokens for perplexity (default 2048; fp16/bf16 get 512 on a CPU where a quick probe measures their matmuls 4x or more slower than fp32: emulated, not native)")
     p.add_argument("--store", default=None, help="results database (default reports/quantlab.sqlite)")
     p.add_argument("--cloze-items", type=int, default=None, help="cloze task items to score (default 40 of 120; a quarter of that for fp16/bf16 on a CPU)")
     p.add_argument("--redo", action="store_true", help="run again even if the store has this configuration")

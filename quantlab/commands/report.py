@@ -48,8 +48,16 @@ def run(args) -> int:
                 from quantlab.report.render import PTQ_NOTES
 
                 parts.append("".join(f"- {n}\n" for n in PTQ_NOTES))
-        if other:
-            parts.append(generic_table(other, args.format if args.format != "table" else "markdown"))
+        tuned = [r for r in other if r.kind in ("finetune", "qat")]
+        rest = [r for r in other if r.kind not in ("finetune", "qat")]
+        if tuned:
+            from quantlab.lab.finetune_report import NOTES, finetune_table
+
+            parts.append(finetune_table(tuned, args.format if args.format in ("csv", "json") else "markdown"))
+            if args.format == "markdown":
+                parts.append("".join(f"- {n}\n" for n in NOTES))
+        if rest:
+            parts.append(generic_table(rest, args.format if args.format != "table" else "markdown"))
         text = "\n".join(parts)
     if args.out:
         atomic_write_text(args.out, text)

@@ -188,6 +188,10 @@ def _load_gptq(m: PTQMethod, src: ModelSource, tok, sizes: EvalSizes):
                                                  ["self_attn.o_proj"], ["mlp.gate_proj", "mlp.up_proj"],
                                                  ["mlp.down_proj"]]
     q = GPTQConfig(bits=4, group_size=m.group_size, dataset=samples, tokenizer=tok, desc_act=False, **extra)
+    import logging
+
+    # optimum's GPTQ quantizer logs a line per linear (210 here) at INFO: our progress bar says enough
+    logging.getLogger("optimum.gptq.quantizer").setLevel(logging.WARNING)
     try:
         return load_model(src, dtype=torch.float16 if gpu else torch.float32, quantization_config=q,
                           device_map="cuda" if gpu else "cpu", progress=False)

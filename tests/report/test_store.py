@@ -83,7 +83,7 @@ def test_report_command_renders_every_format(tmp_path, capsys):
     s.put(rec("fp32", meas_perplexity=24.0, meas_decode_tok_per_s=20.0, meas_prefill_64_tok_per_s=100.0))
     s.put(rec("nf4", meas_perplexity=33.0, meas_decode_tok_per_s=40.0, meas_prefill_64_tok_per_s=300.0))
     ft = RunRecord(key="ft1", kind="finetune", model="m", method="lora", config={}, env={"device": "cpu"},
-                   metrics={"meas_step_s": 5.0})
+                   metrics={"meas_step_s": 5.0, "meas_exact_match": 0.9, "meas_s_per_step": 3.0})
     s.put(ft)
     out = tmp_path / "r.html"
     assert main(["report", "--store", str(p), "--format", "html", "--out", str(out)]) == 0
@@ -93,6 +93,7 @@ def test_report_command_renders_every_format(tmp_path, capsys):
     assert main(["report", "--store", str(p), "--format", "markdown"]) == 0
     md = capsys.readouterr().out
     assert "| fp32 |" in md and "ppl / fp32" in md and "- weights MiB:" in md and "| lora |" in md
+    assert "| EM after |" in md and "| 0.90 |" in md and "- EM / F1:" in md  # the fine-tune comparison table
     assert main(["report", "--store", str(p), "--format", "csv", "--kind", "ptq"]) == 0
     assert capsys.readouterr().out.startswith("method,")
     assert main(["report", "--store", str(p), "--kind", "qat"]) == 2

@@ -1,0 +1,85 @@
+#!/usr/bin/env python
+"""The fine-tune comparison on the embedded SmolLM2-135M and the shipped json-extract task: QLoRA, LoRA, freeze and
+QAT (which also runs the plain full fine-tune and PTQ of it at int4), the same steps, batch and data for all, each
+through `quantlab lab finetune`, then one comparison table (reports/finetune-cpu/README.md by default).
+
+    python scripts/finetune_compare.py [--max-steps 40] [--methods qlora,lora,freeze,qat] [--redo]
+
+Each run is a row (or three, for QAT) in the results store; the README holds the table `quantlab report --kind
+finetune` / `--kind qat` renders, with the wall time of each command and the machine's load while it ran.
+"""
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--methods", default="qlora,lora,freeze,qat")
+    ap.add_argument("--max-steps", type=int, default=40)
+    ap.add_argument("--eval-every", type=int, default=10)
+    ap.add_argument("--eval-items", type=int, default=40)
+    ap.add_argument("--out", default="reports/finetune-cpu")
+    ap.add_argument("--store", default="reports/quantlab.sqlite")
+    ap.add_argument("--redo", action="store_true", help="run again configurations the store already holds")
+    a = ap.parse_args()
+
+    from quantlab.cli import main as cli
+    from quantlab.fileio import atomic_write_text
+    from quantlab.lab.finetune_report import NOTES, finetune_table
+    from quantlab.report.env import environment
+    from quantlab.report.store import ResultStore
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings = []
+    for method in a.methods.split(","):
+        argv = ["lab", "finetune", "--method", method, "--task", "json-extract", "--max-steps", str(a.max_steps),
+                "--eval-every", str(a.eval_every), "--eval-items", str(a.eval_items), "--out", str(out),
+                "--store", a.store, "--no-progress"] + (["--redo"] if a.redo else [])
+        load0 = os.getloadavg()[0]
+        t = time.perf_counter()
+        rc = cli(argv)
+        wall = time.perf_counter() - t
+        timings.append((method, "quantlab " + " ".join(argv), wall, load0, os.getloadavg()[0], rc))
+        print(f"== {method}: rc {rc}, {wall:.0f} s wall", file=sys.stderr)
+        if rc != 0:
+            return rc
+    store = ResultStore(a.store)
+    wanted = set(a.methods.split(","))
+    recs = [r for r in store.records("finetune", "smollm2-135m") if r.method in wanted
+            and r.config.get("max_steps") == a.max_steps and r.config.get("task") == "json-extract"]
+    recs += [r for r in store.records("qat", "smollm2-135m") if "qat" in wanted
+             and r.config.get("max_steps") == a.max_steps]
+    env = environment()
+    lines = [
+        "# Fine-tune comparison on the embedded SmolLM2-135M-Instruct, json-extract task, 2 CPU cores",
+        "",
+        f"Made by `python scripts/finetune_compare.py --max-steps {a.max_steps} --methods {a.methods}` "
+        f"(git {env.get('git_commit')}{' + uncommitted changes' if env.get('git_dirty') else ''}; torch "
+        f"{env.get('torch')}, transformers {env.get('transformers')}, peft {env.get('peft')}, bitsandbytes "
+        f"{env.get('bitsandbytes')}, torchao {env.get('torchao')}; {env.get('device_name')}, "
+        f"{env.get('cpu_count')} cores, no GPU). Every method: batch 8, {a.max_steps} optimizer steps, fp32 compute "
+        f"(bf16/fp16 matmuls are emulated on this CPU), AdamW, the method's default learning rate, validation loss "
+        f"every {a.eval_every} steps (early stopping after 3 without improvement), {a.eval_items} test items scored "
+        "before and after.",
+        "",
+        "Commands, wall time (loading, both evaluations and, for QAT, three models included) and the 1-minute load "
+        "average before/after (above 2, other jobs shared the cores):",
+        "",
+    ]
+    for method, cmd, wall, l0, l1, _ in timings:
+        lines.append(f"- `{cmd}`: {wall:.0f} s (load {l0:.1f} / {l1:.1f})")
+    lines += ["", finetune_table(recs, "markdown"), "".join(f"- {n}\n" for n in NOTES)]
+    atomic_write_text(out / "README.md", "\n".join(lines))
+    print(f"wrote {out / 'README.md'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
