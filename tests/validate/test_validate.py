@@ -120,6 +120,32 @@ def test_cpu_peak_calibration():
     assert (pk.peak, pk.end) == (8000, 0)
 
 
+def test_split_workspace_takes_out_what_a_matmul_frees_before_it_returns():
+    """Inside an op (10..20): its output (64) stays, a workspace (500) is allocated and freed; an allocation of the
+    same size outside any op (a tensor, 500 at t=30 freed at t=40) is not workspace."""
+    from quantlab.validate import split_workspace
+
+    mems = [(11, 64), (12, 500), (19, -500), (30, 500), (40, -500), (50, -64)]
+    kept, ws = split_workspace([(10, 20)], mems)
+    assert kept == [(11, 64), (30, 500), (40, -500), (50, -64)] and ws == 500
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_cpu_peak_of_a_matmul_is_its_output(dtype):
+    """x @ W.T of 128 tokens, 1024 -> 256: the tensor peak is the output's 128 x 256 values, exactly; whatever
+    workspace the CPU kernel took for itself (oneDNN blocks bf16/fp16 weights) is reported apart."""
+    torch = pytest.importorskip("torch")
+    from quantlab.validate import cpu_peak
+
+    dt = getattr(torch, dtype)
+    x, w = torch.randn(128, 1024, dtype=dt), torch.randn(256, 1024, dtype=dt)
+    torch.nn.functional.linear(x, w)  # warm-up: kernel selection
+    with cpu_peak() as pk:
+        y = torch.nn.functional.linear(x, w)
+    assert pk.peak == y.numel() * y.element_size()
+    assert pk.raw_peak >= pk.peak and pk.workspace_max >= 0
+
+
 def _row(device="cpu", **meas):
     from quantlab.commands.validate import case_from_flags, _entry_parser
     from quantlab.validate import compare
