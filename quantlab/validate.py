@@ -555,6 +555,13 @@ def summarize(rows: list[dict]) -> list[dict]:
                         worst_error=worst[0], worst_id=worst[1], worst_under=min(under[0], 0.0),
                         worst_under_id=under[1] if under[0] < 0 else None, target=tol,
                         ok=all(abs(e) <= tol for e, _ in errs)))
+    ws = [(r["err_allocated_with_workspace"], r["id"]) for r in rows if r.get("err_allocated_with_workspace") is not None]
+    if ws:  # assumption 5: the CPU matmul workspace, shown beside the total, no target (ok: not a criterion)
+        worst, under = max(ws, key=lambda x: abs(x[0])), min(ws)
+        out.append(dict(component="allocated_with_workspace", configurations=len(ws),
+                        mean_abs_error=statistics.fmean(abs(e) for e, _ in ws), worst_error=worst[0],
+                        worst_id=worst[1], worst_under=min(under[0], 0.0),
+                        worst_under_id=under[1] if under[0] < 0 else None, target=None, ok=None))
     return out
 
 

@@ -267,7 +267,7 @@ def report(rows: list[dict], *, fmt: str = "table", out: str | None = None, appe
         n = append_measurements(rows, Path(append))
         print(f"appended {n} measurement rows to {append}" + (f" ({len(rows) - n} configurations missed a target "
               "and are in the validation report only)" if n < len(rows) else ""), file=sys.stderr)
-    return 0 if all(s["ok"] for s in summary) else 1
+    return 0 if all(s["ok"] is not False for s in summary) else 1  # ok None: shown, not a target
 
 
 # ---- rendering -----------------------------------------------------------------------------------------------
@@ -307,8 +307,8 @@ def summary_markdown(summary: list[dict]) -> str:
     for s in summary:
         under = _pct(s["worst_under"]) + (f" ({s['worst_under_id']})" if s["worst_under_id"] else "")
         lines.append(f"| {s['component']} | {s['configurations']} | {100 * s['mean_abs_error']:.3f}% | "
-                     f"{_pct(s['worst_error'])} ({s['worst_id']}) | {under} | {100 * s['target']:.0f}% | "
-                     f"{'yes' if s['ok'] else '**no**'} |")
+                     f"{_pct(s['worst_error'])} ({s['worst_id']}) | {under} | {'-' if s['target'] is None else format(100 * s['target'], '.0f') + '%'} | "
+                     f"{'-' if s['ok'] is None else 'yes' if s['ok'] else '**no**'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -351,7 +351,7 @@ def render_table(rows: list[dict], summary: list[dict]) -> None:
         s.add_row(x["component"], str(x["configurations"]), f"{100 * x['mean_abs_error']:.3f}%",
                   f"{_pct(x['worst_error'])} ({x['worst_id']})",
                   _pct(x["worst_under"]) + (f" ({x['worst_under_id']})" if x["worst_under_id"] else ""),
-                  f"{100 * x['target']:.0f}%", "yes" if x["ok"] else "[red]NO[/]")
+                  "-" if x["target"] is None else f"{100 * x['target']:.0f}%", "-" if x["ok"] is None else "yes" if x["ok"] else "[red]NO[/]")
     con.print(s)
 
 

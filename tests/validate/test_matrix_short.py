@@ -55,4 +55,4 @@ def test_summary_is_within_targets(rows, capsys):
         print(x)
     assert {x["component"] for x in s} >= {"weights", "gradients", "optimizer", "activations", "logits_loss",
                                           "kv_cache", "allocated", "quant_constants", "adapters"}
-    assert all(x["ok"] for x in s)
+    assert all(x["ok"] for x in s if x["target"] is not None)  # targets met; the workspace row has none
