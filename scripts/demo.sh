@@ -13,3 +13,5 @@ quantlab compare --model 8b --method lora --seq 2048
 quantlab lab ptq --model smollm2-135m --methods fp32,int8,nf4 --quick --store reports/demo/quantlab.sqlite
 quantlab report --store reports/demo/quantlab.sqlite --format markdown --out reports/demo/report.md
 quantlab report --store reports/demo/quantlab.sqlite --format html --out reports/demo/report.html
+# the planner checked against the lab on a scaled-down Llama-3.2 (random weights: fine for memory), per component
+quantlab validate --model llama-3.2-1b --scale num_hidden_layers=2,hidden_size=256,intermediate_size=1024,vocab_size=4096 --method qlora --compute-dtype fp32 --batch 2 --seq 64 --no-progress
