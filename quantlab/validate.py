@@ -241,13 +241,41 @@ def split_workspace(ops, mems) -> tuple[list, int]:
 
 
 @contextlib.contextmanager
+def _native_stderr_silenced():
+    """File descriptor 2 to /dev/null for the duration (native libraries write there, bypassing sys.stderr)."""
+    import os
+    import sys
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real fd 2 (an embedding host): nothing to silence
+        yield
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+@contextlib.contextmanager
 def cpu_peak():
     """Track the CPU allocator's allocation and free events inside the block (``torch.profiler``, assumption 5)."""
     from torch.profiler import ProfilerActivity, profile
 
     res = Peak()
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _native_stderr_silenced():  # kineto prints "USDT ... profiler_start/stop" from C++ on every start/stop
+        prof.__enter__()
+    try:
         yield res
+    finally:
+        with _native_stderr_silenced():
+            prof.__exit__(None, None, None)
     events = list(prof.profiler.kineto_results.events())
     mems = sorted((e.start_ns(), e.nbytes()) for e in events
                   if e.name() == "[memory]" and "CPU" in str(e.device_type()).upper())
