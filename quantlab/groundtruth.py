@@ -76,6 +76,7 @@ def _row_to_config(row: dict) -> PlanConfig:
               training_precision=TrainingPrecision.AMP if tp.startswith("amp") else TrainingPrecision.PURE,
               double_quant=bool(row.get("double_quant")), batch=int(row["batch"]), seq=int(row["seq"]),
               attn=Attention(row.get("attn", "sdpa")), grad_checkpointing=bool(row.get("grad_checkpointing")),
+              padding_mask=bool(row.get("padding_mask")),
               stack=row.get("stack") or "transformers",
               device=DeviceMode(row.get("device", "cuda")))
     if row.get("optimizer"):

@@ -359,6 +359,7 @@ class PlanConfig:
     num_virtual_tokens: int = 20  # prefix / prompt tuning
     grad_checkpointing: bool = False
     attn: Attention = Attention.SDPA
+    padding_mask: bool = False  # training batches padded to a common width (an attention mask): activations A3c
     grad_accum: int = 1
     num_gpus: int = 1
     zero: int = 0  # DeepSpeed ZeRO stage 0..3
@@ -379,6 +380,8 @@ class PlanConfig:
             raise SpecError(f"freeze-last-layers must be in 0..{self.model.num_hidden_layers}")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise SpecError(f"lora-dropout must be in [0, 1), got {self.lora_dropout!r}")
+        if self.padding_mask and not self.method.is_training:
+            raise SpecError("padded batches (--padded) apply to training; inference here is one prompt batch")
         if self.stack not in ("transformers", "litgpt"):
             raise SpecError(f"stack must be transformers or litgpt, got {self.stack!r}")
         if self.zero not in (0, 1, 2, 3):

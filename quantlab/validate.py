@@ -12,7 +12,8 @@ allocator reserve):
    bitsandbytes' quantization state (:func:`quantlab.lab.measure.model_bytes`); adapters are the trainable
    parameters of a PEFT method (:func:`quantlab.lab.finetune.component_bytes`).
 2. Training runs two optimizer steps on one synthetic batch of exactly ``batch x seq`` random token ids (no
-   padding, no attention mask) and measures the second, when the optimizer states exist. Gradients are zeroed with
+   padding, no attention mask; a ``padding_mask`` configuration makes the last position of the first row padding,
+   so transformers builds the mask: activations A3c) and measures the second, when the optimizer states exist. Gradients are zeroed with
    ``set_to_none=False`` so they stay allocated through the next step, the planner's reading (memory
    assumption 3). ``gradients``: distinct ``p.grad`` storages after backward; ``optimizer``: every tensor in
    ``optimizer.state`` after the step (:mod:`quantlab.lab.saved_tensors`).
@@ -442,6 +443,11 @@ def _measure_training(pc: PlanConfig, src, gpu: bool) -> dict:
     V = base_cfg.vocab_size
     ids = torch.randint(0, V, (pc.batch, pc.seq), device=dev)
     labels = ids
+    # padded batches (activations A3c): the last position of the first row is padding, so transformers builds a mask
+    mask = None
+    if pc.padding_mask:
+        mask = torch.ones_like(ids)
+        mask[0, -1] = 0
     if pc.method is Method.PROMPT:  # PEFT gives the virtual tokens label -100
         labels = torch.cat([torch.full((pc.batch, pc.num_virtual_tokens), -100, device=dev), ids], dim=1)
     amp = fcfg.amp_dtype
@@ -453,7 +459,7 @@ def _measure_training(pc: PlanConfig, src, gpu: bool) -> dict:
         with autocast():
             if measure:
                 with _block_kwargs(model, pc.grad_checkpointing) as kw, count_saved(model) as act:
-                    logits = model(input_ids=ids).logits
+                    logits = model(input_ids=ids, attention_mask=mask).logits
                 closure = {k: n for k, n in _storages(kw).items() if k not in act.seen}
                 with count_saved(model, exclude=[logits]) as ls:
                     loss = loss_fn(logits=logits, labels=labels, vocab_size=V)
@@ -462,7 +468,7 @@ def _measure_training(pc: PlanConfig, src, gpu: bool) -> dict:
                 out["meas_logits_loss_bytes"] = held + ls.bytes
                 del kw
             else:
-                logits = model(input_ids=ids).logits
+                logits = model(input_ids=ids, attention_mask=mask).logits
                 loss = loss_fn(logits=logits, labels=labels, vocab_size=V)
         loss.backward()  # the logits stay referenced through backward, as by a loop's model output (assumption 4)
         del loss, logits
@@ -527,7 +533,8 @@ def compare(case: Case, meas: dict) -> dict:
                                precision=pc.precision.value, double_quant=pc.double_quant,
                                compute_dtype=pc.compute_dtype.value, training_precision=pc.training_precision.value,
                                optimizer=pc.optimizer.value if pc.method.is_training else None, batch=pc.batch,
-                               seq=pc.seq, attn=pc.attn.value, grad_checkpointing=pc.grad_checkpointing, device=device)
+                               seq=pc.seq, attn=pc.attn.value, grad_checkpointing=pc.grad_checkpointing, device=device,
+                               padding_mask=pc.padding_mask)
     if pc.method in (Method.LORA, Method.QLORA):
         row.update(lora_r=pc.lora_r, lora_alpha=pc.lora_alpha, lora_targets=list(pc.lora_targets),
                    lora_dropout=pc.lora_dropout)
@@ -610,6 +617,8 @@ def measurement_row(row: dict, *, source: str) -> dict | None:
     if row["method"] != "inference":
         r.update(training_precision=row["training_precision"], optimizer=row["optimizer"],
                  grad_checkpointing=row["grad_checkpointing"])
+        if row.get("padding_mask"):
+            r["padding_mask"] = True
     for k in ("lora_r", "lora_alpha", "lora_targets", "lora_dropout", "num_virtual_tokens", "freeze_last_layers",
               "freeze_modules", "kbit_upcast"):
         if row.get(k) is not None:

@@ -70,6 +70,9 @@ def add_plan_arguments(p: argparse.ArgumentParser, *, model_required: bool = Tru
     w.add_argument("--seq", type=int, default=2048, help="tokens per sequence (inference: the whole context)")
     w.add_argument("--attn", choices=_choices(Attention), default="sdpa",
                    help="sdpa (fused, no seq^2 buffers) or eager (keeps heads x seq^2 scores: much more memory)")
+    w.add_argument("--padded", dest="padding_mask", action="store_true",
+                   help="training batches are padded to their longest sequence (dynamic padding) rather than packed: "
+                        "the attention mask makes SDPA keep the mask and K/V repeated to every head (GQA models)")
     w.add_argument("--kv-dtype", choices=[d.value for d in DType], default=None, help="KV cache dtype (default: compute)")
     s = p.add_argument_group("sharding")
     s.add_argument("--num-gpus", type=int, default=1, help="GPUs; memory is reported per GPU")
@@ -125,6 +128,7 @@ def config_from_args(args: argparse.Namespace, *, gpu=None):
         freeze_modules=tuple(m.strip() for m in args.freeze_modules.split(",") if m.strip()),
         adapter_size=args.adapter_size, num_virtual_tokens=args.num_virtual_tokens,
         grad_checkpointing=args.grad_checkpointing, attn=Attention(args.attn), grad_accum=args.grad_accum,
+        padding_mask=getattr(args, "padding_mask", False),
         num_gpus=args.num_gpus, zero=args.zero, fsdp=args.fsdp, offload=Offload(args.offload), tp=args.tp,
         device=DeviceMode(args.device), kbit_upcast=args.kbit_upcast, stack=args.stack)
 

@@ -620,7 +620,7 @@ def run_finetune(cfg: FinetuneConfig, *, log=print, progress: bool = True, keep_
             spec = model_spec((model.get_base_model() if hasattr(model, "get_base_model") else model).config,
                               cfg.model)
             metrics.update(predicted(cfg, spec, batch=metrics["meas_step_batch"], seq=metrics["meas_step_seq"],
-                                     device=dev.type))
+                                     device=dev.type, padded=metrics["meas_step_pad_tokens"] > 0))
         if history:
             metrics["meas_final_train_loss"] = history[-1][1]
             vals = [h[2] for h in history if h[2] is not None]

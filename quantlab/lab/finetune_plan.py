@@ -30,7 +30,8 @@ from quantlab.errors import QuantlabError
 _PURE = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}
 
 
-def to_plan_config(cfg, spec, *, device: str = "cpu", batch: int | None = None, seq: int | None = None):
+def to_plan_config(cfg, spec, *, device: str = "cpu", batch: int | None = None, seq: int | None = None,
+                   padded: bool | None = None):
     """The :class:`PlanConfig` of lab config ``cfg`` on model ``spec`` (``seq`` defaults to ``cfg.max_len``)."""
     from quantlab.specs import (ALL_LINEAR, Attention, DeviceMode, DType, Method, Optimizer, PlanConfig, Precision,
                                 TrainingPrecision)
@@ -51,7 +52,8 @@ def to_plan_config(cfg, spec, *, device: str = "cpu", batch: int | None = None, 
         lora_targets=targets, lora_dropout=cfg.lora_dropout, freeze_last_layers=cfg.freeze_last_layers,
         freeze_modules=tuple(cfg.freeze_modules), num_virtual_tokens=cfg.num_virtual_tokens,
         grad_checkpointing=cfg.grad_checkpointing, attn=Attention(cfg.attn), grad_accum=cfg.grad_accum,
-        device=DeviceMode(device), kbit_upcast=cfg.kbit_upcast)
+        device=DeviceMode(device), kbit_upcast=cfg.kbit_upcast,
+        padding_mask=(not cfg.packing) if padded is None else padded)
 
 
 def from_plan_config(pc, *, model: str = "smollm2-135m", task: str | None = "json-extract", data: str | None = None,
@@ -94,7 +96,8 @@ def from_plan_config(pc, *, model: str = "smollm2-135m", task: str | None = "jso
                   quant_type=quant_type, double_quant=pc.double_quant, kbit_upcast=pc.kbit_upcast,
                   freeze_last_layers=pc.freeze_last_layers, freeze_modules=tuple(pc.freeze_modules),
                   num_virtual_tokens=pc.num_virtual_tokens, optimizer=pc.optimizer.value, precision=precision,
-                  batch=pc.batch, grad_accum=pc.grad_accum, max_len=pc.seq, packing=True,
+                  batch=pc.batch, grad_accum=pc.grad_accum, max_len=pc.seq, packing=not pc.padding_mask,
+                  pad_to_max_len=pc.padding_mask,
                   grad_checkpointing=pc.grad_checkpointing, attn=pc.attn.value)
     fields.update(overrides)
     return FinetuneConfig(**fields)
@@ -113,14 +116,14 @@ def model_spec(hf_config, name: str):
 COMPONENTS = ("weights", "quant_constants", "adapters", "gradients", "optimizer", "activations", "logits_loss")
 
 
-def predicted(cfg, spec, *, batch: int, seq: int, device: str) -> dict:
+def predicted(cfg, spec, *, batch: int, seq: int, device: str, padded: bool | None = None) -> dict:
     """``pred_<component>_bytes`` for the step the lab measured (its batch x padded width), or {} with no spec."""
     if spec is None:
         return {}
     from quantlab.planner import plan
 
     try:
-        p = plan(to_plan_config(cfg, spec, device=device, batch=batch, seq=seq))
+        p = plan(to_plan_config(cfg, spec, device=device, batch=batch, seq=seq, padded=padded))
     except QuantlabError:
         return {}
     out = {f"pred_{c}_bytes": p.components.get(c) for c in COMPONENTS}

@@ -35,6 +35,13 @@ A3b. On CUDA only FlashAttention and the math kernel take ``enable_gqa`` (torch 
     ``flash_attention=False``) gets the math kernel: fp32 scaled q, repeated k and v (4·T·qd each) and the fp32
     probabilities (4·S) are saved, and o_proj reads a new copy of the output. (Source of the finding: the other
     planner session's note, checked against the torch docstring in this venv.)
+A3c. Padded batches (``PlanConfig.padding_mask``: dynamic padding with an attention mask, instead of packed or
+    equal-length rows): transformers hands SDPA a 4-D mask, so GQA no longer runs natively (``use_gqa_in_sdpa``
+    needs no mask): k and v are repeated to H heads (2·a·T·(qd - kvd) more; with one KV head ``repeat_kv`` is a
+    view and nothing changes) and each layer's kernel saves the mask in the residual dtype (r·b·s·s). Measured on
+    tiny Llama / Qwen2 / Mixtral / Phi-3 models on a CPU (tests/planner/test_activations_vs_torch.py); GPT-2's
+    SDPA path and eager attention (which always adds a causal mask) save nothing more. On CUDA the same rule is
+    assumed (a mask rules out FlashAttention and native GQA), not measured.
 A4. Eager attention (``eager_attention_forward``) saves q, k and v repeated to H heads (``repeat_kv`` copies,
     and a non-contiguous v is copied by ``matmul``), the fp32 softmax (``softmax(dtype=float32)``, 4·S) and its
     cast to the compute dtype (a·S, none when a = 4), and o_proj's input is a new contiguous copy (a·T·qd).
@@ -103,6 +110,7 @@ class Act:
     lora_dropout: bool = False
     kbit_keeps_input: bool = False  # A11
     prefix: bool = False
+    padded: bool = False  # A3c: an attention mask from padding
     kbit: bool = False  # block linears are k-bit (bitsandbytes autograd Functions: autocast does not cast them)
     tp: int = 1  # tensor-parallel degree (A12)
 
@@ -124,7 +132,7 @@ class Act:
 def sdpa_kernel(m: ModelSpec, x: Act) -> str:
     """Which SDPA kernel runs: "fused" (flash / memory-efficient / CPU flash) or "math" (A3, A3b)."""
     gqa = m.kv_heads < m.num_attention_heads
-    if x.cuda and gqa and not x.prefix and (x.att == 4 or not x.flash):
+    if x.cuda and gqa and not (x.prefix or x.padded) and (x.att == 4 or not x.flash):
         return "math"
     return "fused"
 
@@ -259,6 +267,8 @@ def attention(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: b
             v = at * T * (qd + 2 * kvd) if (t == "phi3" and x.cuda and at == a) else at * T * kvd
             out += at * T * qd + at * T * kvd + v + at * T * qd + 4 * H * T
             o_shared = not (t == "phi3" and not x.cuda)
+            if x.padded:  # A3c: k and v repeated to H heads (unless one KV head: a view), the mask per layer
+                out += (2 * at * T * (qd - kvd) if m.kv_heads > 1 else 0) + x.r * x.b * x.s * x.kv_s
     else:
         # q (for k's gradient), k repeated to H heads (for q's), v repeated (for the probabilities')
         out += (at * T * qd if kg else 0) + (at * kv_T * qd if qg else 0) + (at * kv_T * qd if scores else 0)

@@ -532,7 +532,7 @@ def plan(cfg: PlanConfig) -> Plan:
                 cuda=cfg.device is DeviceMode.CUDA, flash=cfg.flash_attention, rank=cfg.lora_r if lora else 0,
                 lora_dropout=bool(lora) and cfg.lora_dropout > 0,
                 kbit_keeps_input=kbit and (cfg.stack == "litgpt" or cfg.precision is Precision.INT8),
-                prefix=method is Method.PREFIX, kbit=kbit, tp=tp)
+                prefix=method is Method.PREFIX, padded=cfg.padding_mask, kbit=kbit, tp=tp)
         T = x.T
         if not x.eager and sdpa_kernel(m, x) == "math":
             notes.append("SDPA with grouped-query attention falls back to the math kernel here (fp32 attention "
