@@ -24,17 +24,39 @@ Reading it:
   1.00 after conversion to int4, perplexity 38.75) where post-training quantization of the plain fine-tune loses
   much of it (0.62, perplexity 39.89; the plain fine-tune before quantization: 1.00, 28.61). QAT recovered the task
   score; on perplexity (a text the task never saw) both int4 models are far above fp32 and close to each other.
-- Memory beside the planner: weights, quantization constants, adapters, gradients and optimizer states equal the
-  planner's bytes. Activations exceed the plan where the batch is padded (dynamic padding adds an attention mask:
-  under SDPA on a CPU each layer then saves an fp32 batch x 1 x seq x seq mask and the repeated K/V; the planner
-  assumes unpadded rows, which `--packing` gives: tests/lab/test_finetune_loop.py checks equality there), and for
-  QAT, which the planner sizes as the plain full fine-tune it is: fake quantization saves its own copies of the
-  weights and inputs (+0.8 GiB here), which the planner does not model. logits + loss: the planner's figure adds
-  the two fp32 T x vocab buffers the loss's backward allocates (not saved tensors).
+- Memory beside the planner: weights, quantization constants, adapters, gradients, optimizer states and the
+  activations saved for backward equal the planner's bytes for the measured step (batch 8 x 96 tokens, padded:
+  the attention mask makes SDPA keep the mask and repeat the grouped K/V per layer, planner activations A3c).
+  The exception is QAT, which the planner sizes as the plain full fine-tune it is: fake quantization saves its
+  own copies of the weights and inputs (+0.8 GiB here), which the planner does not model. logits + loss: the
+  planner's figure adds the two fp32 T x vocab buffers the loss's backward allocates (not saved tensors).
 - Freeze (the last 2 blocks) learns the format only partly in 40 steps (0.62): 7.1 M trainable parameters at a
   1e-4 learning rate against LoRA's 1.8 M at 1e-3.
 - Timings are CPU figures from a 2-core machine and include evaluation; no GPU was lent to this project.
 """
+
+
+def replan(store, rec):
+    """The row with its pred_* columns recomputed by the current planner (a pure function of the configuration
+    and the measured step's shape), stored back under the same key; measurements are left as they were."""
+    import dataclasses
+
+    from quantlab.lab.finetune import FinetuneConfig
+    from quantlab.lab.finetune_plan import model_spec, predicted
+    from quantlab.lab.model import load_config, resolve
+
+    m = rec.metrics
+    if not m.get("meas_step_batch"):
+        return rec
+    names = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    conf = {k: tuple(v) if isinstance(v, list) else v for k, v in rec.config.items() if k in names}
+    cfg = FinetuneConfig(**conf)
+    spec = model_spec(load_config(resolve(cfg.model), progress=False), cfg.model)
+    pred = predicted(cfg, spec, batch=m["meas_step_batch"], seq=m["meas_step_seq"], device="cpu",
+                     padded=m.get("meas_step_pad_tokens", 0) > 0)
+    rec = dataclasses.replace(rec, metrics={**m, **pred})
+    store.put(rec)
+    return rec
 
 
 def main() -> int:
@@ -48,6 +70,9 @@ def main() -> int:
     ap.add_argument("--redo", action="store_true", help="run again configurations the store already holds")
     ap.add_argument("--render-only", action="store_true",
                     help="only rewrite README.md from the stored rows (keeps the timings recorded in timings.json)")
+    ap.add_argument("--replan", action="store_true",
+                    help="recompute the stored rows' planner columns (pred_*) with this checkout's planner, for each "
+                         "row's own configuration and measured step shape (the measurements are not touched)")
     a = ap.parse_args()
 
     from quantlab.cli import main as cli
@@ -83,12 +108,16 @@ def main() -> int:
             and r.config.get("max_steps") == a.max_steps and r.config.get("task") == "json-extract"]
     recs += [r for r in store.records("qat", "smollm2-135m") if "qat" in wanted
              and r.config.get("max_steps") == a.max_steps]
+    if a.replan:
+        recs = [replan(store, r) for r in recs]
     env = recs[0].env if recs else environment()  # the runs' own snapshot (commit, versions, machine)
     lines = [
         "# Fine-tune comparison on the embedded SmolLM2-135M-Instruct, json-extract task, 2 CPU cores",
         "",
         f"Made by `python scripts/finetune_compare.py --max-steps {a.max_steps} --methods {a.methods}` "
-        f"(git {env.get('git_commit')}{' + uncommitted changes' if env.get('git_dirty') else ''}; torch "
+        f"(git {env.get('git_commit')}{' + uncommitted changes' if env.get('git_dirty') else ''}"
+        + (f"; planner columns recomputed at git {environment().get('git_commit')} by --replan" if a.replan else "")
+        + "; torch "
         f"{env.get('torch')}, transformers {env.get('transformers')}, peft {env.get('peft')}, bitsandbytes "
         f"{env.get('bitsandbytes')}, torchao {env.get('torchao')}; {env.get('device_name')}, "
         f"{env.get('cpu_count')} cores, no GPU). Every method: batch 8, {a.max_steps} optimizer steps, fp32 compute "
