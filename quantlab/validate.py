@@ -226,18 +226,14 @@ def split_workspace(ops, mems) -> tuple[list, int]:
             inside.setdefault(i, []).append(k)
     drop, ws_max = set(), 0
     for ks in inside.values():
-        open_: dict = {}
-        cur = held = 0
+        open_: dict = {}  # bytes -> indices of allocations of that size not yet freed inside this op
         for k in ks:
             n = mems[k][1]
             if n > 0:
                 open_.setdefault(n, []).append(k)
             elif open_.get(-n):
-                a = open_[-n].pop()
-                drop.update((a, k))
-                held = max(held, -n)
-        cur = held
-        ws_max = max(ws_max, cur)
+                drop.update((open_[-n].pop(), k))
+                ws_max = max(ws_max, -n)
     return [m for k, m in enumerate(mems) if k not in drop], ws_max
 
 
@@ -398,28 +394,33 @@ def _static(model, method: str) -> dict:
             "meas_adapters_bytes": cb["meas_adapters_bytes"], "meas_trainable_params": cb["meas_trainable_params"]}
 
 
+def _cpu_totals(base: int, pk: Peak) -> dict:
+    """The CPU totals (assumption 5): the bytes live at the start plus the peak growth of tensor bytes, the same
+    with the matmul workspace included, and the largest workspace."""
+    return {"meas_allocated_bytes": base + pk.peak, "meas_allocated_with_workspace_bytes": base + pk.raw_peak,
+            "meas_matmul_workspace_max_bytes": pk.workspace_max}
+
+
 def _measure_inference(pc: PlanConfig, src, gpu: bool) -> dict:
     import torch
 
-    from quantlab.lab.measure import model_bytes
+    from quantlab.lab.measure import model_bytes, tensor_bytes
 
     model = _inference_model(pc, src)
     dev = next(model.parameters()).device
     V = model.config.vocab_size
     ids = torch.randint(0, V, (pc.batch, pc.seq), device=dev)
     out = _static(model, "inference")
-    base = model_bytes(model).total + sum(_storages([ids]).values())
+    base = model_bytes(model).total + tensor_bytes([ids]).total
     if gpu:
         reset_cuda_peaks()
     with torch.no_grad(), (contextlib.nullcontext(Peak()) if gpu else cpu_peak()) as pk:
         res = model(input_ids=ids, use_cache=True)
-        kv = sum(_storages(_cache_tensors(res.past_key_values)).values())
+        kv = tensor_bytes(_cache_tensors(res.past_key_values)).total
         del res
     out["meas_kv_cache_bytes"] = kv
     if not gpu:
-        out["meas_allocated_bytes"] = base + pk.peak
-        out["meas_allocated_with_workspace_bytes"] = base + pk.raw_peak
-        out["meas_matmul_workspace_max_bytes"] = pk.workspace_max
+        out.update(_cpu_totals(base, pk))
     return out
 
 
@@ -428,7 +429,7 @@ def _measure_training(pc: PlanConfig, src, gpu: bool) -> dict:
 
     from quantlab.lab.finetune import build_model, make_optimizer
     from quantlab.lab.finetune_plan import from_plan_config
-    from quantlab.lab.measure import _nbytes, _storage_key, model_bytes
+    from quantlab.lab.measure import _nbytes, _storage_key, model_bytes, tensor_bytes
     from quantlab.lab.saved_tensors import count_saved, grad_bytes, optimizer_bytes
 
     fcfg = from_plan_config(pc, model=src.name)
@@ -481,15 +482,13 @@ def _measure_training(pc: PlanConfig, src, gpu: bool) -> dict:
 
     step(False)
     out.update(_static(model, pc.method.value))
-    base = model_bytes(model).total + grad_bytes(model) + optimizer_bytes(opt) + sum(_storages([ids, labels]).values())
+    base = model_bytes(model).total + grad_bytes(model) + optimizer_bytes(opt) + tensor_bytes([ids, labels]).total
     if gpu:
         reset_cuda_peaks()
     with contextlib.nullcontext(Peak()) if gpu else cpu_peak() as pk:
         step(True)
     if not gpu:
-        out["meas_allocated_bytes"] = base + pk.peak
-        out["meas_allocated_with_workspace_bytes"] = base + pk.raw_peak
-        out["meas_matmul_workspace_max_bytes"] = pk.workspace_max
+        out.update(_cpu_totals(base, pk))
     return out
 
 

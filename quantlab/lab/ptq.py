@@ -387,10 +387,9 @@ def run_method(m: PTQMethod, src: ModelSource, tok, ref: Reference, sizes: EvalS
     t0 = time.perf_counter()
     speed = measure_speed(model, tok, sizes)
     speed_s = time.perf_counter() - t0
-    try:
-        load_avg = round(os.getloadavg()[0], 2)  # right after the timings: was the machine shared?
-    except OSError:
-        load_avg = None
+    from quantlab.report.env import loadavg_1m
+
+    load_avg = loadavg_1m()  # right after the timings: was the machine shared?
     metrics = {
         "meas_load_s": load_s,
         "meas_weight_bytes": tb.total,
