@@ -89,6 +89,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+from quantlab.families import FAMILY, block_linears, ia3_linears, learned_positions, mlp_input_names, qkv_names
 from quantlab.specs import ModelSpec
 
 
@@ -166,34 +167,24 @@ def _readers(x: Act, xb: int, width: int, trains: int, loras: int, shared: bool 
     return out
 
 
-# PEFT's IA3 defaults (utils/constants.py TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING and the
-# feedforward mapping); Phi-3 has none there (PEFT asks for target_modules): its fused qkv_proj and down_proj here.
-# Mixtral's default ``w2`` no longer exists in transformers 5 (fused experts): only k_proj, v_proj match.
-IA3_TARGETS = {"llama": ("k_proj", "v_proj"), "mistral": ("k_proj", "v_proj"), "mixtral": ("k_proj", "v_proj"),
-               "gemma2": ("q_proj", "v_proj"), "qwen2": ("q_proj", "v_proj"), "gpt2": ("c_attn",),
-               "phi3": ("qkv_proj",)}
-IA3_FEEDFORWARD = {"llama": "down_proj", "mistral": "down_proj", "gemma2": "down_proj", "qwen2": "down_proj",
-                   "gpt2": "mlp.c_proj", "phi3": "down_proj", "mixtral": None}
-
-
 def ia3_params_per_block(m: ModelSpec) -> int:
-    """IA3 vectors of one block: the output width of each scaled linear, the input width of the feedforward one."""
-    lins = {l.name: l for l in m.block_linears()}
-    n = sum(lins[t].out_features for t in IA3_TARGETS[m.model_type])
-    ff = IA3_FEEDFORWARD[m.model_type]
-    return n + (lins[ff].in_features if ff else 0)
+    """IA3 vectors of one block (PEFT's defaults, families F7): the output width of each scaled linear, the input
+    width of the feedforward one."""
+    targets, ff = ia3_linears(m)
+    return sum(l.out_features for l in targets) + (ff.in_features if ff else 0)
 
 
 def _norm(m: ModelSpec, x: Act, input_grad: bool, weight_trains: bool) -> int:
     """One norm (A2)."""
     T, h = x.T, m.hidden_size
-    if m.model_type == "gpt2":
+    norm = FAMILY[m.model_type].norm  # families F1
+    if norm == "layernorm":
         stat = 4 if x.cuda else x.r
         return x.r * T * h + 2 * stat * T if (input_grad or weight_trains) else 0
     out = 0
     if input_grad:
         out += 4 * T * h + 4 * T
-    if m.model_type == "gemma2":
+    if norm == "rmsnorm_1p":  # normalized and scaled in fp32, ``1 + w`` saved
         out += 4 * h if input_grad else 0
         out += 4 * T * h if weight_trains else 0
     elif weight_trains:
@@ -210,19 +201,19 @@ def attention(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: b
     T, h, H, d = x.T, m.hidden_size, m.num_attention_heads, m.head_dim
     qd, kvd = H * d, m.kv_heads * d
     a, r, at = x.a, x.r, x.att  # at: attention dtype (differs from a under autocast over k-bit linears)
-    t = m.model_type
-    qkv_names = ("c_attn",) if t == "gpt2" else ("qkv_proj",) if t == "phi3" else ("q_proj", "k_proj", "v_proj")
-    o_name = "attn.c_proj" if t == "gpt2" else "o_proj"
-    n_lora_in = _has(lora, *qkv_names)
-    scaled = frozenset(IA3_TARGETS[t]) if ia3 else frozenset()  # IA3: outputs times a trainable vector
+    fam = FAMILY[m.model_type]
+    qkv = qkv_names(m)  # families F6: one name when fused
+    o_name = fam.names[3]
+    n_lora_in = _has(lora, *qkv)
+    scaled = frozenset(fam.ia3_targets) if ia3 else frozenset()  # IA3: outputs times a trainable vector
     if not (input_grad or trains or n_lora_in or scaled or x.prefix):
         return 0  # nothing upstream or here needs a gradient (A1)
     # which of q, k, v need a gradient (the first block under LoRA: only the adapted ones, A1, A10)
     base = input_grad or trains
-    if len(qkv_names) == 1:
+    if len(qkv) == 1:
         qg = kg = vg = base or n_lora_in > 0 or bool(scaled)
     else:
-        qg, kg, vg = (base or n in lora or n in scaled for n in qkv_names)
+        qg, kg, vg = (base or n in lora or n in scaled for n in qkv)
     if x.prefix:  # the trainable prefix is concatenated to k and v
         kg = vg = True
     scores = qg or kg
@@ -231,14 +222,14 @@ def attention(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: b
     rep = _norm(m, x, input_grad, trains)  # replicated on every tensor-parallel rank (A12)
     keep = x.kbit_keeps_input and not trains
     rep += r * T * h if keep else 0  # A11: the k-bit q/k/v linears keep their (shared) input
-    rep += _readers(x, r, h, len(qkv_names) if trains else 0, n_lora_in, grad=input_grad, shared=keep)
+    rep += _readers(x, r, h, len(qkv) if trains else 0, n_lora_in, grad=input_grad, shared=keep)
     # IA3 keeps each scaled output (for its vector's gradient) and, when that output needs a gradient through the
     # product, the fp32 vector ``1 * ia3_l.flatten()`` (a new tensor)
     out = sum(a * T * outs[n] + (4 * outs[n] if base else 0) for n in scaled) if scaled else 0
     S = x.b * H * x.s * x.kv_s
     kv_T = x.b * x.kv_s
     o_shared = False
-    if t == "gpt2":
+    if fam.attention_code == "gpt2":  # GPT2Attention runs its own code (families F8)
         drop = m.attention_dropout > 0
         if not x.eager and (x.cuda or not drop):  # fused: q, k, v views of c_attn's output (prefix: k, v new)
             out += a * T * 3 * h + a * T * qd + 4 * H * T
@@ -263,10 +254,10 @@ def attention(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: b
             rd = kvd if m.kv_heads == 1 else qd
             out += at * T * qd + 2 * at * kv_T * rd + at * T * qd + 4 * H * T + x.r * x.b * x.s * x.kv_s
             o_shared = True
-        else:  # Phi-3's v is a view of the fused qkv output (CUDA), unless autocast copies it
-            v = at * T * (qd + 2 * kvd) if (t == "phi3" and x.cuda and at == a) else at * T * kvd
+        else:  # a fused qkv (Phi-3): v is a view of its output (CUDA), unless autocast copies it
+            v = at * T * (qd + 2 * kvd) if (fam.fused_qkv and x.cuda and at == a) else at * T * kvd
             out += at * T * qd + at * T * kvd + v + at * T * qd + 4 * H * T
-            o_shared = not (t == "phi3" and not x.cuda)
+            o_shared = not (fam.fused_qkv and not x.cuda)
             if x.padded:  # A3c: k and v repeated to H heads (unless one KV head: a view), the mask per layer
                 out += (2 * at * T * (qd - kvd) if m.kv_heads > 1 else 0) + x.r * x.b * x.s * x.kv_s
     else:
@@ -274,8 +265,8 @@ def attention(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: b
         out += (at * T * qd if kg else 0) + (at * kv_T * qd if qg else 0) + (at * kv_T * qd if scores else 0)
         drop = m.attention_dropout > 0
         out += 4 * S if (scores or (vg and at == 4 and not drop)) else 0  # fp32 softmax
-        if t == "gemma2" and scores:
-            out += at * S  # softcap tanh
+        if fam.attn_softcap and scores:
+            out += at * S  # softcap tanh (families F5)
         if drop:
             out += (x.mask * S if scores else 0) + (at * S if vg else 0)  # mask; dropped probabilities
         elif vg and at != 4:
@@ -284,34 +275,32 @@ def attention(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: b
     out += at * T * qd if o_keep else 0  # A11: o_proj keeps its input
     out += _readers(x, at, qd, 1 if trains else 0, _has(lora, o_name), shared=o_shared or o_keep)
     out = rep + out // x.tp  # A12: heads are split across tensor-parallel ranks, the residual stream is not
-    if t == "gpt2" and m.hidden_dropout > 0:
+    if fam.residual_dropout and m.hidden_dropout > 0:
         out += x.mask * T * h  # resid_dropout
-    if t == "gemma2":
+    if fam.post_norms:
         out += _norm(m, x, True, trains)  # post_attention_layernorm
     return out
 
 
 def mlp(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: bool, ia3: bool = False) -> int:
     """MLP sub-block with its norm (A2, A5-A7); ``ia3``: PEFT's IA3 scales the feedforward linear's input."""
-    ff = IA3_FEEDFORWARD[m.model_type] if ia3 else None
+    f = FAMILY[m.model_type]
+    ff = f.ia3_feedforward if ia3 else None
     T, h, I = x.T, m.hidden_size, m.intermediate_size
     a, r = x.a, x.r
-    t = m.model_type
-    if t == "gpt2":
-        up, down = ("c_fc",), "mlp.c_proj"
-    elif m.is_moe:
+    if m.is_moe:  # fused expert parameters: no nn.Linear for LoRA
         up, down = (), ""
     else:
-        up, down = (("gate_up_proj",) if t == "phi3" else ("gate_proj", "up_proj")), "down_proj"
+        up, down = mlp_input_names(m), f.names[6]  # families F6
     if not (input_grad or trains or ff or _has(lora, *up, down)):
         return 0
     rep = _norm(m, x, input_grad, trains)  # replicated on every tensor-parallel rank (A12)
-    if t == "gpt2":
+    if not f.gated_mlp:  # GPT-2's two-linear MLP with gelu_new (families F2)
         rep += _readers(x, r, h, 1 if trains else 0, _has(lora, *up))
         out = 4 * a * T * I
         out += _readers(x, a, I, 1 if trains else 0, _has(lora, down))
         out += 4 * T * I + 4 * I if ff else 0  # IA3: the fp32 copy of the scaled input, the vector
-        if m.hidden_dropout > 0:
+        if f.residual_dropout and m.hidden_dropout > 0:
             rep += x.mask * T * h
         return rep + out // x.tp
     if m.is_moe:
@@ -336,7 +325,7 @@ def mlp(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: bool, i
     out += _readers(x, a, I, 1 if trains else 0, _has(lora, down), shared=keep)
     if ff:  # IA3 casts down_proj's input to its fp32 vector's dtype and keeps it and the vector for the product
         out += 4 * T * I + 4 * I
-    if t == "gemma2":
+    if f.post_norms:
         rep += _norm(m, x, True, trains)  # post_feedforward_layernorm
     return rep + out // x.tp
 
@@ -360,8 +349,8 @@ def amp_weight_casts(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_
     lora_B's input (lora_A's output) always does. MoE experts run through ``grouped_mm``, which autocast does not
     cover: no cast.
     """
-    lins = m.block_linears()
-    qkv = {"c_attn", "qkv_proj", "q_proj", "k_proj", "v_proj"}
+    lins = block_linears(m)
+    qkv = set(qkv_names(m))
     attn_grad = input_grad or trains or bool(lora & qkv)
     total = 0
     for l in lins:
@@ -387,17 +376,18 @@ def outside_blocks(m: ModelSpec, x: Act, *, head_grad: bool, norm_trains: bool, 
     prompt tuning's trainable virtual tokens).
     """
     T, h = x.T, m.hidden_size
+    f = FAMILY[m.model_type]
     out = 8 * prompt_tokens
-    if m.model_type != "gpt2":
+    if f.positional == "rope":
         out += 2 * x.s * m.head_dim * x.r  # cos, sin (position ids broadcast over the batch)
-    elif m.embd_dropout > 0 and (embed_trains or inputs_grad):
+    elif f.residual_dropout and m.embd_dropout > 0 and (embed_trains or inputs_grad):
         out += (1 if x.cuda else x.r) * T * h  # embedding dropout mask (the embedding's dtype on a CPU)
     if head_grad or head_trains:
         out += _norm(m, x, head_grad, norm_trains)
     if head_trains:
         out += (x.c if x.amp else x.r) * T * h
     if embed_trains:
-        out += 8 * T + (8 * x.s if m.model_type == "gpt2" else 0)
-    if m.model_type == "gemma2" and (head_grad or head_trains):
+        out += 8 * T + (8 * x.s if learned_positions(m) else 0)  # GPT-2: also the position ids
+    if f.final_logit_softcap and (head_grad or head_trains):
         out += head_bytes * T * m.vocab_size  # final logit softcap tanh
     return out

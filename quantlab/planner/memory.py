@@ -77,8 +77,9 @@ import dataclasses
 import functools
 from dataclasses import dataclass, field
 
-from quantlab.planner.activations import (IA3_FEEDFORWARD, IA3_TARGETS, Act, amp_weight_casts, block_saved,
-                                          ia3_params_per_block, outside_blocks, sdpa_kernel)
+from quantlab.families import (FAMILY, attended_positions, attention_masks, block_linears, ia3_linears,
+                               learned_positions, module_linears, rope_buffer_bytes)
+from quantlab.planner.activations import Act, amp_weight_casts, block_saved, outside_blocks, sdpa_kernel
 from quantlab.planner.formats import weight_format
 from quantlab.planner.params import ParamCounts, Tensors, block_tensors, count_params, outside_tensors
 from quantlab.specs import (ALL_LINEAR, Attention, DeviceMode, LinearShape, Method, ModelSpec, Offload, Optimizer,
@@ -127,7 +128,7 @@ class Plan:
 
 def _targets(m: ModelSpec, targets: tuple[str, ...]) -> tuple[LinearShape, ...]:
     """The block linears a LoRA target list names (PEFT matches module-name suffixes)."""
-    lins = m.block_linears()
+    lins = block_linears(m)
     if ALL_LINEAR in targets:  # PEFT's all-linear: every nn.Linear but the output layer
         return tuple(l for l in lins if getattr(l, "module", True))
     chosen = tuple(l for l in lins if any(l.name == t or l.name.split(".")[-1] == t or l.name.endswith("." + t)
@@ -159,10 +160,8 @@ def _adapter_params(m: ModelSpec, method: Method, lora_r: int, targets: tuple[st
         t = (((nvt, h), 1),)
     elif method is Method.IA3:  # PEFT's IA3 defaults per family (activations.IA3_TARGETS): (out, 1) / (1, in), one
         # vector per target and layer (each its own tensor: the optimizer keeps a step counter per tensor)
-        lins = {l.name: l for l in m.block_linears()}
-        ff = IA3_FEEDFORWARD[m.model_type]
-        t = tuple(((lins[n].out_features, 1), L) for n in IA3_TARGETS[m.model_type]) + \
-            ((((1, lins[ff].in_features), L),) if ff else ())
+        targets, ff = ia3_linears(m)
+        t = tuple(((l.out_features, 1), L) for l in targets) + ((((1, ff.in_features), L),) if ff else ())
     else:
         t = ()
     return _numel(t), t
