@@ -89,7 +89,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from quantlab.families import FAMILY, block_linears, ia3_linears, learned_positions, mlp_input_names, qkv_names
+from quantlab.families import block_linears, family, ia3_linears, learned_positions, mlp_input_names, qkv_names
 from quantlab.specs import ModelSpec
 
 
@@ -177,7 +177,7 @@ def ia3_params_per_block(m: ModelSpec) -> int:
 def _norm(m: ModelSpec, x: Act, input_grad: bool, weight_trains: bool) -> int:
     """One norm (A2)."""
     T, h = x.T, m.hidden_size
-    norm = FAMILY[m.model_type].norm  # families F1
+    norm = family(m).norm  # families F1
     if norm == "layernorm":
         stat = 4 if x.cuda else x.r
         return x.r * T * h + 2 * stat * T if (input_grad or weight_trains) else 0
@@ -201,7 +201,7 @@ def attention(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: b
     T, h, H, d = x.T, m.hidden_size, m.num_attention_heads, m.head_dim
     qd, kvd = H * d, m.kv_heads * d
     a, r, at = x.a, x.r, x.att  # at: attention dtype (differs from a under autocast over k-bit linears)
-    fam = FAMILY[m.model_type]
+    fam = family(m)
     qkv = qkv_names(m)  # families F6: one name when fused
     o_name = fam.names[3]
     n_lora_in = _has(lora, *qkv)
@@ -284,7 +284,7 @@ def attention(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: b
 
 def mlp(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: bool, ia3: bool = False) -> int:
     """MLP sub-block with its norm (A2, A5-A7); ``ia3``: PEFT's IA3 scales the feedforward linear's input."""
-    f = FAMILY[m.model_type]
+    f = family(m)
     ff = f.ia3_feedforward if ia3 else None
     T, h, I = x.T, m.hidden_size, m.intermediate_size
     a, r = x.a, x.r
@@ -376,7 +376,7 @@ def outside_blocks(m: ModelSpec, x: Act, *, head_grad: bool, norm_trains: bool, 
     prompt tuning's trainable virtual tokens).
     """
     T, h = x.T, m.hidden_size
-    f = FAMILY[m.model_type]
+    f = family(m)
     out = 8 * prompt_tokens
     if f.positional == "rope":
         out += 2 * x.s * m.head_dim * x.r  # cos, sin (position ids broadcast over the batch)

@@ -77,7 +77,7 @@ import dataclasses
 import functools
 from dataclasses import dataclass, field
 
-from quantlab.families import (FAMILY, attended_positions, attention_masks, block_linears, ia3_linears,
+from quantlab.families import (attended_positions, attention_masks, block_linears, family, ia3_linears,
                                learned_positions, module_linears, rope_buffer_bytes)
 from quantlab.planner.activations import Act, amp_weight_casts, block_saved, outside_blocks, sdpa_kernel
 from quantlab.planner.formats import weight_format
@@ -242,19 +242,6 @@ def _optimizer_bytes(opt: Optimizer, tensors: Tensors, state_bytes: int, cpu: bo
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _kv_cache(m: ModelSpec, cfg: PlanConfig, kv_bytes: int) -> int:
-    per_token_layer = 2 * m.kv_heads * m.head_dim * kv_bytes
-    total = 0
-    L = m.num_hidden_layers
-    w = m.sliding_window
-    for i in range(L) if w and w < cfg.seq else ():
-        sliding = m.model_type in ("mistral", "mixtral", "phi3") or (m.model_type == "gemma2" and i % 2 == 0)
-        total += per_token_layer * (min(cfg.seq, w) if sliding else cfg.seq)
-    if not (w and w < cfg.seq):
-        total = L * per_token_layer * cfg.seq
-    return cfg.batch * total // min(cfg.tp, m.kv_heads)  # beyond the KV heads, each GPU keeps one (replicated)
-
-
 def _dtypes(cfg: PlanConfig) -> tuple[int, int, int, bool, bool]:
     """(load bytes of float weights, residual bytes r, linear-output bytes a, amp, k-bit upcast) (assumptions 1, 4)."""
     kbit = cfg.precision.is_kbit
@@ -334,19 +321,296 @@ def _embed_trains(cfg: PlanConfig, pc: ParamCounts) -> bool:
     return bool(mods & {"embed_tokens", "wte"}) or ("lm_head" in mods and pc.lm_head == 0)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# named cost functions: plan() composes them, each cites its assumption
+
+def _attention(cfg: PlanConfig, notes: list) -> Attention:
+    """The attention that runs: a family without an SDPA path in transformers 5 runs eager (families F5)."""
+    fam = family(cfg.model)
+    if cfg.attn is Attention.SDPA and not fam.sdpa and cfg.stack == "transformers":
+        notes.append(f"{fam.model_type}: transformers 5 has no SDPA path for attention softcapping: planned with "
+                     "eager attention (heads x seq^2 scores)")
+        return Attention.EAGER
+    return cfg.attn
+
+
+@functools.lru_cache(maxsize=4096)
+def _kbit_linears(m: ModelSpec, precision: Precision, double_quant: bool, group_size: int, load: int,
+                  all_linears: bool) -> tuple[int, int, int]:
+    """(k-bit data bytes, constant bytes, unquantized weights) of one block's linears in a k-bit format (assumption 1).
+
+    Quantizers take ``nn.Linear`` modules only (``all_linears``: LitGPT quantizes its fused tensors too); the rest
+    stays in the load dtype.
+    """
+    fmt = weight_format(precision, double_quant, group_size)
+    quantized = [l for l in block_linears(m) if l.module or all_linears]
+    kept = sum(l.count * l.in_features * l.out_features for l in block_linears(m) if not (l.module or all_linears))
+    total = sum(l.count * fmt.linear_bytes(l.in_features, l.out_features, load) for l in quantized)
+    bits = sum(l.count * -(-(l.in_features * l.out_features * fmt.bits) // 8) for l in quantized)
+    return bits, total - bits, kept
+
+
+def weights(cfg: PlanConfig, pc: ParamCounts, load: int, hp: int, notes: list) -> tuple[int, int]:
+    """(stored weights, quantization constants) per GPU before data-parallel sharding (assumption 1; tensor
+    parallel divides the block linears, assumption 9). ``hp``: bytes of the modules that stay in high precision."""
+    m = cfg.model
+    L = pc.layers
+    if cfg.precision.is_float:
+        lin_data, lin_const = pc.block_linear_weights * load, 0
+    else:
+        lin_bits, lin_const, kept = _kbit_linears(m, cfg.precision, cfg.double_quant, cfg.group_size, load,
+                                                  cfg.stack == "litgpt")
+        lin_data = lin_bits + kept * hp
+        if kept:
+            notes.append(f"transformers 5 keeps {m.name}'s router and fused expert tensors (not nn.Linear) in "
+                         f"{'fp32' if hp == 4 else cfg.compute_dtype.value}: bitsandbytes and torchao quantize "
+                         f"nn.Linear modules only ({L * kept:,} of {pc.total:,} parameters stay unquantized)")
+        if cfg.precision is Precision.INT8:
+            notes.append("LLM.int8: block linears int8 + fp32 row scales; lm_head, embeddings and norms stay in "
+                         f"{'fp32' if hp == 4 else cfg.compute_dtype.value}")
+    other = (pc.embedding + pc.lm_head + L * (pc.block_linear_biases + pc.block_norms) + pc.final_norm) * hp
+    # buffers (families F3): RoPE inv_freq and original_inv_freq; Gemma-2's embed_scale scalar in the load dtype
+    buffers = rope_buffer_bytes(m) + (load if family(m).embed_scale else 0)
+    return L * lin_data // cfg.tp + other + buffers, L * lin_const // cfg.tp
+
+
+@functools.lru_cache(maxsize=1024)
+def _full_tensors(m: ModelSpec) -> Tensors:
+    """Every parameter tensor, in the model's parameter order (embedding, blocks, final norm, lm_head)."""
+    outside = outside_tensors(m)
+    L = m.num_hidden_layers
+    return outside["embed_tokens"] + tuple((s, k * L) for s, k in block_tensors(m)) + outside["norm"] \
+        + outside["lm_head"]
+
+
+def trainable(cfg: PlanConfig, pc: ParamCounts, notes: list) -> tuple[int, Tensors, int]:
+    """(trainable parameters, their tensors, PEFT adapter parameters) (assumption 2)."""
+    method = cfg.method
+    if method is Method.FULL:
+        return pc.total, _full_tensors(cfg.model), 0
+    if method is Method.FREEZE:
+        m = cfg.model
+        k = cfg.freeze_last_layers
+        n = k * pc.per_block
+        tensors = tuple((s, c * k) for s, c in block_tensors(m) if k)
+        outside = outside_tensors(m)
+        for name in cfg.freeze_modules:
+            if name in ("lm_head", "embed_tokens", "wte"):
+                head = name == "lm_head" and pc.lm_head
+                n += pc.lm_head if head else pc.embedding
+                tensors += outside["lm_head"] if head else outside["embed_tokens"]
+            elif name in ("norm", "ln_f"):
+                n += pc.final_norm
+                tensors += outside["norm"]
+            else:
+                raise SpecError(f"--freeze-modules: unknown module {name!r} (known: lm_head, embed_tokens, norm)")
+        notes.append(f"freeze: the last {k} of {pc.layers} blocks train" + (f", plus {', '.join(cfg.freeze_modules)}"
+                                                                             if cfg.freeze_modules else ""))
+        return n, tensors, 0
+    if method.is_peft:
+        n, tensors = _adapter_params(cfg.model, method, cfg.lora_r, tuple(cfg.lora_targets), cfg.adapter_size,
+                                     cfg.num_virtual_tokens)
+        return n, tensors, n
+    return 0, (), 0
+
+
+def trainable_state(cfg: PlanConfig, n_trainable: int, tensors: Tensors, weight_bytes: int) -> tuple[int, int, int]:
+    """(gradients, optimizer states, optimizer-step transient) before sharding (assumptions 2, 3, 8).
+
+    PEFT adapters train in fp32 (assumption 2); trainable base weights in ``weight_bytes``.
+    """
+    grad_bytes = 4 if cfg.method.is_peft else weight_bytes
+    opt_state, step_tmp = _optimizer_bytes(cfg.optimizer, tensors, grad_bytes, cfg.device is DeviceMode.CPU)
+    return n_trainable * grad_bytes, opt_state, step_tmp
+
+
+def sharding(cfg: PlanConfig, pc: ParamCounts, load: int, weights_b: int, quant_constants: int, gradients: int,
+             opt_state: int, step_tmp: int, notes: list) -> tuple[int, int, int, int, int, int]:
+    """Per-GPU (weights, quant constants, gradients, optimizer, step transient, DDP buckets) of a training
+    configuration under ZeRO / FSDP / DDP and offload (assumption 9)."""
+    dp = cfg.dp
+    zero = cfg.zero if not cfg.fsdp else (3 if cfg.fsdp == "full_shard" else 2)
+    ddp_buckets = 0
+    if dp > 1:
+        if zero >= 1:
+            opt_state //= dp
+            step_tmp //= dp
+        if zero >= 2:
+            gradients //= dp
+        if zero >= 3:
+            weights_b = weights_b // dp + 2 * (pc.per_block * load)  # plus two gathered blocks
+            quant_constants //= dp
+        if zero == 0:
+            ddp_buckets = gradients
+            notes.append("data parallel (DDP) keeps gradient buckets the size of the gradients (assumption 9)")
+    if cfg.offload is not Offload.NONE:
+        opt_state, step_tmp = 0, 0
+        notes.append("optimizer states offloaded to CPU memory")
+        if cfg.offload is Offload.PARAMS:
+            weights_b = 2 * pc.per_block * load
+            notes.append("parameters offloaded to CPU: two blocks gathered at a time on the GPU")
+    return weights_b, quant_constants, gradients, opt_state, step_tmp, ddp_buckets
+
+
+def kv_cache(cfg: PlanConfig) -> int:
+    """KV cache bytes per GPU (assumptions 7, 9): 2 (K, V) x kv_heads x head_dim x bytes per cached position, with
+    each layer's positions capped by its window (families F4, the rule throughput's decode step reads)."""
+    m = cfg.model
+    per_position = 2 * m.kv_heads * m.head_dim * (cfg.kv_dtype or cfg.compute_dtype).nbytes
+    # beyond the KV heads, each GPU keeps one (replicated)
+    return cfg.batch * per_position * attended_positions(m, cfg.seq) // min(cfg.tp, m.kv_heads)
+
+
+@functools.lru_cache(maxsize=1024)
+def _largest_linears(m: ModelSpec) -> tuple[int, int]:
+    """(widest output, most weights) over one block's ``nn.Linear`` modules."""
+    lins = module_linears(m)
+    return (max((l.out_features for l in lins), default=0),
+            max((l.in_features * l.out_features for l in lins), default=0))
+
+
+def prefill_transient(cfg: PlanConfig, attn: Attention, notes: list) -> int:
+    """The largest short-lived buffer of an inference forward over ``seq`` tokens (assumption 7): one block's
+    transient beside the residual stream, or the logits."""
+    m = cfg.model
+    fam = family(m)
+    tp = cfg.tp
+    T = cfg.batch * cfg.seq
+    a = cfg.compute_dtype.nbytes
+    h, H = m.hidden_size, m.num_attention_heads
+    I = m.intermediate_size * (m.num_experts_per_tok if m.is_moe else 1)
+    # the residual stream beside a block's transients (whole on every tensor-parallel rank): the model forward's
+    # ``inputs_embeds`` (a local), the block input (the caller's loop variable), the residual after attention and
+    # the norm output; from the second block on these are four tensors (learned position embeddings, families F3,
+    # are one more local)
+    stream = (4 if m.num_hidden_layers > 1 else 3) * a * T * h + (a * cfg.seq * h if learned_positions(m) else 0)
+    # a gated MLP holds act(gate), up and their product; GPT-2's two-linear MLP with gelu_new (``NewGELUActivation``,
+    # written in tensor ops: 0.5*x, x**3, ... each a new tensor) holds its input and three temporaries
+    mlp = 3 if fam.gated_mlp else 4 if m.hidden_act == "gelu_new" else 2
+    layer = mlp * a * T * I // tp + stream
+    if m.is_moe:  # transformers 5 grouped_mm experts: the k·T routed token states, the fused gate_up output (2I
+        # wide), its activation and the product, all over k·T rows (I here is already k x intermediate)
+        k = m.num_experts_per_tok
+        layer = (4 * a * T * I + a * k * T * h) // tp + stream
+    widest, largest = _largest_linears(m)
+    if cfg.precision is Precision.INT8 and cfg.device is DeviceMode.CPU:
+        # bitsandbytes 0.50's CPU LLM.int8 (backends/default/ops.py): ``torch._int_mm`` gives an int32 T x out,
+        # ``int8_mm_dequant`` multiplies its fp32 copy by the fp32 outer product of the row and column scales:
+        # four 4-byte T x out tensors at once, beside act(gate) and the int8 input, at the up projection
+        layer = max(layer, (a * T * I + 16 * T * widest + T * h) // tp + stream)
+    S = cfg.batch * H * cfg.seq * cfg.seq
+    qd = H * m.head_dim
+    if attn is Attention.EAGER:
+        fp32_copy = 4 * S if (a == 2 and not (cfg.compute_dtype.value == "fp16" and cfg.device is DeviceMode.CUDA)) else 0
+        att = max(2 * S * a, S * a + fp32_copy + 4 * S, S * a + 4 * S + S * a) if a != 4 else 2 * 4 * S
+        mask = attention_masks(m) * cfg.batch * cfg.seq * cfg.seq * a  # Gemma-2: also a sliding one (families F4)
+        layer = max(layer, (att + 4 * a * T * qd) // tp + mask)
+    elif sdpa_kernel(m, Act(b=cfg.batch, s=cfg.seq, kv_s=cfg.seq, r=a, a=a, c=a, amp=False, eager=False,
+                            cuda=cfg.device is DeviceMode.CUDA, flash=cfg.flash_attention)) == "math":
+        # activations A3b: GQA without FlashAttention takes the math kernel: fp32 scaled q, repeated k and v,
+        # fp32 scores and probabilities
+        layer = max(layer, (12 * T * qd + 8 * S) // tp)
+        notes.append("SDPA with grouped-query attention falls back to the math kernel here (fp32 inputs or no "
+                     "FlashAttention on this GPU): heads x seq^2 fp32 scores are materialized (activations A3b)")
+    if cfg.precision.is_kbit and cfg.precision is not Precision.INT8:
+        # a k-bit matmul over more than one token dequantizes the whole weight first (bitsandbytes
+        # gemm_4bit; GPTQ/torchao dequantizing kernels): the largest quantized linear, in the compute dtype, is
+        # alive during its own matmul only: beside act(gate) and the up projection's output (not beside their
+        # product, measured by quantlab validate)
+        layer = max(layer, (2 if fam.gated_mlp else 1) * a * T * I // tp + a * largest // tp + stream)
+    # a final logit softcap (``logits / cap``, tanh, ``* cap``; families F5) makes a second T x vocab tensor
+    logits = (2 if fam.final_logit_softcap else 1) * a * T * m.vocab_size + a * T * h
+    return max(layer, logits)
+
+
+@functools.lru_cache(maxsize=4096)
+def _lora_names(m: ModelSpec, targets: tuple[str, ...]) -> frozenset:
+    return frozenset(l.name for l in _targets(m, targets))
+
+
+def training_activations(cfg: PlanConfig, pc: ParamCounts, attn: Attention, r: int, a: int, amp: bool,
+                         tw_bytes: int, notes: list) -> tuple[int, int, int, int, int]:
+    """(activations, logits and loss, forward+backward peak, logits kept, embedding-gradient tail) of one training
+    step (assumptions 3b, 4, 5, 6; per-block saved tensors: :mod:`quantlab.planner.activations`)."""
+    m = cfg.model
+    method = cfg.method
+    c = cfg.compute_dtype.nbytes
+    kbit = cfg.precision.is_kbit
+    tp = cfg.tp
+    prompt = method is Method.PROMPT
+    prefix = method is Method.PREFIX
+    s_eff = cfg.seq + (cfg.num_virtual_tokens if prompt else 0)
+    kv_s = s_eff + (cfg.num_virtual_tokens if prefix else 0)
+    lora = _lora_names(m, tuple(cfg.lora_targets)) if method in (Method.LORA, Method.QLORA) else frozenset()
+    x = Act(b=cfg.batch, s=s_eff, kv_s=kv_s, r=r, a=a, c=c, amp=amp, eager=attn is Attention.EAGER,
+            cuda=cfg.device is DeviceMode.CUDA, flash=cfg.flash_attention, rank=cfg.lora_r if lora else 0,
+            lora_dropout=bool(lora) and cfg.lora_dropout > 0,
+            kbit_keeps_input=kbit and (cfg.stack == "litgpt" or cfg.precision is Precision.INT8),
+            prefix=prefix, padded=cfg.padding_mask, kbit=kbit, tp=tp)
+    T = x.T
+    if not x.eager and sdpa_kernel(m, x) == "math":
+        notes.append("SDPA with grouped-query attention falls back to the math kernel here (fp32 attention "
+                     "inputs or no FlashAttention on this GPU): it keeps heads x seq^2 fp32 probabilities per "
+                     "layer (activations A3b); autocast to bf16/fp16 or eager attention avoids the fallback")
+    ia3 = method is Method.IA3
+    adapter_size = cfg.adapter_size if method is Method.ADAPTER else 0
+    per = [(n, trains, ig, block_saved(m, x, trains, lora, ig, ia3, adapter_size))
+           for n, trains, ig in _block_groups(cfg, pc) if n > 0]
+    grad_blocks = sum(n for n, _, _, v in per if v)
+    blocks = sum(n * v for n, _, _, v in per)
+    recompute = max((v for _, _, _, v in per), default=0)
+    freeze = method is Method.FREEZE
+    head_trains = method is Method.FULL or (freeze and "lm_head" in cfg.freeze_modules)
+    norm_trains = method is Method.FULL or (freeze and bool({"norm", "ln_f"} & set(cfg.freeze_modules)))
+    head_grad = grad_blocks > 0 or norm_trains
+    outside = outside_blocks(m, x, head_grad=head_grad, norm_trains=norm_trains, head_trains=head_trains,
+                             embed_trains=_embed_trains(cfg, pc), head_bytes=c if amp else r,  # lm_head's output
+                             prompt_tokens=cfg.num_virtual_tokens if (prompt or prefix) else 0,
+                             inputs_grad=(cfg.grad_checkpointing and method.is_peft) or prompt)
+    keep_logits, loss_saved, loss_grads = loss_buffers(cfg)
+    embed_tail, held = _embedding_grad_tail(cfg, pc, tw_bytes)  # assumption 3b
+    loss_peak = keep_logits + loss_saved + loss_grads  # assumption 6
+    amp_casts = 0
+    if amp:
+        amp_casts = c * m.vocab_size * m.hidden_size if (head_grad or head_trains) else 0
+        if not cfg.grad_checkpointing:
+            amp_casts += sum(n * amp_weight_casts(m, x, trains, lora, ig) // tp for n, trains, ig, v in per if v)
+    if cfg.grad_checkpointing:  # assumption 5
+        ckpt = grad_blocks * r * T * m.hidden_size  # block inputs: the residual stream, whole on every rank
+        if x.eager and grad_blocks:  # the causal mask (Gemma-2: also the sliding-window one), a block input
+            ckpt += attention_masks(m) * cfg.batch * s_eff * kv_s * r
+        if grad_blocks and family(m).positional == "rope":  # int64 position ids, a keyword of every block
+            ckpt += 8 * s_eff
+        activations = ckpt + outside
+        recompute_amp = max((amp_weight_casts(m, x, trains, lora, True) // tp for _, trains, _, v in per if v),
+                            default=0) if amp else 0
+        fwd_bwd = activations + max(loss_peak + amp_casts, keep_logits + held + recompute + recompute_amp)
+        notes.append("gradient checkpointing: one input per block kept, one block recomputed at a time "
+                     "(assumption 5)")
+    else:
+        activations = blocks + outside
+        fwd_bwd = activations + amp_casts + max(loss_peak, keep_logits + held)
+    return activations + amp_casts, fwd_bwd - activations - amp_casts, fwd_bwd, keep_logits, embed_tail
+
+
+def allocator(cfg: PlanConfig, dynamic: int) -> tuple[int, int]:
+    """(caching-allocator reserve, CUDA context) (assumption 10); both zero on a CPU."""
+    if cfg.device is DeviceMode.CUDA:
+        return int(RESERVE_FRACTION * dynamic) + SEGMENT * 4, CUDA_CONTEXT_BYTES
+    return 0, 0
+
+
 def plan(cfg: PlanConfig) -> Plan:
-    """Plan one configuration (pure arithmetic; no I/O)."""
+    """Plan one configuration (pure arithmetic; no I/O): the cost functions above, in the order their notes read."""
     m = cfg.model
     pc = count_params(m)
     notes: list[str] = []
     method = cfg.method
     training = method.is_training
-    kbit = cfg.precision.is_kbit
-    c = cfg.compute_dtype.nbytes
     load, r, a, amp, upcast = _dtypes(cfg)
     if amp and cfg.precision is not Precision.FP32:
         notes.append("AMP keeps fp32 master weights: weights counted in fp32 (assumption 1)")
-    if kbit and amp:
+    if amp and cfg.precision.is_kbit:
         notes.append("k-bit training under autocast: the k-bit linears return their input's dtype (fp32 after "
                      "PEFT's upcast); autocast casts attention inputs and adapter inputs (assumption 4)")
     hp = 4 if upcast else load  # bytes of the modules that stay in high precision
@@ -359,250 +623,60 @@ def plan(cfg: PlanConfig) -> Plan:
                          "default recipe")
     if cfg.seq > m.max_position_embeddings:
         notes.append(f"warning: seq {cfg.seq} is beyond the model's context ({m.max_position_embeddings} tokens)")
-    attn = cfg.attn
-    if m.model_type == "gemma2" and attn is Attention.SDPA and cfg.stack == "transformers":
-        attn = Attention.EAGER
-        notes.append("gemma2: transformers 5 has no SDPA path for attention softcapping: planned with eager "
-                     "attention (heads x seq^2 scores)")
-
-    # ---- weights (assumption 1)
-    fmt = weight_format(cfg.precision, cfg.double_quant, cfg.group_size)
-    L = m.num_hidden_layers
-    tp = cfg.tp
-    if cfg.precision.is_float:
-        lin_data = pc.block_linear_weights * load
-        lin_const = 0
-    else:
-        quantized = tuple(l for l in pc.linears if getattr(l, "module", True) or cfg.stack == "litgpt")
-        kept = sum(l.count * l.in_features * l.out_features for l in pc.linears if l not in quantized)
-        lin_total = sum(l.count * fmt.linear_bytes(l.in_features, l.out_features, load) for l in quantized)
-        lin_bits = sum(l.count * -(-(l.in_features * l.out_features * fmt.bits) // 8) for l in quantized)
-        lin_data = lin_bits + kept * hp
-        lin_const = lin_total - lin_bits
-        if kept:
-            notes.append(f"transformers 5 keeps {m.name}'s router and fused expert tensors (not nn.Linear) in "
-                         f"{'fp32' if hp == 4 else cfg.compute_dtype.value}: bitsandbytes and torchao quantize "
-                         f"nn.Linear modules only ({L * kept:,} of {pc.total:,} parameters stay unquantized)")
-        if cfg.precision is Precision.INT8:
-            notes.append("LLM.int8: block linears int8 + fp32 row scales; lm_head, embeddings and norms stay in "
-                         f"{'fp32' if hp == 4 else cfg.compute_dtype.value}")
-    other = (pc.embedding + pc.lm_head + pc.layers * (pc.block_linear_biases + pc.block_norms) + pc.final_norm) * hp
-    # buffers: RoPE inv_freq and original_inv_freq (fp32, head_dim/2 each); Gemma-2's embed_scale scalar
-    buffers = 0 if m.model_type == "gpt2" else 2 * (m.head_dim // 2) * 4
-    if m.model_type == "gemma2":
-        buffers += load
-    weights = L * lin_data // tp + other + buffers
-    quant_constants = L * lin_const // tp
-
-    # ---- trainable parameters (assumption 2)
-    tensors: Tensors = ()
-    adapter_n = 0
-    trainable = 0
-    tw_bytes = load  # dtype of trainable base weights
-    if method is Method.FULL:
-        trainable = pc.total
-        outside = outside_tensors(m)
-        tensors = outside["embed_tokens"] + tuple((s, k * L) for s, k in block_tensors(m)) + outside["norm"] \
-            + outside["lm_head"]  # the model's parameter order
-    elif method is Method.FREEZE:
-        k = cfg.freeze_last_layers
-        trainable = k * pc.per_block
-        tensors = tuple((s, n * k) for s, n in block_tensors(m) if k)
-        outside = outside_tensors(m)
-        for name in cfg.freeze_modules:
-            if name in ("lm_head", "embed_tokens", "wte"):
-                head = name == "lm_head" and pc.lm_head
-                trainable += pc.lm_head if head else pc.embedding
-                tensors += outside["lm_head"] if head else outside["embed_tokens"]
-            elif name in ("norm", "ln_f"):
-                trainable += pc.final_norm
-                tensors += outside["norm"]
-            else:
-                raise SpecError(f"--freeze-modules: unknown module {name!r} (known: lm_head, embed_tokens, norm)")
-        notes.append(f"freeze: the last {k} of {L} blocks train" + (f", plus {', '.join(cfg.freeze_modules)}"
-                                                                      if cfg.freeze_modules else ""))
-    elif method.is_peft:
-        adapter_n, tensors = _adapter_params(m, method, cfg.lora_r, tuple(cfg.lora_targets), cfg.adapter_size,
-                                             cfg.num_virtual_tokens)
-        trainable = adapter_n
+    attn = _attention(cfg, notes)
+    weights_b, quant_constants = weights(cfg, pc, load, hp, notes)  # assumption 1
+    n_trainable, tensors, adapter_n = trainable(cfg, pc, notes)  # assumption 2
     adapters = adapter_n * 4
-
-    # ---- gradients, optimizer (assumptions 3, 8)
-    grad_bytes = 4 if method.is_peft else tw_bytes
-    gradients = trainable * grad_bytes if training else 0
-    # paged states live in CUDA unified memory; on a CPU bitsandbytes' paged optimizers hold ordinary tensors
-    paged = cfg.optimizer in (Optimizer.PAGED_ADAMW, Optimizer.PAGED_ADAMW_8BIT) and cfg.device is DeviceMode.CUDA
-    opt_state, step_tmp = _optimizer_bytes(cfg.optimizer, tensors, grad_bytes, cfg.device is DeviceMode.CPU) \
-        if training else (0, 0)
-
-    # ---- sharding (assumption 9)
-    dp = cfg.dp
-    zero = cfg.zero if not cfg.fsdp else (3 if cfg.fsdp == "full_shard" else 2)
-    ddp_buckets = 0
-    if training and dp > 1:
-        if zero >= 1:
-            opt_state //= dp
-            step_tmp //= dp
-        if zero >= 2:
-            gradients //= dp
-        if zero >= 3:
-            gathered = 2 * (pc.per_block * load)
-            weights = weights // dp + gathered
-            quant_constants //= dp
-        if zero == 0:
-            ddp_buckets = gradients
-            notes.append("data parallel (DDP) keeps gradient buckets the size of the gradients (assumption 9)")
-    if cfg.offload is not Offload.NONE and training:
-        opt_state, step_tmp = 0, 0
-        notes.append("optimizer states offloaded to CPU memory")
-        if cfg.offload is Offload.PARAMS:
-            weights = 2 * pc.per_block * load
-            notes.append("parameters offloaded to CPU: two blocks gathered at a time on the GPU")
-
-    comps: dict[str, int] = {"weights": weights}
-    if quant_constants:
-        comps["quant_constants"] = quant_constants
-    if adapters:
-        comps["adapters"] = adapters
-
-    V = m.vocab_size
-    if not training:
-        T = cfg.batch * cfg.seq
-        kv_bytes = (cfg.kv_dtype or cfg.compute_dtype).nbytes
-        kv = _kv_cache(m, cfg, kv_bytes)
-        a = c
-        h, I, H = m.hidden_size, m.intermediate_size * (m.num_experts_per_tok if m.is_moe else 1), m.num_attention_heads
-        # the residual stream beside a block's transients (whole on every tensor-parallel rank): the model forward's
-        # ``inputs_embeds`` (a local), the block input (the caller's loop variable), the residual after attention and
-        # the norm output; from the second block on these are four tensors (GPT-2 also keeps its learned position
-        # embeddings as a local)
-        stream = (4 if m.num_hidden_layers > 1 else 3) * a * T * h + (a * cfg.seq * h if m.model_type == "gpt2" else 0)
-        # a gated MLP holds act(gate), up and their product; GPT-2's two-linear MLP with gelu_new (``NewGELUActivation``,
-        # written in tensor ops: 0.5*x, x**3, ... each a new tensor) holds its input and three temporaries
-        mlp = 3 if m.gated_mlp else 4 if m.hidden_act == "gelu_new" else 2
-        layer = mlp * a * T * I // tp + stream
-        if m.is_moe:  # transformers 5 grouped_mm experts: the k·T routed token states, the fused gate_up output (2I
-            # wide), its activation and the product, all over k·T rows (I here is already k x intermediate)
-            k = m.num_experts_per_tok
-            layer = (4 * a * T * I + a * k * T * h) // tp + stream
-        if cfg.precision is Precision.INT8 and cfg.device is DeviceMode.CPU:
-            # bitsandbytes 0.50's CPU LLM.int8 (backends/default/ops.py): ``torch._int_mm`` gives an int32 T x out,
-            # ``int8_mm_dequant`` multiplies its fp32 copy by the fp32 outer product of the row and column scales:
-            # four 4-byte T x out tensors at once, beside act(gate) and the int8 input, at the up projection
-            up = max((l.out_features for l in m.block_linears() if getattr(l, "module", True)), default=0)
-            layer = max(layer, (a * T * I + 16 * T * up + T * h) // tp + stream)
-        S = cfg.batch * H * cfg.seq * cfg.seq
-        qd = H * m.head_dim
-        if attn is Attention.EAGER:
-            fp32_copy = 4 * S if (a == 2 and not (cfg.compute_dtype.value == "fp16" and cfg.device is DeviceMode.CUDA)) else 0
-            att = max(2 * S * a, S * a + fp32_copy + 4 * S, S * a + 4 * S + S * a) if a != 4 else 2 * 4 * S
-            mask = (2 if m.model_type == "gemma2" else 1) * cfg.batch * cfg.seq * cfg.seq * a
-            layer = max(layer, (att + 4 * a * T * qd) // tp + mask)
-        elif sdpa_kernel(m, Act(b=cfg.batch, s=cfg.seq, kv_s=cfg.seq, r=a, a=a, c=c, amp=False, eager=False,
-                                cuda=cfg.device is DeviceMode.CUDA, flash=cfg.flash_attention)) == "math":
-            # activations A3b: GQA without FlashAttention takes the math kernel: fp32 scaled q, repeated k and v,
-            # fp32 scores and probabilities
-            layer = max(layer, (12 * T * qd + 8 * S) // tp)
-            notes.append("SDPA with grouped-query attention falls back to the math kernel here (fp32 inputs or no "
-                         "FlashAttention on this GPU): heads x seq^2 fp32 scores are materialized (activations A3b)")
-        if kbit and cfg.precision is not Precision.INT8:
-            # a k-bit matmul over more than one token dequantizes the whole weight first (bitsandbytes
-            # gemm_4bit; GPTQ/torchao dequantizing kernels): the largest quantized linear, in the compute dtype, is
-            # alive during its own matmul only: beside act(gate) and the up projection's output (not beside their
-            # product, measured by quantlab validate)
-            deq = c * max((l.in_features * l.out_features for l in pc.linears if getattr(l, "module", True)),
-                          default=0) // tp
-            layer = max(layer, (2 if m.gated_mlp else 1) * a * T * I // tp + deq + stream)
-        # Gemma-2's final logit softcapping (``logits / cap``, tanh, ``* cap``) makes a second T x vocab tensor
-        softcap = 2 if m.model_type == "gemma2" else 1
-        logits = softcap * a * T * V + a * T * h
-        transient = max(layer, logits)
+    comps: dict[str, int]
+    if not training:  # assumption 7
+        kv = kv_cache(cfg)
+        transient = prefill_transient(cfg, attn, notes)
+        comps = {"weights": weights_b}
+        if quant_constants:
+            comps["quant_constants"] = quant_constants
+        if adapters:
+            comps["adapters"] = adapters
         comps["kv_cache"] = kv
         comps["prefill_transient"] = transient
-        static = weights + quant_constants + adapters
-        allocated = static + kv + transient
         dynamic = kv + transient
+        allocated = weights_b + quant_constants + adapters + dynamic
+        paged_state = 0
     else:
-        s_eff = cfg.seq + (cfg.num_virtual_tokens if method is Method.PROMPT else 0)
-        kv_s = s_eff + (cfg.num_virtual_tokens if method is Method.PREFIX else 0)
-        lora = frozenset(l.name for l in _targets(m, tuple(cfg.lora_targets))) \
-            if method in (Method.LORA, Method.QLORA) else frozenset()
-        x = Act(b=cfg.batch, s=s_eff, kv_s=kv_s, r=r, a=a, c=c, amp=amp, eager=attn is Attention.EAGER,
-                cuda=cfg.device is DeviceMode.CUDA, flash=cfg.flash_attention, rank=cfg.lora_r if lora else 0,
-                lora_dropout=bool(lora) and cfg.lora_dropout > 0,
-                kbit_keeps_input=kbit and (cfg.stack == "litgpt" or cfg.precision is Precision.INT8),
-                prefix=method is Method.PREFIX, padded=cfg.padding_mask, kbit=kbit, tp=tp)
-        T = x.T
-        if not x.eager and sdpa_kernel(m, x) == "math":
-            notes.append("SDPA with grouped-query attention falls back to the math kernel here (fp32 attention "
-                         "inputs or no FlashAttention on this GPU): it keeps heads x seq^2 fp32 probabilities per "
-                         "layer (activations A3b); autocast to bf16/fp16 or eager attention avoids the fallback")
-        ia3 = method is Method.IA3
-        adapter_size = cfg.adapter_size if method is Method.ADAPTER else 0
-        groups = _block_groups(cfg, pc)
-        per = [(n, trains, ig, block_saved(m, x, trains, lora, ig, ia3, adapter_size))
-               for n, trains, ig in groups if n > 0]
-        grad_blocks = sum(n for n, _, _, v in per if v)
-        blocks = sum(n * v for n, _, _, v in per)
-        recompute = max((v for _, _, _, v in per), default=0)
-        head_trains = method is Method.FULL or (method is Method.FREEZE and "lm_head" in cfg.freeze_modules)
-        norm_trains = method is Method.FULL or (method is Method.FREEZE and bool({"norm", "ln_f"} & set(cfg.freeze_modules)))
-        head_grad = grad_blocks > 0 or norm_trains
-        Ld = c if amp else r  # logits dtype: lm_head's output
-        outside = outside_blocks(m, x, head_grad=head_grad, norm_trains=norm_trains, head_trains=head_trains,
-                                 embed_trains=_embed_trains(cfg, pc), head_bytes=Ld,
-                                 prompt_tokens=cfg.num_virtual_tokens if method in (Method.PROMPT, Method.PREFIX) else 0,
-                                 inputs_grad=(cfg.grad_checkpointing and method.is_peft) or method is Method.PROMPT)
-        keep_logits, loss_saved, loss_grads = loss_buffers(cfg)
-        embed_tail, held = _embedding_grad_tail(cfg, pc, tw_bytes)  # assumption 3b
-        loss_peak = keep_logits + loss_saved + loss_grads  # assumption 6
-        amp_casts = 0
-        if amp:
-            amp_casts = c * V * m.hidden_size if (head_grad or head_trains) else 0
-            if not cfg.grad_checkpointing:
-                amp_casts += sum(n * amp_weight_casts(m, x, trains, lora, ig) // tp for n, trains, ig, v in per if v)
-        if cfg.grad_checkpointing:
-            ckpt = grad_blocks * r * T * m.hidden_size  # block inputs: the residual stream, whole on every rank
-            if x.eager and grad_blocks:  # the causal mask (Gemma-2: also the sliding-window one), a block input
-                ckpt += (2 if m.model_type == "gemma2" else 1) * cfg.batch * s_eff * kv_s * r
-            if grad_blocks and m.model_type != "gpt2":  # the int64 position ids, a keyword of every RoPE block
-                ckpt += 8 * s_eff
-            activations = ckpt + outside
-            recompute_amp = max((amp_weight_casts(m, x, trains, lora, True) // tp for _, trains, _, v in per if v),
-                                default=0) if amp else 0
-            fwd_bwd = activations + max(loss_peak + amp_casts, keep_logits + held + recompute + recompute_amp)
-            notes.append("gradient checkpointing: one input per block kept, one block recomputed at a time "
-                         "(assumption 5)")
-        else:
-            activations = blocks + outside
-            fwd_bwd = activations + amp_casts + max(loss_peak, keep_logits + held)
+        gradients, opt_state, step_tmp = trainable_state(cfg, n_trainable, tensors, load)  # assumptions 3, 8
+        weights_b, quant_constants, gradients, opt_state, step_tmp, ddp_buckets = sharding(
+            cfg, pc, load, weights_b, quant_constants, gradients, opt_state, step_tmp, notes)  # assumption 9
+        comps = {"weights": weights_b}
+        if quant_constants:
+            comps["quant_constants"] = quant_constants
+        if adapters:
+            comps["adapters"] = adapters
+        # paged states live in CUDA unified memory; on a CPU bitsandbytes' paged optimizers hold ordinary tensors
+        paged = cfg.optimizer in (Optimizer.PAGED_ADAMW, Optimizer.PAGED_ADAMW_8BIT) and cfg.device is DeviceMode.CUDA
+        activations, logits_loss, fwd_bwd, keep_logits, embed_tail = training_activations(
+            cfg, pc, attn, r, a, amp, load, notes)  # assumptions 3b, 4, 5, 6
         comps["gradients"] = gradients
         comps["optimizer"] = opt_state
-        comps["activations"] = activations + amp_casts
-        comps["logits_loss"] = fwd_bwd - activations - amp_casts
+        comps["activations"] = activations
+        comps["logits_loss"] = logits_loss
         if ddp_buckets:
             comps["ddp_buckets"] = ddp_buckets
-        static = weights + quant_constants + adapters + gradients + ddp_buckets + (0 if paged else opt_state)
         comps["optimizer_step"] = step_tmp
         if embed_tail:
             comps["embedding_grad_tail"] = embed_tail
+        static = weights_b + quant_constants + adapters + gradients + ddp_buckets + (0 if paged else opt_state)
         dynamic = max(fwd_bwd, step_tmp, keep_logits + embed_tail)
         allocated = static + dynamic
+        paged_state = opt_state if paged else 0
         if paged:
             notes.append("paged optimizer states live in CUDA unified memory: counted in the process total, "
                          "not in PyTorch's allocated/reserved (assumption 8)")
-    if cfg.device is DeviceMode.CUDA:
-        reserve = int(RESERVE_FRACTION * dynamic) + SEGMENT * 4
-        context = CUDA_CONTEXT_BYTES
-    else:
-        reserve = context = 0
+    reserve, context = allocator(cfg, dynamic)  # assumption 10
     reserved = allocated + reserve
-    process = reserved + context + (opt_state if (training and paged) else 0)
     comps["cuda_context"] = context
     comps["allocator_reserve"] = reserve
-    return Plan(config=cfg, params=pc.total, active_params=pc.active, trainable_params=trainable if training else 0,
+    return Plan(config=cfg, params=pc.total, active_params=pc.active, trainable_params=n_trainable if training else 0,
                 components=comps, peak_allocated_bytes=int(allocated), peak_reserved_bytes=int(reserved),
-                process_bytes=int(process), notes=tuple(notes))
+                process_bytes=int(reserved + context + paged_state), notes=tuple(notes))
 
 
 def replace(cfg: PlanConfig, **changes) -> PlanConfig:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from quantlab.families import FAMILY, block_linears, learned_positions
+from quantlab.families import block_linears, family, learned_positions
 from quantlab.specs import LinearShape, ModelSpec
 
 
@@ -52,7 +52,7 @@ class ParamCounts:
 @functools.lru_cache(maxsize=1024)
 def count_params(m: ModelSpec) -> ParamCounts:
     h = m.hidden_size
-    fam = FAMILY[m.model_type]
+    fam = family(m)
     linears = block_linears(m)
     embedding = m.vocab_size * h + (m.max_position_embeddings * h if learned_positions(m) else 0)
     lm_head = 0 if m.tie_word_embeddings else m.vocab_size * h
@@ -75,7 +75,7 @@ def block_tensors(m: ModelSpec) -> Tensors:
     """Parameter tensors of one decoder block, as the module holds them (assumption 3): each linear's weight
     (out, in) and bias, a fused MoE parameter as one (experts, out, in) tensor, each norm's weight (and bias)."""
     out: list = []
-    fam = FAMILY[m.model_type]
+    fam = family(m)
     for l in block_linears(m):
         if getattr(l, "module", True):
             out.append(((l.out_features, l.in_features), l.count))
@@ -94,4 +94,4 @@ def outside_tensors(m: ModelSpec) -> dict:
     h = m.hidden_size
     emb = [((m.vocab_size, h), 1)] + ([((m.max_position_embeddings, h), 1)] if learned_positions(m) else [])
     return {"embed_tokens": tuple(emb), "lm_head": () if m.tie_word_embeddings else (((m.vocab_size, h), 1),),
-            "norm": (((h,), 2 if FAMILY[m.model_type].norm == "layernorm" else 1),)}
+            "norm": (((h,), 2 if family(m).norm == "layernorm" else 1),)}
