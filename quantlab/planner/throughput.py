@@ -17,11 +17,14 @@ Assumptions (numbered; a recommendation shows them with its answer):
 2. Attention scores cost 4·L·d_attn·T FLOPs per token forward (QKᵀ and AV, T = context, d_attn =
    heads × head_dim) and twice that backward: 12·L·d_attn·T per trained token (PaLM, appendix B).
    As in PaLM, the causal mask is not halved: a causal flash kernel does about half of it, so the
-   attention term is an upper bound. A sliding window caps T.
+   attention term is an upper bound. A sliding window caps T in the layers that have one
+   (:func:`quantlab.families.layer_windows`, families F4: every layer of Mistral, every other one of
+   Gemma-2): L·T becomes the positions attended summed over layers, the rule the KV cache uses.
 3. Gradient checkpointing recomputes the forward once in the backward pass (+2N and the forward
    attention per token).
 4. Decode is one forward per sequence per step: every weight byte (shared by the batch) and every
-   cached key/value byte of every sequence is read once per step. Prefill processes the prompt as
+   cached key/value byte of every sequence is read once per step: exactly the planner's KV cache
+   (each layer holds min(context, its window) positions, families F4). Prefill processes the prompt as
    one batch and is bound by compute.
 5. Data parallel moves, per GPU and per optimizer step, 2·(n−1)/n of the gradient bytes (ring
    all-reduce; ZeRO-1/2 move the same volume as a reduce-scatter plus an all-gather: Rajbhandari
@@ -43,6 +46,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from quantlab.families import attended_positions, block_linears
 from quantlab.specs import DType, GPUSpec, Method, ModelSpec, Offload, PlanConfig
 
 
@@ -99,26 +103,32 @@ def matmul_params(model: ModelSpec) -> int:
     Norm weights and biases are elementwise and left out (well under 0.1% of the FLOPs).
     """
     per_block = 0
-    for lin in model.block_linears():
+    for lin in block_linears(model):
         active = min(lin.count, model.num_experts_per_tok) if lin.count > 1 else lin.count
         per_block += active * lin.in_features * lin.out_features
     return model.num_hidden_layers * per_block + model.vocab_size * model.hidden_size
 
 
 def attention_context(model: ModelSpec, seq: int) -> int:
-    """Tokens each query attends to (assumption 2): the sequence, capped by a sliding window."""
-    return min(seq, model.sliding_window) if model.sliding_window else seq
+    """Keys a query at position ``seq`` attends to, summed over layers (assumption 2; families F4): L·seq without
+    sliding windows, each windowed layer capped at its window."""
+    return attended_positions(model, seq)
 
 
 def attention_flops_per_token(model: ModelSpec, seq: int) -> int:
-    """Forward attention-score FLOPs per token: 4·L·d_attn·T (QKᵀ: 2·T·d_attn, AV: 2·T·d_attn)."""
-    d_attn = model.num_attention_heads * model.head_dim
-    return 4 * model.num_hidden_layers * d_attn * attention_context(model, seq)
+    """Forward attention-score FLOPs per token: 4·d_attn·ΣT over layers (QKᵀ: 2·T·d_attn, AV: 2·T·d_attn)."""
+    return 4 * model.num_attention_heads * model.head_dim * attended_positions(model, seq)
 
 
 def kv_bytes_per_token(model: ModelSpec, dtype: DType) -> int:
     """Bytes of cached keys and values per token: 2 (K and V) · L · kv_heads · head_dim · bytes (GQA aware)."""
     return 2 * model.num_hidden_layers * model.kv_heads * model.head_dim * dtype.nbytes
+
+
+def decode_kv_bytes(model: ModelSpec, dtype: DType, context: int, batch: int = 1) -> int:
+    """Cached key/value bytes one decode step reads (assumption 4): 2 · kv_heads · head_dim · bytes per position,
+    over every layer's min(context, window) positions (families F4), for each of ``batch`` sequences."""
+    return batch * 2 * model.kv_heads * model.head_dim * dtype.nbytes * attended_positions(model, context)
 
 
 @dataclass(frozen=True)
@@ -321,9 +331,8 @@ def decode_step(cfg: PlanConfig, nbytes: ModelBytes, r: Roof, util: Utilisation 
     unless the batch is large. Compute runs at the prefill utilisation.
     """
     m = cfg.model
-    ctx = attention_context(m, context or cfg.seq)
-    kv = kv_bytes_per_token(m, cfg.kv_dtype or cfg.compute_dtype)
-    b_gpu = (nbytes.weights + cfg.batch * ctx * kv) / cfg.tp
+    ctx = context or cfg.seq
+    b_gpu = (nbytes.weights + decode_kv_bytes(m, cfg.kv_dtype or cfg.compute_dtype, ctx, cfg.batch)) / cfg.tp
     f_gpu = cfg.batch * (2 * matmul_params(m) + attention_flops_per_token(m, ctx)) / cfg.tp
     net = _tp_allreduce_s(cfg, r, util, cfg.batch)
     return StepTime(compute_s=f_gpu / (r.flops_per_s * util.prefill_mfu),
@@ -342,6 +351,6 @@ def _tp_allreduce_s(cfg: PlanConfig, r: Roof, util: Utilisation, tokens: int) ->
 
 __all__ = [
     "Utilisation", "Roof", "StepTime", "TrainFlops", "ModelBytes", "matmul_params", "attention_flops_per_token",
-    "attention_context", "kv_bytes_per_token", "train_flops_per_token", "roof", "flops_key", "link_bandwidth",
+    "attention_context", "kv_bytes_per_token", "decode_kv_bytes", "train_flops_per_token", "roof", "flops_key", "link_bandwidth",
     "train_step", "prefill_step", "decode_step", "GPUS_PER_NODE",
 ]
