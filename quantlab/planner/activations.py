@@ -82,6 +82,9 @@ A12. Tensor parallelism (Megatron-style, no sequence parallelism) splits the hea
     degree; the norms, their outputs (each rank's q/k/v and gate/up read the whole hidden state), the router and
     the residual stream stay whole on every rank (Korthikanti et al. 2022, "Reducing Activation Recomputation in
     Large Transformer Models", section 4.2.1).
+A13. Without tensor parallelism a block's saved bytes are ``C + b·(R + P·s + Q·s²)`` for fixed switches (every term
+    above is b·s·width, b·s·keys·heads, b·keys·width or a constant): :func:`block_saved` evaluates that closed form
+    from coefficients computed once per model and switches; :func:`block_saved_direct` is its oracle (tests).
 """
 
 from __future__ import annotations
@@ -330,10 +333,61 @@ def mlp(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: bool, i
     return rep + out // x.tp
 
 
-@functools.lru_cache(maxsize=8192)
 def block_saved(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: bool, ia3: bool = False,
                 adapter_size: int = 0) -> int:
-    """Bytes one decoder block saves for backward."""
+    """Bytes one decoder block saves for backward.
+
+    Closed form (A13): without tensor parallelism every saved tensor is a product of the batch with the tokens, or
+    the tokens times the keys, or a constant (IA3 vectors, ``1 + w``), so a block saves ``C + b·(R + P·s + Q·s²)``
+    for fixed switches and a fixed number of extra keys (``kv_s - s``: prefix tuning). The four coefficients come
+    once from :func:`block_saved_direct` at four sizes and are checked at a fifth; tensor parallelism's integer
+    division (A12) is evaluated directly.
+    """
+    if x.tp != 1:
+        return _block_saved_tp(m, x, trains, lora, input_grad, ia3, adapter_size)
+    coef = _block_coefficients(m, x.kv_s - x.s, x.r, x.a, x.c, x.amp, x.eager, x.cuda, x.flash, x.rank,
+                               x.lora_dropout, x.kbit_keeps_input, x.prefix, x.padded, x.kbit, trains, lora,
+                               input_grad, ia3, adapter_size)
+    if coef is None:  # pragma: no cover - the closed form did not hold at the check point
+        return block_saved_direct(m, x, trains, lora, input_grad, ia3, adapter_size)
+    C, R, P, Q = coef
+    s = x.s
+    return C + x.b * (R + s * (P + s * Q))
+
+
+@functools.lru_cache(maxsize=8192)
+def _block_coefficients(m: ModelSpec, extra_keys: int, r: int, a: int, c: int, amp: bool, eager: bool, cuda: bool,
+                        flash: bool, rank: int, lora_dropout: bool, kbit_keeps_input: bool, prefix: bool,
+                        padded: bool, kbit: bool, trains: bool, lora: frozenset, input_grad: bool, ia3: bool,
+                        adapter_size: int) -> tuple[int, int, int, int] | None:
+    """(C, R, P, Q) of ``block_saved = C + b·(R + P·s + Q·s²)`` (A13), or None when the check point disagrees."""
+    def f(b: int, s: int) -> int:
+        x = Act(b=b, s=s, kv_s=s + extra_keys, r=r, a=a, c=c, amp=amp, eager=eager, cuda=cuda, flash=flash, rank=rank,
+                lora_dropout=lora_dropout, kbit_keeps_input=kbit_keeps_input, prefix=prefix, padded=padded, kbit=kbit)
+        return block_saved_direct(m, x, trains, lora, input_grad, ia3, adapter_size)
+    f11, f12, f13, f21 = f(1, 1), f(1, 2), f(1, 3), f(2, 1)
+    d1, d2 = f12 - f11, f13 - f12
+    Q2 = d2 - d1
+    if Q2 % 2:
+        return None
+    Q = Q2 // 2
+    P = d1 - 3 * Q
+    R = f21 - f11 - P - Q
+    C = f11 - R - P - Q
+    if f(3, 5) != C + 3 * (R + 5 * (P + 5 * Q)):
+        return None
+    return C, R, P, Q
+
+
+@functools.lru_cache(maxsize=4096)
+def _block_saved_tp(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: bool, ia3: bool,
+                    adapter_size: int) -> int:
+    return block_saved_direct(m, x, trains, lora, input_grad, ia3, adapter_size)
+
+
+def block_saved_direct(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: bool, ia3: bool = False,
+                       adapter_size: int = 0) -> int:
+    """Bytes one decoder block saves for backward, summed op by op (the oracle of :func:`block_saved`)."""
     attn_out = attention(m, x, trains, lora, input_grad, ia3)
     total = attn_out + mlp(m, x, trains, lora, input_grad or attn_out > 0, ia3)
     if adapter_size:  # two bottleneck adapters (down, nonlinearity, up) per block, on the residual stream
@@ -341,30 +395,35 @@ def block_saved(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad:
     return total
 
 
-@functools.lru_cache(maxsize=4096)
 def amp_weight_casts(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: bool) -> int:
     """Autocast copies of one block's weights saved for backward (A5).
 
     A linear keeps its weight's cast when its input needs a gradient (the input's gradient multiplies by it);
     lora_B's input (lora_A's output) always does. MoE experts run through ``grouped_mm``, which autocast does not
-    cover: no cast.
+    cover: no cast. Independent of the batch and sequence (cached without them).
     """
+    return _amp_weight_casts(m, x.c, x.rank, x.kbit, trains, lora, input_grad)
+
+
+@functools.lru_cache(maxsize=4096)
+def _amp_weight_casts(m: ModelSpec, c: int, rank: int, kbit: bool, trains: bool, lora: frozenset,
+                      input_grad: bool) -> int:
     lins = block_linears(m)
     qkv = set(qkv_names(m))
     attn_grad = input_grad or trains or bool(lora & qkv)
     total = 0
     for l in lins:
-        if l.name.startswith("experts.") or (x.kbit and getattr(l, "module", True) and l.name not in lora):
+        if l.name.startswith("experts.") or (kbit and getattr(l, "module", True) and l.name not in lora):
             continue
         reads_input = l.name in qkv
         grad = (input_grad or trains) if reads_input else attn_grad  # a trained norm's output needs one
         w = l.count * l.in_features * l.out_features
-        if grad and not (x.kbit and getattr(l, "module", True)):
+        if grad and not (kbit and getattr(l, "module", True)):
             total += w
         if l.name in lora:
-            total += x.rank * l.out_features * l.count  # lora_B
-            total += (x.rank * l.in_features * l.count) if grad else 0  # lora_A
-    return x.c * total
+            total += rank * l.out_features * l.count  # lora_B
+            total += (rank * l.in_features * l.count) if grad else 0  # lora_A
+    return c * total
 
 
 def outside_blocks(m: ModelSpec, x: Act, *, head_grad: bool, norm_trains: bool, head_trains: bool,
