@@ -48,6 +48,52 @@ from quantlab.specs import LinearShape, ModelSpec
 ROLES = ("q", "k", "v", "o", "gate", "up", "down")
 
 
+def model_cache(fn):
+    """Cache a function of one ModelSpec: by identity first (a frozen dataclass hashes all its fields on every
+    lookup), then by equality (equal specs share one result). The identity table keeps its specs alive, so an id
+    is never reused while it is in the table."""
+    by_value = functools.lru_cache(maxsize=1024)(fn)
+    by_id: dict = {}
+
+    @functools.wraps(fn)
+    def cached(m):
+        hit = by_id.get(id(m))
+        if hit is not None and hit[0] is m:
+            return hit[1]
+        v = by_value(m)
+        if len(by_id) >= 1024:
+            by_id.clear()
+        by_id[id(m)] = (m, v)
+        return v
+
+    def cache_clear() -> None:
+        by_id.clear()
+        by_value.cache_clear()
+
+    cached.cache_clear = cache_clear
+    return cached
+
+
+def model_keyed(fn):
+    """Cache a function of a ModelSpec and further hashable positional arguments: one table per spec
+    (:func:`model_cache`), keyed by the other arguments, so the spec is not hashed on every call."""
+    tables = model_cache(lambda m: {})
+
+    @functools.wraps(fn)
+    def cached(m, *args):
+        table = tables(m)
+        v = table.get(args)
+        if v is None:
+            v = fn(m, *args)
+            if len(table) >= 4096:
+                table.clear()
+            table[args] = v
+        return v
+
+    cached.cache_clear = tables.cache_clear
+    return cached
+
+
 @dataclass(frozen=True)
 class Family:
     """The facts of one ``model_type`` (F1-F8)."""
@@ -125,7 +171,7 @@ def _moe(m: ModelSpec) -> bool:
     return m.is_moe and not FAMILY[m.model_type].fused_qkv
 
 
-@functools.lru_cache(maxsize=1024)
+@model_cache
 def block_linears(m: ModelSpec) -> tuple[LinearShape, ...]:
     """The linears of one decoder block from the family's roles (F6); equal to ``ModelSpec.block_linears()``."""
     f = FAMILY[m.model_type]
@@ -154,32 +200,32 @@ def block_linears(m: ModelSpec) -> tuple[LinearShape, ...]:
     return attn + (LinearShape(ng, h, i, mlp_b), LinearShape(nu, h, i, mlp_b), LinearShape(nd, i, h, mlp_b))
 
 
-@functools.lru_cache(maxsize=1024)
+@model_cache
 def module_linears(m: ModelSpec) -> tuple[LinearShape, ...]:
     """The block linears that are ``nn.Linear`` modules (quantizers and PEFT's LoRA see them; F6)."""
     return tuple(l for l in block_linears(m) if l.module)
 
 
-@functools.lru_cache(maxsize=1024)
+@model_cache
 def role_names(m: ModelSpec) -> dict[str, str | None]:
     """Role (q, k, v, o, gate, up, down; MoE: also router) -> the module name of that linear in ``m`` (F6)."""
     names = dict(zip(ROLES, FAMILY[m.model_type].names))
     return {**names, **MOE_NAMES} if _moe(m) else names
 
 
-@functools.lru_cache(maxsize=1024)
+@model_cache
 def qkv_names(m: ModelSpec) -> tuple[str, ...]:
     """The distinct names of the linears that read the attention norm's output (q, k, v; one when fused)."""
     return tuple(dict.fromkeys(FAMILY[m.model_type].names[:3]))
 
 
-@functools.lru_cache(maxsize=1024)
+@model_cache
 def mlp_input_names(m: ModelSpec) -> tuple[str, ...]:
     """The distinct names of the dense MLP linears that read the MLP norm's output (gate and up; GPT-2 c_fc)."""
     return tuple(n for n in dict.fromkeys(FAMILY[m.model_type].names[4:6]) if n)
 
 
-@functools.lru_cache(maxsize=1024)
+@model_cache
 def layer_windows(m: ModelSpec) -> tuple[int | None, ...]:
     """The attention window of every layer (None: full causal attention), F4: the one rule memory and throughput
     share."""
@@ -191,7 +237,7 @@ def layer_windows(m: ModelSpec) -> tuple[int | None, ...]:
     return tuple(w if i % 2 == 0 else None for i in range(L))
 
 
-@functools.lru_cache(maxsize=1024)
+@model_cache
 def _window_groups(m: ModelSpec) -> tuple[int, tuple[tuple[int, int], ...]]:
     """(full-attention layers, ((window, layers), ...)) of :func:`layer_windows`."""
     ws = layer_windows(m)
@@ -233,13 +279,13 @@ def ia3_linears(m: ModelSpec) -> tuple[tuple[LinearShape, ...], LinearShape | No
     return _ia3(m)
 
 
-@functools.lru_cache(maxsize=1024)
+@model_cache
 def _ia3(m: ModelSpec) -> tuple[tuple[LinearShape, ...], LinearShape | None]:
     f = FAMILY[m.model_type]
     lins = {l.name: l for l in block_linears(m)}
     return tuple(lins[n] for n in f.ia3_targets), (lins[f.ia3_feedforward] if f.ia3_feedforward else None)
 
 
-__all__ = ["Family", "FAMILY", "ROLES", "family", "block_linears", "module_linears", "role_names", "qkv_names",
+__all__ = ["Family", "FAMILY", "ROLES", "family", "model_cache", "model_keyed", "block_linears", "module_linears", "role_names", "qkv_names",
            "mlp_input_names", "layer_windows", "attended_positions", "attention_masks", "rope_buffer_bytes",
            "learned_positions", "ia3_linears"]

@@ -89,10 +89,10 @@ A13. Without tensor parallelism a block's saved bytes are ``C + b·(R + P·s + Q
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
-from quantlab.families import block_linears, family, ia3_linears, learned_positions, mlp_input_names, qkv_names
+from quantlab.families import (block_linears, family, ia3_linears, learned_positions, mlp_input_names, model_keyed,
+                               qkv_names)
 from quantlab.specs import ModelSpec
 
 
@@ -355,7 +355,7 @@ def block_saved(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad:
     return C + x.b * (R + s * (P + s * Q))
 
 
-@functools.lru_cache(maxsize=8192)
+@model_keyed
 def _block_coefficients(m: ModelSpec, extra_keys: int, r: int, a: int, c: int, amp: bool, eager: bool, cuda: bool,
                         flash: bool, rank: int, lora_dropout: bool, kbit_keeps_input: bool, prefix: bool,
                         padded: bool, kbit: bool, trains: bool, lora: frozenset, input_grad: bool, ia3: bool,
@@ -379,7 +379,7 @@ def _block_coefficients(m: ModelSpec, extra_keys: int, r: int, a: int, c: int, a
     return C, R, P, Q
 
 
-@functools.lru_cache(maxsize=4096)
+@model_keyed
 def _block_saved_tp(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: bool, ia3: bool,
                     adapter_size: int) -> int:
     return block_saved_direct(m, x, trains, lora, input_grad, ia3, adapter_size)
@@ -405,7 +405,7 @@ def amp_weight_casts(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_
     return _amp_weight_casts(m, x.c, x.rank, x.kbit, trains, lora, input_grad)
 
 
-@functools.lru_cache(maxsize=4096)
+@model_keyed
 def _amp_weight_casts(m: ModelSpec, c: int, rank: int, kbit: bool, trains: bool, lora: frozenset,
                       input_grad: bool) -> int:
     lins = block_linears(m)

@@ -78,12 +78,12 @@ import functools
 from dataclasses import dataclass, field
 
 from quantlab.families import (attended_positions, attention_masks, block_linears, family, ia3_linears,
-                               learned_positions, module_linears, rope_buffer_bytes)
+                               learned_positions, model_cache, model_keyed, module_linears, rope_buffer_bytes)
 from quantlab.planner.activations import Act, amp_weight_casts, block_saved, outside_blocks, sdpa_kernel
 from quantlab.planner.formats import weight_format
 from quantlab.planner.params import ParamCounts, Tensors, block_tensors, count_params, outside_tensors
-from quantlab.specs import (ALL_LINEAR, Attention, DeviceMode, LinearShape, Method, ModelSpec, Offload, Optimizer,
-                            PlanConfig, Precision, SpecError, TrainingPrecision)
+from quantlab.specs import (ALL_LINEAR, Attention, DeviceMode, DType, LinearShape, Method, ModelSpec, Offload,
+                            Optimizer, PlanConfig, Precision, SpecError, TrainingPrecision)
 
 MiB = 1 << 20
 CUDA_CONTEXT_BYTES = 150 * MiB
@@ -91,6 +91,11 @@ RESERVE_FRACTION = 0.25
 SEGMENT = 2 * MiB
 
 _FLOAT_BYTES = {Precision.FP32: 4, Precision.FP16: 2, Precision.BF16: 2}
+_NBYTES = {d: d.nbytes for d in DType}  # DType.nbytes builds its table on every call
+_PEFT = frozenset(m for m in Method if m.is_peft)
+_LORA = frozenset((Method.LORA, Method.QLORA))
+_PAGED = frozenset((Optimizer.PAGED_ADAMW, Optimizer.PAGED_ADAMW_8BIT))
+_NONE: frozenset = frozenset()
 
 
 @dataclass(frozen=True)
@@ -143,7 +148,7 @@ def _targets(m: ModelSpec, targets: tuple[str, ...]) -> tuple[LinearShape, ...]:
     return chosen
 
 
-@functools.lru_cache(maxsize=4096)
+@model_keyed
 def _adapter_params(m: ModelSpec, method: Method, lora_r: int, targets: tuple[str, ...], adapter_size: int,
                     nvt: int) -> tuple[int, Tensors]:
     """(trainable adapter parameters, their tensors as ((shape, how many), ...)) for a PEFT method."""
@@ -244,11 +249,11 @@ def _optimizer_bytes(opt: Optimizer, tensors: Tensors, state_bytes: int, cpu: bo
 
 def _dtypes(cfg: PlanConfig) -> tuple[int, int, int, bool, bool]:
     """(load bytes of float weights, residual bytes r, linear-output bytes a, amp, k-bit upcast) (assumptions 1, 4)."""
-    kbit = cfg.precision.is_kbit
-    training = cfg.method.is_training
+    kbit = cfg.precision not in _FLOAT_BYTES
+    training = cfg.method is not Method.INFERENCE
     amp = training and cfg.training_precision is TrainingPrecision.AMP
-    c = cfg.compute_dtype.nbytes
-    load = (4 if amp else _FLOAT_BYTES[cfg.precision]) if cfg.precision.is_float else c
+    c = _NBYTES[cfg.compute_dtype]
+    load = c if kbit else 4 if amp else _FLOAT_BYTES[cfg.precision]
     upcast = kbit and training and cfg.kbit_upcast and cfg.stack == "transformers"
     if kbit:
         r = 4 if upcast else c
@@ -267,7 +272,7 @@ def _embedding_grad_tail(cfg: PlanConfig, pc: ParamCounts, grad_bytes: int) -> t
     (untied: one V·h). Tied to lm_head, the weight's two gradients meet in autograd's input buffer: lm_head's,
     computed first and held through the whole backward, the embedding's, and their out-of-place sum (three V·h).
     """
-    if not cfg.method.is_training or not _embed_trains(cfg, pc):
+    if not _embed_trains(cfg, pc):  # (inference trains nothing)
         return 0, 0
     m = cfg.model
     n = m.vocab_size * m.hidden_size * grad_bytes
@@ -279,19 +284,19 @@ def _embedding_grad_tail(cfg: PlanConfig, pc: ParamCounts, grad_bytes: int) -> t
     return (2 if amp else 3) * n, n
 
 
-def loss_buffers(cfg: PlanConfig) -> tuple[int, int, int]:
+def loss_buffers(cfg: PlanConfig, dtypes: tuple | None = None) -> tuple[int, int, int]:
     """(logits, what the loss saves for backward, what its backward allocates) in bytes (assumption 6).
 
     The logits are T x vocab in lm_head's output dtype; ``ForCausalLMLoss`` saves the fp32 ``log_softmax`` output
     (4·T·V), the int64 targets (8·T) and ``nll_loss``'s fp32 ``total_weight`` (4 bytes); backward allocates the
     fp32 gradients of ``nll_loss`` and of ``log_softmax`` (2 x 4·T·V). T counts prompt tuning's virtual tokens.
     """
-    if not cfg.method.is_training:
+    if cfg.method is Method.INFERENCE:
         return 0, 0, 0
-    _, r, _, amp, _ = _dtypes(cfg)
+    _, r, _, amp, _ = dtypes or _dtypes(cfg)
     T = cfg.batch * (cfg.seq + (cfg.num_virtual_tokens if cfg.method is Method.PROMPT else 0))
     V = cfg.model.vocab_size
-    logits = (cfg.compute_dtype.nbytes if amp else r) * T * V
+    logits = (_NBYTES[cfg.compute_dtype] if amp else r) * T * V
     return logits, 4 * T * V + 8 * T + 4, 8 * T * V
 
 
@@ -334,7 +339,7 @@ def _attention(cfg: PlanConfig, notes: list) -> Attention:
     return cfg.attn
 
 
-@functools.lru_cache(maxsize=4096)
+@model_keyed
 def _kbit_linears(m: ModelSpec, precision: Precision, double_quant: bool, group_size: int, load: int,
                   all_linears: bool) -> tuple[int, int, int]:
     """(k-bit data bytes, constant bytes, unquantized weights) of one block's linears in a k-bit format (assumption 1).
@@ -355,7 +360,7 @@ def weights(cfg: PlanConfig, pc: ParamCounts, load: int, hp: int, notes: list) -
     parallel divides the block linears, assumption 9). ``hp``: bytes of the modules that stay in high precision."""
     m = cfg.model
     L = pc.layers
-    if cfg.precision.is_float:
+    if cfg.precision in _FLOAT_BYTES:
         lin_data, lin_const = pc.block_linear_weights * load, 0
     else:
         lin_bits, lin_const, kept = _kbit_linears(m, cfg.precision, cfg.double_quant, cfg.group_size, load,
@@ -374,7 +379,7 @@ def weights(cfg: PlanConfig, pc: ParamCounts, load: int, hp: int, notes: list) -
     return L * lin_data // cfg.tp + other + buffers, L * lin_const // cfg.tp
 
 
-@functools.lru_cache(maxsize=1024)
+@model_cache
 def _full_tensors(m: ModelSpec) -> Tensors:
     """Every parameter tensor, in the model's parameter order (embedding, blocks, final norm, lm_head)."""
     outside = outside_tensors(m)
@@ -407,7 +412,7 @@ def trainable(cfg: PlanConfig, pc: ParamCounts, notes: list) -> tuple[int, Tenso
         notes.append(f"freeze: the last {k} of {pc.layers} blocks train" + (f", plus {', '.join(cfg.freeze_modules)}"
                                                                              if cfg.freeze_modules else ""))
         return n, tensors, 0
-    if method.is_peft:
+    if method in _PEFT:
         n, tensors = _adapter_params(cfg.model, method, cfg.lora_r, tuple(cfg.lora_targets), cfg.adapter_size,
                                      cfg.num_virtual_tokens)
         return n, tensors, n
@@ -419,7 +424,7 @@ def trainable_state(cfg: PlanConfig, n_trainable: int, tensors: Tensors, weight_
 
     PEFT adapters train in fp32 (assumption 2); trainable base weights in ``weight_bytes``.
     """
-    grad_bytes = 4 if cfg.method.is_peft else weight_bytes
+    grad_bytes = 4 if cfg.method in _PEFT else weight_bytes
     opt_state, step_tmp = _optimizer_bytes(cfg.optimizer, tensors, grad_bytes, cfg.device is DeviceMode.CPU)
     return n_trainable * grad_bytes, opt_state, step_tmp
 
@@ -456,12 +461,12 @@ def kv_cache(cfg: PlanConfig) -> int:
     """KV cache bytes per GPU (assumptions 7, 9): 2 (K, V) x kv_heads x head_dim x bytes per cached position, with
     each layer's positions capped by its window (families F4, the rule throughput's decode step reads)."""
     m = cfg.model
-    per_position = 2 * m.kv_heads * m.head_dim * (cfg.kv_dtype or cfg.compute_dtype).nbytes
+    per_position = 2 * m.kv_heads * m.head_dim * _NBYTES[cfg.kv_dtype or cfg.compute_dtype]
     # beyond the KV heads, each GPU keeps one (replicated)
     return cfg.batch * per_position * attended_positions(m, cfg.seq) // min(cfg.tp, m.kv_heads)
 
 
-@functools.lru_cache(maxsize=1024)
+@model_cache
 def _largest_linears(m: ModelSpec) -> tuple[int, int]:
     """(widest output, most weights) over one block's ``nn.Linear`` modules."""
     lins = module_linears(m)
@@ -476,7 +481,7 @@ def prefill_transient(cfg: PlanConfig, attn: Attention, notes: list) -> int:
     fam = family(m)
     tp = cfg.tp
     T = cfg.batch * cfg.seq
-    a = cfg.compute_dtype.nbytes
+    a = _NBYTES[cfg.compute_dtype]
     h, H = m.hidden_size, m.num_attention_heads
     I = m.intermediate_size * (m.num_experts_per_tok if m.is_moe else 1)
     # the residual stream beside a block's transients (whole on every tensor-parallel rank): the model forward's
@@ -512,7 +517,7 @@ def prefill_transient(cfg: PlanConfig, attn: Attention, notes: list) -> int:
         layer = max(layer, (12 * T * qd + 8 * S) // tp)
         notes.append("SDPA with grouped-query attention falls back to the math kernel here (fp32 inputs or no "
                      "FlashAttention on this GPU): heads x seq^2 fp32 scores are materialized (activations A3b)")
-    if cfg.precision.is_kbit and cfg.precision is not Precision.INT8:
+    if cfg.precision not in _FLOAT_BYTES and cfg.precision is not Precision.INT8:
         # a k-bit matmul over more than one token dequantizes the whole weight first (bitsandbytes
         # gemm_4bit; GPTQ/torchao dequantizing kernels): the largest quantized linear, in the compute dtype, is
         # alive during its own matmul only: beside act(gate) and the up projection's output (not beside their
@@ -523,25 +528,27 @@ def prefill_transient(cfg: PlanConfig, attn: Attention, notes: list) -> int:
     return max(layer, logits)
 
 
-@functools.lru_cache(maxsize=4096)
+@model_keyed
 def _lora_names(m: ModelSpec, targets: tuple[str, ...]) -> frozenset:
     return frozenset(l.name for l in _targets(m, targets))
 
 
-def training_activations(cfg: PlanConfig, pc: ParamCounts, attn: Attention, r: int, a: int, amp: bool,
-                         tw_bytes: int, notes: list) -> tuple[int, int, int, int, int]:
+def training_activations(cfg: PlanConfig, pc: ParamCounts, attn: Attention, dtypes: tuple,
+                         notes: list) -> tuple[int, int, int, int, int]:
     """(activations, logits and loss, forward+backward peak, logits kept, embedding-gradient tail) of one training
-    step (assumptions 3b, 4, 5, 6; per-block saved tensors: :mod:`quantlab.planner.activations`)."""
+    step (assumptions 3b, 4, 5, 6; per-block saved tensors: :mod:`quantlab.planner.activations`). ``dtypes``:
+    :func:`_dtypes`."""
+    tw_bytes, r, a, amp, _ = dtypes
     m = cfg.model
     method = cfg.method
-    c = cfg.compute_dtype.nbytes
-    kbit = cfg.precision.is_kbit
+    c = _NBYTES[cfg.compute_dtype]
+    kbit = cfg.precision not in _FLOAT_BYTES
     tp = cfg.tp
     prompt = method is Method.PROMPT
     prefix = method is Method.PREFIX
     s_eff = cfg.seq + (cfg.num_virtual_tokens if prompt else 0)
     kv_s = s_eff + (cfg.num_virtual_tokens if prefix else 0)
-    lora = _lora_names(m, tuple(cfg.lora_targets)) if method in (Method.LORA, Method.QLORA) else frozenset()
+    lora = _lora_names(m, tuple(cfg.lora_targets)) if method in _LORA else _NONE
     x = Act(b=cfg.batch, s=s_eff, kv_s=kv_s, r=r, a=a, c=c, amp=amp, eager=attn is Attention.EAGER,
             cuda=cfg.device is DeviceMode.CUDA, flash=cfg.flash_attention, rank=cfg.lora_r if lora else 0,
             lora_dropout=bool(lora) and cfg.lora_dropout > 0,
@@ -566,8 +573,8 @@ def training_activations(cfg: PlanConfig, pc: ParamCounts, attn: Attention, r: i
     outside = outside_blocks(m, x, head_grad=head_grad, norm_trains=norm_trains, head_trains=head_trains,
                              embed_trains=_embed_trains(cfg, pc), head_bytes=c if amp else r,  # lm_head's output
                              prompt_tokens=cfg.num_virtual_tokens if (prompt or prefix) else 0,
-                             inputs_grad=(cfg.grad_checkpointing and method.is_peft) or prompt)
-    keep_logits, loss_saved, loss_grads = loss_buffers(cfg)
+                             inputs_grad=(cfg.grad_checkpointing and method in _PEFT) or prompt)
+    keep_logits, loss_saved, loss_grads = loss_buffers(cfg, dtypes)
     embed_tail, held = _embedding_grad_tail(cfg, pc, tw_bytes)  # assumption 3b
     loss_peak = keep_logits + loss_saved + loss_grads  # assumption 6
     amp_casts = 0
@@ -606,11 +613,12 @@ def plan(cfg: PlanConfig) -> Plan:
     pc = count_params(m)
     notes: list[str] = []
     method = cfg.method
-    training = method.is_training
-    load, r, a, amp, upcast = _dtypes(cfg)
+    training = method is not Method.INFERENCE
+    dtypes = _dtypes(cfg)
+    load, r, a, amp, upcast = dtypes
     if amp and cfg.precision is not Precision.FP32:
         notes.append("AMP keeps fp32 master weights: weights counted in fp32 (assumption 1)")
-    if amp and cfg.precision.is_kbit:
+    if amp and cfg.precision not in _FLOAT_BYTES:
         notes.append("k-bit training under autocast: the k-bit linears return their input's dtype (fp32 after "
                      "PEFT's upcast); autocast casts attention inputs and adapter inputs (assumption 4)")
     hp = 4 if upcast else load  # bytes of the modules that stay in high precision
@@ -651,9 +659,9 @@ def plan(cfg: PlanConfig) -> Plan:
         if adapters:
             comps["adapters"] = adapters
         # paged states live in CUDA unified memory; on a CPU bitsandbytes' paged optimizers hold ordinary tensors
-        paged = cfg.optimizer in (Optimizer.PAGED_ADAMW, Optimizer.PAGED_ADAMW_8BIT) and cfg.device is DeviceMode.CUDA
+        paged = cfg.optimizer in _PAGED and cfg.device is DeviceMode.CUDA
         activations, logits_loss, fwd_bwd, keep_logits, embed_tail = training_activations(
-            cfg, pc, attn, r, a, amp, load, notes)  # assumptions 3b, 4, 5, 6
+            cfg, pc, attn, dtypes, notes)  # assumptions 3b, 4, 5, 6
         comps["gradients"] = gradients
         comps["optimizer"] = opt_state
         comps["activations"] = activations

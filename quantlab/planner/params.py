@@ -12,10 +12,9 @@
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
-from quantlab.families import block_linears, family, learned_positions
+from quantlab.families import block_linears, family, learned_positions, model_cache
 from quantlab.specs import LinearShape, ModelSpec
 
 
@@ -49,7 +48,7 @@ class ParamCounts:
         return self.layers * self.block_norms + self.final_norm
 
 
-@functools.lru_cache(maxsize=1024)
+@model_cache
 def count_params(m: ModelSpec) -> ParamCounts:
     h = m.hidden_size
     fam = family(m)
@@ -70,7 +69,7 @@ def count_params(m: ModelSpec) -> ParamCounts:
 Tensors = tuple  # ((shape, how many), ...): parameter tensors grouped by shape
 
 
-@functools.lru_cache(maxsize=1024)
+@model_cache
 def block_tensors(m: ModelSpec) -> Tensors:
     """Parameter tensors of one decoder block, as the module holds them (assumption 3): each linear's weight
     (out, in) and bias, a fused MoE parameter as one (experts, out, in) tensor, each norm's weight (and bias)."""
@@ -88,7 +87,7 @@ def block_tensors(m: ModelSpec) -> Tensors:
     return tuple(out)
 
 
-@functools.lru_cache(maxsize=1024)
+@model_cache
 def outside_tensors(m: ModelSpec) -> dict:
     """Parameter tensors outside the blocks, by module name (assumptions 1, 2, 4)."""
     h = m.hidden_size
