@@ -561,11 +561,16 @@ def training_activations(cfg: PlanConfig, pc: ParamCounts, attn: Attention, dtyp
                      "layer (activations A3b); autocast to bf16/fp16 or eager attention avoids the fallback")
     ia3 = method is Method.IA3
     adapter_size = cfg.adapter_size if method is Method.ADAPTER else 0
-    per = [(n, trains, ig, block_saved(m, x, trains, lora, ig, ia3, adapter_size))
-           for n, trains, ig in _block_groups(cfg, pc) if n > 0]
-    grad_blocks = sum(n for n, _, _, v in per if v)
-    blocks = sum(n * v for n, _, _, v in per)
-    recompute = max((v for _, _, _, v in per), default=0)
+    per = []
+    grad_blocks = blocks = recompute = 0
+    for n, trains, ig in _block_groups(cfg, pc):
+        if n > 0:
+            v = block_saved(m, x, trains, lora, ig, ia3, adapter_size)
+            per.append((n, trains, ig, v))
+            if v:
+                grad_blocks += n
+                blocks += n * v
+                recompute = max(recompute, v)
     freeze = method is Method.FREEZE
     head_trains = method is Method.FULL or (freeze and "lm_head" in cfg.freeze_modules)
     norm_trains = method is Method.FULL or (freeze and bool({"norm", "ln_f"} & set(cfg.freeze_modules)))
