@@ -10,6 +10,12 @@ zeros of k-bit weights), ``adapters`` (LoRA/adapter/prefix/prompt/IA3 parameters
 for backward), ``logits_loss`` (logits and the fp32 loss buffers), ``kv_cache``, ``prefill_transient``
 (the largest short-lived buffer of a forward pass), ``ddp_buckets``, ``cuda_context``, ``allocator_reserve``.
 
+:func:`plan` composes named cost functions, each citing its assumption below: :func:`weights` (1),
+:func:`trainable` (2), :func:`trainable_state` (gradients and optimizer: 3, 8), :func:`sharding` (9),
+:func:`training_activations` (3b, 4, 5, 6), the inference transients :func:`kv_cache` and :func:`prefill_transient`
+(7) and :func:`allocator` (10). Architecture facts (norms, positions, sliding windows, softcaps, linear roles) are
+data in :mod:`quantlab.families` (F1-F8), one rule each, shared with the throughput roofline.
+
 Assumptions (numbered; notes in the plan refer to them):
 
 1. Weights: block linears take the storage format (:mod:`quantlab.planner.formats`); embeddings, lm_head,
@@ -18,7 +24,8 @@ Assumptions (numbered; notes in the plan refer to them):
    (peft/utils/other.py) upcasts every fp16/bf16 parameter that is not ``Params4bit`` to fp32. Quantizers
    (bitsandbytes, torchao) replace ``nn.Linear`` modules only: Mixtral's router and fused 3-D expert tensors
    (transformers 5, ``LinearShape.module=False``) stay in the load dtype (checked on a tiny Mixtral).
-   Buffers: RoPE's ``inv_freq`` and ``original_inv_freq`` (fp32, head_dim/2 each), Gemma-2's ``embed_scale``.
+   Buffers: RoPE's ``inv_freq`` and ``original_inv_freq`` (fp32, head_dim/2 each), Gemma-2's ``embed_scale``
+   (families F3).
 2. PEFT adapters are fp32 (``autocast_adapter_dtype=True``, the default) and cast their input to fp32
    (``LoraLayer._cast_input_dtype``); their gradients and optimizer states are fp32 too.
 3. Gradients are counted as live through the next forward/backward: the safe reading (gradient
@@ -44,8 +51,9 @@ Assumptions (numbered; notes in the plan refer to them):
    (``logits.float()``), ``log_softmax`` saves its fp32 output, and backward allocates the fp32 gradient of
    ``nll_loss`` and of ``log_softmax``: at the start of backward logits + 3 x 4·T·vocab bytes are live.
 7. Inference is a full forward over ``seq`` tokens with the KV cache kept (``use_cache``): weights + KV
-   cache + the larger of the logits (T·vocab in the compute dtype) and one block's transient (the gated MLP's
-   three T x intermediate tensors; for eager attention the b·heads·s² scores, the fp32 softmax and, for a
+   cache (each layer holds min(seq, its window) positions: families F4, the positions a decode step reads in
+   :mod:`quantlab.planner.throughput`) + the larger of the logits (T·vocab in the compute dtype) and one
+   block's transient (the gated MLP's three T x intermediate tensors; for eager attention the b·heads·s² scores, the fp32 softmax and, for a
    bf16 input, the fp32 copy ``softmax(dtype=float32)`` makes of it; for SDPA on the math kernel (activations
    A3b) fp32 q, k, v, scores and probabilities). A k-bit matmul over many tokens first dequantizes its
    weight (bitsandbytes ``gemm_4bit``): the largest quantized linear in the compute dtype joins the transient.
