@@ -450,3 +450,14 @@ def outside_blocks(m: ModelSpec, x: Act, *, head_grad: bool, norm_trains: bool, 
     if f.final_logit_softcap and (head_grad or head_trains):
         out += head_bytes * T * m.vocab_size  # final logit softcap tanh
     return out
+
+
+def _clear_caches() -> None:
+    """Empty the coefficient and per-shape caches behind :func:`block_saved` and :func:`amp_weight_casts`."""
+    _block_coefficients.cache_clear()
+    _block_saved_tp.cache_clear()
+    _amp_weight_casts.cache_clear()
+
+
+block_saved.cache_clear = _clear_caches  # type: ignore[attr-defined]  (benchmarks clear it for cold figures)
+amp_weight_casts.cache_clear = _clear_caches  # type: ignore[attr-defined]
