@@ -135,10 +135,12 @@ class Act:
 
 def sdpa_kernel(m: ModelSpec, x: Act) -> str:
     """Which SDPA kernel runs: "fused" (flash / memory-efficient / CPU flash) or "math" (A3, A3b)."""
-    gqa = m.kv_heads < m.num_attention_heads
-    if x.cuda and gqa and not (x.prefix or x.padded) and (x.att == 4 or not x.flash):
-        return "math"
-    return "fused"
+    return "math" if sdpa_math(m, x.cuda, x.att, x.flash, x.prefix or x.padded) else "fused"
+
+
+def sdpa_math(m: ModelSpec, cuda: bool, att: int, flash: bool, masked: bool) -> bool:
+    """SDPA takes the math kernel (A3b): GQA on CUDA without a mask, with fp32 inputs or no FlashAttention."""
+    return cuda and m.kv_heads < m.num_attention_heads and not masked and (att == 4 or not flash)
 
 
 def _readers(x: Act, xb: int, width: int, trains: int, loras: int, shared: bool = False, grad: bool = True) -> int:

@@ -87,7 +87,8 @@ from dataclasses import dataclass, field
 
 from quantlab.families import (attended_positions, attention_masks, block_linears, family, ia3_linears,
                                learned_positions, model_cache, model_keyed, module_linears, rope_buffer_bytes)
-from quantlab.planner.activations import Act, amp_weight_casts, block_saved, outside_blocks, sdpa_kernel
+from quantlab.planner.activations import (Act, amp_weight_casts, block_saved, outside_blocks, sdpa_kernel,
+                                          sdpa_math)
 from quantlab.planner.formats import weight_format
 from quantlab.planner.params import ParamCounts, Tensors, block_tensors, count_params, outside_tensors
 from quantlab.specs import (ALL_LINEAR, Attention, DeviceMode, DType, LinearShape, Method, ModelSpec, Offload,
@@ -518,8 +519,7 @@ def prefill_transient(cfg: PlanConfig, attn: Attention, notes: list) -> int:
         att = max(2 * S * a, S * a + fp32_copy + 4 * S, S * a + 4 * S + S * a) if a != 4 else 2 * 4 * S
         mask = attention_masks(m) * cfg.batch * cfg.seq * cfg.seq * a  # Gemma-2: also a sliding one (families F4)
         layer = max(layer, (att + 4 * a * T * qd) // tp + mask)
-    elif sdpa_kernel(m, Act(b=cfg.batch, s=cfg.seq, kv_s=cfg.seq, r=a, a=a, c=a, amp=False, eager=False,
-                            cuda=cfg.device is DeviceMode.CUDA, flash=cfg.flash_attention)) == "math":
+    elif sdpa_math(m, cfg.device is DeviceMode.CUDA, a, cfg.flash_attention, False):
         # activations A3b: GQA without FlashAttention takes the math kernel: fp32 scaled q, repeated k and v,
         # fp32 scores and probabilities
         layer = max(layer, (12 * T * qd + 8 * S) // tp)
