@@ -42,6 +42,8 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Mapping
 
 from quantlab.specs import LinearShape, ModelSpec
 
@@ -207,10 +209,10 @@ def module_linears(m: ModelSpec) -> tuple[LinearShape, ...]:
 
 
 @model_cache
-def role_names(m: ModelSpec) -> dict[str, str | None]:
+def role_names(m: ModelSpec) -> Mapping[str, str | None]:
     """Role (q, k, v, o, gate, up, down; MoE: also router) -> the module name of that linear in ``m`` (F6)."""
     names = dict(zip(ROLES, FAMILY[m.model_type].names))
-    return {**names, **MOE_NAMES} if _moe(m) else names
+    return MappingProxyType({**names, **MOE_NAMES} if _moe(m) else names)  # read-only: the result is cached
 
 
 @model_cache

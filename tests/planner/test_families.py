@@ -21,6 +21,16 @@ def test_every_family_has_facts():
     assert set(F.FAMILY) == set(FAMILIES)
     for name, fam in F.FAMILY.items():
         assert fam.model_type == name and fam.block_class.endswith(("DecoderLayer", "Block"))
+    from quantlab.emit import BLOCK_CLASS  # emit's FSDP wrap table agrees (until it reads families)
+    assert BLOCK_CLASS == {k: f.block_class for k, f in F.FAMILY.items()}
+
+
+def test_model_cache_is_by_identity_then_value():
+    m = load_model("llama-3.1-8b").spec
+    twin = dataclasses.replace(m)
+    assert twin is not m and F.block_linears(twin) is F.block_linears(m)  # equal specs share one result
+    other = dataclasses.replace(m, num_hidden_layers=2)
+    assert F.layer_windows(other) == (None, None)
 
 
 @pytest.mark.parametrize("name", list_models())
