@@ -10,7 +10,7 @@ from quantlab import families as F
 from quantlab.planner import plan
 from quantlab.planner import throughput as tp
 from quantlab.planner.recommend import model_bytes
-from quantlab.profiles import list_models, load_model
+from quantlab.profiles import list_models, load_gpu, load_model
 from quantlab.specs import FAMILIES, DType, Method, PlanConfig, Precision
 
 GEMMA2_9B = load_model("gemma-2-9b").spec
@@ -71,13 +71,8 @@ def _decode_vs_cache(m, seq, batch=2):
     cfg = PlanConfig(model=m, method=Method.INFERENCE, precision=Precision.BF16, batch=batch, seq=seq)
     p = plan(cfg)
     nb = model_bytes(p)
-    step = tp.decode_step(cfg, nb, tp.roof(load_gpu_h100(), DType.BF16), context=seq)
+    step = tp.decode_step(cfg, nb, tp.roof(load_gpu("h100-sxm"), DType.BF16), context=seq)
     return p.components["kv_cache"], tp.decode_kv_bytes(m, DType.BF16, seq, batch), step.bytes - nb.weights
-
-
-def load_gpu_h100():
-    from quantlab.profiles import load_gpu
-    return load_gpu("h100-sxm")
 
 
 def test_gemma2_decode_reads_the_kv_cache_it_holds():
