@@ -233,6 +233,28 @@ class ModelSpec:
                        LinearShape("down_proj", i, h, self.mlp_bias))
 
     # ---- construction --------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """Every field, with config.json names (``head_dim`` for ``head_dim_``); JSON-serialisable."""
+        return {_MODEL_JSON_NAMES.get(f, f): getattr(self, f) for f in _field_names(ModelSpec)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelSpec":
+        """The exact inverse of :meth:`to_dict`; an unknown key or a value of the wrong type is a SpecError."""
+        if isinstance(d, ModelSpec):
+            return d
+        if not isinstance(d, Mapping):
+            raise SpecError(f"model must be a mapping of ModelSpec fields, got {type(d).__name__}")
+        names = {_MODEL_JSON_NAMES.get(f, f): f for f in _field_names(ModelSpec)}
+        unknown = [k for k in d if k not in names]
+        if unknown:
+            raise SpecError(f"unknown model field {unknown[0]!r} (fields: {', '.join(names)})")
+        kw = {names[k]: _convert(ModelSpec, names[k], v) for k, v in d.items()}
+        missing = [k for k in ("name", "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                               "intermediate_size", "vocab_size") if k not in kw]
+        if missing:
+            raise SpecError(f"model is missing {', '.join(missing)}")
+        return cls(**kw)
+
     @classmethod
     def from_hf_config(cls, config: Mapping[str, Any], *, name: str | None = None, hf_id: str | None = None,
                        source: str | None = None) -> "ModelSpec":
@@ -407,6 +429,45 @@ class PlanConfig:
         if self.device is DeviceMode.CPU and self.num_gpus > 1:
             raise SpecError("a CPU plan is for one process; num-gpus must be 1")
 
+    # ---- the one vocabulary: dicts ---------------------------------------------------------
+    def to_dict(self) -> dict:
+        """Every field in field order, JSON-serialisable: enums as their values, tuples as lists,
+        the model as :meth:`ModelSpec.to_dict`."""
+        out: dict = {}
+        for f in _field_names(PlanConfig):
+            v = getattr(self, f)
+            if f == "model":
+                v = v.to_dict()
+            elif isinstance(v, Enum):
+                v = v.value
+            elif isinstance(v, tuple):
+                v = list(v)
+            out[f] = v
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, model: ModelSpec | None = None) -> "PlanConfig":
+        """The exact inverse of :meth:`to_dict`. Absent keys take the dataclass defaults, except ``precision``:
+        absent or None means nf4 for qlora and bf16 otherwise (resolved here, once). ``d["model"]`` is a
+        ModelSpec dict, or absent when ``model=`` is given. An unknown key or a wrong type is a SpecError."""
+        if not isinstance(d, Mapping):
+            raise SpecError(f"a plan configuration must be a mapping, got {type(d).__name__}")
+        fields = _field_names(PlanConfig)
+        unknown = [k for k in d if k not in fields]
+        if unknown:
+            raise SpecError(f"unknown configuration field {unknown[0]!r} (fields: {', '.join(fields)})")
+        kw = {k: _convert(PlanConfig, k, v) for k, v in d.items() if k != "model"}
+        if "model" in d and d["model"] is not None:
+            m = ModelSpec.from_dict(d["model"])
+            if model is not None and m != model:
+                raise SpecError("the configuration names a model and a different model was given")
+            model = m
+        if model is None:
+            raise SpecError("the configuration has no model")
+        if kw.get("precision") is None:
+            kw["precision"] = Precision.NF4 if kw.get("method") is Method.QLORA else Precision.BF16
+        return cls(model=model, **kw)
+
     @property
     def world_size(self) -> int:
         return self.num_gpus
@@ -415,3 +476,68 @@ class PlanConfig:
     def dp(self) -> int:
         """Data-parallel degree."""
         return self.num_gpus // self.tp
+
+
+# ---- dict conversion: one table of field kinds, read from the annotations ---------------------------------
+_MODEL_JSON_NAMES = {"head_dim_": "head_dim"}  # field -> config.json name, where they differ
+_ENUMS = {e.__name__: e for e in (Precision, DType, Method, Optimizer, TrainingPrecision, Attention, Offload,
+                                  DeviceMode)}
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_KINDS: dict[type, dict[str, tuple[str, bool]]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
+def _kinds(cls: type) -> dict[str, tuple[str, bool]]:
+    """field -> (kind, None allowed); kind is int, float, bool, str, tuple (of str), model or an Enum name."""
+    k = _KINDS.get(cls)
+    if k is None:
+        k = {}
+        for f in dataclasses.fields(cls):
+            t = str(f.type).replace(" ", "")
+            optional = t.endswith("|None")
+            t = t.removesuffix("|None")
+            k[f.name] = ("tuple" if t.startswith("tuple[") else "model" if t == "ModelSpec" else t, optional)
+        _KINDS[cls] = k
+    return k
+
+
+def _convert(cls: type, name: str, v: Any) -> Any:
+    """A JSON value for field ``name`` of ``cls`` as the dataclass holds it, or a one-line SpecError."""
+    kind, optional = _kinds(cls)[name]
+    if v is None:
+        if optional or (cls is PlanConfig and name == "precision"):
+            return None
+        raise SpecError(f"{name} must not be null")
+    if kind in _ENUMS:
+        enum = _ENUMS[kind]
+        try:
+            return enum(v)
+        except ValueError:
+            raise SpecError(f"{name} must be one of {', '.join(e.value for e in enum)}, got {v!r}") from None
+    if kind == "int":
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise SpecError(f"{name} must be an integer, got {v!r}")
+        return v
+    if kind == "float":
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            raise SpecError(f"{name} must be a number, got {v!r}")
+        return float(v)
+    if kind == "bool":
+        if not isinstance(v, bool):
+            raise SpecError(f"{name} must be true or false, got {v!r}")
+        return v
+    if kind == "str":
+        if not isinstance(v, str):
+            raise SpecError(f"{name} must be a string, got {v!r}")
+        return v
+    if kind == "tuple":
+        if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
+            raise SpecError(f"{name} must be a list of strings, got {v!r}")
+        return tuple(v)
+    raise AssertionError(f"no conversion for {cls.__name__}.{name} ({kind})")  # pragma: no cover
