@@ -101,8 +101,12 @@ class _Given(argparse.Action):
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, *, model_required: bool = True,
-                         model_help: str | None = None, model_default: str | None = None) -> None:
-    """``--model`` and one flag per :class:`PlanConfig` field, in groups, defaults from the dataclass."""
+                         model_help: str | None = None, model_default: str | None = None,
+                         only: tuple[str, ...] | None = None) -> None:
+    """``--model`` and one flag per :class:`PlanConfig` field, in groups, defaults from the dataclass.
+
+    ``only``: the fields a command can act on (``lab finetune`` runs one process on one model: no sharding flags),
+    with the same names, parsing and defaults as everywhere else."""
     from quantlab.specs import _ENUMS, PlanConfig, _kinds
 
     kinds = _kinds(PlanConfig)
@@ -120,7 +124,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, model_required: boo
                            + (f" (default: {model_default})" if model_default else ""))
     parser.set_defaults(**{GIVEN: None})
     for f in dataclasses.fields(PlanConfig):
-        if f.name == "model":
+        if f.name == "model" or (only is not None and f.name not in only):
             continue
         title, text = HELP[f.name]
         kind, _ = kinds[f.name]

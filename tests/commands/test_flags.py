@@ -56,14 +56,32 @@ def _ids():
     return [" ".join(pre) or f"parser{i}" for i, (pre, _) in enumerate(config_parsers())]
 
 
+def _fields_of(parser) -> set[str]:
+    return {a.dest for a in parser._actions if isinstance(a, _Given)}
+
+
+def _argv_for(fields) -> list[str]:
+    """ARGV restricted to the flags of ``fields`` (lab finetune takes the subset it can run)."""
+    out, i = [], 0
+    flags = {flag_name(f): f for f in fields}
+    while i < len(ARGV):
+        takes_value = i + 1 < len(ARGV) and not ARGV[i + 1].startswith("--")
+        item = ARGV[i:i + 2] if takes_value else ARGV[i:i + 1]
+        if ARGV[i] in flags:
+            out += item
+        i += len(item)
+    return out
+
+
 @pytest.mark.parametrize("prefix, parser", config_parsers(), ids=_ids())
 def test_same_argv_same_config_in_every_parser(prefix, parser):
-    args = parser.parse_args(["--model", "x"] + ARGV)
+    fields = _fields_of(parser)
+    args = parser.parse_args(["--model", "x"] + _argv_for(fields))
     d = config_dict_from_args(args)
-    assert d == EXPECTED
+    assert d == {k: v for k, v in EXPECTED.items() if k in fields}
     assert list(d) == [f.name for f in dataclasses.fields(PlanConfig) if f.name in d]  # field order
-    cfg = PlanConfig.from_dict(d, model=TINY)
-    assert cfg == PlanConfig.from_dict(EXPECTED, model=TINY)
+    if len(fields) == len(dataclasses.fields(PlanConfig)) - 1:  # every field but the model
+        assert PlanConfig.from_dict(d, model=TINY) == PlanConfig.from_dict(EXPECTED, model=TINY)
     none = config_dict_from_args(parser.parse_args(["--model", "x"]))
     assert none == {}  # nothing given: the dataclass defaults, through from_dict
     assert PlanConfig.from_dict(none, model=TINY) == PlanConfig(model=TINY)
@@ -72,8 +90,9 @@ def test_same_argv_same_config_in_every_parser(prefix, parser):
 @pytest.mark.parametrize("prefix, parser", config_parsers(), ids=_ids())
 def test_every_field_has_its_flag_and_help_shows_the_default(prefix, parser):
     flags = {s: a for a in parser._actions for s in a.option_strings}
+    fields = _fields_of(parser)
     for f in dataclasses.fields(PlanConfig):
-        if f.name == "model":
+        if f.name == "model" or f.name not in fields:
             continue
         a = flags[flag_name(f.name)]
         assert a.dest == f.name
@@ -81,8 +100,29 @@ def test_every_field_has_its_flag_and_help_shows_the_default(prefix, parser):
             assert "(default: " in a.help and a.help.endswith(")"), f.name
     args = parser.parse_args(["--model", "x"])
     d = PlanConfig(model=TINY)
-    assert (args.batch, args.seq, args.lora_r, args.lora_targets) == (d.batch, d.seq, d.lora_r, ",".join(d.lora_targets))
-    assert args.precision is None and args.compute_dtype is None and args.flash_attention is None
+    assert (args.lora_r, args.lora_targets) == (d.lora_r, ",".join(d.lora_targets))
+    if len(fields) == len(dataclasses.fields(PlanConfig)) - 1:  # every field but the model
+        assert (args.batch, args.seq) == (d.batch, d.seq)
+        assert args.precision is None and args.compute_dtype is None and args.flash_attention is None
+    else:
+        assert prefix == ["lab", "finetune"]  # the one subcommand that takes a subset
+
+
+def test_lab_finetune_takes_the_plan_defaults():
+    """--lora-targets was q,k,v,o in lab finetune and q,v in plan; --max-steps / --eval-every differed between the
+    CLI and FinetuneConfig: now each default exists once."""
+    from quantlab.commands.lab_finetune import config_from_args
+    from quantlab.lab.finetune import FinetuneConfig
+
+    p = next(pa for pre, pa in config_parsers() if pre == ["lab", "finetune"])
+    cfg = config_from_args(p.parse_args([]))
+    d = PlanConfig(model=TINY)
+    assert cfg == FinetuneConfig()
+    assert (cfg.lora_targets, cfg.lora_r, cfg.lora_alpha, cfg.optimizer, cfg.attn, cfg.freeze_last_layers) == \
+        (d.lora_targets, d.lora_r, d.lora_alpha, d.optimizer.value, d.attn.value, d.freeze_last_layers)
+    cfg = config_from_args(p.parse_args(["--lora-targets", "all-linear", "--no-kbit-upcast", "--freeze-modules",
+                                         "norm"]))
+    assert (cfg.lora_targets, cfg.kbit_upcast, cfg.freeze_modules) == ((ALL_LINEAR,), False, ("norm",))
 
 
 def test_lists_all_linear_and_empty_targets():
