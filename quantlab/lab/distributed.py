@@ -44,14 +44,16 @@ import socket
 import subprocess
 import sys
 import time
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from quantlab.errors import QuantlabError
+from quantlab.specs import PlanConfig
 
 SHARDINGS = ("ddp", "fsdp")
 LR = 1e-3
-LORA_TARGETS = ("q_proj", "v_proj")  # the planner's default targets, so the plan and the run agree
+LORA_TARGETS = next(f.default for f in dataclasses.fields(PlanConfig) if f.name == "lora_targets")  # the plan's
 METHODS = ("full", "lora")
 
 

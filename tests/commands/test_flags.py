@@ -157,3 +157,19 @@ def test_matrix_mapping_gives_the_same_dict_as_the_flags():
         config_dict_from_mapping({"lora-rank": 8})
     with pytest.raises(Exception, match="no-kbit-upcast must be true or false"):
         config_dict_from_mapping({"no-kbit-upcast": "yes"})
+
+
+def test_help_shows_the_defaults():
+    import re
+
+    parsers = dict((" ".join(pre), pa) for pre, pa in config_parsers())
+    ft = re.sub(r"\s+", " ", parsers["lab finetune"].format_help())
+    from quantlab.lab.finetune import FinetuneConfig
+
+    assert f"optimizer steps (early stopping may end sooner) (default: {FinetuneConfig.max_steps})" in ft
+    assert f"(early stopping) (default: {FinetuneConfig.eval_every})" in ft
+    assert "(default: q_proj,v_proj)" in ft and "(default: smollm2-135m)" in ft
+    v = re.sub(r"\s+", " ", parsers["validate"].format_help())
+    for text in ("(default: 2048)", "(default: nf4 for qlora, bf16 otherwise)", "(default: q_proj,v_proj)",
+                 "(default: sdpa)", "(default: adamw)"):
+        assert text in v, text
