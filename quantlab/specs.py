@@ -20,7 +20,7 @@ import dataclasses
 import functools
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from quantlab.errors import QuantlabError
 
@@ -619,8 +619,36 @@ def _checks(cls: type) -> tuple:
     return c
 
 
+_FAST: dict[type, Callable[[Any], bool]] = {}
+
+
+def _fast_check(cls: type) -> Callable[[Any], bool]:
+    """A straight-line function, generated once per class, that is True when every field has exactly its annotated
+    type (the common case: ``dataclasses.replace`` in a sweep builds many configs); anything else goes to the
+    full check, which accepts subclasses and words the error."""
+    fn = _FAST.get(cls)
+    if fn is None:
+        lines, env = ["def fast(o):"], {}
+        for i, (name, exact, _, optional, _, kind) in enumerate(_checks(cls)):
+            names = []
+            for j, t in enumerate(sorted(exact, key=str)):
+                env[f"t{i}_{j}"] = t
+                names.append(f"t{i}_{j}")
+            lines.append(f"    v = o.{name}")
+            lines.append(f"    if {' and '.join(f'type(v) is not {n}' for n in names)}: return False")
+            if kind == "tuple":
+                lines.append("    for x in v or ():")
+                lines.append("        if type(x) is not str: return False")
+        lines.append("    return True")
+        exec("\n".join(lines), env)  # noqa: S102 (generated from the dataclass fields, as dataclasses does)
+        fn = _FAST[cls] = env["fast"]
+    return fn
+
+
 def _check_types(obj: Any, cls: type, prefix: str) -> None:
     """Every field holds its annotated type (bools are not ints, floats are not ints, enums are members)."""
+    if _fast_check(cls)(obj):
+        return
     for name, exact, types, optional, no_bool, kind in _checks(cls):
         v = getattr(obj, name)
         if type(v) in exact and kind != "tuple":  # the common case: exactly the annotated type
