@@ -17,9 +17,15 @@ def register(sub) -> None:
                "  quantlab lab ptq --methods fp32,nf4,nf4-dq,fp4 --quick\n"
                "Methods: fp32 fp16 bf16 int8 nf4 nf4-dq fp4 gptq-int4 torchao-int8 torchao-intx4 torchao-int4",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="smollm2-135m",
-                   help="smollm2-135m (the embedded real model), a local transformers folder (safetensors) or a .gguf")
-    p.add_argument("--methods", default="fp32,bf16,int8,nf4", help="comma-separated methods (see below)")
+    from quantlab.commands.flags import add_config_arguments
+
+    # The model flag as every configuration command takes it; the weight formats, their block and group sizes
+    # and the evaluation workload are what --methods names (each method maps onto PlanConfig fields:
+    # quantlab.lab.ptq.PTQMethod.plan_dict), so no other configuration flag applies here.
+    add_config_arguments(p, model_required=False, model_default="smollm2-135m", only=(),
+                         model_help="smollm2-135m (the embedded real model), a local transformers folder "
+                                    "(safetensors) or a .gguf (default: smollm2-135m)")
+    p.add_argument("--methods", default="fp32,bf16,int8,nf4", help="comma-separated methods (see below) (default: %(default)s)")
     p.add_argument("--quick", action="store_true",
                    help="small evaluation sizes (about a minute per method on 2 CPU cores): for a demo, not a report")
     p.add_argument("--eval-tokens", type=int, default=None, help="held-out tokens for perplexity (default 2048; fp16/bf16 get 512 on a CPU where a quick probe measures their matmuls 4x or more slower than fp32: emulated, not native)")

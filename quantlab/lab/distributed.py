@@ -44,14 +44,16 @@ import socket
 import subprocess
 import sys
 import time
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from quantlab.errors import QuantlabError
+from quantlab.specs import PlanConfig
 
 SHARDINGS = ("ddp", "fsdp")
 LR = 1e-3
-LORA_TARGETS = ("q_proj", "v_proj")  # the planner's default targets, so the plan and the run agree
+LORA_TARGETS = next(f.default for f in dataclasses.fields(PlanConfig) if f.name == "lora_targets")  # the plan's
 METHODS = ("full", "lora")
 
 
@@ -143,7 +145,7 @@ def _build(cfg: DistConfig):
 
         from quantlab.specs import ModelSpec, PlanConfig
 
-        d = PlanConfig(model=ModelSpec.from_hf_config(m.config.to_dict()))
+        d = PlanConfig.from_dict({}, model=ModelSpec.from_hf_config(m.config.to_dict()))  # the plan's LoRA defaults
         m = get_peft_model(m, LoraConfig(r=d.lora_r, lora_alpha=d.lora_alpha, target_modules=list(LORA_TARGETS),
                                          lora_dropout=0.0))
     return m
@@ -264,11 +266,11 @@ def _free_port() -> int:
 
 def plan_config(cfg: DistConfig, spec):
     """The PlanConfig whose per-GPU components the run is compared with (FP32, AdamW, one process per 'GPU')."""
-    from quantlab.specs import DType, Method, PlanConfig, Precision
+    from quantlab.specs import PlanConfig
 
-    return PlanConfig(model=spec, method=Method(cfg.method), precision=Precision.FP32, compute_dtype=DType.FP32,
-                      batch=cfg.batch, seq=cfg.seq, num_gpus=cfg.processes, lora_targets=LORA_TARGETS,
-                      fsdp="full_shard" if cfg.sharding == "fsdp" else None)
+    return PlanConfig.from_dict(dict(method=cfg.method, precision="fp32", compute_dtype="fp32", batch=cfg.batch,
+                                     seq=cfg.seq, num_gpus=cfg.processes, lora_targets=list(LORA_TARGETS),
+                                     fsdp="full_shard" if cfg.sharding == "fsdp" else None), model=spec)
 
 
 def model_spec(cfg: DistConfig):

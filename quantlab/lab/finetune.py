@@ -49,12 +49,27 @@ from quantlab.lab import measure
 from quantlab.lab.finetune_ckpt import has_checkpoint, load_checkpoint, save_checkpoint  # noqa: F401 (re-export)
 from quantlab.lab.finetune_eval import exact_match, generate_answers, token_f1  # noqa: F401 (re-export)
 from quantlab.lab.model import load_model, load_tokenizer, resolve
+from quantlab.specs import Attention, DType, Optimizer, PlanConfig, Precision, TrainingPrecision
 
 TASKS = Path(__file__).resolve().parent.parent.parent / "tasks"
 METHODS = ("full", "freeze", "lora", "qlora", "ia3", "prefix", "prompt", "qat")
 PEFT_METHODS = ("lora", "qlora", "ia3", "prefix", "prompt")
-PRECISIONS = ("fp32", "bf16", "fp16", "amp-bf16", "amp-fp16")
-OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw", "paged-adamw-8bit", "sgd", "sgd-momentum", "adafactor", "lion")
+# The lab's ``precision`` names a training recipe; the planner's vocabulary splits it in three PlanConfig fields
+# (the one mapping, read both ways by quantlab.lab.finetune_plan): (weights when unquantized, compute dtype,
+# training precision). QLoRA keeps its block linears in ``quant_type`` instead of the first.
+PRECISION_RECIPES = {
+    "fp32": (Precision.FP32, DType.FP32, TrainingPrecision.PURE),
+    "bf16": (Precision.BF16, DType.BF16, TrainingPrecision.PURE),
+    "fp16": (Precision.FP16, DType.FP16, TrainingPrecision.PURE),
+    "amp-bf16": (Precision.FP32, DType.BF16, TrainingPrecision.AMP),  # fp32 master weights, bf16 autocast
+    "amp-fp16": (Precision.FP32, DType.FP16, TrainingPrecision.AMP),
+}
+PRECISIONS = tuple(PRECISION_RECIPES)
+QUANT_TYPES = (Precision.NF4.value, Precision.FP4.value)  # QLoRA's 4-bit formats (PlanConfig.precision values)
+OPTIMIZERS = tuple(o.value for o in Optimizer)  # PlanConfig's optimizers, by their values
+ATTNS = tuple(a.value for a in Attention)
+# The settings a lab fine-tune shares with the plan take the PlanConfig defaults (a default exists once).
+PLAN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PlanConfig)}
 DEFAULT_LR = {"full": 5e-5, "qat": 5e-5, "freeze": 1e-4, "lora": 1e-3, "qlora": 1e-3, "ia3": 3e-3, "prefix": 3e-3,
               "prompt": 3e-3}
 
@@ -67,31 +82,31 @@ class FinetuneConfig:
     model: str = "smollm2-135m"
     task: str | None = "json-extract"
     data: str | None = None
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_targets: tuple = ("q_proj", "k_proj", "v_proj", "o_proj")  # or ("all-linear",)
+    lora_r: int = PLAN_DEFAULTS["lora_r"]
+    lora_alpha: int = PLAN_DEFAULTS["lora_alpha"]
+    lora_dropout: float = PLAN_DEFAULTS["lora_dropout"]
+    lora_targets: tuple = PLAN_DEFAULTS["lora_targets"]  # or ("all-linear",)
     quant_type: str = "nf4"  # qlora: nf4 | fp4
-    double_quant: bool = False  # qlora: quantize the absmax constants too
-    kbit_upcast: bool = True  # qlora: PEFT prepare_model_for_kbit_training (non-4-bit weights to fp32)
-    freeze_last_layers: int = 2
-    freeze_modules: tuple = ()
-    num_virtual_tokens: int = 20
+    double_quant: bool = PLAN_DEFAULTS["double_quant"]  # qlora: quantize the absmax constants too
+    kbit_upcast: bool = PLAN_DEFAULTS["kbit_upcast"]  # qlora: PEFT prepare_model_for_kbit_training
+    freeze_last_layers: int = PLAN_DEFAULTS["freeze_last_layers"]
+    freeze_modules: tuple = PLAN_DEFAULTS["freeze_modules"]
+    num_virtual_tokens: int = PLAN_DEFAULTS["num_virtual_tokens"]
     qat_group_size: int = 32
-    optimizer: str = "adamw"
+    optimizer: str = PLAN_DEFAULTS["optimizer"].value
     precision: str = "fp32"
     lr: float | None = None  # None: DEFAULT_LR[method]
     schedule: str = "cosine"  # cosine | linear | constant (after linear warm-up)
     warmup_steps: int = 5
     batch: int = 8
-    grad_accum: int = 1
-    max_steps: int = 60
+    grad_accum: int = PLAN_DEFAULTS["grad_accum"]
+    max_steps: int = 40
     max_len: int = 128
     pad_to_max_len: bool = False  # pad every batch to max_len (a fixed shape, with padding)
     packing: bool = False  # rows of exactly max_len tokens cut from the concatenated examples (no padding)
-    grad_checkpointing: bool = False
-    attn: str = "sdpa"
-    eval_every: int = 20
+    grad_checkpointing: bool = PLAN_DEFAULTS["grad_checkpointing"]
+    attn: str = PLAN_DEFAULTS["attn"].value
+    eval_every: int = 10
     patience: int = 3
     prompt_loss_weight: float = 0.0
     seed: int = 0
@@ -106,7 +121,7 @@ class FinetuneConfig:
         for name, value, known in (("method", self.method, METHODS), ("precision", self.precision, PRECISIONS),
                                    ("optimizer", self.optimizer, OPTIMIZERS),
                                    ("schedule", self.schedule, ("cosine", "linear", "constant")),
-                                   ("attn", self.attn, ("sdpa", "eager")), ("quant-type", self.quant_type, ("nf4", "fp4"))):
+                                   ("attn", self.attn, ATTNS), ("quant-type", self.quant_type, QUANT_TYPES)):
             if value not in known:
                 bad(f"unknown {name} {value!r} (known: {', '.join(known)})")
         for f in ("batch", "grad_accum", "max_steps", "max_len", "eval_every", "lora_r", "lora_alpha", "eval_items",

@@ -7,7 +7,8 @@ the planned batch x seq shape and, like the plan, no padding mask: :mod:`quantla
 the ``meas_`` ones. Fields the one-process lab cannot run (several GPUs, ZeRO/FSDP, offload, tensor parallel,
 LitGPT's stack, bottleneck adapters) are refused with a one-line reason.
 
-Precision: the lab's ``precision`` names the training recipe; the plan splits it in three fields:
+Precision: the lab's ``precision`` names the training recipe; the plan splits it in three fields. The one
+mapping is :data:`quantlab.lab.finetune.PRECISION_RECIPES`, read in both directions here:
 
 ======== ============================ ============= ==================
 lab      PlanConfig.precision (float) compute_dtype training_precision
@@ -27,40 +28,30 @@ from __future__ import annotations
 
 from quantlab.errors import QuantlabError
 
-_PURE = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}
-
-
 def to_plan_config(cfg, spec, *, device: str = "cpu", batch: int | None = None, seq: int | None = None,
                    padded: bool | None = None):
     """The :class:`PlanConfig` of lab config ``cfg`` on model ``spec`` (``seq`` defaults to ``cfg.max_len``)."""
-    from quantlab.specs import (ALL_LINEAR, Attention, DeviceMode, DType, Method, Optimizer, PlanConfig, Precision,
-                                TrainingPrecision)
+    from quantlab.lab.finetune import PRECISION_RECIPES
+    from quantlab.specs import PlanConfig
 
-    amp = cfg.precision.startswith("amp-")
-    compute = cfg.precision[4:] if amp else cfg.precision
-    if cfg.method == "qlora":
-        storage = Precision(cfg.quant_type)
-    else:
-        storage = Precision.FP32 if amp else Precision(compute)
-    method = "full" if cfg.method == "qat" else cfg.method
-    targets = (ALL_LINEAR,) if tuple(cfg.lora_targets) == ("all-linear",) else tuple(cfg.lora_targets)
-    return PlanConfig(
-        model=spec, method=Method(method), precision=storage, compute_dtype=DType(compute),
-        training_precision=TrainingPrecision.AMP if amp else TrainingPrecision.PURE,
-        double_quant=cfg.double_quant and cfg.method == "qlora", optimizer=Optimizer(cfg.optimizer),
-        batch=batch or cfg.batch, seq=seq or cfg.max_len, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-        lora_targets=targets, lora_dropout=cfg.lora_dropout, freeze_last_layers=cfg.freeze_last_layers,
-        freeze_modules=tuple(cfg.freeze_modules), num_virtual_tokens=cfg.num_virtual_tokens,
-        grad_checkpointing=cfg.grad_checkpointing, attn=Attention(cfg.attn), grad_accum=cfg.grad_accum,
-        device=DeviceMode(device), kbit_upcast=cfg.kbit_upcast,
-        padding_mask=(not cfg.packing) if padded is None else padded)
+    storage, compute, tp = PRECISION_RECIPES[cfg.precision]
+    return PlanConfig.from_dict(dict(
+        method="full" if cfg.method == "qat" else cfg.method,
+        precision=cfg.quant_type if cfg.method == "qlora" else storage.value, compute_dtype=compute.value,
+        training_precision=tp.value, double_quant=cfg.double_quant and cfg.method == "qlora",
+        optimizer=cfg.optimizer, batch=batch or cfg.batch, seq=seq or cfg.max_len, lora_r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha, lora_targets=list(cfg.lora_targets), lora_dropout=cfg.lora_dropout,
+        freeze_last_layers=cfg.freeze_last_layers, freeze_modules=list(cfg.freeze_modules),
+        num_virtual_tokens=cfg.num_virtual_tokens, grad_checkpointing=cfg.grad_checkpointing, attn=cfg.attn,
+        grad_accum=cfg.grad_accum, device=device, kbit_upcast=cfg.kbit_upcast,
+        padding_mask=(not cfg.packing) if padded is None else padded), model=spec)
 
 
 def from_plan_config(pc, *, model: str = "smollm2-135m", task: str | None = "json-extract", data: str | None = None,
                      **overrides):
     """A :class:`FinetuneConfig` that runs plan config ``pc`` (packed rows of ``pc.seq`` tokens)."""
-    from quantlab.lab.finetune import FinetuneConfig
-    from quantlab.specs import ALL_LINEAR, Method, Offload, TrainingPrecision
+    from quantlab.lab.finetune import PRECISION_RECIPES, FinetuneConfig
+    from quantlab.specs import Method, Offload, TrainingPrecision
 
     if not pc.method.is_training:
         raise QuantlabError("the fine-tune lab runs training configurations; this plan is for inference")
@@ -74,23 +65,22 @@ def from_plan_config(pc, *, model: str = "smollm2-135m", task: str | None = "jso
     if pc.stack != "transformers":
         raise QuantlabError(f"the lab runs the transformers stack, not {pc.stack}")
     compute = pc.compute_dtype.value
-    if compute == "fp8":
-        raise QuantlabError("the lab does not train in fp8")
-    if pc.training_precision is TrainingPrecision.AMP:
-        if compute == "fp32":
+    recipes = {(c, t): name for name, (_, c, t) in PRECISION_RECIPES.items()}
+    precision = recipes.get((pc.compute_dtype, pc.training_precision))
+    if precision is None:
+        if pc.training_precision is TrainingPrecision.AMP and compute == "fp32":
             raise QuantlabError("AMP with an fp32 compute dtype is plain fp32 training: plan training-precision pure")
-        precision = f"amp-{compute}"
-    else:
-        if pc.precision.is_float and pc.precision.value != compute:
-            raise QuantlabError(f"pure {compute} training keeps its weights in {compute}, not {pc.precision.value}")
-        precision = _PURE[compute]
+        raise QuantlabError(f"the lab does not train in {compute}")
+    weights = PRECISION_RECIPES[precision][0]
+    if pc.training_precision is TrainingPrecision.PURE and pc.precision.is_float and pc.precision is not weights:
+        raise QuantlabError(f"pure {compute} training keeps its weights in {compute}, not {pc.precision.value}")
     if pc.method is Method.QLORA:
         quant_type = pc.precision.value
     else:
         if pc.precision.is_kbit:
             raise QuantlabError(f"the lab's {pc.method.value} trains unquantized weights, not {pc.precision.value}")
         quant_type = "nf4"
-    targets = ("all-linear",) if ALL_LINEAR in pc.lora_targets else tuple(pc.lora_targets)
+    targets = tuple(pc.lora_targets)  # ALL_LINEAR is the lab's "all-linear" spelling too
     fields = dict(method=pc.method.value, model=model, task=None if data else task, data=data,
                   lora_r=pc.lora_r, lora_alpha=pc.lora_alpha, lora_dropout=pc.lora_dropout, lora_targets=targets,
                   quant_type=quant_type, double_quant=pc.double_quant, kbit_upcast=pc.kbit_upcast,

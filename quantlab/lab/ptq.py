@@ -42,6 +42,21 @@ class PTQMethod:
     needs_cuda: bool = False
     description: str = ""
 
+    def __post_init__(self) -> None:
+        from quantlab.specs import Precision
+
+        if self.precision != "intx4" and self.precision not in {p.value for p in Precision}:
+            raise QuantlabError(f"PTQ method {self.name}: precision {self.precision!r} is not a planner precision "
+                                f"({', '.join(p.value for p in Precision)}) or intx4")
+
+    def plan_dict(self) -> dict:
+        """The :meth:`PlanConfig.from_dict` dict of this method: inference on one token of context, on the CPU,
+        with these weights; casts compute in their own dtype, quantized weights compute in fp32 (as the lab
+        loads them). Only for a ``precision`` the planner names (not ``intx4``)."""
+        return dict(method="inference", precision=self.precision,
+                    compute_dtype=self.precision if self.precision in ("fp16", "bf16") else "fp32",
+                    double_quant=self.double_quant, group_size=self.group_size, seq=1, device="cpu")
+
 
 REGISTRY: dict[str, PTQMethod] = {m.name: m for m in (
     PTQMethod("fp32", "cast", "fp32", description="reference: fp32 weights and compute"),
@@ -241,12 +256,9 @@ def predicted_weight_bytes(m: PTQMethod, src: ModelSource) -> int | None:
         return None
     from quantlab.planner import plan
     from quantlab.profiles import load_model as load_profile
-    from quantlab.specs import DeviceMode, DType, Method, PlanConfig, Precision
+    from quantlab.specs import PlanConfig
 
-    spec = load_profile(src.profile_name).spec
-    compute = DType.FP32 if m.precision not in ("fp16", "bf16") else DType(m.precision)
-    cfg = PlanConfig(model=spec, method=Method.INFERENCE, precision=Precision(m.precision), compute_dtype=compute,
-                     double_quant=m.double_quant, group_size=m.group_size, seq=1, device=DeviceMode.CPU)
+    cfg = PlanConfig.from_dict(m.plan_dict(), model=load_profile(src.profile_name).spec)
     p = plan(cfg)
     return p.components["weights"] + p.components.get("quant_constants", 0)
 
