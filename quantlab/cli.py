@@ -31,6 +31,10 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2 (argparse's own convention)
         self.exit(2, f"quantlab: error: {message} (see '{self.prog} --help')\n")
 
+    def _print_message(self, message: str, file=None) -> None:  # argparse swallows OSError here; main reports it
+        if message:
+            (file or sys.stderr).write(message)
+
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser; with ``only`` (a name in :data:`COMMANDS`) just that subcommand is registered."""
@@ -86,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         parser = build_parser(argv[0] if argv else None)
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit:  # --help, --version, a usage error: flush here so a failed write is reported below
+            _flush_stdout()
+            raise
         if not getattr(args, "func", None):
             parser.print_help()
             _flush_stdout()
