@@ -15,7 +15,13 @@ quantlab and the peer (interleaved, so a burst of machine load hits both), and e
 the rounds. Rows and targets (a ratio is quantlab / peer, lower is faster):
 
 1. cold start: ``quantlab plan ... --format json`` against ``vramcalc CONFIG --train ... --json``, each a
-   fresh process; ratio <= 1.0.
+   fresh process of the same interpreter (the peers' clean venv: quantlab comes from this checkout through
+   PYTHONPATH, and its ``--format json`` path needs only the standard library), so interpreter start-up and
+   site-packages processing cost both sides the same; ratio <= 1.0. The same command under the current
+   interpreter (whatever its venv's .pth files cost, e.g. an editable install's finder) is printed for
+   information, with the bare start-up of both interpreters. quantlab's bytecode is compiled first
+   (``compileall``, into the gitignored ``__pycache__``) as ``pip install`` does for the peers: with
+   PYTHONDONTWRITEBYTECODE set, a checkout would otherwise recompile every module on every start.
 2. 1,000 plans: ``plan()`` against vramcalc's ``estimate()`` on the same 1,000 distinct configurations
    (batch b+1 .. b+1000, with b different in every round, so no result cache can answer); ratio <= 1.0.
 3. fit: ``fit()`` (verdict, largest batch, longest sequence, fewest GPUs) against fitcheck's ``estimate()``
@@ -166,8 +172,17 @@ def main(argv=None) -> int:
         subprocess.run(cmd, env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
         return time.perf_counter() - t
 
+    import compileall
+
+    compileall.compile_dir(str(ROOT / "quantlab"), quiet=1)  # what pip install does for the peers' modules
+    # `quantlab` as its console script runs it (pyproject's [project.scripts]: quantlab.cli:entry), the way
+    # pip's `vramcalc` script runs vramcalc.cli:main; `python -m` would add runpy's imports to one side only
+    script = "import sys; from quantlab.cli import entry; sys.exit(entry())"
+    ql_cold = [str(ppy), "-c", script, *QL_ARGS]
+    ql_here = [sys.executable, "-c", script, *QL_ARGS]
     # warm the file cache, the profile cache and the bytecode of both sides once (not timed)
-    run([sys.executable, "-m", "quantlab", *QL_ARGS], ql_env)
+    run(ql_cold, ql_env)
+    run(ql_here, ql_env)
     run(vc_args, peer_env)
     worker = subprocess.Popen([str(ppy), "-c", PEER_WORKER, json.dumps(raw)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, env=peer_env)
@@ -184,12 +199,14 @@ def main(argv=None) -> int:
                      lora_targets=("q_proj", "k_proj", "v_proj", "o_proj"), batch=1, seq=2048)
     f0 = fit(cfg, gpu)
     fit_reps = 20
-    rows = {k: ([], []) for k in ("cold", "plans", "fit")}
+    rows = {k: ([], []) for k in ("cold", "plans", "fit", "here", "bare")}
     for r in range(a.rounds):
         first_ql = r % 2 == 0  # alternate who goes first
         for side in ((0, 1) if first_ql else (1, 0)):
             if side == 0:
-                rows["cold"][0].append(run([sys.executable, "-m", "quantlab", *QL_ARGS], ql_env))
+                rows["cold"][0].append(run(ql_cold, ql_env))
+                rows["here"][0].append(run(ql_here, ql_env))
+                rows["bare"][0].append(run([sys.executable, "-c", "pass"], ql_env))
                 off = (r + 1) * N_PLANS
                 cfgs = [dataclasses.replace(cfg, batch=b) for b in range(off + 1, off + N_PLANS + 1)]
                 t = time.perf_counter()
@@ -202,6 +219,7 @@ def main(argv=None) -> int:
                 rows["fit"][0].append((time.perf_counter() - t) / fit_reps)
             else:
                 rows["cold"][1].append(run(vc_args, peer_env))
+                rows["bare"][1].append(run([str(ppy), "-c", "pass"], peer_env))
                 rows["plans"][1].append(ask(op="plans", n=N_PLANS, offset=(r + 1) * N_PLANS))
                 rows["fit"][1].append(ask(op="fit", n=fit_reps))
     ask_stop = json.dumps({"op": "stop"}) + "\n"
@@ -235,6 +253,9 @@ def main(argv=None) -> int:
         ok &= ratio <= 1.0
         print(f"{label:<44} {q:>8.3f} {unit} {p:>8.3f} {unit} {ratio:>6.2f}x  <= 1.00x "
               f"{'ok' if ratio <= 1.0 else 'MISSED'}")
+    print(f"{'  info: quantlab on this interpreter':<44} {median_ms(rows['here'][0]):>8.3f} ms {'-':>11} {'-':>7}  -")
+    print(f"{'  info: bare start, this / peers interpreter':<44} {median_ms(rows['bare'][0]):>8.3f} ms "
+          f"{median_ms(rows['bare'][1]):>8.3f} ms {'-':>7}  -")
     sw = statistics.median(sweeps)
     ok &= sw < SWEEP_TARGET_S
     print(f"{f'sweep of {N_SWEEP:,} distinct configurations':<44} {sw * 1e3:>8.1f} ms {'-':>11} {'-':>7}  "
