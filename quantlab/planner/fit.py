@@ -93,7 +93,7 @@ def _largest_closed(cfg: PlanConfig, gpu: GPUSpec, field: str, cap: int, known: 
 
     if known is not None and 1 <= known[0] <= cap:
         pts[known[0]] = known[1]
-    if not ok(1):
+    if not (known is not None and known[0] in pts and ok(known[0])) and not ok(1):  # a known fit implies 1 fits
         return 0
     if cap <= 1:
         return 1
