@@ -4,6 +4,13 @@ Each subcommand lives in ``quantlab/commands/<name>.py`` with ``register(subpars
 its parser and sets ``func(args) -> int``. Heavy imports (torch, transformers, pandas) happen inside
 ``func``, so ``quantlab plan`` never imports torch. A :class:`QuantlabError` (bad input) is printed as
 one line on stderr with exit code 2; it is never a traceback.
+
+Start-up cost: when the first argument names a subcommand, only that subcommand's module is imported and
+its parser built (``quantlab plan`` does not pay for ``lab``'s or ``validate``'s flags); ``quantlab``,
+``quantlab --help`` and an unknown command build them all, so the listing and the error are the same.
+
+Output errors: a closed pipe (``quantlab profiles | head -1``) ends quietly with exit 0, as Unix tools do;
+any other error writing stdout or an output file (a full device, an unwritable path) is one line and exit 2.
 """
 
 from __future__ import annotations
@@ -24,8 +31,13 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2 (argparse's own convention)
         self.exit(2, f"quantlab: error: {message} (see '{self.prog} --help')\n")
 
+    def _print_message(self, message: str, file=None) -> None:  # argparse swallows OSError here; main reports it
+        if message:
+            (file or sys.stderr).write(message)
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``only`` (a name in :data:`COMMANDS`) just that subcommand is registered."""
     p = _Parser(
         prog="quantlab",
         description="Plan LLM memory for inference and fine-tuning on any GPU, and measure it in the lab.",
@@ -35,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"quantlab {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in COMMANDS:
+    for name in (only,) if only in COMMANDS else COMMANDS:
         try:
             mod = importlib.import_module(f"quantlab.commands.{name}")
         except ModuleNotFoundError as e:
@@ -46,22 +58,66 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0 if args.command is None else 2
+def _silence_stdout() -> None:
+    """After a broken pipe, point stdout at devnull so the interpreter's final flush does not print
+    'Exception ignored ... BrokenPipeError' (the pattern the Python docs give for SIGPIPE)."""
     try:
-        return int(args.func(args) or 0)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout already closed or not a real file
+        pass
+
+
+def _flush_stdout() -> None:
+    """Flush here, inside the error handling, so a full device is reported rather than lost at exit."""
+    if sys.stdout is not None:
+        sys.stdout.flush()
+
+
+def _output_error(e: OSError) -> str:
+    where = f" {e.filename}" if getattr(e, "filename", None) else " to standard output"
+    return f"quantlab: error: cannot write{where}: {e.strerror or e}"
+
+
+def _run(args) -> int:
+    rc = int(args.func(args) or 0)
+    _flush_stdout()
+    return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser(argv[0] if argv else None)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit:  # --help, --version, a usage error: flush here so a failed write is reported below
+            _flush_stdout()
+            raise
+        if not getattr(args, "func", None):
+            parser.print_help()
+            _flush_stdout()
+            return 0 if args.command is None else 2
+        return _run(args)
     except QuantlabError as e:
         print(f"quantlab: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("quantlab: interrupted (nothing half-written: results are saved atomically)", file=sys.stderr)
         return 130
-    except BrokenPipeError:
+    except BrokenPipeError:  # the reader went away (`| head -1`): end quietly, as Unix tools do
+        _silence_stdout()
         return 0
+    except OSError as e:  # an output that cannot be written: stdout on a full device, an unwritable --out path
+        if os.environ.get("QUANTLAB_DEBUG"):
+            raise
+        _silence_stdout()  # stdout may be the device that failed; the message goes to stderr
+        try:
+            print(_output_error(e), file=sys.stderr)
+        except OSError:
+            pass
+        return 2
     except Exception as e:  # a bug, not bad input: say so in one line; QUANTLAB_DEBUG=1 shows the traceback
         if os.environ.get("QUANTLAB_DEBUG"):
             raise

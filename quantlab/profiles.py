@@ -13,11 +13,15 @@ Assumptions:
    code path reads a profile and a local config (:meth:`ModelSpec.from_hf_config`).
 3. ``quantlab plan`` must start fast: YAML is parsed lazily and cached. A name that is a file name reads
    that one file; only an alias, HF id or a misspelling reads them all (about 45 small files).
+4. The profiles are compiled once into a cache of plain data (JSON, :data:`CACHE_NAME`) beside the YAML;
+   an entry is used only while its file's mtime and size are unchanged, so editing a profile recompiles
+   it. When the profile folder is not writable the cache lives under ``$XDG_CACHE_HOME/quantlab``
+   (``~/.cache/quantlab``). PyYAML is imported only when a file has to be parsed. A document the JSON cache
+   cannot hold exactly (a YAML date, a non-string key) is simply parsed every time.
 """
 
 from __future__ import annotations
 
-import difflib
 import functools
 import json
 import os
@@ -27,15 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from quantlab.errors import QuantlabError
 from quantlab.specs import FAMILIES, GPUSpec, ModelSpec, SpecError, Sourced
 
-try:  # libyaml's C loader parses several times faster than the pure-Python one
-    _Loader = yaml.CSafeLoader
-except AttributeError:  # pragma: no cover - PyYAML built without libyaml
-    _Loader = yaml.SafeLoader
+CACHE_NAME = ".quantlab-profiles-cache.json"  # assumption 4 (gitignored)
+_CACHE_FORMAT = 1
 
 # Optional architecture fields that must be positive integers when a config gives them
 # (ModelSpec validates the required ones).
@@ -75,13 +75,116 @@ def hf_config_dict(resolved: ResolvedModel) -> dict:
     return dict(resolved.config)
 
 
-@functools.lru_cache(maxsize=None)
-def _read(path: str) -> dict:
+def _parse_yaml(path: str) -> Any:
+    import yaml  # only when a file must be parsed (assumption 4)
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's C loader is several times faster
     try:
         with open(path, encoding="utf-8") as f:
-            doc = yaml.load(f, Loader=_Loader)
+            return yaml.load(f, Loader=loader)
     except yaml.YAMLError as e:
         raise QuantlabError(f"profile {path} is not valid YAML ({str(e).splitlines()[0]})") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise QuantlabError(f"cannot read profile {path}: {e}") from e
+
+
+def _cache_path(root: Path) -> Path:
+    """Beside the YAML when that folder is writable, else a per-folder file under the user's cache."""
+    if os.access(root, os.W_OK):
+        return root / CACHE_NAME
+    import hashlib
+
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "quantlab"
+    return base / f"profiles-{hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]}.json"
+
+
+def _stamp(path: str) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_mtime_ns, st.st_size]
+
+
+class _Compiled:
+    """The compiled profiles of one folder: relative path -> [mtime_ns, size, document]."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.path = _cache_path(root)
+        self.entries: dict[str, list] = {}
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                data = json.load(f)
+            if isinstance(data, dict) and data.get("format") == _CACHE_FORMAT and isinstance(data.get("entries"), dict):
+                self.entries = data["entries"]
+        except (OSError, ValueError):  # absent or damaged: recompiled on the first miss
+            pass
+
+    def get(self, path: str) -> Any:
+        try:
+            rel = os.path.relpath(path, self.root)
+        except ValueError:  # another drive (Windows)
+            rel = None
+        if rel is None or rel.startswith(".."):  # outside this folder: not cached
+            return _parse_yaml(path)
+        hit = self.entries.get(rel)
+        stamp = _stamp(path)
+        if hit is not None and stamp is not None and hit[:2] == stamp:
+            return hit[2]
+        self._compile()
+        hit = self.entries.get(rel)
+        if hit is not None and hit[:2] == _stamp(path):
+            return hit[2]
+        return _parse_yaml(path)  # not cacheable (or changed meanwhile): parse, and raise its error if any
+
+    def _compile(self) -> None:
+        """Recompile every stale profile of the folder at once, and write the cache once."""
+        fresh: dict[str, list] = {}
+        for kind in ("models", "gpus"):
+            for p in sorted((self.root / kind).glob("*.yaml")):
+                rel = f"{kind}/{p.name}"
+                stamp = _stamp(str(p))
+                old = self.entries.get(rel)
+                if old is not None and old[:2] == stamp:
+                    fresh[rel] = old
+                    continue
+                try:
+                    doc = _parse_yaml(str(p))
+                except QuantlabError:  # a broken file is reported where it is read, never cached
+                    continue
+                try:  # only documents JSON holds exactly (no dates, no non-string keys)
+                    if json.loads(json.dumps(doc)) != doc:
+                        continue
+                except (TypeError, ValueError):
+                    continue
+                fresh[rel] = [*stamp, doc]
+        self.entries = fresh
+        self._write()
+
+    def _write(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump({"format": _CACHE_FORMAT, "entries": self.entries}, f, separators=(",", ":"))
+            os.replace(tmp, self.path)  # atomic: a concurrent reader sees the old cache or the new one
+        except OSError:  # a cache that cannot be written only costs speed
+            try:
+                tmp.unlink()
+            except (OSError, UnboundLocalError):
+                pass
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(root: str) -> _Compiled:
+    return _Compiled(Path(root))
+
+
+@functools.lru_cache(maxsize=None)
+def _read(path: str) -> dict:
+    root = Path(path).parent.parent
+    doc = _compiled(str(root)).get(path) if Path(path).parent.name in ("models", "gpus") else _parse_yaml(path)
     if not isinstance(doc, dict) or "name" not in doc:
         raise QuantlabError(f"profile {path} is malformed (expected a mapping with a name)")
     return doc
@@ -113,7 +216,7 @@ def gpu_doc(name: str) -> dict:
 
 def clear_caches() -> None:
     """Forget parsed profiles (after editing a profile or changing QUANTLAB_PROFILES in-process)."""
-    for f in (_default_dir, _read, _index, _load_profile, load_gpu):
+    for f in (_default_dir, _read, _compiled, _index, _load_profile, load_gpu):
         f.cache_clear()
 
 
@@ -144,6 +247,8 @@ def _index(kind: str) -> dict[str, tuple[str, str]]:
 
 
 def _unknown(kind: str, name: str) -> QuantlabError:
+    import difflib
+
     idx = _index(kind)
     close = difflib.get_close_matches(_norm(name), list(idx), n=6, cutoff=0.5)
     suggestions = list(dict.fromkeys(idx[c][0] for c in close))[:4]  # canonical names, not lower-cased ids

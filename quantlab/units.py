@@ -28,10 +28,16 @@ def fmt_count(n: int | None) -> str:
 
 
 def console(stderr: bool = False):
-    """A rich Console; when output is not a terminal (pipes, files, tests) it is wide, so tables do not wrap."""
+    """A rich Console; when output is not a terminal (pipes, files, tests) it is wide, so tables do not wrap.
+    A closed pipe raises :class:`BrokenPipeError` to the CLI, which ends quietly."""
     import sys
 
     from rich.console import Console
 
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:  # rich's own handler exits 1; the CLI ends a closed pipe quietly (exit 0)
+            self.quiet = True
+            raise BrokenPipeError
+
     stream = sys.stderr if stderr else sys.stdout
-    return Console(file=stream, width=None if stream.isatty() else 200)
+    return _Console(file=stream, width=None if stream.isatty() else 200)

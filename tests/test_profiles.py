@@ -331,3 +331,69 @@ def test_unknown_names_exit_2_with_one_line(capsys, argv):
 def test_profile_yaml_is_plain_data():
     for p in (profiles_dir() / "models").glob("*.yaml"):
         assert set(yaml.safe_load(p.read_text())) <= {"name", "aliases", "hf_id", "source", "notes", "config"}
+
+
+# ---- the compiled cache (assumption 4) ----------------------------------------------------------------
+
+@pytest.fixture
+def profile_copy(tmp_path, monkeypatch):
+    root = tmp_path / "profiles"
+    shutil.copytree(profiles_dir(), root, ignore=shutil.ignore_patterns(profiles.CACHE_NAME))
+    monkeypatch.setenv("QUANTLAB_PROFILES", str(root))
+    profiles.clear_caches()
+    yield root
+    monkeypatch.delenv("QUANTLAB_PROFILES")
+    profiles.clear_caches()
+
+
+def test_profiles_compile_once_beside_the_yaml_and_load_without_yaml(profile_copy):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cache = profile_copy / profiles.CACHE_NAME
+    assert not cache.exists()
+    load_model("llama-3.1-8b")
+    doc = json.loads(cache.read_text())
+    assert "models/llama-3.1-8b.yaml" in doc["entries"] and "gpus/rtx-a6000.yaml" in doc["entries"]
+    assert doc["entries"]["models/llama-3.1-8b.yaml"][2] == yaml.safe_load(
+        (profile_copy / "models" / "llama-3.1-8b.yaml").read_text())
+    code = ("import sys; from quantlab.profiles import load_model, load_gpu; "
+            "print(load_model('8b').spec.num_hidden_layers, load_gpu('a6000').memory_bytes, 'yaml' in sys.modules)")
+    repo = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo,
+                         env={**__import__("os").environ, "PYTHONPATH": str(repo), "QUANTLAB_PROFILES": str(profile_copy)})
+    layers, mem, yaml_loaded = out.stdout.split()
+    assert int(layers) == 32 and int(mem) == load_gpu("rtx-a6000").memory_bytes and yaml_loaded == "False"
+
+
+def test_an_edited_profile_is_recompiled(profile_copy):
+    import os
+
+    assert load_model("llama-3.1-8b").spec.num_hidden_layers == 32
+    p = profile_copy / "models" / "llama-3.1-8b.yaml"
+    p.write_text(p.read_text().replace("num_hidden_layers: 32", "num_hidden_layers: 30"))
+    st = os.stat(p)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a later mtime even on coarse clocks
+    profiles.clear_caches()
+    assert load_model("llama-3.1-8b").spec.num_hidden_layers == 30
+    entry = json.loads((profile_copy / profiles.CACHE_NAME).read_text())["entries"]["models/llama-3.1-8b.yaml"]
+    assert entry[2]["config"]["num_hidden_layers"] == 30
+
+
+def test_a_read_only_profile_folder_caches_under_the_user_cache(profile_copy, tmp_path, monkeypatch):
+    real_access = profiles.os.access
+    monkeypatch.setattr(profiles.os, "access", lambda p, mode: False if str(p) == str(profile_copy) else
+                        real_access(p, mode))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    profiles.clear_caches()
+    assert load_gpu("rtx-a6000").name == "rtx-a6000"
+    assert not (profile_copy / profiles.CACHE_NAME).exists()
+    written = list((tmp_path / "xdg" / "quantlab").glob("profiles-*.json"))
+    assert len(written) == 1 and "gpus/rtx-a6000.yaml" in json.loads(written[0].read_text())["entries"]
+
+
+def test_a_damaged_cache_is_ignored_and_rewritten(profile_copy):
+    (profile_copy / profiles.CACHE_NAME).write_text("{truncated")
+    assert load_model("7b").name == "llama-2-7b"
+    assert "models/llama-2-7b.yaml" in json.loads((profile_copy / profiles.CACHE_NAME).read_text())["entries"]

@@ -3,7 +3,14 @@
 1. Out-of-memory is decided by the process total (reserved + CUDA context: what nvidia-smi shows), so the
    verdict compares ``process_bytes`` with the GPU's memory.
 2. Memory grows monotonically with batch and with sequence length, so the largest batch and the longest
-   sequence that fit are found by doubling then bisection.
+   sequence that fit are found by doubling then bisection (:func:`_largest`, the reference search). ``fit``
+   uses a closed form first (:func:`_largest_closed`): the process total is affine in batch and affine or
+   quadratic in sequence (eager attention keeps heads x seq^2 scores) within each branch of its max()
+   terms, so a line (then a parabola) through two (three) planned points gives the answer directly; the
+   answer is accepted only when ``plan()`` confirms it at the boundary (it fits, the next one does not).
+   When the check fails (a branch change, the allocator's rounding) the planned points become a bracket
+   and the search goes on from it (secant steps, bisection when a step gains too little), so the answer is
+   the reference search's by construction; the tests compare the two on a sweep.
 3. The fewest GPUs: the user's sharding when it shards; otherwise ZeRO-3 for training and tensor parallel
    for inference (data parallel alone does not lower memory per GPU), over 1, 2, 4, 8, ... 512 GPUs.
 4. Suggestions are single changes, each planned and kept only when it fits.
@@ -65,6 +72,101 @@ def _largest(cfg: PlanConfig, gpu: GPUSpec, field: str, cap: int) -> int:
     return lo
 
 
+def _largest_closed(cfg: PlanConfig, gpu: GPUSpec, field: str, cap: int, known: tuple[int, int] | None = None) -> int:
+    """The same answer as :func:`_largest`, from a closed form checked at the boundary (assumption 2).
+
+    ``known`` is a point already planned, ``(value of field, process_bytes)``."""
+    mem = gpu.memory_bytes
+    pts: dict[int, int | None] = {}  # x -> process bytes (None: the configuration is invalid = does not fit)
+
+    def g(x: int) -> int | None:
+        if x not in pts:
+            try:
+                pts[x] = plan(dataclasses.replace(cfg, **{field: x})).process_bytes
+            except SpecError:
+                pts[x] = None
+        return pts[x]
+
+    def ok(x: int) -> bool:
+        v = g(x)
+        return v is not None and v <= mem
+
+    if known is not None and 1 <= known[0] <= cap:
+        pts[known[0]] = known[1]
+    if not (known is not None and known[0] in pts and ok(known[0])) and not ok(1):  # a known fit implies 1 fits
+        return 0
+    if cap <= 1:
+        return 1
+    lo, hi = 1, cap + 1  # ok(lo); hi is past the end or does not fit
+    for x in pts:
+        if x > lo and ok(x):
+            lo = x
+    for x in pts:
+        if lo < x < hi and not ok(x):
+            hi = x
+    if lo == cap:
+        return cap
+    if len(pts) < 2:  # a second point for the line
+        g(min(2 * lo, cap) if lo > 1 else 2)
+        x = max(pts)
+        if ok(x):
+            lo = x
+        else:
+            hi = min(hi, x)
+    bisect_next = False
+    while hi - lo > 1:
+        width = hi - lo
+        if bisect_next:
+            x = (lo + hi) // 2
+        else:
+            x = _estimate(pts, mem, lo, hi)
+        bisect_next = False
+        if ok(x):
+            lo = x
+            if x + 1 < hi and not ok(x + 1):  # the boundary check: x fits, x + 1 does not
+                return x
+            if x + 1 < hi:
+                lo = x + 1
+        else:
+            hi = x
+            if x - 1 > lo:
+                if ok(x - 1):  # the boundary check from above
+                    return x - 1
+                hi = x - 1
+        if (hi - lo) * 2 > width:  # the closed form gained less than a bisection: bisect next
+            bisect_next = True
+    return lo
+
+
+def _estimate(pts: dict[int, int | None], mem: int, lo: int, hi: int) -> int:
+    """Where the curve through the planned points nearest the bracket meets ``mem``: a parabola through
+    three points (memory quadratic in sequence), a line through two; clamped inside ``(lo, hi)``."""
+    near = sorted((x for x, v in pts.items() if v is not None), key=lambda x: min(abs(x - lo), abs(x - hi)))[:3]
+    near.sort()
+    x = None
+    if len(near) == 3:
+        (x0, x1, x2) = near
+        y0, y1, y2 = (pts[x0], pts[x1], pts[x2])
+        d01 = (y1 - y0) / (x1 - x0)
+        d12 = (y2 - y1) / (x2 - x1)
+        a = (d12 - d01) / (x2 - x0)
+        b = d01 - a * (x0 + x1)
+        c = y0 - a * x0 * x0 - b * x0
+        if a > 0:
+            disc = b * b - 4 * a * (c - mem)
+            if disc >= 0:
+                x = (-b + disc ** 0.5) / (2 * a)
+        elif a == 0 and b > 0:
+            x = (mem - c) / b
+    if x is None and len(near) >= 2:
+        x0, x1 = near[-2], near[-1]
+        slope = (pts[x1] - pts[x0]) / (x1 - x0)
+        x = x1 + (mem - pts[x1]) / slope if slope > 0 else hi - 1
+    if x is None or x != x:  # no estimate (or NaN): the middle
+        return (lo + hi) // 2
+    return max(lo + 1, min(hi - 1, int(x)))
+
+
 def _scaled(cfg: PlanConfig, n: int) -> tuple[PlanConfig, str]:
     if cfg.zero or cfg.fsdp or cfg.tp > 1:
         tp = n if cfg.tp > 1 else 1
@@ -121,12 +223,12 @@ def _suggestions(cfg: PlanConfig, gpu: GPUSpec) -> list[tuple[str, int]]:
         if p.process_bytes <= gpu.memory_bytes:
             out.append((text, p.process_bytes))
     if cfg.batch > 1:
-        b = _largest(dataclasses.replace(cfg, batch=1), gpu, "batch", cfg.batch - 1)
+        b = _largest_closed(cfg, gpu, "batch", cfg.batch - 1)
         if b:
             out.append((f"batch {b} (largest that fits)" + (f"; keep the effective batch with --grad-accum "
                                                             f"{-(-cfg.batch * cfg.grad_accum // b)}" if m.is_training else ""),
                         plan(dataclasses.replace(cfg, batch=b)).process_bytes))
-    s = _largest(dataclasses.replace(cfg, seq=1), gpu, "seq", cfg.seq - 1) if cfg.seq > 1 else 0
+    s = _largest_closed(cfg, gpu, "seq", cfg.seq - 1) if cfg.seq > 1 else 0
     if s and s < cfg.seq:
         out.append((f"sequence {s} (longest that fits)", plan(dataclasses.replace(cfg, seq=s)).process_bytes))
     n, how = min_gpus(cfg, gpu)
@@ -147,8 +249,9 @@ def fit(cfg: PlanConfig, gpu: GPUSpec, suggest: bool = True) -> Fit:
     cfg = for_gpu(cfg, gpu)
     p = plan(cfg)
     ok = p.process_bytes <= gpu.memory_bytes
-    max_batch = _largest(dataclasses.replace(cfg, batch=1), gpu, "batch", 1 << 16)
-    max_seq = _largest(dataclasses.replace(cfg, seq=1), gpu, "seq", max(cfg.model.max_position_embeddings, cfg.seq))
+    max_batch = _largest_closed(cfg, gpu, "batch", 1 << 16, known=(cfg.batch, p.process_bytes))
+    max_seq = _largest_closed(cfg, gpu, "seq", max(cfg.model.max_position_embeddings, cfg.seq),
+                              known=(cfg.seq, p.process_bytes))
     n, how = min_gpus(cfg, gpu)
     sugg = tuple(_suggestions(cfg, gpu)) if (suggest and not ok) else ()
     return Fit(gpu=gpu, plan=p, fits=ok, margin_bytes=gpu.memory_bytes - p.process_bytes, max_batch=max_batch,

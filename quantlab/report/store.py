@@ -3,6 +3,10 @@
 A run is written in one transaction (``INSERT OR REPLACE``), so an interrupted run leaves no partial row.
 A run's key is a hash of its kind, model, method and configuration: re-running a finished configuration
 finds its row and reuses it unless asked to redo it.
+
+A row that cannot be read back (a JSON column that does not parse or is not an object, a measured or
+predicted metric that is not a number) is bad input, not a bug: reading it raises one
+:class:`QuantlabError` naming the store and the row, so ``quantlab report`` prints one line and exits 2.
 """
 
 from __future__ import annotations
@@ -52,6 +56,15 @@ class RunRecord:
     artifacts: dict = field(default_factory=dict)
 
 
+_QUANTITY_PREFIXES = ("meas_", "pred_")
+_QUANTITY_SUFFIXES = ("_bytes", "_s", "_ms", "_tok_per_s", "_per_s", "_db", "_flops", "_pct")
+
+
+def _is_quantity(name: str) -> bool:
+    """A measured or predicted number (by the naming convention: ``meas_``/``pred_`` or a unit suffix)."""
+    return name.startswith(_QUANTITY_PREFIXES) or name.endswith(_QUANTITY_SUFFIXES)
+
+
 class ResultStore:
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path else DEFAULT_STORE
@@ -77,11 +90,29 @@ class ResultStore:
         finally:
             con.close()
 
-    @staticmethod
-    def _record(row) -> RunRecord:
+    def _record(self, row) -> RunRecord:
         key, kind, model, method, config, env, metrics, artifacts, created = row
-        return RunRecord(key, kind, model, method, json.loads(config), json.loads(env), json.loads(metrics), created,
-                         json.loads(artifacts))
+
+        def bad(why: str) -> QuantlabError:
+            return QuantlabError(f"{self.path}: row {key!r} ({kind} {model} {method}) is corrupt: {why}; "
+                                 "delete or re-run it")
+
+        cols = {}
+        for name, text in (("config", config), ("env", env), ("metrics", metrics), ("artifacts", artifacts)):
+            try:
+                v = json.loads(text)
+            except (TypeError, ValueError) as e:
+                raise bad(f"its {name} column is not valid JSON ({e})") from None
+            if not isinstance(v, dict):
+                raise bad(f"its {name} column is a JSON {type(v).__name__}, not an object")
+            cols[name] = v
+        for k, v in cols["metrics"].items():
+            if _is_quantity(k) and not (v is None or isinstance(v, (int, float))):
+                raise bad(f"metric {k} is {v!r}, not a number")
+        if not all(isinstance(x, str) for x in (key, kind, model, method, created)):
+            raise bad("a key, kind, model, method or created_at that is not text")
+        return RunRecord(key, kind, model, method, cols["config"], cols["env"], cols["metrics"], created,
+                         cols["artifacts"])
 
     def get(self, key: str) -> RunRecord | None:
         con = self._connect()

@@ -47,3 +47,52 @@ def test_fit_plans_the_gpu_without_flash_attention():
     assert f.plan.config.flash_attention is False
     assert f.plan.process_bytes > plan(cfg).process_bytes
     assert fit(cfg, load_gpu("a100-80gb")).plan.process_bytes == plan(cfg).process_bytes
+
+
+def _sweep():
+    """Models of every family, every kind of method, GPUs small to large, both attention kernels, switches."""
+    import itertools
+
+    from quantlab.specs import Attention, SpecError
+
+    for mn, meth, gn, at, b, s, gc in itertools.product(
+            ("smollm2-135m", "8b", "70b", "gemma-2-9b", "mixtral-8x7b", "qwen2.5-7b", "gpt2"),
+            (Method.INFERENCE, Method.FULL, Method.LORA, Method.QLORA), ("rtx-a6000", "t4", "h100-sxm"),
+            (Attention.SDPA, Attention.EAGER), (1, 4), (512, 2048), (False, True)):
+        if gc and meth is Method.INFERENCE:
+            continue
+        m = load_model(mn).spec
+        cfg = PlanConfig(model=m, method=meth, precision=Precision.NF4 if meth is Method.QLORA else Precision.BF16,
+                         attn=at, batch=b, seq=min(s, m.max_position_embeddings), grad_checkpointing=gc)
+        try:
+            p = plan(cfg)
+        except SpecError:
+            continue
+        yield cfg, load_gpu(gn), p
+
+
+def test_closed_forms_equal_the_search_on_a_sweep():
+    """fit's closed forms (checked at the boundary) give exactly the reference search's largest batch and longest
+    sequence, and the reference answer is a true boundary (it fits, one more does not)."""
+    from quantlab.planner.fit import _largest, _largest_closed
+
+    n = 0
+    for cfg, gpu, p in _sweep():
+        for field, cap in (("batch", 1 << 16), ("seq", max(cfg.model.max_position_embeddings, cfg.seq))):
+            ref = _largest(dataclasses.replace(cfg, **{field: 1}), gpu, field, cap)
+            got = _largest_closed(cfg, gpu, field, cap, known=(getattr(cfg, field), p.process_bytes))
+            assert got == ref, (cfg.model.name, cfg.method, gpu.name, cfg.attn, cfg.batch, cfg.seq, field)
+            n += 1
+    assert n > 1000
+
+
+def test_closed_form_small_caps_and_nothing_fits():
+    from quantlab.planner.fit import _largest, _largest_closed
+
+    cfg = PlanConfig(model=load_model("8b").spec, method=Method.LORA, seq=2048)
+    t4, h100 = load_gpu("t4"), load_gpu("h100-sxm")
+    assert _largest_closed(cfg, t4, "batch", 1 << 16) == _largest(cfg, t4, "batch", 1 << 16) == 0
+    small = dataclasses.replace(cfg, model=load_model("smollm2-135m").spec)
+    for cap in (1, 2, 3, 7):
+        assert _largest_closed(small, h100, "batch", cap) == _largest(small, h100, "batch", cap) == cap
+        assert _largest_closed(cfg, h100, "batch", cap) == _largest(cfg, h100, "batch", cap) <= cap

@@ -112,3 +112,56 @@ def test_environment_says_whether_the_tree_was_dirty():
     from quantlab.report.env import environment
 
     assert environment()["git_dirty"] in (True, False, None)
+
+
+def _corrupt(path, key, **columns):
+    con = sqlite3.connect(path)
+    with con:
+        for col, text in columns.items():
+            con.execute(f"UPDATE runs SET {col} = ? WHERE key = ?", (text, key))
+    con.close()
+
+
+@pytest.mark.parametrize("columns, why", [
+    ({"metrics": "{not json"}, "metrics column is not valid JSON"),
+    ({"config": "[1, 2]"}, "config column is a JSON list"),
+    ({"metrics": '{"meas_weight_bytes": "lots"}'}, "metric meas_weight_bytes is 'lots', not a number"),
+    ({"metrics": '{"meas_decode_tok_per_s": [1]}'}, "not a number"),
+])
+def test_a_corrupt_row_is_one_error_naming_it(tmp_path, columns, why):
+    from quantlab.errors import QuantlabError
+
+    p = tmp_path / "s.sqlite"
+    s = ResultStore(p)
+    good, broken = rec("fp32"), rec("nf4")
+    s.put(good)
+    s.put(broken)
+    _corrupt(p, broken.key, **columns)
+    with pytest.raises(QuantlabError) as e:
+        s.records()
+    msg = str(e.value)
+    assert "\n" not in msg and why in msg and broken.key in msg and str(p) in msg
+    assert s.get(good.key) == good  # the other rows stay readable one by one
+    with pytest.raises(QuantlabError):
+        s.get(broken.key)
+
+
+def test_report_on_a_corrupt_row_exits_2_with_one_line(tmp_path, capsys):
+    from quantlab.cli import main
+
+    p = tmp_path / "s.sqlite"
+    s = ResultStore(p)
+    r = rec("fp32", meas_perplexity=24.0)
+    s.put(r)
+    _corrupt(p, r.key, metrics='{"meas_perplexity": "n/a"}')
+    assert main(["report", "--store", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and r.key in err and "internal error" not in err
+
+
+def test_text_and_flag_metrics_stay_allowed(tmp_path):
+    """Only measured/predicted quantities must be numbers: labels (weight_dtypes) and flags stay as stored."""
+    s = ResultStore(tmp_path / "s.sqlite")
+    r = rec("fp32", weight_dtypes="bf16,nf4", meas_stopped_early=True, meas_perplexity=None)
+    s.put(r)
+    assert s.records() == [r]
