@@ -88,49 +88,74 @@ def add_plan_arguments(p: argparse.ArgumentParser, *, model_required: bool = Tru
     s.add_argument("--stack", choices=("transformers", "litgpt"), default="transformers", help=argparse.SUPPRESS)
 
 
-def config_from_args(args: argparse.Namespace, *, gpu=None):
-    """Build the PlanConfig the flags describe (bad values raise QuantlabError with one line)."""
-    from quantlab.profiles import load_model
-    from quantlab.specs import (ALL_LINEAR, Attention, DeviceMode, DType, Method, Offload, Optimizer, PlanConfig,
-                                Precision, TrainingPrecision)
-
-    resolved = load_model(args.model)
-    args._resolved = resolved
-    notes = []
-    method = Method(args.method)
-    precision = Precision(args.precision) if args.precision else (Precision.NF4 if method is Method.QLORA else Precision.BF16)
-    compute = args.compute_dtype
-    if compute is None:
-        compute = "bf16"
-        if gpu is not None and not gpu.bf16_supported:
-            compute = "fp16"
-            notes.append(f"{gpu.name} has no bf16: compute dtype fp16")
-            if precision is Precision.BF16:
-                precision = Precision.FP16
-    flash = True
-    if gpu is not None and not gpu.bf16_supported:
-        flash = False  # bf16 and PyTorch's FlashAttention both need sm80+ (NVIDIA Ampere or newer)
-        notes.append(f"{gpu.name} has no FlashAttention (pre-Ampere): SDPA on a grouped-query model takes the math "
-                     "kernel (activations A3b)")
-    args._auto_notes = notes
-    targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
+def config_dict(args: argparse.Namespace) -> dict:
+    """The PlanConfig dict (``PlanConfig.from_dict`` form, without the model) the flags describe; flags left
+    at None are absent, so the dataclass defaults (and the GPU rules of :func:`gpu_adjusted`) decide them."""
+    targets = [t.strip() for t in args.lora_targets.split(",") if t.strip()]
     if not targets:
         raise QuantlabError("--lora-targets is empty")
     if "all-linear" in targets:
-        targets = (ALL_LINEAR,)
-    return PlanConfig(
-        model=resolved.spec, method=method, precision=precision, compute_dtype=DType(compute),
-        training_precision=TrainingPrecision(args.training_precision), double_quant=args.double_quant,
-        group_size=args.group_size, optimizer=Optimizer(args.optimizer), batch=args.batch, seq=args.seq,
-        kv_dtype=DType(args.kv_dtype) if args.kv_dtype else None, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
-        lora_targets=targets, lora_dropout=args.lora_dropout, flash_attention=flash,
-        freeze_last_layers=args.freeze_last_layers,
-        freeze_modules=tuple(m.strip() for m in args.freeze_modules.split(",") if m.strip()),
-        adapter_size=args.adapter_size, num_virtual_tokens=args.num_virtual_tokens,
-        grad_checkpointing=args.grad_checkpointing, attn=Attention(args.attn), grad_accum=args.grad_accum,
-        padding_mask=getattr(args, "padding_mask", False),
-        num_gpus=args.num_gpus, zero=args.zero, fsdp=args.fsdp, offload=Offload(args.offload), tp=args.tp,
-        device=DeviceMode(args.device), kbit_upcast=args.kbit_upcast, stack=args.stack)
+        from quantlab.specs import ALL_LINEAR
+
+        targets = [ALL_LINEAR]
+    d = {"method": args.method, "precision": args.precision, "compute_dtype": args.compute_dtype,
+         "training_precision": args.training_precision, "double_quant": args.double_quant,
+         "group_size": args.group_size, "optimizer": args.optimizer, "batch": args.batch, "seq": args.seq,
+         "kv_dtype": args.kv_dtype, "lora_r": args.lora_r, "lora_alpha": args.lora_alpha, "lora_targets": targets,
+         "lora_dropout": args.lora_dropout, "freeze_last_layers": args.freeze_last_layers,
+         "freeze_modules": [m.strip() for m in args.freeze_modules.split(",") if m.strip()],
+         "adapter_size": args.adapter_size, "num_virtual_tokens": args.num_virtual_tokens,
+         "grad_checkpointing": args.grad_checkpointing, "attn": args.attn, "grad_accum": args.grad_accum,
+         "padding_mask": getattr(args, "padding_mask", False), "num_gpus": args.num_gpus, "zero": args.zero,
+         "fsdp": args.fsdp, "offload": args.offload, "tp": args.tp, "device": args.device,
+         "kbit_upcast": args.kbit_upcast, "stack": args.stack}
+    return {k: v for k, v in d.items() if v is not None}
+
+
+def gpu_adjusted(d: dict, gpu) -> dict:
+    """The one place a GPU changes a configuration the user left open (``d`` is a from_dict dict).
+
+    On a GPU without bf16 (pre-Ampere: T4, V100) the compute dtype defaults to fp16, and so do weights the
+    user left at bf16; PyTorch's FlashAttention needs sm80+ as bf16 does, so SDPA there takes the math kernel
+    (activations A3b). Values the user gave win. :func:`gpu_notes` says what this chose.
+    """
+    if gpu is None or gpu.bf16_supported:
+        return d
+    d = dict(d)
+    if d.get("compute_dtype") is None:
+        d["compute_dtype"] = "fp16"
+        if d.get("precision") == "bf16" or (d.get("precision") is None and d.get("method") != "qlora"):
+            d["precision"] = "fp16"
+    if d.get("flash_attention") is None:
+        d["flash_attention"] = False
+    return d
+
+
+def gpu_notes(cfg, gpu) -> list[str]:
+    """What :func:`gpu_adjusted` chose, derived from the configuration and the GPU (so a plan read back with
+    --from-json says the same)."""
+    if gpu is None or gpu.bf16_supported:
+        return []
+    out = []
+    if cfg.compute_dtype.value == "fp16":
+        out.append(f"{gpu.name} has no bf16: compute dtype fp16")
+    if not cfg.flash_attention:
+        out.append(f"{gpu.name} has no FlashAttention (pre-Ampere): SDPA on a grouped-query model takes the math "
+                   "kernel (activations A3b)")
+    return out
+
+
+def config_from_args(args: argparse.Namespace, *, gpu=None):
+    """Build the PlanConfig the flags describe (bad values raise QuantlabError with one line); the resolved
+    model is left on ``args._resolved`` and the GPU's choices on ``args._auto_notes``."""
+    from quantlab.profiles import load_model
+    from quantlab.specs import PlanConfig
+
+    resolved = load_model(args.model)
+    args._resolved = resolved
+    cfg = PlanConfig.from_dict(gpu_adjusted(config_dict(args), gpu), model=resolved.spec)
+    args._auto_notes = gpu_notes(cfg, gpu)
+    return cfg
 
 
 def resolve_gpu(name: str | None):
