@@ -1,0 +1,184 @@
+"""The configuration flags, generated from :class:`quantlab.specs.PlanConfig`: one flag per field.
+
+Every subcommand that takes a configuration (``plan``, ``compare``, ``recommend``, ``validate``, ``lab finetune``,
+``lab ptq``) calls :func:`add_config_arguments`, so a flag has one name, one parser and one default everywhere.
+The defaults are read from the dataclass (a default exists once, in ``specs.py``) and every help text ends with
+it. :func:`config_dict_from_args` turns the flags the user gave into the dict :meth:`PlanConfig.from_dict` reads.
+
+Three fields resolve later, so their flag has no value unless given:
+- ``precision``: nf4 for qlora, bf16 otherwise (resolved by ``PlanConfig.from_dict``);
+- ``compute_dtype`` and ``flash_attention``: bf16 and FlashAttention, or fp16 and the math kernel on a GPU without
+  bf16 (resolved by the command that knows the GPU; the dataclass default otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+GIVEN = "_config_flags_given"  # Namespace attribute: the set of PlanConfig fields the user gave a flag for
+
+# field -> (group, help without its default). Group titles are those --help shows.
+_MODEL, _TRAIN, _WORK, _SHARD = "model and method", "training", "workload", "sharding"
+HELP: dict[str, tuple[str, str]] = {
+    "method": (_MODEL, "inference, or a fine-tune: full (all weights train: most memory), freeze (last k blocks), "
+                       "lora, qlora (LoRA on 4-bit weights: least memory), adapter, prefix, prompt, ia3"),
+    "precision": (_MODEL, "storage of the base weights; int8/nf4/fp4/int4 shrink weights 2-4x at some quality cost"),
+    "compute_dtype": (_MODEL, "dtype of activations and matmuls"),
+    "training_precision": (_MODEL, "pure: weights, grads and states in the compute dtype (least memory); amp: fp32 "
+                                   "master weights and states with autocast (about twice the model-state memory, "
+                                   "more stable)"),
+    "double_quant": (_MODEL, "nf4/fp4: quantize the absmax constants too (saves ~0.37 bit per weight)"),
+    "group_size": (_MODEL, "int4 (GPTQ/AWQ) group size: smaller = more accurate, larger"),
+    "kbit_upcast": (_MODEL, "k-bit training without PEFT's prepare_model_for_kbit_training (which upcasts "
+                            "embeddings, norms and lm_head to fp32)"),
+    "optimizer": (_TRAIN, "adamw: 2 states per trainable weight; adamw-8bit: 4x smaller states; paged-*: states in "
+                          "unified memory that can spill to CPU; sgd: none (sgd-momentum: 1); adafactor: factored; "
+                          "lion: 1"),
+    "lora_r": (_TRAIN, "LoRA rank (adapter size grows linearly with it; at most the smallest dimension of a "
+                       "targeted linear)"),
+    "lora_alpha": (_TRAIN, "LoRA alpha (scaling only; no memory effect)"),
+    "lora_targets": (_TRAIN, "comma-separated module names, or all-linear (more adapters, better quality, more "
+                             "memory)"),
+    "lora_dropout": (_TRAIN, "LoRA dropout: > 0 regularizes but keeps a mask and a copy of the input per adapter"),
+    "freeze_last_layers": (_TRAIN, "freeze: how many of the last blocks train"),
+    "freeze_modules": (_TRAIN, "freeze: also train these comma-separated modules (lm_head, embed_tokens, norm)"),
+    "adapter_size": (_TRAIN, "bottleneck adapter width"),
+    "num_virtual_tokens": (_TRAIN, "prefix/prompt tuning: virtual tokens"),
+    "grad_checkpointing": (_TRAIN, "recompute activations in backward: far less activation memory for ~30%% more "
+                                   "compute"),
+    "grad_accum": (_TRAIN, "micro-batches per optimizer step (no extra memory)"),
+    "batch": (_WORK, "sequences per micro-batch per GPU"),
+    "seq": (_WORK, "tokens per sequence (inference: the whole context)"),
+    "attn": (_WORK, "sdpa (fused, no seq^2 buffers) or eager (keeps heads x seq^2 scores: much more memory)"),
+    "padding_mask": (_WORK, "training batches are padded to their longest sequence (dynamic padding) rather than "
+                            "packed: the attention mask makes SDPA keep the mask and K/V repeated to every head "
+                            "(GQA models)"),
+    "kv_dtype": (_WORK, "KV cache dtype"),
+    "flash_attention": (_WORK, "the GPU has no FlashAttention (pre-Ampere: T4, V100): SDPA on a grouped-query "
+                               "model takes the math kernel"),
+    "num_gpus": (_SHARD, "GPUs; memory is reported per GPU"),
+    "zero": (_SHARD, "DeepSpeed ZeRO stage: 1 shards optimizer states, 2 also gradients, 3 also weights"),
+    "fsdp": (_SHARD, "FSDP instead of ZeRO (full_shard ~ ZeRO-3, shard_grad_op ~ ZeRO-2; a bare --fsdp is "
+                     "full_shard)"),
+    "offload": (_SHARD, "move optimizer states (or also parameters, with ZeRO-3) to CPU memory: slower steps"),
+    "tp": (_SHARD, "tensor-parallel degree"),
+    "device": (_SHARD, "cuda (adds CUDA context and allocator reserve) or cpu (exact tensor bytes, as the lab "
+                       "counts)"),
+    "stack": (_SHARD, argparse.SUPPRESS),
+}
+# Flag names that are not the kebab-case field name (kept from earlier releases).
+FLAG_NAMES = {"padding_mask": "--padded", "kbit_upcast": "--no-kbit-upcast",
+              "flash_attention": "--no-flash-attention"}
+# What "default" means where the value is resolved later (see the module docstring).
+DEFAULT_TEXT = {"precision": "nf4 for qlora, bf16 otherwise", "compute_dtype": "bf16; fp16 on GPUs without bf16",
+                "kv_dtype": "the compute dtype", "fsdp": "off", "freeze_modules": "none",
+                "flash_attention": "FlashAttention on GPUs with bf16 (sm80+)"}
+RESOLVED_LATER = ("precision", "compute_dtype", "flash_attention")
+CHOICES = {"compute_dtype": ("fp32", "fp16", "bf16"), "zero": (0, 1, 2, 3), "fsdp": ("full_shard", "shard_grad_op"),
+           "stack": ("transformers", "litgpt")}
+_LISTS = ("lora_targets", "freeze_modules")
+
+
+def flag_name(field: str) -> str:
+    return FLAG_NAMES.get(field, "--" + field.replace("_", "-"))
+
+
+class _Given(argparse.Action):
+    """Stores like argparse's own actions and records which config field the user gave."""
+
+    def __init__(self, option_strings, dest, *, store=None, **kw):
+        self.store = store  # for flags without a value (store_true/store_false): the value they store
+        super().__init__(option_strings, dest, nargs=0 if store is not None else kw.pop("nargs", None), **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, self.store if self.store is not None else values)
+        given = getattr(namespace, GIVEN, None)
+        if given is None:
+            given = set()
+            setattr(namespace, GIVEN, given)
+        given.add(self.dest)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, *, model_required: bool = True,
+                         model_help: str | None = None, model_default: str | None = None) -> None:
+    """``--model`` and one flag per :class:`PlanConfig` field, in groups, defaults from the dataclass."""
+    from quantlab.specs import _ENUMS, PlanConfig, _kinds
+
+    kinds = _kinds(PlanConfig)
+    groups = {}
+
+    def group(title):
+        if title not in groups:
+            groups[title] = parser.add_argument_group(title)
+        return groups[title]
+
+    group(_MODEL).add_argument(
+        "--model", required=model_required and model_default is None, default=model_default,
+        help=model_help or "profile name (llama-3.1-8b), alias (7b, 13b, 70b = Llama-2; 8b = Llama-3.1-8B), HF id, "
+                           "or a local config.json / model folder (see 'quantlab profiles')"
+                           + (f" (default: {model_default})" if model_default else ""))
+    parser.set_defaults(**{GIVEN: None})
+    for f in dataclasses.fields(PlanConfig):
+        if f.name == "model":
+            continue
+        title, text = HELP[f.name]
+        kind, _ = kinds[f.name]
+        default = f.default
+        kw: dict = {"dest": f.name, "action": _Given}
+        if kind == "bool":
+            kw["store"] = not default
+            shown = "on" if default else "off"
+        else:
+            if kind in ("int", "float"):
+                kw["type"] = int if kind == "int" else float
+                kw["metavar"] = "N" if kind == "int" else "X"
+            elif kind == "tuple":
+                kw["metavar"] = "A,B"
+            choices = CHOICES.get(f.name)
+            if choices is None and kind in _ENUMS:
+                choices = tuple(e.value for e in _ENUMS[kind])
+            if choices is not None:
+                kw["choices"] = choices
+                kw.pop("metavar", None)
+            if f.name == "fsdp":
+                kw.update(nargs="?", const="full_shard")
+            value = getattr(default, "value", default)
+            if kind == "tuple":
+                value = ",".join(default)
+            shown = value
+        kw["default"] = None if f.name in RESOLVED_LATER else default if kind == "bool" else value
+        shown = DEFAULT_TEXT.get(f.name) or shown
+        help_text = text if text is argparse.SUPPRESS else f"{text} (default: {shown})"
+        group(title).add_argument(flag_name(f.name), help=help_text, **kw)
+
+
+def given_fields(args: argparse.Namespace) -> frozenset[str]:
+    """The PlanConfig fields the user gave a flag for."""
+    return frozenset(getattr(args, GIVEN, None) or ())
+
+
+def config_dict_from_args(args: argparse.Namespace) -> dict:
+    """The :meth:`PlanConfig.from_dict`-ready dict of the flags the user gave (without "model"), in field order.
+
+    Absent keys take the dataclass defaults in ``from_dict``; ``compute_dtype`` and ``flash_attention`` are absent
+    unless given, for the command that knows the GPU to resolve. Comma lists become lists (``all-linear`` alone
+    for PEFT's all-linear); an empty ``--lora-targets`` is a one-line error.
+    """
+    from quantlab.specs import ALL_LINEAR, PlanConfig, SpecError
+
+    given = given_fields(args)
+    out: dict = {}
+    for f in dataclasses.fields(PlanConfig):
+        if f.name not in given:
+            continue
+        v = getattr(args, f.name)
+        if f.name in _LISTS:
+            v = [t.strip() for t in v.split(",") if t.strip()]
+            if f.name == "lora_targets":
+                if not v:
+                    raise SpecError("--lora-targets is empty")
+                if ALL_LINEAR in v:
+                    v = [ALL_LINEAR]
+        out[f.name] = v
+    return out
