@@ -150,4 +150,4 @@ def render_text(*renderables, width: int | None = None) -> str:
                   color_system="auto" if tty else None, highlight=False, soft_wrap=False)
     for r in renderables:
         con.print(r)
-    return buf.getvalue()
+    return "\n".join(line.rstrip() for line in buf.getvalue().split("\n"))  # no padding to the width in a log
