@@ -29,6 +29,10 @@ def run(args) -> int:
     from quantlab.report.render import generic_table, html_page, ptq_table
     from quantlab.report.store import DEFAULT_STORE, ResultStore
 
+    if args.out:
+        from quantlab.fileio import check_writable_file
+
+        check_writable_file(args.out, "--out")
     path = Path(args.store) if args.store else DEFAULT_STORE
     if not path.exists():
         raise QuantlabError(f"no results store at {path}: run 'quantlab lab ptq' first (or pass --store)")
@@ -63,5 +67,7 @@ def run(args) -> int:
         atomic_write_text(args.out, text)
         print(f"wrote {args.out}", file=sys.stderr)
     else:
-        sys.stdout.write(text)
+        from quantlab.fileio import write_stdout
+
+        write_stdout(text)
     return 0
