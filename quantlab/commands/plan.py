@@ -241,14 +241,14 @@ def check_outputs(args) -> None:
 
 
 def run(args) -> int:
-    from quantlab.commands.flags import given_fields
+    from quantlab.commands.flags import flag_name, given_fields
     from quantlab.fileio import write_stdout
     from quantlab.planner import fit, plan
 
     if args.from_json:
         extra = sorted(given_fields(args))
         if args.model or args.gpu or extra:
-            flag = "--model" if args.model else "--gpu" if args.gpu else "--" + extra[0].replace("_", "-")
+            flag = "--model" if args.model else "--gpu" if args.gpu else flag_name(extra[0])
             raise QuantlabError(f"--from-json takes the whole configuration from the file; drop {flag} "
                                 "(or edit the file)")
         name, resolution, cfg, gpu, gpu_doc = read_plan_json(args.from_json)
