@@ -39,14 +39,21 @@ def _first_existing(path: Path) -> Path:
     return p
 
 
-def check_writable_dir(path: str | os.PathLike, flag: str = "folder") -> Path:
-    """Raise :class:`OutputError` unless ``path`` is, or can be made as, a writable folder."""
+def check_writable_dir(path: str | os.PathLike, flag: str = "folder", *, shown: str | os.PathLike | None = None) -> Path:
+    """Raise :class:`OutputError` unless ``path`` is, or can be made as, a writable folder: its first existing
+    ancestor must be a folder that takes a new file (probed with a temporary file that is removed at once)."""
     path = Path(path)
+    what = f"cannot write {flag} {shown if shown is not None else path}"
     base = _first_existing(path.absolute())
     if not base.is_dir():
-        raise OutputError(f"cannot write {flag} {path}: {base} is not a folder")
+        raise OutputError(f"{what}: {base} is not a folder")
     if not os.access(base, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write {flag} {path}: {base} is not writable")
+        raise OutputError(f"{what}: {base} is not writable")
+    try:
+        with tempfile.TemporaryFile(dir=base):
+            pass
+    except OSError as e:
+        raise OutputError(f"{what}: {base} does not take new files ({_reason(e)})") from None
     return path
 
 
@@ -55,9 +62,9 @@ def check_writable_file(path: str | os.PathLike, flag: str = "file") -> Path:
     path = Path(path)
     if not path.name or path.is_dir():
         raise OutputError(f"cannot write {flag} {path}: it is a folder")
-    check_writable_dir(path.parent if str(path.parent) else ".", flag)
     if path.exists() and not path.is_file():
         raise OutputError(f"cannot write {flag} {path}: it is not a regular file")
+    check_writable_dir(path.parent, flag, shown=path)
     return path
 
 

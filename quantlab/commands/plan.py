@@ -25,6 +25,10 @@ def add_plan_arguments(p: argparse.ArgumentParser, *, model_required: bool = Tru
     add_config_arguments(p, model_required=model_required)
 
 
+MODEL_HELP = ("profile name (llama-3.1-8b), alias (7b, 13b, 70b = Llama-2; 8b = Llama-3.1-8B), HF id, or a local "
+              "config.json / model folder (see 'quantlab profiles') (default: none; required unless --from-json)")
+
+
 def config_dict(args: argparse.Namespace) -> dict:
     """The ``PlanConfig.from_dict`` dict of the flags the user gave (without the model)."""
     from quantlab.commands.flags import config_dict_from_args
@@ -113,7 +117,9 @@ def register(sub) -> None:
                "Memory is shown in GiB (2^30 bytes); --format json gives integer bytes and every configuration\n"
                "field with its resolved value.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_plan_arguments(p, model_required=False)
+    from quantlab.commands.flags import add_config_arguments
+
+    add_config_arguments(p, model_required=False, model_help=MODEL_HELP)
     o = p.add_argument_group("output")
     o.add_argument("--gpu", default=None, metavar="NAME|auto",
                    help="check the fit on this GPU (profile name or alias), or 'auto' to detect the local one "

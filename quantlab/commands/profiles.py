@@ -11,8 +11,9 @@ def register(sub) -> None:
     p = sub.add_parser("profiles", help="list known models and GPUs",
                        description="List the model profiles (architecture copied from config.json, with its source) "
                                    "and GPU profiles (memory, bandwidth, throughput, price, each with its basis).")
-    p.add_argument("--kind", choices=("all", "models", "gpus"), default="all", help="which profiles to list")
-    p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
+    p.add_argument("--kind", choices=("all", "models", "gpus"), default="all", help="which profiles to list (default: all)")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table",
+                   help="output format (default: table)")
     p.set_defaults(func=run)
 
 

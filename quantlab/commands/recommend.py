@@ -39,20 +39,25 @@ def register(sub) -> None:
     add_plan_arguments(p)
     goal = p.add_mutually_exclusive_group()
     goal.add_argument("--train-tokens", type=float, default=None, metavar="T",
-                      help="tokens to train on (e.g. 1e8): time and cost are for the whole run")
+                      help="tokens to train on (e.g. 1e8): time and cost are for the whole run (default: none; "
+                           "without a goal, time and cost are per million tokens)")
     goal.add_argument("--serve-tokens-per-day", type=float, default=None, metavar="T",
-                      help="tokens to generate per day: time is GPU time per day, cost is per day")
+                      help="tokens to generate per day: time is GPU time per day, cost is per day (default: "
+                           "none)")
     p.add_argument("--max-gpus", type=int, default=8,
                    help="largest GPU count to consider (1, 2, 4, ... up to it; above 8 spans nodes and pays the "
-                        "slower inter-node network); --num-gpus N considers exactly N")
+                        "slower inter-node network); --num-gpus N considers exactly N (default: 8)")
     p.add_argument("--budget-per-hour", type=float, default=None, metavar="USD",
-                   help="drop configurations whose GPUs cost more than this per hour (drops unpriced GPUs too)")
+                   help="drop configurations whose GPUs cost more than this per hour (drops unpriced GPUs too) "
+                        "(default: no budget)")
     p.add_argument("--gpus", default=None, metavar="A,B",
-                   help="only these GPU kinds (profile names or aliases); default: every GPU profile")
+                   help="only these GPU kinds (profile names or aliases) (default: every GPU profile)")
     p.add_argument("--sort", choices=("cost", "time"), default="cost",
-                   help="rank cheapest first (default) or fastest first; the Pareto front is marked either way")
+                   help="rank cheapest first or fastest first; the Pareto front is marked either way "
+                        "(default: cost)")
     p.add_argument("--all-shardings", action="store_true",
-                   help="rank every fitting sharding, not only the best one per GPU kind and count")
+                   help="rank every fitting sharding, not only the best one per GPU kind and count "
+                        "(default: off)")
     p.add_argument("--top", type=int, default=15,
                    help="rows in the table/markdown (json and csv hold every option) (default: 15)")
     p.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")

@@ -13,11 +13,12 @@ def register(sub) -> None:
                                    "validation runs. HTML is one self-contained page with PNG plots.",
                        epilog="Example:\n  quantlab report --format html --out reports/report.html",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--store", default=None, help="results database (default reports/quantlab.sqlite)")
-    p.add_argument("--format", choices=("table", "csv", "json", "markdown", "html"), default="table")
-    p.add_argument("--kind", default=None, help="only runs of this kind (ptq, finetune, qat, validate)")
-    p.add_argument("--model", default=None, help="only runs of this model")
-    p.add_argument("--out", default=None, help="write to this file (atomically) instead of stdout")
+    p.add_argument("--store", default=None, help="results database (default: reports/quantlab.sqlite)")
+    p.add_argument("--format", choices=("table", "csv", "json", "markdown", "html"), default="table",
+                   help="table (markdown-like text), csv, json, markdown or html (default: table)")
+    p.add_argument("--kind", default=None, help="only runs of this kind (ptq, finetune, qat, validate) (default: all)")
+    p.add_argument("--model", default=None, help="only runs of this model (default: all)")
+    p.add_argument("--out", default=None, help="write to this file (atomically) instead of stdout (default: stdout)")
     p.set_defaults(func=run)
 
 
