@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quantlab.errors import QuantlabError
-from quantlab.specs import (Attention, DeviceMode, DType, Method, Offload, Optimizer, PlanConfig, Precision,
-                            TrainingPrecision)
+from quantlab.specs import PlanConfig
 
 REPO = Path(__file__).resolve().parent.parent
 PUBLISHED = REPO.parent / "shared" / "ground-truth" / "published.jsonl"
@@ -40,15 +39,48 @@ def load_rows(path: str | Path) -> list[dict]:
     return rows
 
 
+# The published row format (shared/ground-truth/README.md, external: read, never changed) against the one
+# configuration vocabulary (PlanConfig.from_dict). Keys not listed here are PlanConfig field names already.
+ROW_KEYS = {"weights": "precision"}  # row key -> PlanConfig field
+ROW_VALUES = {"training_precision": {"amp": "amp", "amp-bf16": "amp", "amp-fp16": "amp", "pure": "pure",
+                                     "pure-bf16": "pure", "pure-fp16": "pure", "pure-fp32": "pure"}}
+# Keys that describe the row, not the configuration (model is resolved from its profile with model_overrides).
+ROW_ONLY = ("id", "source", "model", "model_overrides", "gpu", "metric", "value_bytes", "unit_published", "fits",
+            "tolerance", "notes", "url", "date")
+
+
+def row_config_dict(row: dict) -> dict:
+    """The :meth:`PlanConfig.from_dict` dict of a row's conditions (null values are absent: the defaults)."""
+    missing = [k for k in ("model", "batch", "seq") if row.get(k) is None]
+    if missing:
+        raise QuantlabError(f"measurement row {row.get('id', '?')}: missing {', '.join(missing)}")
+    d = {}
+    for k, v in row.items():
+        if k in ROW_ONLY or v is None:
+            continue
+        k = ROW_KEYS.get(k, k)
+        if k in ROW_VALUES:
+            if v not in ROW_VALUES[k]:
+                raise QuantlabError(f"measurement row {row.get('id', '?')}: {k} {v!r} is not one of "
+                                    f"{', '.join(ROW_VALUES[k])}")
+            v = ROW_VALUES[k][v]
+        d[k] = v
+    if "flash_attention" not in d and row.get("gpu"):
+        from quantlab.profiles import load_gpu
+
+        d["flash_attention"] = load_gpu(row["gpu"]).bf16_supported  # fit.for_gpu's rule
+    return d
+
+
 def row_to_config(row: dict) -> PlanConfig:
     """The PlanConfig that describes a measured row's exact conditions (a bad field: one-line QuantlabError)."""
     try:
-        return _row_to_config(row)
-    except (KeyError, TypeError, ValueError) as e:
-        if isinstance(e, QuantlabError):
+        d = row_config_dict(row)
+        return PlanConfig.from_dict(d, model=model_spec(row["model"], row.get("model_overrides")))
+    except QuantlabError as e:
+        if str(e).startswith("measurement row"):
             raise
-        raise QuantlabError(f"measurement row {row.get('id', '?')}: bad or missing field ({type(e).__name__}: {e})") \
-            from e
+        raise QuantlabError(f"measurement row {row.get('id', '?')}: {e}") from e
 
 
 def model_spec(name: str, overrides: dict | None = None):
@@ -65,49 +97,6 @@ def model_spec(name: str, overrides: dict | None = None):
     cfg = dict(resolved.config)
     cfg.update(overrides)
     return ModelSpec.from_hf_config(cfg, name=resolved.name, hf_id=resolved.spec.hf_id, source=resolved.source)
-
-
-def _row_to_config(row: dict) -> PlanConfig:
-    tp = row.get("training_precision") or "pure"
-    weights = Precision(row.get("weights", "bf16"))
-    method = Method(row.get("method", "inference"))
-    kw = dict(model=model_spec(row["model"], row.get("model_overrides")), method=method, precision=weights,
-              compute_dtype=DType(row.get("compute_dtype", "bf16")),
-              training_precision=TrainingPrecision.AMP if tp.startswith("amp") else TrainingPrecision.PURE,
-              double_quant=bool(row.get("double_quant")), batch=int(row["batch"]), seq=int(row["seq"]),
-              attn=Attention(row.get("attn", "sdpa")), grad_checkpointing=bool(row.get("grad_checkpointing")),
-              padding_mask=bool(row.get("padding_mask")),
-              stack=row.get("stack") or "transformers",
-              device=DeviceMode(row.get("device", "cuda")))
-    if row.get("optimizer"):
-        kw["optimizer"] = Optimizer(row["optimizer"])
-    if row.get("lora_r"):
-        kw["lora_r"] = int(row["lora_r"])
-    if row.get("lora_targets"):
-        kw["lora_targets"] = tuple(row["lora_targets"])
-    for k in ("grad_accum", "num_gpus", "zero", "tp", "freeze_last_layers", "num_virtual_tokens", "group_size",
-              "lora_alpha", "adapter_size"):
-        if row.get(k) is not None:
-            kw[k] = int(row[k])
-    if row.get("freeze_modules"):
-        kw["freeze_modules"] = tuple(row["freeze_modules"])
-    if row.get("kv_dtype"):
-        kw["kv_dtype"] = DType(row["kv_dtype"])
-    if row.get("fsdp"):
-        kw["fsdp"] = row["fsdp"]
-    if row.get("offload"):
-        kw["offload"] = Offload(row["offload"])
-    if row.get("kbit_upcast") is not None:
-        kw["kbit_upcast"] = bool(row["kbit_upcast"])
-    if row.get("lora_dropout") is not None:
-        kw["lora_dropout"] = float(row["lora_dropout"])
-    if row.get("flash_attention") is not None:
-        kw["flash_attention"] = bool(row["flash_attention"])
-    elif row.get("gpu"):
-        from quantlab.profiles import load_gpu
-
-        kw["flash_attention"] = load_gpu(row["gpu"]).bf16_supported  # fit.for_gpu's rule
-    return PlanConfig(**kw)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ Assumptions (numbered, referred to from the planner):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Mapping
@@ -138,6 +139,15 @@ _GPT2_KEYS = {"n_embd": "hidden_size", "n_layer": "num_hidden_layers", "n_head":
 
 FAMILIES = ("llama", "mistral", "qwen2", "mixtral", "gemma2", "phi3", "gpt2")
 
+# Upper bounds of the architecture integers (positive, and at most these). They are sanity bounds, far above
+# every released model (Llama-3.1-405B: hidden 16,384, intermediate 53,248, 126 layers, 128 heads; Gemma-2:
+# vocabulary 256,000; Llama-4-Scout: 10,485,760 positions; DeepSeek-V3: 256 experts), so a typo (1e30) is an
+# error instead of "7.99e49 T parameters".
+MODEL_BOUNDS = {"hidden_size": 1 << 20, "num_hidden_layers": 1 << 12, "num_attention_heads": 1 << 12,
+                "intermediate_size": 1 << 22, "vocab_size": 1 << 24, "num_key_value_heads": 1 << 12,
+                "head_dim_": 1 << 12, "max_position_embeddings": 1 << 24, "num_local_experts": 1 << 12,
+                "num_experts_per_tok": 1 << 12, "sliding_window": 1 << 24}
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -167,18 +177,24 @@ class ModelSpec:
     source: str | None = None
 
     def __post_init__(self) -> None:
+        _check_types(self, ModelSpec, f"{self.name}: " if isinstance(self.name, str) else "")
         if self.model_type not in FAMILIES:
             raise SpecError(f"model_type {self.model_type!r} is not supported (supported: {', '.join(FAMILIES)})")
-        for f in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
-                  "max_position_embeddings"):
+        for f, hi in MODEL_BOUNDS.items():
             v = getattr(self, f)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise SpecError(f"{self.name}: {f} must be a positive integer, got {v!r}")
+            if v is None or (f in ("num_local_experts", "num_experts_per_tok") and v == 0):
+                continue
+            if not 0 < v <= hi:
+                raise SpecError(f"{self.name}: {_MODEL_JSON_NAMES.get(f, f)} must be a positive integer of at most "
+                                f"{hi:,}, got {v!r}")
         if self.num_attention_heads % self.kv_heads:
             raise SpecError(f"{self.name}: num_attention_heads {self.num_attention_heads} is not a multiple of "
                             f"num_key_value_heads {self.kv_heads}")
         if self.num_local_experts and not 0 < self.num_experts_per_tok <= self.num_local_experts:
             raise SpecError(f"{self.name}: num_experts_per_tok must be in 1..num_local_experts")
+        for f in ("attention_dropout", "hidden_dropout", "embd_dropout"):
+            if not 0.0 <= getattr(self, f) < 1.0:
+                raise SpecError(f"{self.name}: {f} must be in [0, 1), got {getattr(self, f)!r}")
 
     # ---- derived -------------------------------------------------------------------------
     @property
@@ -232,10 +248,17 @@ class ModelSpec:
         return attn + (LinearShape("gate_proj", h, i, self.mlp_bias), LinearShape("up_proj", h, i, self.mlp_bias),
                        LinearShape("down_proj", i, h, self.mlp_bias))
 
+    def lora_linears(self, targets: tuple[str, ...]) -> tuple[LinearShape, ...]:
+        """The block linears a LoRA target list names, as PEFT matches them: a module name, its last component, or
+        a dotted suffix; ``all-linear`` is every nn.Linear of the block (PEFT leaves out the output layer).
+        A list that matches nothing, or names a fused parameter (not an nn.Linear), is a SpecError."""
+        return _lora_linears(self, tuple(targets))
+
     # ---- construction --------------------------------------------------------------------
     def to_dict(self) -> dict:
         """Every field, with config.json names (``head_dim`` for ``head_dim_``); JSON-serialisable."""
-        return {_MODEL_JSON_NAMES.get(f, f): getattr(self, f) for f in _field_names(ModelSpec)}
+        return {_MODEL_JSON_NAMES.get(f, f): _canonical(ModelSpec, f, getattr(self, f))
+                for f in _field_names(ModelSpec)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ModelSpec":
@@ -282,6 +305,10 @@ class ModelSpec:
         if c.get("intermediate_size") is None:
             raise SpecError("config is missing intermediate_size")
         act = c.get("hidden_act") or c.get("hidden_activation") or "silu"
+        gpt2 = mt == "gpt2"
+        sliding = c.get("use_sliding_window", True)
+        if not isinstance(sliding, bool):
+            raise SpecError(f"use_sliding_window must be true or false, got {sliding!r}")
         return cls(
             name=name or c.get("_name_or_path") or mt,
             model_type=mt,
@@ -292,20 +319,33 @@ class ModelSpec:
             vocab_size=c["vocab_size"],
             num_key_value_heads=c.get("num_key_value_heads"),
             head_dim_=c.get("head_dim"),
-            tie_word_embeddings=bool(c.get("tie_word_embeddings", mt == "gemma2")),
+            tie_word_embeddings=_get(c, "tie_word_embeddings", mt == "gemma2"),
             max_position_embeddings=c.get("max_position_embeddings") or 2048,
             hidden_act=act,
-            attention_bias=bool(c.get("attention_bias", mt == "qwen2")),
-            mlp_bias=bool(c.get("mlp_bias", False)),
+            attention_bias=_get(c, "attention_bias", mt == "qwen2"),
+            mlp_bias=_get(c, "mlp_bias", False),
             num_local_experts=c.get("num_local_experts") or 0,
             num_experts_per_tok=c.get("num_experts_per_tok") or 0,
-            sliding_window=c.get("sliding_window") if c.get("use_sliding_window", True) else None,
-            attention_dropout=float(c.get("attn_pdrop", 0.1) if mt == "gpt2" else c.get("attention_dropout") or 0.0),
-            hidden_dropout=float(c.get("resid_pdrop", 0.1) if mt == "gpt2" else 0.0),
-            embd_dropout=float(c.get("embd_pdrop", 0.1) if mt == "gpt2" else 0.0),
+            sliding_window=c.get("sliding_window") if sliding else None,
+            attention_dropout=_number(c, "attn_pdrop", 0.1) if gpt2 else _number(c, "attention_dropout", 0.0),
+            hidden_dropout=_number(c, "resid_pdrop", 0.1) if gpt2 else 0.0,
+            embd_dropout=_number(c, "embd_pdrop", 0.1) if gpt2 else 0.0,
             hf_id=hf_id,
             source=source,
         )
+
+
+def _get(c: Mapping[str, Any], key: str, default: Any) -> Any:
+    """A config.json value, the default where it is absent or null (the constructor checks its type)."""
+    v = c.get(key)
+    return default if v is None else v
+
+
+def _number(c: Mapping[str, Any], key: str, default: float) -> float:
+    v = _get(c, key, default)
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        raise SpecError(f"{key} must be a number, got {v!r}")
+    return float(v)
 
 
 @dataclass(frozen=True)
@@ -393,13 +433,24 @@ class PlanConfig:
     stack: str = "transformers"  # "transformers" (+ PEFT + bitsandbytes 0.50) or "litgpt" (its own model code)
 
     def __post_init__(self) -> None:
+        _check_types(self, PlanConfig, "")
         for f in ("batch", "seq", "lora_r", "lora_alpha", "group_size", "grad_accum", "num_gpus", "tp",
                   "adapter_size", "num_virtual_tokens"):
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise SpecError(f"{f.replace('_', '-')} must be a positive integer, got {v!r}")
-        if self.method is Method.FREEZE and not 0 <= self.freeze_last_layers <= self.model.num_hidden_layers:
-            raise SpecError(f"freeze-last-layers must be in 0..{self.model.num_hidden_layers}")
+        if self.method is Method.FREEZE:
+            if not 0 <= self.freeze_last_layers <= self.model.num_hidden_layers:
+                raise SpecError(f"freeze-last-layers must be in 0..{self.model.num_hidden_layers}")
+            if self.freeze_last_layers == 0 and not self.freeze_modules:
+                raise SpecError("freeze with --freeze-last-layers 0 and no --freeze-modules trains nothing; train at "
+                                "least one block or name modules to train (e.g. --freeze-modules lm_head)")
+        if self.method in (Method.LORA, Method.QLORA):
+            small, dim = _smallest_linear(self.model, self.lora_targets)
+            if self.lora_r > dim:
+                raise SpecError(f"lora-r {self.lora_r} is larger than the smallest dimension of the targeted linear "
+                                f"{small.name} of {self.model.name} ({small.in_features} -> {small.out_features}); "
+                                f"the rank must be at most {dim}")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise SpecError(f"lora-dropout must be in [0, 1), got {self.lora_dropout!r}")
         if self.padding_mask and not self.method.is_training:
@@ -442,6 +493,8 @@ class PlanConfig:
                 v = v.value
             elif isinstance(v, tuple):
                 v = list(v)
+            elif f == "lora_dropout":
+                v = float(v)
             out[f] = v
         return out
 
@@ -541,3 +594,81 @@ def _convert(cls: type, name: str, v: Any) -> Any:
             raise SpecError(f"{name} must be a list of strings, got {v!r}")
         return tuple(v)
     raise AssertionError(f"no conversion for {cls.__name__}.{name} ({kind})")  # pragma: no cover
+
+
+def _canonical(cls: type, name: str, v: Any) -> Any:
+    """The JSON form of a plain field: floats stay floats (an int 0 given for a dropout is written 0.0)."""
+    return float(v) if v is not None and _kinds(cls)[name][0] == "float" else v
+
+
+_TYPES = {"int": int, "float": (int, float), "bool": bool, "str": str, "tuple": tuple}
+_CHECKS: dict[type, tuple] = {}
+
+
+def _checks(cls: type) -> tuple:
+    """(field, exact types accepted at once, accepted types, None allowed, bools rejected, kind) per field of
+    ``cls``, built once."""
+    c = _CHECKS.get(cls)
+    if c is None:
+        rows = []
+        for name, (kind, optional) in _kinds(cls).items():
+            types = ModelSpec if kind == "model" else _ENUMS.get(kind) or _TYPES[kind]
+            exact = frozenset((types if isinstance(types, tuple) else (types,)) + ((type(None),) if optional else ()))
+            rows.append((name, exact, types, optional, kind not in ("bool", "model") and kind not in _ENUMS, kind))
+        c = _CHECKS[cls] = tuple(rows)
+    return c
+
+
+def _check_types(obj: Any, cls: type, prefix: str) -> None:
+    """Every field holds its annotated type (bools are not ints, floats are not ints, enums are members)."""
+    for name, exact, types, optional, no_bool, kind in _checks(cls):
+        v = getattr(obj, name)
+        if type(v) in exact and kind != "tuple":  # the common case: exactly the annotated type
+            continue
+        if v is None:
+            if optional:
+                continue
+        elif isinstance(v, types) and not (no_bool and (v is True or v is False)):
+            if kind != "tuple" or all(isinstance(x, str) for x in v):
+                continue
+        _type_error(prefix, cls, name, kind, v)
+
+
+def _type_error(prefix: str, cls: type, name: str, kind: str, v: Any) -> None:
+    shown = _MODEL_JSON_NAMES.get(name, name) if cls is ModelSpec else name
+    if v is None:
+        raise SpecError(f"{prefix}{shown} must not be null")
+    if kind == "model":
+        raise SpecError(f"model must be a ModelSpec, got {type(v).__name__}")
+    if kind in _ENUMS:
+        raise SpecError(f"{prefix}{shown} must be one of {', '.join(e.value for e in _ENUMS[kind])}, got {v!r}")
+    what = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+            "tuple": "a tuple of strings"}[kind]
+    if cls is ModelSpec and name in MODEL_BOUNDS:
+        what = "a non-negative integer" if name in ("num_local_experts", "num_experts_per_tok") else \
+            "a positive integer"
+    raise SpecError(f"{prefix}{shown} must be {what}, got {v!r}")
+
+
+@functools.lru_cache(maxsize=1024)
+def _smallest_linear(m: ModelSpec, targets: tuple[str, ...]) -> tuple[LinearShape, int]:
+    """The targeted linear with the smallest dimension, and that dimension (the largest meaningful LoRA rank)."""
+    small = min(_lora_linears(m, targets), key=lambda l: min(l.in_features, l.out_features))
+    return small, min(small.in_features, small.out_features)
+
+
+@functools.lru_cache(maxsize=1024)
+def _lora_linears(m: ModelSpec, targets: tuple[str, ...]) -> tuple[LinearShape, ...]:
+    lins = m.block_linears()
+    if ALL_LINEAR in targets:  # PEFT's all-linear: every nn.Linear but the output layer
+        return tuple(l for l in lins if l.module)
+    chosen = tuple(l for l in lins if any(l.name == t or l.name.split(".")[-1] == t or l.name.endswith("." + t)
+                                          for t in targets))
+    if not chosen:
+        names = ", ".join(l.name for l in lins if l.module)
+        raise SpecError(f"LoRA targets {','.join(targets)} match no linear of {m.name} (its linears: {names})")
+    fused = [l.name for l in chosen if not l.module]
+    if fused:
+        raise SpecError(f"LoRA targets nn.Linear modules; {', '.join(fused)} of {m.name} are fused parameters in "
+                        "transformers 5 (PEFT's target_parameters is not planned)")
+    return chosen

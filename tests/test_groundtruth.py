@@ -52,3 +52,26 @@ def test_bad_row_is_one_line():
         row_to_config({"id": "r1", "model": "smollm2-135m", "method": "lora", "weights": "fp33", "batch": 1, "seq": 8})
     with pytest.raises(QuantlabError, match="measurement row r2"):
         row_to_config({"id": "r2", "model": "smollm2-135m"})
+
+
+def test_row_translation_is_one_table_into_from_dict():
+    """A row's keys are PlanConfig field names except ``weights`` (precision); training_precision's published
+    spellings (amp-bf16, pure-bf16) map onto the enum; nulls are absent; a misspelt key is an error."""
+    from quantlab.errors import QuantlabError
+    from quantlab.groundtruth import row_config_dict, row_to_config
+    from quantlab.specs import PlanConfig, Precision, TrainingPrecision
+
+    row = {"id": "t", "model": "smollm2-135m", "method": "full", "weights": "fp32", "compute_dtype": "bf16",
+           "training_precision": "amp-bf16", "batch": 2, "seq": 64, "optimizer": None, "metric": "allocated",
+           "value_bytes": 1, "source": "x"}
+    assert row_config_dict(row) == {"method": "full", "precision": "fp32", "compute_dtype": "bf16",
+                                    "training_precision": "amp", "batch": 2, "seq": 64}
+    c = row_to_config(row)
+    assert (c.precision, c.training_precision) == (Precision.FP32, TrainingPrecision.AMP)
+    assert c == PlanConfig.from_dict(row_config_dict(row), model=c.model)
+    with pytest.raises(QuantlabError, match="measurement row t: unknown configuration field 'lora_rank'"):
+        row_to_config({**row, "lora_rank": 8})
+    with pytest.raises(QuantlabError, match="measurement row t: training_precision 'mixed'"):
+        row_to_config({**row, "training_precision": "mixed"})
+    with pytest.raises(QuantlabError, match="measurement row t: grad_checkpointing must be true or false"):
+        row_to_config({**row, "grad_checkpointing": "yes"})

@@ -121,3 +121,112 @@ def test_from_dict_model_errors():
         ModelSpec.from_dict({k: v for k, v in LLAMA.to_dict().items() if k != "vocab_size"})
     with pytest.raises(SpecError, match="mapping"):
         PlanConfig.from_dict(["lora"], model=LLAMA)
+
+
+# ---- validation in the constructors (issue #10, "Bad input") --------------------------------------------------
+
+LLAMA_CFG = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "intermediate_size": 128, "vocab_size": 100}
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"hidden_size": 1e30}, "hidden_size must be a positive integer, got 1e\\+30"),
+    ({"hidden_size": 2 ** 21}, "hidden_size must be a positive integer of at most 1,048,576"),
+    ({"vocab_size": 10 ** 15}, "vocab_size must be a positive integer of at most 16,777,216"),
+    ({"vocab_size": 100.0}, "vocab_size must be a positive integer"),
+    ({"num_hidden_layers": True}, "num_hidden_layers must be a positive integer"),
+    ({"tie_word_embeddings": "yes"}, "tie_word_embeddings must be true or false, got 'yes'"),
+    ({"attention_bias": 1}, "attention_bias must be true or false"),
+    ({"mlp_bias": "false"}, "mlp_bias must be true or false"),
+    ({"use_sliding_window": "no"}, "use_sliding_window must be true or false"),
+    ({"head_dim": 1.5}, "head_dim must be a positive integer"),
+    ({"sliding_window": 0}, "sliding_window must be a positive integer"),
+    ({"attention_dropout": "0.1"}, "attention_dropout must be a number"),
+    ({"attention_dropout": 1.5}, "attention_dropout must be in \\[0, 1\\)"),
+    ({"hidden_act": 3}, "hidden_act must be a string"),
+    ({"max_position_embeddings": 10 ** 9}, "max_position_embeddings must be a positive integer of at most"),
+])
+def test_hf_config_out_of_range_or_wrong_type_is_one_line(change, match):
+    with pytest.raises(SpecError, match=match) as e:
+        ModelSpec.from_hf_config({**LLAMA_CFG, **change}, name="m")
+    assert "\n" not in str(e.value)
+
+
+def test_hf_config_accepts_real_shapes_and_int_dropouts():
+    m = ModelSpec.from_hf_config({**LLAMA_CFG, "attention_dropout": 0, "tie_word_embeddings": True,
+                                  "vocab_size": 256000, "max_position_embeddings": 10_485_760}, name="m")
+    assert m.attention_dropout == 0.0 and type(m.to_dict()["attention_dropout"]) is float
+    assert m.tie_word_embeddings is True
+
+
+def test_direct_construction_checks_types():
+    with pytest.raises(SpecError, match="lora_r must be an integer, got 8.0"):
+        PlanConfig(model=LLAMA, method=Method.LORA, lora_r=8.0)
+    with pytest.raises(SpecError, match="method must be one of"):
+        PlanConfig(model=LLAMA, method="lora")
+    with pytest.raises(SpecError, match="grad_checkpointing must be true or false"):
+        PlanConfig(model=LLAMA, grad_checkpointing=1)
+    with pytest.raises(SpecError, match="lora_targets must be a tuple of strings"):
+        PlanConfig(model=LLAMA, lora_targets=["q_proj"])
+    with pytest.raises(SpecError, match="model must be a ModelSpec"):
+        PlanConfig(model=LLAMA.to_dict())
+    assert PlanConfig(model=LLAMA, lora_dropout=0).to_dict()["lora_dropout"] == 0.0
+
+
+def test_lora_linears_matching_rule():
+    names = lambda t: [l.name for l in LLAMA.lora_linears(t)]  # noqa: E731
+    assert names(("q_proj", "v_proj")) == ["q_proj", "v_proj"]
+    assert names((ALL_LINEAR,)) == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    gpt2 = ModelSpec.from_hf_config({"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4,
+                                     "vocab_size": 100}, name="g")
+    assert [l.name for l in gpt2.lora_linears(("c_proj",))] == ["attn.c_proj", "mlp.c_proj"]
+    assert [l.name for l in gpt2.lora_linears(("attn.c_proj",))] == ["attn.c_proj"]
+    with pytest.raises(SpecError, match="match no linear of tiny-llama"):
+        LLAMA.lora_linears(("c_attn",))
+    mix = ModelSpec(name="mix", model_type="mixtral", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                    intermediate_size=128, vocab_size=100, num_local_experts=4, num_experts_per_tok=2)
+    with pytest.raises(SpecError, match="fused parameters"):
+        mix.lora_linears(("down_proj",))
+
+
+def test_lora_rank_at_most_the_smallest_targeted_dimension():
+    """tiny-llama: k_proj is 256 -> 4 KV heads x 32 = 128, so r <= 128 on q,k,v,o; q_proj alone is 256 x 256."""
+    PlanConfig(model=LLAMA, method=Method.LORA, lora_r=128, lora_targets=("q_proj", "k_proj"))
+    with pytest.raises(SpecError, match="lora-r 129 is larger than .* k_proj of tiny-llama \\(256 -> 128\\); "
+                                        "the rank must be at most 128"):
+        PlanConfig(model=LLAMA, method=Method.LORA, lora_r=129, lora_targets=("q_proj", "k_proj"))
+    PlanConfig(model=LLAMA, method=Method.QLORA, precision=Precision.NF4, lora_r=256, lora_targets=("q_proj",))
+    with pytest.raises(SpecError, match="at most 256"):
+        PlanConfig(model=LLAMA, method=Method.QLORA, precision=Precision.NF4, lora_r=257, lora_targets=("q_proj",))
+    PlanConfig(model=LLAMA, method=Method.FULL, lora_r=100000)  # LoRA fields mean nothing to other methods
+
+
+def test_freeze_must_train_something():
+    with pytest.raises(SpecError, match="trains nothing"):
+        PlanConfig(model=LLAMA, method=Method.FREEZE, freeze_last_layers=0)
+    PlanConfig(model=LLAMA, method=Method.FREEZE, freeze_last_layers=0, freeze_modules=("lm_head",))
+    PlanConfig(model=LLAMA, freeze_last_layers=0)  # inference: the freeze fields are not read
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["plan", "--model", "8b", "--method", "lora", "--lora-r", "100000"], "the rank must be at most 1024"),
+    (["plan", "--model", "8b", "--method", "freeze", "--freeze-last-layers", "0"], "trains nothing"),
+])
+def test_cli_bad_config_is_one_line_and_exit_2(argv, needle, capsys):
+    from quantlab.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("change, needle", [({"hidden_size": 1e30}, "hidden_size must be a positive integer"),
+                                            ({"tie_word_embeddings": "yes"}, "must be true or false")])
+def test_cli_bad_config_json_is_one_line_and_exit_2(tmp_path, capsys, change, needle):
+    from quantlab.cli import main
+
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps({**LLAMA_CFG, **change}))
+    assert main(["plan", "--model", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1

@@ -182,3 +182,35 @@ def config_dict_from_args(args: argparse.Namespace) -> dict:
                     v = [ALL_LINEAR]
         out[f.name] = v
     return out
+
+
+def config_dict_from_mapping(entry) -> dict:
+    """The :meth:`PlanConfig.from_dict` dict of a mapping keyed by flag names without the dashes (``compute-dtype``,
+    ``padded``, ``no-kbit-upcast: true``) or by field names (``compute_dtype``, ``padding_mask``,
+    ``kbit_upcast: false``), as a validation matrix entry is written. Values keep their YAML/JSON types (from_dict
+    checks them); a list field also takes a comma-separated string. An unknown key is a one-line SpecError."""
+    from quantlab.specs import ALL_LINEAR, PlanConfig, SpecError
+
+    keys: dict[str, tuple[str, bool]] = {}  # spelling -> (field, value inverted)
+    for f in dataclasses.fields(PlanConfig):
+        if f.name == "model":
+            continue
+        flag = flag_name(f.name)[2:]
+        keys[f.name] = (f.name, False)
+        keys[flag] = keys[flag.replace("-", "_")] = (f.name, flag.startswith("no-"))  # --no-X stores False
+    out: dict = {}
+    for k, v in entry.items():
+        if str(k) not in keys:
+            raise SpecError(f"unknown configuration key {k!r} (keys are the plan flags without dashes, e.g. "
+                            "compute-dtype, or PlanConfig field names)")
+        name, inverted = keys[str(k)]
+        if inverted:
+            if not isinstance(v, bool):
+                raise SpecError(f"{k} must be true or false, got {v!r}")
+            v = not v
+        if name in _LISTS and isinstance(v, str):
+            v = [t.strip() for t in v.split(",") if t.strip()]
+        if name == "lora_targets" and isinstance(v, list) and ALL_LINEAR in v:
+            v = [ALL_LINEAR]
+        out[name] = v
+    return out

@@ -1,6 +1,6 @@
 """``quantlab validate``: run the lab on exactly the configuration the planner planned, compare per component.
 
-One configuration takes the flags of ``quantlab plan`` (:func:`quantlab.commands.plan.add_plan_arguments`), plus
+One configuration takes the configuration flags of ``quantlab plan`` (:func:`quantlab.commands.flags.add_config_arguments`), plus
 ``--weights`` and ``--scale`` (how the lab builds the model); a matrix file (``--matrix``) lists many, each entry
 the same flags as keys. The comparison itself is :mod:`quantlab.validate`.
 
@@ -13,15 +13,18 @@ Matrix file (YAML or JSON)::
       - {id: llama-lora-bf16, model: llama-3.2-1b, scale: llama-small, method: lora, precision: bf16,
          compute-dtype: bf16}
 
-Keys are plan flags without the dashes (``compute-dtype`` or ``compute_dtype``); ``true`` turns a switch on;
-lists are joined with commas (``lora-targets: [q_proj, v_proj]``); ``scale`` is a name under ``scales`` or a
-mapping; ``weights`` is ``random`` (default) or ``pretrained`` (the embedded smollm2-135m only).
+Keys are plan flags without the dashes (``compute-dtype``, ``padded``, ``no-kbit-upcast: true``) or PlanConfig field
+names (``compute_dtype``, ``padding_mask``, ``kbit_upcast: false``), read by
+:func:`quantlab.commands.flags.config_dict_from_mapping` into :meth:`PlanConfig.from_dict`; lists may also be
+comma-separated strings (``lora-targets: q_proj,v_proj``); ``scale`` is a name under ``scales`` or a mapping;
+``weights`` is ``random`` (default) or ``pretrained`` (the embedded smollm2-135m only).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
 import sys
@@ -37,7 +40,7 @@ ROW_COLUMNS = ("id", "model", "method", "precision", "compute_dtype", "training_
 
 
 def register(sub) -> None:
-    from quantlab.commands.plan import add_plan_arguments
+    from quantlab.commands.flags import add_config_arguments
 
     p = sub.add_parser(
         "validate", help="run the lab on a planned configuration and compare predicted with measured, per component",
@@ -62,7 +65,7 @@ def register(sub) -> None:
                "Random weights are fine for memory (quality needs real ones). Errors are (predicted - measured) / "
                "measured: negative means the planner under-predicts, the dangerous direction.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_plan_arguments(p, model_required=False)
+    add_config_arguments(p, model_required=False)
     lab = p.add_argument_group("how the lab builds the model")
     lab.add_argument("--weights", choices=("random", "pretrained"), default=None,
                      help="random: weights drawn from the profile's architecture (any profile; fine for memory); "
@@ -103,64 +106,37 @@ def _parse_scale(text: str) -> dict:
     return out
 
 
-def _entry_parser() -> argparse.ArgumentParser:
-    from quantlab.commands.plan import add_plan_arguments
-
-    class P(argparse.ArgumentParser):
-        def error(self, message):
-            raise QuantlabError(message)
-
-    p = P(add_help=False)
-    add_plan_arguments(p)
-    return p
-
-
 def case_from_flags(args, *, id: str, weights: str | None, scale: dict):
-    """The :class:`quantlab.validate.Case` of parsed plan flags (the spec scaled; the lab decides the device)."""
-    import dataclasses
-
-    from quantlab.commands.plan import config_from_args
-    from quantlab.groundtruth import model_spec
-    from quantlab.validate import Case
+    """The :class:`quantlab.validate.Case` of parsed configuration flags."""
+    from quantlab.commands.flags import config_dict_from_args
 
     if not args.model:
         raise QuantlabError("give --model (and the plan flags) or --matrix FILE")
-    from quantlab.validate import lab_refusal
+    return case_from_dict(args.model, config_dict_from_args(args), id=id, weights=weights, scale=scale)
 
-    pc = config_from_args(args)
-    why = lab_refusal(pc)
-    if why:
-        raise QuantlabError(why)
-    resolved = args._resolved
+
+def case_from_dict(model: str, config: dict, *, id: str, weights: str | None, scale: dict):
+    """The :class:`quantlab.validate.Case` of a :meth:`PlanConfig.from_dict` dict on profile ``model`` (the spec
+    scaled by ``scale``; the lab decides the device: cuda when torch sees a GPU, else cpu)."""
+    from quantlab.groundtruth import model_spec
+    from quantlab.lab.measure import cuda_available
+    from quantlab.profiles import load_model
+    from quantlab.specs import DeviceMode, PlanConfig
+    from quantlab.validate import Case, lab_refusal
+
     if not isinstance(scale, dict):
         raise QuantlabError(f"{id}: scale must be a mapping of config.json keys")
-    spec = model_spec(resolved.name, scale) if scale else pc.model
+    resolved = load_model(model)
+    spec = model_spec(resolved.name, scale) if scale else resolved.spec
+    pc = PlanConfig.from_dict(config, model=spec)
+    why = lab_refusal(pc)  # before the device is set: a sharded plan is refused as such
+    if why:
+        raise QuantlabError(why)
+    pc = dataclasses.replace(pc, device=DeviceMode.CUDA if cuda_available() else DeviceMode.CPU)
     hf = dict(resolved.config)
     hf.update(scale)
     weights = weights or ("pretrained" if resolved.name == "smollm2-135m" and not scale else "random")
-    from quantlab.lab.measure import cuda_available
-    from quantlab.specs import DeviceMode
-
-    device = DeviceMode.CUDA if cuda_available() else DeviceMode.CPU
-    return Case(id, dataclasses.replace(pc, model=spec, device=device), resolved.name, weights,
-                tuple(sorted(scale.items())), hf)
-
-
-def _argv(entry: dict, where: str) -> list[str]:
-    argv = []
-    for k, v in entry.items():
-        flag = "--" + str(k).replace("_", "-")
-        if v is None or v is False:
-            continue
-        if v is True:
-            argv.append(flag)
-        elif isinstance(v, (list, tuple)):
-            argv += [flag, ",".join(str(x) for x in v)]
-        elif isinstance(v, dict):
-            raise QuantlabError(f"{where}: {k} must be a value, not a mapping")
-        else:
-            argv += [flag, str(v)]
-    return argv
+    return Case(id, pc, resolved.name, weights, tuple(sorted(scale.items())), hf)
 
 
 def load_matrix(path: str | Path, only: tuple[str, ...] = ()) -> list:
@@ -185,7 +161,8 @@ def load_matrix(path: str | Path, only: tuple[str, ...] = ()) -> list:
         raise QuantlabError(f"{p}: expected a list of configurations (or a mapping with 'configurations:')")
     scales = doc.get("scales") or {}
     defaults = doc.get("defaults") or {}
-    parser = _entry_parser()
+    from quantlab.commands.flags import config_dict_from_mapping
+
     cases, seen = [], set()
     for i, raw in enumerate(doc["configurations"], 1):
         if not isinstance(raw, dict):
@@ -205,8 +182,11 @@ def load_matrix(path: str | Path, only: tuple[str, ...] = ()) -> list:
         if only and id not in only:
             continue
         try:
-            args = parser.parse_args(_argv(entry, where))
-            cases.append(case_from_flags(args, id=id, weights=weights, scale=dict(scale)))
+            model = entry.pop("model", None)
+            if not isinstance(model, str) or not model:
+                raise QuantlabError("give model: a profile name")
+            cases.append(case_from_dict(model, config_dict_from_mapping(entry), id=id, weights=weights,
+                                        scale=dict(scale)))
         except QuantlabError as e:
             raise QuantlabError(f"{where}: {e}") from e
     if only:

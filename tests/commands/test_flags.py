@@ -95,3 +95,25 @@ def test_lists_all_linear_and_empty_targets():
         config_dict_from_args(p.parse_args(["--model", "m", "--lora-targets", " , "]))
     d = config_dict_from_args(p.parse_args(["--model", "m", "--method", "qlora"]))
     assert PlanConfig.from_dict(d, model=TINY).precision is Precision.NF4
+
+
+def test_matrix_mapping_gives_the_same_dict_as_the_flags():
+    """A validation-matrix entry (flag names without dashes, YAML values) or a dict of field names gives the dict
+    the same flags give."""
+    from quantlab.commands.flags import config_dict_from_mapping
+
+    entry = {"method": "qlora", "precision": "fp4", "compute-dtype": "fp16", "training-precision": "amp",
+             "double-quant": True, "group-size": 64, "optimizer": "paged-adamw-8bit", "batch": 3, "seq": 77,
+             "kv-dtype": "fp8", "lora-r": 8, "lora-alpha": 7, "lora-targets": "q_proj, o_proj", "lora-dropout": 0.25,
+             "no-flash-attention": True, "freeze-last-layers": 1, "freeze-modules": ["lm_head", "norm"],
+             "adapter-size": 12, "num-virtual-tokens": 5, "grad-checkpointing": True, "attn": "eager",
+             "padded": True, "grad-accum": 4, "num-gpus": 4, "fsdp": "shard_grad_op", "offload": "optimizer",
+             "tp": 2, "device": "cuda", "no-kbit-upcast": True, "stack": "litgpt"}
+    assert config_dict_from_mapping(entry) == EXPECTED
+    assert config_dict_from_mapping(EXPECTED) == EXPECTED  # field names are accepted as they are
+    assert config_dict_from_mapping({"no_kbit_upcast": False, "lora_targets": ["all-linear", "q_proj"]}) == \
+        {"kbit_upcast": True, "lora_targets": [ALL_LINEAR]}
+    with pytest.raises(Exception, match="unknown configuration key 'lora-rank'"):
+        config_dict_from_mapping({"lora-rank": 8})
+    with pytest.raises(Exception, match="no-kbit-upcast must be true or false"):
+        config_dict_from_mapping({"no-kbit-upcast": "yes"})

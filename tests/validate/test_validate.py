@@ -42,10 +42,14 @@ def test_bad_input_is_one_line_exit_2(capsys, argv, says):
 @pytest.mark.parametrize("text,says", [
     ("configurations: [", "not valid YAML"),
     ("configurations: []", "expected a list"),
-    ("configurations:\n  - {id: a, model: gpt2, bogus-flag: 1}", "configuration a: unrecognized arguments"),
+    ("configurations:\n  - {id: a, model: gpt2, bogus-flag: 1}", "configuration a: unknown configuration key 'bogus-flag'"),
+    ("configurations:\n  - {id: a, model: gpt2, batch: '2'}", "configuration a: batch must be an integer, got '2'"),
+    ("configurations:\n  - {id: a, model: gpt2, padded: 1}", "configuration a: padding_mask must be true or false"),
+    ("configurations:\n  - {id: a, method: lora}", "configuration a: give model"),
     ("configurations:\n  - {id: a, model: gpt2, scale: tiny}", "unknown scale 'tiny'"),
     ("configurations:\n  - {id: a, model: gpt2}\n  - {id: a, model: gpt2}", "duplicate id"),
-    ("configurations:\n  - {id: a, model: gpt2, method: lora, num-gpus: 4}", "configuration a: the lab runs one"),
+    ("configurations:\n  - {id: a, model: gpt2, method: lora, lora-targets: c_attn, num-gpus: 4}", "configuration a: the lab runs one"),
+    ("configurations:\n  - {id: a, model: gpt2, method: lora}", "configuration a: LoRA targets q_proj,v_proj match no linear of gpt2"),
 ])
 def test_bad_matrix_is_one_line_exit_2(capsys, tmp_path, text, says):
     f = tmp_path / "m.yaml"
@@ -88,19 +92,18 @@ def test_shipped_matrix_spans_the_issue():
 
 
 def test_matrix_entry_equals_the_same_plan_flags():
-    from quantlab.commands.plan import add_plan_arguments, config_from_args
+    from quantlab.commands.flags import add_config_arguments, config_dict_from_args
     from quantlab.commands.validate import load_matrix
+    from quantlab.specs import PlanConfig
     import argparse
 
     case = next(c for c in load_matrix(MATRIX) if c.id == "llama-qlora-nf4-dq-bf16")
     p = argparse.ArgumentParser()
-    add_plan_arguments(p)
+    add_config_arguments(p)
     args = p.parse_args(["--model", "llama-3.2-1b", "--method", "qlora", "--precision", "nf4", "--double-quant",
                          "--compute-dtype", "bf16", "--batch", "2", "--seq", "64", "--device", "cpu"])
-    flags = config_from_args(args)
-    import dataclasses
-
-    assert dataclasses.replace(case.config, model=flags.model) == flags
+    flags = PlanConfig.from_dict(config_dict_from_args(args), model=case.config.model)
+    assert case.config == flags
     assert case.config.model.num_hidden_layers == 2 and case.config.model.vocab_size == 4096
 
 
@@ -147,11 +150,11 @@ def test_cpu_peak_of_a_matmul_is_its_output(dtype):
 
 
 def _row(device="cpu", **meas):
-    from quantlab.commands.validate import case_from_flags, _entry_parser
+    from quantlab.commands.validate import case_from_dict
     from quantlab.validate import compare
 
-    args = _entry_parser().parse_args(["--model", "llama-3.2-1b", "--method", "lora", "--batch", "2", "--seq", "64"])
-    case = case_from_flags(args, id="t", weights=None, scale={"num_hidden_layers": 2, "vocab_size": 4096})
+    case = case_from_dict("llama-3.2-1b", {"method": "lora", "batch": 2, "seq": 64}, id="t", weights=None,
+                          scale={"num_hidden_layers": 2, "vocab_size": 4096})
     return case, compare(case, dict(device=device, **meas))
 
 
