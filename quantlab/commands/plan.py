@@ -1,7 +1,18 @@
 """``quantlab plan``: memory per component for one configuration, and whether it fits a GPU.
 
-The flags map onto :class:`quantlab.specs.PlanConfig` through :func:`add_plan_arguments` and
-:func:`config_from_args`, which ``quantlab compare``, ``validate`` and ``recommend`` reuse.
+The flags are :mod:`quantlab.commands.flags` (one per PlanConfig field, defaults from the dataclass), shared with
+``compare``, ``recommend``, ``validate`` and the lab. :func:`config_from_args` turns them into a PlanConfig through
+``PlanConfig.from_dict``, after :func:`gpu_adjusted`, the one place a GPU changes what the user left open (fp16
+compute and no FlashAttention on GPUs without bf16).
+
+``--format json`` is the whole plan (:func:`plan_document`, ``schema`` 1): the quantlab version, the model name and
+how it resolved, ``config`` (``PlanConfig.to_dict()``: every field resolved, the model spec included), the GPU
+(name, profile, the memory checked against, bf16, how it was detected), params, components, totals, the fit (null
+without a GPU) and the notes. ``--from-json FILE`` reads that document back (:func:`read_plan_json`) and prints the
+same bytes; it is the whole input, so configuration flags beside it are an error.
+
+Outputs are checked before anything is printed: ``--emit`` files are written before stdout, and a folder that
+cannot be written is one line, exit 2.
 """
 
 from __future__ import annotations
