@@ -63,7 +63,7 @@ def add_emit_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--emit", choices=KINDS, default=None,
                         help="also write a ready launch configuration for the planned sharding: an accelerate config "
                              "YAML, a DeepSpeed JSON (ZeRO stage, offload, bucket sizes) or FSDP settings, plus the "
-                             "'accelerate launch' command line (launch.sh)")
+                             "'accelerate launch' command line (launch.sh) (default: none)")
     parser.add_argument("--emit-dir", default="launch", metavar="DIR",
                         help="folder for the --emit files (default: ./launch; existing files there are replaced)")
 

@@ -21,10 +21,32 @@ def register(sub) -> None:
                        epilog="Example:\n  quantlab compare --model 8b --method lora --seq 2048 --gpu rtx-4090",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_plan_arguments(p)
-    p.add_argument("--precisions", default=",".join(PRECISIONS), help="comma-separated precisions to compare")
-    p.add_argument("--gpu", default=None, metavar="NAME|auto", help="also show the fit on this GPU")
-    p.add_argument("--format", choices=("table", "json", "csv", "markdown"), default="table", help="output format")
+    o = p.add_argument_group("output")
+    o.add_argument("--precisions", default=",".join(PRECISIONS), metavar="A,B",
+                   help=f"comma-separated weight precisions to compare (default: {','.join(PRECISIONS)})")
+    o.add_argument("--gpu", default=None, metavar="NAME|auto",
+                   help="also show the fit on this GPU (default: none, no fit)")
+    o.add_argument("--format", choices=("table", "json", "csv", "markdown"), default="table",
+                   help="output format (default: table)")
     p.set_defaults(func=run)
+
+
+def precision_list(text: str) -> list[str]:
+    """The --precisions list: known names, at least one, each once (a one-line error otherwise)."""
+    from quantlab.errors import QuantlabError
+    from quantlab.specs import Precision
+
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    if not names:
+        raise QuantlabError(f"--precisions is empty; give one or more of {', '.join(p.value for p in Precision)}")
+    for name in names:
+        if name not in {p.value for p in Precision}:
+            raise QuantlabError(f"unknown precision {name!r} in --precisions "
+                                f"(known: {', '.join(p.value for p in Precision)})")
+    dup = [n for i, n in enumerate(names) if n in names[:i]]
+    if dup:
+        raise QuantlabError(f"--precisions names {dup[0]} twice")
+    return names
 
 
 def rows(args) -> list[dict]:
@@ -35,14 +57,12 @@ def rows(args) -> list[dict]:
     from quantlab.planner import fit, plan
     from quantlab.specs import Method, Precision, SpecError
 
+    names = precision_list(args.precisions)
     gpu, _ = resolve_gpu(args.gpu)
     base = config_from_args(args, gpu=gpu)
     out = []
-    for name in [p.strip() for p in args.precisions.split(",") if p.strip()]:
-        try:
-            prec = Precision(name)
-        except ValueError:
-            raise QuantlabError(f"unknown precision {name!r} (known: {', '.join(p.value for p in Precision)})")
+    for name in names:
+        prec = Precision(name)
         method = base.method
         if method is Method.QLORA and not prec.is_kbit:
             method = Method.LORA
@@ -68,55 +88,72 @@ def rows(args) -> list[dict]:
 
 
 def run(args) -> int:
-    from quantlab.units import GiB
+    from quantlab.fileio import write_stdout
 
     data = rows(args)
+    write_stdout(render(args, data))
+    return 0
+
+
+# (header, keys summed): the columns a table shows, the empty ones dropped
+# (two-line headers keep the table inside 80 columns)
+GROUPS = [("weights", ("weights_bytes", "quant_constants_bytes")),
+          ("train\nstate", ("adapters_bytes", "gradients_bytes", "optimizer_bytes")),
+          ("act. +\nbuffers", ("activations_bytes", "logits_loss_bytes", "prefill_transient_bytes",
+                              "optimizer_step_bytes")),
+          ("KV\ncache", ("kv_cache_bytes",)),
+          ("peak\nalloc.", ("peak_allocated_bytes",)), ("peak\nreserv.", ("peak_reserved_bytes",)),
+          ("process", ("process_bytes",))]
+
+
+def render(args, data: list[dict]) -> str:
+    from quantlab.units import GiB
+
     if args.format == "json":
-        json.dump({"model": args._resolved.name, "model_resolution": args._resolved.resolved_from,
-                   "method": args.method, "rows": data}, sys.stdout, indent=2)
-        print()
-        return 0
+        return json.dumps({"model": args._resolved.name, "model_resolution": args._resolved.resolved_from,
+                           "method": args.method, "rows": data}, indent=2) + "\n"
     keys = list(dict.fromkeys(k for r in data for k in r))
     if args.format == "csv":
-        w = csv.DictWriter(sys.stdout, fieldnames=keys)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
         w.writeheader()
         w.writerows(data)
-        return 0
-    groups = [("weights GiB", ("weights_bytes", "quant_constants_bytes")),
-              ("trainable states GiB", ("adapters_bytes", "gradients_bytes", "optimizer_bytes")),
-              ("activations + buffers GiB", ("activations_bytes", "logits_loss_bytes", "prefill_transient_bytes",
-                                             "optimizer_step_bytes")),
-              ("KV cache GiB", ("kv_cache_bytes",)),
-              ("allocated GiB", ("peak_allocated_bytes",)), ("reserved GiB", ("peak_reserved_bytes",)),
-              ("process GiB", ("process_bytes",))]
-    groups = [(h, ks) for h, ks in groups if any(r.get(k) for r in data for k in ks)]
+        return buf.getvalue()
+    groups = [(h, ks) for h, ks in GROUPS if any(r.get(k) for r in data for k in ks)]
     with_fit = any("fits" in r for r in data)
-    header = ["precision", "method"] + [h for h, _ in groups] + (["fits", "margin GiB"] if with_fit else [])
+    header = ["precision", "method"] + [h for h, _ in groups] + (["fits", "margin"] if with_fit else [])
 
-    def cells(r):
+    notes: list[str] = []
+
+    def cells(r, plain=False):
         if "note" in r:
-            return [r["precision"], r["method"], "n/a: " + r["note"]] + [""] * (len(header) - 3)
+            if plain:
+                return [r["precision"], r["method"], "n/a: " + r["note"]] + [""] * (len(header) - 3)
+            notes.append(f"{r['precision']}: n/a: {r['note']}")
+            return [r["precision"], r["method"], f"n/a [{len(notes)}]"] + [""] * (len(header) - 3)
         vals = [r["precision"], r["method"]] + [f"{sum(r.get(k) or 0 for k in ks) / GiB:.2f}" for _, ks in groups]
         if with_fit:
             vals += ["yes" if r.get("fits") else "no", f"{r['margin_bytes'] / GiB:+.2f}"]
         return vals
 
+    title = f"{args._resolved.resolved_from}: {args.method} by weight precision (GiB = 2^30 bytes)"
     if args.format == "markdown":
         buf = io.StringIO()
-        buf.write(f"{args._resolved.resolved_from}, method {args.method} (GiB = 2^30 bytes)\n\n")
-        buf.write("| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n")
+        buf.write(f"{title}\n\n")
+        buf.write("| " + " | ".join(h.replace("\n", " ") for h in header) + " |\n|" + "---|" * len(header) + "\n")
         for r in data:
-            buf.write("| " + " | ".join(cells(r)) + " |\n")
-        sys.stdout.write(buf.getvalue())
-        return 0
+            buf.write("| " + " | ".join(cells(r, plain=True)) + " |\n")
+        return buf.getvalue()
+    from rich import box
     from rich.table import Table
 
-    from quantlab.units import console
+    from quantlab.fileio import render_text
 
-    t = Table(title=f"{args._resolved.resolved_from}: {args.method} by weight precision (GiB = 2^30 bytes)")
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False,
+              collapse_padding=True, show_edge=False)
     for h in header:
-        t.add_column(h, justify="left" if h in ("precision", "method") else "right")
+        left = h in ("precision", "method")
+        t.add_column(h, justify="left" if left else "right", no_wrap=True)
     for r in data:
         t.add_row(*cells(r))
-    console().print(t)
-    return 0
+    return render_text(t, *(f"[{i}] {n}" for i, n in enumerate(notes, 1)))

@@ -1,7 +1,18 @@
 """``quantlab plan``: memory per component for one configuration, and whether it fits a GPU.
 
-The flags map onto :class:`quantlab.specs.PlanConfig` through :func:`add_plan_arguments` and
-:func:`config_from_args`, which ``quantlab compare``, ``validate`` and ``recommend`` reuse.
+The flags are :mod:`quantlab.commands.flags` (one per PlanConfig field, defaults from the dataclass), shared with
+``compare``, ``recommend``, ``validate`` and the lab. :func:`config_from_args` turns them into a PlanConfig through
+``PlanConfig.from_dict``, after :func:`gpu_adjusted`, the one place a GPU changes what the user left open (fp16
+compute and no FlashAttention on GPUs without bf16).
+
+``--format json`` is the whole plan (:func:`plan_document`, ``schema`` 1): the quantlab version, the model name and
+how it resolved, ``config`` (``PlanConfig.to_dict()``: every field resolved, the model spec included), the GPU
+(name, profile, the memory checked against, bf16, how it was detected), params, components, totals, the fit (null
+without a GPU) and the notes. ``--from-json FILE`` reads that document back (:func:`read_plan_json`) and prints the
+same bytes; it is the whole input, so configuration flags beside it are an error.
+
+Outputs are checked before anything is printed: ``--emit`` files are written before stdout, and a folder that
+cannot be written is one line, exit 2.
 """
 
 from __future__ import annotations
@@ -17,120 +28,69 @@ from quantlab.errors import QuantlabError
 FORMATS = ("table", "json", "csv")
 
 
-def _choices(enum) -> list[str]:
-    return [e.value for e in enum]
-
-
 def add_plan_arguments(p: argparse.ArgumentParser, *, model_required: bool = True) -> None:
-    """The model, method, precision and workload flags (no output or GPU flags); ``quantlab validate`` takes
-    ``--matrix FILE`` instead of ``--model``, so there the model is optional."""
-    from quantlab.specs import Attention, DType, Method, Offload, Optimizer, Precision, TrainingPrecision
+    """The configuration flags (``quantlab.commands.flags``: one per PlanConfig field, defaults from the
+    dataclass); kept under this name for the commands that import it from here."""
+    from quantlab.commands.flags import add_config_arguments
 
-    g = p.add_argument_group("model and method")
-    g.add_argument("--model", required=model_required,
-                   help="profile name (llama-3.1-8b), alias (7b, 13b, 70b = Llama-2; 8b = Llama-3.1-8B), HF id, or a "
-                        "local config.json / model folder (see 'quantlab profiles')")
-    g.add_argument("--method", choices=_choices(Method), default="inference",
-                   help="inference, or a fine-tune: full (all weights train: most memory), freeze (last k blocks), "
-                        "lora, qlora (LoRA on 4-bit weights: least memory), adapter, prefix, prompt, ia3")
-    g.add_argument("--precision", choices=_choices(Precision), default=None,
-                   help="storage of the base weights (default: nf4 for qlora, bf16 otherwise); int8/nf4/fp4/int4 "
-                        "shrink weights 2-4x at some quality cost")
-    g.add_argument("--compute-dtype", choices=[d.value for d in DType if d is not DType.FP8], default=None,
-                   help="dtype of activations and matmuls (default bf16; fp16 on GPUs without bf16, e.g. T4, V100)")
-    g.add_argument("--training-precision", choices=_choices(TrainingPrecision), default="pure",
-                   help="pure: weights, grads and states in the compute dtype (least memory); amp: fp32 master "
-                        "weights and states with autocast (about twice the model-state memory, more stable)")
-    g.add_argument("--double-quant", action="store_true",
-                   help="nf4/fp4: quantize the absmax constants too (saves ~0.37 bit per weight)")
-    g.add_argument("--group-size", type=int, default=128, help="int4 (GPTQ/AWQ) group size: smaller = more accurate, larger")
-    g.add_argument("--no-kbit-upcast", dest="kbit_upcast", action="store_false",
-                   help="k-bit training without PEFT's prepare_model_for_kbit_training (which upcasts embeddings, "
-                        "norms and lm_head to fp32)")
-    t = p.add_argument_group("training")
-    t.add_argument("--optimizer", choices=_choices(Optimizer), default="adamw",
-                   help="adamw: 2 states per trainable weight; adamw-8bit: 4x smaller states; paged-*: states in "
-                        "unified memory that can spill to CPU; sgd: none (sgd-momentum: 1); adafactor: factored; lion: 1")
-    t.add_argument("--lora-r", type=int, default=16, help="LoRA rank (adapter size grows linearly with it)")
-    t.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha (scaling only; no memory effect)")
-    t.add_argument("--lora-targets", default="q_proj,v_proj",
-                   help="comma-separated module names, or all-linear (more adapters, better quality, more memory)")
-    t.add_argument("--lora-dropout", type=float, default=0.0,
-                   help="LoRA dropout (PEFT default 0): > 0 regularizes but keeps a mask and a copy of the input "
-                        "per adapter")
-    t.add_argument("--freeze-last-layers", type=int, default=2, help="freeze: how many of the last blocks train")
-    t.add_argument("--freeze-modules", default="", help="freeze: also train these modules (lm_head, embed_tokens, norm)")
-    t.add_argument("--adapter-size", type=int, default=64, help="bottleneck adapter width")
-    t.add_argument("--num-virtual-tokens", type=int, default=20, help="prefix/prompt tuning: virtual tokens")
-    t.add_argument("--grad-checkpointing", action="store_true",
-                   help="recompute activations in backward: far less activation memory for ~30%% more compute")
-    t.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (no extra memory)")
-    w = p.add_argument_group("workload")
-    w.add_argument("--batch", type=int, default=1, help="sequences per micro-batch per GPU")
-    w.add_argument("--seq", type=int, default=2048, help="tokens per sequence (inference: the whole context)")
-    w.add_argument("--attn", choices=_choices(Attention), default="sdpa",
-                   help="sdpa (fused, no seq^2 buffers) or eager (keeps heads x seq^2 scores: much more memory)")
-    w.add_argument("--padded", dest="padding_mask", action="store_true",
-                   help="training batches are padded to their longest sequence (dynamic padding) rather than packed: "
-                        "the attention mask makes SDPA keep the mask and K/V repeated to every head (GQA models)")
-    w.add_argument("--kv-dtype", choices=[d.value for d in DType], default=None, help="KV cache dtype (default: compute)")
-    s = p.add_argument_group("sharding")
-    s.add_argument("--num-gpus", type=int, default=1, help="GPUs; memory is reported per GPU")
-    s.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=0,
-                   help="DeepSpeed ZeRO stage: 1 shards optimizer states, 2 also gradients, 3 also weights")
-    s.add_argument("--fsdp", nargs="?", const="full_shard", default=None, choices=("full_shard", "shard_grad_op"),
-                   help="FSDP instead of ZeRO (full_shard ~ ZeRO-3, shard_grad_op ~ ZeRO-2)")
-    s.add_argument("--offload", choices=_choices(Offload), default="none",
-                   help="move optimizer states (or also parameters, with ZeRO-3) to CPU memory: slower steps")
-    s.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
-    s.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
-                   help="cuda (adds CUDA context and allocator reserve) or cpu (exact tensor bytes, as the lab counts)")
-    s.add_argument("--stack", choices=("transformers", "litgpt"), default="transformers", help=argparse.SUPPRESS)
+    add_config_arguments(p, model_required=model_required)
+
+
+MODEL_HELP = ("profile name (llama-3.1-8b), alias (7b, 13b, 70b = Llama-2; 8b = Llama-3.1-8B), HF id, or a local "
+              "config.json / model folder (see 'quantlab profiles') (default: none; required unless --from-json)")
+
+
+def config_dict(args: argparse.Namespace) -> dict:
+    """The ``PlanConfig.from_dict`` dict of the flags the user gave (without the model)."""
+    from quantlab.commands.flags import config_dict_from_args
+
+    return config_dict_from_args(args)
+
+
+def gpu_adjusted(d: dict, gpu) -> dict:
+    """The one place a GPU changes a configuration the user left open (``d`` is a from_dict dict).
+
+    On a GPU without bf16 (pre-Ampere: T4, V100) the compute dtype defaults to fp16, and so do weights the
+    user left at bf16; PyTorch's FlashAttention needs sm80+ as bf16 does, so SDPA there takes the math kernel
+    (activations A3b). Values the user gave win. :func:`gpu_notes` says what this chose.
+    """
+    if gpu is None or gpu.bf16_supported:
+        return d
+    d = dict(d)
+    if d.get("compute_dtype") is None:
+        d["compute_dtype"] = "fp16"
+        if d.get("precision") == "bf16" or (d.get("precision") is None and d.get("method") != "qlora"):
+            d["precision"] = "fp16"
+    if d.get("flash_attention") is None:
+        d["flash_attention"] = False
+    return d
+
+
+def gpu_notes(cfg, gpu) -> list[str]:
+    """What :func:`gpu_adjusted` chose, derived from the configuration and the GPU (so a plan read back with
+    --from-json says the same)."""
+    if gpu is None or gpu.bf16_supported:
+        return []
+    out = []
+    if cfg.compute_dtype.value == "fp16":
+        out.append(f"{gpu.name} has no bf16: compute dtype fp16")
+    if not cfg.flash_attention:
+        out.append(f"{gpu.name} has no FlashAttention (pre-Ampere): SDPA on a grouped-query model takes the math "
+                   "kernel (activations A3b)")
+    return out
 
 
 def config_from_args(args: argparse.Namespace, *, gpu=None):
-    """Build the PlanConfig the flags describe (bad values raise QuantlabError with one line)."""
+    """Build the PlanConfig the flags describe (bad values raise QuantlabError with one line); the resolved
+    model is left on ``args._resolved`` and the GPU's choices on ``args._auto_notes``."""
     from quantlab.profiles import load_model
-    from quantlab.specs import (ALL_LINEAR, Attention, DeviceMode, DType, Method, Offload, Optimizer, PlanConfig,
-                                Precision, TrainingPrecision)
+    from quantlab.specs import PlanConfig
 
     resolved = load_model(args.model)
     args._resolved = resolved
-    notes = []
-    method = Method(args.method)
-    precision = Precision(args.precision) if args.precision else (Precision.NF4 if method is Method.QLORA else Precision.BF16)
-    compute = args.compute_dtype
-    if compute is None:
-        compute = "bf16"
-        if gpu is not None and not gpu.bf16_supported:
-            compute = "fp16"
-            notes.append(f"{gpu.name} has no bf16: compute dtype fp16")
-            if precision is Precision.BF16:
-                precision = Precision.FP16
-    flash = True
-    if gpu is not None and not gpu.bf16_supported:
-        flash = False  # bf16 and PyTorch's FlashAttention both need sm80+ (NVIDIA Ampere or newer)
-        notes.append(f"{gpu.name} has no FlashAttention (pre-Ampere): SDPA on a grouped-query model takes the math "
-                     "kernel (activations A3b)")
-    args._auto_notes = notes
-    targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
-    if not targets:
-        raise QuantlabError("--lora-targets is empty")
-    if "all-linear" in targets:
-        targets = (ALL_LINEAR,)
-    return PlanConfig(
-        model=resolved.spec, method=method, precision=precision, compute_dtype=DType(compute),
-        training_precision=TrainingPrecision(args.training_precision), double_quant=args.double_quant,
-        group_size=args.group_size, optimizer=Optimizer(args.optimizer), batch=args.batch, seq=args.seq,
-        kv_dtype=DType(args.kv_dtype) if args.kv_dtype else None, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
-        lora_targets=targets, lora_dropout=args.lora_dropout, flash_attention=flash,
-        freeze_last_layers=args.freeze_last_layers,
-        freeze_modules=tuple(m.strip() for m in args.freeze_modules.split(",") if m.strip()),
-        adapter_size=args.adapter_size, num_virtual_tokens=args.num_virtual_tokens,
-        grad_checkpointing=args.grad_checkpointing, attn=Attention(args.attn), grad_accum=args.grad_accum,
-        padding_mask=getattr(args, "padding_mask", False),
-        num_gpus=args.num_gpus, zero=args.zero, fsdp=args.fsdp, offload=Offload(args.offload), tp=args.tp,
-        device=DeviceMode(args.device), kbit_upcast=args.kbit_upcast, stack=args.stack)
+    cfg = PlanConfig.from_dict(gpu_adjusted(config_dict(args), gpu), model=resolved.spec)
+    args._auto_notes = gpu_notes(cfg, gpu)
+    return cfg
 
 
 def resolve_gpu(name: str | None):
@@ -147,6 +107,12 @@ def resolve_gpu(name: str | None):
     return load_gpu(name), None
 
 
+FROM_JSON_HELP = ("re-plan the document a 'quantlab plan --format json' wrote: its configuration, model and GPU "
+                  "(with the memory it had, as --gpu auto saw it). It is the whole input, so configuration flags "
+                  "(--model, --gpu, --batch, ...) with it are an error: edit the file instead. Output flags "
+                  "(--format, --emit) apply.")
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "plan", help="memory per component for inference or fine-tuning, and whether it fits a GPU",
@@ -157,111 +123,255 @@ def register(sub) -> None:
         epilog="Examples:\n  quantlab plan --model 13b --method qlora --gpu rtx-4090\n"
                "  quantlab plan --model 8b --method lora --batch 4 --seq 4096 --grad-checkpointing --gpu a100-80gb\n"
                "  quantlab plan --model 70b --method full --num-gpus 8 --zero 3 --gpu h100 --emit deepspeed\n"
-               "Memory is shown in GiB (2^30 bytes); --format json gives integer bytes.",
+               "  quantlab plan --model 8b --method lora --format json > p.json\n"
+               "  quantlab plan --from-json p.json --format json    # the same document, byte for byte\n"
+               "Memory is shown in GiB (2^30 bytes); --format json gives integer bytes and every configuration\n"
+               "field with its resolved value.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_plan_arguments(p)
+    from quantlab.commands.flags import add_config_arguments
+
+    add_config_arguments(p, model_required=False, model_help=MODEL_HELP)
     o = p.add_argument_group("output")
     o.add_argument("--gpu", default=None, metavar="NAME|auto",
-                   help="check the fit on this GPU (profile name or alias), or 'auto' to detect the local one")
-    o.add_argument("--format", choices=FORMATS, default="table", help="table (rich), json (one document), csv (one row)")
-    try:
-        from quantlab.emit import add_emit_argument
+                   help="check the fit on this GPU (profile name or alias), or 'auto' to detect the local one "
+                        "(default: none, no fit)")
+    o.add_argument("--from-json", default=None, metavar="FILE", help=FROM_JSON_HELP + " (default: none)")
+    o.add_argument("--format", choices=FORMATS, default="table",
+                   help="table (rich), json (the whole plan, one document), csv (one row) (default: table)")
+    from quantlab.emit import add_emit_argument
 
-        add_emit_argument(p)
-    except ImportError:  # pragma: no cover
-        pass
+    add_emit_argument(p)
     p.set_defaults(func=run)
 
 
-def plan_document(args, cfg, p, f, gpu_msg) -> dict:
-    doc = p.to_dict()
-    doc["model"] = args._resolved.name
-    doc["model_resolution"] = args._resolved.resolved_from
-    doc["notes"] = list(getattr(args, "_auto_notes", [])) + doc["notes"]
-    if gpu_msg:
-        doc["gpu_detection"] = gpu_msg
+# ---- the JSON document ------------------------------------------------------------------------------------
+SCHEMA = 1  # version of the --format json document; --from-json reads exactly this version
+
+
+GPU_KEYS = ("gpu", "gpu_profile", "gpu_memory_bytes", "gpu_bf16_supported", "gpu_detection")
+FIT_KEYS = ("fits", "margin_bytes", "max_batch", "max_seq", "min_gpus", "min_gpus_sharding", "suggestions")
+
+
+def gpu_document(gpu, detection: str | None) -> dict:
+    """What re-creates the GPU: its name, its profile (None for a detected device outside the catalog), the memory
+    the plan was checked against (the driver's figure under --gpu auto), bf16 support and how it was found."""
+    if gpu is None:
+        return dict.fromkeys(GPU_KEYS) | {"gpu_detection": detection}
+    from quantlab.profiles import load_gpu
+
+    try:
+        profile = load_gpu(gpu.name).name
+    except QuantlabError:
+        profile = None
+    return {"gpu": gpu.name, "gpu_profile": profile, "gpu_memory_bytes": gpu.memory_bytes,
+            "gpu_bf16_supported": gpu.bf16_supported, "gpu_detection": detection}
+
+
+def plan_document(resolved_name: str, resolution: str, cfg, p, gpu, gpu_doc: dict, f) -> dict:
+    """The whole plan, one flat document (the fit keys are null without a GPU): what was asked (every
+    configuration field, resolved, with the model spec), what it resolved to (model, GPU), the answer
+    (components, totals, fit) and why (notes)."""
+    from quantlab import __version__
+
+    fit_doc = dict.fromkeys(FIT_KEYS)
     if f is not None:
-        doc.update(f.to_dict())
-    return doc
+        fit_doc.update({k: v for k, v in f.to_dict().items() if k in FIT_KEYS})
+    return {
+        "schema": SCHEMA, "quantlab_version": __version__,
+        "model": resolved_name, "model_resolution": resolution,
+        "config": cfg.to_dict(),
+        **gpu_doc,
+        "params": p.params, "active_params": p.active_params, "trainable_params": p.trainable_params,
+        "components": dict(p.components),
+        "peak_allocated_bytes": p.peak_allocated_bytes, "peak_reserved_bytes": p.peak_reserved_bytes,
+        "process_bytes": p.process_bytes,
+        **fit_doc,
+        "notes": gpu_notes(cfg, gpu) + list(p.notes),
+    }
+
+
+def _bad(path, what: str) -> QuantlabError:
+    return QuantlabError(f"--from-json {path}: {what}")
+
+
+def read_plan_json(path: str):
+    """(model name, resolution, PlanConfig, GPUSpec or None, GPU keys) from a plan document."""
+    import dataclasses
+
+    from quantlab.specs import GPUSpec, PlanConfig
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise _bad(path, f"cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
+        raise _bad(path, f"not valid JSON ({e})") from None
+    if not isinstance(doc, dict) or "config" not in doc:
+        raise _bad(path, "not a plan document (write one with 'quantlab plan ... --format json')")
+    if doc.get("schema") != SCHEMA:
+        raise _bad(path, f"plan document version {doc.get('schema')!r}; this quantlab reads version {SCHEMA}")
+    try:
+        cfg = PlanConfig.from_dict(doc["config"])
+    except QuantlabError as e:
+        raise _bad(path, str(e)) from None
+    name, resolution = doc.get("model"), doc.get("model_resolution")
+    if not isinstance(name, str) or not isinstance(resolution, str):
+        raise _bad(path, "model and model_resolution must be strings")
+    det = doc.get("gpu_detection")
+    if det is not None and not isinstance(det, str):
+        raise _bad(path, "gpu_detection must be a string or null")
+    gpu = None
+    if doc.get("gpu") is not None:
+        gname, mem, prof, bf16 = (doc.get(k) for k in ("gpu", "gpu_memory_bytes", "gpu_profile", "gpu_bf16_supported"))
+        if not isinstance(gname, str):
+            raise _bad(path, f"gpu must be a GPU name or null, got {gname!r}")
+        if not isinstance(mem, int) or isinstance(mem, bool) or mem <= 0:
+            raise _bad(path, f"gpu_memory_bytes must be a positive integer, got {mem!r}")
+        if not isinstance(bf16, bool):
+            raise _bad(path, f"gpu_bf16_supported must be true or false, got {bf16!r}")
+        if prof is not None:
+            from quantlab.profiles import load_gpu
+
+            try:
+                gpu = load_gpu(str(prof))
+            except QuantlabError as e:
+                raise _bad(path, str(e)) from None
+            gpu = dataclasses.replace(gpu, name=gname, memory_bytes=mem)
+        else:  # a detected device outside the catalog, as hardware.resolve_auto builds it
+            gpu = GPUSpec(name=gname, vendor="unknown", memory_bytes=mem, memory_bandwidth_bytes_per_s=0.0, flops={},
+                          bf16_supported=bf16, fp8_supported=False, interconnect="unknown",
+                          interconnect_bandwidth_bytes_per_s=None, price_usd_per_hour=None)
+    gpu_doc = gpu_document(gpu, det)
+    if gpu is not None:
+        gpu_doc["gpu_profile"] = doc.get("gpu_profile")
+    return name, resolution, cfg, gpu, gpu_doc
+
+
+def check_outputs(args) -> None:
+    """Refuse outputs that cannot be written before anything is printed."""
+    if getattr(args, "emit", None):
+        from quantlab.fileio import check_writable_dir
+
+        check_writable_dir(args.emit_dir, "--emit-dir")
 
 
 def run(args) -> int:
+    from quantlab.commands.flags import flag_name, given_fields
+    from quantlab.fileio import write_stdout
     from quantlab.planner import fit, plan
 
-    gpu, gpu_msg = resolve_gpu(args.gpu)
-    cfg = config_from_args(args, gpu=gpu)
+    if args.from_json:
+        extra = sorted(given_fields(args))
+        if args.model or args.gpu or extra:
+            flag = "--model" if args.model else "--gpu" if args.gpu else flag_name(extra[0])
+            raise QuantlabError(f"--from-json takes the whole configuration from the file; drop {flag} "
+                                "(or edit the file)")
+        name, resolution, cfg, gpu, gpu_doc = read_plan_json(args.from_json)
+    else:
+        if not args.model:
+            raise QuantlabError("give --model NAME (or --from-json FILE); see 'quantlab profiles'")
+        gpu, gpu_msg = resolve_gpu(args.gpu)
+        cfg = config_from_args(args, gpu=gpu)
+        name, resolution = args._resolved.name, args._resolved.resolved_from
+        gpu_doc = gpu_document(gpu, gpu_msg)
+    check_outputs(args)
     p = plan(cfg)
     f = fit(cfg, gpu) if gpu is not None else None
-    doc = plan_document(args, cfg, p, f, gpu_msg)
+    doc = plan_document(name, resolution, cfg, p, gpu, gpu_doc, f)
     if args.format == "json":
-        json.dump(doc, sys.stdout, indent=2)
-        print()
+        text = json.dumps(doc, indent=2) + "\n"
     elif args.format == "csv":
-        row = {k: v for k, v in doc.items() if not isinstance(v, (dict, list))}
-        row.update({f"{k}_bytes": v for k, v in doc["components"].items()})
-        w = csv.DictWriter(sys.stdout, fieldnames=list(row))
-        w.writeheader()
-        w.writerow(row)
+        text = csv_text(doc)
     else:
-        render_table(doc, p, f)
-    if getattr(args, "emit", None):
+        text = table_text(doc, p, f)
+    written = []
+    if getattr(args, "emit", None):  # before stdout: a refused --emit prints nothing
         from quantlab.emit import emit
 
-        for path in emit(cfg, args.emit, args.emit_dir):
-            print(f"wrote {path}", file=sys.stderr)
+        written = emit(cfg, args.emit, args.emit_dir)
+    write_stdout(text)
+    if written:
         from quantlab.emit import ACCELERATE_YAML, launch_command
 
+        for path in written:
+            print(f"wrote {path}", file=sys.stderr)
         print(f"launch with: {launch_command(Path(args.emit_dir) / ACCELERATE_YAML, 'your_train.py')}", file=sys.stderr)
     return 0
 
 
-def render_table(doc: dict, p, f) -> None:
+def csv_text(doc: dict) -> str:
+    """One row: the model, every scalar configuration field, the GPU, the totals, per-component bytes, the fit."""
+    import io
+
+    row = {"model": doc["model"], "model_resolution": doc["model_resolution"]}
+    for k, v in doc["config"].items():
+        if k != "model":
+            row[k] = ",".join(v) if isinstance(v, list) else v
+    row.update(gpu=doc["gpu"], gpu_memory_bytes=doc["gpu_memory_bytes"], params=doc["params"],
+               active_params=doc["active_params"], trainable_params=doc["trainable_params"])
+    row.update({f"{k}_bytes": v for k, v in doc["components"].items()})
+    row.update(peak_allocated_bytes=doc["peak_allocated_bytes"], peak_reserved_bytes=doc["peak_reserved_bytes"],
+               process_bytes=doc["process_bytes"])
+    row.update({k: doc[k] for k in FIT_KEYS if k != "suggestions"})
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(row), lineterminator="\n")
+    w.writeheader()
+    w.writerow(row)
+    return buf.getvalue()
+
+
+def table_text(doc: dict, p, f) -> str:
     from rich.table import Table
 
-    from quantlab.units import console, fmt_bytes, fmt_count
+    from quantlab.fileio import render_text
+    from quantlab.units import fmt_bytes, fmt_count
 
-    con = console()
+    out = []
     c = p.config
     what = c.method.value + ("" if not c.method.is_training else f" ({c.training_precision.value}, {c.optimizer.value})")
-    con.print(f"[bold]{doc['model_resolution']}[/]: {fmt_count(p.params)} parameters"
-              + (f", {fmt_count(p.trainable_params)} trainable" if c.method.is_training else "")
-              + (f", {fmt_count(p.active_params)} active per token" if p.active_params != p.params else ""))
-    con.print(f"{what}; weights {c.precision.value}{' + double quant' if c.double_quant else ''}, compute "
-              f"{c.compute_dtype.value}; batch {c.batch} x seq {c.seq}; {c.attn.value}"
-              + ("; gradient checkpointing" if c.grad_checkpointing else "")
-              + (f"; {c.num_gpus} GPUs" + (f", ZeRO-{c.zero}" if c.zero else "") + (f", FSDP {c.fsdp}" if c.fsdp else "")
-                 + (f", TP {c.tp}" if c.tp > 1 else "") if c.num_gpus > 1 else "")
-              + ("" if c.device.value == "cuda" else "; CPU (no CUDA context or reserve)"))
-    t = Table(title="Memory per GPU (GiB = 2^30 bytes)")
-    t.add_column("component")
-    t.add_column("GiB", justify="right")
-    t.add_column("bytes", justify="right")
-    t.add_column("share", justify="right")
+    out.append(f"[bold]{doc['model_resolution']}[/]: {fmt_count(p.params)} parameters"
+               + (f", {fmt_count(p.trainable_params)} trainable" if c.method.is_training else "")
+               + (f", {fmt_count(p.active_params)} active per token" if p.active_params != p.params else ""))
+    out.append(f"{what}; weights {c.precision.value}{' + double quant' if c.double_quant else ''}, compute "
+               f"{c.compute_dtype.value}; batch {c.batch} x seq {c.seq}; {c.attn.value}"
+               + ("; gradient checkpointing" if c.grad_checkpointing else "")
+               + (f"; {c.num_gpus} GPUs" + (f", ZeRO-{c.zero}" if c.zero else "") + (f", FSDP {c.fsdp}" if c.fsdp else "")
+                  + (f", TP {c.tp}" if c.tp > 1 else "") if c.num_gpus > 1 else "")
+               + ("" if c.device.value == "cuda" else "; CPU (no CUDA context or reserve)"))
+    t = Table(title="Memory per GPU (GiB = 2^30 bytes)", title_justify="left")
+    t.add_column("component", overflow="fold")
+    t.add_column("GiB", justify="right", no_wrap=True)
+    t.add_column("bytes", justify="right", no_wrap=True)
+    t.add_column("share", justify="right", no_wrap=True)
     total = max(p.process_bytes, 1)
     for name, v in doc["components"].items():
         if v:
             t.add_row(name, fmt_bytes(v).split()[0], f"{v:,}", f"{100 * v / total:.1f}%")
     t.add_section()
     for label, v in (("peak allocated", p.peak_allocated_bytes), ("peak reserved", p.peak_reserved_bytes),
-                     ("process (what nvidia-smi shows)", p.process_bytes)):
+                     ("process (nvidia-smi)", p.process_bytes)):
         t.add_row(f"[bold]{label}[/]", f"[bold]{fmt_bytes(v).split()[0]}[/]", f"{v:,}", "")
-    con.print(t)
-    if doc.get("gpu_detection"):
-        con.print(doc["gpu_detection"])
+    out.append(t)
+    if doc["gpu_detection"]:
+        out.append(doc["gpu_detection"])
     if f is not None:
-        g = f.gpu
+        gs = f.gpu
         if f.fits:
-            con.print(f"[green bold]FITS[/] on {g.name} ({fmt_bytes(g.memory_bytes)}): margin {fmt_bytes(f.margin_bytes)}")
+            out.append(f"[green bold]FITS[/] on {gs.name} ({fmt_bytes(gs.memory_bytes)}): margin "
+                       f"{fmt_bytes(f.margin_bytes)}")
         else:
-            con.print(f"[red bold]DOES NOT FIT[/] on {g.name} ({fmt_bytes(g.memory_bytes)}): short by "
-                      f"{fmt_bytes(-f.margin_bytes)}")
-        con.print(f"largest batch that fits: {f.max_batch or 'none'} (at seq {c.seq}); longest sequence: "
-                  f"{f.max_seq or 'none'} (at batch {c.batch}); fewest {g.name}: "
-                  + (f"{f.min_gpus} ({f.min_gpus_sharding})" if f.min_gpus else
-                     "no count up to 512 helps (sharding does not shrink per-GPU activations)"))
+            out.append(f"[red bold]DOES NOT FIT[/] on {gs.name} ({fmt_bytes(gs.memory_bytes)}): short by "
+                       f"{fmt_bytes(-f.margin_bytes)}")
+        out.append(f"largest batch that fits: {f.max_batch or 'none'} (at seq {c.seq}); longest sequence: "
+                   f"{f.max_seq or 'none'} (at batch {c.batch}); fewest {gs.name}: "
+                   + (f"{f.min_gpus} ({f.min_gpus_sharding})" if f.min_gpus else
+                      "no count up to 512 helps (sharding does not shrink per-GPU activations)"))
         if f.suggestions:
-            con.print("single changes that make it fit:")
+            out.append("single changes that make it fit:")
             for text, b in f.suggestions:
-                con.print(f"  - {text}: {fmt_bytes(b)}")
+                out.append(f"  - {text}: {fmt_bytes(b)}")
     for n in doc["notes"]:
-        con.print(f"[dim]note: {n}[/]")
+        out.append(f"[dim]note: {n}[/]")
+    return render_text(*out)

@@ -11,8 +11,9 @@ def register(sub) -> None:
     p = sub.add_parser("profiles", help="list known models and GPUs",
                        description="List the model profiles (architecture copied from config.json, with its source) "
                                    "and GPU profiles (memory, bandwidth, throughput, price, each with its basis).")
-    p.add_argument("--kind", choices=("all", "models", "gpus"), default="all", help="which profiles to list")
-    p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
+    p.add_argument("--kind", choices=("all", "models", "gpus"), default="all", help="which profiles to list (default: all)")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table",
+                   help="output format (default: table)")
     p.set_defaults(func=run)
 
 
@@ -42,40 +43,57 @@ def _gbs(x: float | None) -> str:
 
 
 def run(args) -> int:
-    rows = _rows(args.kind)
-    if args.format == "json":
-        json.dump(rows, sys.stdout, indent=2)
-        print()
-        return 0
-    if args.format == "csv":
+    from quantlab.fileio import write_stdout
+
+    write_stdout(render(_rows(args.kind), args.format))
+    return 0
+
+
+def render(rows: list[dict], fmt: str) -> str:
+    import io
+
+    if fmt == "json":
+        return json.dumps(rows, indent=2) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
         keys = list(dict.fromkeys(k for r in rows for k in r))
-        w = csv.DictWriter(sys.stdout, fieldnames=keys)
+        w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
-        return 0
+        return buf.getvalue()
+    from rich import box
     from rich.table import Table
 
-    from quantlab.units import console as make_console, fmt_bytes
+    from quantlab.fileio import output_width, render_text
 
-    console = make_console()
+    def table(title):
+        return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False,
+                     collapse_padding=True, show_edge=False)
+
+    out = []
     models = [r for r in rows if r["kind"] == "model"]
     gpus = [r for r in rows if r["kind"] == "gpu"]
     if models:
-        t = Table(title="Models (architecture from config.json)")
-        for c in ("name", "aliases", "HF id", "layers", "hidden", "kv heads", "experts"):
-            t.add_column(c)
+        wide = output_width() >= 120  # the HF ids need the room; narrower, they are in --format json/csv
+        t = table("Models (architecture from config.json" + ("" if wide else "; HF ids: --format csv") + ")")
+        cols = ("name", "aliases") + (("HF id",) if wide else ()) + ("layers", "hidden", "kv\nheads", "experts")
+        for c in cols:
+            t.add_column(c, justify="right" if c in ("layers", "hidden", "kv\nheads", "experts") else "left",
+                         overflow="fold", no_wrap=c != "aliases")
         for r in models:
-            t.add_row(r["name"], r["aliases"], r["hf_id"] or "-", str(r["layers"]), str(r["hidden_size"]),
-                      str(r["kv_heads"]), str(r["experts"] or "-"))
-        console.print(t)
+            t.add_row(r["name"], r["aliases"].replace(",", ", "), *((r["hf_id"] or "-",) if wide else ()),
+                      str(r["layers"]), str(r["hidden_size"]), str(r["kv_heads"]), str(r["experts"] or "-"))
+        out.append(t)
     if gpus:
-        t = Table(title="GPUs (memory in GiB = 2^30 bytes; dense BF16; price is indicative, assumed)")
-        for c in ("name", "aliases", "memory", "bandwidth GB/s", "BF16 TFLOPS", "$/h", "interconnect", "link GB/s per dir"):
-            t.add_column(c)
+        t = table("GPUs (memory in GiB = 2^30 bytes; dense BF16; price is indicative, assumed)")
+        for c in ("name", "aliases", "GiB", "GB/s", "BF16\nTFLOPS", "$/h", "interconnect", "link GB/s\nper dir"):
+            t.add_column(c, justify="left" if c in ("name", "aliases", "interconnect") else "right",
+                         overflow="fold", no_wrap=c not in ("aliases", "interconnect"))
         for r in gpus:
             bf = r["bf16_flops"]
-            t.add_row(r["name"], r["aliases"], fmt_bytes(r["memory_bytes"]), f"{r['bandwidth_bytes_per_s'] / 1e9:,.0f}",
-                      "-" if bf is None else f"{bf / 1e12:,.0f}", f"{r['price_usd_per_hour']:.2f}", r["interconnect"],
+            t.add_row(r["name"], r["aliases"].replace(",", ", "), f"{r['memory_bytes'] / 2**30:.1f}",
+                      f"{r['bandwidth_bytes_per_s'] / 1e9:,.0f}", "-" if bf is None else f"{bf / 1e12:,.0f}",
+                      f"{r['price_usd_per_hour']:.2f}", r["interconnect"],
                       _gbs(r["interconnect_bytes_per_s_per_direction"]))
-        console.print(t)
-    return 0
+        out.append(t)
+    return render_text(*out)

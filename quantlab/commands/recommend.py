@@ -39,26 +39,38 @@ def register(sub) -> None:
     add_plan_arguments(p)
     goal = p.add_mutually_exclusive_group()
     goal.add_argument("--train-tokens", type=float, default=None, metavar="T",
-                      help="tokens to train on (e.g. 1e8): time and cost are for the whole run")
+                      help="tokens to train on (e.g. 1e8): time and cost are for the whole run (default: none; "
+                           "without a goal, time and cost are per million tokens)")
     goal.add_argument("--serve-tokens-per-day", type=float, default=None, metavar="T",
-                      help="tokens to generate per day: time is GPU time per day, cost is per day")
+                      help="tokens to generate per day: time is GPU time per day, cost is per day (default: "
+                           "none)")
     p.add_argument("--max-gpus", type=int, default=8,
                    help="largest GPU count to consider (1, 2, 4, ... up to it; above 8 spans nodes and pays the "
-                        "slower inter-node network); --num-gpus N considers exactly N")
+                        "slower inter-node network); --num-gpus N considers exactly N (default: 8)")
     p.add_argument("--budget-per-hour", type=float, default=None, metavar="USD",
-                   help="drop configurations whose GPUs cost more than this per hour (drops unpriced GPUs too)")
+                   help="drop configurations whose GPUs cost more than this per hour (drops unpriced GPUs too) "
+                        "(default: no budget)")
     p.add_argument("--gpus", default=None, metavar="A,B",
-                   help="only these GPU kinds (profile names or aliases); default: every GPU profile")
+                   help="only these GPU kinds (profile names or aliases) (default: every GPU profile)")
     p.add_argument("--sort", choices=("cost", "time"), default="cost",
-                   help="rank cheapest first (default) or fastest first; the Pareto front is marked either way")
+                   help="rank cheapest first or fastest first; the Pareto front is marked either way "
+                        "(default: cost)")
     p.add_argument("--all-shardings", action="store_true",
-                   help="rank every fitting sharding, not only the best one per GPU kind and count")
-    p.add_argument("--top", type=int, default=15, help="rows in the table/markdown (json and csv hold every option)")
-    p.add_argument("--format", choices=FORMATS, default="table", help="output format")
+                   help="rank every fitting sharding, not only the best one per GPU kind and count "
+                        "(default: off)")
+    p.add_argument("--top", type=int, default=15,
+                   help="rows in the table/markdown (json and csv hold every option) (default: 15)")
+    p.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
     p.add_argument("--out", default=None, metavar="PATH",
-                   help="write the output here instead of stdout (and the plot beside it as .png unless --plot)")
-    p.add_argument("--plot", default=None, metavar="PNG", help="write the time-vs-cost plot (Pareto front) here")
-    p.set_defaults(func=run, batch=None)
+                   help="write the output here instead of stdout, and the plot beside it as .png unless --plot "
+                        "(default: stdout, no plot)")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="write the time-vs-cost plot (Pareto front) here (default: none)")
+    for a in p._actions:  # recommend searches the batch when none is given
+        if a.dest == "batch":
+            a.help = ("sequences per micro-batch per GPU (default: the largest that fits each option, up to what "
+                      "saturates it)")
+    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,9 +78,11 @@ def run(args: argparse.Namespace) -> int:
     from quantlab.commands.plan import config_from_args
     from quantlab.planner.recommend import Goal, recommend
 
-    auto_batch = args.batch is None
-    if auto_batch:
-        args.batch = 1
+    from quantlab.commands.flags import given_fields
+    from quantlab.fileio import check_writable_file, write_stdout
+
+    given = given_fields(args)
+    auto_batch = "batch" not in given
     if args.max_gpus < 1:
         raise QuantlabError(f"--max-gpus must be at least 1, got {args.max_gpus}")
     if args.top < 1:
@@ -79,10 +93,20 @@ def run(args: argparse.Namespace) -> int:
         v = getattr(args, flag)
         if v is not None and not (v > 0 and math.isfinite(v)):
             raise QuantlabError(f"--{flag.replace('_', '-')} must be a positive number, got {v}")
-    for flag, default in (("zero", 0), ("fsdp", None), ("offload", "none"), ("tp", 1), ("device", "cuda")):
-        if getattr(args, flag) != default:
+    for flag in ("zero", "fsdp", "offload", "tp", "device"):
+        if flag in given:
             raise QuantlabError(f"recommend chooses the sharding itself (DDP, ZeRO, FSDP, offload, tensor parallel); "
                                 f"drop --{flag}, or plan that one configuration with 'quantlab plan'")
+    names = list(profiles.list_gpus())
+    if args.gpus is not None:
+        names = [g.strip() for g in args.gpus.split(",") if g.strip()]
+        if not names:
+            raise QuantlabError("--gpus is empty; give GPU profile names (see 'quantlab profiles')")
+    plot_path = args.plot or (str(Path(args.out).with_suffix(".png")) if args.out else None)
+    if args.out:
+        check_writable_file(args.out, "--out")
+    if plot_path:
+        check_writable_file(plot_path, "--plot")
     counts = [args.num_gpus] if args.num_gpus != 1 else None
     args.num_gpus = 1
     cfg = config_from_args(args)
@@ -90,7 +114,6 @@ def run(args: argparse.Namespace) -> int:
         raise QuantlabError("--serve-tokens-per-day is for --method inference; a training method takes --train-tokens")
     if not cfg.method.is_training and args.train_tokens is not None:
         raise QuantlabError("--train-tokens is for training methods; --method inference takes --serve-tokens-per-day")
-    names = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else list(profiles.list_gpus())
     gpus = [profiles.load_gpu(n) for n in names]
     if not gpus:
         raise QuantlabError("no GPU kinds to consider")
@@ -98,20 +121,21 @@ def run(args: argparse.Namespace) -> int:
                     budget_per_hour=args.budget_per_hour, sort=args.sort, auto_batch=auto_batch,
                     all_shardings=args.all_shardings, counts=counts)
     text = render(rec, args.format, args.top)
-    plot_path = args.plot or (str(Path(args.out).with_suffix(".png")) if args.out else None)
+    png = plot(rec) if plot_path and rec.options else None  # rendered before anything is written or printed
     if args.out:
         from quantlab.fileio import atomic_write_text
 
         atomic_write_text(args.out, text)
         print(f"wrote {args.out}", file=sys.stderr)
     else:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        write_stdout(text)
     if plot_path:
-        if not rec.options:
+        if png is None:
             print("no configuration fits: no plot written", file=sys.stderr)
         else:
-            plot(rec, plot_path)
+            from quantlab.fileio import atomic_write_bytes
+
+            atomic_write_bytes(plot_path, png)
             print(f"wrote {plot_path}", file=sys.stderr)
     return 0 if rec.options else 1
 
@@ -176,16 +200,18 @@ def summary_lines(rec) -> list[str]:
 
 
 def _rows(rec, top: int | None):
-    from quantlab.units import fmt_bytes
+    from quantlab.units import GiB, fmt_bytes
 
     for i, o in enumerate(rec.options[:top] if top else rec.options):
-        yield [str(i + 1), "*" if o.pareto else "", o.gpu, str(o.count), o.sharding, str(o.batch),
-               f"{fmt_bytes(o.memory_per_gpu_bytes, digits=1)} / {fmt_bytes(o.gpu_memory_bytes, digits=0)}",
+        yield [f"{i + 1}{'*' if o.pareto else ''}", o.gpu, str(o.count), o.sharding, str(o.batch),
+               f"{fmt_bytes(o.memory_per_gpu_bytes, digits=1).split()[0]}/{o.gpu_memory_bytes / GiB:.0f}",
                f"{o.tokens_per_s:,.0f}", fmt_time(o.time_s), fmt_usd(o.cost_usd), fmt_usd(o.cost_per_hour_usd),
                o.bound]
 
 
-HEADERS = ["#", "front", "GPU", "n", "sharding", "batch", "memory/GPU", "tok/s", "time", "cost", "$/h", "bound"]
+# "#" carries "*" for the Pareto front; memory is GiB used / GiB on the GPU (narrow enough for 80 columns)
+HEADERS = ["#", "GPU", "n", "sharding", "batch", "GiB/GPU", "tok/s", "time", "cost", "$/h", "bound"]
+RIGHT = ("#", "n", "batch", "GiB/GPU", "tok/s", "time", "cost", "$/h")
 
 
 def _assumption_lines(rec, top: int = 15) -> list[str]:
@@ -234,33 +260,34 @@ def render(rec, fmt: str, top: int = 15) -> str:
             lines += ["| " + " | ".join(r) + " |" for r in _rows(rec, top)]
         lines += ["", "Assumptions:", ""] + [f"- {a}" for a in _assumption_lines(rec, top)] + [""]
         return "\n".join(lines)
-    # table (rich)
-    from rich.console import Console
+    # table (rich), at the output's width (80 columns in a log)
+    from rich import box
     from rich.table import Table
 
-    buf = io.StringIO()
-    con = Console(file=buf, width=150, force_terminal=False, color_system=None)
-    t = Table(title=title, title_justify="left")
+    from quantlab.fileio import render_text
+
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False,
+              collapse_padding=True, show_edge=False)
     for h in HEADERS:
-        t.add_column(h, justify="right" if h in ("#", "n", "batch", "tok/s", "time", "cost", "$/h") else "left")
+        t.add_column(h, justify="right" if h in RIGHT else "left", no_wrap=h != "sharding")
     for r in _rows(rec, top):
         t.add_row(*r)
+    out: list = []
     if rec.options:
-        con.print(t)
+        out.append(t)
         if len(rec.options) > top:
-            con.print(f"({len(rec.options) - top} more in --format json/csv; * = on the Pareto front of time vs cost)")
+            out.append(f"({len(rec.options) - top} more in --format json/csv; * = on the Pareto front of time vs "
+                       "cost)")
         else:
-            con.print("(* = on the Pareto front of time vs cost)")
-    for s in summary_lines(rec):
-        con.print(s)
-    con.print("Assumptions:")
-    for a in _assumption_lines(rec, top):
-        con.print(f"  - {a}")
-    return buf.getvalue()
+            out.append("(* = on the Pareto front of time vs cost)")
+    out += summary_lines(rec)
+    out.append("Assumptions:")
+    out += [f"  - {a}" for a in _assumption_lines(rec, top)]
+    return render_text(*out)
 
 
-def plot(rec, path: str) -> Path:
-    """Time against cost, one colour per GPU kind, the Pareto front as a line (matplotlib, Agg)."""
+def plot(rec) -> bytes:
+    """Time against cost, one colour per GPU kind, the Pareto front as a line (matplotlib, Agg): PNG bytes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -293,6 +320,4 @@ def plot(rec, path: str) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    from quantlab.fileio import atomic_write_bytes
-
-    return atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()

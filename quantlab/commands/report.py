@@ -13,11 +13,12 @@ def register(sub) -> None:
                                    "validation runs. HTML is one self-contained page with PNG plots.",
                        epilog="Example:\n  quantlab report --format html --out reports/report.html",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--store", default=None, help="results database (default reports/quantlab.sqlite)")
-    p.add_argument("--format", choices=("table", "csv", "json", "markdown", "html"), default="table")
-    p.add_argument("--kind", default=None, help="only runs of this kind (ptq, finetune, qat, validate)")
-    p.add_argument("--model", default=None, help="only runs of this model")
-    p.add_argument("--out", default=None, help="write to this file (atomically) instead of stdout")
+    p.add_argument("--store", default=None, help="results database (default: reports/quantlab.sqlite)")
+    p.add_argument("--format", choices=("table", "csv", "json", "markdown", "html"), default="table",
+                   help="table (markdown-like text), csv, json, markdown or html (default: table)")
+    p.add_argument("--kind", default=None, help="only runs of this kind (ptq, finetune, qat, validate) (default: all)")
+    p.add_argument("--model", default=None, help="only runs of this model (default: all)")
+    p.add_argument("--out", default=None, help="write to this file (atomically) instead of stdout (default: stdout)")
     p.set_defaults(func=run)
 
 
@@ -29,6 +30,10 @@ def run(args) -> int:
     from quantlab.report.render import generic_table, html_page, ptq_table
     from quantlab.report.store import DEFAULT_STORE, ResultStore
 
+    if args.out:
+        from quantlab.fileio import check_writable_file
+
+        check_writable_file(args.out, "--out")
     path = Path(args.store) if args.store else DEFAULT_STORE
     if not path.exists():
         raise QuantlabError(f"no results store at {path}: run 'quantlab lab ptq' first (or pass --store)")
@@ -63,5 +68,7 @@ def run(args) -> int:
         atomic_write_text(args.out, text)
         print(f"wrote {args.out}", file=sys.stderr)
     else:
-        sys.stdout.write(text)
+        from quantlab.fileio import write_stdout
+
+        write_stdout(text)
     return 0
