@@ -41,8 +41,9 @@ def test_qlora_base_is_4bit_and_frozen_only_adapters_train(qlora_model):
     assert q.weight.quant_state.quant_type == "nf4"
     emb = dict(m.named_parameters())["base_model.model.model.embed_tokens.weight"]
     assert emb.dtype == torch.float32 and not emb.requires_grad
-    # LoRA r=16 on q (576->576), k and v (576->192, 3 KV heads of 64), o (576->576): r(in + out) each, 30 blocks
-    assert sum(p.numel() for p in m.parameters() if p.requires_grad) == 30 * 16 * (2 * (576 + 576) + 2 * (576 + 192))
+    # LoRA r=16 on the plan's default targets, q (576->576) and v (576->192, 3 KV heads of 64): r(in + out) each,
+    # 30 blocks
+    assert sum(p.numel() for p in m.parameters() if p.requires_grad) == 30 * 16 * ((576 + 576) + (576 + 192))
 
 
 def test_qlora_training_unchanged_by_an_evaluation(qlora_model):
