@@ -43,6 +43,7 @@ import shlex
 from pathlib import Path
 
 from quantlab.errors import QuantlabError
+from quantlab.families import family
 from quantlab.fileio import atomic_write_text
 from quantlab.specs import DType, Method, Offload, PlanConfig, Precision, TrainingPrecision
 
@@ -52,10 +53,7 @@ DS_JSON = "ds_config.json"
 LAUNCH_SH = "launch.sh"
 GPUS_PER_NODE = 8
 
-# transformers' decoder-block class per family: what FSDP wraps as one unit (choice 4)
-BLOCK_CLASS = {"llama": "LlamaDecoderLayer", "mistral": "MistralDecoderLayer", "qwen2": "Qwen2DecoderLayer",
-               "mixtral": "MixtralDecoderLayer", "gemma2": "Gemma2DecoderLayer", "phi3": "Phi3DecoderLayer",
-               "gpt2": "GPT2Block"}
+
 
 
 def add_emit_argument(parser: argparse.ArgumentParser) -> None:
@@ -150,7 +148,7 @@ def fsdp_config(cfg: PlanConfig) -> dict:
         "fsdp_reshard_after_forward": _fsdp_strategy(cfg) == "full_shard",
         "fsdp_offload_params": cfg.offload is not Offload.NONE,
         "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-        "fsdp_transformer_layer_cls_to_wrap": BLOCK_CLASS[cfg.model.model_type],
+        "fsdp_transformer_layer_cls_to_wrap": family(cfg.model).block_class,
         "fsdp_state_dict_type": "SHARDED_STATE_DICT",
         "fsdp_cpu_ram_efficient_loading": True,
         "fsdp_activation_checkpointing": cfg.grad_checkpointing,

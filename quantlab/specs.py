@@ -209,44 +209,32 @@ class ModelSpec:
     def is_moe(self) -> bool:
         return self.num_local_experts > 0
 
+    # Family facts live once, as data, in quantlab.families (imported here lazily: it imports this module).
     @property
     def uses_layernorm(self) -> bool:
         """LayerNorm (weight + bias) rather than RMSNorm (weight only)."""
-        return self.model_type == "gpt2"
+        from quantlab.families import family
+
+        return family(self).norm == "layernorm"
 
     @property
     def norms_per_block(self) -> int:
-        return 4 if self.model_type == "gemma2" else 2
+        from quantlab.families import family
+
+        return family(self).norms_per_block
 
     @property
     def gated_mlp(self) -> bool:
         """SwiGLU/GeGLU (gate, up, down) rather than a two-linear GeLU MLP."""
-        return self.model_type != "gpt2"
+        from quantlab.families import family
+
+        return family(self).gated_mlp
 
     def block_linears(self) -> tuple[LinearShape, ...]:
-        """The linears of one decoder block (assumption 3)."""
-        h, d, i = self.hidden_size, self.head_dim, self.intermediate_size
-        q, kv = self.num_attention_heads * d, self.kv_heads * d
-        t = self.model_type
-        if t == "gpt2":
-            return (LinearShape("c_attn", h, 3 * h, True), LinearShape("attn.c_proj", h, h, True),
-                    LinearShape("c_fc", h, i, True), LinearShape("mlp.c_proj", i, h, True))
-        if t == "phi3":
-            attn = (LinearShape("qkv_proj", h, q + 2 * kv, self.attention_bias),
-                    LinearShape("o_proj", q, h, self.attention_bias))
-            return attn + (LinearShape("gate_up_proj", h, 2 * i, self.mlp_bias), LinearShape("down_proj", i, h, self.mlp_bias))
-        o_bias = self.attention_bias and t not in ("qwen2",)  # qwen2: bias on q/k/v only
-        attn = (LinearShape("q_proj", h, q, self.attention_bias), LinearShape("k_proj", h, kv, self.attention_bias),
-                LinearShape("v_proj", h, kv, self.attention_bias), LinearShape("o_proj", q, h, o_bias))
-        if self.is_moe:
-            # transformers 5: a router parameter (MixtralTopKRouter.weight) and fused 3-D expert parameters
-            # (MixtralExperts.gate_up_proj [E, 2I, h], .down_proj [E, h, I]); none of them is an nn.Linear.
-            e = self.num_local_experts
-            return attn + (LinearShape("gate", h, e, False, 1, False),
-                           LinearShape("experts.gate_up_proj", h, 2 * i, False, e, False),
-                           LinearShape("experts.down_proj", i, h, False, e, False))
-        return attn + (LinearShape("gate_proj", h, i, self.mlp_bias), LinearShape("up_proj", h, i, self.mlp_bias),
-                       LinearShape("down_proj", i, h, self.mlp_bias))
+        """The linears of one decoder block (assumption 3), from the family's linear roles (families F6)."""
+        from quantlab.families import block_linears
+
+        return block_linears(self)
 
     def lora_linears(self, targets: tuple[str, ...]) -> tuple[LinearShape, ...]:
         """The block linears a LoRA target list names, as PEFT matches them: a module name, its last component, or

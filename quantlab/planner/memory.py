@@ -141,20 +141,8 @@ class Plan:
 # helpers tied to the architecture
 
 def _targets(m: ModelSpec, targets: tuple[str, ...]) -> tuple[LinearShape, ...]:
-    """The block linears a LoRA target list names (PEFT matches module-name suffixes)."""
-    lins = block_linears(m)
-    if ALL_LINEAR in targets:  # PEFT's all-linear: every nn.Linear but the output layer
-        return tuple(l for l in lins if getattr(l, "module", True))
-    chosen = tuple(l for l in lins if any(l.name == t or l.name.split(".")[-1] == t or l.name.endswith("." + t)
-                                          for t in targets))
-    if not chosen:
-        names = ", ".join(l.name for l in lins if getattr(l, "module", True))
-        raise SpecError(f"LoRA targets {','.join(targets)} match no linear of {m.name} (its linears: {names})")
-    fused = [l.name for l in chosen if not getattr(l, "module", True)]
-    if fused:
-        raise SpecError(f"LoRA targets nn.Linear modules; {', '.join(fused)} of {m.name} are fused parameters in "
-                        "transformers 5 (PEFT's target_parameters is not planned)")
-    return chosen
+    """The block linears a LoRA target list names: PEFT's suffix rule, kept once in ``ModelSpec.lora_linears``."""
+    return m.lora_linears(targets)
 
 
 @model_keyed

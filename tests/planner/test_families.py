@@ -21,8 +21,11 @@ def test_every_family_has_facts():
     assert set(F.FAMILY) == set(FAMILIES)
     for name, fam in F.FAMILY.items():
         assert fam.model_type == name and fam.block_class.endswith(("DecoderLayer", "Block"))
-    from quantlab.emit import BLOCK_CLASS  # emit's FSDP wrap table agrees (until it reads families)
-    assert BLOCK_CLASS == {k: f.block_class for k, f in F.FAMILY.items()}
+    # the HF decoder-block class names that emit's FSDP config wraps, as transformers 5 spells them
+    assert {k: f.block_class for k, f in F.FAMILY.items()} == {
+        "llama": "LlamaDecoderLayer", "mistral": "MistralDecoderLayer", "qwen2": "Qwen2DecoderLayer",
+        "mixtral": "MixtralDecoderLayer", "gemma2": "Gemma2DecoderLayer", "phi3": "Phi3DecoderLayer",
+        "gpt2": "GPT2Block"}
 
 
 def test_model_cache_is_by_identity_then_value():
@@ -33,14 +36,33 @@ def test_model_cache_is_by_identity_then_value():
     assert F.layer_windows(other) == (None, None)
 
 
-@pytest.mark.parametrize("name", list_models())
-def test_block_linears_from_roles_equal_the_spec(name):
-    """The roles of F6 rebuild ModelSpec.block_linears() exactly, biases included (config and the family's rule)."""
-    m = load_model(name).spec
-    for ab in (False, True):
-        for mb in (False, True):
-            v = dataclasses.replace(m, attention_bias=ab, mlp_bias=mb)
-            assert F.block_linears(v) == v.block_linears()
+def _shapes(name, **changes):
+    m = dataclasses.replace(load_model(name).spec, **changes)
+    return [(l.name, l.in_features, l.out_features, l.bias, l.count, l.module) for l in F.block_linears(m)]
+
+
+def test_block_linears_golden_per_family():
+    """The roles of F6 give each family's modules as transformers 5 names and shapes them (config.json values:
+    Llama-3.1-8B h 4096, 8 KV heads of 128, I 14336; GPT-2 h 768, I 3072; Phi-3-mini h 3072, I 8192, 32 heads;
+    Qwen2.5-7B h 3584, 4 KV heads of 128, I 18944, bias on q/k/v only; Mixtral 8 experts, I 14336)."""
+    assert _shapes("llama-3.1-8b") == [
+        ("q_proj", 4096, 4096, False, 1, True), ("k_proj", 4096, 1024, False, 1, True),
+        ("v_proj", 4096, 1024, False, 1, True), ("o_proj", 4096, 4096, False, 1, True),
+        ("gate_proj", 4096, 14336, False, 1, True), ("up_proj", 4096, 14336, False, 1, True),
+        ("down_proj", 14336, 4096, False, 1, True)]
+    assert [x[3] for x in _shapes("llama-3.1-8b", attention_bias=True, mlp_bias=True)] == [True] * 7
+    assert _shapes("gpt2") == [("c_attn", 768, 2304, True, 1, True), ("attn.c_proj", 768, 768, True, 1, True),
+                               ("c_fc", 768, 3072, True, 1, True), ("mlp.c_proj", 3072, 768, True, 1, True)]
+    assert _shapes("phi-3-mini") == [("qkv_proj", 3072, 9216, False, 1, True), ("o_proj", 3072, 3072, False, 1, True),
+                                     ("gate_up_proj", 3072, 16384, False, 1, True),
+                                     ("down_proj", 8192, 3072, False, 1, True)]
+    q = _shapes("qwen2.5-7b")
+    assert [(n, b) for n, _, _, b, _, _ in q[:4]] == [("q_proj", True), ("k_proj", True), ("v_proj", True),
+                                                      ("o_proj", False)]
+    assert q[1][2] == 512 and q[4] == ("gate_proj", 3584, 18944, False, 1, True)
+    assert _shapes("mixtral-8x7b")[4:] == [("gate", 4096, 8, False, 1, False),
+                                           ("experts.gate_up_proj", 4096, 28672, False, 8, False),
+                                           ("experts.down_proj", 14336, 4096, False, 8, False)]
 
 
 @pytest.mark.parametrize("name", list_models())
