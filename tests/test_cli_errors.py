@@ -41,7 +41,7 @@ def test_a_full_device_is_one_line_exit_2(args):
                            stderr=subprocess.PIPE, text=True, timeout=120)
     assert p.returncode == 2, p.stderr
     assert p.stderr.count("\n") == 1 and "internal error" not in p.stderr
-    assert "cannot write to standard output" in p.stderr and "Exception ignored" not in p.stderr
+    assert "cannot write to stdout" in p.stderr and "Exception ignored" not in p.stderr
 
 
 def test_an_unwritable_output_file_is_one_line_exit_2(tmp_path, capsys):
