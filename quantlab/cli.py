@@ -76,7 +76,7 @@ def _flush_stdout() -> None:
 
 
 def _output_error(e: OSError) -> str:
-    where = f" {e.filename}" if getattr(e, "filename", None) else " to standard output"
+    where = f" {e.filename}" if getattr(e, "filename", None) else " to stdout"
     return f"quantlab: error: cannot write{where}: {e.strerror or e}"
 
 
