@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from quantlab.errors import QuantlabError
@@ -49,6 +48,8 @@ def check_writable_dir(path: str | os.PathLike, flag: str = "folder", *, shown: 
         raise OutputError(f"{what}: {base} is not a folder")
     if not os.access(base, os.W_OK | os.X_OK):
         raise OutputError(f"{what}: {base} is not writable")
+    import tempfile  # (here, not at the top: it imports random and shutil, a cost on every CLI start)
+
     try:
         with tempfile.TemporaryFile(dir=base):
             pass
@@ -69,6 +70,8 @@ def check_writable_file(path: str | os.PathLike, flag: str = "file") -> Path:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    import tempfile
+
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

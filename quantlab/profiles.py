@@ -27,9 +27,8 @@ import json
 import os
 import re
 import sys
-from dataclasses import dataclass
+from collections import namedtuple
 from pathlib import Path
-from typing import Any
 
 from quantlab.errors import QuantlabError
 from quantlab.specs import FAMILIES, GPUSpec, ModelSpec, SpecError, Sourced
@@ -59,15 +58,13 @@ def profiles_dir() -> Path:
     return Path(env) if env else _default_dir()
 
 
-@dataclass(frozen=True)
-class ResolvedModel:
-    """A model spec with how the user's name was resolved (shown in the output)."""
+class ResolvedModel(namedtuple("ResolvedModel", "name spec resolved_from config source", defaults=(None,))):
+    """A model spec with how the user's name was resolved (shown in the output): ``name``, ``spec``,
+    ``resolved_from`` (e.g. "13b -> llama-2-13b (alias)"), ``config`` (the config.json mapping it was built from, HF
+    field names) and ``source`` (where that config comes from, URL or local path; None). A named tuple: no
+    dataclass class-creation cost at start-up."""
 
-    name: str
-    spec: ModelSpec
-    resolved_from: str  # e.g. "13b -> llama-2-13b (alias)"
-    config: dict  # the config.json mapping it was built from (HF field names)
-    source: str | None = None  # where that config comes from (URL or local path)
+    __slots__ = ()
 
 
 def hf_config_dict(resolved: ResolvedModel) -> dict:
@@ -75,7 +72,7 @@ def hf_config_dict(resolved: ResolvedModel) -> dict:
     return dict(resolved.config)
 
 
-def _parse_yaml(path: str) -> Any:
+def _parse_yaml(path: str) -> object:
     import yaml  # only when a file must be parsed (assumption 4)
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's C loader is several times faster
@@ -121,7 +118,7 @@ class _Compiled:
         except (OSError, ValueError):  # absent or damaged: recompiled on the first miss
             pass
 
-    def get(self, path: str) -> Any:
+    def get(self, path: str) -> object:
         try:
             rel = os.path.relpath(path, self.root)
         except ValueError:  # another drive (Windows)
@@ -261,7 +258,7 @@ def _unknown(kind: str, name: str) -> QuantlabError:
     return QuantlabError(f"unknown GPU {name!r}: {hint}known: {', '.join(list_gpus())}; {broken}see 'quantlab profiles'")
 
 
-def _spec_from_config(config: Any, *, name: str, where: str, hf_id: str | None = None,
+def _spec_from_config(config: object, *, name: str, where: str, hf_id: str | None = None,
                       source: str | None = None) -> ModelSpec:
     if not isinstance(config, dict):
         raise QuantlabError(f"{where} is not a JSON object")
@@ -300,8 +297,9 @@ def _model_from_config_file(path: Path, shown: str) -> ResolvedModel:
 
 
 def _looks_like_path(raw: str) -> bool:
+    # (a drive letter, C:\ or C:/, is tested without a regular expression: compiling one costs every CLI start)
     return (raw.startswith(("/", "./", "../", "~", "\\")) or raw.endswith(".json") or raw.count("/") > 1
-            or bool(re.match(r"^[A-Za-z]:[\\/]", raw)))
+            or (len(raw) > 2 and raw[0].isascii() and raw[0].isalpha() and raw[1] == ":" and raw[2] in "\\/"))
 
 
 def load_model(name_or_path: str) -> ResolvedModel:
@@ -339,7 +337,7 @@ def _load_profile(key: str, shown: str) -> ResolvedModel:
     return _model_from_doc(doc, f"{shown} -> {doc['name']} ({how})")
 
 
-def _sourced(x: Any) -> Sourced:
+def _sourced(x: object) -> Sourced:
     return Sourced(x.get("value"), x.get("basis"), x.get("source"))
 
 

@@ -89,34 +89,30 @@ A13. Without tensor parallelism a block's saved bytes are ``C + b·(R + P·s + Q
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections import namedtuple
 
 from quantlab.families import (block_linears, family, ia3_linears, learned_positions, mlp_input_names, model_keyed,
                                qkv_names)
 from quantlab.specs import ModelSpec
 
 
-class Act(NamedTuple):
-    """Sizes, dtype bytes and switches of one training configuration (an immutable, hashable value: results are
-    cached; a NamedTuple, built once per plan at a fraction of a frozen dataclass's cost)."""
+_ACT_FIELDS = ("b s kv_s r a c amp eager cuda flash rank lora_dropout kbit_keeps_input prefix padded kbit tp")
 
-    b: int
-    s: int  # tokens per sequence, virtual prompt tokens included
-    kv_s: int  # keys each query sees (s, plus prefix-tuning tokens)
-    r: int  # residual stream / norm outputs
-    a: int  # linear outputs / attention internals
-    c: int  # autocast dtype (amp)
-    amp: bool
-    eager: bool
-    cuda: bool
-    flash: bool = True  # the GPU runs FlashAttention (sm80+)
-    rank: int = 0  # LoRA rank
-    lora_dropout: bool = False
-    kbit_keeps_input: bool = False  # A11
-    prefix: bool = False
-    padded: bool = False  # A3c: an attention mask from padding
-    kbit: bool = False  # block linears are k-bit (bitsandbytes autograd Functions: autocast does not cast them)
-    tp: int = 1  # tensor-parallel degree (A12)
+
+class Act(namedtuple("Act", _ACT_FIELDS, defaults=(True, 0, False, False, False, False, False, 1))):
+    """Sizes, dtype bytes and switches of one training configuration (an immutable, hashable value: results are
+    cached; a named tuple, built once per plan at a fraction of a frozen dataclass's cost, and without importing
+    ``typing`` on the CLI's start-up path).
+
+    Fields: ``b`` batch; ``s`` tokens per sequence, virtual prompt tokens included; ``kv_s`` keys each query sees
+    (s, plus prefix-tuning tokens); ``r`` bytes of the residual stream / norm outputs; ``a`` of linear outputs /
+    attention internals; ``c`` the autocast dtype (amp); ``amp``, ``eager``, ``cuda``; ``flash`` the GPU runs
+    FlashAttention (sm80+; default True); ``rank`` the LoRA rank (0); ``lora_dropout``; ``kbit_keeps_input`` (A11);
+    ``prefix``; ``padded`` (A3c: an attention mask from padding); ``kbit`` block linears are k-bit (bitsandbytes
+    autograd Functions: autocast does not cast them); ``tp`` the tensor-parallel degree (A12; default 1).
+    """
+
+    __slots__ = ()
 
     @property
     def att(self) -> int:

@@ -23,25 +23,21 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from collections import namedtuple
 
-from quantlab.planner.memory import Plan, plan
+from quantlab.planner.memory import Plan, plan, process_bytes_at
 from quantlab.specs import GPUSpec, Method, Offload, Optimizer, PlanConfig, Precision, SpecError
 
 GPU_COUNTS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
-@dataclass(frozen=True)
-class Fit:
-    gpu: GPUSpec
-    plan: Plan
-    fits: bool
-    margin_bytes: int
-    max_batch: int  # 0: not even batch 1 fits
-    max_seq: int  # 0: not even 1 token fits
-    min_gpus: int | None  # None: not within 512 GPUs
-    min_gpus_sharding: str
-    suggestions: tuple  # (change, process_bytes) pairs that make it fit
+class Fit(namedtuple("Fit", "gpu plan fits margin_bytes max_batch max_seq min_gpus min_gpus_sharding suggestions")):
+    """Whether a plan fits a GPU: ``gpu``, ``plan``, ``fits``, ``margin_bytes``, ``max_batch`` (0: not even batch
+    1 fits), ``max_seq`` (0: not even 1 token fits), ``min_gpus`` (None: not within 512 GPUs),
+    ``min_gpus_sharding`` and ``suggestions`` ((change, process_bytes) pairs that make it fit). A named tuple: a
+    frozen value without a dataclass's class-creation cost at start-up."""
+
+    __slots__ = ()
 
     def to_dict(self) -> dict:
         return {"gpu": self.gpu.name, "gpu_memory_bytes": self.gpu.memory_bytes, "fits": self.fits,
@@ -79,10 +75,13 @@ def _largest_closed(cfg: PlanConfig, gpu: GPUSpec, field: str, cap: int, known: 
     mem = gpu.memory_bytes
     pts: dict[int, int | None] = {}  # x -> process bytes (None: the configuration is invalid = does not fit)
 
+    shape = {"batch": lambda x: process_bytes_at(cfg, batch=x), "seq": lambda x: process_bytes_at(cfg, seq=x)}.get(
+        field) or (lambda x: plan(dataclasses.replace(cfg, **{field: x})).process_bytes)
+
     def g(x: int) -> int | None:
         if x not in pts:
             try:
-                pts[x] = plan(dataclasses.replace(cfg, **{field: x})).process_bytes
+                pts[x] = shape(x)  # batch and sequence: the plan's closed form, no configuration built
             except SpecError:
                 pts[x] = None
         return pts[x]

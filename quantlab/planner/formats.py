@@ -26,7 +26,7 @@ Assumptions and sources:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import namedtuple
 
 from quantlab.specs import Precision
 
@@ -41,12 +41,11 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-@dataclass(frozen=True)
-class WeightFormat:
-    precision: Precision
-    bits: int
-    block_size: int | None = None  # NF4/FP4 block or INT4 group
-    double_quant: bool = False
+class WeightFormat(namedtuple("WeightFormat", "precision bits block_size double_quant", defaults=(None, False))):
+    """A storage format: ``precision``, ``bits``, ``block_size`` (the NF4/FP4 block or INT4 group; None) and
+    ``double_quant`` (False). A named tuple: a frozen value without a dataclass's class-creation cost at start-up."""
+
+    __slots__ = ()
 
     def linear_bytes(self, in_features: int, out_features: int, dtype_bytes: int) -> int:
         """Bytes of one linear's weight (no bias) stored in this format.

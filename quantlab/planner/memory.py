@@ -83,7 +83,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from dataclasses import dataclass, field
+import operator
+from collections import namedtuple
 
 from quantlab.families import (attended_positions, attention_masks, block_linears, family, ia3_linears,
                                learned_positions, model_cache, model_keyed, module_linears, rope_buffer_bytes)
@@ -107,19 +108,16 @@ _PAGED = frozenset((Optimizer.PAGED_ADAMW, Optimizer.PAGED_ADAMW_8BIT))
 _NONE: frozenset = frozenset()
 
 
-@dataclass(frozen=True)
-class Plan:
-    """The plan of one configuration: components per GPU, totals, and the notes behind automatic choices."""
+class Plan(namedtuple("Plan", "config params active_params trainable_params components peak_allocated_bytes "
+                             "peak_reserved_bytes process_bytes notes", defaults=((),))):
+    """The plan of one configuration: components per GPU, totals, and the notes behind automatic choices.
 
-    config: PlanConfig
-    params: int
-    active_params: int
-    trainable_params: int
-    components: dict = field(hash=False)
-    peak_allocated_bytes: int
-    peak_reserved_bytes: int
-    process_bytes: int
-    notes: tuple = ()
+    Fields: ``config`` (the PlanConfig), ``params``, ``active_params``, ``trainable_params``, ``components`` (name ->
+    bytes per GPU), ``peak_allocated_bytes``, ``peak_reserved_bytes``, ``process_bytes`` and ``notes``. A named
+    tuple: a frozen value, built in a fraction of a frozen dataclass's ``__init__`` and without its class-creation
+    cost at start-up (a plan is built thousands of times in a sweep and once per CLI call)."""
+
+    __slots__ = ()
 
     def to_dict(self) -> dict:
         c = self.config
@@ -281,7 +279,8 @@ def _embedding_grad_tail(cfg: PlanConfig, pc: ParamCounts, grad_bytes: int) -> t
     return (2 if amp else 3) * n, n
 
 
-def loss_buffers(cfg: PlanConfig, dtypes: tuple | None = None) -> tuple[int, int, int]:
+def loss_buffers(cfg: PlanConfig, dtypes: tuple | None = None, batch: int | None = None,
+                 seq: int | None = None) -> tuple[int, int, int]:
     """(logits, what the loss saves for backward, what its backward allocates) in bytes (assumption 6).
 
     The logits are T x vocab in lm_head's output dtype; ``ForCausalLMLoss`` saves the fp32 ``log_softmax`` output
@@ -291,7 +290,8 @@ def loss_buffers(cfg: PlanConfig, dtypes: tuple | None = None) -> tuple[int, int
     if cfg.method is Method.INFERENCE:
         return 0, 0, 0
     _, r, _, amp, _ = dtypes or _dtypes(cfg)
-    T = cfg.batch * (cfg.seq + (cfg.num_virtual_tokens if cfg.method is Method.PROMPT else 0))
+    b = cfg.batch if batch is None else batch
+    T = b * ((cfg.seq if seq is None else seq) + (cfg.num_virtual_tokens if cfg.method is Method.PROMPT else 0))
     V = cfg.model.vocab_size
     logits = (_NBYTES[cfg.compute_dtype] if amp else r) * T * V
     return logits, 4 * T * V + 8 * T + 4, 8 * T * V
@@ -454,13 +454,14 @@ def sharding(cfg: PlanConfig, pc: ParamCounts, load: int, weights_b: int, quant_
     return weights_b, quant_constants, gradients, opt_state, step_tmp, ddp_buckets
 
 
-def kv_cache(cfg: PlanConfig) -> int:
+def kv_cache(cfg: PlanConfig, batch: int | None = None, seq: int | None = None) -> int:
     """KV cache bytes per GPU (assumptions 7, 9): 2 (K, V) x kv_heads x head_dim x bytes per cached position, with
     each layer's positions capped by its window (families F4, the rule throughput's decode step reads)."""
     m = cfg.model
     per_position = 2 * m.kv_heads * m.head_dim * _NBYTES[cfg.kv_dtype or cfg.compute_dtype]
     # beyond the KV heads, each GPU keeps one (replicated)
-    return cfg.batch * per_position * attended_positions(m, cfg.seq) // min(cfg.tp, m.kv_heads)
+    b = cfg.batch if batch is None else batch
+    return b * per_position * attended_positions(m, cfg.seq if seq is None else seq) // min(cfg.tp, m.kv_heads)
 
 
 @model_cache
@@ -471,13 +472,16 @@ def _largest_linears(m: ModelSpec) -> tuple[int, int]:
             max((l.in_features * l.out_features for l in lins), default=0))
 
 
-def prefill_transient(cfg: PlanConfig, attn: Attention, notes: list) -> int:
+def prefill_transient(cfg: PlanConfig, attn: Attention, notes: list, batch: int | None = None,
+                      seq: int | None = None) -> int:
     """The largest short-lived buffer of an inference forward over ``seq`` tokens (assumption 7): one block's
-    transient beside the residual stream, or the logits."""
+    transient beside the residual stream, or the logits. ``batch``/``seq`` override the configuration's."""
     m = cfg.model
     fam = family(m)
     tp = cfg.tp
-    T = cfg.batch * cfg.seq
+    b = cfg.batch if batch is None else batch
+    seq = cfg.seq if seq is None else seq
+    T = b * seq
     a = _NBYTES[cfg.compute_dtype]
     h, H = m.hidden_size, m.num_attention_heads
     I = m.intermediate_size * (m.num_experts_per_tok if m.is_moe else 1)
@@ -485,7 +489,7 @@ def prefill_transient(cfg: PlanConfig, attn: Attention, notes: list) -> int:
     # ``inputs_embeds`` (a local), the block input (the caller's loop variable), the residual after attention and
     # the norm output; from the second block on these are four tensors (learned position embeddings, families F3,
     # are one more local)
-    stream = (4 if m.num_hidden_layers > 1 else 3) * a * T * h + (a * cfg.seq * h if learned_positions(m) else 0)
+    stream = (4 if m.num_hidden_layers > 1 else 3) * a * T * h + (a * seq * h if learned_positions(m) else 0)
     # a gated MLP holds act(gate), up and their product; GPT-2's two-linear MLP with gelu_new (``NewGELUActivation``,
     # written in tensor ops: 0.5*x, x**3, ... each a new tensor) holds its input and three temporaries
     mlp = 3 if fam.gated_mlp else 4 if m.hidden_act == "gelu_new" else 2
@@ -500,12 +504,12 @@ def prefill_transient(cfg: PlanConfig, attn: Attention, notes: list) -> int:
         # ``int8_mm_dequant`` multiplies its fp32 copy by the fp32 outer product of the row and column scales:
         # four 4-byte T x out tensors at once, beside act(gate) and the int8 input, at the up projection
         layer = max(layer, (a * T * I + 16 * T * widest + T * h) // tp + stream)
-    S = cfg.batch * H * cfg.seq * cfg.seq
+    S = b * H * seq * seq
     qd = H * m.head_dim
     if attn is Attention.EAGER:
         fp32_copy = 4 * S if (a == 2 and not (cfg.compute_dtype.value == "fp16" and cfg.device is DeviceMode.CUDA)) else 0
         att = max(2 * S * a, S * a + fp32_copy + 4 * S, S * a + 4 * S + S * a) if a != 4 else 2 * 4 * S
-        mask = attention_masks(m) * cfg.batch * cfg.seq * cfg.seq * a  # Gemma-2: also a sliding one (families F4)
+        mask = attention_masks(m) * b * seq * seq * a  # Gemma-2: also a sliding one (families F4)
         layer = max(layer, (att + 4 * a * T * qd) // tp + mask)
     elif sdpa_math(m, cfg.device is DeviceMode.CUDA, a, cfg.flash_attention, False):
         # activations A3b: GQA without FlashAttention takes the math kernel: fp32 scaled q, repeated k and v,
@@ -529,11 +533,14 @@ def _lora_names(m: ModelSpec, targets: tuple[str, ...]) -> frozenset:
     return frozenset(l.name for l in _targets(m, targets))
 
 
-def training_activations(cfg: PlanConfig, pc: ParamCounts, attn: Attention, dtypes: tuple,
-                         notes: list) -> tuple[int, int, int, int, int]:
-    """(activations, logits and loss, forward+backward peak, logits kept, embedding-gradient tail) of one training
-    step (assumptions 3b, 4, 5, 6; per-block saved tensors: :mod:`quantlab.planner.activations`). ``dtypes``:
-    :func:`_dtypes`."""
+def _train_terms(cfg: PlanConfig, pc: ParamCounts, attn: Attention, dtypes: tuple, notes: list, batch: int,
+                 seq: int) -> tuple[tuple[int, ...], tuple[int, int, int, int]]:
+    """The parts of one training step's activation peak (assumptions 3b, 4, 5, 6): ``(A, loss peak, logits kept,
+    v_1 .. v_k)`` at (``batch``, ``seq``) — A the saved activations without the autocast weight copies, v_g the
+    tensors one block of group g saves (the block recomputed under checkpointing) — and the shape-free
+    ``(autocast weight copies, tail held through backward, recompute's autocast copies, embedding-gradient tail)``.
+    Without tensor parallelism each part of the first tuple is ``g(s) + b·h(s)`` with g, h quadratic in s
+    (:func:`_bipoly`); :func:`_compose_train` turns both into the step's figures."""
     tw_bytes, r, a, amp, _ = dtypes
     m = cfg.model
     method = cfg.method
@@ -542,10 +549,10 @@ def training_activations(cfg: PlanConfig, pc: ParamCounts, attn: Attention, dtyp
     tp = cfg.tp
     prompt = method is Method.PROMPT
     prefix = method is Method.PREFIX
-    s_eff = cfg.seq + (cfg.num_virtual_tokens if prompt else 0)
+    s_eff = seq + (cfg.num_virtual_tokens if prompt else 0)
     kv_s = s_eff + (cfg.num_virtual_tokens if prefix else 0)
     lora = _lora_names(m, tuple(cfg.lora_targets)) if method in _LORA else _NONE
-    x = Act(b=cfg.batch, s=s_eff, kv_s=kv_s, r=r, a=a, c=c, amp=amp, eager=attn is Attention.EAGER,
+    x = Act(b=batch, s=s_eff, kv_s=kv_s, r=r, a=a, c=c, amp=amp, eager=attn is Attention.EAGER,
             cuda=cfg.device is DeviceMode.CUDA, flash=cfg.flash_attention, rank=cfg.lora_r if lora else 0,
             lora_dropout=bool(lora) and cfg.lora_dropout > 0,
             kbit_keeps_input=kbit and (cfg.stack == "litgpt" or cfg.precision is Precision.INT8),
@@ -558,7 +565,7 @@ def training_activations(cfg: PlanConfig, pc: ParamCounts, attn: Attention, dtyp
     ia3 = method is Method.IA3
     adapter_size = cfg.adapter_size if method is Method.ADAPTER else 0
     per = []
-    grad_blocks = blocks = recompute = 0
+    grad_blocks = blocks = 0
     for n, trains, ig in _block_groups(cfg, pc):
         if n > 0:
             v = block_saved(m, x, trains, lora, ig, ia3, adapter_size)
@@ -566,7 +573,6 @@ def training_activations(cfg: PlanConfig, pc: ParamCounts, attn: Attention, dtyp
             if v:
                 grad_blocks += n
                 blocks += n * v
-                recompute = max(recompute, v)
     freeze = method is Method.FREEZE
     head_trains = method is Method.FULL or (freeze and "lm_head" in cfg.freeze_modules)
     norm_trains = method is Method.FULL or (freeze and bool({"norm", "ln_f"} & set(cfg.freeze_modules)))
@@ -575,10 +581,10 @@ def training_activations(cfg: PlanConfig, pc: ParamCounts, attn: Attention, dtyp
                              embed_trains=_embed_trains(cfg, pc), head_bytes=c if amp else r,  # lm_head's output
                              prompt_tokens=cfg.num_virtual_tokens if (prompt or prefix) else 0,
                              inputs_grad=(cfg.grad_checkpointing and method in _PEFT) or prompt)
-    keep_logits, loss_saved, loss_grads = loss_buffers(cfg, dtypes)
+    keep_logits, loss_saved, loss_grads = loss_buffers(cfg, dtypes, batch, seq)
     embed_tail, held = _embedding_grad_tail(cfg, pc, tw_bytes)  # assumption 3b
     loss_peak = keep_logits + loss_saved + loss_grads  # assumption 6
-    amp_casts = 0
+    amp_casts = recompute_amp = 0
     if amp:
         amp_casts = c * m.vocab_size * m.hidden_size if (head_grad or head_trains) else 0
         if not cfg.grad_checkpointing:
@@ -586,19 +592,42 @@ def training_activations(cfg: PlanConfig, pc: ParamCounts, attn: Attention, dtyp
     if cfg.grad_checkpointing:  # assumption 5
         ckpt = grad_blocks * r * T * m.hidden_size  # block inputs: the residual stream, whole on every rank
         if x.eager and grad_blocks:  # the causal mask (Gemma-2: also the sliding-window one), a block input
-            ckpt += attention_masks(m) * cfg.batch * s_eff * kv_s * r
+            ckpt += attention_masks(m) * batch * s_eff * kv_s * r
         if grad_blocks and family(m).positional == "rope":  # int64 position ids, a keyword of every block
             ckpt += 8 * s_eff
         activations = ckpt + outside
         recompute_amp = max((amp_weight_casts(m, x, trains, lora, True) // tp for _, trains, _, v in per if v),
                             default=0) if amp else 0
-        fwd_bwd = activations + max(loss_peak + amp_casts, keep_logits + held + recompute + recompute_amp)
         notes.append("gradient checkpointing: one input per block kept, one block recomputed at a time "
                      "(assumption 5)")
     else:
         activations = blocks + outside
+    return ((activations, loss_peak, keep_logits) + tuple(v for _, _, _, v in per),
+            (amp_casts, held, recompute_amp, embed_tail))
+
+
+def _compose_train(parts: tuple, consts: tuple, ckpt: bool) -> tuple[int, int, int, int, int]:
+    """(activations, logits and loss, forward+backward peak, logits kept, embedding-gradient tail) from
+    :func:`_train_terms`' parts: under checkpointing (assumption 5) the loss peak or one block's recompute beside
+    the kept inputs, else the loss peak beside every block's saved tensors (assumption 6)."""
+    activations, loss_peak, keep_logits = parts[0], parts[1], parts[2]
+    amp_casts, held, recompute_amp, embed_tail = consts
+    if ckpt:
+        recompute = max(parts[3:], default=0)
+        fwd_bwd = activations + max(loss_peak + amp_casts, keep_logits + held + recompute + recompute_amp)
+    else:
         fwd_bwd = activations + amp_casts + max(loss_peak, keep_logits + held)
     return activations + amp_casts, fwd_bwd - activations - amp_casts, fwd_bwd, keep_logits, embed_tail
+
+
+def training_activations(cfg: PlanConfig, pc: ParamCounts, attn: Attention, dtypes: tuple,
+                         notes: list) -> tuple[int, int, int, int, int]:
+    """(activations, logits and loss, forward+backward peak, logits kept, embedding-gradient tail) of one training
+    step (assumptions 3b, 4, 5, 6; per-block saved tensors: :mod:`quantlab.planner.activations`). ``dtypes``:
+    :func:`_dtypes`. Summed op by op at the configuration's batch and sequence: the oracle of the closed form
+    :func:`plan` evaluates."""
+    parts, consts = _train_terms(cfg, pc, attn, dtypes, notes, cfg.batch, cfg.seq)
+    return _compose_train(parts, consts, cfg.grad_checkpointing)
 
 
 def allocator(cfg: PlanConfig, dynamic: int) -> tuple[int, int]:
@@ -608,8 +637,71 @@ def allocator(cfg: PlanConfig, dynamic: int) -> tuple[int, int]:
     return 0, 0
 
 
-def plan(cfg: PlanConfig) -> Plan:
-    """Plan one configuration (pure arithmetic; no I/O): the cost functions above, in the order their notes read."""
+# ---------------------------------------------------------------------------------------------------------
+# plan(): the shape-free part once per configuration without its batch and sequence, then the shape
+
+
+def _bipoly(f) -> tuple | None:
+    """Coefficients of every component of a vector function ``f(b, s) = g(s) + b·h(s)``, g and h quadratic in s,
+    in Newton form on s = 1, 2, 3 (integer-exact: ``(s-1)(s-2)/2`` is an integer), from six points; None unless
+    the form reproduces ``f`` at three check points (one past 4,096 and one past 32,768 tokens, where windows of
+    that size would break it)."""
+    f1 = (f(1, 1), f(1, 2), f(1, 3))
+    f2 = (f(2, 1), f(2, 2), f(2, 3))
+    coefs = []
+    for i in range(len(f1[0])):
+        h = [f2[j][i] - f1[j][i] for j in range(3)]
+        g = [f1[j][i] - h[j] for j in range(3)]
+        coefs.append((g[0], g[1] - g[0], g[2] - 2 * g[1] + g[0], h[0], h[1] - h[0], h[2] - 2 * h[1] + h[0]))
+    coefs = tuple(coefs)
+    for b, s in ((3, 7), (5, 4099), (2, 40_000)):
+        if _bipoly_at(coefs, b, s) != f(b, s):
+            return None
+    return coefs
+
+
+def _bipoly_at(coefs: tuple, b: int, s: int) -> tuple[int, ...]:
+    t1 = s - 1
+    t2 = t1 * (s - 2) // 2
+    return tuple(g0 + t1 * g1 + t2 * g2 + b * (h0 + t1 * h1 + t2 * h2) for g0, g1, g2, h0, h1, h2 in coefs)
+
+
+class _Static(namedtuple("_Static", "cfg training pc params active attn dtypes trainable head static paged_state "
+                                   "opt_step ddp_buckets notes_pre notes_post poly consts cuda context_len notes")):
+    """What a plan does not owe to its batch and sequence: ``cfg`` (the configuration it was built from; its batch
+    and sequence are not used), ``training``, ``pc`` (ParamCounts), ``params``, ``active``, ``attn`` (the attention
+    that runs), ``dtypes`` (:func:`_dtypes`), ``trainable``, ``head`` ((name, bytes) of the static components, in
+    the plan's order), ``static`` (their bytes held in allocated memory), ``paged_state``, ``opt_step``,
+    ``ddp_buckets``, the notes before (``notes_pre``) and after (``notes_post``) the sequence warning and both
+    (``notes``), ``poly`` (:func:`_bipoly` coefficients of :func:`_train_terms`, or None where it is evaluated
+    directly: tensor parallelism's integer division), ``consts`` (its shape-free terms), ``cuda`` (the allocator's
+    reserve and the CUDA context apply, assumption 10) and ``context_len`` (the model's context: beyond it a plan
+    warns)."""
+
+    __slots__ = ()
+
+
+_KEY_FIELDS = tuple(f.name for f in dataclasses.fields(PlanConfig) if f.name not in ("model", "batch", "seq"))
+_shape_free_key = operator.attrgetter(*_KEY_FIELDS)
+_static_tables = model_cache(lambda m: {})
+
+
+def _static(cfg: PlanConfig) -> _Static:
+    """The shape-free part of ``cfg``'s plan, cached per model and the configuration's other fields (a sweep over
+    batch and sequence builds it once)."""
+    table = _static_tables(cfg.model)
+    key = _shape_free_key(cfg)
+    st = table.get(key)
+    if st is None:
+        st = _build_static(cfg)
+        if len(table) >= 4096:
+            table.clear()
+        table[key] = st
+    return st
+
+
+def _build_static(cfg: PlanConfig) -> _Static:
+    """The cost functions that do not depend on the batch and sequence, in the order their notes read."""
     m = cfg.model
     pc = count_params(m)
     notes: list[str] = []
@@ -630,62 +722,143 @@ def plan(cfg: PlanConfig) -> Plan:
             notes.append("prepare_model_for_kbit_training turns gradient checkpointing on unless told not to "
                          "(use_gradient_checkpointing=True): this plan has it off; --grad-checkpointing plans the "
                          "default recipe")
-    if cfg.seq > m.max_position_embeddings:
-        notes.append(f"warning: seq {cfg.seq} is beyond the model's context ({m.max_position_embeddings} tokens)")
+    pre = tuple(notes)
+    notes = []  # (the sequence warning goes between, per shape)
     attn = _attention(cfg, notes)
     weights_b, quant_constants = weights(cfg, pc, load, hp, notes)  # assumption 1
     n_trainable, tensors, adapter_n = trainable(cfg, pc, notes)  # assumption 2
     adapters = adapter_n * 4
-    comps: dict[str, int]
+    head = [("weights", weights_b)]
+    opt_step = ddp_buckets = paged_state = 0
+    poly = consts = None
     if not training:  # assumption 7
-        kv = kv_cache(cfg)
-        transient = prefill_transient(cfg, attn, notes)
-        comps = {"weights": weights_b}
         if quant_constants:
-            comps["quant_constants"] = quant_constants
+            head.append(("quant_constants", quant_constants))
         if adapters:
-            comps["adapters"] = adapters
-        comps["kv_cache"] = kv
-        comps["prefill_transient"] = transient
-        dynamic = kv + transient
-        allocated = weights_b + quant_constants + adapters + dynamic
-        paged_state = 0
+            head.append(("adapters", adapters))
+        static = weights_b + quant_constants + adapters
+        prefill_transient(cfg, attn, notes, 1, 1)  # (its notes do not depend on the shape)
     else:
         gradients, opt_state, step_tmp = trainable_state(cfg, n_trainable, tensors, load)  # assumptions 3, 8
-        weights_b, quant_constants, gradients, opt_state, step_tmp, ddp_buckets = sharding(
+        weights_b, quant_constants, gradients, opt_state, opt_step, ddp_buckets = sharding(
             cfg, pc, load, weights_b, quant_constants, gradients, opt_state, step_tmp, notes)  # assumption 9
-        comps = {"weights": weights_b}
+        head = [("weights", weights_b)]
         if quant_constants:
-            comps["quant_constants"] = quant_constants
+            head.append(("quant_constants", quant_constants))
         if adapters:
-            comps["adapters"] = adapters
+            head.append(("adapters", adapters))
+        head += [("gradients", gradients), ("optimizer", opt_state)]
         # paged states live in CUDA unified memory; on a CPU bitsandbytes' paged optimizers hold ordinary tensors
         paged = cfg.optimizer in _PAGED and cfg.device is DeviceMode.CUDA
-        activations, logits_loss, fwd_bwd, keep_logits, embed_tail = training_activations(
-            cfg, pc, attn, dtypes, notes)  # assumptions 3b, 4, 5, 6
-        comps["gradients"] = gradients
-        comps["optimizer"] = opt_state
-        comps["activations"] = activations
-        comps["logits_loss"] = logits_loss
-        if ddp_buckets:
-            comps["ddp_buckets"] = ddp_buckets
-        comps["optimizer_step"] = step_tmp
-        if embed_tail:
-            comps["embedding_grad_tail"] = embed_tail
+        _, consts = _train_terms(cfg, pc, attn, dtypes, notes, 1, 1)  # assumptions 3b, 4, 5, 6 (notes shape-free)
+        if cfg.tp == 1:
+            poly = _bipoly(lambda b, s: _train_terms(cfg, pc, attn, dtypes, [], b, s)[0])
         static = weights_b + quant_constants + adapters + gradients + ddp_buckets + (0 if paged else opt_state)
-        dynamic = max(fwd_bwd, step_tmp, keep_logits + embed_tail)
-        allocated = static + dynamic
         paged_state = opt_state if paged else 0
         if paged:
             notes.append("paged optimizer states live in CUDA unified memory: counted in the process total, "
                          "not in PyTorch's allocated/reserved (assumption 8)")
-    reserve, context = allocator(cfg, dynamic)  # assumption 10
-    reserved = allocated + reserve
+    if poly is not None and not cfg.grad_checkpointing:
+        poly = poly[:3]  # (the per-block recompute terms matter under checkpointing only)
+    return _Static(cfg=cfg, training=training, pc=pc, params=pc.total, active=pc.active, attn=attn, dtypes=dtypes,
+                   trainable=n_trainable if training else 0, head=tuple(head), static=static, paged_state=paged_state,
+                   opt_step=opt_step, ddp_buckets=ddp_buckets, notes_pre=pre, notes_post=tuple(notes), poly=poly,
+                   consts=consts, cuda=cfg.device is DeviceMode.CUDA, context_len=m.max_position_embeddings,
+                   notes=pre + tuple(notes))
+
+
+def _shaped(st: _Static, cfg: PlanConfig, b: int, s: int) -> tuple[dict, int, int]:
+    """(components, dynamic peak, allocated) of ``st``'s configuration at batch ``b`` and sequence ``s``."""
+    comps = dict(st.head)
+    if not st.training:  # assumption 7
+        kv = kv_cache(cfg, b, s)
+        transient = prefill_transient(cfg, st.attn, [], b, s)
+        comps["kv_cache"] = kv
+        comps["prefill_transient"] = transient
+        dynamic = kv + transient
+    else:
+        poly = st.poly
+        if poly is not None:  # _bipoly_at, inlined: this is the hot path of every sweep and search
+            t1 = s - 1
+            t2 = t1 * (s - 2) // 2
+            parts = [g0 + t1 * g1 + t2 * g2 + b * (h0 + t1 * h1 + t2 * h2) for g0, g1, g2, h0, h1, h2 in poly]
+        else:
+            parts = _train_terms(cfg, st.pc, st.attn, st.dtypes, [], b, s)[0]
+        activations, logits_loss, fwd_bwd, keep_logits, embed_tail = _compose_train(
+            parts, st.consts, cfg.grad_checkpointing)  # assumptions 3b, 4, 5, 6
+        comps["activations"] = activations
+        comps["logits_loss"] = logits_loss
+        if st.ddp_buckets:
+            comps["ddp_buckets"] = st.ddp_buckets
+        comps["optimizer_step"] = st.opt_step
+        if embed_tail:
+            comps["embedding_grad_tail"] = embed_tail
+        dynamic = max(fwd_bwd, st.opt_step, keep_logits + embed_tail)
+    return comps, dynamic, st.static + dynamic
+
+
+def _seq_notes(cfg: PlanConfig, seq: int) -> tuple:
+    m = cfg.model
+    if seq > m.max_position_embeddings:
+        return (f"warning: seq {seq} is beyond the model's context ({m.max_position_embeddings} tokens)",)
+    return ()
+
+
+def plan(cfg: PlanConfig) -> Plan:
+    """Plan one configuration (pure arithmetic; no I/O): the cost functions above, in the order their notes read.
+
+    The batch- and sequence-free part (:func:`_build_static`) is built once per configuration without them; the
+    shape-dependent terms are then closed forms (:func:`_bipoly`) checked against the op-by-op sum
+    (:func:`plan_direct` is that sum, the tests' oracle)."""
+    st = _static(cfg)
+    comps, dynamic, allocated = _shaped(st, cfg, cfg.batch, cfg.seq)
+    if st.cuda:  # allocator(), inlined (assumption 10)
+        reserve, context = int(RESERVE_FRACTION * dynamic) + SEGMENT * 4, CUDA_CONTEXT_BYTES
+    else:
+        reserve = context = 0
     comps["cuda_context"] = context
     comps["allocator_reserve"] = reserve
-    return Plan(config=cfg, params=pc.total, active_params=pc.active, trainable_params=n_trainable if training else 0,
-                components=comps, peak_allocated_bytes=int(allocated), peak_reserved_bytes=int(reserved),
-                process_bytes=int(reserved + context + paged_state), notes=tuple(notes))
+    reserved = allocated + reserve
+    seq = cfg.seq
+    return Plan(cfg, st.params, st.active, st.trainable, comps, allocated, reserved,
+                      reserved + context + st.paged_state,
+                      st.notes if seq <= st.context_len else st.notes_pre + _seq_notes(cfg, seq) + st.notes_post)
+
+
+def process_bytes_at(cfg: PlanConfig, batch: int | None = None, seq: int | None = None) -> int:
+    """``plan(cfg with batch, seq).process_bytes`` without building the configuration or the plan (fit's searches).
+    Batch and sequence must be positive: the only checks PlanConfig makes on them."""
+    b = cfg.batch if batch is None else batch
+    s = cfg.seq if seq is None else seq
+    if b <= 0 or s <= 0:
+        raise SpecError(f"batch and seq must be positive integers, got {b}, {s}")
+    st = _static(cfg)
+    _, dynamic, allocated = _shaped(st, cfg, b, s)
+    reserve, context = allocator(cfg, dynamic)
+    return allocated + reserve + context + st.paged_state
+
+
+def plan_direct(cfg: PlanConfig) -> Plan:
+    """The same plan summed op by op at the configuration's shape, with nothing cached per configuration: the
+    oracle of :func:`plan` in the tests."""
+    st = _build_static(cfg)
+    st = st._replace(poly=None)
+    comps, dynamic, allocated = _shaped(st, cfg, cfg.batch, cfg.seq)
+    reserve, context = allocator(cfg, dynamic)
+    comps["cuda_context"] = context
+    comps["allocator_reserve"] = reserve
+    reserved = allocated + reserve
+    return Plan(config=cfg, params=st.params, active_params=st.active, trainable_params=st.trainable,
+                components=comps, peak_allocated_bytes=allocated, peak_reserved_bytes=reserved,
+                process_bytes=reserved + context + st.paged_state,
+                notes=st.notes_pre + _seq_notes(cfg, cfg.seq) + st.notes_post)
+
+
+def _clear_static() -> None:
+    _static_tables.cache_clear()
+
+
+plan.cache_clear = _clear_static  # type: ignore[attr-defined]  (benchmarks clear it for cold figures)
 
 
 def replace(cfg: PlanConfig, **changes) -> PlanConfig:

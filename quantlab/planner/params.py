@@ -12,24 +12,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import namedtuple
 
 from quantlab.families import block_linears, family, learned_positions, model_cache
 from quantlab.specs import LinearShape, ModelSpec
 
 
-@dataclass(frozen=True)
-class ParamCounts:
-    embedding: int
-    lm_head: int  # 0 when tied
-    block_linear_weights: int  # per block, weights only (no biases)
-    block_linear_biases: int  # per block
-    block_norms: int  # per block
-    final_norm: int
-    layers: int
-    linears: tuple[LinearShape, ...]
-    expert_weights: int  # per block, the expert linears' weights (MoE), included in block_linear_weights
-    active_expert_weights: int  # per block, the experts one token uses
+class ParamCounts(namedtuple("ParamCounts", "embedding lm_head block_linear_weights block_linear_biases block_norms "
+                                           "final_norm layers linears expert_weights active_expert_weights")):
+    """Parameter counts of a model. ``lm_head`` is 0 when tied; ``block_linear_weights`` per block, weights only (no
+    biases), ``expert_weights`` included; ``block_linear_biases``, ``block_norms`` per block; ``linears`` the block's
+    LinearShapes; ``expert_weights`` per block, the expert linears' weights (MoE); ``active_expert_weights`` per
+    block, the experts one token uses. A named tuple: a frozen value without a dataclass's class-creation cost."""
+
+    __slots__ = ()
 
     @property
     def per_block(self) -> int:
