@@ -8,13 +8,14 @@
   (``quantlab profiles | head -1``) ends quietly, as other Unix tools do.
 - ``render_text`` renders rich tables to plain text at the width of the terminal, of ``$COLUMNS`` when it is set,
   and 80 columns in a file or pipe (no colour, no escape codes, so a log reads as the terminal did).
+- ``pathlib`` and ``tempfile`` are imported inside the functions that write files: most CLI runs write only to
+  stdout, and the two imports (with ``random``, ``shutil`` and ``urllib.parse``) cost every start otherwise.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 from quantlab.errors import QuantlabError
 
@@ -41,6 +42,8 @@ def _first_existing(path: Path) -> Path:
 def check_writable_dir(path: str | os.PathLike, flag: str = "folder", *, shown: str | os.PathLike | None = None) -> Path:
     """Raise :class:`OutputError` unless ``path`` is, or can be made as, a writable folder: its first existing
     ancestor must be a folder that takes a new file (probed with a temporary file that is removed at once)."""
+    from pathlib import Path
+
     path = Path(path)
     what = f"cannot write {flag} {shown if shown is not None else path}"
     base = _first_existing(path.absolute())
@@ -48,7 +51,7 @@ def check_writable_dir(path: str | os.PathLike, flag: str = "folder", *, shown: 
         raise OutputError(f"{what}: {base} is not a folder")
     if not os.access(base, os.W_OK | os.X_OK):
         raise OutputError(f"{what}: {base} is not writable")
-    import tempfile  # (here, not at the top: it imports random and shutil, a cost on every CLI start)
+    import tempfile
 
     try:
         with tempfile.TemporaryFile(dir=base):
@@ -60,6 +63,8 @@ def check_writable_dir(path: str | os.PathLike, flag: str = "folder", *, shown: 
 
 def check_writable_file(path: str | os.PathLike, flag: str = "file") -> Path:
     """Raise :class:`OutputError` unless ``path`` can be (re)written atomically (its folder made if needed)."""
+    from pathlib import Path
+
     path = Path(path)
     if not path.name or path.is_dir():
         raise OutputError(f"cannot write {flag} {path}: it is a folder")
@@ -71,6 +76,7 @@ def check_writable_file(path: str | os.PathLike, flag: str = "file") -> Path:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     import tempfile
+    from pathlib import Path
 
     path = Path(path)
     try:
@@ -101,6 +107,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_append_line(path: str | os.PathLike, line: str) -> Path:
     """Append one line by rewriting the file atomically (files here are small)."""
+    from pathlib import Path
+
     path = Path(path)
     old = path.read_bytes() if path.exists() else b""
     if old and not old.endswith(b"\n"):

@@ -28,7 +28,6 @@ import os
 import re
 import sys
 from collections import namedtuple
-from pathlib import Path
 
 from quantlab.errors import QuantlabError
 from quantlab.specs import FAMILIES, GPUSpec, ModelSpec, SpecError, Sourced
@@ -42,20 +41,28 @@ _OPTIONAL_POSITIVE = ("num_key_value_heads", "head_dim", "num_local_experts", "n
 
 
 @functools.lru_cache(maxsize=1)
-def _default_dir() -> Path:
-    here = Path(__file__).resolve().parent.parent / "profiles"  # a clone or an editable install
-    candidates = [here, Path(sys.prefix) / "share" / "quantlab" / "profiles"]  # a regular install (data-files)
+def _default_dir() -> str:
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "profiles")  # a clone or an
+    # editable install; a regular install copies them to <prefix>/share (data-files)
+    candidates = [here, os.path.join(sys.prefix, "share", "quantlab", "profiles")]
     for c in candidates:
-        if (c / "models").is_dir():
+        if os.path.isdir(os.path.join(c, "models")):
             return c
-    raise QuantlabError(f"profile folder not found (looked in {', '.join(map(str, candidates))}); "
+    raise QuantlabError(f"profile folder not found (looked in {', '.join(candidates)}); "
                         "set QUANTLAB_PROFILES to the folder holding models/ and gpus/")
 
 
-def profiles_dir() -> Path:
+def _root() -> str:
+    """:func:`profiles_dir` as a string: the lookups of one profile use ``os.path`` (pathlib costs every CLI start
+    a few milliseconds, and ``quantlab plan`` needs no other use of it)."""
+    return os.environ.get("QUANTLAB_PROFILES") or _default_dir()
+
+
+def profiles_dir() -> "Path":
     """The folder holding ``models/`` and ``gpus/`` (assumption 1)."""
-    env = os.environ.get("QUANTLAB_PROFILES")
-    return Path(env) if env else _default_dir()
+    from pathlib import Path
+
+    return Path(_root())
 
 
 class ResolvedModel(namedtuple("ResolvedModel", "name spec resolved_from config source", defaults=(None,))):
@@ -85,11 +92,12 @@ def _parse_yaml(path: str) -> object:
         raise QuantlabError(f"cannot read profile {path}: {e}") from e
 
 
-def _cache_path(root: Path) -> Path:
+def _cache_path(root: "Path") -> "Path":
     """Beside the YAML when that folder is writable, else a per-folder file under the user's cache."""
     if os.access(root, os.W_OK):
         return root / CACHE_NAME
     import hashlib
+    from pathlib import Path
 
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "quantlab"
     return base / f"profiles-{hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]}.json"
@@ -106,7 +114,7 @@ def _stamp(path: str) -> list[int] | None:
 class _Compiled:
     """The compiled profiles of one folder: relative path -> [mtime_ns, size, document]."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: "Path"):
         self.root = root
         self.path = _cache_path(root)
         self.entries: dict[str, list] = {}
@@ -175,19 +183,22 @@ class _Compiled:
 
 @functools.lru_cache(maxsize=8)
 def _compiled(root: str) -> _Compiled:
+    from pathlib import Path
+
     return _Compiled(Path(root))
 
 
 @functools.lru_cache(maxsize=None)
 def _read(path: str) -> dict:
-    root = Path(path).parent.parent
-    doc = _compiled(str(root)).get(path) if Path(path).parent.name in ("models", "gpus") else _parse_yaml(path)
+    folder = os.path.dirname(path)
+    doc = _compiled(os.path.dirname(folder)).get(path) if os.path.basename(folder) in ("models", "gpus") \
+        else _parse_yaml(path)
     if not isinstance(doc, dict) or "name" not in doc:
         raise QuantlabError(f"profile {path} is malformed (expected a mapping with a name)")
     return doc
 
 
-def _files(kind: str) -> list[Path]:
+def _files(kind: str) -> list["Path"]:
     return sorted((profiles_dir() / kind).glob("*.yaml"))
 
 
@@ -203,12 +214,12 @@ def list_gpus() -> list[str]:
 
 def model_doc(name: str) -> dict:
     """The raw model profile document (name, aliases, hf_id, source, notes, config)."""
-    return _read(str(profiles_dir() / "models" / f"{name}.yaml"))
+    return _read(os.path.join(_root(), "models", f"{name}.yaml"))
 
 
 def gpu_doc(name: str) -> dict:
     """The raw GPU profile document (every number with value, basis and source)."""
-    return _read(str(profiles_dir() / "gpus" / f"{name}.yaml"))
+    return _read(os.path.join(_root(), "gpus", f"{name}.yaml"))
 
 
 def clear_caches() -> None:
@@ -284,7 +295,7 @@ def _model_from_doc(doc: dict, resolved_from: str) -> ResolvedModel:
     return ResolvedModel(doc["name"], spec, resolved_from, dict(config), doc.get("source"))
 
 
-def _model_from_config_file(path: Path, shown: str) -> ResolvedModel:
+def _model_from_config_file(path: "Path", shown: str) -> ResolvedModel:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as e:
@@ -310,24 +321,27 @@ def load_model(name_or_path: str) -> ResolvedModel:
     raw = str(name_or_path or "").strip()
     if not raw:
         raise QuantlabError("no model given (e.g. --model llama-3.1-8b; see 'quantlab profiles')")
-    p = Path(raw).expanduser()
+    local = os.path.expanduser(raw)
+    if not (os.path.isdir(local) or os.path.isfile(local)):
+        if _looks_like_path(raw):
+            raise QuantlabError(f"{raw} does not exist (give a config.json, a model folder, or a profile name)")
+        return _load_profile(_norm(raw), raw)
+    from pathlib import Path
+
+    p = Path(local)
     if p.is_dir():  # local files are read every time (not cached): they may change between calls
         cfg = p / "config.json"
         if not cfg.is_file():
             raise QuantlabError(f"{p} is a folder without a config.json")
         return _model_from_config_file(cfg, raw)
-    if p.is_file():
-        return _model_from_config_file(p, raw)
-    if _looks_like_path(raw):
-        raise QuantlabError(f"{raw} does not exist (give a config.json, a model folder, or a profile name)")
-    return _load_profile(_norm(raw), raw)
+    return _model_from_config_file(p, raw)
 
 
 @functools.lru_cache(maxsize=256)
 def _load_profile(key: str, shown: str) -> ResolvedModel:
-    direct = profiles_dir() / "models" / f"{key}.yaml"
-    if direct.is_file():  # the common case reads one file (assumption 3)
-        doc = _read(str(direct))
+    direct = os.path.join(_root(), "models", f"{key}.yaml")
+    if os.path.isfile(direct):  # the common case reads one file (assumption 3)
+        doc = _read(direct)
         return _model_from_doc(doc, f"{shown} (profile)" if shown == doc["name"] else f"{shown} -> {doc['name']} (profile)")
     hit = _index("models").get(key)
     if hit is None:
@@ -369,9 +383,9 @@ def load_gpu(name: str) -> GPUSpec:
     raw = str(name or "").strip()
     if not raw:
         raise QuantlabError(f"no GPU given (known: {', '.join(list_gpus())})")
-    direct = profiles_dir() / "gpus" / f"{_norm(raw)}.yaml"
-    if direct.is_file():
-        return _gpu_from_doc(_read(str(direct)))
+    direct = os.path.join(_root(), "gpus", f"{_norm(raw)}.yaml")
+    if os.path.isfile(direct):
+        return _gpu_from_doc(_read(direct))
     hit = _index("gpus").get(_norm(raw))
     if hit is not None:
         return _gpu_from_doc(gpu_doc(hit[0]))
