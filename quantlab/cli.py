@@ -6,8 +6,9 @@ its parser and sets ``func(args) -> int``. Heavy imports (torch, transformers, p
 one line on stderr with exit code 2; it is never a traceback.
 
 Start-up cost: when the first argument names a subcommand, only that subcommand's module is imported and
-its parser built (``quantlab plan`` does not pay for ``lab``'s or ``validate``'s flags); ``quantlab``,
-``quantlab --help`` and an unknown command build them all, so the listing and the error are the same.
+its parser built, alone, as the root parser (``quantlab plan`` pays neither for ``lab``'s or ``validate``'s flags
+nor for a second parser); ``quantlab``, ``quantlab --help`` and an unknown command build them all, so the
+listing and the error are the same.
 
 Output errors: a closed pipe (``quantlab profiles | head -1``) ends quietly with exit 0, as Unix tools do;
 any other error writing stdout or an output file (a full device, an unwritable path) is one line and exit 2.
@@ -58,6 +59,29 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+class _OnlyOne:
+    """Stands in for the subparsers action when the first argument names a command: the command's parser is built
+    as the root parser (prog ``quantlab NAME``, as argparse names a subparser), so a start pays for one parser,
+    not two (each costs argparse's formatter and gettext lookups)."""
+
+    def __init__(self) -> None:
+        self.parser: argparse.ArgumentParser | None = None
+
+    def add_parser(self, name: str, **kw) -> argparse.ArgumentParser:
+        kw.pop("help", None)
+        kw.pop("aliases", None)
+        self.parser = _Parser(prog=f"quantlab {name}", **kw)
+        return self.parser
+
+
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of one command (a name in :data:`COMMANDS`), alone: what ``quantlab NAME ...`` parses with."""
+    only = _OnlyOne()
+    importlib.import_module(f"quantlab.commands.{name}").register(only)
+    only.parser.set_defaults(command=name)
+    return only.parser
+
+
 def _silence_stdout() -> None:
     """After a broken pipe, point stdout at devnull so the interpreter's final flush does not print
     'Exception ignored ... BrokenPipeError' (the pattern the Python docs give for SIGPIPE)."""
@@ -89,9 +113,12 @@ def _run(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        parser = build_parser(argv[0] if argv else None)
+        if argv and argv[0] in COMMANDS:
+            parser, rest = command_parser(argv[0]), argv[1:]
+        else:
+            parser, rest = build_parser(argv[0] if argv else None), argv
         try:
-            args = parser.parse_args(argv)
+            args = parser.parse_args(rest)
         except SystemExit:  # --help, --version, a usage error: flush here so a failed write is reported below
             _flush_stdout()
             raise

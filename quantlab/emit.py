@@ -39,8 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-from pathlib import Path
 
 from quantlab.errors import QuantlabError
 from quantlab.families import family
@@ -228,6 +226,8 @@ def notes(cfg: PlanConfig, kind: str) -> list[str]:
 
 def launch_command(config_path: str | Path, script: str = "train.py") -> str:
     """The ``accelerate launch`` command line for an emitted accelerate config."""
+    import shlex  # (imported here and in emit(), with pathlib: ``quantlab plan`` imports this module for its flags)
+
     return f"accelerate launch --config_file {shlex.quote(str(config_path))} {script}"
 
 
@@ -240,6 +240,8 @@ def _yaml(doc: dict) -> str:
 def emit(cfg: PlanConfig, kind: str, out_dir: str | Path) -> list[Path]:
     """Write the launch files for ``cfg`` into ``out_dir`` (atomically each) and return their paths."""
     _check(cfg, kind)
+    from pathlib import Path
+
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise QuantlabError(f"--emit-dir {out} exists and is not a folder")

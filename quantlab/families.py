@@ -41,9 +41,9 @@ F8. Which modeling code runs attention: ``llama`` (``LlamaAttention`` and its co
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping
 
 from quantlab.specs import LinearShape, ModelSpec
 

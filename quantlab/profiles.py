@@ -92,15 +92,15 @@ def _parse_yaml(path: str) -> object:
         raise QuantlabError(f"cannot read profile {path}: {e}") from e
 
 
-def _cache_path(root: "Path") -> "Path":
+def _cache_path(root: str) -> str:
     """Beside the YAML when that folder is writable, else a per-folder file under the user's cache."""
     if os.access(root, os.W_OK):
-        return root / CACHE_NAME
+        return os.path.join(root, CACHE_NAME)
     import hashlib
-    from pathlib import Path
 
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "quantlab"
-    return base / f"profiles-{hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]}.json"
+    base = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+                        "quantlab")
+    return os.path.join(base, f"profiles-{hashlib.sha1(os.path.realpath(root).encode()).hexdigest()[:16]}.json")
 
 
 def _stamp(path: str) -> list[int] | None:
@@ -114,7 +114,7 @@ def _stamp(path: str) -> list[int] | None:
 class _Compiled:
     """The compiled profiles of one folder: relative path -> [mtime_ns, size, document]."""
 
-    def __init__(self, root: "Path"):
+    def __init__(self, root: str):
         self.root = root
         self.path = _cache_path(root)
         self.entries: dict[str, list] = {}
@@ -146,8 +146,10 @@ class _Compiled:
     def _compile(self) -> None:
         """Recompile every stale profile of the folder at once, and write the cache once."""
         fresh: dict[str, list] = {}
+        from pathlib import Path
+
         for kind in ("models", "gpus"):
-            for p in sorted((self.root / kind).glob("*.yaml")):
+            for p in sorted((Path(self.root) / kind).glob("*.yaml")):
                 rel = f"{kind}/{p.name}"
                 stamp = _stamp(str(p))
                 old = self.entries.get(rel)
@@ -169,23 +171,21 @@ class _Compiled:
 
     def _write(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            tmp = f"{self.path}.{os.getpid()}.tmp"
             with open(tmp, "w", encoding="utf-8") as f:
                 json.dump({"format": _CACHE_FORMAT, "entries": self.entries}, f, separators=(",", ":"))
             os.replace(tmp, self.path)  # atomic: a concurrent reader sees the old cache or the new one
         except OSError:  # a cache that cannot be written only costs speed
             try:
-                tmp.unlink()
+                os.unlink(tmp)
             except (OSError, UnboundLocalError):
                 pass
 
 
 @functools.lru_cache(maxsize=8)
 def _compiled(root: str) -> _Compiled:
-    from pathlib import Path
-
-    return _Compiled(Path(root))
+    return _Compiled(root)
 
 
 @functools.lru_cache(maxsize=None)

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections import namedtuple
+from collections.abc import Callable, Mapping  # (not typing: importing it costs every CLI start ~4 ms)
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable, Mapping
 
 from quantlab.errors import QuantlabError
 
@@ -118,16 +119,14 @@ class DeviceMode(str, Enum):
     CPU = "cpu"
 
 
-@dataclass(frozen=True)
-class LinearShape:
-    """One linear module of a decoder block, with the name transformers gives it."""
+class LinearShape(namedtuple("LinearShape", "name in_features out_features bias count module",
+                             defaults=(False, 1, True))):
+    """One linear module of a decoder block, with the name transformers gives it: ``name``, ``in_features``,
+    ``out_features``, ``bias`` (False), ``count`` (1; > 1 for MoE experts, one matrix per expert) and ``module``
+    (True: an nn.Linear that quantizers and PEFT's LoRA see; False: a fused parameter, MoE in transformers 5).
+    A named tuple: a frozen, hashable value without a dataclass's class-creation cost at start-up."""
 
-    name: str
-    in_features: int
-    out_features: int
-    bias: bool = False
-    count: int = 1  # > 1 for MoE experts (one matrix per expert)
-    module: bool = True  # an nn.Linear that quantizers and PEFT's LoRA see; False: a fused parameter (MoE in v5)
+    __slots__ = ()
 
     @property
     def params(self) -> int:
@@ -249,7 +248,7 @@ class ModelSpec:
                 for f in _field_names(ModelSpec)}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ModelSpec":
+    def from_dict(cls, d: Mapping[str, object]) -> "ModelSpec":
         """The exact inverse of :meth:`to_dict`; an unknown key or a value of the wrong type is a SpecError."""
         if isinstance(d, ModelSpec):
             return d
@@ -267,7 +266,7 @@ class ModelSpec:
         return cls(**kw)
 
     @classmethod
-    def from_hf_config(cls, config: Mapping[str, Any], *, name: str | None = None, hf_id: str | None = None,
+    def from_hf_config(cls, config: Mapping[str, object], *, name: str | None = None, hf_id: str | None = None,
                        source: str | None = None) -> "ModelSpec":
         """Build from a config.json mapping (assumption 1). Raises SpecError on a malformed one."""
         if not isinstance(config, Mapping):
@@ -323,30 +322,29 @@ class ModelSpec:
         )
 
 
-def _get(c: Mapping[str, Any], key: str, default: Any) -> Any:
+def _get(c: Mapping[str, object], key: str, default: object) -> object:
     """A config.json value, the default where it is absent or null (the constructor checks its type)."""
     v = c.get(key)
     return default if v is None else v
 
 
-def _number(c: Mapping[str, Any], key: str, default: float) -> float:
+def _number(c: Mapping[str, object], key: str, default: float) -> float:
     v = _get(c, key, default)
     if not isinstance(v, (int, float)) or isinstance(v, bool):
         raise SpecError(f"{key} must be a number, got {v!r}")
     return float(v)
 
 
-@dataclass(frozen=True)
-class Sourced:
-    """A number with where it comes from: basis is 'datasheet', 'measured' or 'assumed'."""
+class Sourced(namedtuple("Sourced", "value basis source")):
+    """A number (``value``: float, int or None) with where it comes from (``source``); ``basis`` is 'datasheet',
+    'measured' or 'assumed'. A named tuple: a frozen value without a dataclass's class-creation cost."""
 
-    value: float | int | None
-    basis: str
-    source: str
+    __slots__ = ()
 
-    def __post_init__(self) -> None:
-        if self.basis not in ("datasheet", "measured", "assumed"):
-            raise SpecError(f"basis must be datasheet, measured or assumed, got {self.basis!r}")
+    def __new__(cls, value, basis, source):
+        if basis not in ("datasheet", "measured", "assumed"):
+            raise SpecError(f"basis must be datasheet, measured or assumed, got {basis!r}")
+        return super().__new__(cls, value, basis, source)
 
 
 @dataclass(frozen=True)
@@ -487,7 +485,7 @@ class PlanConfig:
         return out
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], *, model: ModelSpec | None = None) -> "PlanConfig":
+    def from_dict(cls, d: Mapping[str, object], *, model: ModelSpec | None = None) -> "PlanConfig":
         """The exact inverse of :meth:`to_dict`. Absent keys take the dataclass defaults, except ``precision``:
         absent or None means nf4 for qlora and bf16 otherwise (resolved here, once). ``d["model"]`` is a
         ModelSpec dict, or absent when ``model=`` is given. An unknown key or a wrong type is a SpecError."""
@@ -548,7 +546,7 @@ def _kinds(cls: type) -> dict[str, tuple[str, bool]]:
     return k
 
 
-def _convert(cls: type, name: str, v: Any) -> Any:
+def _convert(cls: type, name: str, v: object) -> object:
     """A JSON value for field ``name`` of ``cls`` as the dataclass holds it, or a one-line SpecError."""
     kind, optional = _kinds(cls)[name]
     if v is None:
@@ -584,7 +582,7 @@ def _convert(cls: type, name: str, v: Any) -> Any:
     raise AssertionError(f"no conversion for {cls.__name__}.{name} ({kind})")  # pragma: no cover
 
 
-def _canonical(cls: type, name: str, v: Any) -> Any:
+def _canonical(cls: type, name: str, v: object) -> object:
     """The JSON form of a plain field: floats stay floats (an int 0 given for a dropout is written 0.0)."""
     return float(v) if v is not None and _kinds(cls)[name][0] == "float" else v
 
@@ -607,10 +605,10 @@ def _checks(cls: type) -> tuple:
     return c
 
 
-_FAST: dict[type, Callable[[Any], bool]] = {}
+_FAST: dict[type, Callable[[object], bool]] = {}
 
 
-def _fast_check(cls: type) -> Callable[[Any], bool]:
+def _fast_check(cls: type) -> Callable[[object], bool]:
     """A straight-line function, generated once per class, that is True when every field has exactly its annotated
     type (the common case: ``dataclasses.replace`` in a sweep builds many configs); anything else goes to the
     full check, which accepts subclasses and words the error."""
@@ -633,7 +631,7 @@ def _fast_check(cls: type) -> Callable[[Any], bool]:
     return fn
 
 
-def _check_types(obj: Any, cls: type, prefix: str) -> None:
+def _check_types(obj: object, cls: type, prefix: str) -> None:
     """Every field holds its annotated type (bools are not ints, floats are not ints, enums are members)."""
     if _fast_check(cls)(obj):
         return
@@ -650,7 +648,7 @@ def _check_types(obj: Any, cls: type, prefix: str) -> None:
         _type_error(prefix, cls, name, kind, v)
 
 
-def _type_error(prefix: str, cls: type, name: str, kind: str, v: Any) -> None:
+def _type_error(prefix: str, cls: type, name: str, kind: str, v: object) -> None:
     shown = _MODEL_JSON_NAMES.get(name, name) if cls is ModelSpec else name
     if v is None:
         raise SpecError(f"{prefix}{shown} must not be null")

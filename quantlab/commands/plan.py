@@ -18,10 +18,9 @@ cannot be written is one line, exit 2.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
+import os
 import sys
-from pathlib import Path
 
 from quantlab.errors import QuantlabError
 
@@ -201,6 +200,8 @@ def read_plan_json(path: str):
     from quantlab.specs import GPUSpec, PlanConfig
 
     try:
+        from pathlib import Path
+
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise _bad(path, f"cannot read it ({getattr(e, 'strerror', None) or e})") from None
@@ -297,7 +298,8 @@ def run(args) -> int:
 
         for path in written:
             print(f"wrote {path}", file=sys.stderr)
-        print(f"launch with: {launch_command(Path(args.emit_dir) / ACCELERATE_YAML, 'your_train.py')}", file=sys.stderr)
+        print(f"launch with: {launch_command(os.path.join(args.emit_dir, ACCELERATE_YAML), 'your_train.py')}",
+              file=sys.stderr)
     return 0
 
 
@@ -316,6 +318,8 @@ def csv_text(doc: dict) -> str:
                process_bytes=doc["process_bytes"])
     row.update({k: doc[k] for k in FIT_KEYS if k != "suggestions"})
     buf = io.StringIO()
+    import csv
+
     w = csv.DictWriter(buf, fieldnames=list(row), lineterminator="\n")
     w.writeheader()
     w.writerow(row)
