@@ -12,7 +12,7 @@ without a GPU) and the notes. ``--from-json FILE`` reads that document back (:fu
 same bytes; it is the whole input, so configuration flags beside it are an error.
 
 Outputs are checked before anything is printed: ``--emit`` files are written before stdout, and a folder that
-cannot be written is one line, exit 2.
+cannot be written is one line, exit 2; so is a plan that does not fit its ``--gpu``, unless ``--force``.
 """
 
 from __future__ import annotations
@@ -172,6 +172,7 @@ def plan_document(resolved_name: str, resolution: str, cfg, p, gpu, gpu_doc: dic
     configuration field, resolved, with the model spec), what it resolved to (model, GPU), the answer
     (components, totals, fit) and why (notes)."""
     from quantlab import __version__
+    from quantlab.specs import config_notes, recipe
 
     fit_doc = dict.fromkeys(FIT_KEYS)
     if f is not None:
@@ -180,13 +181,14 @@ def plan_document(resolved_name: str, resolution: str, cfg, p, gpu, gpu_doc: dic
         "schema": SCHEMA, "quantlab_version": __version__,
         "model": resolved_name, "model_resolution": resolution,
         "config": cfg.to_dict(),
+        "recipe": recipe(cfg),
         **gpu_doc,
         "params": p.params, "active_params": p.active_params, "trainable_params": p.trainable_params,
         "components": dict(p.components),
         "peak_allocated_bytes": p.peak_allocated_bytes, "peak_reserved_bytes": p.peak_reserved_bytes,
         "process_bytes": p.process_bytes,
         **fit_doc,
-        "notes": gpu_notes(cfg, gpu) + list(p.notes),
+        "notes": gpu_notes(cfg, gpu) + config_notes(cfg) + list(p.notes),
     }
 
 
@@ -289,6 +291,11 @@ def run(args) -> int:
     written = []
     if getattr(args, "emit", None):  # before stdout: a refused --emit prints nothing
         from quantlab.emit import emit
+        from quantlab.units import fmt_bytes
+
+        if f is not None and not f.fits and not getattr(args, "force", False):
+            raise QuantlabError(f"the plan does not fit on {f.gpu.name} (short by {fmt_bytes(-f.margin_bytes)}): no "
+                                "launch files written; change the plan, or add --force to write them anyway")
 
         written = emit(cfg, args.emit, args.emit_dir)
     write_stdout(text)
@@ -340,6 +347,7 @@ def table_text(doc: dict, p, f) -> str:
                + (f"; {c.num_gpus} GPUs" + (f", ZeRO-{c.zero}" if c.zero else "") + (f", FSDP {c.fsdp}" if c.fsdp else "")
                   + (f", TP {c.tp}" if c.tp > 1 else "") if c.num_gpus > 1 else "")
                + ("" if c.device.value == "cuda" else "; CPU (no CUDA context or reserve)"))
+    out.append(f"recipe: {doc['recipe']}")
     t = Table(title="Memory per GPU (GiB = 2^30 bytes)", title_justify="left")
     t.add_column("component", overflow="fold")
     t.add_column("GiB", justify="right", no_wrap=True)
