@@ -650,6 +650,12 @@ def config_notes(c: "PlanConfig") -> list[str]:
         what = f"ZeRO-{c.zero}" if c.zero else f"FSDP {c.fsdp}"
         out.append(f"{what} on one data-parallel rank shards nothing: planned as one GPU"
                    + (" (offload still applies)" if c.offload is not Offload.NONE else ""))
+    if c.method.is_training and c.offload is not Offload.NONE and not (c.zero or c.fsdp):
+        out.append(f"--offload {c.offload.value} without --zero: DeepSpeed offloads through ZeRO (stage "
+                   f"{3 if c.offload is Offload.PARAMS else 2} is what --emit writes); planned without sharding")
+    if c.fsdp and c.offload is Offload.OPTIMIZER:
+        out.append("FSDP has no optimizer-only offload (CPUOffload moves parameters, gradients and states "
+                   "together): planned as optimizer offload, the GPU holds less with FSDP's")
     return out
 
 

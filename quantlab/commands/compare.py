@@ -57,7 +57,7 @@ def rows(args) -> list[dict]:
 
     names = precision_list(args.precisions)
     gpu, _ = resolve_gpu(args.gpu)
-    base = config_from_args(args, gpu=gpu)
+    base = config_from_args(args, gpu=gpu, any_precision=True)
     given = given_fields(args)
     out = []
     for name in names:

@@ -231,3 +231,47 @@ def config_dict_from_mapping(entry) -> dict:
             v = [ALL_LINEAR]
         out[name] = v
     return out
+
+
+# ---- flags a configuration ignores (specs assumption 5: a flag the method ignores is an error when given) ----
+_TRAINING_ONLY = ("optimizer", "training_precision", "grad_checkpointing", "grad_accum", "zero", "fsdp", "offload",
+                  "padding_mask", "kbit_upcast")
+_BY_METHOD = {"lora_r": ("lora", "qlora"), "lora_alpha": ("lora", "qlora"), "lora_targets": ("lora", "qlora"),
+              "lora_dropout": ("lora", "qlora"), "freeze_last_layers": ("freeze",), "freeze_modules": ("freeze",),
+              "adapter_size": ("adapter",), "num_virtual_tokens": ("prefix", "prompt")}
+
+
+def ignored_flag(cfg, given, *, any_precision: bool = False) -> str | None:
+    """Why the first flag in ``given`` (PlanConfig field names) does nothing for ``cfg``, or None. The value-level
+    contradictions (inference with --zero 3, ...) are PlanConfig's own (specs assumption 5); this catches a flag
+    given explicitly whose value the configuration never reads, default or not. ``any_precision``: the command
+    plans several weight precisions (compare), so the precision-dependent flags apply."""
+    method = cfg.method.value
+    training = cfg.method.is_training
+    order = {f.name: i for i, f in enumerate(dataclasses.fields(type(cfg)))}
+    for f in sorted(given, key=order.__getitem__):
+        if f in _TRAINING_ONLY and not training:
+            return f"{flag_name(f)} applies to training; this plan is for inference (drop it, or give --method)"
+        if f == "kv_dtype" and training:
+            return f"{flag_name(f)} applies to inference (a training step keeps no KV cache); drop it"
+        if f in _BY_METHOD and training and method not in _BY_METHOD[f]:
+            return f"{flag_name(f)} applies to --method {' or '.join(_BY_METHOD[f])}, not {method} (drop it)"
+        if f in _BY_METHOD and not training:
+            return f"{flag_name(f)} applies to --method {' or '.join(_BY_METHOD[f])}; this plan is for inference"
+        if any_precision:
+            continue
+        if f == "group_size" and cfg.precision.value != "int4":
+            return f"--group-size applies to int4 weights, not {cfg.precision.value} (drop it)"
+        if f == "kbit_upcast" and not cfg.precision.is_kbit:
+            return f"--no-kbit-upcast applies to k-bit weights (nf4, fp4, int8, int4), not {cfg.precision.value}"
+    return None
+
+
+def check_given(cfg, given, *, any_precision: bool = False) -> None:
+    """Raise a one-line SpecError for :func:`ignored_flag`."""
+    from quantlab.specs import SpecError
+
+    why = ignored_flag(cfg, given, any_precision=any_precision)
+    if why:
+        raise SpecError(why)
+

@@ -67,28 +67,53 @@ def gpu_adjusted(d: dict, gpu) -> dict:
 
 
 def gpu_notes(cfg, gpu) -> list[str]:
-    """What :func:`gpu_adjusted` chose, derived from the configuration and the GPU (so a plan read back with
-    --from-json says the same)."""
-    if gpu is None or gpu.bf16_supported:
+    """What :func:`gpu_adjusted` chose, and what the GPU cannot run natively, derived from the configuration and
+    the GPU (so a plan read back with --from-json says the same).
+
+    A format the GPU has no hardware for is a note, not an error: the bytes are the same, the speed is not.
+    bf16 on a GPU without it (T4, V100: ``bf16_supported: false`` in profiles/gpus) runs through PyTorch's
+    emulation; fp8 weights on a GPU without FP8 tensor cores (``fp8_supported: false``: A100, A10G, T4, V100) run
+    weight-only, dequantized for each matmul (vLLM's FP8 Marlin W8A16 kernel on sm80+; on older GPUs only a
+    dequantizing fallback)."""
+    if gpu is None:
         return []
     out = []
+    if cfg.precision.value == "fp8" and not gpu.fp8_supported:
+        out.append(f"{gpu.name} has no FP8 tensor cores: fp8 weights run weight-only, dequantized for each matmul "
+                   + ("(vLLM's FP8 Marlin W8A16); " if gpu.bf16_supported else
+                      "(vLLM's FP8 Marlin needs sm80+: only a dequantizing fallback here); ")
+                   + "the memory is as planned, the speed is not FP8's")
+    if gpu.bf16_supported:
+        return out
     if cfg.compute_dtype.value == "fp16":
         out.append(f"{gpu.name} has no bf16: compute dtype fp16")
+    elif cfg.compute_dtype.value == "bf16":
+        out.append(f"{gpu.name} has no bf16 tensor cores: bf16 compute runs emulated (much slower than fp16, the "
+                   "default here); the memory is as planned")
     if not cfg.flash_attention:
         out.append(f"{gpu.name} has no FlashAttention (pre-Ampere): SDPA on a grouped-query model takes the math "
                    "kernel (activations A3b)")
     return out
 
 
-def config_from_args(args: argparse.Namespace, *, gpu=None):
+def config_from_args(args: argparse.Namespace, *, gpu=None, any_precision: bool = False):
     """Build the PlanConfig the flags describe (bad values raise QuantlabError with one line); the resolved
-    model is left on ``args._resolved`` and the GPU's choices on ``args._auto_notes``."""
+    model is left on ``args._resolved`` and the GPU's choices on ``args._auto_notes``.
+
+    A flag the configuration ignores is an error when given (``flags.check_given``; ``any_precision``: the
+    command plans several weight precisions), and so is a CPU plan checked against a GPU (its totals have no
+    CUDA context or allocator reserve, so a verdict would be short of what the GPU needs)."""
+    from quantlab.commands.flags import check_given, given_fields
     from quantlab.profiles import load_model
-    from quantlab.specs import PlanConfig
+    from quantlab.specs import DeviceMode, PlanConfig, SpecError
 
     resolved = load_model(args.model)
     args._resolved = resolved
     cfg = PlanConfig.from_dict(gpu_adjusted(config_dict(args), gpu), model=resolved.spec)
+    check_given(cfg, given_fields(args), any_precision=any_precision)
+    if gpu is not None and cfg.device is DeviceMode.CPU:
+        raise SpecError(f"--device cpu counts tensor bytes without CUDA context or allocator reserve, so it cannot "
+                        f"be checked against {gpu.name}; drop --device cpu or --gpu")
     args._auto_notes = gpu_notes(cfg, gpu)
     return cfg
 
