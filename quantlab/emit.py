@@ -19,20 +19,45 @@ Choices the plan does not fix, and why:
 
 1. Bucket sizes follow the values transformers' DeepSpeed integration fills in for ``auto``
    (``transformers/integrations/deepspeed.py``): ``reduce_bucket_size = hidden²``,
-   ``stage3_prefetch_bucket_size = 0.9·hidden²``, ``stage3_param_persistence_threshold = 10·hidden``;
+   ``stage3_param_persistence_threshold = 10·hidden`` (the prefetch bucket is choice 6);
    ``allgather_bucket_size = hidden²`` for stages 1-2. They scale with the layer sizes, which the
    fixed DeepSpeed defaults (5e8) do not.
 2. ``train_batch_size`` is left out of the DeepSpeed file: DeepSpeed derives it as micro-batch ×
    accumulation × world size, so the file stays right for any number of processes.
 3. Mixed precision: AMP plans run ``mixed_precision: bf16``/``fp16`` (fp32 master weights);
-   pure-precision plans load the model in the compute dtype and run ``mixed_precision: no``
-   (DeepSpeed: its ``bf16``/``fp16`` section, which is how DeepSpeed keeps bf16 weights).
+   pure-precision plans load the model in the compute dtype and run ``mixed_precision: no``.
+   DeepSpeed (0.19.8, ``runtime/precision_config.py``): its ``bf16``/``fp16`` section turns the
+   model into 16-bit and keeps fp32 master weights, gradients and optimizer states
+   (``_configure_master_weights`` in ``runtime/base_optimizer.py`` returns fp32 unless told
+   otherwise), which is the AMP plan and the plan of a PEFT method (fp32 adapters, memory
+   assumption 2). A pure bf16 plan of base weights (full, freeze) writes
+   ``bf16_master_weights_and_grads`` and ``bf16_optimizer_states`` in the ``bf16`` section:
+   ``runtime/config.py`` allows them at ZeRO 1-3 only, and ``bf16_optimizer_states`` is what lets
+   the bf16 masters stay on the GPU without ZeRO-Offload (``stage_1_and_2.py`` / ``stage3.py``
+   ``_enforce_cpu_offload``); with offload the engine builds ``DeepSpeedCPUAdam`` with
+   ``fp32_optimizer_states=False`` itself (``engine.py`` ``get_optimizer_configuration``). A pure
+   fp16 plan needs ``fp16_master_weights_and_grads``, which DeepSpeed allows only with ZeRO-Offload
+   and ``DeepSpeedCPUAdam``: without ``--offload`` it is refused (one line), and so is pure bf16
+   without ZeRO (stage 0 wraps the model in ``FP16_Optimizer``, fp32 masters).
 4. FSDP uses accelerate's FSDP2 (``fsdp_version: 2``), wrapping each decoder block
    (``TRANSFORMER_BASED_WRAP`` with the block class transformers gives the family). full_shard
    reshards after forward; shard_grad_op keeps parameters gathered until backward. FSDP offload
    moves parameters, gradients and optimizer states together (it has no optimizer-only offload).
+   Its ``MixedPrecisionPolicy`` comes from ``mixed_precision`` (accelerate 1.15 ``state.py`` calls
+   ``FullyShardedDataParallelPlugin.set_mixed_precision``): AMP gives ``param_dtype`` and
+   ``reduce_dtype`` in the compute dtype, with trainable parameters upcast to fp32 masters
+   (``fsdp_utils.fsdp2_prepare_model``); pure gives the default policy (``param_dtype=None``: the
+   stored dtype), as :func:`fsdp_mixed_precision` states.
 5. With optimizer offload, DeepSpeed runs its CPU Adam only for an optimizer named in its config,
    so the file names AdamW with ``auto`` values that accelerate fills from ``DummyOptim``.
+6. ZeRO-3's gathered parameters: ``stage3_max_live_parameters`` is the plan's gathered-parameter
+   term, two decoder blocks (the current one and the prefetched one, memory assumption 9), and
+   ``stage3_prefetch_bucket_size`` one block, so DeepSpeed holds no more gathered than the plan
+   counts (DeepSpeed's defaults, 1e9 live and 5e7 prefetched parameters, let a whole 1B-parameter
+   model be gathered at once).
+7. A plan that does not fit its GPU writes nothing unless ``--force`` (``quantlab plan``). The
+   ``accelerate`` kind's inline ``deepspeed_config`` has no key for bf16/fp16 master weights or the
+   ZeRO-3 bounds: a plan that needs them is refused there (``--emit deepspeed`` writes them).
 """
 
 from __future__ import annotations
@@ -55,13 +80,16 @@ GPUS_PER_NODE = 8
 
 
 def add_emit_argument(parser: argparse.ArgumentParser) -> None:
-    """``--emit KIND`` and ``--emit-dir DIR`` for ``quantlab plan``."""
+    """``--emit KIND``, ``--emit-dir DIR`` and ``--force`` for ``quantlab plan``."""
     parser.add_argument("--emit", choices=KINDS, default=None,
                         help="also write a ready launch configuration for the planned sharding: an accelerate config "
                              "YAML, a DeepSpeed JSON (ZeRO stage, offload, bucket sizes) or FSDP settings, plus the "
                              "'accelerate launch' command line (launch.sh) (default: none)")
     parser.add_argument("--emit-dir", default="launch", metavar="DIR",
                         help="folder for the --emit files (default: ./launch; existing files there are replaced)")
+    parser.add_argument("--force", action="store_true",
+                        help="write the --emit files even when the plan does not fit the --gpu (default: off: a plan "
+                             "that does not fit writes nothing)")
 
 
 def mixed_precision(cfg: PlanConfig) -> str:
@@ -71,6 +99,31 @@ def mixed_precision(cfg: PlanConfig) -> str:
     if cfg.compute_dtype is DType.FP8:
         return "fp8"
     return "no"
+
+
+def master_dtype(cfg: PlanConfig) -> DType:
+    """The dtype the plan keeps trainable parameters' masters, gradients and optimizer states in (memory
+    assumptions 1, 2): fp32 for AMP and for PEFT adapters, the weights' dtype for pure full/freeze training."""
+    if cfg.training_precision is TrainingPrecision.AMP or cfg.method.is_peft or cfg.precision.is_kbit:
+        return DType.FP32
+    return DType(cfg.precision.value)
+
+
+def fsdp_mixed_precision(cfg: PlanConfig) -> dict:
+    """The FSDP2 ``MixedPrecisionPolicy`` the emitted files give (choice 4), as dtype names; None: the stored
+    dtype (no cast)."""
+    mp = mixed_precision(cfg)
+    if mp in ("bf16", "fp16"):
+        return {"param_dtype": mp, "reduce_dtype": mp}
+    return {"param_dtype": None, "reduce_dtype": None}
+
+
+def gathered_params(cfg: PlanConfig) -> tuple[int, int]:
+    """(stage3_max_live_parameters, stage3_prefetch_bucket_size): two blocks and one (choice 6)."""
+    from quantlab.planner.params import count_params
+
+    per_block = count_params(cfg.model).per_block
+    return 2 * per_block, per_block
 
 
 def _check(cfg: PlanConfig, kind: str) -> None:
@@ -90,6 +143,19 @@ def _check(cfg: PlanConfig, kind: str) -> None:
     if cfg.offload is not Offload.NONE and not (cfg.zero or cfg.fsdp) and kind == "accelerate":
         raise QuantlabError("offload needs DeepSpeed ZeRO or FSDP; plan with --zero 2/3 or --fsdp, "
                             "or use --emit deepspeed")
+    uses_ds = kind == "deepspeed" or (kind == "accelerate" and (cfg.zero or cfg.offload is not Offload.NONE)
+                                      and not cfg.fsdp)
+    low = master_dtype(cfg)
+    if kind == "accelerate" and uses_ds and low in (DType.BF16, DType.FP16):
+        raise QuantlabError(f"accelerate's inline DeepSpeed settings keep fp32 master weights; this pure "
+                            f"{low.value} plan needs {low.value}_master_weights_and_grads: use --emit deepspeed")
+    if uses_ds and low is DType.BF16 and _zero_stage(cfg) == 0:
+        raise QuantlabError("DeepSpeed keeps bf16 master weights and optimizer states only under ZeRO 1-3 "
+                            "(bf16_master_weights_and_grads); plan with --zero 1/2/3, or --training-precision amp")
+    if uses_ds and low is DType.FP16 and cfg.offload is Offload.NONE:
+        raise QuantlabError("DeepSpeed keeps fp16 master weights only with ZeRO-Offload and DeepSpeedCPUAdam "
+                            "(fp16_master_weights_and_grads); plan with --offload optimizer, bf16, or "
+                            "--training-precision amp")
 
 
 def _fsdp_strategy(cfg: PlanConfig) -> str:
@@ -104,7 +170,7 @@ def _zero_stage(cfg: PlanConfig) -> int:
 
 
 def deepspeed_config(cfg: PlanConfig) -> dict:
-    """The DeepSpeed JSON document for ``cfg`` (choices 1-3, 5)."""
+    """The DeepSpeed JSON document for ``cfg`` (choices 1-3, 5, 6)."""
     h = cfg.model.hidden_size
     stage = _zero_stage(cfg)
     zero: dict = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True,
@@ -113,8 +179,9 @@ def deepspeed_config(cfg: PlanConfig) -> dict:
         zero["allgather_bucket_size"] = h * h
         zero["reduce_scatter"] = True
     if stage == 3:
-        zero.update(stage3_prefetch_bucket_size=int(0.9 * h * h), stage3_param_persistence_threshold=10 * h,
-                    stage3_max_live_parameters=int(1e9), stage3_max_reuse_distance=int(1e9),
+        live, prefetch = gathered_params(cfg)
+        zero.update(stage3_prefetch_bucket_size=prefetch, stage3_param_persistence_threshold=10 * h,
+                    stage3_max_live_parameters=live, stage3_max_reuse_distance=int(1e9),
                     stage3_gather_16bit_weights_on_model_save=True)
     if cfg.offload is not Offload.NONE:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
@@ -128,11 +195,16 @@ def deepspeed_config(cfg: PlanConfig) -> dict:
         "steps_per_print": 100,
         "wall_clock_breakdown": False,
     }
+    low = master_dtype(cfg)
     if cfg.compute_dtype is DType.BF16:
         doc["bf16"] = {"enabled": True}
+        if low is DType.BF16:  # choice 3: a pure bf16 plan keeps bf16 masters, gradients and states
+            doc["bf16"].update(bf16_master_weights_and_grads=True, bf16_optimizer_states=True)
     elif cfg.compute_dtype is DType.FP16:
         doc["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
                        "hysteresis": 2, "min_loss_scale": 1}
+        if low is DType.FP16:
+            doc["fp16"]["fp16_master_weights_and_grads"] = True
     if cfg.offload is not Offload.NONE:
         doc["optimizer"] = {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto",
                                                         "weight_decay": "auto"}}

@@ -6,7 +6,7 @@ over the planner (litgpt's ``Config`` names its norm and MLP classes the same wa
 a :class:`~quantlab.specs.ModelSpec` and are cached on it (a frozen, hashable value): per-model facts are
 computed once.
 
-Facts (numbered; the planner refers to them as families F1..F8):
+Facts (numbered; the planner refers to them as families F1..F9):
 
 F1. Norms: ``rmsnorm`` (``LlamaRMSNorm``: weight only, normalizes in fp32 and casts back before the weight),
     ``rmsnorm_1p`` (``Gemma2RMSNorm``: ``x.float() * (1 + w.float())``, cast after) or ``layernorm`` (GPT-2:
@@ -36,6 +36,12 @@ F7. PEFT's IA3 defaults (``utils/constants.py`` ``TRANSFORMERS_MODELS_TO_IA3_TAR
 F8. Which modeling code runs attention: ``llama`` (``LlamaAttention`` and its copies: RoPE, ``repeat_kv``, the
     eager/SDPA integrations) or ``gpt2`` (``GPT2Attention``: c_attn split into views, softmax in the compute dtype,
     attention/residual/embedding dropout from ``*_pdrop``). The HF decoder block class (FSDP's wrap policy).
+F9. PEFT's LoRA defaults (peft 0.21.2 ``utils/constants.py``
+    ``TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING``, read by ``BaseTuner._prepare_adapter_config`` when a
+    ``LoraConfig`` has ``target_modules=None``): ``q_proj, v_proj`` for llama, mistral, mixtral, gemma2 and
+    qwen2, ``c_attn`` for gpt2. Phi-3 has no entry there (``tuners/lora/model.py`` raises "Please specify `target_modules`"): its
+    fused ``qkv_proj`` here, the linear that holds q and v (``lora_targets_from_peft`` is False, and the plan says
+    so).
 """
 
 from __future__ import annotations
@@ -98,7 +104,7 @@ def model_keyed(fn):
 
 @dataclass(frozen=True)
 class Family:
-    """The facts of one ``model_type`` (F1-F8)."""
+    """The facts of one ``model_type`` (F1-F9)."""
 
     model_type: str
     block_class: str  # the HF decoder block class (F8)
@@ -118,6 +124,8 @@ class Family:
     ia3_feedforward: str | None = "down_proj"  # F7
     attention_code: str = "llama"  # "llama" | "gpt2" (F8)
     residual_dropout: bool = False  # the block and embedding apply resid/embd dropout (GPT-2's *_pdrop, F8)
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")  # LoRA target_modules when none are given (F9)
+    lora_targets_from_peft: bool = True  # False: PEFT has no default for the family; ours (F9)
 
     def __post_init__(self) -> None:
         if len(self.names) != len(ROLES):
@@ -152,10 +160,12 @@ FAMILY: dict[str, Family] = {f.model_type: f for f in (
     Family("gemma2", "Gemma2DecoderLayer", norm="rmsnorm_1p", post_norms=True, embed_scale=True, window_layers="even",
            attn_softcap=True, final_logit_softcap=True, sdpa=False, ia3_targets=("q_proj", "v_proj")),
     Family("phi3", "Phi3DecoderLayer", window_layers="all", ia3_targets=("qkv_proj",),
-           names=("qkv_proj", "qkv_proj", "qkv_proj", "o_proj", "gate_up_proj", "gate_up_proj", "down_proj")),
+           names=("qkv_proj", "qkv_proj", "qkv_proj", "o_proj", "gate_up_proj", "gate_up_proj", "down_proj"),
+           lora_targets=("qkv_proj",), lora_targets_from_peft=False),
     Family("gpt2", "GPT2Block", norm="layernorm", gated_mlp=False, positional="learned", bias="always",
            names=("c_attn", "c_attn", "c_attn", "attn.c_proj", None, "c_fc", "mlp.c_proj"),
-           ia3_targets=("c_attn",), ia3_feedforward="mlp.c_proj", attention_code="gpt2", residual_dropout=True),
+           ia3_targets=("c_attn",), ia3_feedforward="mlp.c_proj", attention_code="gpt2", residual_dropout=True,
+           lora_targets=("c_attn",)),
 )}
 
 
@@ -288,6 +298,11 @@ def _ia3(m: ModelSpec) -> tuple[tuple[LinearShape, ...], LinearShape | None]:
     return tuple(lins[n] for n in f.ia3_targets), (lins[f.ia3_feedforward] if f.ia3_feedforward else None)
 
 
-__all__ = ["Family", "FAMILY", "ROLES", "family", "model_cache", "model_keyed", "block_linears", "module_linears", "role_names", "qkv_names",
-           "mlp_input_names", "layer_windows", "attended_positions", "attention_masks", "rope_buffer_bytes",
-           "learned_positions", "ia3_linears"]
+def lora_default_targets(m: ModelSpec) -> tuple[str, ...]:
+    """The LoRA ``target_modules`` PEFT picks for ``m`` when none are given (F9)."""
+    return FAMILY[m.model_type].lora_targets
+
+
+__all__ = ["Family", "FAMILY", "ROLES", "family", "model_cache", "model_keyed", "block_linears", "module_linears",
+           "role_names", "qkv_names", "mlp_input_names", "layer_windows", "attended_positions", "attention_masks",
+           "rope_buffer_bytes", "learned_positions", "ia3_linears", "lora_default_targets"]

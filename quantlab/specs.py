@@ -12,6 +12,24 @@ Assumptions (numbered, referred to from the planner):
    (lm_head), which may be tied to the embedding. Every family shipped here follows that shape.
 3. The linears of a block are listed by :meth:`ModelSpec.block_linears` with the module names
    transformers uses, so LoRA targets and quantization skip-lists can name them.
+4. Recipes: a field the user leaves open takes what the named stack does by default, resolved once, in
+   :meth:`PlanConfig.from_dict` (every CLI command, ``--from-json``, the validation matrix and the ground-truth
+   rows build their configuration there; :func:`recipe_defaults` is the rule):
+   a. k-bit training through PEFT (``stack="transformers"``, ``kbit_upcast``) is
+      ``prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)`` (peft 0.21.2
+      ``utils/other.py``): gradient checkpointing on. Every other training recipe has it off, as transformers
+      5.24's ``TrainingArguments`` resolves ``activation_checkpointing=None`` (``training_args.py``).
+   b. LoRA targets are PEFT's per-family ``target_modules`` (families F9), not one list for every family.
+   c. Weights, gradients and optimizer states in the weights' dtype (``pure``): transformers 5.24's
+      ``from_pretrained`` loads ``dtype="auto"`` (the checkpoint's dtype, ``modeling_utils.py``) and
+      ``TrainingArguments`` has ``bf16=False`` / ``fp16=False`` (no autocast, no fp32 master copy); accelerate
+      1.15's ``Accelerator(mixed_precision=None)`` reads "no". fp32 masters (``amp``) are a choice the script makes
+      (load in fp32, then ``bf16=True``), so they are a flag, not a default.
+   d. Weights: nf4 for qlora (the QLoRA recipe), bf16 otherwise.
+5. No silent contradictions: a value a method cannot use is a one-line SpecError in ``__post_init__`` (inference
+   with ZeRO, FSDP, offload, checkpointing, AMP or an optimizer; a KV-cache dtype on a training plan; parameter
+   offload below ZeRO-3). What a default resolves, or what is legal but does nothing (ZeRO on one GPU), is a note
+   (:func:`config_notes`).
 """
 
 from __future__ import annotations
@@ -420,6 +438,7 @@ class PlanConfig:
 
     def __post_init__(self) -> None:
         _check_types(self, PlanConfig, "")
+        _check_contradictions(self)
         for f in ("batch", "seq", "lora_r", "lora_alpha", "group_size", "grad_accum", "num_gpus", "tp",
                   "adapter_size", "num_virtual_tokens"):
             v = getattr(self, f)
@@ -486,9 +505,10 @@ class PlanConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, object], *, model: ModelSpec | None = None) -> "PlanConfig":
-        """The exact inverse of :meth:`to_dict`. Absent keys take the dataclass defaults, except ``precision``:
-        absent or None means nf4 for qlora and bf16 otherwise (resolved here, once). ``d["model"]`` is a
-        ModelSpec dict, or absent when ``model=`` is given. An unknown key or a wrong type is a SpecError."""
+        """The exact inverse of :meth:`to_dict`. Absent keys take the dataclass defaults, except the recipe fields
+        (:data:`RECIPE_FIELDS`): absent or None means what the stack does (assumption 4, :func:`recipe_defaults`,
+        resolved here, once). ``d["model"]`` is a ModelSpec dict, or absent when ``model=`` is given. An unknown
+        key or a wrong type is a SpecError."""
         if not isinstance(d, Mapping):
             raise SpecError(f"a plan configuration must be a mapping, got {type(d).__name__}")
         fields = _field_names(PlanConfig)
@@ -503,8 +523,9 @@ class PlanConfig:
             model = m
         if model is None:
             raise SpecError("the configuration has no model")
-        if kw.get("precision") is None:
-            kw["precision"] = Precision.NF4 if kw.get("method") is Method.QLORA else Precision.BF16
+        for k, v in recipe_defaults(model, kw).items():  # assumption 4: what the user left open
+            if kw.get(k) is None:
+                kw[k] = v
         return cls(model=model, **kw)
 
     @property
@@ -515,6 +536,125 @@ class PlanConfig:
     def dp(self) -> int:
         """Data-parallel degree."""
         return self.num_gpus // self.tp
+
+
+# ---- recipes (assumption 4) and contradictions (assumption 5) ---------------------------------------------
+RECIPE_FIELDS = ("precision", "grad_checkpointing", "lora_targets")  # resolved by from_dict when absent or None
+
+
+def kbit_prepared(method: Method, precision: Precision, kbit_upcast: bool, stack: str) -> bool:
+    """The model goes through PEFT's ``prepare_model_for_kbit_training`` (k-bit weights, training, the
+    transformers stack, the upcast not turned off): the rule memory.py's upcast and the checkpointing default
+    share (assumptions 4a, memory 1)."""
+    return method.is_training and precision.is_kbit and kbit_upcast and stack == "transformers"
+
+
+def recipe_defaults(model: ModelSpec, given: Mapping[str, object]) -> dict:
+    """The recipe fields (:data:`RECIPE_FIELDS`) for a configuration whose other fields are ``given`` (a dict of
+    converted values, absent = the dataclass default): assumption 4."""
+    fields = {f.name: f.default for f in dataclasses.fields(PlanConfig) if f.name != "model"}
+
+    def get(k):
+        v = given.get(k)
+        return fields[k] if v is None else v
+
+    method = get("method")
+    precision = given.get("precision")
+    if precision is None:
+        precision = Precision.NF4 if method is Method.QLORA else Precision.BF16
+    from quantlab.families import lora_default_targets
+
+    return {"precision": precision,
+            "grad_checkpointing": kbit_prepared(method, precision, get("kbit_upcast"), get("stack")),
+            "lora_targets": lora_default_targets(model)}
+
+
+def _check_contradictions(c: "PlanConfig") -> None:
+    """A value the method cannot use is one line (assumption 5)."""
+    if not c.method.is_training:
+        what = ("--zero" if c.zero else "--fsdp" if c.fsdp else "--offload" if c.offload is not Offload.NONE
+                else None)
+        if what:
+            raise SpecError(f"{what} shards or offloads a training job's states; an inference plan splits the "
+                            "model with --tp N (drop " + what + ")")
+        if c.grad_checkpointing:
+            raise SpecError("gradient checkpointing applies to training (inference keeps no activations for "
+                            "backward); drop --grad-checkpointing")
+        if c.training_precision is TrainingPrecision.AMP:
+            raise SpecError("--training-precision amp applies to training (fp32 master weights); inference "
+                            "computes in --compute-dtype")
+        if c.optimizer is not Optimizer.ADAMW:
+            raise SpecError(f"--optimizer {c.optimizer.value} applies to training; inference has no optimizer")
+    elif c.kv_dtype is not None:
+        raise SpecError(f"--kv-dtype {c.kv_dtype.value} applies to inference (a training step keeps no KV cache); "
+                        "drop it")
+    if c.offload is Offload.PARAMS and c.zero in (1, 2):
+        raise SpecError(f"DeepSpeed offloads parameters only at ZeRO-3 (offload_param), not ZeRO-{c.zero}; use "
+                        "--zero 3, or --offload optimizer")
+
+
+_NAMES = {Method.LORA: "LoRA", Method.QLORA: "QLoRA", Method.ADAPTER: "bottleneck adapters",
+          Method.PREFIX: "prefix tuning", Method.PROMPT: "prompt tuning", Method.IA3: "IA3"}
+
+
+def recipe(c: "PlanConfig") -> str:
+    """The recipe a configuration follows, named, with its resolved defaults (assumption 4): one line."""
+    from quantlab.families import family
+
+    m = c.method
+    if not m.is_training:
+        return "inference: one forward over the context with the KV cache kept (generate, use_cache=True)"
+    ck = "checkpointing " + ("on" if c.grad_checkpointing else "off")
+    if kbit_prepared(m, c.precision, c.kbit_upcast, c.stack):
+        name = "PEFT QLoRA" if m is Method.QLORA else f"PEFT {_NAMES[m]} on {c.precision.value} weights"
+        head = f"{name} (prepare_model_for_kbit_training: {ck}, fp32 upcast)"
+    elif c.precision.is_kbit:
+        head = (f"{'LitGPT' if c.stack == 'litgpt' else 'PEFT'} {_NAMES[m]} on {c.precision.value} weights "
+                f"({ck}, no fp32 upcast)")
+    elif m.is_peft:
+        head = f"PEFT {_NAMES[m]} ({ck}, fp32 adapters)"
+    else:
+        head = f"{m.value} fine-tune ({ck})"
+    parts = [head]
+    if m in (Method.LORA, Method.QLORA):
+        fam = family(c.model)
+        t = ",".join(c.lora_targets)
+        if tuple(c.lora_targets) == fam.lora_targets:
+            t += (f" (PEFT's default for {fam.model_type})" if fam.lora_targets_from_peft else
+                  f" (PEFT has no default for {fam.model_type})")
+        parts.append(f"r {c.lora_r} on {t}")
+    if c.training_precision is TrainingPrecision.AMP:
+        parts.append(f"AMP: autocast to {c.compute_dtype.value}"
+                     + ("" if m.is_peft else ", fp32 master weights, gradients and states"))
+    else:
+        parts.append(f"{'compute' if m.is_peft else 'pure'} {c.compute_dtype.value}, no autocast "
+                     "(TrainingArguments bf16=False)"
+                     + ("" if m.is_peft else f": weights, gradients and states in {c.precision.value}"))
+    return "; ".join(parts)
+
+
+def config_notes(c: "PlanConfig") -> list[str]:
+    """What the configuration resolves or leaves without effect (assumptions 4, 5), derived from its values (so a
+    plan read back from JSON says the same)."""
+    from quantlab.families import family
+
+    out = []
+    fam = family(c.model)
+    if c.method in (Method.LORA, Method.QLORA) and tuple(c.lora_targets) == fam.lora_targets \
+            and not fam.lora_targets_from_peft:
+        out.append(f"PEFT 0.21.2 has no default LoRA target_modules for {fam.model_type} (it asks for them): "
+                   f"planned with {','.join(fam.lora_targets)}; pass --lora-targets to match your LoraConfig")
+    if c.method.is_training and c.dp == 1 and (c.zero or c.fsdp):
+        what = f"ZeRO-{c.zero}" if c.zero else f"FSDP {c.fsdp}"
+        out.append(f"{what} on one data-parallel rank shards nothing: planned as one GPU"
+                   + (" (offload still applies)" if c.offload is not Offload.NONE else ""))
+    if c.method.is_training and c.offload is not Offload.NONE and not (c.zero or c.fsdp):
+        out.append(f"--offload {c.offload.value} without --zero: DeepSpeed offloads through ZeRO (stage "
+                   f"{3 if c.offload is Offload.PARAMS else 2} is what --emit writes); planned without sharding")
+    if c.fsdp and c.offload is Offload.OPTIMIZER:
+        out.append("FSDP has no optimizer-only offload (CPUOffload moves parameters, gradients and states "
+                   "together): planned as optimizer offload, the GPU holds less with FSDP's")
+    return out
 
 
 # ---- dict conversion: one table of field kinds, read from the annotations ---------------------------------
@@ -550,7 +690,7 @@ def _convert(cls: type, name: str, v: object) -> object:
     """A JSON value for field ``name`` of ``cls`` as the dataclass holds it, or a one-line SpecError."""
     kind, optional = _kinds(cls)[name]
     if v is None:
-        if optional or (cls is PlanConfig and name == "precision"):
+        if optional or (cls is PlanConfig and name in RECIPE_FIELDS):
             return None
         raise SpecError(f"{name} must not be null")
     if kind in _ENUMS:

@@ -45,8 +45,10 @@ def test_deepspeed_zero3_offload_loads_in_deepspeed_and_accelerate(tmp_path, mon
     z = ds.zero_config
     assert z.stage == 3
     assert z.offload_param.device == "cpu" and z.offload_optimizer.device == "cpu"
-    assert z.reduce_bucket_size == 4096 * 4096 and z.prefetch_bucket_size == int(0.9 * 4096 * 4096)
-    assert z.param_persistence_threshold == 10 * 4096
+    assert z.reduce_bucket_size == 4096 * 4096 and z.param_persistence_threshold == 10 * 4096
+    # the plan's gathered-parameter term: two Llama-2-7B blocks of 4·4096² + 3·4096·11008 + 2·4096 = 202,383,360
+    # parameters each (memory assumption 9), one of them prefetched
+    assert z.max_live_parameters == 2 * 202_383_360 and z.prefetch_bucket_size == 202_383_360
     assert ds.train_micro_batch_size_per_gpu == 2 and ds.gradient_accumulation_steps == 4
     assert ds.bfloat16_config.enabled
     acc = ClusterConfig.from_yaml_file(str(tmp_path / ACCELERATE_YAML))
@@ -97,7 +99,8 @@ def test_accelerate_kind_follows_the_plan(tmp_path, monkeypatch):
     emit(one, "accelerate", tmp_path / "one")
     assert ClusterConfig.from_yaml_file(str(tmp_path / "one" / ACCELERATE_YAML)).distributed_type.value == "NO"
 
-    z2 = PlanConfig(model=LLAMA2_7B, method=Method.FULL, num_gpus=8, zero=2, offload=Offload.OPTIMIZER)
+    z2 = PlanConfig(model=LLAMA2_7B, method=Method.FULL, num_gpus=8, zero=2, offload=Offload.OPTIMIZER,
+                    training_precision=TrainingPrecision.AMP, precision=Precision.FP32)
     emit(z2, "accelerate", tmp_path / "z2")
     c = ClusterConfig.from_yaml_file(str(tmp_path / "z2" / ACCELERATE_YAML))
     assert c.distributed_type.value == "DEEPSPEED"
@@ -125,8 +128,11 @@ def test_multi_node_plans_span_machines(tmp_path):
     (PlanConfig(model=LLAMA2_7B, method=Method.INFERENCE), "accelerate", "inference"),
     (PlanConfig(model=LLAMA2_7B, method=Method.FULL, num_gpus=2, fsdp="full_shard"), "deepspeed", "FSDP"),
     (PlanConfig(model=LLAMA2_7B, method=Method.FULL, num_gpus=2, zero=2), "fsdp", "ZeRO-2"),
-    (PlanConfig(model=LLAMA2_7B, method=Method.FULL, num_gpus=2, zero=2, offload=Offload.PARAMS), "deepspeed",
-     "ZeRO-3"),
+    (PlanConfig(model=LLAMA2_7B, method=Method.FULL, num_gpus=8, zero=2, offload=Offload.OPTIMIZER), "accelerate",
+     "use --emit deepspeed"),  # pure bf16: accelerate's inline DeepSpeed settings would keep fp32 masters
+    (PlanConfig(model=LLAMA2_7B, method=Method.FULL, num_gpus=2), "deepspeed", "only under ZeRO 1-3"),
+    (PlanConfig(model=LLAMA2_7B, method=Method.FULL, num_gpus=2, zero=2, precision=Precision.FP16,
+                compute_dtype=DType.FP16), "deepspeed", "only with ZeRO-Offload"),
     (PlanConfig(model=LLAMA2_7B, method=Method.FULL, num_gpus=2, tp=2), "accelerate", "tensor parallel"),
     (PlanConfig(model=LLAMA2_7B, method=Method.FULL), "megatron", "one of"),
 ])
@@ -150,3 +156,118 @@ def test_plan_emit_flag_writes_files_deepspeed_loads(tmp_path, capsys):
     assert "launch with: accelerate launch --config_file" in err
     ds = DeepSpeedConfig(str(out / DS_JSON))
     assert ds.zero_config.stage == 2 and ds.zero_config.offload_optimizer.device == "cpu"
+
+
+def _ds_config(tmp_path, cfg):
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    emit(cfg, "deepspeed", tmp_path)
+    return json.loads((tmp_path / DS_JSON).read_text()), DeepSpeedConfig(str(tmp_path / DS_JSON))
+
+
+def _deepspeed_master_dtype(ds, offload: bool):
+    """The master weight/gradient dtype DeepSpeed's ZeRO optimizers pick for this parsed config
+    (``ZeROOptimizer._configure_master_weights``, the rule stage_1_and_2.py and stage3.py call, with the engine's
+    arguments), and whether it would demand ZeRO-Offload with DeepSpeedCPUAdam (its offload validator runs)."""
+    from types import SimpleNamespace
+
+    from deepspeed.runtime.base_optimizer import ZeROOptimizer
+
+    demanded = []
+    me = SimpleNamespace(optimizer=SimpleNamespace(fp32_optimizer_states=False))
+    dtype = ZeROOptimizer._configure_master_weights(
+        me, fp16_master_weights_and_gradients=ds.float16_config.fp16_master_weights_and_grads,
+        bf16_master_weights_and_gradients=ds.bfloat16_config.bf16_master_weights_and_grads,
+        bf16_optimizer_states=ds.bfloat16_config.bf16_optimizer_states, offload_enabled=offload,
+        fp16_offload_validator=lambda: demanded.append("fp16"), bf16_offload_validator=lambda: demanded.append("bf16"))
+    return dtype, bool(demanded)
+
+
+@pytest.mark.parametrize("zero", [1, 2, 3])
+def test_deepspeed_carries_the_plans_precision_recipe(tmp_path, zero):
+    """Pure bf16 (weights, gradients, states in bf16) and AMP (fp32 masters) plans write different DeepSpeed
+    files, and DeepSpeed's own parser and state-dtype rule give each plan's master dtype, with the bf16 masters
+    kept on the GPU (no ZeRO-Offload demanded)."""
+    import torch
+
+    from quantlab.planner import plan
+
+    pure = PlanConfig(model=LLAMA2_7B, method=Method.FULL, num_gpus=8, zero=zero)
+    amp = PlanConfig(model=LLAMA2_7B, method=Method.FULL, num_gpus=8, zero=zero, precision=Precision.FP32,
+                     training_precision=TrainingPrecision.AMP)
+    doc_p, ds_p = _ds_config(tmp_path / "pure", pure)
+    doc_a, ds_a = _ds_config(tmp_path / "amp", amp)
+    assert doc_p != doc_a
+    assert ds_p.bfloat16_config.enabled and ds_a.bfloat16_config.enabled
+    assert ds_p.bfloat16_config.bf16_master_weights_and_grads and ds_p.bfloat16_config.bf16_optimizer_states
+    assert not ds_a.bfloat16_config.bf16_master_weights_and_grads and not ds_a.bfloat16_config.bf16_optimizer_states
+    assert _deepspeed_master_dtype(ds_p, offload=False) == (torch.bfloat16, False)
+    assert _deepspeed_master_dtype(ds_a, offload=False) == (torch.float32, False)
+    # the plan's optimizer states per GPU are 2 x trainable x (2 bytes pure, 4 bytes AMP) / 8 GPUs, as DeepSpeed
+    # keeps them (AdamW exp_avg and exp_avg_sq in the master dtype)
+    n = plan(pure).trainable_params
+    assert plan(pure).components["optimizer"] == 2 * n * 2 // 8
+    assert plan(amp).components["optimizer"] == 2 * n * 4 // 8
+
+
+def test_peft_plans_keep_deepspeeds_fp32_masters(tmp_path):
+    """LoRA adapters are fp32 in the plan (memory assumption 2): DeepSpeed's default fp32 masters are the match."""
+    import torch
+
+    _, ds = _ds_config(tmp_path, PlanConfig(model=LLAMA2_7B, method=Method.LORA, num_gpus=4, zero=2))
+    assert _deepspeed_master_dtype(ds, offload=False) == (torch.float32, False)
+
+
+def test_pure_bf16_with_offload_lets_the_engine_build_bf16_cpu_adam(tmp_path):
+    """With optimizer offload the file names AdamW, so the engine builds DeepSpeedCPUAdam with
+    fp32_optimizer_states=False itself (bf16_optimizer_states, engine.get_optimizer_configuration)."""
+    import torch
+
+    cfg = PlanConfig(model=LLAMA2_7B, method=Method.FULL, num_gpus=8, zero=3, offload=Offload.OPTIMIZER)
+    doc, ds = _ds_config(tmp_path, cfg)
+    assert doc["optimizer"]["type"] == "AdamW" and ds.zero_config.offload_optimizer.device == "cpu"
+    dtype, demanded = _deepspeed_master_dtype(ds, offload=True)
+    assert dtype == torch.bfloat16 and demanded  # DeepSpeed requires its CPU Adam here: the named optimizer
+
+
+def test_fsdp2_mixed_precision_policy_matches_the_plan(tmp_path, monkeypatch):
+    """accelerate turns mixed_precision into the FSDP2 MixedPrecisionPolicy (AcceleratorState calls
+    set_mixed_precision when it is not "no"): AMP casts parameters and reductions to bf16 over fp32 masters,
+    pure keeps the stored dtype (the default policy)."""
+    import torch
+    from accelerate.commands.config.config_args import ClusterConfig
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    from quantlab.emit import fsdp_mixed_precision
+
+    names = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    for tp in TrainingPrecision:
+        cfg = PlanConfig(model=LLAMA2_7B, method=Method.FULL, num_gpus=4, fsdp="full_shard", training_precision=tp,
+                         precision=Precision.FP32 if tp is TrainingPrecision.AMP else Precision.BF16)
+        out = tmp_path / tp.value
+        emit(cfg, "fsdp", out)
+        mp = ClusterConfig.from_yaml_file(str(out / ACCELERATE_YAML)).mixed_precision
+        _launch_env(out / ACCELERATE_YAML, monkeypatch)
+        plugin = FullyShardedDataParallelPlugin()
+        if mp != "no":  # as accelerate/state.py does
+            plugin.set_mixed_precision(mp)
+        policy = plugin.mixed_precision_policy
+        want = fsdp_mixed_precision(cfg)
+        got = (policy.param_dtype, policy.reduce_dtype) if policy is not None else (None, None)
+        assert got == (names[want["param_dtype"]], names[want["reduce_dtype"]])
+        assert got == ((torch.bfloat16, torch.bfloat16) if tp is TrainingPrecision.AMP else (None, None))
+
+
+def test_plan_that_does_not_fit_writes_no_launch_files_without_force(tmp_path, capsys):
+    from quantlab.cli import main
+
+    out = tmp_path / "launch"
+    argv = ["plan", "--model", "70b", "--method", "full", "--num-gpus", "2", "--zero", "3", "--gpu", "rtx-4090",
+            "--emit", "deepspeed", "--emit-dir", str(out)]
+    assert main(argv) == 2
+    cap = capsys.readouterr()
+    assert cap.out == "" and "does not fit on rtx-4090" in cap.err and "--force" in cap.err
+    assert len(cap.err.strip().splitlines()) == 1
+    assert not out.exists() or not any(out.iterdir())
+    assert main(argv + ["--force"]) == 0
+    assert (out / DS_JSON).is_file()

@@ -23,30 +23,34 @@ def json_round_trip(c: PlanConfig) -> PlanConfig:
     return PlanConfig.from_dict(json.loads(json.dumps(c.to_dict())))
 
 
-# Every PlanConfig field, set to a value other than its default (split over two configs where fields exclude
-# each other: ZeRO vs FSDP, LoRA fields vs freeze fields are independent of the method so one config holds both).
+# Every PlanConfig field, set to a value other than its default (split over configs where fields exclude
+# each other: ZeRO vs FSDP; the KV-cache dtype is an inference field, INFERENCE; LoRA fields vs freeze fields are
+# independent of the method so one config holds both).
 NON_DEFAULT = dict(
     model=GEMMA, method=Method.QLORA, precision=Precision.FP4, compute_dtype=DType.FP16,
     training_precision=TrainingPrecision.AMP, double_quant=True, group_size=64, optimizer=Optimizer.PAGED_ADAMW_8BIT,
-    batch=3, seq=77, kv_dtype=DType.FP8, lora_r=8, lora_alpha=7, lora_targets=("q_proj", "o_proj"),
+    batch=3, seq=77, kv_dtype=None, lora_r=8, lora_alpha=7, lora_targets=("q_proj", "o_proj"),
     lora_dropout=0.25, flash_attention=False, freeze_last_layers=1, freeze_modules=("lm_head", "norm"),
     adapter_size=12, num_virtual_tokens=5, grad_checkpointing=True, attn=Attention.EAGER, padding_mask=True,
     grad_accum=4, num_gpus=4, zero=0, fsdp="shard_grad_op", offload=Offload.OPTIMIZER, tp=2,
     device=DeviceMode.CUDA, kbit_upcast=False, stack="litgpt")
+INFERENCE = dict(model=LLAMA, kv_dtype=DType.FP8)
 
 
 def test_every_field_is_set_to_a_non_default_value_by_the_fixtures():
     defaults = PlanConfig(model=LLAMA)
     c = PlanConfig(**NON_DEFAULT)
     other = dataclasses.replace(c, fsdp=None, zero=3, device=DeviceMode.CPU, num_gpus=1, tp=1)
+    inference = PlanConfig(**INFERENCE)
     for f in dataclasses.fields(PlanConfig):
-        assert getattr(c, f.name) != getattr(defaults, f.name) or getattr(other, f.name) != getattr(defaults, f.name), f.name
+        assert any(getattr(x, f.name) != getattr(defaults, f.name) for x in (c, other, inference)), f.name
 
 
 @pytest.mark.parametrize("cfg", [
     PlanConfig(model=LLAMA),
     PlanConfig(**NON_DEFAULT),
     dataclasses.replace(PlanConfig(**NON_DEFAULT), fsdp=None, zero=3, device=DeviceMode.CPU, num_gpus=1, tp=1),
+    PlanConfig(**INFERENCE),
     PlanConfig(model=LLAMA, method=Method.LORA, lora_targets=(ALL_LINEAR,), kv_dtype=None),
     PlanConfig(model=LLAMA, method=Method.FREEZE, freeze_last_layers=0, freeze_modules=("lm_head",)),
 ])
@@ -63,7 +67,7 @@ def test_to_dict_is_plain_json_values():
     d = PlanConfig(**NON_DEFAULT).to_dict()
     assert d["method"] == "qlora" and type(d["method"]) is str
     assert d["lora_targets"] == ["q_proj", "o_proj"] and d["freeze_modules"] == ["lm_head", "norm"]
-    assert d["kv_dtype"] == "fp8" and PlanConfig(model=LLAMA).to_dict()["kv_dtype"] is None
+    assert PlanConfig(**INFERENCE).to_dict()["kv_dtype"] == "fp8" and d["kv_dtype"] is None
     assert d["model"]["head_dim"] == 64 and "head_dim_" not in d["model"]
     assert json.loads(json.dumps(d)) == d
 

@@ -50,28 +50,33 @@ def precision_list(text: str) -> list[str]:
 
 
 def rows(args) -> list[dict]:
-    import dataclasses
-
+    from quantlab.commands.flags import given_fields
     from quantlab.commands.plan import config_from_args, resolve_gpu
-    from quantlab.errors import QuantlabError
     from quantlab.planner import fit, plan
-    from quantlab.specs import Method, Precision, SpecError
+    from quantlab.specs import Method, PlanConfig, Precision, SpecError
 
     names = precision_list(args.precisions)
     gpu, _ = resolve_gpu(args.gpu)
-    base = config_from_args(args, gpu=gpu)
+    base = config_from_args(args, gpu=gpu, any_precision=True)
+    given = given_fields(args)
     out = []
     for name in names:
         prec = Precision(name)
         method = base.method
-        if method is Method.QLORA and not prec.is_kbit:
+        if method is Method.QLORA and prec not in (Precision.NF4, Precision.FP4):  # LoRA on int8: PEFT's 8-bit
             method = Method.LORA
         if method is Method.LORA and prec in (Precision.NF4, Precision.FP4):
             method = Method.QLORA
         row = {"precision": name, "method": method.value}
         try:
-            cfg = dataclasses.replace(base, precision=prec, method=method,
-                                      double_quant=base.double_quant and prec in (Precision.NF4, Precision.FP4))
+            # each row is its own recipe (specs assumption 4): a QLoRA row turns checkpointing on, a LoRA row
+            # leaves it off, unless the user gave --(no-)grad-checkpointing
+            d = dict(base.to_dict(), precision=prec.value, method=method.value,
+                     double_quant=base.double_quant and prec in (Precision.NF4, Precision.FP4))
+            if "grad_checkpointing" not in given:
+                del d["grad_checkpointing"]
+            cfg = PlanConfig.from_dict(d)
+            row["grad_checkpointing"] = cfg.grad_checkpointing
             p = plan(cfg)
         except SpecError as e:
             row["note"] = str(e)
@@ -131,7 +136,8 @@ def render(args, data: list[dict]) -> str:
                 return [r["precision"], r["method"], "n/a: " + r["note"]] + [""] * (len(header) - 3)
             notes.append(f"{r['precision']}: n/a: {r['note']}")
             return [r["precision"], r["method"], f"n/a [{len(notes)}]"] + [""] * (len(header) - 3)
-        vals = [r["precision"], r["method"]] + [f"{sum(r.get(k) or 0 for k in ks) / GiB:.2f}" for _, ks in groups]
+        method = r["method"] + ("+ckpt" if r.get("grad_checkpointing") else "")
+        vals = [r["precision"], method] + [f"{sum(r.get(k) or 0 for k in ks) / GiB:.2f}" for _, ks in groups]
         if with_fit:
             vals += ["yes" if r.get("fits") else "no", f"{r['margin_bytes'] / GiB:+.2f}"]
         return vals

@@ -5,8 +5,10 @@ Every subcommand that takes a configuration (``plan``, ``compare``, ``recommend`
 The defaults are read from the dataclass (a default exists once, in ``specs.py``) and every help text ends with
 it. :func:`config_dict_from_args` turns the flags the user gave into the dict :meth:`PlanConfig.from_dict` reads.
 
-Three fields resolve later, so their flag has no value unless given:
-- ``precision``: nf4 for qlora, bf16 otherwise (resolved by ``PlanConfig.from_dict``);
+Five fields resolve later, so their flag has no value unless given:
+- ``precision``, ``grad_checkpointing`` and ``lora_targets``: the recipe's (``PlanConfig.from_dict``, specs
+  assumption 4): nf4 for qlora, bf16 otherwise; checkpointing on under PEFT's prepare_model_for_kbit_training
+  (``--no-grad-checkpointing`` turns it off), off otherwise; PEFT's per-family LoRA targets;
 - ``compute_dtype`` and ``flash_attention``: bf16 and FlashAttention, or fp16 and the math kernel on a GPU without
   bf16 (resolved by the command that knows the GPU; the dataclass default otherwise).
 """
@@ -46,7 +48,7 @@ HELP: dict[str, tuple[str, str]] = {
     "adapter_size": (_TRAIN, "bottleneck adapter width"),
     "num_virtual_tokens": (_TRAIN, "prefix/prompt tuning: virtual tokens"),
     "grad_checkpointing": (_TRAIN, "recompute activations in backward: far less activation memory for ~30%% more "
-                                   "compute"),
+                                   "compute; --no-grad-checkpointing turns it off"),
     "grad_accum": (_TRAIN, "micro-batches per optimizer step (no extra memory)"),
     "batch": (_WORK, "sequences per micro-batch per GPU"),
     "seq": (_WORK, "tokens per sequence (inference: the whole context)"),
@@ -72,9 +74,13 @@ FLAG_NAMES = {"padding_mask": "--padded", "kbit_upcast": "--no-kbit-upcast",
               "flash_attention": "--no-flash-attention"}
 # What "default" means where the value is resolved later (see the module docstring).
 DEFAULT_TEXT = {"precision": "nf4 for qlora, bf16 otherwise", "compute_dtype": "bf16; fp16 on GPUs without bf16",
+                "grad_checkpointing": "on for qlora and other k-bit training under PEFT's "
+                                      "prepare_model_for_kbit_training, off otherwise",
+                "lora_targets": "PEFT's per-family default: q_proj,v_proj; c_attn for gpt2; qkv_proj for phi3",
                 "kv_dtype": "the compute dtype", "fsdp": "off", "freeze_modules": "none",
                 "flash_attention": "FlashAttention on GPUs with bf16 (sm80+)"}
-RESOLVED_LATER = ("precision", "compute_dtype", "flash_attention")
+RESOLVED_LATER = ("precision", "compute_dtype", "flash_attention", "grad_checkpointing", "lora_targets")
+NEGATABLE = ("grad_checkpointing",)  # --X and --no-X (argparse.BooleanOptionalAction's spelling)
 CHOICES = {"compute_dtype": ("fp32", "fp16", "bf16"), "zero": (0, 1, 2, 3), "fsdp": ("full_shard", "shard_grad_op"),
            "stack": ("transformers", "litgpt")}
 _LISTS = ("lora_targets", "freeze_modules")
@@ -92,7 +98,10 @@ class _Given(argparse.Action):
         super().__init__(option_strings, dest, nargs=0 if store is not None else kw.pop("nargs", None), **kw)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, self.store if self.store is not None else values)
+        value = self.store if self.store is not None else values
+        if self.store is not None and len(self.option_strings) == 2 and option_string == self.option_strings[1]:
+            value = not self.store  # the --no-X spelling of a negatable flag
+        setattr(namespace, self.dest, value)
         given = getattr(namespace, GIVEN, None)
         if given is None:
             given = set()
@@ -154,7 +163,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, model_required: boo
         kw["default"] = None if f.name in RESOLVED_LATER else default if kind == "bool" else value
         shown = DEFAULT_TEXT.get(f.name) or shown
         help_text = text if text is argparse.SUPPRESS else f"{text} (default: {shown})"
-        group(title).add_argument(flag_name(f.name), help=help_text, **kw)
+        names = [flag_name(f.name)]
+        if f.name in NEGATABLE:
+            names.append("--no-" + names[0][2:])
+            kw["store"] = True
+        group(title).add_argument(*names, help=help_text, **kw)
 
 
 def given_fields(args: argparse.Namespace) -> frozenset[str]:
@@ -218,3 +231,47 @@ def config_dict_from_mapping(entry) -> dict:
             v = [ALL_LINEAR]
         out[name] = v
     return out
+
+
+# ---- flags a configuration ignores (specs assumption 5: a flag the method ignores is an error when given) ----
+_TRAINING_ONLY = ("optimizer", "training_precision", "grad_checkpointing", "grad_accum", "zero", "fsdp", "offload",
+                  "padding_mask", "kbit_upcast")
+_BY_METHOD = {"lora_r": ("lora", "qlora"), "lora_alpha": ("lora", "qlora"), "lora_targets": ("lora", "qlora"),
+              "lora_dropout": ("lora", "qlora"), "freeze_last_layers": ("freeze",), "freeze_modules": ("freeze",),
+              "adapter_size": ("adapter",), "num_virtual_tokens": ("prefix", "prompt")}
+
+
+def ignored_flag(cfg, given, *, any_precision: bool = False) -> str | None:
+    """Why the first flag in ``given`` (PlanConfig field names) does nothing for ``cfg``, or None. The value-level
+    contradictions (inference with --zero 3, ...) are PlanConfig's own (specs assumption 5); this catches a flag
+    given explicitly whose value the configuration never reads, default or not. ``any_precision``: the command
+    plans several weight precisions (compare), so the precision-dependent flags apply."""
+    method = cfg.method.value
+    training = cfg.method.is_training
+    order = {f.name: i for i, f in enumerate(dataclasses.fields(type(cfg)))}
+    for f in sorted(given, key=order.__getitem__):
+        if f in _TRAINING_ONLY and not training:
+            return f"{flag_name(f)} applies to training; this plan is for inference (drop it, or give --method)"
+        if f == "kv_dtype" and training:
+            return f"{flag_name(f)} applies to inference (a training step keeps no KV cache); drop it"
+        if f in _BY_METHOD and training and method not in _BY_METHOD[f]:
+            return f"{flag_name(f)} applies to --method {' or '.join(_BY_METHOD[f])}, not {method} (drop it)"
+        if f in _BY_METHOD and not training:
+            return f"{flag_name(f)} applies to --method {' or '.join(_BY_METHOD[f])}; this plan is for inference"
+        if any_precision:
+            continue
+        if f == "group_size" and cfg.precision.value != "int4":
+            return f"--group-size applies to int4 weights, not {cfg.precision.value} (drop it)"
+        if f == "kbit_upcast" and not cfg.precision.is_kbit:
+            return f"--no-kbit-upcast applies to k-bit weights (nf4, fp4, int8, int4), not {cfg.precision.value}"
+    return None
+
+
+def check_given(cfg, given, *, any_precision: bool = False) -> None:
+    """Raise a one-line SpecError for :func:`ignored_flag`."""
+    from quantlab.specs import SpecError
+
+    why = ignored_flag(cfg, given, any_precision=any_precision)
+    if why:
+        raise SpecError(why)
+

@@ -12,7 +12,7 @@ without a GPU) and the notes. ``--from-json FILE`` reads that document back (:fu
 same bytes; it is the whole input, so configuration flags beside it are an error.
 
 Outputs are checked before anything is printed: ``--emit`` files are written before stdout, and a folder that
-cannot be written is one line, exit 2.
+cannot be written is one line, exit 2; so is a plan that does not fit its ``--gpu``, unless ``--force``.
 """
 
 from __future__ import annotations
@@ -66,28 +66,53 @@ def gpu_adjusted(d: dict, gpu) -> dict:
 
 
 def gpu_notes(cfg, gpu) -> list[str]:
-    """What :func:`gpu_adjusted` chose, derived from the configuration and the GPU (so a plan read back with
-    --from-json says the same)."""
-    if gpu is None or gpu.bf16_supported:
+    """What :func:`gpu_adjusted` chose, and what the GPU cannot run natively, derived from the configuration and
+    the GPU (so a plan read back with --from-json says the same).
+
+    A format the GPU has no hardware for is a note, not an error: the bytes are the same, the speed is not.
+    bf16 on a GPU without it (T4, V100: ``bf16_supported: false`` in profiles/gpus) runs through PyTorch's
+    emulation; fp8 weights on a GPU without FP8 tensor cores (``fp8_supported: false``: A100, A10G, T4, V100) run
+    weight-only, dequantized for each matmul (vLLM's FP8 Marlin W8A16 kernel on sm80+; on older GPUs only a
+    dequantizing fallback)."""
+    if gpu is None:
         return []
     out = []
+    if cfg.precision.value == "fp8" and not gpu.fp8_supported:
+        out.append(f"{gpu.name} has no FP8 tensor cores: fp8 weights run weight-only, dequantized for each matmul "
+                   + ("(vLLM's FP8 Marlin W8A16); " if gpu.bf16_supported else
+                      "(vLLM's FP8 Marlin needs sm80+: only a dequantizing fallback here); ")
+                   + "the memory is as planned, the speed is not FP8's")
+    if gpu.bf16_supported:
+        return out
     if cfg.compute_dtype.value == "fp16":
         out.append(f"{gpu.name} has no bf16: compute dtype fp16")
+    elif cfg.compute_dtype.value == "bf16":
+        out.append(f"{gpu.name} has no bf16 tensor cores: bf16 compute runs emulated (much slower than fp16, the "
+                   "default here); the memory is as planned")
     if not cfg.flash_attention:
         out.append(f"{gpu.name} has no FlashAttention (pre-Ampere): SDPA on a grouped-query model takes the math "
                    "kernel (activations A3b)")
     return out
 
 
-def config_from_args(args: argparse.Namespace, *, gpu=None):
+def config_from_args(args: argparse.Namespace, *, gpu=None, any_precision: bool = False):
     """Build the PlanConfig the flags describe (bad values raise QuantlabError with one line); the resolved
-    model is left on ``args._resolved`` and the GPU's choices on ``args._auto_notes``."""
+    model is left on ``args._resolved`` and the GPU's choices on ``args._auto_notes``.
+
+    A flag the configuration ignores is an error when given (``flags.check_given``; ``any_precision``: the
+    command plans several weight precisions), and so is a CPU plan checked against a GPU (its totals have no
+    CUDA context or allocator reserve, so a verdict would be short of what the GPU needs)."""
+    from quantlab.commands.flags import check_given, given_fields
     from quantlab.profiles import load_model
-    from quantlab.specs import PlanConfig
+    from quantlab.specs import DeviceMode, PlanConfig, SpecError
 
     resolved = load_model(args.model)
     args._resolved = resolved
     cfg = PlanConfig.from_dict(gpu_adjusted(config_dict(args), gpu), model=resolved.spec)
+    check_given(cfg, given_fields(args), any_precision=any_precision)
+    if gpu is not None and cfg.device is DeviceMode.CPU:
+        raise SpecError(f"--device cpu counts tensor bytes without CUDA context or allocator reserve, so it cannot "
+                        f"be checked against {gpu.name}; drop --device cpu or --gpu")
     args._auto_notes = gpu_notes(cfg, gpu)
     return cfg
 
@@ -171,6 +196,7 @@ def plan_document(resolved_name: str, resolution: str, cfg, p, gpu, gpu_doc: dic
     configuration field, resolved, with the model spec), what it resolved to (model, GPU), the answer
     (components, totals, fit) and why (notes)."""
     from quantlab import __version__
+    from quantlab.specs import config_notes, recipe
 
     fit_doc = dict.fromkeys(FIT_KEYS)
     if f is not None:
@@ -179,13 +205,14 @@ def plan_document(resolved_name: str, resolution: str, cfg, p, gpu, gpu_doc: dic
         "schema": SCHEMA, "quantlab_version": __version__,
         "model": resolved_name, "model_resolution": resolution,
         "config": cfg.to_dict(),
+        "recipe": recipe(cfg),
         **gpu_doc,
         "params": p.params, "active_params": p.active_params, "trainable_params": p.trainable_params,
         "components": dict(p.components),
         "peak_allocated_bytes": p.peak_allocated_bytes, "peak_reserved_bytes": p.peak_reserved_bytes,
         "process_bytes": p.process_bytes,
         **fit_doc,
-        "notes": gpu_notes(cfg, gpu) + list(p.notes),
+        "notes": gpu_notes(cfg, gpu) + config_notes(cfg) + list(p.notes),
     }
 
 
@@ -290,6 +317,11 @@ def run(args) -> int:
     written = []
     if getattr(args, "emit", None):  # before stdout: a refused --emit prints nothing
         from quantlab.emit import emit
+        from quantlab.units import fmt_bytes
+
+        if f is not None and not f.fits and not getattr(args, "force", False):
+            raise QuantlabError(f"the plan does not fit on {f.gpu.name} (short by {fmt_bytes(-f.margin_bytes)}): no "
+                                "launch files written; change the plan, or add --force to write them anyway")
 
         written = emit(cfg, args.emit, args.emit_dir)
     write_stdout(text)
@@ -344,6 +376,7 @@ def table_text(doc: dict, p, f) -> str:
                + (f"; {c.num_gpus} GPUs" + (f", ZeRO-{c.zero}" if c.zero else "") + (f", FSDP {c.fsdp}" if c.fsdp else "")
                   + (f", TP {c.tp}" if c.tp > 1 else "") if c.num_gpus > 1 else "")
                + ("" if c.device.value == "cuda" else "; CPU (no CUDA context or reserve)"))
+    out.append(f"recipe: {doc['recipe']}")
     t = Table(title="Memory per GPU (GiB = 2^30 bytes)", title_justify="left")
     t.add_column("component", overflow="fold")
     t.add_column("GiB", justify="right", no_wrap=True)

@@ -16,13 +16,13 @@ TINY = ModelSpec(name="tiny", model_type="llama", hidden_size=64, num_hidden_lay
 
 ARGV = ["--method", "qlora", "--precision", "fp4", "--compute-dtype", "fp16", "--training-precision", "amp",
         "--double-quant", "--group-size", "64", "--optimizer", "paged-adamw-8bit", "--batch", "3", "--seq", "77",
-        "--kv-dtype", "fp8", "--lora-r", "8", "--lora-alpha", "7", "--lora-targets", "q_proj, o_proj",
+        "--lora-r", "8", "--lora-alpha", "7", "--lora-targets", "q_proj, o_proj",
         "--lora-dropout", "0.25", "--no-flash-attention", "--freeze-last-layers", "1", "--freeze-modules",
         "lm_head,norm", "--adapter-size", "12", "--num-virtual-tokens", "5", "--grad-checkpointing", "--attn",
         "eager", "--padded", "--grad-accum", "4", "--num-gpus", "4", "--fsdp", "shard_grad_op", "--offload",
         "optimizer", "--tp", "2", "--device", "cuda", "--no-kbit-upcast", "--stack", "litgpt"]
 EXPECTED = dict(method="qlora", precision="fp4", compute_dtype="fp16", training_precision="amp", double_quant=True,
-                group_size=64, optimizer="paged-adamw-8bit", batch=3, seq=77, kv_dtype="fp8", lora_r=8, lora_alpha=7,
+                group_size=64, optimizer="paged-adamw-8bit", batch=3, seq=77, lora_r=8, lora_alpha=7,
                 lora_targets=["q_proj", "o_proj"], lora_dropout=0.25, flash_attention=False, freeze_last_layers=1,
                 freeze_modules=["lm_head", "norm"], adapter_size=12, num_virtual_tokens=5, grad_checkpointing=True,
                 attn="eager", padding_mask=True, grad_accum=4, num_gpus=4, fsdp="shard_grad_op", offload="optimizer",
@@ -100,7 +100,8 @@ def test_every_field_has_its_flag_and_help_shows_the_default(prefix, parser):
             assert "(default: " in a.help and a.help.endswith(")"), f.name
     args = parser.parse_args(["--model", "x"])
     d = PlanConfig(model=TINY)
-    assert (args.lora_r, args.lora_targets) == (d.lora_r, ",".join(d.lora_targets))
+    assert args.lora_r == d.lora_r
+    assert args.lora_targets is None and args.grad_checkpointing is None  # the recipe's, resolved by from_dict
     if len(fields) == len(dataclasses.fields(PlanConfig)) - 1:  # every field but the model
         assert (args.batch, args.seq) == (d.batch, d.seq)
         assert args.precision is None and args.compute_dtype is None and args.flash_attention is None
@@ -144,7 +145,7 @@ def test_matrix_mapping_gives_the_same_dict_as_the_flags():
 
     entry = {"method": "qlora", "precision": "fp4", "compute-dtype": "fp16", "training-precision": "amp",
              "double-quant": True, "group-size": 64, "optimizer": "paged-adamw-8bit", "batch": 3, "seq": 77,
-             "kv-dtype": "fp8", "lora-r": 8, "lora-alpha": 7, "lora-targets": "q_proj, o_proj", "lora-dropout": 0.25,
+             "lora-r": 8, "lora-alpha": 7, "lora-targets": "q_proj, o_proj", "lora-dropout": 0.25,
              "no-flash-attention": True, "freeze-last-layers": 1, "freeze-modules": ["lm_head", "norm"],
              "adapter-size": 12, "num-virtual-tokens": 5, "grad-checkpointing": True, "attn": "eager",
              "padded": True, "grad-accum": 4, "num-gpus": 4, "fsdp": "shard_grad_op", "offload": "optimizer",
@@ -168,8 +169,28 @@ def test_help_shows_the_defaults():
 
     assert f"optimizer steps (early stopping may end sooner) (default: {FinetuneConfig.max_steps})" in ft
     assert f"(early stopping) (default: {FinetuneConfig.eval_every})" in ft
-    assert "(default: q_proj,v_proj)" in ft and "(default: smollm2-135m)" in ft
+    assert "(default: PEFT's per-family default: q_proj,v_proj; c_attn for gpt2" in ft and \
+        "(default: smollm2-135m)" in ft
     v = re.sub(r"\s+", " ", parsers["validate"].format_help())
-    for text in ("(default: 2048)", "(default: nf4 for qlora, bf16 otherwise)", "(default: q_proj,v_proj)",
+    for text in ("(default: 2048)", "(default: nf4 for qlora, bf16 otherwise)",
+                 "(default: PEFT's per-family default: q_proj,v_proj; c_attn for gpt2; qkv_proj for phi3)",
+                 "--no-grad-checkpointing", "(default: on for qlora and other k-bit training under PEFT's "
+                 "prepare_model_for_kbit_training, off otherwise)",
                  "(default: sdpa)", "(default: adamw)"):
         assert text in v, text
+
+
+def test_kv_dtype_flag_parses_for_an_inference_plan():
+    """--kv-dtype is an inference flag (a training plan with it is a contradiction, tests/test_recipes.py)."""
+    d = config_dict_from_args(_parser().parse_args(["--model", "m", "--kv-dtype", "fp8"]))
+    assert d == {"kv_dtype": "fp8"}
+    assert PlanConfig.from_dict(d, model=TINY).kv_dtype.value == "fp8"
+
+
+@pytest.mark.parametrize("argv, value", [([], None), (["--grad-checkpointing"], True),
+                                         (["--no-grad-checkpointing"], False),
+                                         (["--no-grad-checkpointing", "--grad-checkpointing"], True)])
+def test_grad_checkpointing_is_negatable_and_unset_without_a_flag(argv, value):
+    args = _parser().parse_args(["--model", "m"] + argv)
+    d = config_dict_from_args(args)
+    assert d.get("grad_checkpointing") == value and ("grad_checkpointing" in d) == bool(argv)

@@ -18,7 +18,44 @@ def test_plan_13b_qlora_on_4090_breakdown_and_verdict(capsys):
     assert rc == 0
     assert "13b -> llama-2-13b (alias)" in out
     assert "weights" in out and "quant_constants" in out and "activations" in out
-    assert "FIT" in out
+    flat = " ".join(out.split())  # rich wraps at 80 columns
+    assert "FITS on rtx-4090" in flat
+    assert "recipe: PEFT QLoRA (prepare_model_for_kbit_training: checkpointing on, fp32 upcast)" in flat
+    assert "r 16 on q_proj,v_proj (PEFT's default for llama)" in flat
+
+
+def test_qlora_without_checkpointing_is_the_explicit_choice(capsys):
+    """--no-grad-checkpointing plans what prepare_model_for_kbit_training(use_gradient_checkpointing=False) does:
+    every block's activations kept, more memory than the recipe, and the header says checkpointing off."""
+    import re
+
+    def process(*extra):
+        rc, out, _ = run(capsys, "plan", "--model", "13b", "--method", "qlora", "--gpu", "rtx-4090", "--format",
+                         "json", *extra)
+        assert rc == 0
+        return json.loads(out)
+
+    on, off = process(), process("--no-grad-checkpointing")
+    assert on["config"]["grad_checkpointing"] is True and off["config"]["grad_checkpointing"] is False
+    assert off["process_bytes"] > on["process_bytes"]
+    assert "checkpointing off" in off["recipe"] and on["fits"] and not off["fits"]
+    assert process("--grad-checkpointing") == on  # the explicit flag is the recipe's default
+    rc, out, _ = run(capsys, "plan", "--model", "13b", "--method", "qlora", "--no-grad-checkpointing")
+    assert re.search(r"checkpointing\s+off", out)
+
+
+@pytest.mark.parametrize("model, targets", [("gpt2", ["c_attn"]), ("phi-3-mini", ["qkv_proj"]),
+                                            ("qwen2.5-7b", ["q_proj", "v_proj"])])
+def test_lora_default_targets_follow_the_family(capsys, model, targets):
+    """PEFT's per-family target_modules (families F9): q_proj,v_proj match nothing in GPT-2 or Phi-3."""
+    rc, out, err = run(capsys, "plan", "--model", model, "--method", "lora", "--format", "json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["config"]["lora_targets"] == targets and doc["trainable_params"] > 0
+    assert (model == "phi-3-mini") == any("no default LoRA target_modules for phi3" in n for n in doc["notes"])
+    rc, out, err = run(capsys, "plan", "--model", model, "--method", "lora", "--lora-targets", "all-linear",
+                       "--format", "json")
+    assert rc == 0 and json.loads(out)["trainable_params"] > doc["trainable_params"]
 
 
 def test_plan_json_contract(capsys):
@@ -98,3 +135,16 @@ def test_lora_dropout_flag_and_t4_flash_note(capsys):
 def test_tensor_parallel_that_cannot_split_heads_is_one_line(capsys):
     rc, _, err = run(capsys, "plan", "--model", "8b", "--num-gpus", "3", "--tp", "3")
     assert rc == 2 and "tensor-parallel degree 3" in err and len(err.strip().splitlines()) == 1
+
+
+def test_compare_rows_follow_each_methods_recipe(capsys):
+    """A QLoRA compare plans its LoRA rows without checkpointing and its k-bit rows with it (each row's own
+    recipe); an explicit flag holds for every row."""
+    rc, out, _ = run(capsys, "compare", "--model", "13b", "--method", "qlora", "--format", "json")
+    rows = {r["precision"]: r for r in json.loads(out)["rows"]}
+    assert (rows["bf16"]["method"], rows["bf16"]["grad_checkpointing"]) == ("lora", False)
+    assert (rows["nf4"]["method"], rows["nf4"]["grad_checkpointing"]) == ("qlora", True)
+    assert rows["int8"]["grad_checkpointing"] is True  # LoRA on 8-bit weights goes through the k-bit recipe too
+    rc, out, _ = run(capsys, "compare", "--model", "13b", "--method", "qlora", "--no-grad-checkpointing",
+                     "--format", "json")
+    assert not any(r["grad_checkpointing"] for r in json.loads(out)["rows"])

@@ -61,7 +61,10 @@ def test_document_holds_every_field_resolved(capsys):
     assert doc["model"] == "llama-3.1-8b" and doc["model_resolution"] == "8b -> llama-3.1-8b (alias)"
     assert doc["gpu"] == "t4" and doc["gpu_profile"] == "t4" and doc["gpu_bf16_supported"] is False
     assert isinstance(doc["gpu_memory_bytes"], int)
-    assert doc["fits"] is False and isinstance(doc["suggestions"], list)
+    # the QLoRA recipe turns checkpointing on (prepare_model_for_kbit_training), and with it 8B fits a 16 GB T4
+    assert c["grad_checkpointing"] is True and c["kbit_upcast"] is True
+    assert doc["recipe"].startswith("PEFT QLoRA (prepare_model_for_kbit_training: checkpointing on, fp32 upcast)")
+    assert doc["fits"] is True and isinstance(doc["suggestions"], list)
     assert "t4 has no bf16: compute dtype fp16" in doc["notes"]
     cfg = PlanConfig.from_dict(doc["config"])
     from quantlab.planner import plan
