@@ -166,6 +166,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.model:
         raise QuantlabError("give --model NAME; see 'quantlab profiles'")
+    if getattr(args, "emit", None):
+        raise QuantlabError("--emit writes training launch configurations; this plan is for inference")
     gpu, gpu_msg = resolve_gpu(getattr(args, "gpu", None))
     cfg = config_from_args(args, gpu=gpu)
     s = serve_config_from_args(args, cfg)
@@ -191,13 +193,15 @@ def document(args, s, p, gpu, gpu_msg) -> dict:
            "model": args._resolved.name, "model_resolution": args._resolved.resolved_from, **p.to_dict(),
            "gpu": gpu.name if gpu else None, "gpu_memory_bytes": gpu.memory_bytes if gpu else None,
            "gpu_detection": gpu_msg, "fits": None, "margin_bytes": None, "max_concurrency": None,
-           "max_prompt_tokens": None, "speed": None}
+           "max_prompt_tokens": None, "speed": None, "suggestions": []}
     doc["notes"] = list(getattr(args, "_auto_notes", []) or []) + doc["notes"]
     if gpu is not None:
         doc["fits"] = S.fits(p, gpu)
         doc["margin_bytes"] = gpu.memory_bytes - p.process_bytes
         doc["max_concurrency"] = S.max_concurrency(s, gpu)
         doc["max_prompt_tokens"] = S.max_prompt(s, gpu)
+        if not doc["fits"]:
+            doc["suggestions"] = [{"change": t, "process_bytes": b} for t, b in S.suggestions(s, gpu)]
         try:
             doc["speed"] = S.speed(s, gpu).to_dict()
         except ValueError as e:  # a GPU without a peak for this dtype
@@ -299,6 +303,10 @@ def table_text(doc: dict, s, p, gpu) -> str:
                    "accelerate would offload blocks to the CPU" if p.offloaded_blocks else
                    "the KV pool cannot hold the requested sequences")
             out.append(f"[red bold]DOES NOT FIT[/] on {gpu.name} ({fmt_bytes(gpu.memory_bytes)}): {why}")
+        if doc["suggestions"]:
+            out.append("single changes that make it fit:")
+            for x in doc["suggestions"]:
+                out.append(f"  - {x['change']}: {fmt_bytes(x['process_bytes'])} per GPU")
         out.append(f"at a context of {s.context:,} tokens, up to {doc['max_concurrency']:,} concurrent sequences "
                    f"fit; at concurrency {s.concurrency}, a prompt of up to {doc['max_prompt_tokens']:,} tokens"
                    + (f" (+ {s.new_tokens} new)" if s.new_tokens else "") + " (S10)")

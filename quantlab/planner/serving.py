@@ -780,6 +780,11 @@ def vllm_plan(s: ServeConfig, gpu: GPUSpec | None) -> ServePlan:
                   "cuda_context": ctx})
     if kv_heads * cfg.tp > m.kv_heads:
         notes.append(f"tp {cfg.tp} is above {m.name}'s {m.kv_heads} KV heads: each GPU keeps one (replicated, S5)")
+    if s.adapters:
+        cpu = (s.max_cpu_loras or s.adapters) * lora // max(s.adapters, 1) * cfg.tp
+        notes.append(f"vLLM LoRA: {s.adapters} GPU slot(s) of rank {s.lora_rank_slots} for every linear (S6); "
+                     f"max_cpu_loras {s.max_cpu_loras or s.adapters} wait in CPU memory (~{cpu / GiB:.2f} GiB of host "
+                     "RAM)")
     if m.sliding_window:
         notes.append("vLLM's pool is planned as full attention for the sliding-window layers (S8: an upper bound)")
     notes.append("vLLM fills its budget (gpu_memory_utilization x memory) with the KV pool; the CUDA graphs and the "
@@ -951,6 +956,48 @@ def search_prompt(s: ServeConfig, gpu: GPUSpec, *, headroom: float = 0.0, cap: i
     return _search(ok, lo, min(cap, lo * 2 - 1))
 
 
+def suggestions(s: ServeConfig, gpu: GPUSpec, headroom: float = 0.0) -> list[tuple[str, int]]:
+    """Single changes that make ``s`` fit ``gpu``, each planned (text, process bytes per GPU): the fewest GPUs with
+    tensor parallel and with the device_map split (both named: S4, S5), a smaller KV cache, k-bit weights."""
+    out: list[tuple[str, int]] = []
+
+    def attempt(text: str, t: ServeConfig) -> bool:
+        try:
+            p = serve_plan(t, gpu)
+        except SpecError:
+            return False
+        if fits(p, gpu, headroom):
+            out.append((text, p.process_bytes))
+            return True
+        return False
+
+    per = s.per_replica_gpus
+    m = s.plan.model
+    for n in (2, 4, 8, 16):
+        if n <= per:
+            continue
+        tp_ok = not (m.num_attention_heads % n or (m.kv_heads % n and n % m.kv_heads))
+        if tp_ok and attempt(f"{n} x {gpu.name} with tensor parallel (--tp {n} --num-gpus {n * s.replicas})",
+                             dataclasses.replace(s, plan=dataclasses.replace(s.plan, tp=n, num_gpus=n * s.replicas))):
+            break
+    if s.engine is Engine.TRANSFORMERS:
+        for n in (2, 4, 8, 16):
+            if n > per and attempt(f"{n} x {gpu.name} split by device_map=\"auto\" (--num-gpus {n * s.replicas})",
+                                   dataclasses.replace(s, plan=dataclasses.replace(s.plan, tp=1,
+                                                                                   num_gpus=n * s.replicas))):
+                break
+    if (s.plan.kv_dtype or s.plan.compute_dtype) is not DType.FP8 and s.cache is not Cache.QUANTIZED:
+        attempt("fp8 KV cache (--kv-dtype fp8)", dataclasses.replace(s, plan=dataclasses.replace(s.plan,
+                                                                                             kv_dtype=DType.FP8)))
+        if s.engine is Engine.TRANSFORMERS and s.mode is not Mode.SCORE:
+            attempt("int4 quantized cache (--cache quantized)", dataclasses.replace(s, cache=Cache.QUANTIZED))
+    if s.plan.precision.is_float:
+        for prec in (Precision.INT8, Precision.NF4):
+            attempt(f"{prec.value} weights (--precision {prec.value})",
+                    dataclasses.replace(s, plan=dataclasses.replace(s.plan, precision=prec)))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------
 # throughput beside memory
 
@@ -985,4 +1032,4 @@ def speed(s: ServeConfig, gpu: GPUSpec, util: TP.Utilisation = TP.Utilisation())
 __all__ = ["Mode", "Engine", "Cache", "RopeScaling", "ServeConfig", "ServePlan", "GPUShare", "VllmPool", "Speed",
            "serve_config", "with_workload", "serve_plan", "fits", "max_concurrency", "max_prompt",
            "search_concurrency", "search_prompt", "speed", "context_limit", "vllm_derived_max_len", "device_map",
-           "module_sizes", "kv_bytes", "adapter_bytes", "block_transient", "one_position_logits", "vllm_defaults"]
+           "module_sizes", "kv_bytes", "suggestions", "adapter_bytes", "block_transient", "one_position_logits", "vllm_defaults"]

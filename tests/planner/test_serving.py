@@ -273,3 +273,19 @@ def test_rope_parse_and_config():
     for bad in ("yarn", "yarn:x", "cubic:2", "linear:0.5"):
         with pytest.raises(SpecError):
             S.RopeScaling.parse(bad)
+
+
+def test_suggestions_name_tensor_parallel_and_the_split_and_each_fits():
+    g = load_gpu("a100-80gb")
+    s = sc(M70, seq=2048)
+    assert not S.fits(S.serve_plan(s, g), g)
+    sug = S.suggestions(s, g)
+    texts = [t for t, _ in sug]
+    assert any("tensor parallel" in t for t in texts) and any("device_map" in t for t in texts)
+    assert all(b <= g.memory_bytes for _, b in sug)
+    assert S.suggestions(sc(seq=2048), g) == [] or S.fits(S.serve_plan(sc(seq=2048), g), g)
+
+
+def test_vllm_adapters_note_the_cpu_loras():
+    p = S.serve_plan(sc(seq=2048, engine=S.Engine.VLLM, adapters=2, max_cpu_loras=8), load_gpu("l40s"))
+    assert any("max_cpu_loras 8" in n for n in p.notes)
