@@ -56,8 +56,10 @@ S7. vLLM (``vllm/v1/worker/gpu_worker.py`` ``determine_available_memory``): the 
     Non-torch memory added by the profile run is assumed 256 MiB (cuBLAS workspaces; NCCL when tp > 1 adds
     assumed 256 MiB more). CUDA graphs are captured after the pool is allocated (``compile_or_warm_up_model``)
     and so lie outside the budget: assumed 512 MiB per GPU (typical "Graph capturing finished ... took 0.3-1 GiB"
-    log lines), none with ``enforce_eager``. The CUDA context is created before the memory snapshot and lies
-    outside the budget too. Defaults of ``vllm serve`` (``EngineArgs.get_batch_defaults``): max_num_batched_tokens
+    log lines), none with ``enforce_eager``. Later vLLM releases profile the CUDA graphs into the budget instead
+    (a v0.21+ log in vllm-project/vllm#46462: "CUDA graph memory profiling is enabled (default since v0.21.0)"):
+    there the pool is smaller by the graphs and the process total is the budget plus the context; not planned here.
+    The CUDA context is created before the memory snapshot and lies outside the budget too. Defaults of ``vllm serve`` (``EngineArgs.get_batch_defaults``): max_num_batched_tokens
     8192 and max_num_seqs 1024 on GPUs of at least 70 GiB that are not A100, else 2048 and 256. The embedding and
     lm_head are vocab-parallel (divided by tp), the vocabulary padded to a multiple of 64.
 S8. vLLM's pool (``vllm/v1/core/kv_cache_utils.py``): a page is ``2 x block_size x kv_heads per GPU x head_dim x
@@ -788,7 +790,8 @@ def vllm_plan(s: ServeConfig, gpu: GPUSpec | None) -> ServePlan:
     if m.sliding_window:
         notes.append("vLLM's pool is planned as full attention for the sliding-window layers (S8: an upper bound)")
     notes.append("vLLM fills its budget (gpu_memory_utilization x memory) with the KV pool; the CUDA graphs and the "
-                 "CUDA context lie outside it (S7)")
+                 "CUDA context lie outside it (S7, vLLM at commit 35d5cda1; v0.21+ counts the graphs inside: "
+                 f"about {graphs * blocks // max(pool, 1) if pool > 0 else 0:,} fewer blocks)")
     allocated = budget
     return ServePlan(s, count_params(m).total, comps, allocated, allocated, v.process_bytes, vllm=v,
                      notes=tuple(notes))
