@@ -256,18 +256,22 @@ def serving_summary(rec) -> list[str]:
     day = f" to serve {rec.tokens_per_day:.3g} tokens a day" if rec.tokens_per_day else ""
     if priced:
         o = priced[0]
+        per_m = (o.rent_usd_per_hour * 24 / (rec.tokens_per_day / 1e6) if rec.tokens_per_day
+                 else o.rent_usd_per_m_tokens)
         lines.append(f"Rent: {o.gpus} x {o.gpu} ({o.layout}{f', {o.copies} copies' if o.copies > 1 else ''}){day}: "
-                     f"{fmt_usd(o.rent_usd_per_hour * 24)}/day, ${o.rent_usd_per_m_tokens:.2f} per M tokens; "
+                     f"{fmt_usd(o.rent_usd_per_hour * 24)}/day, ${per_m:.2f} per M tokens"
+                     f"{' served' if rec.tokens_per_day else ''}; "
                      f"{fmt_bytes(o.memory_per_gpu_bytes)} of {fmt_bytes(o.gpu_memory_bytes)} per GPU, "
                      f"{fmt_bytes(o.headroom_bytes)} kept free ({rec.headroom:.0%} headroom).")
     if rec.costs is not None:
-        owned = [(o, o.buy(rec.costs)) for o in rec.options]
+        owned = [(o, o.buy(rec.costs, rec.tokens_per_day)) for o in rec.options]
         owned = [(o, b) for o, b in owned if b is not None]
         if owned:
             o, b = min(owned, key=lambda t: t[1]["own_usd_per_m_tokens"])
             lines.append(f"Buy: {o.gpus} x {o.gpu} ({o.layout}){day}: {_k(b['purchase_usd'])} up front, "
                          f"{b['power_kw']:.1f} kW ({fmt_usd(b['power_usd_per_month'])}/month), "
-                         f"${b['own_usd_per_m_tokens']:.2f} per M tokens over {rec.costs.amortize_months} months"
+                         f"${b['own_usd_per_m_tokens']:.2f} per M tokens{' served' if rec.tokens_per_day else ''} "
+                         f"over {rec.costs.amortize_months} months"
                          + (f"; breaks even against renting it after {b['break_even_months']:.0f} months."
                             if b["break_even_months"] else "; renting it is never dearer than its power."))
     lines.append(f"{rec.considered} layouts planned, {len(rec.options)} ranked (the best layout per GPU kind and "
@@ -287,7 +291,7 @@ def render_serving(rec, fmt: str, top: int = 15) -> str:
                 "cost_per_hour_usd", "rent_usd_per_m_tokens", "purchase_usd", "power_kw", "break_even_months"]
         w.writerow(cols)
         for i, o in enumerate(rec.options):
-            d = dict(o.to_dict(rec.costs), rank=i + 1)
+            d = dict(o.to_dict(rec.costs, rec.tokens_per_day), rank=i + 1)
             d.update({k: (d["buy"] or {}).get(k) for k in ("purchase_usd", "power_kw", "break_even_months")})
             w.writerow(["" if d[c] is None else d[c] for c in cols])
         return buf.getvalue()

@@ -501,8 +501,9 @@ class ServeOption:
         p = self.price_usd_per_gpu_hour
         return None if p is None else p * self.count / (self.tokens_per_s * 3600) * 1e6
 
-    def buy(self, costs: BuyCosts) -> dict | None:
-        """Purchase, power and break-even against renting around the clock (assumptions 8-10)."""
+    def buy(self, costs: BuyCosts, tokens_per_day: float | None = None) -> dict | None:
+        """Purchase, power and break-even against renting around the clock (assumptions 8-10); the owned cost per
+        million tokens is at the day's load when ``tokens_per_day`` is given, else at full load."""
         if self.purchase_usd_per_gpu is None or self.power_watts_per_gpu is None:
             return None
         purchase = self.gpus * self.purchase_usd_per_gpu * (1 + costs.host_overhead)
@@ -510,14 +511,15 @@ class ServeOption:
         power_month = kw * costs.hours_per_month * costs.electricity_usd_per_kwh
         rent_month = None if self.rent_usd_per_hour is None else self.rent_usd_per_hour * costs.hours_per_month
         saving = None if rent_month is None else rent_month - power_month
-        per_copy_tokens_month = self.tokens_per_s * 3600 * costs.hours_per_month
+        tokens_month = (tokens_per_day * costs.hours_per_month / 24 if tokens_per_day else
+                        self.copies * self.tokens_per_s * 3600 * costs.hours_per_month)
         own_month = purchase / costs.amortize_months + power_month
         return {"purchase_usd": purchase, "power_kw": kw, "power_usd_per_month": power_month,
                 "rent_usd_per_month": rent_month,
                 "break_even_months": purchase / saving if saving and saving > 0 else None,
-                "own_usd_per_m_tokens": own_month / (self.copies * per_copy_tokens_month) * 1e6}
+                "own_usd_per_m_tokens": own_month / tokens_month * 1e6}
 
-    def to_dict(self, costs: BuyCosts | None = None) -> dict:
+    def to_dict(self, costs: BuyCosts | None = None, tokens_per_day: float | None = None) -> dict:
         s = self.serve
         return {"gpu": self.gpu, "count": self.count, "layout": self.layout, "tp": s.plan.tp,
                 "replicas": s.replicas, "engine": s.engine.value, "batch": self.concurrency,
@@ -531,7 +533,7 @@ class ServeOption:
                 "rent_usd_per_hour": self.rent_usd_per_hour,  # every copy needed
                 "rent_usd_per_m_tokens": self.rent_usd_per_m_tokens,
                 "purchase_usd_per_gpu": self.purchase_usd_per_gpu, "power_watts_per_gpu": self.power_watts_per_gpu,
-                "buy": self.buy(costs) if costs else None, "speed": self.speed.to_dict(), "notes": list(self.notes)}
+                "buy": self.buy(costs, tokens_per_day) if costs else None, "speed": self.speed.to_dict(), "notes": list(self.notes)}
 
 
 @dataclass(frozen=True)
@@ -553,7 +555,8 @@ class ServeRecommendation:
                              "mode": b.mode.value, "prompt_tokens": b.prompt_tokens, "new_tokens": b.new_tokens,
                              "precision": b.plan.precision.value, "serve_tokens_per_day": self.tokens_per_day,
                              "headroom": self.headroom, "buy": self.costs is not None},
-                "options": [dict(o.to_dict(self.costs), rank=i + 1) for i, o in enumerate(self.options)],
+                "options": [dict(o.to_dict(self.costs, self.tokens_per_day), rank=i + 1)
+                            for i, o in enumerate(self.options)],
                 "assumptions": {"notes": list(self.assumptions), "utilisation": self.util.to_dict(),
                                 "buy": self.costs.to_dict() if self.costs else None, "gpus": self.gpu_facts},
                 "considered": self.considered, "rejected": dict(self.rejected)}
