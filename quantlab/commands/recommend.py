@@ -66,6 +66,19 @@ def register(sub) -> None:
                         "(default: stdout, no plot)")
     p.add_argument("--plot", default=None, metavar="PNG",
                    help="write the time-vs-cost plot (Pareto front) here (default: none)")
+    s = p.add_argument_group("serving: rent or buy (--method inference)")
+    s.add_argument("--buy", action="store_true",
+                   help="also price buying the GPUs: purchase (profiles' purchase_usd, assumed and dated), power at "
+                        "the stated fraction of the TDP, break-even months against renting (default: off)")
+    s.add_argument("--headroom", type=float, default=None, metavar="X",
+                   help="fraction of every GPU's memory kept free (default: 0.1)")
+    s.add_argument("--electricity-usd-per-kwh", type=float, default=None, metavar="USD",
+                   help="--buy: electricity price (default: 0.15, assumed)")
+    s.add_argument("--power-fraction", type=float, default=None, metavar="X",
+                   help="--buy: average board power while serving, as a fraction of the TDP (default: 0.7, assumed)")
+    from quantlab.commands.serve_flags import add_serving_arguments
+
+    add_serving_arguments(p)
     for a in p._actions:  # recommend searches the batch when none is given
         if a.dest == "batch":
             a.help = ("sequences per micro-batch per GPU (default: the largest that fits each option, up to what "
@@ -110,6 +123,14 @@ def run(args: argparse.Namespace) -> int:
     counts = [args.num_gpus] if args.num_gpus != 1 else None
     args.num_gpus = 1
     cfg = config_from_args(args)
+    if not cfg.method.is_training:
+        return run_serving(args, cfg, names, counts, given)
+    from quantlab.commands.serve_flags import serving_given
+
+    extra = serving_given(args) + [f for f in ("buy", "headroom", "electricity_usd_per_kwh", "power_fraction")
+                                   if getattr(args, f, None) not in (None, False)]
+    if extra:
+        raise QuantlabError(f"--{extra[0].replace('_', '-')} is a serving flag; it applies to --method inference")
     if cfg.method.is_training and args.serve_tokens_per_day is not None:
         raise QuantlabError("--serve-tokens-per-day is for --method inference; a training method takes --train-tokens")
     if not cfg.method.is_training and args.train_tokens is not None:
@@ -138,6 +159,190 @@ def run(args: argparse.Namespace) -> int:
             atomic_write_bytes(plot_path, png)
             print(f"wrote {plot_path}", file=sys.stderr)
     return 0 if rec.options else 1
+
+
+def run_serving(args: argparse.Namespace, cfg, names: list[str], counts, given) -> int:
+    """``recommend --method inference``: rent or buy serving layouts (planner.recommend.recommend_serving)."""
+    from quantlab import profiles
+    from quantlab.commands.serve_flags import serve_config_from_args
+    from quantlab.fileio import atomic_write_text, write_stdout
+    from quantlab.planner.recommend import DEFAULT_HEADROOM, BuyCosts, recommend_serving
+
+    if args.train_tokens is not None:
+        raise QuantlabError("--train-tokens is for training methods; --method inference takes --serve-tokens-per-day")
+    if args.plot:
+        raise QuantlabError("--plot draws training time against cost; a serving recommendation has no plot")
+    headroom = DEFAULT_HEADROOM if args.headroom is None else args.headroom
+    if not 0 <= headroom < 1:
+        raise QuantlabError(f"--headroom must be in [0, 1), got {headroom}")
+    kw = {}
+    for flag, name in (("electricity_usd_per_kwh", "electricity_usd_per_kwh"), ("power_fraction", "power_fraction")):
+        v = getattr(args, flag)
+        if v is not None:
+            if not (v > 0 and math.isfinite(v)) or (flag == "power_fraction" and v > 1):
+                raise QuantlabError(f"--{flag.replace('_', '-')} must be a positive number"
+                                    + (" of at most 1" if flag == "power_fraction" else "") + f", got {v}")
+            kw[name] = v
+    if kw and not args.buy:
+        raise QuantlabError(f"--{next(iter(kw)).replace('_', '-')} prices buying; add --buy")
+    explicit = args.concurrency if args.concurrency is not None else (cfg.batch if "batch" in given else None)
+    base = serve_config_from_args(args, cfg)
+    gpus = [profiles.load_gpu(n) for n in names]
+    buy = {}
+    for g in gpus:
+        try:
+            d = profiles.gpu_doc(g.name)
+            buy[g.name] = (d["purchase_usd"]["value"], d["power_watts"]["value"], d["purchase_usd"]["source"],
+                           d["power_watts"]["source"])
+        except (KeyError, TypeError, QuantlabError):
+            buy[g.name] = (None, None, None, None)
+    rec = recommend_serving(base, gpus, tokens_per_day=args.serve_tokens_per_day, max_gpus=args.max_gpus,
+                            counts=counts, headroom=headroom, concurrency=explicit,
+                            budget_per_hour=args.budget_per_hour, buy=buy,
+                            costs=BuyCosts(**kw) if args.buy else None)
+    text = render_serving(rec, args.format, args.top)
+    if args.out:
+        atomic_write_text(args.out, text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        write_stdout(text)
+    return 0 if rec.options else 1
+
+
+def _dated(source: str | None, basis: str | None) -> str:
+    """'assumed, recorded 2026-11-22' from a profile's source line."""
+    import re
+
+    m = re.search(r"recorded (\d{4}-\d{2}-\d{2})", source or "")
+    return f"{basis or 'assumed'}, recorded {m.group(1)}" if m else (basis or "assumed")
+
+
+def _k(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"${x / 1e6:.1f}M" if x >= 1e6 else f"${x / 1e3:.0f}k" if x >= 1e4 else f"${x:,.0f}"
+
+
+SERVE_HEADERS = ["#", "GPU", "GPUs", "layout", "conc", "GiB/GPU", "tok/s", "$/day", "$/Mtok"]
+BUY_HEADERS = ["buy", "kW", "even"]
+
+
+def _serve_rows(rec, top: int | None):
+    from quantlab.units import GiB
+
+    for i, o in enumerate(rec.options[:top] if top else rec.options):
+        rent = o.rent_usd_per_hour
+        row = [str(i + 1), o.gpu, f"{o.copies}x{o.count}" if o.copies > 1 else str(o.count), o.layout,
+               str(o.concurrency), f"{o.memory_per_gpu_bytes / GiB:.0f}/{o.gpu_memory_bytes / GiB:.0f}",
+               f"{o.tokens_per_s:,.0f}", fmt_usd(None if rent is None else rent * 24),
+               "-" if o.rent_usd_per_m_tokens is None else f"{o.rent_usd_per_m_tokens:.2f}"]
+        if rec.costs is not None:
+            b = o.buy(rec.costs)
+            row += ["-", "-", "-"] if b is None else [
+                _k(b["purchase_usd"]), f"{b['power_kw']:.1f}",
+                "-" if b["break_even_months"] is None else f"{b['break_even_months']:.0f}mo"]
+        yield row
+
+
+def serving_summary(rec) -> list[str]:
+    from quantlab.units import fmt_bytes
+
+    if not rec.options:
+        why = ", ".join(f"{k}: {v}" for k, v in rec.rejected.items()) or "no GPU profiles"
+        return [f"Nothing fits ({rec.considered} layouts planned; {why}). Try --max-gpus higher, a shorter context, "
+                "a k-bit --precision, or --headroom lower."]
+    lines = []
+    priced = [o for o in rec.options if o.rent_usd_per_m_tokens is not None]
+    day = f" to serve {rec.tokens_per_day:.3g} tokens a day" if rec.tokens_per_day else ""
+    if priced:
+        o = priced[0]
+        per_m = (o.rent_usd_per_hour * 24 / (rec.tokens_per_day / 1e6) if rec.tokens_per_day
+                 else o.rent_usd_per_m_tokens)
+        lines.append(f"Rent: {o.gpus} x {o.gpu} ({o.layout}{f', {o.copies} copies' if o.copies > 1 else ''}){day}: "
+                     f"{fmt_usd(o.rent_usd_per_hour * 24)}/day, ${per_m:.2f} per M tokens"
+                     f"{' served' if rec.tokens_per_day else ''}; "
+                     f"{fmt_bytes(o.memory_per_gpu_bytes)} of {fmt_bytes(o.gpu_memory_bytes)} per GPU, "
+                     f"{fmt_bytes(o.headroom_bytes)} kept free ({rec.headroom:.0%} headroom).")
+    if rec.costs is not None:
+        owned = [(o, o.buy(rec.costs, rec.tokens_per_day)) for o in rec.options]
+        owned = [(o, b) for o, b in owned if b is not None]
+        if owned:
+            o, b = min(owned, key=lambda t: t[1]["own_usd_per_m_tokens"])
+            lines.append(f"Buy: {o.gpus} x {o.gpu} ({o.layout}){day}: {_k(b['purchase_usd'])} up front, "
+                         f"{b['power_kw']:.1f} kW ({fmt_usd(b['power_usd_per_month'])}/month), "
+                         f"${b['own_usd_per_m_tokens']:.2f} per M tokens{' served' if rec.tokens_per_day else ''} "
+                         f"over {rec.costs.amortize_months} months"
+                         + (f"; breaks even against renting it after {b['break_even_months']:.0f} months."
+                            if b["break_even_months"] else "; renting it is never dearer than its power."))
+    lines.append(f"{rec.considered} layouts planned, {len(rec.options)} ranked (the best layout per GPU kind and "
+                 "count)" + (" (left out: " + "; ".join(f"{k}: {v}" for k, v in rec.rejected.items()) + ")"
+                             if rec.rejected else "") + ".")
+    return lines
+
+
+def render_serving(rec, fmt: str, top: int = 15) -> str:
+    if fmt == "json":
+        return json.dumps(rec.to_dict(), indent=2) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        cols = ["rank", "gpu", "count", "copies_to_keep_up", "gpus", "layout", "tp", "replicas", "engine",
+                "concurrency", "memory_per_gpu_bytes", "gpu_memory_bytes", "headroom_bytes", "tokens_per_s",
+                "cost_per_hour_usd", "rent_usd_per_m_tokens", "purchase_usd", "power_kw", "break_even_months"]
+        w.writerow(cols)
+        for i, o in enumerate(rec.options):
+            d = dict(o.to_dict(rec.costs, rec.tokens_per_day), rank=i + 1)
+            d.update({k: (d["buy"] or {}).get(k) for k in ("purchase_usd", "power_kw", "break_even_months")})
+            w.writerow(["" if d[c] is None else d[c] for c in cols])
+        return buf.getvalue()
+    b = rec.base
+    title = (f"{b.plan.model.name} serving on {b.engine.value} ({b.plan.precision.value}), prompt {b.prompt_tokens}"
+             f" + new {b.new_tokens}" + (f": {rec.tokens_per_day:.3g} tokens/day" if rec.tokens_per_day else ""))
+    headers = SERVE_HEADERS + (BUY_HEADERS if rec.costs is not None else [])
+    right = set(headers) - {"GPU", "layout"}
+    assumptions = list(rec.assumptions)
+    shown = list(dict.fromkeys(o.gpu for o in rec.options[:top]))
+    for name in shown:
+        f = rec.gpu_facts[name]
+        line = (f"{name}: rent ${f['price_usd_per_hour']}/GPU-h ({_dated(f['price_source'], f['price_basis'])})"
+                if f["price_usd_per_hour"] is not None else f"{name}: no rent price")
+        if rec.costs is not None:
+            line += ("; buy " + (f"${f['purchase_usd']:,.0f}/GPU ({_dated(f['purchase_source'], 'assumed')})"
+                                 if f.get("purchase_usd") is not None else "unpriced")
+                     + (f"; {f['power_watts']:.0f} W TDP (datasheet)" if f.get("power_watts") is not None else ""))
+        assumptions.append(line)
+    assumptions.append("sources of every price: --format json (assumptions.gpus)")
+    if fmt == "markdown":
+        lines = [f"# Serving: {title}", ""] + [f"- {x}" for x in serving_summary(rec)] + [""]
+        if rec.options:
+            lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+            lines += ["| " + " | ".join(r) + " |" for r in _serve_rows(rec, top)]
+        lines += ["", "Assumptions:", ""] + [f"- {a}" for a in assumptions] + [""]
+        return "\n".join(lines)
+    from rich import box
+    from rich.table import Table
+
+    from quantlab.fileio import render_text
+
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False,
+              collapse_padding=True, show_edge=False)
+    for h in headers:
+        t.add_column(h, justify="right" if h in right else "left", no_wrap=True)
+    for r in _serve_rows(rec, top):
+        t.add_row(*r)
+    out: list = []
+    if rec.options:
+        out.append(t)
+        legend = ("GPUs: copies x GPUs per copy; conc: sequences per replica; GiB/GPU: used/total; tok/s: decode, "
+                  "one copy; $/Mtok: renting, at full load")
+        if rec.costs is not None:
+            legend += "; buy: GPUs + host; kW: power drawn; even: months to break even against renting"
+        out.append(legend + (f" ({len(rec.options) - top} more rows in --format json/csv)"
+                             if len(rec.options) > top else ""))
+    out += serving_summary(rec)
+    out.append("Assumptions:")
+    out += [f"  - {a}" for a in assumptions]
+    return render_text(*out)
 
 
 # ---- rendering ------------------------------------------------------------------------------------

@@ -29,6 +29,20 @@ Assumptions (numbered; every option carries the ones it used, and the answer lis
 6. More than 8 GPUs span nodes: collectives then run at the inter-node bandwidth.
 7. Training also tries gradient checkpointing (unless the question already turned it on): it saves
    activation memory for one more forward pass of compute; an option that needs it says ``+ckpt``.
+
+Serving (:func:`recommend_serving`, what ``recommend --method inference`` runs):
+
+8. Buying: each GPU profile's ``purchase_usd`` (an indicative price per GPU, assumed and dated) plus a host
+   overhead, and its ``power_watts`` (the datasheet TDP) at a stated fraction while serving, with the host's
+   draw and the facility's PUE, at a stated electricity price (:class:`BuyCosts`, every figure assumed).
+9. Break-even months = purchase / (renting around the clock - the power bill) per month; none when the power
+   costs more than the rent. "Own $/M tokens" spreads the purchase over ``amortize_months`` plus power.
+10. Renting: the profile's on-demand price per GPU-hour (assumption 5), around the clock; $/M tokens is the
+    price of one copy for the time it takes to decode a million tokens at full load.
+11. Layouts: tensor parallel degrees dividing the heads with the rest as replicas (assumption 1), and, on
+    transformers, one copy split over all the GPUs by device_map="auto" (serving S4). Each layout serves the
+    largest concurrency that fits while keeping a headroom (default 10%) of every GPU's memory free: a plan
+    that fills 191.4 of 191.7 GiB is one OOM away from failing in production.
 """
 
 from __future__ import annotations
@@ -416,4 +430,266 @@ def _assumptions(base: PlanConfig, goal: Goal, util: tp.Utilisation, training: b
     out.append(f"goal: {goal.described}")
     out.append("cost: indicative on-demand price per GPU-hour from each GPU profile (see gpus: price_source)")
     out.append(f"utilisation basis: {util.basis}; {util.source}")
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# serving: rent or buy (the serving planner's memory, concurrency and roofline; quantlab.planner.serving)
+
+@dataclass(frozen=True)
+class BuyCosts:
+    """What owning GPUs costs besides their price; every figure is assumed and says so (assumptions 8-10)."""
+
+    electricity_usd_per_kwh: float = 0.15
+    power_fraction: float = 0.7  # average board power while serving, as a fraction of the TDP
+    host_overhead: float = 0.25  # server, CPUs, memory, network per GPU, as a fraction of the GPU's price
+    host_power: float = 0.3  # the host's draw, as a fraction of the GPUs'
+    pue: float = 1.3  # facility power usage effectiveness (cooling)
+    hours_per_month: float = 730.0
+    amortize_months: int = 36  # a bought GPU's $/M tokens spreads its price over this many months
+    basis: str = "assumed"
+    source: str = ("electricity $0.15/kWh (assumed: US commercial average ~$0.13 in 2024, EIA); board power 70% of the "
+                   "TDP while serving (assumed: decode is memory-bound and rarely reaches the TDP); host +25% of the "
+                   "GPU price and +30% of its power (assumed); PUE 1.3 (assumed: Uptime Institute surveys report "
+                   "~1.5 on average, modern sites lower); 36-month amortization (assumed)")
+
+    def __post_init__(self) -> None:
+        for f in ("electricity_usd_per_kwh", "power_fraction", "hours_per_month", "pue"):
+            if not getattr(self, f) > 0:
+                raise ValueError(f"{f} must be positive")
+        if self.amortize_months < 1:
+            raise ValueError("amortize_months must be at least 1")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+DEFAULT_HEADROOM = 0.10
+
+
+@dataclass(frozen=True)
+class ServeOption:
+    """One serving layout on one GPU kind: memory, speed, and what renting or buying it costs."""
+
+    gpu: str
+    count: int  # GPUs in one copy (replicas x GPUs per replica)
+    layout: str  # tp2, split4, 2x tp1 ...
+    concurrency: int  # sequences per replica
+    memory_per_gpu_bytes: int
+    gpu_memory_bytes: int
+    headroom_bytes: int  # kept free on each GPU
+    tokens_per_s: float  # decode, all replicas of one copy
+    copies: int  # copies needed to serve the day's tokens
+    price_usd_per_gpu_hour: float | None
+    purchase_usd_per_gpu: float | None
+    power_watts_per_gpu: float | None
+    speed: object  # serving.Speed
+    serve: object  # serving.ServeConfig
+    notes: tuple[str, ...] = ()
+
+    @property
+    def gpus(self) -> int:
+        return self.copies * self.count
+
+    @property
+    def rent_usd_per_hour(self) -> float | None:
+        return None if self.price_usd_per_gpu_hour is None else self.price_usd_per_gpu_hour * self.gpus
+
+    @property
+    def rent_usd_per_m_tokens(self) -> float | None:
+        """At full load: the price of one copy for the hour it takes to make a million tokens."""
+        p = self.price_usd_per_gpu_hour
+        return None if p is None else p * self.count / (self.tokens_per_s * 3600) * 1e6
+
+    def buy(self, costs: BuyCosts, tokens_per_day: float | None = None) -> dict | None:
+        """Purchase, power and break-even against renting around the clock (assumptions 8-10); the owned cost per
+        million tokens is at the day's load when ``tokens_per_day`` is given, else at full load."""
+        if self.purchase_usd_per_gpu is None or self.power_watts_per_gpu is None:
+            return None
+        purchase = self.gpus * self.purchase_usd_per_gpu * (1 + costs.host_overhead)
+        kw = self.gpus * self.power_watts_per_gpu * costs.power_fraction * (1 + costs.host_power) * costs.pue / 1000
+        power_month = kw * costs.hours_per_month * costs.electricity_usd_per_kwh
+        rent_month = None if self.rent_usd_per_hour is None else self.rent_usd_per_hour * costs.hours_per_month
+        saving = None if rent_month is None else rent_month - power_month
+        tokens_month = (tokens_per_day * costs.hours_per_month / 24 if tokens_per_day else
+                        self.copies * self.tokens_per_s * 3600 * costs.hours_per_month)
+        own_month = purchase / costs.amortize_months + power_month
+        return {"purchase_usd": purchase, "power_kw": kw, "power_usd_per_month": power_month,
+                "rent_usd_per_month": rent_month,
+                "break_even_months": purchase / saving if saving and saving > 0 else None,
+                "own_usd_per_m_tokens": own_month / tokens_month * 1e6}
+
+    def to_dict(self, costs: BuyCosts | None = None, tokens_per_day: float | None = None) -> dict:
+        s = self.serve
+        return {"gpu": self.gpu, "count": self.count, "layout": self.layout, "tp": s.plan.tp,
+                "replicas": s.replicas, "engine": s.engine.value, "batch": self.concurrency,
+                "concurrency": self.concurrency, "context": s.context,
+                "memory_per_gpu_bytes": self.memory_per_gpu_bytes, "gpu_memory_bytes": self.gpu_memory_bytes,
+                "headroom_bytes": self.headroom_bytes, "tokens_per_s": self.tokens_per_s,
+                "copies_to_keep_up": self.copies, "gpus": self.gpus,
+                "price_usd_per_gpu_hour": self.price_usd_per_gpu_hour,
+                "cost_per_hour_usd": None if self.price_usd_per_gpu_hour is None else
+                self.price_usd_per_gpu_hour * self.count,  # one copy
+                "rent_usd_per_hour": self.rent_usd_per_hour,  # every copy needed
+                "rent_usd_per_m_tokens": self.rent_usd_per_m_tokens,
+                "purchase_usd_per_gpu": self.purchase_usd_per_gpu, "power_watts_per_gpu": self.power_watts_per_gpu,
+                "buy": self.buy(costs, tokens_per_day) if costs else None, "speed": self.speed.to_dict(), "notes": list(self.notes)}
+
+
+@dataclass(frozen=True)
+class ServeRecommendation:
+    options: tuple[ServeOption, ...]  # ranked by the day's rent (by rent $/M tokens without a goal), unpriced last
+    base: object  # serving.ServeConfig
+    tokens_per_day: float | None
+    headroom: float
+    costs: BuyCosts | None  # None: no --buy
+    util: tp.Utilisation
+    assumptions: tuple[str, ...]
+    gpu_facts: dict
+    considered: int
+    rejected: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        b = self.base
+        return {"question": {"model": b.plan.model.name, "method": "inference", "engine": b.engine.value,
+                             "mode": b.mode.value, "prompt_tokens": b.prompt_tokens, "new_tokens": b.new_tokens,
+                             "precision": b.plan.precision.value, "serve_tokens_per_day": self.tokens_per_day,
+                             "headroom": self.headroom, "buy": self.costs is not None},
+                "options": [dict(o.to_dict(self.costs, self.tokens_per_day), rank=i + 1)
+                            for i, o in enumerate(self.options)],
+                "assumptions": {"notes": list(self.assumptions), "utilisation": self.util.to_dict(),
+                                "buy": self.costs.to_dict() if self.costs else None, "gpus": self.gpu_facts},
+                "considered": self.considered, "rejected": dict(self.rejected)}
+
+
+def serving_layouts(count: int, s) -> list[tuple[str, int, int, bool]]:
+    """(name, tp, replicas, split) for ``count`` GPUs (assumption 11): tensor parallel degrees that divide the
+    heads, the rest replicas; transformers also splits one copy over all of them (device_map="auto")."""
+    from quantlab.planner.serving import Engine
+
+    m = s.plan.model
+    out = []
+    for t in (1, 2, 4, 8, 16):
+        if t > count or count % t or m.num_attention_heads % t or (m.kv_heads % t and t % m.kv_heads):
+            continue
+        r = count // t
+        out.append((f"tp{t}" if r == 1 else f"{r}x tp{t}", t, r, False))
+    if count > 1 and s.engine is Engine.TRANSFORMERS:
+        out.append((f"split{count}", 1, 1, True))
+    return out
+
+
+def recommend_serving(base, gpus: Sequence[GPUSpec], *, tokens_per_day: float | None = None, max_gpus: int = 8,
+                      counts: Sequence[int] | None = None, headroom: float = DEFAULT_HEADROOM,
+                      concurrency: int | None = None, budget_per_hour: float | None = None,
+                      buy: dict | None = None, costs: BuyCosts | None = None,
+                      util: tp.Utilisation = tp.Utilisation()) -> ServeRecommendation:
+    """Rank serving layouts (GPU kind x count x tensor parallel / split / replicas) of the ServeConfig ``base``.
+
+    Each layout serves the largest concurrency that fits with ``headroom`` of each GPU's memory kept free (at most
+    :data:`MAX_SERVE_BATCH`, or exactly ``concurrency``), decoding at the mean context (serving.speed). ``buy`` maps
+    a GPU name to ``(purchase_usd, power_watts)`` (the profiles' ``purchase_usd`` and ``power_watts``); with
+    ``costs`` the options carry purchase, power and break-even figures."""
+    from quantlab.planner import serving as S
+    from quantlab.planner.fit import for_gpu
+
+    if not 0 <= headroom < 1:
+        raise ValueError("headroom must be in [0, 1)")
+    options: list[ServeOption] = []
+    rejected: dict[str, int] = {}
+    facts: dict = {}
+    considered = 0
+
+    def reject(reason: str) -> None:
+        rejected[reason] = rejected.get(reason, 0) + 1
+
+    for gpu in gpus:
+        facts[gpu.name] = _gpu_facts(gpu)
+        try:
+            tp.roof(gpu, base.plan.compute_dtype)
+        except ValueError as e:
+            reject(f"{gpu.name}: {e}")
+            continue
+        price = gpu.price_usd_per_hour
+        purchase, watts, p_src, w_src = (tuple((buy or {}).get(gpu.name, ())) + (None,) * 4)[:4]
+        facts[gpu.name].update(purchase_usd=purchase, purchase_source=p_src, power_watts=watts, power_source=w_src)
+        for count in counts or gpu_counts(max_gpus):
+            if budget_per_hour is not None and (price is None or price * count > budget_per_hour):
+                reject("over the hourly budget" if price is not None else "no price to check the budget against")
+                continue
+            for name, t, reps, split in serving_layouts(count, base):
+                considered += 1
+                try:
+                    plan_cfg = for_gpu(dataclasses.replace(base.plan, num_gpus=count, tp=t), gpu)
+                    s = dataclasses.replace(base, plan=plan_cfg, replicas=reps)
+                    if concurrency is None:
+                        c = S.max_concurrency(s, gpu, headroom=headroom, cap=MAX_SERVE_BATCH)
+                    else:
+                        c = concurrency if S.fits(S.serve_plan(S.with_workload(s, concurrency=concurrency), gpu),
+                                                  gpu, headroom) else 0
+                except SpecError as e:
+                    reject(f"not plannable: {e}")
+                    continue
+                if c < 1:
+                    reject(f"does not fit with {headroom:.0%} headroom")
+                    continue
+                s = S.with_workload(s, concurrency=c)
+                p = S.serve_plan(s, gpu)
+                sp = S.speed(s, gpu, util)
+                tok_s = sp.total_decode_tok_s
+                copies = max(1, math.ceil(tokens_per_day / (tok_s * SECONDS_PER_DAY))) if tokens_per_day else 1
+                notes = []
+                if count > tp.GPUS_PER_NODE:
+                    notes.append("spans nodes: inter-node bandwidth assumed")
+                options.append(ServeOption(
+                    gpu=gpu.name, count=count, layout=name, concurrency=c, memory_per_gpu_bytes=p.process_bytes,
+                    gpu_memory_bytes=gpu.memory_bytes, headroom_bytes=int(gpu.memory_bytes * headroom),
+                    tokens_per_s=tok_s, copies=copies, price_usd_per_gpu_hour=price, purchase_usd_per_gpu=purchase,
+                    power_watts_per_gpu=watts, speed=sp, serve=s, notes=tuple(notes)))
+    options = _best_serving(options)
+    if tokens_per_day:  # the day's bill decides (copies round up), then fewer GPUs
+        options.sort(key=lambda o: (o.rent_usd_per_hour is None, o.rent_usd_per_hour or 0.0, o.gpus, -o.tokens_per_s))
+    else:
+        options.sort(key=lambda o: (o.rent_usd_per_m_tokens is None, o.rent_usd_per_m_tokens or 0.0, o.gpus))
+    return ServeRecommendation(options=tuple(options), base=base, tokens_per_day=tokens_per_day, headroom=headroom,
+                               costs=costs, util=util, assumptions=_serving_assumptions(base, headroom, costs, util),
+                               gpu_facts=facts, considered=considered, rejected=rejected)
+
+
+def _best_serving(options: Sequence[ServeOption]) -> list[ServeOption]:
+    """One option per (GPU kind, count): the most tokens per second; among ties (within 0.5%), the fewest bytes per
+    GPU (more headroom left)."""
+    groups: dict[tuple, list[ServeOption]] = {}
+    for o in options:
+        groups.setdefault((o.gpu, o.count), []).append(o)
+    out = []
+    for group in groups.values():
+        best_tok = max(o.tokens_per_s for o in group)
+        tied = [o for o in group if o.tokens_per_s >= best_tok / 1.005]
+        out.append(min(tied, key=lambda o: o.memory_per_gpu_bytes))
+    return out
+
+
+def _serving_assumptions(base, headroom: float, costs: BuyCosts | None, util: tp.Utilisation) -> tuple[str, ...]:
+    out = [f"memory: the serving planner (quantlab/planner/serving.py S1-S10), {base.engine.value}, "
+           f"{base.mode.value}, prompt {base.prompt_tokens} + new {base.new_tokens} tokens; each GPU keeps "
+           f"{headroom:.0%} of its memory free (headroom)",
+           f"concurrency: the largest that fits with the headroom, at most {MAX_SERVE_BATCH} sequences per replica",
+           f"speed: decode roofline at the mean context, {util.mbu:.0%} of memory bandwidth, {util.prefill_mfu:.0%} "
+           "of peak FLOPs (assumed); prefill not counted (a prompt-heavy workload needs more)",
+           "rent: the profile's indicative on-demand price per GPU-hour, rented around the clock; $/M tokens at "
+           "full load"]
+    if costs is not None:
+        out.append(f"buy: purchase_usd per GPU from the profiles (assumed, dated) + {costs.host_overhead:.0%} for the "
+                   f"host; power = TDP x {costs.power_fraction:.0%} x (1 + {costs.host_power:.0%} host) x PUE "
+                   f"{costs.pue} at ${costs.electricity_usd_per_kwh}/kWh; break-even = purchase / (rent - power) "
+                   f"per month; own $/M tokens amortizes the purchase over {costs.amortize_months} months")
+        out.append(f"buy basis: {costs.basis}; {costs.source}")
+    if util == tp.Utilisation():
+        out.append(f"utilisation basis: {util.basis}; memory bandwidth {util.mbu:.0%} and prefill {util.prefill_mfu:.0%} "
+                   "from Databricks 'LLM inference performance engineering' (2023: MBU ~60% at batch 1 on A100); "
+                   f"collectives at {util.network:.0%} of the interconnect, {util.collective_latency_s * 1e6:.0f} us "
+                   "latency each")
+    else:
+        out.append(f"utilisation basis: {util.basis}; {util.source}")
     return tuple(out)

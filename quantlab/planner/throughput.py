@@ -323,16 +323,19 @@ def prefill_step(cfg: PlanConfig, nbytes: ModelBytes, r: Roof, util: Utilisation
 
 
 def decode_step(cfg: PlanConfig, nbytes: ModelBytes, r: Roof, util: Utilisation = Utilisation(),
-                context: int | None = None) -> StepTime:
+                context: int | None = None, kv_bytes: int | None = None) -> StepTime:
     """One decode step: one new token for each of ``cfg.batch`` sequences holding ``context`` tokens.
 
     Bytes read (assumption 4): all weights once (shared by the batch) plus each sequence's cached
     keys and values. FLOPs: 2N plus attention over the context per token; decode is memory-bound
-    unless the batch is large. Compute runs at the prefill utilisation.
+    unless the batch is large. Compute runs at the prefill utilisation. ``kv_bytes`` replaces the
+    cached bytes of the whole batch (unsharded) where the cache stores another format than its
+    dtype (transformers' quantized cache: the serving planner's S3).
     """
     m = cfg.model
     ctx = context or cfg.seq
-    b_gpu = (nbytes.weights + decode_kv_bytes(m, cfg.kv_dtype or cfg.compute_dtype, ctx, cfg.batch)) / cfg.tp
+    kv = decode_kv_bytes(m, cfg.kv_dtype or cfg.compute_dtype, ctx, cfg.batch) if kv_bytes is None else kv_bytes
+    b_gpu = (nbytes.weights + kv) / cfg.tp
     f_gpu = cfg.batch * (2 * matmul_params(m) + attention_flops_per_token(m, ctx)) / cfg.tp
     net = _tp_allreduce_s(cfg, r, util, cfg.batch)
     return StepTime(compute_s=f_gpu / (r.flops_per_s * util.prefill_mfu),

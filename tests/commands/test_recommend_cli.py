@@ -97,3 +97,45 @@ def test_matplotlib_only_when_a_plot_is_asked_for():
             "print('MPL', 'matplotlib' in sys.modules, 'torch' in sys.modules, file=sys.stderr)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "MPL False False" in r.stderr
+
+
+# ---- serving: rent or buy ---------------------------------------------------------------------------------------
+
+SERVE70 = ["recommend", "--model", "70b", "--method", "inference", "--serve-tokens-per-day", "1e9"]
+
+
+def test_done_when_70b_serving_ranks_rent_and_buy(capsys):
+    assert main(SERVE70 + ["--buy"]) == 0
+    out = capsys.readouterr().out
+    assert "$/Mtok" in out and "buy" in out and "even" in out and "Rent:" in out and "Buy:" in out
+    assert "headroom" in out and "recorded 2026-" in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert main(SERVE70 + ["--buy", "--format", "json", "--gpus", "h100,a100-80gb"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["question"]["buy"] and doc["options"]
+    for o in doc["options"]:
+        assert o["buy"]["purchase_usd"] > 0 and o["memory_per_gpu_bytes"] <= 0.9 * o["gpu_memory_bytes"]
+    assert doc["assumptions"]["gpus"]["h100-sxm"]["purchase_source"]
+
+
+def test_serving_headroom_and_csv(capsys):
+    assert main(SERVE70 + ["--headroom", "0.3", "--format", "csv", "--gpus", "h100"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("rank,gpu,count,copies_to_keep_up") and len(lines) > 1
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["--headroom", "1.5"], "--headroom"),
+    (["--electricity-usd-per-kwh", "0.2"], "add --buy"),
+    (["--train-tokens", "1e6"], "--train-tokens is for training methods"),
+])
+def test_serving_bad_input(extra, msg, capsys):
+    argv = [a for a in SERVE70 if not (a in ("--serve-tokens-per-day", "1e9") and "--train-tokens" in extra)]
+    assert main(argv + extra) == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1
+
+
+def test_serving_flags_need_inference(capsys):
+    assert main(["recommend", "--model", "7b", "--method", "lora", "--train-tokens", "1e6", "--buy"]) == 2
+    assert "serving flag" in capsys.readouterr().err

@@ -1,0 +1,107 @@
+"""The serving CLI (quantlab/commands/serve_flags.py) end to end, through a parser built here as 'quantlab plan'
+builds its own (the configuration flags, --gpu, --format, then add_serving_arguments)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from quantlab.commands import serve_flags
+from quantlab.commands.flags import add_config_arguments
+from quantlab.errors import QuantlabError
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser()
+    add_config_arguments(p, model_required=False)
+    p.add_argument("--gpu", default=None)
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    serve_flags.add_serving_arguments(p)
+    return p
+
+
+def run(argv: list[str], capsys) -> str:
+    args = parser().parse_args(argv)
+    assert serve_flags.run(args) == 0
+    return capsys.readouterr().out
+
+
+def doc(argv, capsys) -> dict:
+    return json.loads(run(argv + ["--format", "json"], capsys))
+
+
+def test_done_when_8b_32k_prompt_on_4090_keeps_one_position_of_logits(capsys):
+    d = doc(["--model", "8b", "--prompt-tokens", "32000", "--new-tokens", "768", "--gpu", "rtx-4090"], capsys)
+    one_position = 128256 * (2 + 8)  # logits + fp32 copy + softmax, one sequence
+    every_token = 32768 * 128256 * 2
+    assert d["serve"]["context"] == 32768 and d["components"]["kv_cache"] == 32768 * 131072
+    assert d["components"]["prefill_transient"] < every_token / 2
+    assert all(v < every_token / 2 for k, v in d["components"].items() if "transient" in k or "logits" in k)
+    assert d["max_prompt_tokens"] > 0 and d["speed"]["decode_tok_s_per_seq"] > 0
+    assert one_position < d["components"]["prefill_transient"]
+
+
+def test_done_when_70b_on_four_a100_is_split_with_the_placement(capsys):
+    out = run(["--model", "70b", "--num-gpus", "4", "--gpu", "a100-80gb"], capsys)
+    assert "Placement" in out and "embed, blocks 0-" in out and "lm_head" in out and "FITS" in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    d = doc(["--model", "70b", "--num-gpus", "4", "--gpu", "a100-80gb"], capsys)
+    per_gpu = [g["process_bytes"] / 2**30 for g in d["gpus"]]
+    assert len(per_gpu) == 4 and all(28 < x < 36 for x in per_gpu)  # 128.5 GiB of weights / 4, blocks whole
+
+
+def test_done_when_vllm_prints_blocks_and_concurrency(capsys):
+    out = run(["--model", "8b", "--engine", "vllm", "--max-model-len", "8192", "--gpu", "l40s"], capsys)
+    assert "# GPU blocks:" in out and "GPU KV cache size:" in out
+    assert "Maximum concurrency for 8,192 tokens per request:" in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+
+
+def test_json_and_csv(capsys):
+    d = doc(["--model", "8b", "--engine", "vllm", "--gpu", "h100", "--seq", "4096", "--tp", "2", "--num-gpus", "2"],
+            capsys)
+    assert d["vllm"]["max_num_batched_tokens"] == 8192 and d["vllm"]["num_blocks"] > 0 and d["fits"] is True
+    out = run(["--model", "8b", "--seq", "4096", "--gpu", "l40s", "--format", "csv"], capsys)
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert len(rows) == 1 and int(rows[0]["max_concurrency"]) >= 1 and rows[0]["engine"] == "transformers"
+
+
+def test_modes_adapters_and_rope(capsys):
+    score = doc(["--model", "8b", "--mode", "score", "--seq", "8192"], capsys)
+    gen = doc(["--model", "8b", "--seq", "8192"], capsys)
+    assert score["process_bytes"] > gen["process_bytes"]
+    ad = doc(["--model", "8b", "--seq", "8192", "--adapters", "4", "--lora-r", "32"], capsys)
+    assert ad["components"]["adapters"] > 0
+    rope = doc(["--model", "70b", "--seq", "16384"], capsys)
+    assert any("beyond" in n for n in rope["notes"])
+    assert not any("beyond" in n for n in doc(["--model", "70b", "--seq", "16384", "--rope-scaling", "yarn:4"],
+                                              capsys)["notes"])
+    assert doc(["--model", "8b"], capsys)["serve"]["rope_scaling"]["type"] == "llama3"  # read from config.json
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--mode", "score", "--new-tokens", "5"], "--new-tokens applies to --mode generate"),
+    (["--engine", "vllm", "--device", "cpu"], "--device cpu"),
+    (["--concurrency", "0"], "concurrency"),
+    (["--adapters", "2", "--lora-targets", "c_attn"], "match no linear"),
+    (["--rope-scaling", "yarn"], "TYPE:FACTOR"),
+    (["--concurrency", "4", "--batch", "2"], "disagree"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, msg, capsys):
+    with pytest.raises(QuantlabError, match=msg):
+        serve_flags.run(parser().parse_args(["--model", "8b"] + argv))
+    assert serve_flags.main(["--model", "8b"] + argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and msg.split()[0] in err and "Traceback" not in err
+
+
+def test_help_shows_defaults():
+    text = parser().format_help()
+    for flag in ("--mode", "--engine", "--block-size", "--gpu-memory-utilization", "--adapters", "--replicas"):
+        line = text[text.index("  " + flag + " "):]
+        assert "default" in line[:400], flag
