@@ -155,6 +155,9 @@ def register(sub) -> None:
     from quantlab.commands.flags import add_config_arguments
 
     add_config_arguments(p, model_required=False, model_help=MODEL_HELP)
+    from quantlab.commands.serve_flags import add_serving_arguments
+
+    add_serving_arguments(p)
     o = p.add_argument_group("output")
     o.add_argument("--gpu", default=None, metavar="NAME|auto",
                    help="check the fit on this GPU (profile name or alias), or 'auto' to detect the local one "
@@ -288,8 +291,15 @@ def check_outputs(args) -> None:
 def run(args) -> int:
     from quantlab.commands.flags import flag_name, given_fields
     from quantlab.fileio import write_stdout
+    from quantlab.commands import serve_flags
     from quantlab.planner import fit, plan
 
+    if not args.from_json and ("method" in given_fields(args) or serve_flags.serving_given(args)):
+        if args.method == "inference":  # the serving planner (generate / score / prefill, engines, splits)
+            return serve_flags.run(args)
+        if serve_flags.serving_given(args):
+            raise QuantlabError(f"--{serve_flags.serving_given(args)[0].replace('_', '-')} is a serving flag; it "
+                                "applies to --method inference")
     if args.from_json:
         extra = sorted(given_fields(args))
         if args.model or args.gpu or extra:

@@ -11,8 +11,6 @@ every help text ends with its default. Bad input is one line on stderr and exit 
 from __future__ import annotations
 
 import argparse
-import csv
-import dataclasses
 import io
 import json
 import sys
@@ -23,41 +21,33 @@ FORMATS = ("table", "json", "csv")
 SERVE_GIVEN = "_serve_flags_given"
 
 
-def _defaults() -> dict:
-    from quantlab.planner.serving import ServeConfig
-
-    return {f.name: f.default for f in dataclasses.fields(ServeConfig) if f.name != "plan"}
-
-
-def _v(x):
-    return getattr(x, "value", x)
 
 
 # flag -> (dest, type or action, help without its default)
 def add_serving_arguments(parser: argparse.ArgumentParser) -> None:
     """The serving flags, in their own group; defaults from ServeConfig (``new_tokens``/``prompt_tokens`` resolve
     from ``--seq``: see :func:`quantlab.planner.serving.serve_config`)."""
-    from quantlab.planner.serving import DEFAULT_NEW_TOKENS, Cache, Engine, Mode
+    # (the defaults as plain data: importing quantlab.planner.serving would cost every 'quantlab plan' ~15 ms)
+    from quantlab.planner.serve_defaults import CACHES, DEFAULT_NEW_TOKENS, DEFAULTS as d, ENGINES, MODES
 
-    d = _defaults()
     g = parser.add_argument_group("serving (--method inference)")
-    g.add_argument("--mode", choices=[m.value for m in Mode], default=None,
+    g.add_argument("--mode", choices=MODES, default=None,
                    help="generate: prefill with logits_to_keep=1 then decode --new-tokens; score: one forward with "
                         "every token's logits (perplexity, reward); prefill: the prefill alone (default: "
-                        f"{_v(d['mode'])})")
+                        f"{d['mode']})")
     g.add_argument("--prompt-tokens", type=int, default=None, metavar="N",
                    help="prompt length (default: --seq less --new-tokens; --seq is the whole context)")
     g.add_argument("--new-tokens", type=int, default=None, metavar="N",
                    help=f"tokens generated per sequence (default: {DEFAULT_NEW_TOKENS} in generate mode)")
     g.add_argument("--concurrency", type=int, default=None, metavar="C",
                    help="sequences served at once (default: --batch, 1)")
-    g.add_argument("--engine", choices=[e.value for e in Engine], default=None,
+    g.add_argument("--engine", choices=ENGINES, default=None,
                    help="transformers (HF generate) or vllm (paged KV pool, continuous batching) (default: "
-                        f"{_v(d['engine'])})")
-    g.add_argument("--cache", choices=[c.value for c in Cache], default=None,
+                        f"{d['engine']})")
+    g.add_argument("--cache", choices=CACHES, default=None,
                    help="transformers cache: dynamic grows per step; static allocates prompt+new up front; "
                         "quantized stores int4/int2 with a full-precision residual window (default: "
-                        f"{_v(d['cache'])})")
+                        f"{d['cache']})")
     g.add_argument("--kv-bits", type=int, choices=(2, 4), default=None,
                    help=f"--cache quantized: bits per cached value (default: {d['kv_bits']})")
     g.add_argument("--residual-length", type=int, default=None, metavar="N",
@@ -224,6 +214,8 @@ def csv_text(doc: dict) -> str:
     for k in ("decode_tok_s_per_seq", "decode_tok_s", "prefill_tok_s", "prefill_s"):
         row[k] = sp.get(k)
     buf = io.StringIO()
+    import csv
+
     w = csv.DictWriter(buf, fieldnames=list(row), lineterminator="\n")
     w.writeheader()
     w.writerow(row)

@@ -91,6 +91,7 @@ from quantlab.families import attended_positions, family, module_linears
 from quantlab.planner import memory as M
 from quantlab.planner import throughput as TP
 from quantlab.planner.params import count_params
+from quantlab.planner.serve_defaults import DEFAULT_NEW_TOKENS, DEFAULTS
 from quantlab.specs import Attention, DeviceMode, DType, GPUSpec, Method, ModelSpec, PlanConfig, Precision, SpecError
 
 MiB = 1 << 20
@@ -102,7 +103,6 @@ VLLM_BLOCK_SIZES = (1, 8, 16, 32, 64, 128)
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm/config/lora.py: the ranks max_lora_rank accepts
 VOCAB_PADDING = 64  # vllm/model_executor/layers/vocab_parallel_embedding.py DEFAULT_VOCAB_PADDING_SIZE
 SAMPLER_ROWS = 4  # S7: logits, fp32 copy, probabilities, exponential noise (assumed)
-DEFAULT_NEW_TOKENS = 256
 PROMPT_CAP = 1 << 22  # the longest prompt max_prompt searches (4M tokens)
 
 
@@ -192,27 +192,27 @@ class ServeConfig:
     context) plus the serving settings. Build one with :func:`serve_config`, which resolves the defaults."""
 
     plan: PlanConfig
-    mode: Mode = Mode.GENERATE
+    mode: Mode = Mode(DEFAULTS["mode"])
     prompt_tokens: int = 2048 - DEFAULT_NEW_TOKENS
     new_tokens: int = DEFAULT_NEW_TOKENS
     concurrency: int = 1
-    engine: Engine = Engine.TRANSFORMERS
-    cache: Cache = Cache.DYNAMIC
-    kv_bits: int = 4  # quantized cache: 4 or 2 (quanto)
-    residual_length: int = 128  # QuantizedCache default
-    q_group_size: int = 64  # QuantizedCache default
+    engine: Engine = Engine(DEFAULTS["engine"])
+    cache: Cache = Cache(DEFAULTS["cache"])
+    kv_bits: int = DEFAULTS["kv_bits"]  # quantized cache: 4 or 2 (quanto)
+    residual_length: int = DEFAULTS["residual_length"]  # QuantizedCache default
+    q_group_size: int = DEFAULTS["q_group_size"]  # QuantizedCache default
     do_sample: bool = True  # softmax over the vocabulary per step (S1); greedy skips it
-    block_size: int = 16  # vLLM
-    gpu_memory_utilization: float = 0.9  # vLLM
+    block_size: int = DEFAULTS["block_size"]  # vLLM
+    gpu_memory_utilization: float = DEFAULTS["gpu_memory_utilization"]  # vLLM
     max_model_len: int | None = None  # vLLM; None: derived from the config (S8)
     max_num_batched_tokens: int | None = None  # vLLM; None: the vllm serve default for the GPU (S7)
     max_num_seqs: int | None = None  # vLLM; None: the vllm serve default for the GPU (S7)
     enforce_eager: bool = False  # vLLM: no CUDA graphs
-    adapters: int = 0  # LoRA adapters resident (PEFT: unmerged; vLLM: max_loras)
+    adapters: int = DEFAULTS["adapters"]  # LoRA adapters resident (PEFT: unmerged; vLLM: max_loras)
     merged: bool = False  # adapters merged into the base weights (no overhead)
     max_lora_rank: int | None = None  # vLLM; None: the smallest allowed rank >= lora_r
     max_cpu_loras: int | None = None  # vLLM; None: max_loras
-    replicas: int = 1
+    replicas: int = DEFAULTS["replicas"]
     rope_scaling: RopeScaling | None = None
 
     def __post_init__(self) -> None:
