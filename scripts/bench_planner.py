@@ -129,15 +129,16 @@ def sweep_configs(load_model):
     from quantlab.specs import Attention, Method, Optimizer, PlanConfig, Precision
 
     models = [load_model(n).spec for n in ("7b", "8b", "70b", "qwen2.5-7b", "mixtral-8x7b")]
-    grid = itertools.product(models, (Method.INFERENCE, Method.FULL, Method.LORA, Method.QLORA), range(1, 14),
+    grid = itertools.product(models, (Method.INFERENCE, Method.FULL, Method.LORA, Method.QLORA), range(1, 40),
                              (512, 1024, 2048, 4096, 8192), (False, True), (Attention.SDPA, Attention.EAGER),
                              (Optimizer.ADAMW, Optimizer.ADAMW_8BIT))
     cfgs = []
     for m, meth, b, s, gc, at, opt in grid:
+        if meth is Method.INFERENCE and (gc or opt is not Optimizer.ADAMW):
+            continue  # training-only switches are contradictions on an inference plan (one-line errors)
         cfgs.append(PlanConfig(model=m, method=meth, precision=Precision.NF4 if meth is Method.QLORA else Precision.BF16,
                                batch=b, seq=s, grad_checkpointing=gc, attn=at, optimizer=opt))
-        if len(cfgs) == N_SWEEP:
-            break
+    cfgs = [cfgs[i * len(cfgs) // N_SWEEP] for i in range(N_SWEEP)]  # evenly over the grid
     assert len(set(cfgs)) == N_SWEEP
     return cfgs
 

@@ -241,11 +241,12 @@ _BY_METHOD = {"lora_r": ("lora", "qlora"), "lora_alpha": ("lora", "qlora"), "lor
               "adapter_size": ("adapter",), "num_virtual_tokens": ("prefix", "prompt")}
 
 
-def ignored_flag(cfg, given, *, any_precision: bool = False) -> str | None:
+def ignored_flag(cfg, given, *, any_precision: bool = False, adapters: bool = False) -> str | None:
     """Why the first flag in ``given`` (PlanConfig field names) does nothing for ``cfg``, or None. The value-level
     contradictions (inference with --zero 3, ...) are PlanConfig's own (specs assumption 5); this catches a flag
     given explicitly whose value the configuration never reads, default or not. ``any_precision``: the command
-    plans several weight precisions (compare), so the precision-dependent flags apply."""
+    plans several weight precisions (compare), so the precision-dependent flags apply; ``adapters``: an inference
+    plan serves LoRA adapters (``--adapters K``), so the LoRA flags describe them."""
     method = cfg.method.value
     training = cfg.method.is_training
     order = {f.name: i for i, f in enumerate(dataclasses.fields(type(cfg)))}
@@ -256,7 +257,7 @@ def ignored_flag(cfg, given, *, any_precision: bool = False) -> str | None:
             return f"{flag_name(f)} applies to inference (a training step keeps no KV cache); drop it"
         if f in _BY_METHOD and training and method not in _BY_METHOD[f]:
             return f"{flag_name(f)} applies to --method {' or '.join(_BY_METHOD[f])}, not {method} (drop it)"
-        if f in _BY_METHOD and not training:
+        if f in _BY_METHOD and not training and not (adapters and f.startswith("lora_")):
             return f"{flag_name(f)} applies to --method {' or '.join(_BY_METHOD[f])}; this plan is for inference"
         if any_precision:
             continue
@@ -267,11 +268,11 @@ def ignored_flag(cfg, given, *, any_precision: bool = False) -> str | None:
     return None
 
 
-def check_given(cfg, given, *, any_precision: bool = False) -> None:
+def check_given(cfg, given, *, any_precision: bool = False, adapters: bool = False) -> None:
     """Raise a one-line SpecError for :func:`ignored_flag`."""
     from quantlab.specs import SpecError
 
-    why = ignored_flag(cfg, given, any_precision=any_precision)
+    why = ignored_flag(cfg, given, any_precision=any_precision, adapters=adapters)
     if why:
         raise SpecError(why)
 

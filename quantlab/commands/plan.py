@@ -109,7 +109,7 @@ def config_from_args(args: argparse.Namespace, *, gpu=None, any_precision: bool 
     resolved = load_model(args.model)
     args._resolved = resolved
     cfg = PlanConfig.from_dict(gpu_adjusted(config_dict(args), gpu), model=resolved.spec)
-    check_given(cfg, given_fields(args), any_precision=any_precision)
+    check_given(cfg, given_fields(args), any_precision=any_precision, adapters=bool(getattr(args, "adapters", None)))
     if gpu is not None and cfg.device is DeviceMode.CPU:
         raise SpecError(f"--device cpu counts tensor bytes without CUDA context or allocator reserve, so it cannot "
                         f"be checked against {gpu.name}; drop --device cpu or --gpu")
