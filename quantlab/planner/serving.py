@@ -875,6 +875,37 @@ def _closed(value, ok, x1: int, x2: int, limit: int, cap: int) -> int:
     return _search(ok, lo, hi - 1)
 
 
+def _probes(s: ServeConfig, gpu: GPUSpec, headroom: float, field: str):
+    """(process bytes, fits) of ``s`` with ``field`` (concurrency or prompt_tokens) set to x: what the closed forms
+    and the reference searches probe (an invalid configuration is infinite and does not fit)."""
+    def plan_at(x: int) -> ServePlan:
+        return serve_plan(with_workload(s, **{field: x}), gpu)
+
+    def value(x: int) -> float:
+        try:
+            return plan_at(x).process_bytes
+        except SpecError:
+            return math.inf
+
+    def ok(x: int) -> bool:
+        try:
+            return fits(plan_at(x), gpu, headroom)
+        except SpecError:
+            return False
+
+    return value, ok
+
+
+def _doubling_search(ok, cap: int) -> int:
+    """The largest x <= cap with ok(x), ok monotone: doubling then bisection, planning every probe (0: none)."""
+    if not ok(1):
+        return 0
+    lo = 1
+    while lo * 2 <= cap and ok(lo * 2):
+        lo *= 2
+    return _search(ok, lo, min(cap, lo * 2 - 1))
+
+
 def max_concurrency(s: ServeConfig, gpu: GPUSpec, *, headroom: float = 0.0, cap: int = 65536) -> int:
     """The largest concurrency that fits ``gpu`` at ``s``'s context (S10; vLLM: its blocks, S8)."""
     if s.engine is Engine.VLLM:
@@ -882,21 +913,8 @@ def max_concurrency(s: ServeConfig, gpu: GPUSpec, *, headroom: float = 0.0, cap:
         if v.process_bytes > gpu.memory_bytes * (1 - headroom) or v.num_blocks < -(-v.max_model_len // s.block_size):
             return 0
         return min(cap, v.max_num_seqs, v.num_blocks // -(-s.context // s.block_size))
-    budget = int(gpu.memory_bytes * (1 - headroom))
-
-    def value(c: int) -> float:
-        try:
-            return serve_plan(with_workload(s, concurrency=c), gpu).process_bytes
-        except SpecError:
-            return math.inf
-
-    def ok(c: int) -> bool:
-        try:
-            return fits(serve_plan(with_workload(s, concurrency=c), gpu), gpu, headroom)
-        except SpecError:
-            return False
-
-    return max(0, _closed(value, ok, 1, 2, budget, cap))
+    value, ok = _probes(s, gpu, headroom, "concurrency")
+    return max(0, _closed(value, ok, 1, 2, int(gpu.memory_bytes * (1 - headroom)), cap))
 
 
 def max_prompt(s: ServeConfig, gpu: GPUSpec, *, headroom: float = 0.0, cap: int | None = None) -> int:
@@ -908,55 +926,18 @@ def max_prompt(s: ServeConfig, gpu: GPUSpec, *, headroom: float = 0.0, cap: int 
             return 0
         tokens = (v.num_blocks // s.concurrency) * s.block_size
         return max(0, min(tokens, v.max_model_len) - s.new_tokens)
-    budget = int(gpu.memory_bytes * (1 - headroom))
-
-    def value(x: int) -> float:
-        try:
-            return serve_plan(with_workload(s, prompt_tokens=x), gpu).process_bytes
-        except SpecError:
-            return math.inf
-
-    def ok(x: int) -> bool:
-        try:
-            return fits(serve_plan(with_workload(s, prompt_tokens=x), gpu), gpu, headroom)
-        except SpecError:
-            return False
-
-    return max(0, _closed(value, ok, 1, 1024, budget, cap))
+    value, ok = _probes(s, gpu, headroom, "prompt_tokens")
+    return max(0, _closed(value, ok, 1, 1024, int(gpu.memory_bytes * (1 - headroom)), cap))
 
 
 def search_concurrency(s: ServeConfig, gpu: GPUSpec, *, headroom: float = 0.0, cap: int = 65536) -> int:
     """The reference for :func:`max_concurrency`: doubling then bisection, planning every probe."""
-    def ok(c: int) -> bool:
-        try:
-            return fits(serve_plan(with_workload(s, concurrency=c), gpu), gpu, headroom)
-        except SpecError:
-            return False
-
-    if not ok(1):
-        return 0
-    lo = 1
-    while lo * 2 <= cap and ok(lo * 2):
-        lo *= 2
-    return _search(ok, lo, min(cap, lo * 2 - 1))
+    return _doubling_search(_probes(s, gpu, headroom, "concurrency")[1], cap)
 
 
 def search_prompt(s: ServeConfig, gpu: GPUSpec, *, headroom: float = 0.0, cap: int | None = None) -> int:
     """The reference for :func:`max_prompt`."""
-    cap = cap or PROMPT_CAP
-
-    def ok(x: int) -> bool:
-        try:
-            return fits(serve_plan(with_workload(s, prompt_tokens=x), gpu), gpu, headroom)
-        except SpecError:
-            return False
-
-    if not ok(1):
-        return 0
-    lo = 1
-    while lo * 2 <= cap and ok(lo * 2):
-        lo *= 2
-    return _search(ok, lo, min(cap, lo * 2 - 1))
+    return _doubling_search(_probes(s, gpu, headroom, "prompt_tokens")[1], cap or PROMPT_CAP)
 
 
 def suggestions(s: ServeConfig, gpu: GPUSpec, headroom: float = 0.0) -> list[tuple[str, int]]:
