@@ -667,16 +667,15 @@ def _bipoly_at(coefs: tuple, b: int, s: int) -> tuple[int, ...]:
 
 
 class _Static(namedtuple("_Static", "cfg training pc params active attn dtypes trainable head static paged_state "
-                                   "opt_step ddp_buckets notes_pre notes_post poly consts cuda context_len notes")):
+                                   "opt_step ddp_buckets notes_pre notes_post poly consts context_len notes")):
     """What a plan does not owe to its batch and sequence: ``cfg`` (the configuration it was built from; its batch
     and sequence are not used), ``training``, ``pc`` (ParamCounts), ``params``, ``active``, ``attn`` (the attention
     that runs), ``dtypes`` (:func:`_dtypes`), ``trainable``, ``head`` ((name, bytes) of the static components, in
     the plan's order), ``static`` (their bytes held in allocated memory), ``paged_state``, ``opt_step``,
     ``ddp_buckets``, the notes before (``notes_pre``) and after (``notes_post``) the sequence warning and both
     (``notes``), ``poly`` (:func:`_bipoly` coefficients of :func:`_train_terms`, or None where it is evaluated
-    directly: tensor parallelism's integer division), ``consts`` (its shape-free terms), ``cuda`` (the allocator's
-    reserve and the CUDA context apply, assumption 10) and ``context_len`` (the model's context: beyond it a plan
-    warns)."""
+    directly: tensor parallelism's integer division), ``consts`` (its shape-free terms) and ``context_len`` (the
+    model's context: beyond it a plan warns)."""
 
     __slots__ = ()
 
@@ -763,7 +762,7 @@ def _build_static(cfg: PlanConfig) -> _Static:
     return _Static(cfg=cfg, training=training, pc=pc, params=pc.total, active=pc.active, attn=attn, dtypes=dtypes,
                    trainable=n_trainable if training else 0, head=tuple(head), static=static, paged_state=paged_state,
                    opt_step=opt_step, ddp_buckets=ddp_buckets, notes_pre=pre, notes_post=tuple(notes), poly=poly,
-                   consts=consts, cuda=cfg.device is DeviceMode.CUDA, context_len=m.max_position_embeddings,
+                   consts=consts, context_len=m.max_position_embeddings,
                    notes=pre + tuple(notes))
 
 
@@ -804,25 +803,26 @@ def _seq_notes(cfg: PlanConfig, seq: int) -> tuple:
     return ()
 
 
+def _plan_from(st: _Static, cfg: PlanConfig) -> Plan:
+    """The plan of ``cfg`` from its shape-free part ``st``: the shaped terms, then the allocator (assumption 10)."""
+    comps, dynamic, allocated = _shaped(st, cfg, cfg.batch, cfg.seq)
+    reserve, context = allocator(cfg, dynamic)
+    comps["cuda_context"] = context
+    comps["allocator_reserve"] = reserve
+    reserved = allocated + reserve
+    seq = cfg.seq
+    return Plan(cfg, st.params, st.active, st.trainable, comps, allocated, reserved,
+                reserved + context + st.paged_state,
+                st.notes if seq <= st.context_len else st.notes_pre + _seq_notes(cfg, seq) + st.notes_post)
+
+
 def plan(cfg: PlanConfig) -> Plan:
     """Plan one configuration (pure arithmetic; no I/O): the cost functions above, in the order their notes read.
 
     The batch- and sequence-free part (:func:`_build_static`) is built once per configuration without them; the
     shape-dependent terms are then closed forms (:func:`_bipoly`) checked against the op-by-op sum
     (:func:`plan_direct` is that sum, the tests' oracle)."""
-    st = _static(cfg)
-    comps, dynamic, allocated = _shaped(st, cfg, cfg.batch, cfg.seq)
-    if st.cuda:  # allocator(), inlined (assumption 10)
-        reserve, context = int(RESERVE_FRACTION * dynamic) + SEGMENT * 4, CUDA_CONTEXT_BYTES
-    else:
-        reserve = context = 0
-    comps["cuda_context"] = context
-    comps["allocator_reserve"] = reserve
-    reserved = allocated + reserve
-    seq = cfg.seq
-    return Plan(cfg, st.params, st.active, st.trainable, comps, allocated, reserved,
-                      reserved + context + st.paged_state,
-                      st.notes if seq <= st.context_len else st.notes_pre + _seq_notes(cfg, seq) + st.notes_post)
+    return _plan_from(_static(cfg), cfg)
 
 
 def process_bytes_at(cfg: PlanConfig, batch: int | None = None, seq: int | None = None) -> int:
@@ -841,17 +841,7 @@ def process_bytes_at(cfg: PlanConfig, batch: int | None = None, seq: int | None 
 def plan_direct(cfg: PlanConfig) -> Plan:
     """The same plan summed op by op at the configuration's shape, with nothing cached per configuration: the
     oracle of :func:`plan` in the tests."""
-    st = _build_static(cfg)
-    st = st._replace(poly=None)
-    comps, dynamic, allocated = _shaped(st, cfg, cfg.batch, cfg.seq)
-    reserve, context = allocator(cfg, dynamic)
-    comps["cuda_context"] = context
-    comps["allocator_reserve"] = reserve
-    reserved = allocated + reserve
-    return Plan(config=cfg, params=st.params, active_params=st.active, trainable_params=st.trainable,
-                components=comps, peak_allocated_bytes=allocated, peak_reserved_bytes=reserved,
-                process_bytes=reserved + context + st.paged_state,
-                notes=st.notes_pre + _seq_notes(cfg, cfg.seq) + st.notes_post)
+    return _plan_from(_build_static(cfg)._replace(poly=None), cfg)
 
 
 def _clear_static() -> None:
