@@ -20,9 +20,44 @@ import argparse
 import importlib
 import os
 import sys
+import types
 
 from quantlab import __version__
 from quantlab.errors import QuantlabError
+
+
+class _Deferred(types.ModuleType):
+    """A stand-in for a stdlib module in ``sys.modules`` that imports the real one on the first read of a name it
+    lacks, then takes on the real module's namespace (and hands ``sys.modules`` back to it)."""
+
+    def __getattr__(self, name: str):
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        real = importlib.import_module(self.__name__)
+        self.__dict__.update(real.__dict__)
+        return getattr(real, name)
+
+
+def _defer_inspect() -> None:
+    """Let ``inspect`` load on first use. ``dataclasses`` imports it at the top but calls it only for a dataclass
+    without a docstring (``inspect.signature``; CPython 3.11-3.13 ``Lib/dataclasses.py``), and the import pulls
+    ``ast``, ``dis`` and ``tokenize``: about 5 ms of a 45 ms ``quantlab plan`` start on a 2-core machine, paid by
+    every command that never touches it. Written here because the stdlib's ``importlib.util.LazyLoader`` does
+    not defer it: the ``import`` statement reads the module's ``__spec__`` (``import_ensure_initialized`` in
+    CPython's ``Python/import.c``) and any attribute read loads a LazyLoader module. The stand-in keeps the real
+    spec, so ``import inspect`` and ``importlib.util.find_spec`` see what they would; the first other name read
+    (torch and the lab read many) loads the real module."""
+    if "inspect" in sys.modules:
+        return
+    import importlib.util
+
+    spec = importlib.util.find_spec("inspect")
+    if spec is None:
+        return
+    module = _Deferred("inspect")
+    module.__spec__, module.__loader__, module.__package__ = spec, spec.loader, ""
+    sys.modules["inspect"] = module
+
 
 # Subcommand modules, in the order --help lists them. A module that is absent is skipped.
 COMMANDS = ("plan", "compare", "profiles", "lab", "report", "validate", "recommend")
@@ -35,6 +70,26 @@ class _Parser(argparse.ArgumentParser):
     def _print_message(self, message: str, file=None) -> None:  # argparse swallows OSError here; main reports it
         if message:
             (file or sys.stderr).write(message)
+
+    def _get_formatter(self):
+        # argparse builds a formatter for every add_argument call (to check the metavar) and, without a width,
+        # each one imports shutil (with bz2, lzma, zlib: about 2 ms of a start) for get_terminal_size. The width
+        # is that function's columns, minus 2 as argparse takes it (CPython 3.11 Lib/argparse.py HelpFormatter).
+        return self.formatter_class(prog=self.prog, width=_help_width())
+
+
+def _help_width() -> int:
+    """``shutil.get_terminal_size().columns - 2`` (COLUMNS, else the terminal on stdout, else 80), without shutil."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return (columns or 80) - 2
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -112,6 +167,7 @@ def _run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _defer_inspect()
     try:
         if argv and argv[0] in COMMANDS:
             parser, rest = command_parser(argv[0]), argv[1:]

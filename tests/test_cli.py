@@ -33,3 +33,39 @@ def test_import_quantlab_stays_light():
 def test_python_dash_m_entry_point():
     r = subprocess.run([sys.executable, "-m", "quantlab", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and "quantlab" in r.stdout
+
+
+def test_plan_start_defers_inspect_and_shutil():
+    """`quantlab plan` loads neither inspect (ast, dis, tokenize) nor shutil (bz2, lzma) at start: the stand-in
+    for inspect loads the real module on first use, and help output keeps the terminal width."""
+    code = ("import sys, io, contextlib; from quantlab.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    rc = main(['plan', '--model', '8b', '--method', 'lora', '--format', 'json'])\n"
+            "loaded = [m for m in ('ast', 'dis', 'tokenize', 'shutil', 'bz2', 'lzma') if m in sys.modules]\n"
+            "import inspect\n"
+            "sig = str(inspect.signature(main))\n"
+            "print(rc, ','.join(loaded) or '-', sig, type(sys.modules['inspect']).__name__, 'ast' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "0"
+    assert out[1] == "-", f"loaded at start: {out[1]}"
+    assert out[-2:] == ["module", "True"]  # the real inspect took over on first use
+    assert "argv" in " ".join(out[2:-2])
+
+
+def test_help_width_is_argparse_own(monkeypatch):
+    """The parser hands argparse the width argparse would take itself (shutil's terminal size, minus 2)."""
+    import argparse
+
+    from quantlab.cli import command_parser
+
+    for cols in ("60", "132"):
+        monkeypatch.setenv("COLUMNS", cols)
+        p = command_parser("plan")
+        ours = p.format_help()
+        monkeypatch.setattr(type(p), "_get_formatter", argparse.ArgumentParser._get_formatter)
+        assert ours == p.format_help()
+        monkeypatch.undo()
+    monkeypatch.setenv("COLUMNS", "60")
+    narrow = command_parser("plan").format_help()
+    monkeypatch.setenv("COLUMNS", "132")
+    assert command_parser("plan").format_help() != narrow
