@@ -2,6 +2,13 @@
 
 No GPU is a normal answer: the result is an empty list and the caller plans against the catalog. torch is
 never imported when NVML answers (importing it costs a second, and ``quantlab plan`` must start fast).
+
+``--gpu auto`` plans the machine as it is (:func:`resolve_auto`): every detected GPU (``--num-gpus`` may ask
+for fewer), each with the *free* memory of the least free device, since memory other processes hold is not
+this job's (NVML ``nvmlDeviceGetMemoryInfo().free``; NVML creates no CUDA context, so the free figure does not
+include one of ours). The torch fallback reads ``torch.cuda.mem_get_info`` after torch has created its own
+context on the device, so there the planned CUDA context is counted on top of one already taken: the verdict
+errs on the safe side by one context (about 0.3-0.5 GiB).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ class DetectedGPU:
     name: str  # the device name as the driver reports it
     memory_bytes: int  # total memory the driver reports
     via: str  # "nvml" or "torch"
+    free_bytes: int | None = None  # free memory the driver reports (None where it gave none)
 
 
 def detect() -> list[DetectedGPU]:
@@ -32,7 +40,9 @@ def detect() -> list[DetectedGPU]:
             h = pynvml.nvmlDeviceGetHandleByIndex(i)
             name = pynvml.nvmlDeviceGetName(h)
             name = name.decode() if isinstance(name, bytes) else name
-            out.append(DetectedGPU(i, name, int(pynvml.nvmlDeviceGetMemoryInfo(h).total), "nvml"))
+            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+            free = getattr(mem, "free", None)
+            out.append(DetectedGPU(i, name, int(mem.total), "nvml", None if free is None else int(free)))
         return out
     finally:
         try:
@@ -51,31 +61,45 @@ def _detect_torch() -> list[DetectedGPU]:
     if not torch.cuda.is_available():
         return []
     return [DetectedGPU(i, torch.cuda.get_device_name(i), int(torch.cuda.get_device_properties(i).total_memory),
-                        "torch") for i in range(torch.cuda.device_count())]
+                        "torch", int(torch.cuda.mem_get_info(i)[0])) for i in range(torch.cuda.device_count())]
 
 
 def resolve_auto():
     """(GPUSpec or None, count, message) for ``--gpu auto``.
 
-    The detected device maps onto a catalog profile (for bandwidth and throughput) with the memory the driver
-    reports; an unknown device keeps its reported memory under its own name.
+    The detected device maps onto a catalog profile (for bandwidth and throughput); an unknown device keeps its
+    own name. Its memory is the free memory of the least free device (the total where the driver gives no free
+    figure), and the count is every detected device; the message says both, with what the devices hold.
     """
     import dataclasses
 
     from quantlab.profiles import match_gpu_by_device_name
     from quantlab.specs import GPUSpec
+    from quantlab.units import fmt_bytes
 
     found = detect()
     if not found:
         return None, 0, "no GPU detected (NVML/torch.cuda): planning against the catalog; name one with --gpu NAME"
-    first = found[0]
-    spec = match_gpu_by_device_name(first.name)
+    least = min(found, key=lambda d: (d.memory_bytes if d.free_bytes is None else d.free_bytes, d.index))
+    memory = least.memory_bytes if least.free_bytes is None else least.free_bytes
+    spec = match_gpu_by_device_name(least.name)
     if spec is None:
-        spec = GPUSpec(name=first.name, vendor="unknown", memory_bytes=first.memory_bytes,
+        spec = GPUSpec(name=least.name, vendor="unknown", memory_bytes=memory,
                        memory_bandwidth_bytes_per_s=0.0, flops={}, bf16_supported=True, fp8_supported=False,
                        interconnect="unknown", interconnect_bandwidth_bytes_per_s=None, price_usd_per_hour=None)
         how = "not in the catalog: its reported memory is used"
     else:
-        spec = dataclasses.replace(spec, memory_bytes=first.memory_bytes)
+        spec = dataclasses.replace(spec, memory_bytes=memory)
         how = f"profile {spec.name}"
-    return spec, len(found), f"detected {len(found)} x {first.name} via {first.via} ({how})"
+    names = sorted({d.name for d in found})
+    which = (f"{len(found)} x {least.name}" if len(names) == 1 else
+             f"{len(found)} GPUs ({', '.join(f'{sum(d.name == n for d in found)} x {n}' for n in names)}; planned "
+             f"as the least free, GPU {least.index} {least.name})")
+    if least.free_bytes is None:
+        mem = f"its total memory {fmt_bytes(memory)} (the driver gave no free figure)"
+    else:
+        mem = f"free memory {fmt_bytes(memory)} of {fmt_bytes(least.memory_bytes)}"
+        if len(found) > 1:
+            mem += " (the least free device)"
+    count = f"; plans all {len(found)} (--num-gpus asks for fewer)" if len(found) > 1 else ""
+    return spec, len(found), f"detected {which} via {least.via} ({how}); planning against the {mem}{count}"

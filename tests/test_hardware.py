@@ -29,7 +29,9 @@ def _fake_nvml(devices=None, init_error=None):
     mod.nvmlDeviceGetCount = lambda: len(devices or [])
     mod.nvmlDeviceGetHandleByIndex = lambda i: i
     mod.nvmlDeviceGetName = lambda h: devices[h][0].encode()  # older bindings return bytes
-    mod.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(total=devices[h][1])
+    # (name, total) or (name, total, free): older fakes give no free figure
+    mod.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(total=devices[h][1], **(
+        {"free": devices[h][2]} if len(devices[h]) > 2 else {}))
     mod.calls = calls
     return mod
 
@@ -86,3 +88,36 @@ def test_plan_gpu_auto_with_a_gpu_gives_a_verdict(monkeypatch, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["gpu"] == "rtx-4090" and doc["gpu_memory_bytes"] == 25_757_220_864
     assert "detected 1 x NVIDIA GeForce RTX 4090 via nvml" in doc["gpu_detection"]
+
+
+def test_auto_plans_every_detected_gpu_against_the_least_free_memory(monkeypatch, capsys):
+    """--gpu auto: the count is what the machine has, the memory what the least free device has free (other
+    processes' memory is not this job's), and the message says both; it round-trips through --from-json."""
+    import json
+
+    monkeypatch.setitem(sys.modules, "pynvml", _fake_nvml([("NVIDIA A100-SXM4-80GB", 80 * GIB, 70 * GIB),
+                                                           ("NVIDIA A100-SXM4-80GB", 80 * GIB, 60 * GIB)]))
+    spec, n, msg = hardware.resolve_auto()
+    assert (spec.name, spec.memory_bytes, n) == ("a100-80gb", 60 * GIB, 2)
+    assert "free memory 60.00 GiB of 80.00 GiB (the least free device)" in msg and "plans all 2" in msg
+    assert main(["plan", "--model", "8b", "--method", "lora", "--gpu", "auto", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["config"]["num_gpus"] == 2 and doc["gpu_memory_bytes"] == 60 * GIB
+    assert main(["plan", "--model", "8b", "--method", "lora", "--gpu", "auto", "--num-gpus", "1",
+                 "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["num_gpus"] == 1  # --num-gpus asks for fewer
+
+
+def test_auto_refuses_more_gpus_than_detected(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "pynvml", _fake_nvml([("NVIDIA GeForce RTX 4090", 24 * GIB, 23 * GIB)]))
+    assert main(["plan", "--model", "8b", "--method", "lora", "--gpu", "auto", "--num-gpus", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "1 GPU detected" in err
+
+
+def test_auto_with_mixed_devices_names_them_and_plans_the_least_free(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", _fake_nvml([("NVIDIA GeForce RTX 4090", 24 * GIB, 20 * GIB),
+                                                           ("NVIDIA A100-SXM4-80GB", 80 * GIB, 79 * GIB)]))
+    spec, n, msg = hardware.resolve_auto()
+    assert (spec.name, spec.memory_bytes, n) == ("rtx-4090", 20 * GIB, 2)
+    assert "1 x NVIDIA A100-SXM4-80GB, 1 x NVIDIA GeForce RTX 4090" in msg and "GPU 0" in msg

@@ -56,7 +56,7 @@ def rows(args) -> list[dict]:
     from quantlab.specs import Method, PlanConfig, Precision, SpecError
 
     names = precision_list(args.precisions)
-    gpu, _ = resolve_gpu(args.gpu)
+    gpu, _ = resolve_gpu(args.gpu, args)
     base = config_from_args(args, gpu=gpu, any_precision=True)
     given = given_fields(args)
     out = []

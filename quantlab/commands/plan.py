@@ -108,7 +108,17 @@ def config_from_args(args: argparse.Namespace, *, gpu=None, any_precision: bool 
 
     resolved = load_model(args.model)
     args._resolved = resolved
-    cfg = PlanConfig.from_dict(gpu_adjusted(config_dict(args), gpu), model=resolved.spec)
+    d = config_dict(args)
+    detected = getattr(args, "_gpu_count", 0)  # --gpu auto: plan the GPUs this machine has (hardware.resolve_auto)
+    if detected:
+        asked = d.get("num_gpus")
+        if asked is None:
+            if detected > 1:
+                d["num_gpus"] = detected
+        elif asked > detected:
+            raise SpecError(f"--num-gpus {asked} with --gpu auto: {detected} GPU{'s' if detected > 1 else ''} "
+                            "detected here; name a GPU (e.g. --gpu a100-80gb) to plan hardware this machine lacks")
+    cfg = PlanConfig.from_dict(gpu_adjusted(d, gpu), model=resolved.spec)
     check_given(cfg, given_fields(args), any_precision=any_precision, adapters=bool(getattr(args, "adapters", None)))
     if gpu is not None and cfg.device is DeviceMode.CPU:
         raise SpecError(f"--device cpu counts tensor bytes without CUDA context or allocator reserve, so it cannot "
@@ -117,14 +127,17 @@ def config_from_args(args: argparse.Namespace, *, gpu=None, any_precision: bool 
     return cfg
 
 
-def resolve_gpu(name: str | None):
-    """(GPUSpec or None, message) for --gpu NAME|auto."""
+def resolve_gpu(name: str | None, args: argparse.Namespace | None = None):
+    """(GPUSpec or None, message) for --gpu NAME|auto; with ``args``, ``--gpu auto`` leaves the detected count on
+    ``args._gpu_count`` for :func:`config_from_args` (every detected GPU unless --num-gpus asks for fewer)."""
     if not name:
         return None, None
     if name == "auto":
         from quantlab.hardware import resolve_auto
 
-        spec, _, msg = resolve_auto()
+        spec, count, msg = resolve_auto()
+        if args is not None:
+            args._gpu_count = count
         return spec, msg
     from quantlab.profiles import load_gpu
 
@@ -310,7 +323,7 @@ def run(args) -> int:
     else:
         if not args.model:
             raise QuantlabError("give --model NAME (or --from-json FILE); see 'quantlab profiles'")
-        gpu, gpu_msg = resolve_gpu(args.gpu)
+        gpu, gpu_msg = resolve_gpu(args.gpu, args)
         cfg = config_from_args(args, gpu=gpu)
         name, resolution = args._resolved.name, args._resolved.resolved_from
         gpu_doc = gpu_document(gpu, gpu_msg)

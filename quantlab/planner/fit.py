@@ -26,7 +26,7 @@ import dataclasses
 from collections import namedtuple
 
 from quantlab.planner.memory import Plan, plan, process_bytes_at
-from quantlab.specs import GPUSpec, Method, Offload, Optimizer, PlanConfig, Precision, SpecError
+from quantlab.specs import GPUSpec, Method, Offload, Optimizer, PlanConfig, Precision, SpecError, kbit_prepared
 
 GPU_COUNTS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -190,11 +190,17 @@ def min_gpus(cfg: PlanConfig, gpu: GPUSpec) -> tuple[int | None, str]:
 def _suggestions(cfg: PlanConfig, gpu: GPUSpec) -> list[tuple[str, int]]:
     cands: list[tuple[str, dict]] = []
     m = cfg.method
+    # QLoRA as PEFT runs it: prepare_model_for_kbit_training turns gradient checkpointing on (specs assumption
+    # 4a), so the switch takes that recipe default (it never turns checkpointing off)
+    qlora = dict(method=Method.QLORA, precision=Precision.NF4,
+                 grad_checkpointing=cfg.grad_checkpointing or kbit_prepared(Method.QLORA, Precision.NF4,
+                                                                            cfg.kbit_upcast, cfg.stack))
+    recipe = " (PEFT's k-bit recipe: checkpointing on)" if qlora["grad_checkpointing"] > cfg.grad_checkpointing else ""
     if m is Method.LORA:
-        cands.append(("QLoRA (nf4 base) instead of LoRA", dict(method=Method.QLORA, precision=Precision.NF4)))
+        cands.append((f"QLoRA (nf4 base) instead of LoRA{recipe}", qlora))
     if m is Method.FULL:
         cands.append(("LoRA instead of a full fine-tune", dict(method=Method.LORA)))
-        cands.append(("QLoRA instead of a full fine-tune", dict(method=Method.QLORA, precision=Precision.NF4)))
+        cands.append((f"QLoRA instead of a full fine-tune{recipe}", qlora))
     if m.is_training and not cfg.grad_checkpointing:
         cands.append(("gradient checkpointing on", dict(grad_checkpointing=True)))
     if m.is_training and cfg.optimizer is Optimizer.ADAMW:

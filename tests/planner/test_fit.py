@@ -96,3 +96,23 @@ def test_closed_form_small_caps_and_nothing_fits():
     for cap in (1, 2, 3, 7):
         assert _largest_closed(small, h100, "batch", cap) == _largest(small, h100, "batch", cap) == cap
         assert _largest_closed(cfg, h100, "batch", cap) == _largest(cfg, h100, "batch", cap) <= cap
+
+
+def test_qlora_suggestion_follows_pefts_kbit_recipe():
+    """Suggesting QLoRA for a full fine-tune that does not fit plans QLoRA as PEFT runs it (checkpointing on,
+    prepare_model_for_kbit_training), not with the full fine-tune's checkpointing setting."""
+    from quantlab.planner import fit as fit_fn
+    from quantlab.planner import plan as plan_fn
+    from quantlab.profiles import load_gpu, load_model
+    from quantlab.specs import Method, PlanConfig, Precision
+
+    spec = load_model("llama-3.1-8b").spec
+    cfg = PlanConfig.from_dict({"method": "full"}, model=spec)
+    assert not cfg.grad_checkpointing
+    f = fit_fn(cfg, load_gpu("rtx-4090"))
+    assert not f.fits
+    (text, b), = [s for s in f.suggestions if s[0].startswith("QLoRA")]
+    assert "checkpointing on" in text
+    recipe = PlanConfig.from_dict({"method": "qlora"}, model=spec)
+    assert recipe.grad_checkpointing and b == plan_fn(recipe).process_bytes
+    assert recipe.precision is Precision.NF4 and recipe.method is Method.QLORA
