@@ -107,10 +107,22 @@ def tensor_bytes(tensors, constants=()) -> TensorBytes:
     return out
 
 
+def _module_state_tensors(model):
+    """LLM.int8 row scales that left the weight: at its first forward bitsandbytes' ``Linear8bitLt`` moves ``SCB``
+    (and ``CB``, which then shares the weight's storage) from ``weight`` to ``module.state``
+    (``init_8bit_state``, bitsandbytes 0.50 ``nn/modules.py``), so reading ``weight.SCB`` alone misses them."""
+    import torch
+
+    for m in model.modules():
+        scb = getattr(getattr(m, "state", None), "SCB", None)
+        if isinstance(scb, torch.Tensor):
+            yield scb
+
+
 def model_bytes(model) -> TensorBytes:
     """All parameter and buffer storages of ``model`` plus bitsandbytes quantization state (assumption 1)."""
     params = list(model.parameters())
-    consts = [c for p in params for c in _quant_state_tensors(p)]
+    consts = [c for p in params for c in _quant_state_tensors(p)] + list(_module_state_tensors(model))
     tb = tensor_bytes(params + list(model.buffers()), consts)
     tb.params = sum(p.numel() for p in params)
     tb.trainable_params = sum(p.numel() for p in params if p.requires_grad)
