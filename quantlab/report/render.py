@@ -181,6 +181,9 @@ def ptq_plots(records) -> list[tuple[str, bytes]]:
     return out
 
 
+TUNED_KINDS = ("finetune", "qat")  # rendered by quantlab.lab.finetune_report.finetune_table
+
+
 def html_page(ptq_records, other_records) -> str:
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>quantlab report</title>",
              "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
@@ -196,11 +199,19 @@ def html_page(ptq_records, other_records) -> str:
         for title, png in ptq_plots(ptq_records):
             parts.append(f"<h3>{html.escape(title)}</h3><img alt='{html.escape(title)}' "
                          f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
+    tuned = [r for r in other_records if r.kind in TUNED_KINDS]
+    if tuned:  # the fine-tune table the markdown report shows: named columns in MiB, planned beside measured
+        from quantlab.lab.finetune_report import NOTES, finetune_table
+
+        parts.append("<h2>Fine-tunes</h2>")
+        parts.append(_md_to_html(finetune_table(tuned, "markdown")))
+        parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in NOTES) + "</ul>")
     kinds = sorted({r.kind for r in other_records})
     for k in kinds:
         recs = [r for r in other_records if r.kind == k]
-        parts.append(f"<h2>{html.escape(k)} runs</h2>")
-        parts.append(_md_to_html(generic_table(recs, "markdown")))
+        if k not in TUNED_KINDS:
+            parts.append(f"<h2>{html.escape(k)} runs</h2>")
+            parts.append(_md_to_html(generic_table(recs, "markdown")))
         for r in recs:
             for name, path in (r.artifacts or {}).items():
                 if str(path).endswith(".png"):

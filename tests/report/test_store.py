@@ -88,7 +88,8 @@ def test_report_command_renders_every_format(tmp_path, capsys):
     out = tmp_path / "r.html"
     assert main(["report", "--store", str(p), "--format", "html", "--out", str(out)]) == 0
     page = out.read_text()
-    assert page.count("data:image/png;base64,") == 2 and "finetune runs" in page and "meas_step_s" in page
+    assert page.count("data:image/png;base64,") == 2 and "<h2>Fine-tunes</h2>" in page and "<th>s/step</th>" in page
+    assert "meas_" not in page  # named columns, not raw result keys
     capsys.readouterr()
     assert main(["report", "--store", str(p), "--format", "markdown"]) == 0
     md = capsys.readouterr().out
