@@ -196,6 +196,9 @@ def load_model(src: ModelSource, *, dtype: Any = None, quantization_config: Any 
 
     A corrupt or unreadable checkpoint becomes one QuantlabError line, not a traceback.
     """
+    from quantlab.lab.quiet import import_gptqmodel
+
+    import_gptqmodel()  # before peft or transformers import it: no banner on stdout, the allocator left as it was
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging

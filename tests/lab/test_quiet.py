@@ -1,0 +1,51 @@
+"""Known library noise is dropped at its source, nothing else is, and GPTQModel leaves the allocator alone."""
+
+import logging
+import subprocess
+import sys
+
+import pytest
+
+
+def test_lab_imports_are_quiet_and_gptqmodel_keeps_the_allocator_setting():
+    pytest.importorskip("torchao")
+    code = ("import os, sys, quantlab.lab\n"
+            "import torch, transformers, peft, torchao\n"
+            "from quantlab.lab.quiet import import_gptqmodel\n"
+            "ok = import_gptqmodel()\n"
+            "print(ok, os.environ.get('PYTORCH_ALLOC_CONF'), os.environ.get('CUDA_DEVICE_ORDER'))\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("PYTORCH_ALLOC_CONF", "CUDA_DEVICE_ORDER")}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    installed = __import__("importlib").util.find_spec("gptqmodel") is not None
+    assert r.stdout.split() == [str(installed), "None", "None"]  # no banner on stdout; the variables restored
+    assert "Failed to load" not in r.stderr and "Enum subclass" not in r.stderr
+
+
+def test_filters_drop_only_the_known_messages(capsys):
+    from quantlab.lab import quiet
+
+    quiet.install()
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    h = Keep()
+    for name in ("torchao", "torch.utils._pytree", "bitsandbytes.backends.cpu.ops"):
+        logging.getLogger(name).addHandler(h)
+    try:
+        logging.getLogger("torchao").warning("Failed to load /x/_C_mxfp8.so: Could not load this library")
+        logging.getLogger("torchao").warning("a torchao warning that matters")
+        logging.getLogger("torch.utils._pytree").warning("<enum 'X'> is an Enum subclass and is now natively "
+                                                         "supported by torch.compile")
+        for _ in range(2):
+            logging.getLogger("bitsandbytes.backends.cpu.ops").warning(
+                "Failed to load CPU gemm_4bit_forward from kernels-community: no module")
+    finally:
+        for name in ("torchao", "torch.utils._pytree", "bitsandbytes.backends.cpu.ops"):
+            logging.getLogger(name).removeHandler(h)
+    assert seen == ["a torchao warning that matters"]
+    err = capsys.readouterr().err
+    assert err.count("quantlab: note:") <= 1  # the bitsandbytes fallback: once per process, as a note
