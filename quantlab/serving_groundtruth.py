@@ -15,6 +15,9 @@ figure with the exact settings it was measured at:
 - ``metric`` (one of :data:`METRICS`), ``value`` (bytes for the ``*_bytes`` metrics and ``allocated``, a count for
   ``vllm_num_blocks``, a ratio for ``vllm_max_concurrency``), ``unit_published`` (the unit the source printed;
   GiB figures rounded to two decimals are converted with 2**30, optimum-benchmark's MB with 10**6).
+- ``gpu_cuda_total_bytes`` (vLLM rows whose log prints it) and ``gpu_cuda_total_quote``: the GPU's total as CUDA
+  reports it (``torch.cuda.mem_get_info()[1]``, which vLLM's budget multiplies); :func:`predict` with
+  ``cuda_total=True`` plans on it instead of the profile's NVML total (G7), to show what that fix would change.
 - ``tolerance``: the largest |error| the row is expected to show with today's planner, and ``tolerance_reason``: why
   (a known miss names the library behaviour the planner does not model; see reports/serving-groundtruth.md).
 
@@ -37,6 +40,9 @@ G5. Two bars per row. The target (:data:`TARGETS`, per metric) is the accuracy t
     moves a row shows up; a row outside its target is a known miss, kept and reported.
 G6. A published GiB figure carries +-0.005 GiB of rounding, MB figures +-1 MB; for the smallest figures here
     (activation peak 1.26 GiB) that is 0.4%, below every tolerance.
+G7. The what-if of the budget fix (reports/serving-groundtruth.md) is a plan on a copy of the GPU profile whose
+    memory is the logged CUDA total (GPUSpec.with_memory): the published figure of the same
+    log, nothing fitted.
 """
 
 from __future__ import annotations
@@ -125,13 +131,19 @@ class ServeCheck:
         return dataclasses.asdict(self)
 
 
-def predict(row: dict):
-    """(ServePlan, predicted figure) of a row (G3)."""
+def predict(row: dict, *, cuda_total: bool = False):
+    """(ServePlan, predicted figure) of a row (G3); ``cuda_total``: on the logged CUDA total memory (G7)."""
     from quantlab.planner.serving import serve_plan
     from quantlab.profiles import load_gpu
 
     s = row_to_serve_config(row)
-    p = serve_plan(s, load_gpu(row["gpu"]))
+    gpu = load_gpu(row["gpu"])
+    if cuda_total:
+        total = row.get("gpu_cuda_total_bytes")
+        if not isinstance(total, int) or total <= 0:
+            raise _fail(row, "no gpu_cuda_total_bytes for the CUDA-total what-if")
+        gpu = gpu.with_memory(total)
+    p = serve_plan(s, gpu)
     if row["metric"].startswith("vllm_") and p.vllm is None:
         raise _fail(row, f"metric {row['metric']} needs serve.engine vllm")
     return p, METRICS[row["metric"]][1](p)
