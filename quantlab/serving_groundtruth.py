@@ -190,5 +190,5 @@ def display(metric: str, v: float) -> str:
     return f"{v / (1 << 30):.2f} GiB"
 
 
-__all__ = ["SERVING_PUBLISHED", "METRICS", "TARGETS", "row_to_serve_config", "predict", "check_row", "check_all", "summarize",
-           "display", "ServeCheck"]
+__all__ = ["SERVING_PUBLISHED", "METRICS", "TARGETS", "row_to_serve_config", "predict", "check_row", "check_all",
+           "summarize", "display", "ServeCheck"]

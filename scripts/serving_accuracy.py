@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Print the serving planner against published serving measurements (vLLM start-up logs, transformers generate).
 
-    python scripts/serving_accuracy.py [--format table|md|json] [FILE.jsonl]
+    python scripts/serving_accuracy.py [--format table|md|json] [--cuda-total] [FILE.jsonl]
 
 Rows: profiles/validation/serving-published.jsonl (fields and assumptions: quantlab/serving_groundtruth.py).
 error = (planned - published) / published; negative = under-prediction. 'tol' is the error the row is expected to
@@ -15,6 +15,18 @@ import sys
 
 from quantlab.groundtruth import load_rows
 from quantlab.serving_groundtruth import SERVING_PUBLISHED, check_row, display, predict, summarize
+
+
+def pct(x: float, sign: bool = True) -> str:
+    return f"{100 * x:+.1f}%" if sign else f"{100 * x:.0f}%"
+
+
+def emit(cells, widths, md: bool) -> None:
+    """One table line: markdown, or fixed-width columns (a negative width left-aligns)."""
+    if md:
+        print("| " + " | ".join(cells) + " |")
+    else:
+        print(" ".join(f"{c:<{-w}s}" if w < 0 else f"{c:>{w}s}" for c, w in zip(cells, widths)).rstrip())
 
 
 def main() -> int:
@@ -31,40 +43,37 @@ def main() -> int:
         print(json.dumps({"rows": [c.to_dict() for c in checks], "summary": summarize(checks)}, indent=2))
         return 0 if all(c.ok for c in checks) else 1
     md = a.format == "md"
-    head = ("row", "metric", "published", "planned", "error", "tol", "target", "")
+    head = ["row", "metric", "published", "planned", "error", "tol", "target"]
+    widths = [-46, -26, 11, 11, 7, 5, 6]
     if a.cuda_total:
-        head = head[:-1] + ("planned on CUDA total", "error", "")
-    what_if = {}
-    for r in rows:
-        if a.cuda_total and r.get("gpu_cuda_total_bytes"):
-            _, v = predict(r, cuda_total=True)
-            what_if[r["id"]] = (display(r["metric"], v), f"{100 * (v - r['value']) / r['value']:+.1f}%")
+        head += ["planned on CUDA total", "error"]
+        widths += [11, 7]
+    head.append("note")
+    widths.append(-1)
+    emit(head, widths, md)
     if md:
-        print("| " + " | ".join(head) + " |")
         print("|" + "---|" * len(head))
-    else:
-        print(f"{head[0]:46s} {head[1]:26s} {head[2]:>11s} {head[3]:>11s} {head[4]:>7s} {head[5]:>5s} {head[6]:>6s}")
-    for c in checks:
-        cells = (c.id, c.metric, display(c.metric, c.published), display(c.metric, c.predicted), f"{100 * c.error:+.1f}%",
-                 f"{100 * c.tolerance:.0f}%", f"{100 * c.target:.0f}%")
+    for r, c in zip(rows, checks):
+        cells = [c.id, c.metric, display(c.metric, c.published), display(c.metric, c.predicted), pct(c.error),
+                 pct(c.tolerance, False), pct(c.target, False)]
         if a.cuda_total:
-            cells += what_if.get(c.id, ("-", "-"))
-        cells += (("" if c.on_target else "miss") + ("" if c.ok else " OUT OF TOLERANCE"),)
-        if md:
-            print("| " + " | ".join(cells) + " |")
-        else:
-            print(f"{cells[0]:46s} {cells[1]:26s} {cells[2]:>11s} {cells[3]:>11s} {cells[4]:>7s} {cells[5]:>5s} "
-                  f"{cells[6]:>6s} " + " ".join(f"{x:>11s}" for x in cells[7:-1]) + f" {cells[-1]}")
+            if r.get("gpu_cuda_total_bytes"):
+                _, v = predict(r, cuda_total=True)
+                cells += [display(c.metric, v), pct((v - c.published) / c.published)]
+            else:
+                cells += ["-", "-"]
+        cells.append(("" if c.on_target else "miss") + ("" if c.ok else " OUT OF TOLERANCE"))
+        emit(cells, widths, md)
     print()
-    head = ("engine", "metric", "rows", "on target", "mean abs error", "worst", "worst under")
+    head = ["engine", "metric", "rows", "on target", "mean abs error", "worst", "worst under"]
+    widths = [-12, -26, 4, 16, 14, 7, 11]
+    emit(head, widths, md)
     if md:
-        print("| " + " | ".join(head) + " |")
         print("|" + "---|" * len(head))
     for s in summarize(checks):
-        cells = (s["engine"], s["metric"], str(s["rows"]), f"{s['on_target']}/{s['rows']} (<= {100 * s['target']:.0f}%)",
-                 f"{100 * s['mean_abs_error']:.1f}%", f"{100 * s['worst_error']:+.1f}%", f"{100 * s['worst_under']:+.1f}%")
-        print(("| " + " | ".join(cells) + " |") if md else
-              f"{cells[0]:12s} {cells[1]:26s} {cells[2]:>4s} {cells[3]:>16s} {cells[4]:>8s} {cells[5]:>7s} {cells[6]:>7s}")
+        emit([s["engine"], s["metric"], str(s["rows"]), f"{s['on_target']}/{s['rows']} (<= {pct(s['target'], False)})",
+              f"{100 * s['mean_abs_error']:.1f}%", pct(s["worst_error"]),
+              pct(s["worst_under"])], widths, md)
     return 0 if all(c.ok for c in checks) else 1
 
 
