@@ -109,13 +109,14 @@ def test_bad_rows_are_one_line_errors():
 def test_budget_on_cudas_total_moves_every_pool_row_towards_the_log():
     """G7: planned on the CUDA total the same log prints (vLLM budgets gpu_memory_utilization x
     torch.cuda.mem_get_info()[1], not NVML's total), every pool figure gets closer to the published one; the v0.6.4
-    RTX 3090 rows, whose other terms agree, come within 5%."""
+    RTX 3090 rows, whose other terms agree, come within 5%. (Once the planner budgets on CUDA's total itself, the
+    what-if equals the plan: the first assertion stays true with equality.)"""
     rows = [r for r in ROWS if r.get("gpu_cuda_total_bytes") and r["metric"] in POOL]
     assert len(rows) >= 4
     for r in rows:
         now = check_row(r).error
         _, v = predict(r, cuda_total=True)
         after = (v - r["value"]) / r["value"]
-        assert abs(after) < abs(now), (r["id"], now, after)
+        assert abs(after) <= abs(now) + 1e-12, (r["id"], now, after)
         if "3090" in r["id"]:
             assert abs(after) <= 0.05, (r["id"], after)
