@@ -196,9 +196,6 @@ def load_model(src: ModelSource, *, dtype: Any = None, quantization_config: Any 
 
     A corrupt or unreadable checkpoint becomes one QuantlabError line, not a traceback.
     """
-    from quantlab.lab.quiet import import_gptqmodel
-
-    import_gptqmodel()  # before peft or transformers import it: no banner on stdout, the allocator left as it was
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -246,3 +243,23 @@ def tiny_model(model_type: str = "llama", seed: int = 0, dtype: Any = None, **ov
 
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(tiny_config(model_type, **overrides), dtype=dtype or torch.float32)
+
+
+def cache_kwarg(model) -> str:
+    """The forward keyword that takes a KV cache: ``cache`` where the model's forward has it (transformers 5.2x
+    renamed ``past_key_values`` to ``cache`` and deprecates the old name, to be removed in 5.40), else
+    ``past_key_values`` (transformers 5.0/5.1)."""
+    import inspect
+
+    fwd = getattr(model, "forward", None)
+    try:
+        params = inspect.signature(fwd).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def output_cache(out):
+    """The KV cache a forward returned, under either name (see :func:`cache_kwarg`)."""
+    c = out.get("cache")  # a ModelOutput is a dict of the fields it holds
+    return c if c is not None else out.get("past_key_values")

@@ -190,6 +190,8 @@ def cloze_accuracy(model, tokenizer, items: list[dict]) -> float:
     import torch
     import torch.nn.functional as F
 
+    from quantlab.lab.model import cache_kwarg, output_cache
+
     dev = _device(model)
     right = 0
     last_scores.clear()
@@ -203,12 +205,12 @@ def cloze_accuracy(model, tokenizer, items: list[dict]) -> float:
             scores = [float(first[c[0]]) for c in conts]
             width = max(len(c) for c in conts) - 1
             if width > 0:
-                cache = out.past_key_values
+                cache = output_cache(out)
                 cache.batch_repeat_interleave(len(conts))
                 batch = torch.tensor([c[:-1] + [pad] * (width - len(c) + 1) for c in conts], device=dev)
                 mask = torch.ones(len(conts), len(ctx) + width, dtype=torch.long, device=dev)
-                logp = F.log_softmax(model(batch, past_key_values=cache, attention_mask=mask,
-                                           use_cache=True).logits.float(), dim=-1)
+                logp = F.log_softmax(model(batch, attention_mask=mask, use_cache=True,
+                                           **{cache_kwarg(model): cache}).logits.float(), dim=-1)
                 for k, c in enumerate(conts):
                     # token c[j] (j >= 1) is predicted at position j-1 of the continuation batch
                     scores[k] += sum(float(logp[k, j - 1, c[j]]) for j in range(1, len(c)))

@@ -16,6 +16,10 @@ Each filter names the message, the library file that emits it, and why it carrie
    changes the CUDA caching allocator the planner models (``expandable_segments`` changes reserved memory), so
    :func:`import_gptqmodel` imports it with stdout captured (its warnings go to stderr) and puts both variables
    back as they were.
+5. peft 0.21 ``peft_model.py`` (``PeftModel.__init__``) and ``mixed_model.py`` read
+   ``model.is_gradient_checkpointing``, which transformers 5.2x deprecates (``modeling_utils.py``: "use
+   is_activation_checkpointing") with a FutureWarning on every ``get_peft_model``. quantlab's own code uses
+   neither name; the warning is ignored for that message only.
 """
 
 from __future__ import annotations
@@ -57,32 +61,73 @@ def install() -> None:
     logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
         _Drop("kernels-community", note=BNB_KERNELS_NOTE))
     os.environ.setdefault("GPTQMODEL_DISABLE_GIL_WARNING", "1")
+    import warnings
+
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    if "gptqmodel" not in sys.modules:
+        sys.meta_path.insert(0, _QuietFinder())
+
+
+class _QuietLoader:
+    """Runs GPTQModel's package import with stdout captured (its WARN/ERROR lines passed to stderr) and puts back
+    the environment variables it sets (4); everything else is the real loader's."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name):  # get_resource_reader, is_package, ...: the real loader's
+        return getattr(self.inner, name)
+
+    def create_module(self, spec):
+        return self.inner.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        import contextlib
+        import io
+
+        keep = {k: os.environ.get(k) for k in ("PYTORCH_ALLOC_CONF", "CUDA_DEVICE_ORDER")}
+        buf = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(buf):
+                self.inner.exec_module(module)
+        finally:
+            for k, v in keep.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            for line in buf.getvalue().splitlines():
+                if line.lstrip().startswith(("WARN", "ERROR", "CRIT")):
+                    print(line.rstrip(), file=sys.stderr)
+
+
+class _QuietFinder:
+    """A ``sys.meta_path`` finder for the one package ``gptqmodel``, whoever imports it (peft's GPTQ dispatch,
+    transformers' GPTQ quantizer, the lab): the real spec, with :class:`_QuietLoader` around its loader."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "gptqmodel":
+            return None
+        import importlib.util
+
+        sys.meta_path.remove(self)
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
+        if spec is None or spec.loader is None:
+            return None
+        spec.loader = _QuietLoader(spec.loader)
+        return spec
 
 
 def import_gptqmodel() -> bool:
-    """Import GPTQModel once, quietly (4): True when it is installed. Its stdout is captured and the lines it
-    marks as warnings or errors are passed to stderr; the environment variables it sets are restored."""
-    import contextlib
+    """Import GPTQModel (quietly, through the finder :func:`install` adds): True when it is installed."""
     import importlib.util
-    import io
 
     install()
-    if "gptqmodel" in sys.modules:
-        return True
-    if importlib.util.find_spec("gptqmodel") is None:
+    if "gptqmodel" not in sys.modules and importlib.util.find_spec("gptqmodel") is None:
         return False
-    keep = {k: os.environ.get(k) for k in ("PYTORCH_ALLOC_CONF", "CUDA_DEVICE_ORDER")}
-    buf = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(buf):
-            import gptqmodel  # noqa: F401
-    finally:
-        for k, v in keep.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        for line in buf.getvalue().splitlines():
-            if line.lstrip().startswith(("WARN", "ERROR", "CRIT")):
-                print(line.rstrip(), file=sys.stderr)
+    import gptqmodel  # noqa: F401
+
     return True

@@ -103,12 +103,14 @@ def measure_rows(cc: CheckConfig, device) -> list[dict]:
     import torch
 
     from quantlab.lab.measure import median_time, model_bytes
+    from quantlab.lab.model import cache_kwarg, output_cache
 
     torch.set_num_threads(cc.threads)
     torch.manual_seed(cc.seed)
     roof_now = _roof_source(cc, device)
     model, spec = _load(cc)
     model.eval()
+    kw = cache_kwarg(model)
     vocab = spec.vocab_size
     wbytes = model_bytes(model).total
     rows: list[dict] = []
@@ -127,13 +129,13 @@ def measure_rows(cc: CheckConfig, device) -> list[dict]:
             ids = torch.randint(0, vocab, (b, cc.prompt))
             r, peaks = roof_now()
             out = model(input_ids=ids, use_cache=True)
-            cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            cache, nxt = output_cache(out), out.logits[:, -1:].argmax(-1)
             times = []
             for _ in range(cc.new_tokens):
                 t0 = time.perf_counter()
-                out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
+                out = model(input_ids=nxt, use_cache=True, **{kw: cache})
                 times.append(time.perf_counter() - t0)
-                cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+                cache, nxt = output_cache(out), out.logits[:, -1:].argmax(-1)
             meas = statistics.median(times[2:])  # first steps warm the allocator
             ctx = cc.prompt + cc.new_tokens // 2
             cfg = _cfg(spec, Method.INFERENCE, b, ctx)

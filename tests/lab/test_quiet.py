@@ -49,3 +49,22 @@ def test_filters_drop_only_the_known_messages(capsys):
     assert seen == ["a torchao warning that matters"]
     err = capsys.readouterr().err
     assert err.count("quantlab: note:") <= 1  # the bitsandbytes fallback: once per process, as a note
+
+
+def test_peft_and_cached_decoding_raise_no_deprecation():
+    """get_peft_model (peft reads the deprecated is_gradient_checkpointing) and a cached decode step through
+    lab.model's cache keyword run clean with FutureWarning as an error."""
+    code = ("import quantlab.lab, torch\n"
+            "from transformers import LlamaConfig, AutoModelForCausalLM\n"
+            "from peft import LoraConfig, get_peft_model\n"
+            "from quantlab.lab.model import cache_kwarg, output_cache\n"
+            "m = AutoModelForCausalLM.from_config(LlamaConfig(hidden_size=64, intermediate_size=128, "
+            "num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, vocab_size=100))\n"
+            "out = m(input_ids=torch.tensor([[1, 2, 3]]), use_cache=True)\n"
+            "out = m(input_ids=torch.tensor([[4]]), use_cache=True, **{cache_kwarg(m): output_cache(out)})\n"
+            "print(output_cache(out).get_seq_length())\n"
+            "get_peft_model(m, LoraConfig(r=4, target_modules=['q_proj']))\n")
+    r = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", code], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[-1] == "4"
