@@ -470,13 +470,42 @@ def _a(cfg: PlanConfig) -> int:
     return cfg.compute_dtype.nbytes
 
 
-def one_position_logits(cfg: PlanConfig, do_sample: bool = True) -> tuple[int, int]:
-    """(logits of one position in the compute dtype, their fp32 copy + softmax) for ``cfg.batch`` sequences (S1);
-    a final softcap (families F5) makes a second logits tensor."""
+def one_position_logits(cfg: PlanConfig, do_sample: bool = True, decode: bool = False) -> tuple[int, int]:
+    """(logits of one position in the compute dtype, the fp32 tensors beside them at the sampling's peak) for
+    ``cfg.batch`` sequences (S1b); a final softcap (families F5) makes a second logits tensor. ``decode``: a step
+    after the first, where the previous step's scores and probabilities are still bound."""
     m = cfg.model
     BV = cfg.batch * m.vocab_size
     logits = (2 if family(m).final_logit_softcap else 1) * _a(cfg) * BV
-    return logits, 4 * BV * (2 if do_sample else 1)
+    if do_sample:  # copy, top-k mask (bool) and masked copy, then the softmax (the mask freed by then)
+        per = (4 + 4 + 4 + 1 + 4) if decode else max(4 + 1 + 4, 4 + 4 + 4)
+    else:  # the copy (and, decoding, the previous step's)
+        per = 8 if decode else 4
+    return logits, per * BV
+
+
+def generate_ids_bytes(s: "ServeConfig", decode: bool) -> int:
+    """generate's own int64 tensors at a phase's peak (S1c)."""
+    B, P = s.concurrency, s.prompt_tokens
+    if decode:
+        return 8 * B * (P + (P + s.new_tokens) + (P + s.new_tokens - 1))
+    return 8 * B * 2 * P
+
+
+def rope_tables(cfg: PlanConfig, tokens: int) -> int:
+    """RoPE's cos and sin over ``cfg.batch`` x ``tokens`` positions in the compute dtype (S1c; families F3), 0 for
+    learned positions."""
+    m = cfg.model
+    if family(m).positional != "rope":
+        return 0
+    return 2 * cfg.batch * tokens * m.head_dim * _a(cfg)
+
+
+def cached_positions(s: "ServeConfig") -> int:
+    """Positions in the cache at the end (S1, S3): generate never feeds back the last token it samples (transformers
+    ``generation/utils.py`` ``generate``: ``max_cache_length = generation_config.max_length - 1``), so it holds
+    prompt + new - 1; a prefill or score forward holds the prompt."""
+    return s.prompt_tokens + max(s.new_tokens - 1, 0)
 
 
 def block_transient(cfg: PlanConfig, tokens: int, notes: list) -> int:
@@ -516,10 +545,11 @@ def _layer_kv_full(s: ServeConfig, positions: int) -> int:
 
 def cache_transient(s: ServeConfig) -> int:
     """The cache's own short-lived bytes in a decode step (S3)."""
-    if s.cache is Cache.DYNAMIC:
-        return _layer_kv_full(s, s.context)
+    n = cached_positions(s)
+    if s.cache is Cache.DYNAMIC:  # torch.cat of the keys, then of the values: one of them at a time
+        return _layer_kv_full(s, n) // 2
     if s.cache is Cache.QUANTIZED:
-        return 2 * _layer_kv_full(s, s.context)
+        return 2 * _layer_kv_full(s, n)
     return 0
 
 
@@ -549,13 +579,16 @@ def _phases(s: ServeConfig, notes: list) -> tuple[int, int, int, int, int, int]:
     GPU, their fp32 copies) per replica, before any split (S1, S3)."""
     cfg = s.plan
     logits, copies = one_position_logits(cfg, s.do_sample)
-    pre_block = block_transient(cfg, s.prompt_tokens, notes)
-    kv_prompt = kv_bytes(s, s.context if s.cache is Cache.STATIC else s.prompt_tokens)
+    pre_block = block_transient(cfg, s.prompt_tokens, notes) + rope_tables(cfg, s.prompt_tokens)
+    kv_prompt = kv_bytes(s, cached_positions(s) if s.cache is Cache.STATIC else s.prompt_tokens)
+    pre = max(pre_block, logits + copies) + generate_ids_bytes(s, False)
     if s.mode is Mode.PREFILL:
-        return kv_prompt, max(pre_block, logits + copies), 0, 0, logits, copies
-    kv_end = kv_bytes(s, s.context)
-    dec_block = block_transient(cfg, 1, []) + cache_transient(s)
-    return kv_prompt, max(pre_block, logits + copies), kv_end, max(dec_block, logits + copies), logits, copies
+        return kv_prompt, pre, 0, 0, logits, copies
+    d_logits, d_copies = one_position_logits(cfg, s.do_sample, decode=True)
+    kv_end = kv_bytes(s, cached_positions(s))
+    dec_block = block_transient(cfg, 1, []) + rope_tables(cfg, 1) + cache_transient(s)
+    dec = max(dec_block, d_logits + d_copies) + generate_ids_bytes(s, True)
+    return kv_prompt, pre, kv_end, dec, d_logits, max(copies, d_copies)
 
 
 def transformers_plan(s: ServeConfig) -> ServePlan:

@@ -43,9 +43,11 @@ def test_generate_has_no_logits_term_larger_than_one_position():
 
 
 def test_kv_holds_prompt_plus_new_and_the_peak_is_the_larger_phase():
+    """generate never feeds back the last token it samples (``max_cache_length = max_length - 1``): 1000 + 500 - 1
+    positions at the end."""
     s = sc(prompt_tokens=1000, new_tokens=500, concurrency=3)
     p = S.serve_plan(s)
-    assert p.components["kv_cache"] == 3 * 1500 * KV_PER_TOKEN_8B
+    assert p.components["kv_cache"] == 3 * 1499 * KV_PER_TOKEN_8B
     kv_p, pre, kv_e, dec, _, _ = S._phases(s, [])
     assert kv_p == 3 * 1000 * KV_PER_TOKEN_8B
     static = p.components["weights"]
@@ -56,10 +58,16 @@ def test_kv_holds_prompt_plus_new_and_the_peak_is_the_larger_phase():
 
 
 def test_one_position_logits_follow_sampling():
+    """S1b, per sequence and vocabulary entry: sampling's first step holds the fp32 copy, the top-k masked copy and
+    the probabilities (12 bytes); a later step also the previous scores and probabilities, with the bool mask at
+    masked_fill (4 + 4 + 4 + 1 + 4 = 17); greedy the copy (4), decoding also the previous one (8)."""
     s = sc(prompt_tokens=64, new_tokens=8, concurrency=4)
     logits, copies = S.one_position_logits(s.plan, True)
-    assert logits == 4 * M8.vocab_size * 2 and copies == 2 * 4 * 4 * M8.vocab_size
-    assert S.one_position_logits(s.plan, False)[1] == copies // 2
+    BV = 4 * M8.vocab_size
+    assert logits == 2 * BV and copies == 12 * BV
+    assert S.one_position_logits(s.plan, True, decode=True)[1] == 17 * BV
+    assert S.one_position_logits(s.plan, False)[1] == 4 * BV
+    assert S.one_position_logits(s.plan, False, decode=True)[1] == 8 * BV
 
 
 def test_seq_is_the_whole_context():
@@ -75,7 +83,7 @@ def test_seq_is_the_whole_context():
 def test_static_cache_holds_the_whole_context_at_prefill_and_quantized_cache_is_smaller():
     dyn = sc(prompt_tokens=4000, new_tokens=4000)
     static = dataclasses.replace(dyn, cache=S.Cache.STATIC)
-    assert S._phases(static, [])[0] == S._phases(dyn, [])[2] == 8000 * KV_PER_TOKEN_8B
+    assert S._phases(static, [])[0] == S._phases(dyn, [])[2] == 7999 * KV_PER_TOKEN_8B
     assert S.cache_transient(static) == 0 < S.cache_transient(dyn)
     q4 = dataclasses.replace(dyn, cache=S.Cache.QUANTIZED)
     q2 = dataclasses.replace(q4, kv_bits=2)

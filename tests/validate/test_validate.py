@@ -47,7 +47,7 @@ def test_bad_input_is_one_line_exit_2(capsys, argv, says):
     ("configurations:\n  - {id: a, model: gpt2, padded: 1}", "configuration a: padding_mask must be true or false"),
     ("configurations:\n  - {id: a, method: lora}", "configuration a: give model"),
     ("configurations:\n  - {id: a, model: gpt2, scale: tiny}", "unknown scale 'tiny'"),
-    ("configurations:\n  - {id: a, model: gpt2}\n  - {id: a, model: gpt2}", "duplicate id"),
+    ("configurations:\n  - {id: a, model: gpt2, seq: 64}\n  - {id: a, model: gpt2, seq: 64}", "duplicate id"),
     ("configurations:\n  - {id: a, model: gpt2, method: lora, lora-targets: c_attn, num-gpus: 4}", "configuration a: the lab runs one"),
     # (gpt2's default LoRA target is PEFT's c_attn since the recipes change: name targets it lacks)
     ("configurations:\n  - {id: a, model: gpt2, method: lora, lora-targets: 'q_proj,v_proj'}",
