@@ -53,6 +53,20 @@ allocator reserve):
 
 8. What the CPU instrument sees that the planner does not model is only that matmul workspace (5): it is shown
    beside every total (``err_allocated_with_workspace``) and not held to the target.
+9. Serving (a case with ``serve``, a :class:`quantlab.planner.serving.ServeConfig`; predicted by
+   :func:`quantlab.planner.serving.serve_plan`, not :func:`quantlab.planner.plan`): the model as (6), with
+   ``adapters`` K LoRA adapters in PEFT (``get_peft_model`` then ``add_adapter``, fp32 by
+   ``autocast_adapter_dtype``, the first active; ``adapters`` is every ``lora_`` parameter, active or not) or one
+   merged (``merge_and_unload``). Inputs: ``concurrency x prompt_tokens`` random ids and an all-ones attention
+   mask (what a tokenizer returns), counted at the start. ``generate``: ``model.generate`` with transformers'
+   own generation defaults (the checkpoint's generation_config.json replaced by ``GenerationConfig()``: sampling
+   takes top_k 50), ``do_sample`` as planned, no EOS (every sequence runs ``new_tokens``), the cache generate
+   makes (``cache_implementation="static"`` for the static cache); ``prefill``: the same with one new token (the
+   prefill forward and the first token's sampling); ``score``: one forward with every token's logits and the
+   cache kept. The peak (5) spans the whole call; a ``record_function`` range around every model forward splits
+   it into the prefill phase (before the second forward) and the decode phase. ``kv_cache``: the cache's key and
+   value storages at the end; ``prefill_transient``: the prefill phase's peak less the cache after the first
+   forward; ``decode_transient``: the decode phase's peak less the cache at the end (the planner's phases, S1).
 
 Targets (issue #5): on a CPU every tensor component within 2% and every total within 3%; on a GPU allocated
 within 3%, reserved and process within 6%. An error is ``(predicted - measured) / measured``: negative is an

@@ -19,12 +19,30 @@ S1. ``generate`` (transformers ``generation/utils.py`` 5.24.0): ``generate`` set
     batch x vocab tensors, whichever step. The KV cache holds prompt plus new tokens at the end of decode; the peak
     is the larger of the prefill phase (KV of the prompt + one block's transient over batch x prompt tokens) and the
     decode phase (KV of the whole context + one block's transient over batch tokens + the cache's own transient).
+S1b. Sampling, ``_sample`` (transformers 5.24 ``generation/utils.py``) with ``GenerationConfig``'s global
+    defaults (``configuration_utils.py`` ``_get_default_generation_params``: top_k 50, top_p 1.0, temperature
+    1.0): the fp32 copy of the logits, ``TopKLogitsWarper``'s bool mask and masked copy (``masked_fill``), then the
+    softmax: 12 bytes per sequence and vocabulary entry at the first step; from the second step on the previous
+    step's scores and probabilities are still bound (the locals are rebound only by the new step's results), so
+    the masked_fill moment holds 4 + 4 + 4 + 1 + 4 = 17, and the three fp32 tensors of the previous step (12;
+    greedy: its copy, 4) stay alive through each decode forward. Greedy keeps the copy (4; decoding, 8).
+S1c. What generate adds to a forward (measured by ``quantlab validate`` on a CPU, each traced to the code):
+    position ids per sequence (``_prepare_position_ids_for_generation``: ``attention_mask.cumsum(-1) - 1``,
+    batch x prompt int64, kept by ``generate``'s own ``model_kwargs`` while ``_sample`` grows its copy by
+    ``torch.cat``), the growing ``input_ids``, and ``prepare_inputs_for_generation``'s clone of the input ids: 2 x
+    batch x prompt int64 at the prefill, batch x (prompt + context + context - 1) int64 at the last step. With
+    per-sequence positions RoPE's cos and sin are batch x tokens x head_dim (compute dtype) and GPT-2's position
+    embedding output batch x tokens x hidden. Eager attention's weights stay bound to the decoder block's ``_``
+    through its MLP (``hidden_states, _ = self.self_attn(...)``).
 S2. ``score`` is one forward that keeps every token's logits (perplexity, evaluation, reward scoring):
     :func:`quantlab.planner.memory.plan` for inference (its assumption 7), whose logits are T x vocab.
     ``prefill`` is the prefill phase of S1 alone (one forward with ``logits_to_keep=1`` and the cache kept).
-S3. Caches (transformers ``cache_utils.py`` 5.24.0): ``DynamicLayer.update`` grows by ``torch.cat``, so while a
-    layer appends, its old and new keys (and values) are both alive: one layer's K and V at the context join the
-    decode transient. ``StaticLayer`` allocates ``max_cache_len`` (= prompt + new tokens) positions at the first
+S3. Caches (transformers ``cache_utils.py`` 5.24.0): ``DynamicLayer.update`` grows by ``torch.cat``, keys then
+    values, so while a layer appends, its old and new keys (then values) are both alive: one layer's K (or V) at
+    the context joins the decode transient, beside the residual stream (not the MLP's tensors). The cache ends at
+    prompt + new - 1 positions: the last sampled token is never fed back (``generate``: ``max_cache_length =
+    generation_config.max_length - 1``, also a static cache's ``max_cache_len``). Eager attention repeats K and V
+    to every head at a decode step (``repeat_kv``); SDPA passes ``enable_gqa`` without a mask. ``StaticLayer`` allocates ``max_cache_len`` (= prompt + new tokens) positions at the first
     forward, so the prefill phase already holds the whole cache. ``QuantizedLayer`` (quanto int4/int2, KIVI-style)
     stores quantized keys and values (``nbits`` bits each, plus a scale and a zero-point per ``q_group_size``
     values, assumed in the compute dtype) and at most ``residual_length - 1`` recent positions in full precision;
@@ -492,13 +510,69 @@ def generate_ids_bytes(s: "ServeConfig", decode: bool) -> int:
     return 8 * B * 2 * P
 
 
-def rope_tables(cfg: PlanConfig, tokens: int) -> int:
-    """RoPE's cos and sin over ``cfg.batch`` x ``tokens`` positions in the compute dtype (S1c; families F3), 0 for
-    learned positions."""
+def position_tables(cfg: PlanConfig, tokens: int) -> int:
+    """What generate's per-sequence position ids (batch x tokens) add to a forward over ``cfg.batch`` x ``tokens``
+    tokens beyond :func:`quantlab.planner.memory.prefill_transient` (S1c; families F3): RoPE's cos and sin in the
+    compute dtype (batch x tokens x head_dim each), or, for learned positions, the position embedding's output for
+    every sequence rather than one broadcast row (batch - 1 more tokens x hidden)."""
     m = cfg.model
-    if family(m).positional != "rope":
+    if family(m).positional == "rope":
+        return 2 * cfg.batch * tokens * m.head_dim * _a(cfg)
+    return (cfg.batch - 1) * tokens * m.hidden_size * _a(cfg)
+
+
+def held_attention_weights(cfg: PlanConfig, tokens: int) -> int:
+    """Eager attention's weights (batch x heads x tokens x tokens in the compute dtype) that a decoder block keeps
+    through its MLP (S1c: transformers 5.24 ``modeling_llama.py`` / ``modeling_gemma2.py`` / ``modeling_gpt2.py``
+    ``DecoderLayer.forward``: ``hidden_states, _ = self.self_attn(...)`` binds them to ``_`` until the block returns);
+    SDPA returns none."""
+    if _attention(cfg) is not Attention.EAGER:
         return 0
-    return 2 * cfg.batch * tokens * m.head_dim * _a(cfg)
+    m = cfg.model
+    return cfg.batch * m.num_attention_heads * tokens * tokens * _a(cfg)
+
+
+def prefill_block(cfg: PlanConfig, tokens: int, notes: list) -> int:
+    """One block's transient over ``cfg.batch`` x ``tokens`` tokens in a generate forward (S1, S1c): the larger of
+    the attention (memory.py's eager branch) and the MLP with eager attention's weights still bound beside it
+    (the same transient without the eager branch: SDPA on a CPU, or FlashAttention), plus the position tables."""
+    t = block_transient(cfg, tokens, notes)
+    held = held_attention_weights(cfg, tokens)
+    if held:
+        mlp = block_transient(dataclasses.replace(cfg, attn=Attention.SDPA, flash_attention=True), tokens, [])
+        t = max(t, mlp + held)
+    return t + position_tables(cfg, tokens)
+
+
+def repeated_kv(s: "ServeConfig") -> int:
+    """K and V of one layer repeated to every attention head at a decode step (S3): eager attention
+    (``repeat_kv`` in ``eager_attention_forward``), where there are fewer KV heads than heads; SDPA passes
+    ``enable_gqa`` instead (``use_gqa_in_sdpa``, transformers 5.24 ``integrations/sdpa_attention.py``)."""
+    cfg = s.plan
+    m = cfg.model
+    if m.kv_heads >= m.num_attention_heads:
+        return 0
+    if _attention(cfg) is not Attention.EAGER:
+        return 0
+    n = cached_positions(s)
+    return _layer_kv_full(s, n) * m.num_attention_heads // m.kv_heads
+
+
+def _stream(cfg: PlanConfig, tokens: int) -> int:
+    """The residual stream beside a block's attention over ``cfg.batch`` x ``tokens`` tokens: memory.py's
+    ``prefill_transient`` of the same block without its MLP (intermediate size 1) and without a k-bit matmul's
+    dequantized weight (the weights in the compute dtype), the attention in SDPA (S3: while the cache appends, the
+    MLP's tensors are not alive)."""
+    m1 = dataclasses.replace(cfg.model, intermediate_size=1)
+    f = dataclasses.replace(cfg, model=m1, attn=Attention.SDPA, flash_attention=True,
+                            precision=Precision(cfg.compute_dtype.value))
+    return block_transient(f, tokens, [])
+
+
+def held_scores(cfg: PlanConfig, do_sample: bool) -> int:
+    """The previous step's fp32 tensors that ``_sample``'s locals keep through the next forward (S1b): the logits'
+    copy, the processed scores and the probabilities when sampling (the copy is the scores, greedy)."""
+    return (12 if do_sample else 4) * cfg.batch * cfg.model.vocab_size
 
 
 def cached_positions(s: "ServeConfig") -> int:
@@ -579,14 +653,15 @@ def _phases(s: ServeConfig, notes: list) -> tuple[int, int, int, int, int, int]:
     GPU, their fp32 copies) per replica, before any split (S1, S3)."""
     cfg = s.plan
     logits, copies = one_position_logits(cfg, s.do_sample)
-    pre_block = block_transient(cfg, s.prompt_tokens, notes) + rope_tables(cfg, s.prompt_tokens)
+    pre_block = prefill_block(cfg, s.prompt_tokens, notes)
     kv_prompt = kv_bytes(s, cached_positions(s) if s.cache is Cache.STATIC else s.prompt_tokens)
     pre = max(pre_block, logits + copies) + generate_ids_bytes(s, False)
     if s.mode is Mode.PREFILL:
         return kv_prompt, pre, 0, 0, logits, copies
     d_logits, d_copies = one_position_logits(cfg, s.do_sample, decode=True)
     kv_end = kv_bytes(s, cached_positions(s))
-    dec_block = block_transient(cfg, 1, []) + rope_tables(cfg, 1) + cache_transient(s)
+    dec_block = (max(block_transient(cfg, 1, []), _stream(cfg, 1) + max(cache_transient(s), repeated_kv(s)))
+                 + position_tables(cfg, 1) + held_scores(cfg, s.do_sample))
     dec = max(dec_block, d_logits + d_copies) + generate_ids_bytes(s, True)
     return kv_prompt, pre, kv_end, dec, d_logits, max(copies, d_copies)
 

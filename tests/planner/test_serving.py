@@ -13,7 +13,7 @@ import pytest
 from quantlab.planner import memory as M
 from quantlab.planner import serving as S
 from quantlab.profiles import load_gpu, load_model
-from quantlab.specs import DeviceMode, DType, PlanConfig, Precision, SpecError
+from quantlab.specs import Attention, DeviceMode, DType, PlanConfig, Precision, SpecError
 
 M8 = load_model("8b").spec
 M70 = load_model("70b").spec  # Llama-2-70B: 80 layers, 8 KV heads, vocab 32,000, untied
@@ -297,3 +297,35 @@ def test_suggestions_name_tensor_parallel_and_the_split_and_each_fits():
 def test_vllm_adapters_note_the_cpu_loras():
     p = S.serve_plan(sc(seq=2048, engine=S.Engine.VLLM, adapters=2, max_cpu_loras=8), load_gpu("l40s"))
     assert any("max_cpu_loras 8" in n for n in p.notes)
+
+
+# ---- S1b, S1c, S3: what quantlab validate measured in generate --------------------------------------------------
+
+def test_generate_caches_prompt_plus_new_less_one_and_holds_the_previous_scores():
+    """The cache ends at prompt + new - 1 positions (the last sampled token is never fed back); the previous step's
+    copy, scores and probabilities (12 bytes per entry; greedy 4) stay alive through a decode forward."""
+    s = sc(prompt_tokens=100, new_tokens=20, concurrency=2)
+    assert S.cached_positions(s) == 119
+    assert S.cached_positions(sc(prompt_tokens=100, mode=S.Mode.PREFILL)) == 100
+    assert S.held_scores(s.plan, True) == 12 * 2 * M8.vocab_size
+    assert S.held_scores(s.plan, False) == 4 * 2 * M8.vocab_size
+
+
+def test_generate_position_tables_and_ids():
+    """Llama-3.1-8B (RoPE, head_dim 128, bf16): cos and sin of 2 sequences x 100 tokens = 2 x 2 x 100 x 128 x 2
+    bytes; generate's int64 ids: 2 x 2 x 100 x 8 at the prefill, 2 x (100 + 120 + 119) x 8 at the last step."""
+    s = sc(prompt_tokens=100, new_tokens=20, concurrency=2)
+    assert S.position_tables(s.plan, 100) == 2 * 2 * 100 * 128 * 2
+    assert S.generate_ids_bytes(s, False) == 8 * 2 * 2 * 100
+    assert S.generate_ids_bytes(s, True) == 8 * 2 * (100 + 120 + 119)
+
+
+def test_dynamic_cache_appends_one_of_k_or_v_at_a_time_and_eager_repeats_kv():
+    """torch.cat of the keys then of the values: half a layer's K and V at the context; eager attention repeats
+    K and V of one layer to all 32 heads (8 KV heads: x4), SDPA does not (enable_gqa)."""
+    s = sc(prompt_tokens=1000, new_tokens=1, concurrency=1)
+    layer = 2 * 8 * 128 * 2 * 1000  # K and V of one layer at 1000 positions, bf16
+    assert S.cache_transient(s) == layer // 2
+    assert S.repeated_kv(s) == 0
+    eager = dataclasses.replace(s, plan=dataclasses.replace(s.plan, attn=Attention.EAGER))
+    assert S.repeated_kv(eager) == layer * 4
