@@ -105,7 +105,7 @@ import math
 from dataclasses import dataclass, field
 from enum import Enum
 
-from quantlab.families import attended_positions, family, module_linears
+from quantlab.families import attended_positions, attention_masks, family, module_linears
 from quantlab.planner import memory as M
 from quantlab.planner import throughput as TP
 from quantlab.planner.params import count_params
@@ -538,9 +538,10 @@ def prefill_block(cfg: PlanConfig, tokens: int, notes: list) -> int:
     (the same transient without the eager branch: SDPA on a CPU, or FlashAttention), plus the position tables."""
     t = block_transient(cfg, tokens, notes)
     held = held_attention_weights(cfg, tokens)
-    if held:
+    if held:  # the masks eager attention builds live through the whole forward (families F4)
         mlp = block_transient(dataclasses.replace(cfg, attn=Attention.SDPA, flash_attention=True), tokens, [])
-        t = max(t, mlp + held)
+        masks = attention_masks(cfg.model) * cfg.batch * tokens * tokens * _a(cfg)
+        t = max(t, mlp + held + masks)
     return t + position_tables(cfg, tokens)
 
 
@@ -558,6 +559,22 @@ def repeated_kv(s: "ServeConfig") -> int:
     return _layer_kv_full(s, n) * m.num_attention_heads // m.kv_heads
 
 
+def decode_attention(s: "ServeConfig") -> int:
+    """Eager attention's own bytes at a decode step beyond the cache (S3): K and V repeated to every head
+    (:func:`repeated_kv`), the scores of one query over the context (batch x heads x context: memory.py's eager
+    rule, in the compute dtype plus the fp32 softmax input and output when that is not fp32) and the masks over the
+    context (families F4); 0 for SDPA."""
+    cfg = s.plan
+    if _attention(cfg) is not Attention.EAGER:
+        return 0
+    m = cfg.model
+    n = cached_positions(s)
+    a = _a(cfg)
+    S_ = cfg.batch * m.num_attention_heads * n
+    scores = 2 * 4 * S_ if a == 4 else S_ * a + 2 * 4 * S_
+    return repeated_kv(s) + scores + attention_masks(m) * cfg.batch * n * a
+
+
 def _stream(cfg: PlanConfig, tokens: int) -> int:
     """The residual stream beside a block's attention over ``cfg.batch`` x ``tokens`` tokens: memory.py's
     ``prefill_transient`` of the same block without its MLP (intermediate size 1) and without a k-bit matmul's
@@ -567,6 +584,38 @@ def _stream(cfg: PlanConfig, tokens: int) -> int:
     f = dataclasses.replace(cfg, model=m1, attn=Attention.SDPA, flash_attention=True,
                             precision=Precision(cfg.compute_dtype.value))
     return block_transient(f, tokens, [])
+
+
+def lora_block(s: "ServeConfig", tokens: int) -> int:
+    """The largest moment of a block's unmerged LoRA forward over ``batch`` x ``tokens`` tokens (S6b), beside the
+    residual stream; 0 without adapters. PEFT 0.21.2 ``lora/layer.py`` ``Linear.forward``: ``result =
+    base_layer(x)``, the input cast to the adapter's fp32 (``_cast_input_dtype``: a T x in copy unless the model is
+    fp32), ``result + lora_B(lora_A(x)) * scaling``: lora_B's output, its scaled copy and, for a bf16/fp16 result,
+    the fp32 copy that type promotion makes of the result and the fp32 sum (measured on a CPU: 3 fp32 T x out
+    tensors beside the base output; fp32: 2). Beside it the tensor the block holds at that linear (transformers
+    5.24 ``LlamaMLP.forward``: ``down_proj(act_fn(gate_proj(x)) * up_proj(x))``): act(gate) at a gated MLP's
+    second linear, the MLP product (or activation) at the linear that reads the intermediate width."""
+    if not s.adapters or s.merged or s.engine is not Engine.TRANSFORMERS:
+        return 0
+    cfg = s.plan
+    m = cfg.model
+    a = _a(cfg)
+    T = cfg.batch * tokens
+    I = m.intermediate_size
+    gated = family(m).gated_mlp
+    targets = {l.name for l in m.lora_linears(tuple(cfg.lora_targets))}
+    best, mlp_seen = 0, 0
+    for l in module_linears(m):
+        mlp_in = l.in_features == I
+        mlp_out = l.out_features in (I, 2 * I)
+        held = a * T * I if (mlp_in or (gated and mlp_out and mlp_seen)) else 0
+        mlp_seen += mlp_out
+        if l.name not in targets:
+            continue
+        O = l.out_features
+        peak = a * T * O + (3 if a != 4 else 2) * 4 * T * O + (4 * T * l.in_features if a != 4 else 0)
+        best = max(best, held + peak)
+    return best + _stream(cfg, tokens) if best else 0
 
 
 def held_scores(cfg: PlanConfig, do_sample: bool) -> int:
@@ -653,14 +702,16 @@ def _phases(s: ServeConfig, notes: list) -> tuple[int, int, int, int, int, int]:
     GPU, their fp32 copies) per replica, before any split (S1, S3)."""
     cfg = s.plan
     logits, copies = one_position_logits(cfg, s.do_sample)
-    pre_block = prefill_block(cfg, s.prompt_tokens, notes)
+    pre_block = max(prefill_block(cfg, s.prompt_tokens, notes),
+                    lora_block(s, s.prompt_tokens) + position_tables(cfg, s.prompt_tokens))
     kv_prompt = kv_bytes(s, cached_positions(s) if s.cache is Cache.STATIC else s.prompt_tokens)
     pre = max(pre_block, logits + copies) + generate_ids_bytes(s, False)
     if s.mode is Mode.PREFILL:
         return kv_prompt, pre, 0, 0, logits, copies
     d_logits, d_copies = one_position_logits(cfg, s.do_sample, decode=True)
     kv_end = kv_bytes(s, cached_positions(s))
-    dec_block = (max(block_transient(cfg, 1, []), _stream(cfg, 1) + max(cache_transient(s), repeated_kv(s)))
+    dec_block = (max(block_transient(cfg, 1, []), lora_block(s, 1),
+                     _stream(cfg, 1) + max(cache_transient(s), decode_attention(s)))
                  + position_tables(cfg, 1) + held_scores(cfg, s.do_sample))
     dec = max(dec_block, d_logits + d_copies) + generate_ids_bytes(s, True)
     return kv_prompt, pre, kv_end, dec, d_logits, max(copies, d_copies)
