@@ -93,6 +93,20 @@ def test_shipped_matrix_spans_the_issue():
     assert all(c.config.device.value == "cpu" for c in cases)  # no CUDA here: the planner plans the CPU
 
 
+def test_shipped_matrix_has_the_serving_configurations_of_issue_11():
+    """Issue #11 (Lab): generate, score and prefill, concurrency above 1, several adapters loaded in PEFT (and
+    merged), on the embedded SmolLM2 and scaled-down architectures; dynamic and static caches, sampling and greedy."""
+    from quantlab.commands.validate import load_matrix
+
+    serve = [c.serve for c in load_matrix(MATRIX) if c.serve is not None]
+    assert {s.mode.value for s in serve} == {"generate", "score", "prefill"}
+    gen = [s for s in serve if s.mode.value == "generate"]
+    assert any(s.concurrency > 1 for s in gen) and any(s.concurrency == 1 for s in gen)
+    assert any(s.adapters >= 2 for s in gen) and any(s.adapters >= 3 for s in gen) and any(s.merged for s in gen)
+    assert {s.cache.value for s in gen} == {"dynamic", "static"} and {s.do_sample for s in gen} == {True, False}
+    assert {s.plan.model.name for s in serve} >= {"smollm2-135m", "llama-3.2-1b", "qwen2.5-0.5b", "gemma-2-2b"}
+
+
 def test_matrix_entry_equals_the_same_plan_flags():
     from quantlab.commands.flags import add_config_arguments, config_dict_from_args
     from quantlab.commands.validate import load_matrix
