@@ -42,7 +42,9 @@ S3. Caches (transformers ``cache_utils.py`` 5.24.0): ``DynamicLayer.update`` gro
     the context joins the decode transient, beside the residual stream (not the MLP's tensors). The cache ends at
     prompt + new - 1 positions: the last sampled token is never fed back (``generate``: ``max_cache_length =
     generation_config.max_length - 1``, also a static cache's ``max_cache_len``). Eager attention repeats K and V
-    to every head at a decode step (``repeat_kv``); SDPA passes ``enable_gqa`` without a mask. ``StaticLayer`` allocates ``max_cache_len`` (= prompt + new tokens) positions at the first
+    to every head at a decode step (``repeat_kv``: a copy of each, except with one KV head, where the reshape of
+    the expanded tensor is a view and ``torch.matmul`` copies the broadcast K, then V, for its bmm, one at a time);
+    SDPA passes ``enable_gqa`` without a mask. ``StaticLayer`` allocates ``max_cache_len`` (= prompt + new tokens) positions at the first
     forward, so the prefill phase already holds the whole cache. ``QuantizedLayer`` (quanto int4/int2, KIVI-style)
     stores quantized keys and values (``nbits`` bits each, plus a scale and a zero-point per ``q_group_size``
     values, assumed in the compute dtype) and at most ``residual_length - 1`` recent positions in full precision;
@@ -556,7 +558,10 @@ def repeated_kv(s: "ServeConfig") -> int:
     if _attention(cfg) is not Attention.EAGER:
         return 0
     n = cached_positions(s)
-    return _layer_kv_full(s, n) * m.num_attention_heads // m.kv_heads
+    full = _layer_kv_full(s, n) * m.num_attention_heads // m.kv_heads
+    # one KV head (multi-query): repeat_kv's reshape of the expanded tensor is a view, and torch.matmul copies the
+    # broadcast K (then V) for its bmm, one at a time
+    return full // 2 if m.kv_heads == 1 else full
 
 
 def decode_attention(s: "ServeConfig") -> int:
@@ -572,6 +577,8 @@ def decode_attention(s: "ServeConfig") -> int:
     a = _a(cfg)
     S_ = cfg.batch * m.num_attention_heads * n
     scores = 2 * 4 * S_ if a == 4 else S_ * a + 2 * 4 * S_
+    if m.kv_heads == 1:  # the copy of V is made at the second matmul, beside the weights alone (compute dtype)
+        scores = S_ * a
     return repeated_kv(s) + scores + attention_masks(m) * cfg.batch * n * a
 
 
