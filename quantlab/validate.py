@@ -53,6 +53,20 @@ allocator reserve):
 
 8. What the CPU instrument sees that the planner does not model is only that matmul workspace (5): it is shown
    beside every total (``err_allocated_with_workspace``) and not held to the target.
+9. Serving (a case with ``serve``, a :class:`quantlab.planner.serving.ServeConfig`; predicted by
+   :func:`quantlab.planner.serving.serve_plan`, not :func:`quantlab.planner.plan`): the model as (6), with
+   ``adapters`` K LoRA adapters in PEFT (``get_peft_model`` then ``add_adapter``, fp32 by
+   ``autocast_adapter_dtype``, the first active; ``adapters`` is every ``lora_`` parameter, active or not) or one
+   merged (``merge_and_unload``). Inputs: ``concurrency x prompt_tokens`` random ids and an all-ones attention
+   mask (what a tokenizer returns), counted at the start. ``generate``: ``model.generate`` with transformers'
+   own generation defaults (the checkpoint's generation_config.json replaced by ``GenerationConfig()``: sampling
+   takes top_k 50), ``do_sample`` as planned, no EOS (every sequence runs ``new_tokens``), the cache generate
+   makes (``cache_implementation="static"`` for the static cache); ``prefill``: the same with one new token (the
+   prefill forward and the first token's sampling); ``score``: one forward with every token's logits and the
+   cache kept. The peak (5) spans the whole call; a ``record_function`` range around every model forward splits
+   it into the prefill phase (before the second forward) and the decode phase. ``kv_cache``: the cache's key and
+   value storages at the end; ``prefill_transient``: the prefill phase's peak less the cache after the first
+   forward; ``decode_transient``: the decode phase's peak less the cache at the end (the planner's phases, S1).
 
 Targets (issue #5): on a CPU every tensor component within 2% and every total within 3%; on a GPU allocated
 within 3%, reserved and process within 6%. An error is ``(predicted - measured) / measured``: negative is an
@@ -74,7 +88,7 @@ from quantlab.errors import QuantlabError
 from quantlab.specs import DeviceMode, Method, PlanConfig
 
 TENSOR_COMPONENTS = ("weights", "quant_constants", "adapters", "gradients", "optimizer", "activations",
-                     "logits_loss", "kv_cache")
+                     "logits_loss", "kv_cache", "prefill_transient", "decode_transient")
 CPU_TOTALS = ("allocated",)
 GPU_TOTALS = ("allocated", "reserved", "process")
 CPU_TARGETS = {"tensor": 0.02, "allocated": 0.03}
@@ -91,8 +105,11 @@ class Case:
     weights: str = "random"  # "random" (from the profile's architecture) or "pretrained" (the embedded model)
     overrides: tuple = ()  # ((hf config key, value), ...) applied to the profile's config (scale-down)
     hf_config: dict = field(default_factory=dict, hash=False, compare=False)  # the profile config, overrides applied
+    serve: Any = None  # a quantlab.planner.serving.ServeConfig around ``config``: a serving case (assumption 9)
 
     def __post_init__(self):
+        if self.serve is not None and self.serve.plan != self.config:
+            raise QuantlabError(f"{self.id}: the serving configuration must hold the case's plan config")
         if self.weights not in ("random", "pretrained"):
             raise QuantlabError(f"{self.id}: weights must be random or pretrained, not {self.weights!r}")
         if self.weights == "pretrained" and self.model != "smollm2-135m":
@@ -102,8 +119,13 @@ class Case:
             raise QuantlabError(f"{self.id}: a pretrained model cannot be scaled down (drop the overrides)")
 
 
-def lab_refusal(pc: PlanConfig) -> str | None:
-    """Why the one-process lab cannot run ``pc`` (one line), or None."""
+def lab_refusal(pc: PlanConfig, serve=None) -> str | None:
+    """Why the one-process lab cannot run ``pc`` (or the serving configuration ``serve`` around it; one line), or
+    None."""
+    if serve is not None:
+        why = serve_refusal(serve)
+        if why:
+            return why
     if pc.num_gpus > 1 or pc.zero or pc.fsdp or pc.tp > 1:
         return "the lab runs one process: sharded plans (num-gpus, ZeRO, FSDP, tensor parallel) cannot be validated here"
     if pc.method.is_training:
@@ -120,6 +142,21 @@ def lab_refusal(pc: PlanConfig) -> str | None:
         return f"inference computes in the weights' dtype: give compute-dtype {pc.precision.value}"
     if pc.kv_dtype is not None and pc.kv_dtype is not pc.compute_dtype:
         return "the lab's KV cache is in the compute dtype (kv-dtype is not measured)"
+    return None
+
+
+def serve_refusal(s) -> str | None:
+    """Why the lab cannot measure the serving configuration ``s`` (assumption 9), or None."""
+    from quantlab.planner.serving import Cache, Engine
+
+    if s.engine is not Engine.TRANSFORMERS:
+        return "the lab measures transformers' generate; vLLM is not installed here (--engine vllm is planned only)"
+    if s.replicas > 1:
+        return "the lab runs one process: --replicas cannot be validated here"
+    if s.cache is Cache.QUANTIZED:
+        return "the quantized cache needs optimum-quanto, which is not installed here (--cache quantized is planned only)"
+    if s.rope_scaling is not None and s.rope_scaling.source == "--rope-scaling":
+        return "--rope-scaling changes no memory (S9); the lab builds the model's own config (drop it)"
     return None
 
 
@@ -202,6 +239,7 @@ class Peak:
     events: int = 0
     raw_peak: int = 0
     workspace_max: int = 0
+    phase_peaks: tuple = ()  # (prefill, decode) peaks of tensor bytes when forwards were marked (assumption 9)
 
 
 # The CPU matmul kernels (oneDNN / MKL behind these aten ops) take their workspace from the CPU allocator
@@ -289,6 +327,25 @@ def cpu_peak():
     res.peak, res.end = running_peak(tensors)
     res.raw_peak = running_peak(mems)[0]
     res.events = len(mems)
+    marks = sorted(e.start_ns() for e in events if e.name() == FORWARD_MARK)
+    if marks:
+        res.phase_peaks = phase_peaks(tensors, marks[1] if len(marks) > 1 else None)
+
+
+FORWARD_MARK = "quantlab::forward"  # the record_function range around each model forward of a serving case
+
+
+def phase_peaks(mems, decode_start: int | None) -> tuple[int, int]:
+    """(peak of the running sum before ``decode_start``, peak from it on): the prefill phase (the first forward and
+    the sampling of the first token) and the decode phase (every later forward) of generate (assumption 9)."""
+    cur, pre, dec = 0, 0, 0
+    for t, n in mems:
+        cur += n
+        if decode_start is None or t < decode_start:
+            pre = max(pre, cur)
+        else:
+            dec = max(dec, cur)
+    return pre, dec
 
 
 @dataclass(frozen=True)
@@ -368,13 +425,15 @@ def measure_case(case: Case, *, readings: Callable[[], CudaReadings] | None = No
 
     torch.manual_seed(0)
     pc = case.config
-    why = lab_refusal(pc)
+    why = lab_refusal(pc, case.serve)
     if why:
         raise QuantlabError(f"{case.id}: {why}")
     gpu = _device() == "cuda"
     t0 = time.perf_counter()
     with model_source(case) as src:
-        if pc.method.is_training:
+        if case.serve is not None:
+            out = _measure_serving(case.serve, src, gpu)
+        elif pc.method.is_training:
             out = _measure_training(pc, src, gpu)
         else:
             out = _measure_inference(pc, src, gpu)
@@ -421,6 +480,116 @@ def _measure_inference(pc: PlanConfig, src, gpu: bool) -> dict:
     out["meas_kv_cache_bytes"] = kv
     if not gpu:
         out.update(_cpu_totals(base, pk))
+    return out
+
+
+def _serving_model(s, src):
+    """The inference model with the case's adapters (assumption 9): PEFT's LoraModel with ``s.adapters`` LoRA
+    adapters added (``get_peft_model`` then ``add_adapter``, fp32 by PEFT's ``autocast_adapter_dtype``), the first
+    one active; or one adapter merged into the weights (``merge_and_unload``)."""
+    pc = s.plan
+    model = _inference_model(pc, src)
+    if not (s.adapters or s.merged):
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    targets = "all-linear" if tuple(pc.lora_targets) == ("all-linear",) else list(pc.lora_targets)
+    lc = LoraConfig(r=pc.lora_r, lora_alpha=pc.lora_alpha, lora_dropout=0.0, target_modules=targets,
+                    task_type="CAUSAL_LM", inference_mode=True)
+    model = get_peft_model(model, lc, adapter_name="adapter0")
+    if s.merged:
+        return model.merge_and_unload().eval()
+    for k in range(1, s.adapters):
+        model.add_adapter(f"adapter{k}", lc)
+    model.set_adapter("adapter0")
+    return model.eval()
+
+
+def _serving_static(model) -> dict:
+    """weights / quant_constants / adapters (assumption 1): the adapters are every LoRA parameter, active or not."""
+    from quantlab.lab.measure import model_bytes, tensor_bytes
+
+    tb = model_bytes(model)
+    lora = tensor_bytes([p for n, p in model.named_parameters() if "lora_" in n]).total
+    return {"meas_weights_bytes": tb.total - tb.quant_constants - lora, "meas_quant_constants_bytes": tb.quant_constants,
+            "meas_adapters_bytes": lora}
+
+
+@contextlib.contextmanager
+def _forward_marks(model):
+    """A ``record_function`` range (:data:`FORWARD_MARK`) around every forward of ``model`` and, per forward, the
+    bytes of the cache it returned (assumption 9); yields (kv bytes per forward, the last cache object)."""
+    from torch.autograd.profiler import record_function
+
+    from quantlab.lab.measure import tensor_bytes
+
+    kv: list = []
+    last: list = [None]
+    open_: list = []
+
+    def pre(mod, args, kwargs):
+        r = record_function(FORWARD_MARK)
+        r.__enter__()
+        open_.append(r)
+
+    def post(mod, args, kwargs, out):
+        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        last[0] = cache
+        kv.append(tensor_bytes(_cache_tensors(cache)).total if cache is not None else 0)
+        open_.pop().__exit__(None, None, None)
+
+    h1 = model.register_forward_pre_hook(pre, with_kwargs=True)
+    h2 = model.register_forward_hook(post, with_kwargs=True)
+    try:
+        yield kv, last
+    finally:
+        h1.remove()
+        h2.remove()
+
+
+def _measure_serving(s, src, gpu: bool) -> dict:
+    """generate / score / prefill of assumption 9, measured with the CPU instrument (5) over the whole call."""
+    import torch
+    from transformers import GenerationConfig
+
+    from quantlab.lab.measure import tensor_bytes
+    from quantlab.planner.serving import Cache, Mode
+
+    pc = s.plan
+    model = _serving_model(s, src)
+    dev = next(model.parameters()).device
+    base_model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    ids = torch.randint(0, base_model.config.vocab_size, (s.concurrency, s.prompt_tokens), device=dev)
+    mask = torch.ones_like(ids)  # what a tokenizer returns beside the ids (no padding)
+    out = _serving_static(model)
+    base = sum(out[k] for k in ("meas_weights_bytes", "meas_quant_constants_bytes", "meas_adapters_bytes")) \
+        + tensor_bytes([ids, mask]).total
+    if s.mode is not Mode.SCORE:
+        # transformers' own generation defaults (configuration_utils.py _get_default_generation_params: top_k 50,
+        # top_p 1.0, temperature 1.0), not a checkpoint's generation_config.json; no EOS, so every sequence runs
+        # its new tokens
+        base_model.generation_config = GenerationConfig()
+        gen = dict(do_sample=s.do_sample, max_new_tokens=max(s.new_tokens, 1), eos_token_id=None)
+        if s.cache is Cache.STATIC:
+            gen["cache_implementation"] = "static"
+    if gpu:
+        reset_cuda_peaks()
+    with torch.no_grad(), _forward_marks(base_model) as (kv, last), \
+            (contextlib.nullcontext(Peak()) if gpu else cpu_peak()) as pk:
+        if s.mode is Mode.SCORE:  # one forward with every token's logits, the cache kept (S2)
+            res = model(input_ids=ids, attention_mask=mask, use_cache=True)
+            del res
+        else:  # prefill: generate of one new token (the prefill forward and the first token's sampling, S2)
+            seqs = model.generate(input_ids=ids, attention_mask=mask, **gen)
+            del seqs
+    out["meas_kv_cache_bytes"] = tensor_bytes(_cache_tensors(last[0])).total if last[0] is not None else 0
+    out["meas_forwards"] = len(kv)
+    if not gpu:
+        out.update(_cpu_totals(base, pk))
+        pre, dec = pk.phase_peaks or (pk.peak, 0)
+        out["meas_prefill_transient_bytes"] = pre - kv[0]
+        if s.mode is Mode.GENERATE:
+            out["meas_decode_transient_bytes"] = dec - out["meas_kv_cache_bytes"]
     return out
 
 
@@ -513,6 +682,23 @@ def predict(pc: PlanConfig) -> dict:
     return out
 
 
+def predict_serving(s) -> dict:
+    """``pred_<component>_bytes`` of the serving planner (:func:`quantlab.planner.serving.serve_plan`) for the
+    serving configuration ``s``, on the boundaries the lab measures (assumption 9): score's 'logits' component is
+    its prefill transient."""
+    from quantlab.planner.serving import serve_plan
+
+    p = serve_plan(s)
+    c = dict(p.components)
+    if "logits" in c:
+        c["prefill_transient"] = c.pop("logits")
+    out = {f"pred_{k}_bytes": c.get(k, 0) for k in TENSOR_COMPONENTS}
+    out["pred_allocated_bytes"] = p.peak_allocated_bytes
+    out["pred_reserved_bytes"] = p.peak_reserved_bytes
+    out["pred_process_bytes"] = p.process_bytes
+    return out
+
+
 def error(pred: int | None, meas: int | None) -> float | None:
     """(pred - meas) / meas; 0 when both are 0; None when there is no measurement."""
     if meas is None or pred is None:
@@ -544,7 +730,16 @@ def compare(case: Case, meas: dict) -> dict:
         row["freeze_modules"] = list(pc.freeze_modules) or None
     if pc.precision.is_kbit and pc.method.is_training:
         row["kbit_upcast"] = pc.kbit_upcast
-    row.update(predict(pcd))
+    if case.serve is not None:
+        sv = case.serve
+        row.update(mode=sv.mode.value, prompt_tokens=sv.prompt_tokens, new_tokens=sv.new_tokens,
+                   concurrency=sv.concurrency, engine=sv.engine.value, cache=sv.cache.value, do_sample=sv.do_sample,
+                   adapters=sv.adapters, merged=sv.merged)
+        if sv.adapters or sv.merged:
+            row.update(lora_r=pc.lora_r, lora_alpha=pc.lora_alpha, lora_targets=list(pc.lora_targets))
+        row.update(predict_serving(dataclasses.replace(sv, plan=pcd)))
+    else:
+        row.update(predict(pcd))
     row.update(meas)
     totals = GPU_TOTALS if device == "cuda" else CPU_TOTALS
     oks = []

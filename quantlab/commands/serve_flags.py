@@ -117,34 +117,82 @@ def rope_from(args: argparse.Namespace):
 def serve_config_from_args(args: argparse.Namespace, cfg):
     """The ServeConfig the flags describe, around the PlanConfig ``cfg`` already built from them."""
     from quantlab.commands.flags import given_fields
+
+    values = {d: getattr(args, d, None) for d in SERVE_DESTS}
+    values["rope_scaling"] = rope_from(args)
+    return serve_config_from_values(cfg, values, given_fields(args))
+
+
+_BOOLS = ("greedy", "enforce_eager", "merged")
+_CHOICES = {"mode": "MODES", "engine": "ENGINES", "cache": "CACHES"}
+
+
+def serving_values_from_mapping(entry: dict) -> tuple[dict, dict]:
+    """Split a mapping keyed by flag names without the dashes (``new-tokens``) or by destinations (``new_tokens``),
+    as a validation matrix entry is written, into (serving values by destination, the rest). A value of the wrong
+    type is a one-line SpecError naming the key."""
+    from quantlab.planner import serve_defaults as D
+    from quantlab.specs import SpecError
+
+    serve, rest = {}, {}
+    for k, v in entry.items():
+        d = str(k).replace("-", "_")
+        if d not in SERVE_DESTS:
+            rest[k] = v
+            continue
+        if d in _BOOLS:
+            if not isinstance(v, bool):
+                raise SpecError(f"{k} must be true or false, got {v!r}")
+        elif d in _CHOICES:
+            choices = getattr(D, _CHOICES[d])
+            if v not in choices:
+                raise SpecError(f"{k} must be one of {', '.join(choices)}, got {v!r}")
+        elif d == "gpu_memory_utilization":
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise SpecError(f"{k} must be a number, got {v!r}")
+        elif d == "rope_scaling":
+            if not isinstance(v, str):
+                raise SpecError(f"{k} takes TYPE:FACTOR (e.g. yarn:4), got {v!r}")
+            from quantlab.planner.serving import RopeScaling
+
+            v = RopeScaling.parse(v)
+        elif not isinstance(v, int) or isinstance(v, bool):
+            raise SpecError(f"{k} must be an integer, got {v!r}")
+        serve[d] = v
+    return serve, rest
+
+
+def serve_config_from_values(cfg, values: dict, given: frozenset):
+    """The ServeConfig of serving values by destination (:data:`SERVE_DESTS`; None or absent: not given; booleans:
+    True when given; ``rope_scaling`` a RopeScaling or None) around the PlanConfig ``cfg``; ``given``: the
+    PlanConfig fields given (``seq`` keeps its meaning as the whole context, ``batch`` is the concurrency)."""
     from quantlab.planner.serving import Cache, Engine, Mode, serve_config
     from quantlab.specs import SpecError
 
-    given = given_fields(args)
-    if getattr(args, "concurrency", None) is not None and "batch" in given and args.concurrency != cfg.batch:
-        raise SpecError(f"--concurrency {args.concurrency} and --batch {cfg.batch} disagree (they are the same "
+    v = {d: values.get(d) for d in SERVE_DESTS}
+    if v["concurrency"] is not None and "batch" in given and v["concurrency"] != cfg.batch:
+        raise SpecError(f"--concurrency {v['concurrency']} and --batch {cfg.batch} disagree (they are the same "
                         "thing here: give one)")
     kw = {}
-    if args.mode is not None:
-        kw["mode"] = Mode(args.mode)
-    if args.engine is not None:
-        kw["engine"] = Engine(args.engine)
-    if args.cache is not None:
-        kw["cache"] = Cache(args.cache)
-    if args.greedy:
+    if v["mode"] is not None:
+        kw["mode"] = Mode(v["mode"])
+    if v["engine"] is not None:
+        kw["engine"] = Engine(v["engine"])
+    if v["cache"] is not None:
+        kw["cache"] = Cache(v["cache"])
+    if v["greedy"]:
         kw["do_sample"] = False
-    if args.enforce_eager:
+    if v["enforce_eager"]:
         kw["enforce_eager"] = True
-    if args.merged:
+    if v["merged"]:
         kw["merged"] = True
     for f in ("kv_bits", "residual_length", "block_size", "gpu_memory_utilization", "max_model_len",
               "max_num_batched_tokens", "max_num_seqs", "adapters", "max_lora_rank", "max_cpu_loras", "replicas"):
-        v = getattr(args, f, None)
-        if v is not None:
-            kw[f] = v
-    kw["rope_scaling"] = rope_from(args)
-    return serve_config(cfg, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, seq_given="seq" in given,
-                        concurrency=args.concurrency, **kw)
+        if v[f] is not None:
+            kw[f] = v[f]
+    kw["rope_scaling"] = v["rope_scaling"]
+    return serve_config(cfg, prompt_tokens=v["prompt_tokens"], new_tokens=v["new_tokens"], seq_given="seq" in given,
+                        concurrency=v["concurrency"], **kw)
 
 
 def run(args: argparse.Namespace) -> int:

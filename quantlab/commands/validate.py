@@ -17,7 +17,14 @@ Keys are plan flags without the dashes (``compute-dtype``, ``padded``, ``no-kbit
 names (``compute_dtype``, ``padding_mask``, ``kbit_upcast: false``), read by
 :func:`quantlab.commands.flags.config_dict_from_mapping` into :meth:`PlanConfig.from_dict`; lists may also be
 comma-separated strings (``lora-targets: q_proj,v_proj``); ``scale`` is a name under ``scales`` or a mapping;
-``weights`` is ``random`` (default) or ``pretrained`` (the embedded smollm2-135m only).
+``weights`` is ``random`` (default) or ``pretrained`` (the embedded smollm2-135m only). The serving flags of
+``quantlab plan --method inference`` (``mode``, ``new-tokens``, ``prompt-tokens``, ``concurrency``, ``cache``,
+``greedy``, ``adapters``, ``merged``, ...; :func:`quantlab.commands.serve_flags.add_serving_arguments`) make an
+inference entry a serving one, planned by :mod:`quantlab.planner.serving` (``batch`` is the concurrency and
+``seq`` the whole context, prompt plus new tokens, as there)::
+
+    - {id: smollm2-generate-c4, model: smollm2-135m, weights: pretrained, precision: fp32, compute-dtype: fp32,
+       mode: generate, batch: 4, seq: 64, new-tokens: 8}
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ ROW_COLUMNS = ("id", "model", "method", "precision", "compute_dtype", "training_
 
 def register(sub) -> None:
     from quantlab.commands.flags import add_config_arguments
+    from quantlab.commands.serve_flags import add_serving_arguments
 
     p = sub.add_parser(
         "validate", help="run the lab on a planned configuration and compare predicted with measured, per component",
@@ -60,12 +68,18 @@ def register(sub) -> None:
                "--batch 1 --seq 64\n"
                "  quantlab validate --model llama-3.2-1b --scale num_hidden_layers=2,hidden_size=256,"
                "intermediate_size=1024,vocab_size=4096 --method qlora --compute-dtype fp32 --batch 2 --seq 64\n"
+               "  quantlab validate --model smollm2-135m --method inference --precision fp32 --compute-dtype fp32 "
+               "--mode generate --seq 64 --new-tokens 8 --concurrency 4 --adapters 2\n"
                "  quantlab validate --matrix profiles/validation/matrix.yaml --out reports/validation-cpu "
                "--append-measurements\n"
+               "A serving flag (--mode, --new-tokens, --concurrency, --cache, --greedy, --adapters, --merged, ...) makes "
+               "an inference configuration a serving one: the lab runs transformers' generate (or the score forward) "
+               "and the serving planner predicts it (quantlab/validate.py assumption 9).\n"
                "Random weights are fine for memory (quality needs real ones). Errors are (predicted - measured) / "
                "measured: negative means the planner under-predicts, the dangerous direction.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(p, model_required=False)
+    add_serving_arguments(p)
     lab = p.add_argument_group("how the lab builds the model")
     lab.add_argument("--weights", choices=("random", "pretrained"), default=None,
                      help="random: weights drawn from the profile's architecture (any profile; fine for memory); "
@@ -107,21 +121,31 @@ def _parse_scale(text: str) -> dict:
 
 
 def case_from_flags(args, *, id: str, weights: str | None, scale: dict):
-    """The :class:`quantlab.validate.Case` of parsed configuration flags."""
+    """The :class:`quantlab.validate.Case` of parsed configuration flags (serving flags make a serving case)."""
     from quantlab.commands.flags import config_dict_from_args
+    from quantlab.commands.serve_flags import SERVE_DESTS, serving_given
 
     if not args.model:
         raise QuantlabError("give --model (and the plan flags) or --matrix FILE")
-    return case_from_dict(args.model, config_dict_from_args(args), id=id, weights=weights, scale=scale)
+    serve = None
+    if serving_given(args):
+        serve = {d: getattr(args, d) for d in SERVE_DESTS if getattr(args, d, None) is not None}
+    return case_from_dict(args.model, config_dict_from_args(args), id=id, weights=weights, scale=scale, serve=serve)
 
 
-def case_from_dict(model: str, config: dict, *, id: str, weights: str | None, scale: dict):
+def case_from_dict(model: str, config: dict, *, id: str, weights: str | None, scale: dict, serve: dict | None = None):
     """The :class:`quantlab.validate.Case` of a :meth:`PlanConfig.from_dict` dict on profile ``model`` (the spec
-    scaled by ``scale``; the lab decides the device: cuda when torch sees a GPU, else cpu)."""
+    scaled by ``scale``; the lab decides the device: cuda when torch sees a GPU, else cpu). ``serve``: serving
+    values by destination (:func:`quantlab.commands.serve_flags.serve_config_from_values`), for an inference plan.
+
+    A key the configuration ignores is a one-line error, as for ``quantlab plan`` (``flags.check_given``), and so
+    is a sequence beyond the model's ``max_position_embeddings``: the lab cannot run it (learned position
+    embeddings have no row for it; the planner only warns, serving S9)."""
+    from quantlab.commands.flags import check_given
     from quantlab.groundtruth import model_spec
     from quantlab.lab.measure import cuda_available
     from quantlab.profiles import load_model
-    from quantlab.specs import DeviceMode, PlanConfig
+    from quantlab.specs import DeviceMode, Method, PlanConfig, SpecError
     from quantlab.validate import Case, lab_refusal
 
     if not isinstance(scale, dict):
@@ -129,14 +153,31 @@ def case_from_dict(model: str, config: dict, *, id: str, weights: str | None, sc
     resolved = load_model(model)
     spec = model_spec(resolved.name, scale) if scale else resolved.spec
     pc = PlanConfig.from_dict(config, model=spec)
-    why = lab_refusal(pc)  # before the device is set: a sharded plan is refused as such
+    s = None
+    if serve is not None:
+        if pc.method is not Method.INFERENCE:
+            flag = "--" + next(iter(serve)).replace("_", "-")
+            raise SpecError(f"{flag} is a serving flag; it applies to --method inference")
+        from quantlab.commands.serve_flags import serve_config_from_values
+
+        s = serve_config_from_values(pc, serve, frozenset(config))
+        pc = s.plan
+    check_given(pc, frozenset(config), adapters=bool(s is not None and (s.adapters or s.merged)))
+    why = lab_refusal(pc, s)  # before the device is set: a sharded plan is refused as such
     if why:
         raise QuantlabError(why)
+    positions = pc.seq + (pc.num_virtual_tokens if pc.method is Method.PROMPT else 0)
+    if positions > spec.max_position_embeddings:
+        raise SpecError(f"seq {positions} is beyond {spec.name}'s max_position_embeddings "
+                        f"({spec.max_position_embeddings}): the lab cannot run it; give --seq at most "
+                        f"{spec.max_position_embeddings - (positions - pc.seq)}")
     pc = dataclasses.replace(pc, device=DeviceMode.CUDA if cuda_available() else DeviceMode.CPU)
+    if s is not None:
+        s = dataclasses.replace(s, plan=pc)
     hf = dict(resolved.config)
     hf.update(scale)
     weights = weights or ("pretrained" if resolved.name == "smollm2-135m" and not scale else "random")
-    return Case(id, pc, resolved.name, weights, tuple(sorted(scale.items())), hf)
+    return Case(id, pc, resolved.name, weights, tuple(sorted(scale.items())), hf, serve=s)
 
 
 def load_matrix(path: str | Path, only: tuple[str, ...] = ()) -> list:
@@ -162,6 +203,7 @@ def load_matrix(path: str | Path, only: tuple[str, ...] = ()) -> list:
     scales = doc.get("scales") or {}
     defaults = doc.get("defaults") or {}
     from quantlab.commands.flags import config_dict_from_mapping
+    from quantlab.commands.serve_flags import serving_values_from_mapping
 
     cases, seen = [], set()
     for i, raw in enumerate(doc["configurations"], 1):
@@ -185,8 +227,9 @@ def load_matrix(path: str | Path, only: tuple[str, ...] = ()) -> list:
             model = entry.pop("model", None)
             if not isinstance(model, str) or not model:
                 raise QuantlabError("give model: a profile name")
+            serve, entry = serving_values_from_mapping(entry)
             cases.append(case_from_dict(model, config_dict_from_mapping(entry), id=id, weights=weights,
-                                        scale=dict(scale)))
+                                        scale=dict(scale), serve=serve or None))
         except QuantlabError as e:
             raise QuantlabError(f"{where}: {e}") from e
     if only:
@@ -206,7 +249,7 @@ def run(args) -> int:
     else:
         cases = [case_from_flags(args, id="cli", weights=args.weights, scale=_parse_scale(args.scale))]
     for c in cases:  # refuse before anything runs
-        why = lab_refusal(c.config)
+        why = lab_refusal(c.config, c.serve)
         if why:
             raise QuantlabError(f"{c.id}: {why}")
     rows = run_cases(cases, progress=args.progress)

@@ -19,12 +19,32 @@ S1. ``generate`` (transformers ``generation/utils.py`` 5.24.0): ``generate`` set
     batch x vocab tensors, whichever step. The KV cache holds prompt plus new tokens at the end of decode; the peak
     is the larger of the prefill phase (KV of the prompt + one block's transient over batch x prompt tokens) and the
     decode phase (KV of the whole context + one block's transient over batch tokens + the cache's own transient).
+S1b. Sampling, ``_sample`` (transformers 5.24 ``generation/utils.py``) with ``GenerationConfig``'s global
+    defaults (``configuration_utils.py`` ``_get_default_generation_params``: top_k 50, top_p 1.0, temperature
+    1.0): the fp32 copy of the logits, ``TopKLogitsWarper``'s bool mask and masked copy (``masked_fill``), then the
+    softmax: 12 bytes per sequence and vocabulary entry at the first step; from the second step on the previous
+    step's scores and probabilities are still bound (the locals are rebound only by the new step's results), so
+    the masked_fill moment holds 4 + 4 + 4 + 1 + 4 = 17, and the three fp32 tensors of the previous step (12;
+    greedy: its copy, 4) stay alive through each decode forward. Greedy keeps the copy (4; decoding, 8).
+S1c. What generate adds to a forward (measured by ``quantlab validate`` on a CPU, each traced to the code):
+    position ids per sequence (``_prepare_position_ids_for_generation``: ``attention_mask.cumsum(-1) - 1``,
+    batch x prompt int64, kept by ``generate``'s own ``model_kwargs`` while ``_sample`` grows its copy by
+    ``torch.cat``), the growing ``input_ids``, and ``prepare_inputs_for_generation``'s clone of the input ids: 2 x
+    batch x prompt int64 at the prefill, batch x (prompt + context + context - 1) int64 at the last step. With
+    per-sequence positions RoPE's cos and sin are batch x tokens x head_dim (compute dtype) and GPT-2's position
+    embedding output batch x tokens x hidden. Eager attention's weights stay bound to the decoder block's ``_``
+    through its MLP (``hidden_states, _ = self.self_attn(...)``).
 S2. ``score`` is one forward that keeps every token's logits (perplexity, evaluation, reward scoring):
     :func:`quantlab.planner.memory.plan` for inference (its assumption 7), whose logits are T x vocab.
     ``prefill`` is the prefill phase of S1 alone (one forward with ``logits_to_keep=1`` and the cache kept).
-S3. Caches (transformers ``cache_utils.py`` 5.24.0): ``DynamicLayer.update`` grows by ``torch.cat``, so while a
-    layer appends, its old and new keys (and values) are both alive: one layer's K and V at the context join the
-    decode transient. ``StaticLayer`` allocates ``max_cache_len`` (= prompt + new tokens) positions at the first
+S3. Caches (transformers ``cache_utils.py`` 5.24.0): ``DynamicLayer.update`` grows by ``torch.cat``, keys then
+    values, so while a layer appends, its old and new keys (then values) are both alive: one layer's K (or V) at
+    the context joins the decode transient, beside the residual stream (not the MLP's tensors). The cache ends at
+    prompt + new - 1 positions: the last sampled token is never fed back (``generate``: ``max_cache_length =
+    generation_config.max_length - 1``, also a static cache's ``max_cache_len``). Eager attention repeats K and V
+    to every head at a decode step (``repeat_kv``: a copy of each, except with one KV head, where the reshape of
+    the expanded tensor is a view and ``torch.matmul`` copies the broadcast K, then V, for its bmm, one at a time);
+    SDPA passes ``enable_gqa`` without a mask. ``StaticLayer`` allocates ``max_cache_len`` (= prompt + new tokens) positions at the first
     forward, so the prefill phase already holds the whole cache. ``QuantizedLayer`` (quanto int4/int2, KIVI-style)
     stores quantized keys and values (``nbits`` bits each, plus a scale and a zero-point per ``q_group_size``
     values, assumed in the compute dtype) and at most ``residual_length - 1`` recent positions in full precision;
@@ -87,7 +107,7 @@ import math
 from dataclasses import dataclass, field
 from enum import Enum
 
-from quantlab.families import attended_positions, family, module_linears
+from quantlab.families import attended_positions, attention_masks, family, module_linears
 from quantlab.planner import memory as M
 from quantlab.planner import throughput as TP
 from quantlab.planner.params import count_params
@@ -470,13 +490,152 @@ def _a(cfg: PlanConfig) -> int:
     return cfg.compute_dtype.nbytes
 
 
-def one_position_logits(cfg: PlanConfig, do_sample: bool = True) -> tuple[int, int]:
-    """(logits of one position in the compute dtype, their fp32 copy + softmax) for ``cfg.batch`` sequences (S1);
-    a final softcap (families F5) makes a second logits tensor."""
+def one_position_logits(cfg: PlanConfig, do_sample: bool = True, decode: bool = False) -> tuple[int, int]:
+    """(logits of one position in the compute dtype, the fp32 tensors beside them at the sampling's peak) for
+    ``cfg.batch`` sequences (S1b); a final softcap (families F5) makes a second logits tensor. ``decode``: a step
+    after the first, where the previous step's scores and probabilities are still bound."""
     m = cfg.model
     BV = cfg.batch * m.vocab_size
     logits = (2 if family(m).final_logit_softcap else 1) * _a(cfg) * BV
-    return logits, 4 * BV * (2 if do_sample else 1)
+    if do_sample:  # copy, top-k mask (bool) and masked copy, then the softmax (the mask freed by then)
+        per = (4 + 4 + 4 + 1 + 4) if decode else max(4 + 1 + 4, 4 + 4 + 4)
+    else:  # the copy (and, decoding, the previous step's)
+        per = 8 if decode else 4
+    return logits, per * BV
+
+
+def generate_ids_bytes(s: "ServeConfig", decode: bool) -> int:
+    """generate's own int64 tensors at a phase's peak (S1c)."""
+    B, P = s.concurrency, s.prompt_tokens
+    if decode:
+        return 8 * B * (P + (P + s.new_tokens) + (P + s.new_tokens - 1))
+    return 8 * B * 2 * P
+
+
+def position_tables(cfg: PlanConfig, tokens: int) -> int:
+    """What generate's per-sequence position ids (batch x tokens) add to a forward over ``cfg.batch`` x ``tokens``
+    tokens beyond :func:`quantlab.planner.memory.prefill_transient` (S1c; families F3): RoPE's cos and sin in the
+    compute dtype (batch x tokens x head_dim each), or, for learned positions, the position embedding's output for
+    every sequence rather than one broadcast row (batch - 1 more tokens x hidden)."""
+    m = cfg.model
+    if family(m).positional == "rope":
+        return 2 * cfg.batch * tokens * m.head_dim * _a(cfg)
+    return (cfg.batch - 1) * tokens * m.hidden_size * _a(cfg)
+
+
+def held_attention_weights(cfg: PlanConfig, tokens: int) -> int:
+    """Eager attention's weights (batch x heads x tokens x tokens in the compute dtype) that a decoder block keeps
+    through its MLP (S1c: transformers 5.24 ``modeling_llama.py`` / ``modeling_gemma2.py`` / ``modeling_gpt2.py``
+    ``DecoderLayer.forward``: ``hidden_states, _ = self.self_attn(...)`` binds them to ``_`` until the block returns);
+    SDPA returns none."""
+    if _attention(cfg) is not Attention.EAGER:
+        return 0
+    m = cfg.model
+    return cfg.batch * m.num_attention_heads * tokens * tokens * _a(cfg)
+
+
+def prefill_block(cfg: PlanConfig, tokens: int, notes: list) -> int:
+    """One block's transient over ``cfg.batch`` x ``tokens`` tokens in a generate forward (S1, S1c): the larger of
+    the attention (memory.py's eager branch) and the MLP with eager attention's weights still bound beside it
+    (the same transient without the eager branch: SDPA on a CPU, or FlashAttention), plus the position tables."""
+    t = block_transient(cfg, tokens, notes)
+    held = held_attention_weights(cfg, tokens)
+    if held:  # the masks eager attention builds live through the whole forward (families F4)
+        mlp = block_transient(dataclasses.replace(cfg, attn=Attention.SDPA, flash_attention=True), tokens, [])
+        masks = attention_masks(cfg.model) * cfg.batch * tokens * tokens * _a(cfg)
+        t = max(t, mlp + held + masks)
+    return t + position_tables(cfg, tokens)
+
+
+def repeated_kv(s: "ServeConfig") -> int:
+    """K and V of one layer repeated to every attention head at a decode step (S3): eager attention
+    (``repeat_kv`` in ``eager_attention_forward``), where there are fewer KV heads than heads; SDPA passes
+    ``enable_gqa`` instead (``use_gqa_in_sdpa``, transformers 5.24 ``integrations/sdpa_attention.py``)."""
+    cfg = s.plan
+    m = cfg.model
+    if m.kv_heads >= m.num_attention_heads:
+        return 0
+    if _attention(cfg) is not Attention.EAGER:
+        return 0
+    n = cached_positions(s)
+    full = _layer_kv_full(s, n) * m.num_attention_heads // m.kv_heads
+    # one KV head (multi-query): repeat_kv's reshape of the expanded tensor is a view, and torch.matmul copies the
+    # broadcast K (then V) for its bmm, one at a time
+    return full // 2 if m.kv_heads == 1 else full
+
+
+def decode_attention(s: "ServeConfig") -> int:
+    """Eager attention's own bytes at a decode step beyond the cache (S3): K and V repeated to every head
+    (:func:`repeated_kv`), the scores of one query over the context (batch x heads x context: memory.py's eager
+    rule, in the compute dtype plus the fp32 softmax input and output when that is not fp32) and the masks over the
+    context (families F4); 0 for SDPA."""
+    cfg = s.plan
+    if _attention(cfg) is not Attention.EAGER:
+        return 0
+    m = cfg.model
+    n = cached_positions(s)
+    a = _a(cfg)
+    S_ = cfg.batch * m.num_attention_heads * n
+    scores = 2 * 4 * S_ if a == 4 else S_ * a + 2 * 4 * S_
+    if m.kv_heads == 1:  # the copy of V is made at the second matmul, beside the weights alone (compute dtype)
+        scores = S_ * a
+    return repeated_kv(s) + scores + attention_masks(m) * cfg.batch * n * a
+
+
+def _stream(cfg: PlanConfig, tokens: int) -> int:
+    """The residual stream beside a block's attention over ``cfg.batch`` x ``tokens`` tokens: memory.py's
+    ``prefill_transient`` of the same block without its MLP (intermediate size 1) and without a k-bit matmul's
+    dequantized weight (the weights in the compute dtype), the attention in SDPA (S3: while the cache appends, the
+    MLP's tensors are not alive)."""
+    m1 = dataclasses.replace(cfg.model, intermediate_size=1)
+    f = dataclasses.replace(cfg, model=m1, attn=Attention.SDPA, flash_attention=True,
+                            precision=Precision(cfg.compute_dtype.value))
+    return block_transient(f, tokens, [])
+
+
+def lora_block(s: "ServeConfig", tokens: int) -> int:
+    """The largest moment of a block's unmerged LoRA forward over ``batch`` x ``tokens`` tokens (S6b), beside the
+    residual stream; 0 without adapters. PEFT 0.21.2 ``lora/layer.py`` ``Linear.forward``: ``result =
+    base_layer(x)``, the input cast to the adapter's fp32 (``_cast_input_dtype``: a T x in copy unless the model is
+    fp32), ``result + lora_B(lora_A(x)) * scaling``: lora_B's output, its scaled copy and, for a bf16/fp16 result,
+    the fp32 copy that type promotion makes of the result and the fp32 sum (measured on a CPU: 3 fp32 T x out
+    tensors beside the base output; fp32: 2). Beside it the tensor the block holds at that linear (transformers
+    5.24 ``LlamaMLP.forward``: ``down_proj(act_fn(gate_proj(x)) * up_proj(x))``): act(gate) at a gated MLP's
+    second linear, the MLP product (or activation) at the linear that reads the intermediate width."""
+    if not s.adapters or s.merged or s.engine is not Engine.TRANSFORMERS:
+        return 0
+    cfg = s.plan
+    m = cfg.model
+    a = _a(cfg)
+    T = cfg.batch * tokens
+    I = m.intermediate_size
+    gated = family(m).gated_mlp
+    targets = {l.name for l in m.lora_linears(tuple(cfg.lora_targets))}
+    best, mlp_seen = 0, 0
+    for l in module_linears(m):
+        mlp_in = l.in_features == I
+        mlp_out = l.out_features in (I, 2 * I)
+        held = a * T * I if (mlp_in or (gated and mlp_out and mlp_seen)) else 0
+        mlp_seen += mlp_out
+        if l.name not in targets:
+            continue
+        O = l.out_features
+        peak = a * T * O + (3 if a != 4 else 2) * 4 * T * O + (4 * T * l.in_features if a != 4 else 0)
+        best = max(best, held + peak)
+    return best + _stream(cfg, tokens) if best else 0
+
+
+def held_scores(cfg: PlanConfig, do_sample: bool) -> int:
+    """The previous step's fp32 tensors that ``_sample``'s locals keep through the next forward (S1b): the logits'
+    copy, the processed scores and the probabilities when sampling (the copy is the scores, greedy)."""
+    return (12 if do_sample else 4) * cfg.batch * cfg.model.vocab_size
+
+
+def cached_positions(s: "ServeConfig") -> int:
+    """Positions in the cache at the end (S1, S3): generate never feeds back the last token it samples (transformers
+    ``generation/utils.py`` ``generate``: ``max_cache_length = generation_config.max_length - 1``), so it holds
+    prompt + new - 1; a prefill or score forward holds the prompt."""
+    return s.prompt_tokens + max(s.new_tokens - 1, 0)
 
 
 def block_transient(cfg: PlanConfig, tokens: int, notes: list) -> int:
@@ -516,10 +675,11 @@ def _layer_kv_full(s: ServeConfig, positions: int) -> int:
 
 def cache_transient(s: ServeConfig) -> int:
     """The cache's own short-lived bytes in a decode step (S3)."""
-    if s.cache is Cache.DYNAMIC:
-        return _layer_kv_full(s, s.context)
+    n = cached_positions(s)
+    if s.cache is Cache.DYNAMIC:  # torch.cat of the keys, then of the values: one of them at a time
+        return _layer_kv_full(s, n) // 2
     if s.cache is Cache.QUANTIZED:
-        return 2 * _layer_kv_full(s, s.context)
+        return 2 * _layer_kv_full(s, n)
     return 0
 
 
@@ -549,13 +709,19 @@ def _phases(s: ServeConfig, notes: list) -> tuple[int, int, int, int, int, int]:
     GPU, their fp32 copies) per replica, before any split (S1, S3)."""
     cfg = s.plan
     logits, copies = one_position_logits(cfg, s.do_sample)
-    pre_block = block_transient(cfg, s.prompt_tokens, notes)
-    kv_prompt = kv_bytes(s, s.context if s.cache is Cache.STATIC else s.prompt_tokens)
+    pre_block = max(prefill_block(cfg, s.prompt_tokens, notes),
+                    lora_block(s, s.prompt_tokens) + position_tables(cfg, s.prompt_tokens))
+    kv_prompt = kv_bytes(s, cached_positions(s) if s.cache is Cache.STATIC else s.prompt_tokens)
+    pre = max(pre_block, logits + copies) + generate_ids_bytes(s, False)
     if s.mode is Mode.PREFILL:
-        return kv_prompt, max(pre_block, logits + copies), 0, 0, logits, copies
-    kv_end = kv_bytes(s, s.context)
-    dec_block = block_transient(cfg, 1, []) + cache_transient(s)
-    return kv_prompt, max(pre_block, logits + copies), kv_end, max(dec_block, logits + copies), logits, copies
+        return kv_prompt, pre, 0, 0, logits, copies
+    d_logits, d_copies = one_position_logits(cfg, s.do_sample, decode=True)
+    kv_end = kv_bytes(s, cached_positions(s))
+    dec_block = (max(block_transient(cfg, 1, []), lora_block(s, 1),
+                     _stream(cfg, 1) + max(cache_transient(s), decode_attention(s)))
+                 + position_tables(cfg, 1) + held_scores(cfg, s.do_sample))
+    dec = max(dec_block, d_logits + d_copies) + generate_ids_bytes(s, True)
+    return kv_prompt, pre, kv_end, dec, d_logits, max(copies, d_copies)
 
 
 def transformers_plan(s: ServeConfig) -> ServePlan:

@@ -34,9 +34,10 @@ def doc(argv, capsys) -> dict:
 
 def test_done_when_8b_32k_prompt_on_4090_keeps_one_position_of_logits(capsys):
     d = doc(["--model", "8b", "--prompt-tokens", "32000", "--new-tokens", "768", "--gpu", "rtx-4090"], capsys)
-    one_position = 128256 * (2 + 8)  # logits + fp32 copy + softmax, one sequence
+    one_position = 128256 * (2 + 12)  # logits + fp32 copy, top-k masked copy, softmax (S1b), one sequence
     every_token = 32768 * 128256 * 2
-    assert d["serve"]["context"] == 32768 and d["components"]["kv_cache"] == 32768 * 131072
+    # the cache ends at prompt + new - 1 positions: the last sampled token is never fed back (S1)
+    assert d["serve"]["context"] == 32768 and d["components"]["kv_cache"] == 32767 * 131072
     assert d["components"]["prefill_transient"] < every_token / 2
     assert all(v < every_token / 2 for k, v in d["components"].items() if "transient" in k or "logits" in k)
     assert d["max_prompt_tokens"] > 0 and d["speed"]["decode_tok_s_per_seq"] > 0

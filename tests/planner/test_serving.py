@@ -13,7 +13,7 @@ import pytest
 from quantlab.planner import memory as M
 from quantlab.planner import serving as S
 from quantlab.profiles import load_gpu, load_model
-from quantlab.specs import DeviceMode, DType, PlanConfig, Precision, SpecError
+from quantlab.specs import Attention, DeviceMode, DType, PlanConfig, Precision, SpecError
 
 M8 = load_model("8b").spec
 M70 = load_model("70b").spec  # Llama-2-70B: 80 layers, 8 KV heads, vocab 32,000, untied
@@ -43,9 +43,11 @@ def test_generate_has_no_logits_term_larger_than_one_position():
 
 
 def test_kv_holds_prompt_plus_new_and_the_peak_is_the_larger_phase():
+    """generate never feeds back the last token it samples (``max_cache_length = max_length - 1``): 1000 + 500 - 1
+    positions at the end."""
     s = sc(prompt_tokens=1000, new_tokens=500, concurrency=3)
     p = S.serve_plan(s)
-    assert p.components["kv_cache"] == 3 * 1500 * KV_PER_TOKEN_8B
+    assert p.components["kv_cache"] == 3 * 1499 * KV_PER_TOKEN_8B
     kv_p, pre, kv_e, dec, _, _ = S._phases(s, [])
     assert kv_p == 3 * 1000 * KV_PER_TOKEN_8B
     static = p.components["weights"]
@@ -56,10 +58,16 @@ def test_kv_holds_prompt_plus_new_and_the_peak_is_the_larger_phase():
 
 
 def test_one_position_logits_follow_sampling():
+    """S1b, per sequence and vocabulary entry: sampling's first step holds the fp32 copy, the top-k masked copy and
+    the probabilities (12 bytes); a later step also the previous scores and probabilities, with the bool mask at
+    masked_fill (4 + 4 + 4 + 1 + 4 = 17); greedy the copy (4), decoding also the previous one (8)."""
     s = sc(prompt_tokens=64, new_tokens=8, concurrency=4)
     logits, copies = S.one_position_logits(s.plan, True)
-    assert logits == 4 * M8.vocab_size * 2 and copies == 2 * 4 * 4 * M8.vocab_size
-    assert S.one_position_logits(s.plan, False)[1] == copies // 2
+    BV = 4 * M8.vocab_size
+    assert logits == 2 * BV and copies == 12 * BV
+    assert S.one_position_logits(s.plan, True, decode=True)[1] == 17 * BV
+    assert S.one_position_logits(s.plan, False)[1] == 4 * BV
+    assert S.one_position_logits(s.plan, False, decode=True)[1] == 8 * BV
 
 
 def test_seq_is_the_whole_context():
@@ -75,7 +83,7 @@ def test_seq_is_the_whole_context():
 def test_static_cache_holds_the_whole_context_at_prefill_and_quantized_cache_is_smaller():
     dyn = sc(prompt_tokens=4000, new_tokens=4000)
     static = dataclasses.replace(dyn, cache=S.Cache.STATIC)
-    assert S._phases(static, [])[0] == S._phases(dyn, [])[2] == 8000 * KV_PER_TOKEN_8B
+    assert S._phases(static, [])[0] == S._phases(dyn, [])[2] == 7999 * KV_PER_TOKEN_8B
     assert S.cache_transient(static) == 0 < S.cache_transient(dyn)
     q4 = dataclasses.replace(dyn, cache=S.Cache.QUANTIZED)
     q2 = dataclasses.replace(q4, kv_bits=2)
@@ -289,3 +297,35 @@ def test_suggestions_name_tensor_parallel_and_the_split_and_each_fits():
 def test_vllm_adapters_note_the_cpu_loras():
     p = S.serve_plan(sc(seq=2048, engine=S.Engine.VLLM, adapters=2, max_cpu_loras=8), load_gpu("l40s"))
     assert any("max_cpu_loras 8" in n for n in p.notes)
+
+
+# ---- S1b, S1c, S3: what quantlab validate measured in generate --------------------------------------------------
+
+def test_generate_caches_prompt_plus_new_less_one_and_holds_the_previous_scores():
+    """The cache ends at prompt + new - 1 positions (the last sampled token is never fed back); the previous step's
+    copy, scores and probabilities (12 bytes per entry; greedy 4) stay alive through a decode forward."""
+    s = sc(prompt_tokens=100, new_tokens=20, concurrency=2)
+    assert S.cached_positions(s) == 119
+    assert S.cached_positions(sc(prompt_tokens=100, mode=S.Mode.PREFILL)) == 100
+    assert S.held_scores(s.plan, True) == 12 * 2 * M8.vocab_size
+    assert S.held_scores(s.plan, False) == 4 * 2 * M8.vocab_size
+
+
+def test_generate_position_tables_and_ids():
+    """Llama-3.1-8B (RoPE, head_dim 128, bf16): cos and sin of 2 sequences x 100 tokens = 2 x 2 x 100 x 128 x 2
+    bytes; generate's int64 ids: 2 x 2 x 100 x 8 at the prefill, 2 x (100 + 120 + 119) x 8 at the last step."""
+    s = sc(prompt_tokens=100, new_tokens=20, concurrency=2)
+    assert S.position_tables(s.plan, 100) == 2 * 2 * 100 * 128 * 2
+    assert S.generate_ids_bytes(s, False) == 8 * 2 * 2 * 100
+    assert S.generate_ids_bytes(s, True) == 8 * 2 * (100 + 120 + 119)
+
+
+def test_dynamic_cache_appends_one_of_k_or_v_at_a_time_and_eager_repeats_kv():
+    """torch.cat of the keys then of the values: half a layer's K and V at the context; eager attention repeats
+    K and V of one layer to all 32 heads (8 KV heads: x4), SDPA does not (enable_gqa)."""
+    s = sc(prompt_tokens=1000, new_tokens=1, concurrency=1)
+    layer = 2 * 8 * 128 * 2 * 1000  # K and V of one layer at 1000 positions, bf16
+    assert S.cache_transient(s) == layer // 2
+    assert S.repeated_kv(s) == 0
+    eager = dataclasses.replace(s, plan=dataclasses.replace(s.plan, attn=Attention.EAGER))
+    assert S.repeated_kv(eager) == layer * 4

@@ -4,7 +4,8 @@ within 2%, every total within 3%.
 
 The dozen span the methods (inference, full, freeze, LoRA, QLoRA, prefix, prompt), the precisions (fp32, bf16,
 nf4 with double quantization), AdamW / 8-bit AdamW / SGD / Adafactor, AMP, eager and SDPA, checkpointing, and the
-architectures (Llama-3.2 GQA + tied, Qwen2.5 biases, Mixtral MoE, GPT-2 GeLU/LayerNorm, the pretrained SmolLM2).
+architectures (Llama-3.2 GQA + tied, Qwen2.5 biases, Mixtral MoE, GPT-2 GeLU/LayerNorm, the pretrained SmolLM2);
+two serving rows (generate at concurrency 4, score) are planned by the serving planner (validate.py assumption 9).
 """
 
 from pathlib import Path
@@ -19,7 +20,8 @@ pytest.importorskip("bitsandbytes")
 MATRIX = Path(__file__).resolve().parents[2] / "profiles" / "validation" / "matrix.yaml"
 SHORT = ("llama-inf-bf16-s128", "llama-full-amp-adamw", "llama-full-bf16-adafactor", "llama-full-bf16-ckpt-b4",
          "llama-lora-fp32-dropout-adamw8bit", "llama-qlora-nf4-dq-bf16", "llama-prefix-bf16", "qwen-prompt-fp32",
-         "mixtral-full-bf16-adamw", "mixtral-freeze-bf16-sgd", "gpt2-lora-amp-eager", "smollm2-full-fp32-sgd")
+         "mixtral-full-bf16-adamw", "mixtral-freeze-bf16-sgd", "gpt2-lora-amp-eager", "smollm2-full-fp32-sgd",
+         "llama-gen-bf16-c4", "llama-score-bf16-c4")
 
 
 @pytest.fixture(scope="module")

@@ -47,7 +47,7 @@ def test_bad_input_is_one_line_exit_2(capsys, argv, says):
     ("configurations:\n  - {id: a, model: gpt2, padded: 1}", "configuration a: padding_mask must be true or false"),
     ("configurations:\n  - {id: a, method: lora}", "configuration a: give model"),
     ("configurations:\n  - {id: a, model: gpt2, scale: tiny}", "unknown scale 'tiny'"),
-    ("configurations:\n  - {id: a, model: gpt2}\n  - {id: a, model: gpt2}", "duplicate id"),
+    ("configurations:\n  - {id: a, model: gpt2, seq: 64}\n  - {id: a, model: gpt2, seq: 64}", "duplicate id"),
     ("configurations:\n  - {id: a, model: gpt2, method: lora, lora-targets: c_attn, num-gpus: 4}", "configuration a: the lab runs one"),
     # (gpt2's default LoRA target is PEFT's c_attn since the recipes change: name targets it lacks)
     ("configurations:\n  - {id: a, model: gpt2, method: lora, lora-targets: 'q_proj,v_proj'}",
@@ -91,6 +91,20 @@ def test_shipped_matrix_spans_the_issue():
     assert specs["llama-3.2-1b"].kv_heads < specs["llama-3.2-1b"].num_attention_heads  # GQA kept
     assert specs["mixtral-8x7b"].is_moe and not specs["gpt2"].gated_mlp and specs["gpt2"].tie_word_embeddings
     assert all(c.config.device.value == "cpu" for c in cases)  # no CUDA here: the planner plans the CPU
+
+
+def test_shipped_matrix_has_the_serving_configurations_of_issue_11():
+    """Issue #11 (Lab): generate, score and prefill, concurrency above 1, several adapters loaded in PEFT (and
+    merged), on the embedded SmolLM2 and scaled-down architectures; dynamic and static caches, sampling and greedy."""
+    from quantlab.commands.validate import load_matrix
+
+    serve = [c.serve for c in load_matrix(MATRIX) if c.serve is not None]
+    assert {s.mode.value for s in serve} == {"generate", "score", "prefill"}
+    gen = [s for s in serve if s.mode.value == "generate"]
+    assert any(s.concurrency > 1 for s in gen) and any(s.concurrency == 1 for s in gen)
+    assert any(s.adapters >= 2 for s in gen) and any(s.adapters >= 3 for s in gen) and any(s.merged for s in gen)
+    assert {s.cache.value for s in gen} == {"dynamic", "static"} and {s.do_sample for s in gen} == {True, False}
+    assert {s.plan.model.name for s in serve} >= {"smollm2-135m", "llama-3.2-1b", "qwen2.5-0.5b", "gemma-2-2b"}
 
 
 def test_matrix_entry_equals_the_same_plan_flags():
