@@ -206,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
         raise QuantlabError("give --model NAME; see 'quantlab profiles'")
     if getattr(args, "emit", None):
         raise QuantlabError("--emit writes training launch configurations; this plan is for inference")
-    gpu, gpu_msg = resolve_gpu(getattr(args, "gpu", None))
+    gpu, gpu_msg = resolve_gpu(getattr(args, "gpu", None), args)
     cfg = config_from_args(args, gpu=gpu)
     s = serve_config_from_args(args, cfg)
     p = S.serve_plan(s, gpu)
@@ -347,9 +347,13 @@ def table_text(doc: dict, s, p, gpu) -> str:
             out.append("single changes that make it fit:")
             for x in doc["suggestions"]:
                 out.append(f"  - {x['change']}: {fmt_bytes(x['process_bytes'])} per GPU")
-        out.append(f"at a context of {s.context:,} tokens, up to {doc['max_concurrency']:,} concurrent sequences "
-                   f"fit; at concurrency {s.concurrency}, a prompt of up to {doc['max_prompt_tokens']:,} tokens"
-                   + (f" (+ {s.new_tokens} new)" if s.new_tokens else "") + " (S10)")
+        mc, mp = doc["max_concurrency"], doc["max_prompt_tokens"]
+        conc = (f"up to {mc:,} concurrent sequence{'s' if mc > 1 else ''} fit" if mc else
+                "not one sequence fits")
+        prompt = (f"a prompt of up to {mp:,} tokens" + (f" (+ {s.new_tokens} new)" if s.new_tokens else "")
+                  + (" (the model's context, S9)" if mp == S.prompt_limit(s) and s.engine is S.Engine.TRANSFORMERS
+                     else "") if mp else "no prompt fits")
+        out.append(f"at a context of {s.context:,} tokens, {conc}; at concurrency {s.concurrency}, {prompt} (S10)")
         sp = doc["speed"]
         if sp:
             u = s.plan

@@ -1083,9 +1083,17 @@ def max_concurrency(s: ServeConfig, gpu: GPUSpec, *, headroom: float = 0.0, cap:
     return max(0, _closed(value, ok, 1, 2, int(gpu.memory_bytes * (1 - headroom)), cap))
 
 
+def prompt_limit(s: ServeConfig) -> int:
+    """The longest prompt the model is planned to take: its context (S9: max_position_embeddings, or the trained
+    context x the rope factor) less the new tokens; at least 1."""
+    return max(1, context_limit(s.plan.model, s.rope_scaling) - s.new_tokens)
+
+
 def max_prompt(s: ServeConfig, gpu: GPUSpec, *, headroom: float = 0.0, cap: int | None = None) -> int:
-    """The longest prompt (context less the new tokens) that fits at ``s``'s concurrency (S10; vLLM: S8)."""
-    cap = cap or PROMPT_CAP
+    """The longest prompt (context less the new tokens) that fits at ``s``'s concurrency (S10; vLLM: S8), at most
+    the model's own context (:func:`prompt_limit`): memory for a longer prompt is no use to a model that was not
+    trained or rope-scaled to it."""
+    cap = min(cap or PROMPT_CAP, prompt_limit(s))
     if s.engine is Engine.VLLM:
         v = serve_plan(s, gpu).vllm
         if v.process_bytes > gpu.memory_bytes * (1 - headroom):
@@ -1103,7 +1111,7 @@ def search_concurrency(s: ServeConfig, gpu: GPUSpec, *, headroom: float = 0.0, c
 
 def search_prompt(s: ServeConfig, gpu: GPUSpec, *, headroom: float = 0.0, cap: int | None = None) -> int:
     """The reference for :func:`max_prompt`."""
-    return _doubling_search(_probes(s, gpu, headroom, "prompt_tokens")[1], cap or PROMPT_CAP)
+    return _doubling_search(_probes(s, gpu, headroom, "prompt_tokens")[1], min(cap or PROMPT_CAP, prompt_limit(s)))
 
 
 def suggestions(s: ServeConfig, gpu: GPUSpec, headroom: float = 0.0) -> list[tuple[str, int]]:

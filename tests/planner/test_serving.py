@@ -329,3 +329,15 @@ def test_dynamic_cache_appends_one_of_k_or_v_at_a_time_and_eager_repeats_kv():
     assert S.repeated_kv(s) == 0
     eager = dataclasses.replace(s, plan=dataclasses.replace(s.plan, attn=Attention.EAGER))
     assert S.repeated_kv(eager) == layer * 4
+
+
+def test_longest_prompt_stops_at_the_models_context():
+    """Memory on four A100s would hold a far longer prompt than Llama-2-70B's 4,096-token context: the answer is
+    the context less the new tokens, and a rope-scaled plan (S9) raises it."""
+    g = load_gpu("a100-80gb")
+    s = sc(M70, num_gpus=4, seq=2048)
+    assert S.prompt_limit(s) == 4096 - s.new_tokens
+    assert S.max_prompt(s, g) == S.search_prompt(s, g) == 4096 - s.new_tokens
+    scaled = sc(M70, num_gpus=4, seq=2048, rope_scaling=S.RopeScaling("linear", 4.0, None))
+    assert S.prompt_limit(scaled) == 4 * 4096 - s.new_tokens
+    assert 4096 < S.max_prompt(scaled, g) <= S.prompt_limit(scaled)
