@@ -236,12 +236,8 @@ def _bad(path, what: str) -> QuantlabError:
     return QuantlabError(f"--from-json {path}: {what}")
 
 
-def read_plan_json(path: str):
-    """(model name, resolution, PlanConfig, GPUSpec or None, GPU keys) from a plan document."""
-    import dataclasses
-
-    from quantlab.specs import GPUSpec, PlanConfig
-
+def load_plan_document(path: str) -> dict:
+    """The JSON document a ``quantlab plan --format json`` wrote (a training plan, or ``kind: serving``)."""
     try:
         from pathlib import Path
 
@@ -252,10 +248,18 @@ def read_plan_json(path: str):
         doc = json.loads(text)
     except ValueError as e:
         raise _bad(path, f"not valid JSON ({e})") from None
-    if not isinstance(doc, dict) or "config" not in doc:
+    if not isinstance(doc, dict) or ("config" not in doc and doc.get("kind") != "serving"):
         raise _bad(path, "not a plan document (write one with 'quantlab plan ... --format json')")
     if doc.get("schema") != SCHEMA:
         raise _bad(path, f"plan document version {doc.get('schema')!r}; this quantlab reads version {SCHEMA}")
+    return doc
+
+
+def read_plan_json(path: str, doc: dict | None = None):
+    """(model name, resolution, PlanConfig, GPUSpec or None, GPU keys) from a plan document."""
+    from quantlab.specs import PlanConfig
+
+    doc = load_plan_document(path) if doc is None else doc
     try:
         cfg = PlanConfig.from_dict(doc["config"])
     except QuantlabError as e:
@@ -263,6 +267,16 @@ def read_plan_json(path: str):
     name, resolution = doc.get("model"), doc.get("model_resolution")
     if not isinstance(name, str) or not isinstance(resolution, str):
         raise _bad(path, "model and model_resolution must be strings")
+    gpu, gpu_doc = gpu_from_document(doc, path)
+    return name, resolution, cfg, gpu, gpu_doc
+
+
+def gpu_from_document(doc: dict, path: str):
+    """(GPUSpec or None, GPU keys) from the GPU keys of a plan document (:func:`gpu_document`)."""
+    import dataclasses
+
+    from quantlab.specs import GPUSpec
+
     det = doc.get("gpu_detection")
     if det is not None and not isinstance(det, str):
         raise _bad(path, "gpu_detection must be a string or null")
@@ -290,7 +304,7 @@ def read_plan_json(path: str):
     gpu_doc = gpu_document(gpu, det)
     if gpu is not None:
         gpu_doc["gpu_profile"] = doc.get("gpu_profile")
-    return name, resolution, cfg, gpu, gpu_doc
+    return gpu, gpu_doc
 
 
 def check_outputs(args) -> None:
@@ -319,7 +333,10 @@ def run(args) -> int:
             flag = "--model" if args.model else "--gpu" if args.gpu else flag_name(extra[0])
             raise QuantlabError(f"--from-json takes the whole configuration from the file; drop {flag} "
                                 "(or edit the file)")
-        name, resolution, cfg, gpu, gpu_doc = read_plan_json(args.from_json)
+        doc = load_plan_document(args.from_json)
+        if doc.get("kind") == "serving":
+            return serve_flags.run_from_document(args, doc, args.from_json)
+        name, resolution, cfg, gpu, gpu_doc = read_plan_json(args.from_json, doc)
     else:
         if not args.model:
             raise QuantlabError("give --model NAME (or --from-json FILE); see 'quantlab profiles'")

@@ -209,8 +209,37 @@ def run(args: argparse.Namespace) -> int:
     gpu, gpu_msg = resolve_gpu(getattr(args, "gpu", None), args)
     cfg = config_from_args(args, gpu=gpu)
     s = serve_config_from_args(args, cfg)
+    from quantlab.commands.plan import gpu_document
+
+    return render(args, args._resolved.name, args._resolved.resolved_from, s, gpu, gpu_document(gpu, gpu_msg))
+
+
+def run_from_document(args: argparse.Namespace, doc: dict, path: str) -> int:
+    """``quantlab plan --from-json FILE`` for a serving document (``kind: serving``): the same configuration,
+    model and GPU, planned again (the same document, byte for byte, from the same quantlab)."""
+    from quantlab.commands.plan import gpu_from_document
+    from quantlab.planner import serving as S
+
+    if getattr(args, "emit", None):
+        raise QuantlabError("--emit writes training launch configurations; this plan is for inference")
+    try:
+        s = S.ServeConfig.from_dict(doc.get("serve"))
+    except QuantlabError as e:
+        raise QuantlabError(f"--from-json {path}: {e}") from None
+    name, resolution = doc.get("model"), doc.get("model_resolution")
+    if not isinstance(name, str) or not isinstance(resolution, str):
+        raise QuantlabError(f"--from-json {path}: model and model_resolution must be strings")
+    gpu, gpu_doc = gpu_from_document(doc, path)
+    return render(args, name, resolution, s, gpu, gpu_doc)
+
+
+def render(args, name: str, resolution: str, s, gpu, gpu_doc: dict) -> int:
+    from quantlab.commands.plan import gpu_notes
+    from quantlab.fileio import write_stdout
+    from quantlab.planner import serving as S
+
     p = S.serve_plan(s, gpu)
-    doc = document(args, s, p, gpu, gpu_msg)
+    doc = document(name, resolution, s, p, gpu, gpu_doc, gpu_notes(s.plan, gpu))
     fmt = getattr(args, "format", "table")
     if fmt == "json":
         text = json.dumps(doc, indent=2) + "\n"
@@ -222,17 +251,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def document(args, s, p, gpu, gpu_msg) -> dict:
-    """The whole serving plan as one JSON document (integer bytes)."""
+def document(name: str, resolution: str, s, p, gpu, gpu_doc: dict, gpu_notes: list) -> dict:
+    """The whole serving plan as one JSON document (integer bytes): what was asked (the serving configuration
+    with its PlanConfig and model spec), the GPU as ``quantlab plan`` documents it (so --from-json re-creates it),
+    the answer and the notes."""
     from quantlab import __version__
     from quantlab.planner import serving as S
 
     doc = {"schema": 1, "kind": "serving", "quantlab_version": __version__,
-           "model": args._resolved.name, "model_resolution": args._resolved.resolved_from, **p.to_dict(),
-           "gpu": gpu.name if gpu else None, "gpu_memory_bytes": gpu.memory_bytes if gpu else None,
-           "gpu_detection": gpu_msg, "fits": None, "margin_bytes": None, "max_concurrency": None,
+           "model": name, "model_resolution": resolution, **p.to_dict(), **gpu_doc,
+           "fits": None, "margin_bytes": None, "max_concurrency": None,
            "max_prompt_tokens": None, "speed": None, "suggestions": []}
-    doc["notes"] = list(getattr(args, "_auto_notes", []) or []) + doc["notes"]
+    doc["notes"] = list(gpu_notes) + doc["notes"]
     if gpu is not None:
         doc["fits"] = S.fits(p, gpu)
         doc["margin_bytes"] = gpu.memory_bytes - p.process_bytes
@@ -297,6 +327,8 @@ def table_text(doc: dict, s, p, gpu) -> str:
                + (f"; {s.replicas} replicas" if s.replicas > 1 else "")
                + (f"; {s.adapters} LoRA adapters (r {c.lora_r})" if s.adapters else "")
                + ("; CPU" if c.device.value == "cpu" else ""))
+    if doc.get("gpu_detection"):
+        out.append(f"[dim]{doc['gpu_detection']}[/]")
     t = Table(title="Memory per GPU (GiB = 2^30 bytes)", title_justify="left")
     t.add_column("component", overflow="fold")
     t.add_column("GiB", justify="right", no_wrap=True)

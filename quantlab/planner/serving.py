@@ -338,6 +338,49 @@ class ServeConfig:
         out["context"] = self.context
         return out
 
+    @classmethod
+    def from_dict(cls, d) -> "ServeConfig":
+        """The ServeConfig :meth:`to_dict` wrote (the derived ``context`` is checked, not read); a missing, unknown
+        or mistyped field is a one-line SpecError."""
+        if not isinstance(d, dict):
+            raise SpecError(f"a serving configuration must be a mapping, got {type(d).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in d if k not in names and k != "context"]
+        if unknown:
+            raise SpecError(f"unknown serving field {unknown[0]!r} (fields: {', '.join(names)})")
+        missing = [k for k in names if k not in d]
+        if missing:
+            raise SpecError(f"serving field {missing[0]!r} is missing")
+        kw = dict(d)
+        kw.pop("context", None)
+        kw["plan"] = PlanConfig.from_dict(kw["plan"])
+        for name, enum in (("mode", Mode), ("engine", Engine), ("cache", Cache)):
+            try:
+                kw[name] = enum(kw[name])
+            except ValueError:
+                raise SpecError(f"{name} must be one of {', '.join(e.value for e in enum)}, got {kw[name]!r}") from None
+        r = kw["rope_scaling"]
+        if r is not None:
+            if not isinstance(r, dict):
+                raise SpecError(f"rope_scaling must be a mapping or null, got {r!r}")
+            try:
+                kw["rope_scaling"] = RopeScaling(**r)
+            except TypeError as e:
+                raise SpecError(f"rope_scaling: {e}") from None
+        for name in ("do_sample", "enforce_eager", "merged"):
+            if not isinstance(kw[name], bool):
+                raise SpecError(f"{name} must be true or false, got {kw[name]!r}")
+        for name in ("max_model_len", "max_num_batched_tokens", "max_num_seqs", "max_lora_rank", "max_cpu_loras",
+                     "kv_bits"):
+            if kw[name] is not None and (not isinstance(kw[name], int) or isinstance(kw[name], bool)):
+                raise SpecError(f"{name} must be an integer or null, got {kw[name]!r}")
+        if not isinstance(kw["gpu_memory_utilization"], (int, float)) or isinstance(kw["gpu_memory_utilization"], bool):
+            raise SpecError(f"gpu_memory_utilization must be a number, got {kw['gpu_memory_utilization']!r}")
+        out = cls(**kw)
+        if "context" in d and d["context"] != out.context:
+            raise SpecError(f"context {d['context']!r} is not prompt_tokens + new_tokens ({out.context})")
+        return out
+
 
 def serve_config(plan: PlanConfig, *, prompt_tokens: int | None = None, new_tokens: int | None = None,
                  seq_given: bool = False, concurrency: int | None = None, **kw) -> ServeConfig:

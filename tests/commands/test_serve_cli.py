@@ -106,3 +106,43 @@ def test_help_shows_defaults():
     for flag in ("--mode", "--engine", "--block-size", "--gpu-memory-utilization", "--adapters", "--replicas"):
         line = text[text.index("  " + flag + " "):]
         assert "default" in line[:400], flag
+
+
+ROUND_TRIPS = [
+    ["--model", "8b", "--method", "inference", "--prompt-tokens", "32000", "--new-tokens", "768", "--gpu", "rtx-4090"],
+    ["--model", "70b", "--method", "inference", "--num-gpus", "4", "--gpu", "a100-80gb"],
+    ["--model", "8b", "--method", "inference", "--engine", "vllm", "--max-model-len", "8192", "--gpu", "l40s"],
+    ["--model", "8b", "--method", "inference", "--adapters", "3", "--mode", "score", "--seq", "4096"],
+    ["--model", "70b", "--method", "inference", "--rope-scaling", "yarn:4", "--seq", "16000", "--tp", "2",
+     "--num-gpus", "2", "--gpu", "h100-sxm"],
+]
+
+
+@pytest.mark.parametrize("argv", ROUND_TRIPS)
+def test_from_json_reproduces_a_serving_plan(argv, tmp_path, capsys):
+    """`quantlab plan ... --method inference --format json > p.json && quantlab plan --from-json p.json --format
+    json` gives the same bytes, as for training plans."""
+    from quantlab.cli import main
+
+    assert main(["plan", *argv, "--format", "json"]) == 0
+    first = capsys.readouterr().out
+    path = tmp_path / "p.json"
+    path.write_text(first)
+    assert main(["plan", "--from-json", str(path), "--format", "json"]) == 0
+    assert capsys.readouterr().out == first
+    assert main(["plan", "--from-json", str(path)]) == 0  # the table renders from the document too
+    assert "Memory per GPU" in capsys.readouterr().out
+
+
+def test_from_json_refuses_a_broken_serving_document(tmp_path, capsys):
+    from quantlab.cli import main
+
+    assert main(["plan", "--model", "8b", "--method", "inference", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    for change in ({"mode": "chat"}, {"surprise": 1}, {"context": 1}):
+        bad = dict(doc, serve={**doc["serve"], **change})
+        path = tmp_path / "bad.json"
+        path.write_text(json.dumps(bad))
+        assert main(["plan", "--from-json", str(path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--from-json" in err, err
