@@ -109,7 +109,7 @@ def test_llama_1b_sdpa_golden_difference():
 
 @pytest.mark.parametrize("kw", [dict(attn=Attention.EAGER), dict(method=Method.INFERENCE)])
 def test_eager_and_inference_do_not_change(kw):
-    assert plan(_cfg("transformers==4.57", **kw)) .components == plan(_cfg("transformers==5", **kw)).components
+    assert plan(_cfg("transformers==4.57", **kw)).components == plan(_cfg("transformers==5", **kw)).components
 
 
 @pytest.mark.parametrize("kv, per_layer", [(32, 2 * 2048 * 2048), (1, 2 * 2048 * 2048),
