@@ -467,8 +467,8 @@ class PlanConfig:
         if self.padding_mask and not self.method.is_training:
             raise SpecError("padded batches (--padded) apply to training; inference here is one prompt batch")
         if self.stack not in STACKS:
-            raise SpecError(f"stack must be one of {', '.join(STACKS)}, got {self.stack!r}"
-                            + (" (the alias is resolved by PlanConfig.from_dict)" if self.stack == TRANSFORMERS else ""))
+            alias = " (the alias is resolved by PlanConfig.from_dict)" if self.stack == TRANSFORMERS else ""
+            raise SpecError(f"stack must be one of {', '.join(STACKS)}, got {self.stack!r}{alias}")
         if self.zero not in (0, 1, 2, 3):
             raise SpecError(f"zero must be 0, 1, 2 or 3, got {self.zero!r}")
         if self.fsdp not in (None, "full_shard", "shard_grad_op"):

@@ -98,7 +98,8 @@ def measure(family, method, dtype, attn, amp, ckpt, b, s, layers, kv, use_cache=
     if method == "lora":
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS.get(family, ["q_proj", "v_proj"])))
+        targets = TARGETS.get(family, ["q_proj", "v_proj"])
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
     model.train()
     if ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

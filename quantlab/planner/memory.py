@@ -45,8 +45,9 @@ Assumptions (numbered; notes in the plan refer to them):
 5. Gradient checkpointing (transformers 5: ``use_reentrant=False``) keeps each block's input (T·h in the residual
    dtype; ``_NoopSaveInputs``) and, held by the checkpoint's closure, its keyword tensors: RoPE's cos/sin and,
    for eager attention, the causal mask (b·s² in the residual dtype; Gemma-2 also a sliding-window mask), for SDPA
-   with a mask (padding; transformers 4.57, activations A3d) the bool mask (b·s², 1 byte; measured on 4.57.6 and, padded, on 5.24). One
-   block is recomputed at a time during backward, so one block's saved tensors are live at once.
+   with a mask (padding; transformers 4.57, activations A3d) the bool mask (b·s², 1 byte; measured on 4.57.6
+   and, padded, on 5.24). One block is recomputed at a time during backward, so one block's saved tensors are live
+   at once.
 6. Logits and loss (transformers ``loss/loss_utils.py`` ``ForCausalLMLoss``): the logits (T·vocab in the
    lm_head output dtype) stay referenced by the model output; the loss upcasts them to fp32
    (``logits.float()``), ``log_softmax`` saves its fp32 output, and backward allocates the fp32 gradient of

@@ -31,6 +31,10 @@ def _cfg(stack, **kw):
     return PlanConfig(**d)
 
 
+def _act(stack, **kw):
+    return plan(_cfg(stack, **kw)).components["activations"]
+
+
 # ---- the alias and spelled-out versions ------------------------------------------------------------------------
 @pytest.fixture
 def fresh_lookup(monkeypatch):
@@ -73,7 +77,8 @@ def test_resolving_imports_neither_transformers_nor_importlib_metadata():
 
 @pytest.mark.parametrize("given, stack", [("transformers==4.57", "transformers==4.57"),
                                           ("transformers==4.57.6", "transformers==4.57"),
-                                          ("transformers==5", "transformers==5"), ("transformers==5.24", "transformers==5"),
+                                          ("transformers==5", "transformers==5"),
+                                          ("transformers==5.24", "transformers==5"),
                                           ("transformers==5.24.0", "transformers==5"), ("litgpt", "litgpt")])
 def test_spelled_out_versions_plan_as_their_modelled_line(given, stack):
     assert PlanConfig.from_dict({"stack": given}, model=L1B).stack == stack
@@ -103,7 +108,7 @@ def test_json_round_trip_keeps_the_stack(stack):
 
 # ---- activations differ between the stacks exactly as modelled (A3d) --------------------------------------------
 def test_llama_1b_sdpa_golden_difference():
-    d = plan(_cfg("transformers==4.57")).components["activations"] - plan(_cfg("transformers==5")).components["activations"]
+    d = _act("transformers==4.57") - _act("transformers==5")
     assert d == 16 * (2 * 2 * 2048 * (2048 - 512) + 2 * 2048 * 2048) == 335_544_320
 
 
@@ -124,12 +129,13 @@ def test_mha_and_mqa_add_only_the_mask(kv, per_layer):
 
 def test_amp_keeps_the_mask_in_the_autocast_dtype():
     kw = dict(precision=Precision.FP32, training_precision=TrainingPrecision.AMP)
-    d = plan(_cfg("transformers==4.57", **kw)).components["activations"] - plan(_cfg("transformers==5", **kw)).components["activations"]
+    d = _act("transformers==4.57", **kw) - _act("transformers==5", **kw)
     assert d == 16 * (2 * 2 * 2048 * 1536 + 2 * 2048 * 2048)
 
 
 def test_checkpointing_keeps_the_bool_mask_and_recomputes_one_masked_block():
-    four, five = plan(_cfg("transformers==4.57", grad_checkpointing=True)), plan(_cfg("transformers==5", grad_checkpointing=True))
+    four = plan(_cfg("transformers==4.57", grad_checkpointing=True))
+    five = plan(_cfg("transformers==5", grad_checkpointing=True))
     assert four.components["activations"] - five.components["activations"] == 2048 * 2048  # the bool mask
     assert four.peak_allocated_bytes > five.peak_allocated_bytes
 
