@@ -26,6 +26,12 @@ Assumptions (numbered, referred to from the planner):
       1.15's ``Accelerator(mixed_precision=None)`` reads "no". fp32 masters (``amp``) are a choice the script makes
       (load in fp32, then ``bf16=True``), so they are a flag, not a default.
    d. Weights: nf4 for qlora (the QLoRA recipe), bf16 otherwise.
+   e. The stack (``stack``): the modelled stacks are :data:`STACKS` (``transformers==5``, ``transformers==4.57``,
+      ``litgpt``). Left open, or the plain alias ``transformers``, it is the installed transformers' major version
+      (4.x plans as 4.57, the only 4.x modelled; 5 and later as 5), found by listing the ``sys.path`` entries for
+      a ``transformers-*.dist-info`` folder (``os.listdir`` once per process: no import of transformers or
+      ``importlib.metadata`` on the plan path), else the newest modelled (``transformers==5``). A spelled-out
+      version (``transformers==4.57.6``, ``transformers==5.24``) plans as its modelled line.
 5. No silent contradictions: a value a method cannot use is a one-line SpecError in ``__post_init__`` (inference
    with ZeRO, FSDP, offload, checkpointing, AMP or an optimizer; a KV-cache dtype on a training plan; parameter
    offload below ZeRO-3). What a default resolves, or what is legal but does nothing (ZeRO on one GPU), is a note
@@ -434,7 +440,7 @@ class PlanConfig:
     tp: int = 1  # tensor-parallel degree
     device: DeviceMode = DeviceMode.CUDA
     kbit_upcast: bool = True  # PEFT prepare_model_for_kbit_training: non-quantized weights to fp32 (k-bit training)
-    stack: str = "transformers"  # "transformers" (+ PEFT + bitsandbytes 0.50) or "litgpt" (its own model code)
+    stack: str = "transformers==5"  # STACKS: transformers 5 or 4.57 (+ PEFT + bitsandbytes 0.50), litgpt (its own code)
 
     def __post_init__(self) -> None:
         _check_types(self, PlanConfig, "")
@@ -460,8 +466,9 @@ class PlanConfig:
             raise SpecError(f"lora-dropout must be in [0, 1), got {self.lora_dropout!r}")
         if self.padding_mask and not self.method.is_training:
             raise SpecError("padded batches (--padded) apply to training; inference here is one prompt batch")
-        if self.stack not in ("transformers", "litgpt"):
-            raise SpecError(f"stack must be transformers or litgpt, got {self.stack!r}")
+        if self.stack not in STACKS:
+            alias = " (the alias is resolved by PlanConfig.from_dict)" if self.stack == TRANSFORMERS else ""
+            raise SpecError(f"stack must be one of {', '.join(STACKS)}, got {self.stack!r}{alias}")
         if self.zero not in (0, 1, 2, 3):
             raise SpecError(f"zero must be 0, 1, 2 or 3, got {self.zero!r}")
         if self.fsdp not in (None, "full_shard", "shard_grad_op"):
@@ -523,10 +530,16 @@ class PlanConfig:
             model = m
         if model is None:
             raise SpecError("the configuration has no model")
+        kw["stack"] = resolve_stack(kw.get("stack"))  # assumption 4e: the alias and spelled-out versions too
         for k, v in recipe_defaults(model, kw).items():  # assumption 4: what the user left open
             if kw.get(k) is None:
                 kw[k] = v
         return cls(model=model, **kw)
+
+    @property
+    def library(self) -> str:
+        """The model code that runs: ``transformers`` (either version) or ``litgpt``."""
+        return "litgpt" if self.stack == "litgpt" else TRANSFORMERS
 
     @property
     def world_size(self) -> int:
@@ -539,14 +552,62 @@ class PlanConfig:
 
 
 # ---- recipes (assumption 4) and contradictions (assumption 5) ---------------------------------------------
-RECIPE_FIELDS = ("precision", "grad_checkpointing", "lora_targets")  # resolved by from_dict when absent or None
+RECIPE_FIELDS = ("precision", "grad_checkpointing", "lora_targets", "stack")  # resolved by from_dict when absent/None
+TRANSFORMERS = "transformers"  # the alias: the installed major version, else the newest modelled (assumption 4e)
+STACKS = ("transformers==5", "transformers==4.57", "litgpt")  # modelled; the newest transformers first
+_MODELLED = {"4": "transformers==4.57", "5": "transformers==5"}  # installed major version -> modelled stack
+_installed: list = []  # the installed transformers' stack, looked up once per process (None: not installed)
+
+
+def installed_transformers_stack() -> str | None:
+    """The modelled stack of the transformers installed on ``sys.path`` (assumption 4e), or None: the first
+    ``transformers-<version>.dist-info`` folder of a ``sys.path`` entry, listed with ``os.listdir`` and cached."""
+    if not _installed:
+        import os
+        import sys
+
+        found = None
+        for entry in sys.path:
+            try:
+                names = os.listdir(entry or ".")
+            except OSError:
+                continue
+            for n in names:
+                if n.startswith("transformers-") and n.endswith(".dist-info"):
+                    major = n[len("transformers-"):].split(".", 1)[0]
+                    if major.isdigit():
+                        found = _MODELLED.get(major) or (STACKS[0] if int(major) > 5 else None)
+                        break
+            if found:
+                break
+        _installed.append(found)
+    return _installed[0]
+
+
+def resolve_stack(v: object) -> str:
+    """A stack as :data:`STACKS` spells it (assumption 4e): None or the alias ``transformers`` -> the installed
+    transformers' major version, else the newest modelled; ``transformers==4.57.6`` -> ``transformers==4.57``,
+    ``transformers==5.24`` -> ``transformers==5``; anything else is a one-line SpecError."""
+    if v is None or v == TRANSFORMERS:
+        return installed_transformers_stack() or STACKS[0]
+    if not isinstance(v, str):
+        raise SpecError(f"stack must be a string, got {type(v).__name__}")
+    if v in STACKS:
+        return v
+    name, _, version = v.partition("==")
+    parts = version.split(".")
+    if name == TRANSFORMERS and parts[0] in _MODELLED and all(p.isdigit() for p in parts) \
+            and (parts[0] == "5" or parts[1:2] == ["57"]):
+        return _MODELLED[parts[0]]
+    raise SpecError(f"stack must be one of {', '.join(STACKS)} (or {TRANSFORMERS}: the installed version), "
+                    f"got {v!r}")
 
 
 def kbit_prepared(method: Method, precision: Precision, kbit_upcast: bool, stack: str) -> bool:
-    """The model goes through PEFT's ``prepare_model_for_kbit_training`` (k-bit weights, training, the
+    """The model goes through PEFT's ``prepare_model_for_kbit_training`` (k-bit weights, training, a
     transformers stack, the upcast not turned off): the rule memory.py's upcast and the checkpointing default
     share (assumptions 4a, memory 1)."""
-    return method.is_training and precision.is_kbit and kbit_upcast and stack == "transformers"
+    return method.is_training and precision.is_kbit and kbit_upcast and stack != "litgpt"
 
 
 def recipe_defaults(model: ModelSpec, given: Mapping[str, object]) -> dict:
@@ -564,9 +625,10 @@ def recipe_defaults(model: ModelSpec, given: Mapping[str, object]) -> dict:
         precision = Precision.NF4 if method is Method.QLORA else Precision.BF16
     from quantlab.families import lora_default_targets
 
+    stack = resolve_stack(given.get("stack"))
     return {"precision": precision,
-            "grad_checkpointing": kbit_prepared(method, precision, get("kbit_upcast"), get("stack")),
-            "lora_targets": lora_default_targets(model)}
+            "grad_checkpointing": kbit_prepared(method, precision, get("kbit_upcast"), stack),
+            "lora_targets": lora_default_targets(model), "stack": stack}
 
 
 def _check_contradictions(c: "PlanConfig") -> None:
@@ -603,7 +665,8 @@ def recipe(c: "PlanConfig") -> str:
 
     m = c.method
     if not m.is_training:
-        return "inference: one forward over the context with the KV cache kept (generate, use_cache=True)"
+        return ("inference: one forward over the context with the KV cache kept (generate, use_cache=True); "
+                + stack_text(c.stack))
     ck = "checkpointing " + ("on" if c.grad_checkpointing else "off")
     if kbit_prepared(m, c.precision, c.kbit_upcast, c.stack):
         name = "PEFT QLoRA" if m is Method.QLORA else f"PEFT {_NAMES[m]} on {c.precision.value} weights"
@@ -630,7 +693,15 @@ def recipe(c: "PlanConfig") -> str:
         parts.append(f"{'compute' if m.is_peft else 'pure'} {c.compute_dtype.value}, no autocast "
                      "(TrainingArguments bf16=False)"
                      + ("" if m.is_peft else f": weights, gradients and states in {c.precision.value}"))
+    parts.append(stack_text(c.stack))
     return "; ".join(parts)
+
+
+def stack_text(stack: str) -> str:
+    """The stack a plan models, for the header (assumption 4e)."""
+    if stack == "litgpt":
+        return "stack litgpt (LitGPT's own model code)"
+    return f"stack {stack} (modelling code of transformers {stack.partition('==')[2]}.x)"
 
 
 def config_notes(c: "PlanConfig") -> list[str]:
@@ -651,6 +722,11 @@ def config_notes(c: "PlanConfig") -> list[str]:
     if c.method.is_training and c.offload is not Offload.NONE and not (c.zero or c.fsdp):
         out.append(f"--offload {c.offload.value} without --zero: DeepSpeed offloads through ZeRO (stage "
                    f"{3 if c.offload is Offload.PARAMS else 2} is what --emit writes); planned without sharding")
+    if c.stack == "transformers==4.57" and c.model.is_moe:
+        out.append(f"transformers 4.57 runs {c.model.name}'s experts as a loop over nn.Linear modules "
+                   "(MixtralSparseMoeBlock); planned with transformers 5's fused expert tensors and grouped_mm "
+                   "(activations A7): 4.57's expert path is not modelled (measured 4.4% more saved bytes on a tiny "
+                   "Mixtral, reports/stack/), and bitsandbytes would quantize 4.57's expert linears")
     if c.fsdp and c.offload is Offload.OPTIMIZER:
         out.append("FSDP has no optimizer-only offload (CPUOffload moves parameters, gradients and states "
                    "together): planned as optimizer offload, the GPU holds less with FSDP's")

@@ -1,7 +1,8 @@
 """Tensors saved for backward, per architecture, in integer bytes: what autograd keeps between forward and backward.
 
 Derived op by op from the modeling code of transformers 5.23 (``models/<family>/modeling_<family>.py``,
-``integrations/sdpa_attention.py``), PEFT 0.21 (``tuners/lora/layer.py``), bitsandbytes 0.50
+``integrations/sdpa_attention.py``; ``stack="transformers==5"``) and, where it differs, transformers 4.57.6
+(``stack="transformers==4.57"``: A3d), PEFT 0.21 (``tuners/lora/layer.py``), bitsandbytes 0.50
 (``autograd/_functions.py``) and torch's ``scaled_dot_product_attention``; checked on a CPU against
 ``torch.autograd.graph.saved_tensors_hooks`` on tiny models of every family
 (``tests/planner/test_activations_vs_torch.py``). Costs sit beside the architecture they describe, one function
@@ -38,10 +39,37 @@ A3b. On CUDA only FlashAttention and the math kernel take ``enable_gqa`` (torch 
 A3c. Padded batches (``PlanConfig.padding_mask``: dynamic padding with an attention mask, instead of packed or
     equal-length rows): transformers hands SDPA a 4-D mask, so GQA no longer runs natively (``use_gqa_in_sdpa``
     needs no mask): k and v are repeated to H heads (2·a·T·(qd - kvd) more; with one KV head ``repeat_kv`` is a
-    view and nothing changes) and each layer's kernel saves the mask in the residual dtype (r·b·s·s). Measured on
-    tiny Llama / Qwen2 / Mixtral / Phi-3 models on a CPU (tests/planner/test_activations_vs_torch.py); GPT-2's
-    SDPA path and eager attention (which always adds a causal mask) save nothing more. On CUDA the same rule is
-    assumed (a mask rules out FlashAttention and native GQA), not measured.
+    view and nothing changes) and each layer's kernel saves the mask converted to the attention dtype (at·b·s·s:
+    torch's SDPA turns a bool mask into an additive one of the query's dtype on every call; under autocast bf16,
+    not the fp32 residual dtype: measured on transformers 5.24 and 4.57.6). Measured on tiny Llama / Qwen2 /
+    Mixtral / Phi-3 models on a CPU (tests/planner/test_activations_vs_torch.py); eager attention (which always
+    adds a causal mask) saves nothing more, nor GPT-2's SDPA on a CPU with attention dropout (the math kernel adds
+    the mask to its scores); GPT-2's fused kernel (CUDA, or no dropout) keeps the mask (a·b·s·s). On CUDA the same
+    rule is assumed (a mask rules out FlashAttention and native GQA: the memory-efficient kernel keeps the mask as
+    its ``attn_bias``, padded to a multiple of 16 keys, which is not modelled: at most 15 columns), not measured.
+    When k and v are repeated, Phi-3's v is a copy, so its fused qkv output is no longer kept.
+A3d. transformers 4.57.6 (``stack="transformers==4.57"``) hands SDPA a materialised mask in a training forward
+    with no attention mask and no KV cache: ``create_causal_mask`` (``masking_utils.py``) calls
+    ``_preprocess_mask_arguments``, which, with ``position_ids`` (``LlamaModel.forward`` always builds them from
+    ``cache_position``), no 2-D mask and ``past_key_values is None``, runs ``find_packed_sequence_indices``; that
+    always returns a tensor (the packed-sequence check is left out "because it causes issues with export"), so
+    ``allow_is_causal_skip=False`` and ``sdpa_mask`` builds a (b, 1, s, s) bool mask once per forward. Then
+    ``use_gqa_in_sdpa`` (``integrations/sdpa_attention.py``) is False (a mask), so ``repeat_kv`` copies k and v to
+    H heads, and the rest is A3c's path: per layer the repeated k and v (2·at·T·(qd - kvd) more) and the mask
+    in the attention dtype (at·b·s·s); GPT-2 (MHA, own attention class) keeps the mask only. Eager attention gets
+    the same float mask as in transformers 5 (nothing changes); neither does GQA with one KV head beyond the mask,
+    nor MHA (``repeat_kv`` with one group returns its input). Under gradient checkpointing the bool mask is a
+    keyword argument of every checkpointed block, held by the checkpoint until the block's recompute: b·s·s bytes
+    beside the block inputs (memory assumption 5); the recomputed block keeps A3c's tensors. Assumed: the
+    training forward has no KV cache (``use_cache=False``): gradient checkpointing forces it
+    (``check_model_inputs``, ``utils/generic.py``), as does transformers 5's Trainer (``TrainingArguments.use_cache
+    =False``) and the usual fine-tuning script (``model.config.use_cache = False``); the published vramcalc rows
+    measured with 4.57.6 agree. With 4.57's config default ``use_cache=True`` and no checkpointing a DynamicCache
+    is built, packed-sequence detection is skipped and SDPA gets ``is_causal=True`` and unrepeated k, v: plan that
+    with ``transformers==5``. Measured on a CPU to the byte on tiny Llama / Qwen2 / Mistral / Phi-3 / GPT-2 /
+    Gemma-2 models with transformers 4.57.6 (GQA, MQA, MHA; bf16, fp32, autocast; full and LoRA; checkpointing),
+    ``scripts/stack_saved_tensors.py``, ``reports/stack/``. Not modelled: 4.57's Mixtral experts (a loop over
+    nn.Linear experts, not A7's grouped_mm; a plan note says so).
 A4. Eager attention (``eager_attention_forward``) saves q, k and v repeated to H heads (``repeat_kv`` copies,
     and a non-contiguous v is copied by ``matmul``), the fp32 softmax (``softmax(dtype=float32)``, 4·S) and its
     cast to the compute dtype (a·S, none when a = 4), and o_proj's input is a new contiguous copy (a·T·qd).
@@ -96,10 +124,11 @@ from quantlab.families import (block_linears, family, ia3_linears, learned_posit
 from quantlab.specs import ModelSpec
 
 
-_ACT_FIELDS = ("b s kv_s r a c amp eager cuda flash rank lora_dropout kbit_keeps_input prefix padded kbit tp")
+_ACT_FIELDS = ("b s kv_s r a c amp eager cuda flash rank lora_dropout kbit_keeps_input prefix padded kbit tp "
+               "sdpa_mask")
 
 
-class Act(namedtuple("Act", _ACT_FIELDS, defaults=(True, 0, False, False, False, False, False, 1))):
+class Act(namedtuple("Act", _ACT_FIELDS, defaults=(True, 0, False, False, False, False, False, 1, False))):
     """Sizes, dtype bytes and switches of one training configuration (an immutable, hashable value: results are
     cached; a named tuple, built once per plan at a fraction of a frozen dataclass's cost, and without importing
     ``typing`` on the CLI's start-up path).
@@ -109,7 +138,8 @@ class Act(namedtuple("Act", _ACT_FIELDS, defaults=(True, 0, False, False, False,
     attention internals; ``c`` the autocast dtype (amp); ``amp``, ``eager``, ``cuda``; ``flash`` the GPU runs
     FlashAttention (sm80+; default True); ``rank`` the LoRA rank (0); ``lora_dropout``; ``kbit_keeps_input`` (A11);
     ``prefix``; ``padded`` (A3c: an attention mask from padding); ``kbit`` block linears are k-bit (bitsandbytes
-    autograd Functions: autocast does not cast them); ``tp`` the tensor-parallel degree (A12; default 1).
+    autograd Functions: autocast does not cast them); ``tp`` the tensor-parallel degree (A12; default 1);
+    ``sdpa_mask`` SDPA gets a materialised causal mask with no padding (transformers 4.57 without a KV cache, A3d).
     """
 
     __slots__ = ()
@@ -131,7 +161,7 @@ class Act(namedtuple("Act", _ACT_FIELDS, defaults=(True, 0, False, False, False,
 
 def sdpa_kernel(m: ModelSpec, x: Act) -> str:
     """Which SDPA kernel runs: "fused" (flash / memory-efficient / CPU flash) or "math" (A3, A3b)."""
-    return "math" if sdpa_math(m, x.cuda, x.att, x.flash, x.prefix or x.padded) else "fused"
+    return "math" if sdpa_math(m, x.cuda, x.att, x.flash, x.prefix or x.padded or x.sdpa_mask) else "fused"
 
 
 def sdpa_math(m: ModelSpec, cuda: bool, att: int, flash: bool, masked: bool) -> bool:
@@ -235,6 +265,7 @@ def attention(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: b
         if not x.eager and (x.cuda or not drop):  # fused: q, k, v views of c_attn's output (prefix: k, v new)
             out += a * T * 3 * h + a * T * qd + 4 * H * T
             out += 2 * a * kv_T * h + a * x.b * x.s * x.kv_s if x.prefix else 0  # concatenated k, v; the mask
+            out += a * x.b * x.s * x.kv_s if (x.sdpa_mask or x.padded) and not x.prefix else 0  # A3d: the mask
             o_shared = True
         else:  # eager; a CPU SDPA with dropout falls back to the math kernel, which upcasts half inputs to fp32
             f = a if x.eager else 4
@@ -255,12 +286,18 @@ def attention(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: b
             rd = kvd if m.kv_heads == 1 else qd
             out += at * T * qd + 2 * at * kv_T * rd + at * T * qd + 4 * H * T + x.r * x.b * x.s * x.kv_s
             o_shared = True
-        else:  # a fused qkv (Phi-3): v is a view of its output (CUDA), unless autocast copies it
-            v = at * T * (qd + 2 * kvd) if (fam.fused_qkv and x.cuda and at == a) else at * T * kvd
-            out += at * T * qd + at * T * kvd + v + at * T * qd + 4 * H * T
+        else:
+            # A3c/A3d: a 4-D mask (padding; transformers 4.57 without a KV cache): k and v repeated to H heads
+            # (new tensors unless one KV head, where repeat_kv is a view), and each layer's kernel keeps the mask
+            # converted to the attention dtype
+            masked = x.padded or x.sdpa_mask
+            kd = qd if (masked and m.kv_heads > 1) else kvd
+            # a fused qkv (Phi-3): v is a view of its output (CUDA), unless autocast or repeat_kv copies it
+            v = at * T * (qd + 2 * kvd) if (fam.fused_qkv and x.cuda and at == a and kd == kvd) else at * T * kd
+            out += at * T * qd + at * T * kd + v + at * T * qd + 4 * H * T
             o_shared = not (fam.fused_qkv and not x.cuda)
-            if x.padded:  # A3c: k and v repeated to H heads (unless one KV head: a view), the mask per layer
-                out += (2 * at * T * (qd - kvd) if m.kv_heads > 1 else 0) + x.r * x.b * x.s * x.kv_s
+            if masked:
+                out += at * x.b * x.s * x.kv_s
     else:
         # q (for k's gradient), k repeated to H heads (for q's), v repeated (for the probabilities')
         out += (at * T * qd if kg else 0) + (at * kv_T * qd if qg else 0) + (at * kv_T * qd if scores else 0)
@@ -344,8 +381,8 @@ def block_saved(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad:
     if x.tp != 1:
         return _block_saved_tp(m, x, trains, lora, input_grad, ia3, adapter_size)
     coef = _block_coefficients(m, x.kv_s - x.s, x.r, x.a, x.c, x.amp, x.eager, x.cuda, x.flash, x.rank,
-                               x.lora_dropout, x.kbit_keeps_input, x.prefix, x.padded, x.kbit, trains, lora,
-                               input_grad, ia3, adapter_size)
+                               x.lora_dropout, x.kbit_keeps_input, x.prefix, x.padded, x.kbit, x.sdpa_mask, trains,
+                               lora, input_grad, ia3, adapter_size)
     if coef is None:  # pragma: no cover - the closed form did not hold at the check point
         return block_saved_direct(m, x, trains, lora, input_grad, ia3, adapter_size)
     C, R, P, Q = coef
@@ -356,12 +393,13 @@ def block_saved(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad:
 @model_keyed
 def _block_coefficients(m: ModelSpec, extra_keys: int, r: int, a: int, c: int, amp: bool, eager: bool, cuda: bool,
                         flash: bool, rank: int, lora_dropout: bool, kbit_keeps_input: bool, prefix: bool,
-                        padded: bool, kbit: bool, trains: bool, lora: frozenset, input_grad: bool, ia3: bool,
-                        adapter_size: int) -> tuple[int, int, int, int] | None:
+                        padded: bool, kbit: bool, sdpa_mask: bool, trains: bool, lora: frozenset, input_grad: bool,
+                        ia3: bool, adapter_size: int) -> tuple[int, int, int, int] | None:
     """(C, R, P, Q) of ``block_saved = C + b·(R + P·s + Q·s²)`` (A13), or None when the check point disagrees."""
     def f(b: int, s: int) -> int:
         x = Act(b=b, s=s, kv_s=s + extra_keys, r=r, a=a, c=c, amp=amp, eager=eager, cuda=cuda, flash=flash, rank=rank,
-                lora_dropout=lora_dropout, kbit_keeps_input=kbit_keeps_input, prefix=prefix, padded=padded, kbit=kbit)
+                lora_dropout=lora_dropout, kbit_keeps_input=kbit_keeps_input, prefix=prefix, padded=padded, kbit=kbit,
+                sdpa_mask=sdpa_mask)
         return block_saved_direct(m, x, trains, lora, input_grad, ia3, adapter_size)
     f11, f12, f13, f21 = f(1, 1), f(1, 2), f(1, 3), f(2, 1)
     d1, d2 = f12 - f11, f13 - f12

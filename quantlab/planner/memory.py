@@ -44,8 +44,10 @@ Assumptions (numbered; notes in the plan refer to them):
    training is planned without autocast.
 5. Gradient checkpointing (transformers 5: ``use_reentrant=False``) keeps each block's input (T·h in the residual
    dtype; ``_NoopSaveInputs``) and, held by the checkpoint's closure, its keyword tensors: RoPE's cos/sin and,
-   for eager attention, the causal mask (b·s² in the residual dtype; Gemma-2 also a sliding-window mask). One
-   block is recomputed at a time during backward, so one block's saved tensors are live at once.
+   for eager attention, the causal mask (b·s² in the residual dtype; Gemma-2 also a sliding-window mask), for SDPA
+   with a mask (padding; transformers 4.57, activations A3d) the bool mask (b·s², 1 byte; measured on 4.57.6
+   and, padded, on 5.24). One block is recomputed at a time during backward, so one block's saved tensors are live
+   at once.
 6. Logits and loss (transformers ``loss/loss_utils.py`` ``ForCausalLMLoss``): the logits (T·vocab in the
    lm_head output dtype) stay referenced by the model output; the loss upcasts them to fp32
    (``logits.float()``), ``log_softmax`` saves its fp32 output, and backward allocates the fp32 gradient of
@@ -249,7 +251,7 @@ def _dtypes(cfg: PlanConfig) -> tuple[int, int, int, bool, bool]:
     amp = training and cfg.training_precision is TrainingPrecision.AMP
     c = _NBYTES[cfg.compute_dtype]
     load = c if kbit else 4 if amp else _FLOAT_BYTES[cfg.precision]
-    upcast = kbit and training and cfg.kbit_upcast and cfg.stack == "transformers"
+    upcast = kbit and training and cfg.kbit_upcast and cfg.library == "transformers"
     if kbit:
         r = 4 if upcast else c
         a = r  # bitsandbytes casts a k-bit linear's output back to its input dtype
@@ -329,7 +331,7 @@ def _embed_trains(cfg: PlanConfig, pc: ParamCounts) -> bool:
 def _attention(cfg: PlanConfig, notes: list) -> Attention:
     """The attention that runs: a family without an SDPA path in transformers 5 runs eager (families F5)."""
     fam = family(cfg.model)
-    if cfg.attn is Attention.SDPA and not fam.sdpa and cfg.stack == "transformers":
+    if cfg.attn is Attention.SDPA and not fam.sdpa and cfg.library == "transformers":
         notes.append(f"{fam.model_type}: transformers 5 has no SDPA path for attention softcapping: planned with "
                      "eager attention (heads x seq^2 scores)")
         return Attention.EAGER
@@ -556,7 +558,8 @@ def _train_terms(cfg: PlanConfig, pc: ParamCounts, attn: Attention, dtypes: tupl
             cuda=cfg.device is DeviceMode.CUDA, flash=cfg.flash_attention, rank=cfg.lora_r if lora else 0,
             lora_dropout=bool(lora) and cfg.lora_dropout > 0,
             kbit_keeps_input=kbit and (cfg.stack == "litgpt" or cfg.precision is Precision.INT8),
-            prefix=prefix, padded=cfg.padding_mask, kbit=kbit, tp=tp)
+            prefix=prefix, padded=cfg.padding_mask, kbit=kbit, tp=tp,
+            sdpa_mask=cfg.stack == "transformers==4.57" and attn is Attention.SDPA)  # activations A3d
     T = x.T
     if not x.eager and sdpa_kernel(m, x) == "math":
         notes.append("SDPA with grouped-query attention falls back to the math kernel here (fp32 attention "
@@ -593,6 +596,8 @@ def _train_terms(cfg: PlanConfig, pc: ParamCounts, attn: Attention, dtypes: tupl
         ckpt = grad_blocks * r * T * m.hidden_size  # block inputs: the residual stream, whole on every rank
         if x.eager and grad_blocks:  # the causal mask (Gemma-2: also the sliding-window one), a block input
             ckpt += attention_masks(m) * batch * s_eff * kv_s * r
+        elif (x.sdpa_mask or x.padded) and grad_blocks and not prefix:  # SDPA's bool mask (activations A3d)
+            ckpt += attention_masks(m) * batch * s_eff * kv_s
         if grad_blocks and family(m).positional == "rope":  # int64 position ids, a keyword of every block
             ckpt += 8 * s_eff
         activations = ckpt + outside

@@ -243,3 +243,41 @@ def test_padded_batches_save_the_mask_and_repeated_kv(family, method, dtype, att
     plain, _, q = _measure(family, method, dtype, attn)
     grows = attn == "sdpa" and family != "gpt2"
     assert (meas > plain) == grows and (p.components["activations"] > q.components["activations"]) == grows
+
+
+def test_gpt2_fused_sdpa_keeps_the_padding_mask():
+    """Activations A3c: without dropout GPT-2's SDPA runs the fused CPU kernel, which keeps the padding mask in the
+    attention dtype (a·b·s·s per layer: 2 x 2·2·24·24 = 4,608 bytes more than the unpadded batch); with dropout the
+    CPU math kernel adds it to its scores and keeps nothing more (test_padded_batches_save_the_mask_and_repeated_kv)."""
+    from transformers import AutoModelForCausalLM
+
+    from quantlab.lab.model import tiny_config
+    from quantlab.lab.saved_tensors import count_saved
+
+    cfg = tiny_config("gpt2", n_layer=L, attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0)
+    spec = ModelSpec.from_hf_config(cfg.to_dict(), name="gpt2")
+    got = {}
+    for padded in (False, True):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16, attn_implementation="sdpa")
+        model.train()
+        ids = torch.randint(0, cfg.vocab_size, (B, S))
+        mask = torch.ones_like(ids)
+        mask[0, -3:] = 0 if padded else 1
+        with count_saved(model) as c:
+            model(input_ids=ids, attention_mask=mask, labels=ids, use_cache=False)
+        p = plan(PlanConfig(model=spec, method=Method.FULL, precision=Precision.BF16, batch=B, seq=S,
+                            device=DeviceMode.CPU, padding_mask=padded))
+        assert p.components["activations"] + _loss_saved(spec, "full") == c.bytes
+        got[padded] = c.bytes
+    assert got[True] - got[False] == L * 2 * B * S * S
+
+
+def test_padding_mask_is_kept_in_the_autocast_dtype():
+    """Activations A3c under bf16 autocast over fp32 weights: the mask is converted to the query's dtype (bf16), not
+    the fp32 residual stream's: 2 layers x (2·2·48·32 + 2·2·24·24) = 16,896 bytes more than unpadded (fp32 would be
+    21,504)."""
+    meas, spec, p = _measure("llama", "full", "bf16", "sdpa", amp=True, padded=True)
+    assert p.components["activations"] + _loss_saved(spec, "full") == meas
+    plain, _, _ = _measure("llama", "full", "bf16", "sdpa", amp=True)
+    assert meas - plain == 16_896
