@@ -62,7 +62,7 @@ def from_plan_config(pc, *, model: str = "smollm2-135m", task: str | None = "jso
                             "parallel) run through quantlab.lab.distributed")
     if pc.offload is not Offload.NONE:
         raise QuantlabError("the fine-tune lab does not offload to CPU memory")
-    if pc.stack != "transformers":
+    if pc.library != "transformers":
         raise QuantlabError(f"the lab runs the transformers stack, not {pc.stack}")
     compute = pc.compute_dtype.value
     recipes = {(c, t): name for name, (_, c, t) in PRECISION_RECIPES.items()}

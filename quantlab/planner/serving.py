@@ -691,7 +691,7 @@ def block_transient(cfg: PlanConfig, tokens: int, notes: list) -> int:
 
 def _attention(cfg: PlanConfig) -> Attention:
     """The attention that runs: a family without an SDPA path in transformers 5 runs eager (families F5)."""
-    if cfg.attn is Attention.SDPA and not family(cfg.model).sdpa and cfg.stack == "transformers":
+    if cfg.attn is Attention.SDPA and not family(cfg.model).sdpa and cfg.library == "transformers":
         return Attention.EAGER
     return cfg.attn
 

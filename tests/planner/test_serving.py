@@ -341,3 +341,18 @@ def test_longest_prompt_stops_at_the_models_context():
     scaled = sc(M70, num_gpus=4, seq=2048, rope_scaling=S.RopeScaling("linear", 4.0, None))
     assert S.prompt_limit(scaled) == 4 * 4096 - s.new_tokens
     assert 4096 < S.max_prompt(scaled, g) <= S.prompt_limit(scaled)
+
+
+def test_a_family_without_sdpa_serves_eager_on_either_transformers_stack():
+    """families F5: a family whose transformers code has no SDPA path runs eager attention, whichever transformers
+    version is planned (the rule keys on the library, not the version string)."""
+    from quantlab.families import family
+
+    fams = [m for m in ("gemma-2-2b", "gpt2", "phi-3-mini", "qwen2.5-0.5b", "llama-3.2-1b")
+            if not family(load_model(m).spec).sdpa]
+    if not fams:
+        pytest.skip("every shipped family has an SDPA path")
+    spec = load_model(fams[0]).spec
+    for stack in ("transformers==5", "transformers==4.57"):
+        pc = PlanConfig.from_dict({"method": "inference", "attn": "sdpa", "stack": stack, "seq": 1024}, model=spec)
+        assert S._attention(pc) is Attention.EAGER, stack
