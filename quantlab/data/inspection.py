@@ -83,45 +83,61 @@ def _wrap(progress: bool) -> Callable | None:
     return lambda it, total=None, desc=None: tqdm(it, total=total, desc=desc, file=sys.stderr, leave=False)
 
 
+class _Clock:
+    """Wall and CPU seconds (all threads of this process) per pass: on a shared machine the two differ."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self._t = self._c = 0.0
+
+    def start(self) -> None:
+        self._t, self._c = time.perf_counter(), time.process_time()
+
+    def stop(self, name: str) -> None:
+        self.wall[name] = time.perf_counter() - self._t
+        self.cpu[name] = time.process_time() - self._c
+
+
 def inspect(opts: InspectOptions) -> Inspection:
-    timings: dict[str, float] = {}
-    t = time.perf_counter()
+    clock = _Clock()
+    clock.start()
     records, kind = read_records(opts.path, opts.kind)
-    timings["read_s"] = time.perf_counter() - t
+    clock.stop("read_s")
     ins = Inspection(records)
     tok_name = None
     if opts.tokenizer:
-        t = time.perf_counter()
+        clock.start()
         tok = lengths.load_tokenizer(opts.model, progress=opts.progress)
         tok_name = opts.model or "smollm2-135m"
         ins.tokens = lengths.token_lengths(tok, records)
-        timings["tokenize_s"] = time.perf_counter() - t
-    t = time.perf_counter()
+        clock.stop("tokenize_s")
+    clock.start()
     for i, r in enumerate(records):
         why = quality.reason(r, ins.tokens[i] if ins.tokens else None, opts.max_len)
         if why:
             ins.removed[i] = {"reason": why}
-    timings["filters_s"] = time.perf_counter() - t
-    t = time.perf_counter()
+    clock.stop("filters_s")
+    clock.start()
     norm = [normalised_text(r) for r in records]
     for d in dedup.exact(norm, ins.kept):
         ins.removed[d.index] = {"reason": "exact_duplicate", "of": d.of, "similarity": d.similarity}
-    timings["exact_s"] = time.perf_counter() - t
-    t = time.perf_counter()
+    clock.stop("exact_s")
+    clock.start()
     for d in dedup.near(norm, opts.near, ins.kept, progress=_wrap(opts.progress)):
         ins.removed[d.index] = {"reason": "near_duplicate", "of": d.of, "similarity": d.similarity}
-    timings["near_s"] = time.perf_counter() - t
+    clock.stop("near_s")
     if opts.semantic is not None:
-        t = time.perf_counter()
+        clock.start()
         for d in dedup.semantic([r.text for r in records], opts.semantic, ins.kept, progress=opts.progress,
                                 wrap=_wrap(opts.progress)):
             ins.removed[d.index] = {"reason": "semantic_duplicate", "of": d.of, "similarity": d.similarity}
-        timings["semantic_s"] = time.perf_counter() - t
-    ins.doc = _document(ins, opts, kind, tok_name, timings)
+        clock.stop("semantic_s")
+    ins.doc = _document(ins, opts, kind, tok_name, clock)
     return ins
 
 
-def _document(ins: Inspection, opts: InspectOptions, kind: str, tok_name, timings: dict) -> dict:
+def _document(ins: Inspection, opts: InspectOptions, kind: str, tok_name, clock: _Clock) -> dict:
     counts = {k: 0 for k in REASONS}
     for r in ins.removed.values():
         counts[r["reason"]] += 1
@@ -141,7 +157,8 @@ def _document(ins: Inspection, opts: InspectOptions, kind: str, tok_name, timing
         "semantic_threshold": opts.semantic,
         "semantic_model": dedup.EMBED_MODEL if opts.semantic is not None else None,
         "max_len": opts.max_len, "tokenizer": tok_name, "tokens": None, "histogram": None,
-        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "timings_s": {k: round(v, 3) for k, v in clock.wall.items()},
+        "cpu_s": {k: round(v, 3) for k, v in clock.cpu.items()},
     }
     if ins.tokens is not None and kept:
         kt = [ins.tokens[i] for i in kept]
