@@ -147,10 +147,10 @@ def histogram_png(lengths: Sequence[int], title: str, max_len: int | None = None
 
     fig, ax = plt.subplots(figsize=(7, 3.6), dpi=110)
     ax.hist(lengths, bins=bins, color="#4c72b0")
-    for p, style in (("p50", ":"), ("p95", "--"), ("max", "-")):
+    for k, (p, style) in enumerate((("p50", ":"), ("p95", "--"), ("max", "-"))):
         v = max(lengths) if p == "max" else percentile(lengths, int(p[1:]))
         ax.axvline(v, color="#c44e52", linestyle=style, linewidth=1)
-        ax.text(v, ax.get_ylim()[1] * 0.95, f" {p} {v}", color="#c44e52", fontsize=8, va="top")
+        ax.text(v, ax.get_ylim()[1] * (0.95 - 0.08 * k), f" {p} {v}", color="#c44e52", fontsize=8, va="top")
     if max_len:
         ax.axvline(max_len, color="black", linewidth=1)
         ax.text(max_len, ax.get_ylim()[1] * 0.8, f" --max-len {max_len}", fontsize=8, va="top")
