@@ -46,7 +46,8 @@ def register(sub) -> None:
                "  quantlab data inspect data.jsonl --plan --method qlora --batch 8 --gpu rtx-4090\n"
                "  quantlab data inspect data.jsonl --plan --packing --max-len 2048 --model 8b --tokenizer DIR",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    q.add_argument("file", metavar="FILE.jsonl", help="the data set, one JSON record a line")
+    # optional to argparse (the shared flag tests parse every config parser with flags alone); required in run
+    q.add_argument("file", metavar="FILE.jsonl", nargs="?", default=None, help="the data set, one JSON record a line")
     d = q.add_argument_group("data")
     d.add_argument("--kind", choices=("prompt", "chat", "text", "preference"), default=None,
                    help="record format (default: detected from the first record: messages -> chat, chosen -> "
@@ -139,6 +140,8 @@ def run_inspect(args) -> int:
     from quantlab.commands.flags import given_fields
     from quantlab.data.inspection import InspectOptions, clean_bytes, inspect, kept_lengths, removal_bytes
 
+    if not args.file:
+        raise QuantlabError("give the data set: quantlab data inspect FILE.jsonl (see --help)")
     given = given_fields(args)
     if given and not args.plan:
         from quantlab.commands.flags import flag_name

@@ -119,3 +119,7 @@ def test_plan_flags_need_plan(tmp_path, capsys):
     _one_line_exit_2(*run(capsys, p, "--method", "qlora"), "add --plan")
     _one_line_exit_2(*run(capsys, p, "--plan", "--packing", "--method", "qlora"), "--packing needs --max-len")
     _one_line_exit_2(*run(capsys, p, "--plan", "--model", "8b"), "no local tokenizer")
+
+
+def test_no_file_given(capsys):
+    _one_line_exit_2(*run(capsys), "give the data set")
