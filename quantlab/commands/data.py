@@ -64,7 +64,8 @@ def register(sub) -> None:
                         "(about 100-300 records/s on 2 cores) (default: off; a bare --semantic is 0.85)")
     d.add_argument("--max-len", type=int, default=None, metavar="N",
                    help="drop records longer than N tokens (truncation would teach cut answers); with --packing, the "
-                        "row width (default: no length filter)")
+                        "row width instead (packing splits long records across rows, as quantlab lab finetune "
+                        "does, so none is dropped) (default: no length filter)")
     d.add_argument("--hist", default=None, metavar="PNG", help="write the token-length histogram as PNG (default: none)")
     d.add_argument("--write-clean", default=None, metavar="OUT.jsonl",
                    help="write the kept records (their lines, byte for byte) here, and what was removed and why to "
@@ -153,7 +154,8 @@ def run_inspect(args) -> int:
     if args.packing and not args.max_len:
         raise QuantlabError("--packing needs --max-len (the row width the records are packed to)")
     opts = InspectOptions(path=args.file, kind=args.kind, model=tokenizer_source(args), near=args.near,
-                          semantic=args.semantic, max_len=args.max_len, progress=not args.quiet)
+                          semantic=args.semantic, progress=not args.quiet,
+                          max_len=None if args.packing else args.max_len)  # packing cuts long records into rows
     removed_file = _check_outputs(args)
     cfg = gpu = None
     if args.plan:  # resolved before the work: a bad plan flag costs nothing
