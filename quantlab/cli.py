@@ -60,7 +60,7 @@ def _defer_inspect() -> None:
 
 
 # Subcommand modules, in the order --help lists them. A module that is absent is skipped.
-COMMANDS = ("plan", "compare", "profiles", "lab", "report", "validate", "recommend")
+COMMANDS = ("plan", "compare", "profiles", "lab", "report", "validate", "recommend", "data")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -79,6 +79,15 @@ def register(sub) -> None:
     from quantlab.commands.serve_flags import add_serving_arguments
 
     add_serving_arguments(p)
+    dg = p.add_argument_group("plan from a data set (quantlab data inspect)")
+    dg.add_argument("--data", default=None, metavar="FILE.jsonl",
+                    help="size the job from a fine-tuning data set: its records (quality-filtered, exact and near "
+                         "duplicates removed, as 'quantlab data inspect' keeps them) are drawn in seeded batches of "
+                         "--batch with dynamic padding; --seq becomes the longest batch (the peak must fit) and "
+                         "--train-tokens one epoch of padded tokens unless given (default: none)")
+    dg.add_argument("--tokenizer", default=None, metavar="M",
+                    help="--data: count tokens with this tokenizer (embedded smollm2-135m, a model folder or a "
+                         ".gguf) when --model is a profile without local files (default: --model's)")
     for a in p._actions:  # recommend searches the batch when none is given
         if a.dest == "batch":
             a.help = ("sequences per micro-batch per GPU (default: the largest that fits each option, up to what "
@@ -123,6 +132,9 @@ def run(args: argparse.Namespace) -> int:
     counts = [args.num_gpus] if args.num_gpus != 1 else None
     args.num_gpus = 1
     cfg = config_from_args(args)
+    data_tokens = None
+    if args.data:
+        cfg, data_tokens = config_from_data(args, cfg, given)
     if not cfg.method.is_training:
         return run_serving(args, cfg, names, counts, given)
     from quantlab.commands.serve_flags import serving_given
@@ -138,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
     gpus = [profiles.load_gpu(n) for n in names]
     if not gpus:
         raise QuantlabError("no GPU kinds to consider")
-    rec = recommend(cfg, gpus, Goal(args.train_tokens, args.serve_tokens_per_day), max_gpus=args.max_gpus,
+    train_tokens = args.train_tokens if args.train_tokens is not None else data_tokens
+    rec = recommend(cfg, gpus, Goal(train_tokens, args.serve_tokens_per_day), max_gpus=args.max_gpus,
                     budget_per_hour=args.budget_per_hour, sort=args.sort, auto_batch=auto_batch,
                     all_shardings=args.all_shardings, counts=counts)
     text = render(rec, args.format, args.top)
@@ -159,6 +172,36 @@ def run(args: argparse.Namespace) -> int:
             atomic_write_bytes(plot_path, png)
             print(f"wrote {plot_path}", file=sys.stderr)
     return 0 if rec.options else 1
+
+
+def config_from_data(args: argparse.Namespace, cfg, given):
+    """``--data``: (the configuration at the longest batch the dataloader draws, one epoch of padded tokens).
+
+    The records are those ``quantlab data inspect`` keeps (filters, exact and near dedup at its defaults); the
+    batches are its dynamic-padding simulation at ``cfg.batch`` (``quantlab.data.lengths``, seed 0), planned with
+    the padding mask (``--padded``) at the widest batch. What was derived is said on stderr."""
+    import dataclasses
+
+    from quantlab.commands.data import tokenizer_source
+    from quantlab.data.inspection import InspectOptions, inspect, kept_lengths
+    from quantlab.data.lengths import batch_sizes, batch_widths, percentile
+
+    if not cfg.method.is_training:
+        raise QuantlabError("--data sizes a fine-tune; give a training --method (qlora, lora, full, ...)")
+    if "seq" in given:
+        raise QuantlabError("--data sets --seq to the longest batch the data set draws; drop --seq")
+    ins = inspect(InspectOptions(path=args.data, model=tokenizer_source(args), progress=False))
+    lens = kept_lengths(ins)
+    if not lens:
+        raise QuantlabError(f"{args.data}: no records left after the quality filters and dedup")
+    widths = batch_widths(lens, cfg.batch, 0)
+    tokens = sum(w * s for w, s in zip(widths, batch_sizes(len(lens), cfg.batch)))
+    cfg = dataclasses.replace(cfg, seq=max(widths), padding_mask=True)
+    print(f"data: {args.data}: {len(lens)} of {len(ins.records)} records kept; {len(widths)} batches of "
+          f"{cfg.batch}, widths p50 {percentile(widths, 50)}, p95 {percentile(widths, 95)}, max {max(widths)}: "
+          f"planned at seq {cfg.seq} (padded); one epoch = {tokens:,} padded tokens"
+          + ("" if args.train_tokens is None else " (--train-tokens given: used instead)"), file=sys.stderr)
+    return cfg, float(tokens)
 
 
 def run_serving(args: argparse.Namespace, cfg, names: list[str], counts, given) -> int:
