@@ -55,7 +55,11 @@ Choices the plan does not fix, and why:
    term, two decoder blocks (the current one and the prefetched one, memory assumption 9), and
    ``stage3_prefetch_bucket_size`` one block, so DeepSpeed holds no more gathered than the plan
    counts (DeepSpeed's defaults, 1e9 live and 5e7 prefetched parameters, let a whole 1B-parameter
-   model be gathered at once).
+   model be gathered at once). ``stage3_max_reuse_distance`` is one block too: a parameter reused within
+   that many fetched parameters is not released (``partitioned_param_coordinator.py``), and 1e9 kept a
+   whole small model gathered from forward into backward on an engine built on a CPU
+   (``scripts/ds_engine_buffers.py``: 106,496 gathered parameters against the two-block bound of 73,984;
+   with one block, 69,632).
 7. A plan that does not fit its GPU writes nothing unless ``--force`` (``quantlab plan``). The
    ``accelerate`` kind's inline ``deepspeed_config`` has no key for bf16/fp16 master weights or the
    ZeRO-3 bounds: a plan that needs them is refused there (``--emit deepspeed`` writes them).
