@@ -14,7 +14,8 @@ stage 3: ``lp_param_buffer`` plus the persistent parameters' gathered data) and 
 ``buckets`` the ipg bucket buffers at the end of backward plus the largest gradient seen waiting outside them
 (``extra_large_param_to_reduce``, stage 1-2); ``optimizer`` the inner optimizer's state tensors; ``master_grad`` the
 gradient the inner optimizer steps on; ``gathered`` (stage 3) the most non-persistent parameter data available at
-once, sampled at every module's forward and backward hooks. The first start builds DeepSpeed's shm comm op (~90 s).
+once, sampled at every module's forward and backward hooks; ``step_peak`` the growth of live CPU tensor bytes over
+``engine.step()`` at its peak (the allocator events ``torch.profiler`` records, :func:`quantlab.validate.cpu_peak`). The first start builds DeepSpeed's shm comm op (~90 s).
 """
 
 from __future__ import annotations
@@ -36,8 +37,7 @@ def plan_config(stage: int, prec: str, world: int):
     from quantlab.specs import DeviceMode, Method, ModelSpec, PlanConfig, Precision, TrainingPrecision
 
     amp = prec == "amp"
-    # a CPU plan is one process: several ranks are planned as GPUs (the same ZeRO buffers; assumption 8 leaves
-    # out the fp32 step counter torch keeps on the CPU, added back in planned())
+    # a CPU plan is one process: several ranks are planned as GPUs, their buffers with a CPU optimizer step
     return PlanConfig(model=ModelSpec(**TINY), method=Method.FULL, num_gpus=world, zero=stage, batch=1, seq=16,
                       device=DeviceMode.CPU if world == 1 else DeviceMode.CUDA, precision=Precision.FP32 if amp else Precision.BF16,
                       training_precision=TrainingPrecision.AMP if amp else TrainingPrecision.PURE)
@@ -72,6 +72,7 @@ def run_case(stage: int, prec: str, world: int) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from quantlab.emit import deepspeed_config
+    from quantlab.validate import cpu_peak
 
     cfg = plan_config(stage, prec, world)
     torch.manual_seed(0)
@@ -144,7 +145,12 @@ def run_case(stage: int, prec: str, world: int) -> dict:
         seen["second"] = second
         loss = engine(input_ids=x, labels=x).loss
         engine.backward(loss)
-        engine.step()
+        if not second:
+            engine.step()
+            continue
+        with cpu_peak() as peak:  # the CPU allocator's events over the step (quantlab.validate, assumption 5)
+            engine.step()
+        seen["step_peak"] = peak.peak
 
     if stage < 3:
         weights = _storages([p.data for p in engine.module.parameters()] + list(engine.module.buffers()))
@@ -166,7 +172,7 @@ def run_case(stage: int, prec: str, world: int) -> dict:
            "optimizer_bytes": _sum(states), "optimizer_dtypes": _dtypes(states),
            "master_grad_bytes": _sum(seen["master_grad"]), "master_grad_dtypes": _dtypes(seen["master_grad"]),
            "gathered_bytes": seen["gathered"] if stage == 3 else None,
-           "loss": float(loss)}
+           "step_peak_bytes": seen["step_peak"], "loss": float(loss)}
     engine.destroy()
     return rec
 
@@ -176,15 +182,43 @@ def planned(stage: int, prec: str, world: int) -> dict:
     from quantlab.planner.memory import deepspeed_buffers
 
     cfg = plan_config(stage, prec, world)
-    ds = deepspeed_buffers(cfg)
+    ds = deepspeed_buffers(cfg, cpu=True)  # the engines run on CPU processes
     p = plan(cfg)
     mdt = "bfloat16" if ds.master_bytes == 2 else "float32"
     return {"stage": stage, "precision": prec, "world_size": world,
             "weights16_bytes": ds.weights16 + ds.padding, "masters_bytes": ds.masters, "master_dtype": mdt,
             "gradients16_bytes": ds.gradients16, "buckets_bytes": ds.buckets,
-            "optimizer_bytes": ds.optimizer + (4 if world > 1 else 0),
-            "gathered_bytes": ds.gathered if stage == 3 else None,
+            "optimizer_bytes": ds.optimizer,
+            "gathered_bytes": ds.gathered if stage == 3 else None, "step_transient_bytes": ds.step_transient,
             "plan_components": dict(p.components), "plan_peak_allocated_bytes": p.peak_allocated_bytes}
+
+
+FIELDS = ("weights16", "masters", "gradients16", "buckets", "optimizer", "gathered", "master_grad", "step")
+
+
+def markdown(doc: dict) -> str:
+    """One row per (stage, precision, rank): measured / planned bytes of each buffer."""
+    plans = {(p["stage"], p["precision"]): p for p in doc["planned"]}
+    plan_key = {"master_grad": "masters", "step": "step_transient", "gathered": "gathered"}
+    meas_key = {"step": "step_peak"}
+    lines = ["# DeepSpeed ZeRO engines on CPU processes vs the plan's DeepSpeed buffers", "",
+             f"Command: `{doc['command']}` (DeepSpeed 0.19.8, torch CPU, gloo, DS_ACCELERATOR=cpu; a tiny random "
+             "Llama, h=64, 2 layers, vocab 256, 106,816 parameters; two steps of batch 1 x 16 tokens).", "",
+             "Each cell: measured / planned bytes. Measured from the engine's own tensors (distinct storages; "
+             "gradients16 at the end of backward, master_grad at the inner optimizer's step, step = the CPU "
+             "allocator's peak over `engine.step()` above its start, gathered = the most non-persistent parameter "
+             "data gathered at once during the second step). Planned: `deepspeed_buffers()` (memory assumption "
+             "9a-9h); gradients16 is planned for the worst rank, gathered is the plan's bound (two blocks).", "",
+             "| stage | precision | rank | " + " | ".join(FIELDS) + " |",
+             "|" + "---|" * (3 + len(FIELDS))]
+    for m in doc["measured"]:
+        p = plans[(m["stage"], m["precision"])]
+        cells = []
+        for f in FIELDS:
+            mv, pv = m.get(meas_key.get(f, f) + "_bytes"), p.get(plan_key.get(f, f) + "_bytes")
+            cells.append("-" if mv is None else f"{mv:,} / {pv:,}")
+        lines.append(f"| {m['stage']} | {m['precision']} | {m['rank']}/{m['world_size']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _rank_main(rank: int, world: int, port: int, out: str) -> None:
@@ -202,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--world-size", type=int, default=1)
     ap.add_argument("--port", type=int, default=29631)
     ap.add_argument("--out", default=None, help="write {command, measured, planned} here as JSON")
+    ap.add_argument("--md", default=None, help="also write the comparison as a markdown table here")
     args = ap.parse_args(argv)
     os.environ["DS_ACCELERATOR"] = "cpu"
     import tempfile
@@ -227,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"command": "python scripts/ds_engine_buffers.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "measured": measured, "planned": [planned(s, p, args.world_size) for s, p in CASES]}
     text = json.dumps(doc, indent=2) + "\n"
+    if args.md:
+        Path(args.md).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.md).write_text(markdown(doc))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)

@@ -4,7 +4,7 @@ quantlab emits, against the plan's DeepSpeed buffers (memory assumption 9a-9h).
 ``scripts/ds_engine_buffers.py`` builds an engine per (stage 1/2/3, pure bf16 / AMP) on a tiny random Llama
 (h=64, 2 layers, vocab 256: 106,816 parameters), runs two steps and reads the engine's tensors: the 16-bit model,
 the master partition, the 16-bit gradient partition, the reduce buckets, the optimizer states, the master gradient
-the inner optimizer steps on and, at stage 3, the gathered parameters. One process (dp=1) and two (dp=2, where the
+the inner optimizer steps on, the CPU allocator's peak over the step and, at stage 3, the gathered parameters. One process (dp=1) and two (dp=2, where the
 partitioning shows: the worst rank's whole parameters that overlap its partition, the persistent copies). The first
 run on a machine builds DeepSpeed's shm comm op (~90 s); then about 15 s for one process and 45 s for two.
 
@@ -64,6 +64,10 @@ def test_engine_buffers_match_the_plan(engines):
             assert 0 < m["gathered_bytes"] <= p["gathered_bytes"], where
         # the master gradient the inner optimizer steps on: P elements in the master dtype
         assert m["master_grad_bytes"] == p["masters_bytes"], where
+        # the step's transient: the CPU allocator's peak over engine.step() above its start is the plan's, up to the
+        # grad-norm and overflow scalars (a few dozen bytes; 1 KiB allowed)
+        assert 0 <= m["step_peak_bytes"] - p["step_transient_bytes"] <= 1024, (where, m["step_peak_bytes"],
+                                                                             p["step_transient_bytes"])
 
 
 def test_engine_dtypes_follow_the_precision_recipe(engines):

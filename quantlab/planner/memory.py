@@ -100,7 +100,10 @@ Assumptions (numbered; notes in the plan refer to them):
        elements; ZeRO-3 steps one ``sub_group_size`` sub-group, 1e9 elements, at a time).
    9h. The step (``step`` / ``_prepare_fp32_grad_for_sub_group``) flattens the 16-bit gradients (P elements) and
        casts them to the master dtype (``.to`` returns the same tensor when the dtypes agree), then steps on that
-       gradient after the 16-bit ZeRO 1-2 gradients are freed: the larger of the two phases is the step transient.
+       gradient: the larger of the two phases, above the 16-bit gradients, is the step transient. ZeRO 1-2 drop
+       their references to the 16-bit gradients before the inner step, yet the CPU allocator's peak over
+       ``engine.step()`` is the master gradient plus the optimizer's temporaries above them (measured; the
+       reference that keeps them is not traced), so they are not subtracted.
 10. CUDA context: 150 MiB per process (assumed: CUDA 12 with lazy module loading; the published T4 row shows
     141 MiB between NVML and reserved). Allocator reserve: the caching allocator rounds blocks up to 2 MiB and
     keeps freed activation blocks of sizes later requests cannot reuse; modelled as 25% of the dynamic
@@ -548,11 +551,13 @@ def _ds_rank_grad_numel(sizes: tuple[int, ...], part: int, dp: int) -> int:
     return max(held)
 
 
-def deepspeed_buffers(cfg: PlanConfig, pc: ParamCounts | None = None) -> DSBuffers:
-    """Per-GPU bytes of DeepSpeed 0.19.8's ZeRO buffers for ``cfg`` as emitted (assumption 9a-9h)."""
+def deepspeed_buffers(cfg: PlanConfig, pc: ParamCounts | None = None, cpu: bool | None = None) -> DSBuffers:
+    """Per-GPU bytes of DeepSpeed 0.19.8's ZeRO buffers for ``cfg`` as emitted (assumption 9a-9h). ``cpu``: the
+    optimizer runs on a CPU (assumption 8's CPU step), by default where ``cfg.device`` is the CPU; several CPU ranks,
+    which a PlanConfig does not describe, pass it."""
     pc = pc or count_params(cfg.model)
     stage, dp = cfg.zero, cfg.dp
-    cpu = cfg.device is DeviceMode.CPU
+    cpu = cfg.device is DeviceMode.CPU if cpu is None else cpu
     lp = _NBYTES[cfg.compute_dtype] if cfg.compute_dtype in (DType.BF16, DType.FP16) else 4
     mb = _NBYTES[ds_master_dtype(cfg)]
     train, frozen = _ds_tensors(cfg)
@@ -570,9 +575,9 @@ def deepspeed_buffers(cfg: PlanConfig, pc: ParamCounts | None = None) -> DSBuffe
         grads16 = _ds_rank_grad_numel(train, P, dp) * lp  # (9d)
         buckets = 2 * B * lp + oversized  # (9e) overlap_comm: two buffers
         opt, tmp = _optimizer_bytes(cfg.optimizer, (((P,), 1),), mb, cpu)  # (9g)
-        # (9h) flatten (16-bit) then .to(master dtype) (the same tensor when the dtypes agree), beside the 16-bit
-        # gradients; then the optimizer step on the master gradient after the 16-bit ones are freed
-        step = max(P * lp + (P * mb if mb != lp else 0), P * mb + tmp - grads16)
+        # (9h) flatten (16-bit) then .to(master dtype) (the same tensor when the dtypes agree), then the optimizer
+        # step on the master gradient, all beside the 16-bit gradients
+        step = max(P * lp + (P * mb if mb != lp else 0), P * mb + tmp)
         return DSBuffers(stage, dp, lp, mb, weights16, padding, masters, 0, grads16, buckets, opt, step)
     parts = [-(-n // dp) for n in train]
     keep = ds_persistence_threshold(cfg.model)
