@@ -30,15 +30,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 TINY = dict(name="tiny-llama", model_type="llama", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, intermediate_size=128, vocab_size=256, max_position_embeddings=128)
-CASES = [(stage, prec) for stage in (1, 2, 3) for prec in ("pure", "amp")]
+# pure bf16 and AMP full fine-tunes, and an AMP freeze plan (the last block trains, the rest is frozen)
+CASES = [(stage, prec) for stage in (1, 2, 3) for prec in ("pure", "amp", "amp-freeze")]
 
 
 def plan_config(stage: int, prec: str, world: int):
     from quantlab.specs import DeviceMode, Method, ModelSpec, PlanConfig, Precision, TrainingPrecision
 
-    amp = prec == "amp"
+    amp = prec.startswith("amp")
+    freeze = dict(method=Method.FREEZE, freeze_last_layers=1) if prec.endswith("freeze") else dict(method=Method.FULL)
     # a CPU plan is one process: several ranks are planned as GPUs, their buffers with a CPU optimizer step
-    return PlanConfig(model=ModelSpec(**TINY), method=Method.FULL, num_gpus=world, zero=stage, batch=1, seq=16,
+    return PlanConfig(model=ModelSpec(**TINY), **freeze, num_gpus=world, zero=stage, batch=1, seq=16,
                       device=DeviceMode.CPU if world == 1 else DeviceMode.CUDA, precision=Precision.FP32 if amp else Precision.BF16,
                       training_precision=TrainingPrecision.AMP if amp else TrainingPrecision.PURE)
 
@@ -82,7 +84,13 @@ def run_case(stage: int, prec: str, world: int) -> dict:
     model = LlamaForCausalLM(LlamaConfig(**t, tie_word_embeddings=False))
     doc = deepspeed_config(cfg)
     doc["steps_per_print"] = 10**9
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    if cfg.method.value == "freeze":  # the last freeze_last_layers blocks train
+        for block in model.model.layers[:-cfg.freeze_last_layers]:
+            block.requires_grad_(False)
+        model.model.embed_tokens.requires_grad_(False)
+        model.model.norm.requires_grad_(False)
+        model.lm_head.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     engine, optim, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=doc)
     seen: dict = {"gradients16": {}, "buckets": {}, "oversized": 0, "master_grad": {}, "gathered": 0}
 
