@@ -97,7 +97,8 @@ Assumptions (numbered; notes in the plan refer to them):
        in the 16-bit dtype, or one module whole where it is larger (a module gathers all its parameters; the bound
        stops prefetching, ``partitioned_param_coordinator.py``). The plan counts the bound.
    9g. Optimizer states sit on the master partition in the master dtype (assumption 8 on one flat tensor of P
-       elements; ZeRO-3 steps one ``sub_group_size`` sub-group, 1e9 elements, at a time).
+       elements; ZeRO-3 keeps one flat tensor per sub-group, parameters in order until ``sub_group_size`` = 1e9
+       elements is reached, and steps one sub-group at a time).
    9h. The step (``step`` / ``_prepare_fp32_grad_for_sub_group``) flattens the 16-bit gradients (P elements) and
        casts them to the master dtype (``.to`` returns the same tensor when the dtypes agree), then steps on that
        gradient: the larger of the two phases, above the 16-bit gradients, is the step transient. ZeRO 1-2 drop
@@ -551,6 +552,20 @@ def _ds_rank_grad_numel(sizes: tuple[int, ...], part: int, dp: int) -> int:
     return max(held)
 
 
+def _ds_sub_groups(parts: list[int]) -> list[int]:
+    """ZeRO-3's optimizer sub-groups, in elements: partitions in order, a group closed once it reaches
+    ``sub_group_size`` (``stage3.py`` ``_create_fp16_sub_groups``; one group when everything fits)."""
+    if sum(parts) <= DS_SUB_GROUP:
+        return [sum(parts)] if parts else []
+    groups, cur = [], 0
+    for n in parts:
+        cur += n
+        if cur >= DS_SUB_GROUP:
+            groups.append(cur)
+            cur = 0
+    return groups + ([cur] if cur else [])
+
+
 def deepspeed_buffers(cfg: PlanConfig, pc: ParamCounts | None = None, cpu: bool | None = None) -> DSBuffers:
     """Per-GPU bytes of DeepSpeed 0.19.8's ZeRO buffers for ``cfg`` as emitted (assumption 9a-9h). ``cpu``: the
     optimizer runs on a CPU (assumption 8's CPU step), by default where ``cfg.device`` is the CPU; several CPU ranks,
@@ -590,8 +605,9 @@ def deepspeed_buffers(cfg: PlanConfig, pc: ParamCounts | None = None, cpu: bool 
     masters = S * mb  # (9c) a copy even in the 16-bit dtype (the sharing branch compares a device with a str)
     grads16 = S * lp  # (9d) grad_partitions_flat_buffer, kept for the engine's life
     buckets = B * lp + oversized  # (9e) one buffer at stage 3
-    sub = min(S, DS_SUB_GROUP)
-    opt, _ = _optimizer_bytes(cfg.optimizer, (((S,), 1),), mb, cpu)
+    groups = _ds_sub_groups(parts)
+    sub = max(groups, default=0)
+    opt, _ = _optimizer_bytes(cfg.optimizer, tuple(((g,), 1) for g in groups), mb, cpu)
     _, tmp = _optimizer_bytes(cfg.optimizer, (((sub,), 1),), mb, cpu)  # one sub-group steps at a time
     step = max(sub * lp + (sub * mb if mb != lp else 0), sub * mb + tmp)
     return DSBuffers(3, dp, lp, mb, weights16, 0, masters, gathered, grads16, buckets, opt, step)
