@@ -523,8 +523,11 @@ def _ds_tensors(cfg: PlanConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
     m = cfg.model
     L = m.num_hidden_layers
     outside = outside_tensors(m)
-    block = [_numel(((s, 1),)) for s, k in block_tensors(m) for _ in range(k)]
-    size = lambda ts: [_numel(((s, 1),)) for s, k in ts for _ in range(k)]  # noqa: E731
+
+    def size(ts: Tensors) -> list[int]:
+        return [_numel(((s, 1),)) for s, k in ts for _ in range(k)]
+
+    block = size(block_tensors(m))
     if cfg.method is Method.FULL:
         return tuple(size(outside["embed_tokens"]) + block * L + size(outside["norm"]) + size(outside["lm_head"])), ()
     k = cfg.freeze_last_layers  # FREEZE: the last k blocks and the named modules train
@@ -542,6 +545,8 @@ def _ds_tensors(cfg: PlanConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
 def _ds_rank_grad_numel(sizes: tuple[int, ...], part: int, dp: int) -> int:
     """The largest, over ranks, count of gradient elements ``copy_grads_in_partition`` (stage_1_and_2.py) keeps:
     every parameter that overlaps the rank's partition [r·part, (r+1)·part) of the flat buffer, whole."""
+    if part == 0:
+        return 0
     held = [0] * dp
     start = 0
     for n in sizes:
