@@ -210,7 +210,8 @@ def markdown(doc: dict) -> str:
     plan_key = {"master_grad": "masters", "step": "step_transient", "gathered": "gathered"}
     meas_key = {"step": "step_peak"}
     lines = ["# DeepSpeed ZeRO engines on CPU processes vs the plan's DeepSpeed buffers", "",
-             f"Command: `{doc['command']}` (DeepSpeed 0.19.8, torch 2.13 CPU build, gloo, DS_ACCELERATOR=cpu, measured on a 2-core CPU machine without a GPU; a tiny random "
+             f"Command: `{doc['command']}` (DeepSpeed 0.19.8, torch 2.13 CPU build, gloo, DS_ACCELERATOR=cpu, "
+             "measured on a 2-core CPU machine without a GPU; a tiny random "
              "Llama, h=64, 2 layers, vocab 256, 106,816 parameters; two steps of batch 1 x 16 tokens).", "",
              "Each cell: measured / planned bytes. Measured from the engine's own tensors (distinct storages; "
              "gradients16 at the end of backward, master_grad at the inner optimizer's step, step = the CPU "
