@@ -19,7 +19,8 @@ Choices the plan does not fix, and why:
 
 1. Bucket sizes follow the values transformers' DeepSpeed integration fills in for ``auto``
    (``transformers/integrations/deepspeed.py``), from the planner's rules (``ds_reduce_bucket``,
-   ``ds_persistence_threshold``: the plan counts the same buckets, memory assumption 9e): ``reduce_bucket_size = hidden²``,
+   ``ds_persistence_threshold``: the plan counts the same buckets, memory assumption 9e):
+   ``reduce_bucket_size = hidden²``,
    ``stage3_param_persistence_threshold = 10·hidden`` (the prefetch bucket is choice 6);
    ``allgather_bucket_size = hidden²`` for stages 1-2. They scale with the layer sizes, which the
    fixed DeepSpeed defaults (5e8) do not.

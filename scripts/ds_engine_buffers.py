@@ -15,7 +15,8 @@ stage 3: ``lp_param_buffer`` plus the persistent parameters' gathered data) and 
 (``extra_large_param_to_reduce``, stage 1-2); ``optimizer`` the inner optimizer's state tensors; ``master_grad`` the
 gradient the inner optimizer steps on; ``gathered`` (stage 3) the most non-persistent parameter data available at
 once, sampled at every module's forward and backward hooks; ``step_peak`` the growth of live CPU tensor bytes over
-``engine.step()`` at its peak (the allocator events ``torch.profiler`` records, :func:`quantlab.validate.cpu_peak`). The first start builds DeepSpeed's shm comm op (~90 s).
+``engine.step()`` at its peak (the allocator events ``torch.profiler`` records, :func:`quantlab.validate.cpu_peak`).
+The first start builds DeepSpeed's shm comm op (~90 s).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def plan_config(stage: int, prec: str, world: int):
     freeze = dict(method=Method.FREEZE, freeze_last_layers=1) if prec.endswith("freeze") else dict(method=Method.FULL)
     # a CPU plan is one process: several ranks are planned as GPUs, their buffers with a CPU optimizer step
     return PlanConfig(model=ModelSpec(**TINY), **freeze, num_gpus=world, zero=stage, batch=1, seq=16,
-                      device=DeviceMode.CPU if world == 1 else DeviceMode.CUDA, precision=Precision.FP32 if amp else Precision.BF16,
+                      device=DeviceMode.CPU if world == 1 else DeviceMode.CUDA,
+                      precision=Precision.FP32 if amp else Precision.BF16,
                       training_precision=TrainingPrecision.AMP if amp else TrainingPrecision.PURE)
 
 

@@ -2,12 +2,12 @@
 quantlab emits, against the plan's DeepSpeed buffers (memory assumption 9a-9h).
 
 ``scripts/ds_engine_buffers.py`` builds an engine per (stage 1/2/3; pure bf16 / AMP full fine-tune / AMP freeze of
-all but the last block) on a tiny random Llama
-(h=64, 2 layers, vocab 256: 106,816 parameters), runs two steps and reads the engine's tensors: the 16-bit model,
-the master partition, the 16-bit gradient partition, the reduce buckets, the optimizer states, the master gradient
-the inner optimizer steps on, the CPU allocator's peak over the step and, at stage 3, the gathered parameters. One process (dp=1) and two (dp=2, where the
-partitioning shows: the worst rank's whole parameters that overlap its partition, the persistent copies). The first
-run on a machine builds DeepSpeed's shm comm op (~90 s); then about 15 s for one process and 45 s for two.
+all but the last block) on a tiny random Llama (h=64, 2 layers, vocab 256: 106,816 parameters), runs two steps and
+reads the engine's tensors: the 16-bit model, the master partition, the 16-bit gradient partition, the reduce
+buckets, the optimizer states, the master gradient the inner optimizer steps on, the CPU allocator's peak over the
+step and, at stage 3, the gathered parameters. One process (dp=1) and two (dp=2, where the partitioning shows: the
+worst rank's whole parameters that overlap its partition, the persistent copies). The first run on a machine builds
+DeepSpeed's shm comm op (~90 s); then about 85 s for both (2-core CPU machine, op cached).
 
 Worked figures (dp=2, AMP, stage 1/2): N = 106,816 is a multiple of 2·dp, so P = 53,408; masters 4·P = 213,632
 bytes; AdamW states 2·4·P + the 4-byte step = 427,268; rank 0's gradient partition holds embed (16,384) plus
@@ -28,7 +28,8 @@ def test_the_modelled_deepspeed_is_installed():
     """Assumption 9a-9h read DeepSpeed 0.19.8's code: another version needs the rules re-read, not a silent pass."""
     import deepspeed
 
-    assert deepspeed.__version__ == "0.19.8", f"memory assumption 9a-9h model DeepSpeed 0.19.8, found {deepspeed.__version__}"
+    assert deepspeed.__version__ == "0.19.8", \
+        f"memory assumption 9a-9h model DeepSpeed 0.19.8, found {deepspeed.__version__}"
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = ("weights16", "masters", "gradients16", "buckets", "optimizer")

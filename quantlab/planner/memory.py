@@ -537,8 +537,8 @@ def _ds_tensors(cfg: PlanConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
     emb_trains = bool(mods & {"embed_tokens", "wte"}) or ("lm_head" in mods and not head)
     train = (emb if emb_trains else []) + block * k + (size(outside["norm"]) if mods & {"norm", "ln_f"} else []) \
         + (head if "lm_head" in mods else [])
-    frozen = ([] if emb_trains else emb) + block * (L - k) + ([] if mods & {"norm", "ln_f"} else size(outside["norm"])) \
-        + ([] if "lm_head" in mods else head)
+    frozen = ([] if emb_trains else emb) + block * (L - k) \
+        + ([] if mods & {"norm", "ln_f"} else size(outside["norm"])) + ([] if "lm_head" in mods else head)
     return tuple(train), tuple(frozen)
 
 
