@@ -18,7 +18,9 @@ What each kind writes (all in ``out_dir``):
 Choices the plan does not fix, and why:
 
 1. Bucket sizes follow the values transformers' DeepSpeed integration fills in for ``auto``
-   (``transformers/integrations/deepspeed.py``): ``reduce_bucket_size = hidden²``,
+   (``transformers/integrations/deepspeed.py``), from the planner's rules (``ds_reduce_bucket``,
+   ``ds_persistence_threshold``: the plan counts the same buckets, memory assumption 9e):
+   ``reduce_bucket_size = hidden²``,
    ``stage3_param_persistence_threshold = 10·hidden`` (the prefetch bucket is choice 6);
    ``allgather_bucket_size = hidden²`` for stages 1-2. They scale with the layer sizes, which the
    fixed DeepSpeed defaults (5e8) do not.
@@ -54,7 +56,11 @@ Choices the plan does not fix, and why:
    term, two decoder blocks (the current one and the prefetched one, memory assumption 9), and
    ``stage3_prefetch_bucket_size`` one block, so DeepSpeed holds no more gathered than the plan
    counts (DeepSpeed's defaults, 1e9 live and 5e7 prefetched parameters, let a whole 1B-parameter
-   model be gathered at once).
+   model be gathered at once). ``stage3_max_reuse_distance`` is one block too: a parameter reused within
+   that many fetched parameters is not released (``partitioned_param_coordinator.py``), and 1e9 kept a
+   whole small model gathered from forward into backward on an engine built on a CPU
+   (``scripts/ds_engine_buffers.py``: 106,496 gathered parameters against the two-block bound of 73,984;
+   with one block, 69,632).
 7. A plan that does not fit its GPU writes nothing unless ``--force`` (``quantlab plan``). The
    ``accelerate`` kind's inline ``deepspeed_config`` has no key for bf16/fp16 master weights or the
    ZeRO-3 bounds: a plan that needs them is refused there (``--emit deepspeed`` writes them).
@@ -103,10 +109,11 @@ def mixed_precision(cfg: PlanConfig) -> str:
 
 def master_dtype(cfg: PlanConfig) -> DType:
     """The dtype the plan keeps trainable parameters' masters, gradients and optimizer states in (memory
-    assumptions 1, 2): fp32 for AMP and for PEFT adapters, the weights' dtype for pure full/freeze training."""
-    if cfg.training_precision is TrainingPrecision.AMP or cfg.method.is_peft or cfg.precision.is_kbit:
-        return DType.FP32
-    return DType(cfg.precision.value)
+    assumptions 1, 2, 9b): fp32 for AMP and for PEFT adapters, the weights' dtype for pure full/freeze training.
+    The rule is the planner's (:func:`quantlab.planner.memory.ds_master_dtype`), so the file and the plan agree."""
+    from quantlab.planner.memory import ds_master_dtype
+
+    return ds_master_dtype(cfg)
 
 
 def fsdp_mixed_precision(cfg: PlanConfig) -> dict:
@@ -119,11 +126,19 @@ def fsdp_mixed_precision(cfg: PlanConfig) -> dict:
 
 
 def gathered_params(cfg: PlanConfig) -> tuple[int, int]:
-    """(stage3_max_live_parameters, stage3_prefetch_bucket_size): two blocks and one (choice 6)."""
-    from quantlab.planner.params import count_params
+    """(stage3_max_live_parameters, stage3_prefetch_bucket_size): two blocks and one (choice 6), the bound the
+    plan's gathered-parameter term counts (memory assumption 9f)."""
+    from quantlab.planner.memory import ds_gathered_bounds
 
-    per_block = count_params(cfg.model).per_block
-    return 2 * per_block, per_block
+    return ds_gathered_bounds(cfg.model)
+
+
+def bucket_sizes(cfg: PlanConfig) -> tuple[int, int]:
+    """(reduce_bucket_size, stage3_param_persistence_threshold) in elements (choice 1), the values the plan's
+    reduce-bucket and ZeRO-3 terms use (memory assumption 9e, 9f)."""
+    from quantlab.planner.memory import ds_persistence_threshold, ds_reduce_bucket
+
+    return ds_reduce_bucket(cfg.model), ds_persistence_threshold(cfg.model)
 
 
 def _check(cfg: PlanConfig, kind: str) -> None:
@@ -171,17 +186,19 @@ def _zero_stage(cfg: PlanConfig) -> int:
 
 def deepspeed_config(cfg: PlanConfig) -> dict:
     """The DeepSpeed JSON document for ``cfg`` (choices 1-3, 5, 6)."""
-    h = cfg.model.hidden_size
+    bucket, persist = bucket_sizes(cfg)
     stage = _zero_stage(cfg)
+    # overlap_comm and contiguous_gradients: the double-buffered reduce buckets and the contiguous gradient
+    # partition the plan counts (memory assumption 9d, 9e)
     zero: dict = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True,
-                  "reduce_bucket_size": h * h}
+                  "reduce_bucket_size": bucket}
     if stage in (1, 2):
-        zero["allgather_bucket_size"] = h * h
+        zero["allgather_bucket_size"] = bucket
         zero["reduce_scatter"] = True
     if stage == 3:
         live, prefetch = gathered_params(cfg)
-        zero.update(stage3_prefetch_bucket_size=prefetch, stage3_param_persistence_threshold=10 * h,
-                    stage3_max_live_parameters=live, stage3_max_reuse_distance=int(1e9),
+        zero.update(stage3_prefetch_bucket_size=prefetch, stage3_param_persistence_threshold=persist,
+                    stage3_max_live_parameters=live, stage3_max_reuse_distance=prefetch,
                     stage3_gather_16bit_weights_on_model_save=True)
     if cfg.offload is not Offload.NONE:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}

@@ -271,3 +271,26 @@ def test_plan_that_does_not_fit_writes_no_launch_files_without_force(tmp_path, c
     assert not out.exists() or not any(out.iterdir())
     assert main(argv + ["--force"]) == 0
     assert (out / DS_JSON).is_file()
+
+
+@pytest.mark.parametrize("zero", [1, 2, 3])
+def test_deepspeed_buckets_are_the_plans(tmp_path, zero):
+    """The reduce bucket, the ZeRO-3 bounds and the master dtype DeepSpeed parses from the file are the ones the plan's
+    DeepSpeed terms use (memory assumption 9b, 9e, 9f): two 16-bit buckets of hidden² at stages 1-2, one at stage 3,
+    plus the embedding's own gradient (32000 x 4096 > 4096²)."""
+    import torch
+
+    from quantlab.planner import plan
+    from quantlab.planner.memory import deepspeed_buffers
+
+    cfg = PlanConfig(model=LLAMA2_7B, method=Method.FULL, num_gpus=8, zero=zero, precision=Precision.FP32,
+                     training_precision=TrainingPrecision.AMP)
+    _, ds = _ds_config(tmp_path, cfg)
+    z = ds.zero_config
+    buf = deepspeed_buffers(cfg)
+    assert z.reduce_bucket_size == 4096 * 4096 and z.overlap_comm and z.contiguous_gradients
+    assert buf.buckets == ((2 if zero < 3 else 1) * 4096 * 4096 + 32000 * 4096) * 2
+    assert plan(cfg).components["ddp_buckets"] == buf.buckets
+    assert _deepspeed_master_dtype(ds, offload=False)[0] == torch.float32 and buf.master_bytes == 4
+    if zero == 3:
+        assert z.max_reuse_distance == z.prefetch_bucket_size == z.max_live_parameters // 2

@@ -69,7 +69,44 @@ Assumptions (numbered; notes in the plan refer to them):
    prefetched one); FSDP shard_grad_op is ZeRO-2. Plain DDP keeps gradient buckets the size of the
    gradients (``gradient_as_bucket_view=False``). Offload moves optimizer states (and with ``params``, the
    weights) to CPU memory. Tensor parallel divides block linears and the KV cache (a GPU keeps at least one
-   KV head) by tp, and the head- and intermediate-wide activations (activations A12).
+   KV head) by tp, and the head- and intermediate-wide activations (activations A12). That reading stays for
+   FSDP, DDP, tensor parallel and the ZeRO plans 9a-9h do not cover (offload, PEFT, k-bit); ZeRO 1-3 of a full or
+   freeze plan in a float format follows DeepSpeed 0.19.8's own buffers as the emitted JSON configures them
+   (:func:`deepspeed_buffers`; files under deepspeed/runtime/, checked against engines built on a CPU by
+   ``tests/test_deepspeed_engine.py``; P = this rank's partition of the N trainable parameters):
+   9a. The engine casts every parameter to the 16-bit dtype and keeps fp32 buffers (``engine.py``
+       ``_configure_distributed_model``, ``_cast_module_mixed_precision``): the model is 16-bit even for an AMP plan.
+   9b. Masters, their gradient and the optimizer states are fp32 unless ``bf16_master_weights_and_grads`` /
+       ``bf16_optimizer_states`` (a pure plan; ``base_optimizer.py`` ``_configure_master_weights``):
+       :func:`ds_master_dtype`, the rule the emitter writes.
+   9c. ZeRO 1-2 (``stage_1_and_2.py`` ``DeepSpeedZeroOptimizer.__init__``): the trainable parameters become views
+       of one flat 16-bit buffer aligned to 2·dp elements (``nccl_start_alignment_factor``), P = aligned/dp, and the
+       master partition is a ``clone().to(master dtype)`` of P elements. ZeRO-3 (``stage3.py``
+       ``_create_fp16_partitions_with_defragmentation``, ``_create_fp32_partitions``): each parameter keeps
+       ceil(numel/dp) elements in ``lp_param_buffer``, and the master partition is a copy in every dtype (the
+       branch that would share a same-dtype partition compares ``tensor.device`` with a device-name string, False in
+       torch 2.13).
+   9d. 16-bit gradients: ZeRO 1-2 with ``overlap_comm`` and ``contiguous_gradients`` (both emitted) copy each
+       gradient of a parameter that overlaps this rank's partition, whole, into ``grads_in_partition`` at the
+       gradient hook (``copy_grads_in_partition``); the others stay views of the reduce bucket. ZeRO-1 therefore
+       keeps what ZeRO-2 keeps. ZeRO-3 keeps ``grad_partitions_flat_buffer`` (P elements) for the engine's life
+       (``_setup_for_real_optimizer``).
+   9e. Reduce buckets of ``reduce_bucket_size`` elements (:func:`ds_reduce_bucket`, hidden²) in the 16-bit
+       dtype: two at ZeRO 1-2 under ``overlap_comm`` (``setup_buckets``, freed at the end of backward), one at
+       ZeRO-3 (kept). A parameter larger than a bucket keeps its own gradient until it is reduced
+       (``extra_large_param_to_reduce``; stage3 ``__add_grad_to_ipg_bucket``).
+   9f. ZeRO-3 gathered parameters: at most ``stage3_max_live_parameters`` (two blocks, :func:`ds_gathered_bounds`)
+       in the 16-bit dtype, or one module whole where it is larger (a module gathers all its parameters; the bound
+       stops prefetching, ``partitioned_param_coordinator.py``). The plan counts the bound.
+   9g. Optimizer states sit on the master partition in the master dtype (assumption 8 on one flat tensor of P
+       elements; ZeRO-3 keeps one flat tensor per sub-group, parameters in order until ``sub_group_size`` = 1e9
+       elements is reached, and steps one sub-group at a time).
+   9h. The step (``step`` / ``_prepare_fp32_grad_for_sub_group``) flattens the 16-bit gradients (P elements) and
+       casts them to the master dtype (``.to`` returns the same tensor when the dtypes agree), then steps on that
+       gradient: the larger of the two phases, above the 16-bit gradients, is the step transient. ZeRO 1-2 drop
+       their references to the 16-bit gradients before the inner step, yet the CPU allocator's peak over
+       ``engine.step()`` is the master gradient plus the optimizer's temporaries above them (measured; the
+       reference that keeps them is not traced), so they are not subtracted.
 10. CUDA context: 150 MiB per process (assumed: CUDA 12 with lazy module loading; the published T4 row shows
     141 MiB between NVML and reserved). Allocator reserve: the caching allocator rounds blocks up to 2 MiB and
     keeps freed activation blocks of sizes later requests cannot reuse; modelled as 25% of the dynamic
@@ -428,10 +465,175 @@ def trainable_state(cfg: PlanConfig, n_trainable: int, tensors: Tensors, weight_
     return n_trainable * grad_bytes, opt_state, step_tmp
 
 
+# ---------------------------------------------------------------------------------------------------------
+# DeepSpeed ZeRO's own buffers (assumption 9a-9h): the rules the emitted DeepSpeed JSON and the plan share
+
+DS_SUB_GROUP = 10**9  # zero_optimization.sub_group_size default (runtime/zero/config.py)
+DS_ALIGN = 2  # nccl_start_alignment_factor (stage_1_and_2.py DeepSpeedZeroOptimizer.__init__)
+
+
+class DSBuffers(namedtuple("DSBuffers", "stage dp lp_bytes master_bytes weights16 padding masters gathered "
+                                        "gradients16 buckets optimizer step_transient")):
+    """Per-GPU bytes of the tensors a DeepSpeed 0.19.8 ZeRO engine holds for one plan (assumption 9a-9h):
+    ``weights16`` (the 16-bit model the engine casts to, plus its fp32 buffers; at stage 3 the 16-bit partitions and
+    the persistent parameters), ``padding`` (the flat buffer's alignment padding, 16-bit), ``masters`` (the master
+    partition, its own copy in every dtype), ``gathered`` (stage 3: gathered parameters),
+    ``gradients16`` (the 16-bit gradient partition), ``buckets`` (the ipg reduce buckets, plus a parameter's own
+    gradient where it is larger than one), ``optimizer`` (states on the master partition), ``step_transient``
+    (the step's master-dtype gradient and the optimizer's temporaries, above the rest)."""
+
+    __slots__ = ()
+
+
+def ds_reduce_bucket(m: ModelSpec) -> int:
+    """``reduce_bucket_size`` and ``allgather_bucket_size`` in elements: hidden², as transformers' DeepSpeed
+    integration fills ``auto`` (``transformers/integrations/deepspeed.py``); the emitted JSON writes this value."""
+    return m.hidden_size * m.hidden_size
+
+
+def ds_persistence_threshold(m: ModelSpec) -> int:
+    """``stage3_param_persistence_threshold``: 10·hidden elements (transformers' ``auto``)."""
+    return 10 * m.hidden_size
+
+
+def ds_gathered_bounds(m: ModelSpec) -> tuple[int, int]:
+    """(``stage3_max_live_parameters``, ``stage3_prefetch_bucket_size``) in parameters: two decoder blocks and
+    one (the plan's gathered term, assumption 9f)."""
+    per_block = count_params(m).per_block
+    return 2 * per_block, per_block
+
+
+def ds_master_dtype(cfg: PlanConfig) -> DType:
+    """The dtype DeepSpeed keeps master weights, gradients and optimizer states in for this plan (assumption 9b):
+    fp32 for AMP and for PEFT adapters (DeepSpeed's default), the weights' dtype for a pure full/freeze plan (the
+    emitted ``bf16_master_weights_and_grads`` / ``bf16_optimizer_states``)."""
+    if cfg.training_precision is TrainingPrecision.AMP or cfg.method in _PEFT or cfg.precision not in _FLOAT_BYTES:
+        return DType.FP32
+    return DType(cfg.precision.value)
+
+
+def _ds_modelled(cfg: PlanConfig) -> bool:
+    """Plans whose ZeRO terms follow DeepSpeed's buffers (assumption 9): ZeRO 1-3 without offload, base weights in
+    a float format trained in full or frozen in part (PEFT and k-bit plans keep the divided reading: their adapter
+    dtype under DeepSpeed's cast is not modelled)."""
+    return (cfg.zero >= 1 and not cfg.fsdp and cfg.offload is Offload.NONE and cfg.precision in _FLOAT_BYTES
+            and cfg.method in (Method.FULL, Method.FREEZE) and cfg.tp == 1)
+
+
+def _ds_tensors(cfg: PlanConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(trainable, frozen) parameter sizes in the module's parameter order (the order DeepSpeed flattens them in)."""
+    m = cfg.model
+    L = m.num_hidden_layers
+    outside = outside_tensors(m)
+
+    def size(ts: Tensors) -> list[int]:
+        return [_numel(((s, 1),)) for s, k in ts for _ in range(k)]
+
+    block = size(block_tensors(m))
+    if cfg.method is Method.FULL:
+        return tuple(size(outside["embed_tokens"]) + block * L + size(outside["norm"]) + size(outside["lm_head"])), ()
+    k = cfg.freeze_last_layers  # FREEZE: the last k blocks and the named modules train
+    mods = set(cfg.freeze_modules)
+    emb = size(outside["embed_tokens"])
+    head = size(outside["lm_head"]) if outside["lm_head"] else []
+    emb_trains = bool(mods & {"embed_tokens", "wte"}) or ("lm_head" in mods and not head)
+    train = (emb if emb_trains else []) + block * k + (size(outside["norm"]) if mods & {"norm", "ln_f"} else []) \
+        + (head if "lm_head" in mods else [])
+    frozen = ([] if emb_trains else emb) + block * (L - k) \
+        + ([] if mods & {"norm", "ln_f"} else size(outside["norm"])) + ([] if "lm_head" in mods else head)
+    return tuple(train), tuple(frozen)
+
+
+def _ds_rank_grad_numel(sizes: tuple[int, ...], part: int, dp: int) -> int:
+    """The largest, over ranks, count of gradient elements ``copy_grads_in_partition`` (stage_1_and_2.py) keeps:
+    every parameter that overlaps the rank's partition [r·part, (r+1)·part) of the flat buffer, whole."""
+    if part == 0:
+        return 0
+    held = [0] * dp
+    start = 0
+    for n in sizes:
+        if n:
+            for r in range(start // part, min(dp - 1, (start + n - 1) // part) + 1):
+                held[r] += n
+        start += n
+    return max(held)
+
+
+def _ds_sub_groups(parts: list[int]) -> list[int]:
+    """ZeRO-3's optimizer sub-groups, in elements: partitions in order, a group closed once it reaches
+    ``sub_group_size`` (``stage3.py`` ``_create_fp16_sub_groups``; one group when everything fits)."""
+    if sum(parts) <= DS_SUB_GROUP:
+        return [sum(parts)] if parts else []
+    groups, cur = [], 0
+    for n in parts:
+        cur += n
+        if cur >= DS_SUB_GROUP:
+            groups.append(cur)
+            cur = 0
+    return groups + ([cur] if cur else [])
+
+
+def deepspeed_buffers(cfg: PlanConfig, pc: ParamCounts | None = None, cpu: bool | None = None) -> DSBuffers:
+    """Per-GPU bytes of DeepSpeed 0.19.8's ZeRO buffers for ``cfg`` as emitted (assumption 9a-9h). ``cpu``: the
+    optimizer runs on a CPU (assumption 8's CPU step), by default where ``cfg.device`` is the CPU; several CPU ranks,
+    which a PlanConfig does not describe, pass it."""
+    pc = pc or count_params(cfg.model)
+    stage, dp = cfg.zero, cfg.dp
+    cpu = cfg.device is DeviceMode.CPU if cpu is None else cpu
+    lp = _NBYTES[cfg.compute_dtype] if cfg.compute_dtype in (DType.BF16, DType.FP16) else 4
+    mb = _NBYTES[ds_master_dtype(cfg)]
+    train, frozen = _ds_tensors(cfg)
+    B = ds_reduce_bucket(cfg.model)
+    buffers = rope_buffer_bytes(cfg.model) + (lp if family(cfg.model).embed_scale else 0)
+    largest = max(train, default=0)
+    oversized = largest * lp if largest > B else 0  # (9e) its gradient bypasses the bucket until reduced
+    if stage in (1, 2):
+        N = sum(train)
+        align = DS_ALIGN * dp
+        P = -(-N // align) * align // dp  # (9c) partition_size
+        padding = (P * dp - N) * lp
+        weights16 = (N + sum(frozen)) * lp + buffers
+        masters = P * mb
+        grads16 = _ds_rank_grad_numel(train, P, dp) * lp  # (9d)
+        buckets = 2 * B * lp + oversized  # (9e) overlap_comm: two buffers
+        opt, tmp = _optimizer_bytes(cfg.optimizer, (((P,), 1),), mb, cpu)  # (9g)
+        # (9h) flatten (16-bit) then .to(master dtype) (the same tensor when the dtypes agree), then the optimizer
+        # step on the master gradient, all beside the 16-bit gradients
+        step = max(P * lp + (P * mb if mb != lp else 0), P * mb + tmp)
+        return DSBuffers(stage, dp, lp, mb, weights16, padding, masters, 0, grads16, buckets, opt, step)
+    parts = [-(-n // dp) for n in train]
+    keep = ds_persistence_threshold(cfg.model)
+    S = sum(parts)
+    # a persistent parameter (numel <= the threshold) keeps its gathered copy beside its partition (one rank: the same)
+    persistent = sum(n for n in train + frozen if n <= keep) if dp > 1 else 0
+    weights16 = (S + sum(-(-n // dp) for n in frozen) + persistent) * lp + buffers  # (9f)
+    live, _ = ds_gathered_bounds(cfg.model)
+    gathered = max(live, max(train + frozen, default=0)) * lp  # (9f) a module gathers whole; the bound stops prefetch
+    masters = S * mb  # (9c) a copy even in the 16-bit dtype (the sharing branch compares a device with a str)
+    grads16 = S * lp  # (9d) grad_partitions_flat_buffer, kept for the engine's life
+    buckets = B * lp + oversized  # (9e) one buffer at stage 3
+    groups = _ds_sub_groups(parts)
+    sub = max(groups, default=0)
+    opt, _ = _optimizer_bytes(cfg.optimizer, tuple(((g,), 1) for g in groups), mb, cpu)
+    _, tmp = _optimizer_bytes(cfg.optimizer, (((sub,), 1),), mb, cpu)  # one sub-group steps at a time
+    step = max(sub * lp + (sub * mb if mb != lp else 0), sub * mb + tmp)
+    return DSBuffers(3, dp, lp, mb, weights16, 0, masters, gathered, grads16, buckets, opt, step)
+
+
 def sharding(cfg: PlanConfig, pc: ParamCounts, load: int, weights_b: int, quant_constants: int, gradients: int,
              opt_state: int, step_tmp: int, notes: list) -> tuple[int, int, int, int, int, int]:
-    """Per-GPU (weights, quant constants, gradients, optimizer, step transient, DDP buckets) of a training
-    configuration under ZeRO / FSDP / DDP and offload (assumption 9)."""
+    """Per-GPU (weights, quant constants, gradients, optimizer, step transient, communication buckets) of a
+    training configuration under ZeRO / FSDP / DDP and offload (assumption 9). DeepSpeed plans (9a-9h): weights =
+    the 16-bit model (+ padding, master partition, gathered parameters), gradients = the 16-bit gradient partition,
+    buckets = the ipg reduce buckets (:func:`deepspeed_buffers`)."""
+    if _ds_modelled(cfg):
+        ds = deepspeed_buffers(cfg, pc)
+        notes.append(f"DeepSpeed ZeRO-{ds.stage} buffers (assumption 9): {ds.lp_bytes * 8}-bit model, "
+                     f"{ds_master_dtype(cfg).value} master partition "
+                     f"and optimizer states, 16-bit gradient partition, reduce buckets of "
+                     f"{ds_reduce_bucket(cfg.model):,} elements")
+        return (ds.weights16 + ds.padding + ds.masters + ds.gathered, quant_constants, ds.gradients16, ds.optimizer,
+                ds.step_transient, ds.buckets)
     dp = cfg.dp
     zero = cfg.zero if not cfg.fsdp else (3 if cfg.fsdp == "full_shard" else 2)
     ddp_buckets = 0
