@@ -122,8 +122,9 @@ def test_freeze_trains_last_k_blocks():
 def test_sharding_order_per_gpu():
     base = PlanConfig(model=L7, method=Method.FULL, num_gpus=8)
     vals = [plan(dataclasses.replace(base, zero=z)).peak_allocated_bytes for z in (0, 1, 2, 3)]
-    assert vals[3] < vals[2] < vals[1] < vals[0]
-    assert plan(dataclasses.replace(base, fsdp="full_shard")).peak_allocated_bytes == vals[3]
+    assert vals[3] < vals[2] == vals[1] < vals[0]  # DeepSpeed keeps ZeRO-2's buffers at ZeRO-1 (memory 9d)
+    fsdp = [plan(dataclasses.replace(base, fsdp=f)).peak_allocated_bytes for f in ("shard_grad_op", "full_shard")]
+    assert fsdp[1] < fsdp[0] < vals[0]  # FSDP keeps the divided reading: no longer equal to ZeRO-3
 
 
 def test_cpu_mode_has_no_context_or_reserve():
