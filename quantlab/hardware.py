@@ -89,7 +89,7 @@ def resolve_auto():
                        interconnect="unknown", interconnect_bandwidth_bytes_per_s=None, price_usd_per_hour=None)
         how = "not in the catalog: its reported memory is used"
     else:
-        spec = dataclasses.replace(spec, memory_bytes=memory)
+        spec = spec.with_memory(memory)
         how = f"profile {spec.name}"
     names = sorted({d.name for d in found})
     which = (f"{len(found)} x {least.name}" if len(names) == 1 else

@@ -363,6 +363,10 @@ def _gpu_from_doc(doc: dict) -> GPUSpec:
                    "interconnect_bandwidth_bytes_per_s": _sourced(ic["bandwidth_bytes_per_s"]),
                    "price_usd_per_hour": _sourced(doc["price_usd_per_hour"])}
         sources.update({f"flops.{k}": _sourced(v) for k, v in doc["flops"].items()})
+        cuda_total = doc.get("cuda_total_bytes")
+        if cuda_total is not None:
+            sources["cuda_total_bytes"] = _sourced(cuda_total)
+            cuda_total = int(cuda_total["value"])
         ic_bw = ic["bandwidth_bytes_per_s"]["value"]
         return GPUSpec(
             name=doc["name"], vendor=doc["vendor"], memory_bytes=int(doc["memory_bytes"]["value"]),
@@ -372,7 +376,7 @@ def _gpu_from_doc(doc: dict) -> GPUSpec:
             interconnect=ic["name"], interconnect_bandwidth_bytes_per_s=None if ic_bw is None else float(ic_bw),
             price_usd_per_hour=doc["price_usd_per_hour"]["value"],
             aliases=tuple(doc.get("aliases") or ()), nvml_names=tuple(doc.get("nvml_names") or ()),
-            sources=sources)
+            sources=sources, cuda_total_bytes=cuda_total)
     except (KeyError, TypeError, ValueError, AttributeError, SpecError) as e:
         raise QuantlabError(f"GPU profile {doc.get('name')} is malformed ({type(e).__name__}: {e})") from e
 

@@ -388,13 +388,22 @@ class GPUSpec:
     aliases: tuple[str, ...] = ()
     nvml_names: tuple[str, ...] = ()  # substrings of the NVML device name that identify it
     sources: Mapping[str, Sourced] = field(default_factory=dict)  # field name -> provenance
+    # the total CUDA reports (torch.cuda.mem_get_info()[1]), below NVML's total by what the driver keeps; None where
+    # no source gives it. vLLM's budget multiplies this one (serving S7).
+    cuda_total_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.memory_bytes <= 0:
             raise SpecError(f"{self.name}: memory_bytes must be positive")
+        if self.cuda_total_bytes is not None and not 0 < self.cuda_total_bytes <= self.memory_bytes:
+            raise SpecError(f"{self.name}: cuda_total_bytes must be positive and at most memory_bytes")
 
     def with_memory(self, memory_bytes: int) -> "GPUSpec":
-        return dataclasses.replace(self, memory_bytes=memory_bytes)
+        """The GPU with other memory (a detected device's free memory, a document's figure): CUDA's total of the
+        catalogued memory then says nothing about it, and goes."""
+        if memory_bytes == self.memory_bytes:
+            return self
+        return dataclasses.replace(self, memory_bytes=memory_bytes, cuda_total_bytes=None)
 
 
 ALL_LINEAR = "all-linear"

@@ -296,7 +296,7 @@ def gpu_from_document(doc: dict, path: str):
                 gpu = load_gpu(str(prof))
             except QuantlabError as e:
                 raise _bad(path, str(e)) from None
-            gpu = dataclasses.replace(gpu, name=gname, memory_bytes=mem)
+            gpu = dataclasses.replace(gpu.with_memory(mem), name=gname)
         else:  # a detected device outside the catalog, as hardware.resolve_auto builds it
             gpu = GPUSpec(name=gname, vendor="unknown", memory_bytes=mem, memory_bandwidth_bytes_per_s=0.0, flops={},
                           bf16_supported=bf16, fp8_supported=False, interconnect="unknown",

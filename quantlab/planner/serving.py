@@ -68,7 +68,10 @@ S6. Unmerged LoRA at serving time (PEFT 0.21.2 ``PeftModel.from_pretrained(autoc
     ``max_lora_rank`` for every linear it can adapt (q/k/v, o, gate/up, down), stacked in the model dtype and
     sharded like their base layers; ``max_cpu_loras`` adapters wait in CPU memory.
 S7. vLLM (``vllm/v1/worker/gpu_worker.py`` ``determine_available_memory``): the budget is ``gpu_memory_utilization``
-    x the GPU's memory; the KV pool is the budget less the weights, the profile run's activation peak and the
+    x the total CUDA reports (``torch.cuda.mem_get_info()[1]``, read by ``MemorySnapshot.measure`` in
+    ``vllm/utils/mem_utils.py``), which is below NVML's total by what the driver keeps (0.42-0.46 GiB in the two
+    published logs, reports/serving-groundtruth.md); GPU profiles carry it as ``cuda_total_bytes`` where a source
+    gives it, else NVML's total stands in, with a note. The KV pool is the budget less the weights, the profile run's activation peak and the
     non-torch memory it adds. The profile run (``profile_run``) is one forward over ``max_num_batched_tokens``
     tokens (one block's transient: the fused gate_up output, its SiluAndMul and the residual stream) then a sampler
     run over ``min(max_num_seqs, max_num_batched_tokens)`` rows of logits (the logits, their fp32 copy, the
@@ -959,9 +962,14 @@ def vllm_plan(s: ServeConfig, gpu: GPUSpec | None) -> ServePlan:
     cfg = s.plan
     m = cfg.model
     notes: list[str] = []
-    mem = gpu.memory_bytes if gpu is not None else 80 * GiB
+    # S7: the budget multiplies CUDA's total (torch.cuda.mem_get_info()[1]), which is below NVML's by what the
+    # driver keeps; where the GPU profile has no source for it, NVML's total stands in (over by ~0.4 GiB)
+    mem = (gpu.cuda_total_bytes or gpu.memory_bytes) if gpu is not None else 80 * GiB
     if gpu is None:
         notes.append("no --gpu: vLLM's budget planned on an 80 GiB GPU")
+    elif gpu.cuda_total_bytes is None:
+        notes.append(f"vLLM's budget is planned on {gpu.name}'s NVML total: CUDA reports about 0.4 GiB less "
+                     "(no source for it in the profile), so the KV pool may be a few hundred MiB smaller (S7)")
     d_tokens, d_seqs = vllm_defaults(gpu)
     max_tokens = s.max_num_batched_tokens or d_tokens
     max_seqs = s.max_num_seqs or d_seqs

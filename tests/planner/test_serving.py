@@ -356,3 +356,18 @@ def test_a_family_without_sdpa_serves_eager_on_either_transformers_stack():
     for stack in ("transformers==5", "transformers==4.57"):
         pc = PlanConfig.from_dict({"method": "inference", "attn": "sdpa", "stack": stack, "seq": 1024}, model=spec)
         assert S._attention(pc) is Attention.EAGER, stack
+
+
+def test_vllm_budget_multiplies_cudas_total_where_the_profile_has_it():
+    """S7: vLLM's budget is gpu_memory_utilization x torch.cuda.mem_get_info()[1]; the H100 profile carries that
+    total (from a vLLM log), the L40S profile does not and says so; other memory (a detected GPU's free memory)
+    drops it."""
+    h100, l40s = load_gpu("h100-sxm"), load_gpu("l40s")
+    assert h100.cuda_total_bytes and h100.cuda_total_bytes < h100.memory_bytes and l40s.cuda_total_bytes is None
+    s = sc(engine=S.Engine.VLLM, max_model_len=8192, seq=2048)
+    v = S.serve_plan(s, h100).vllm
+    assert v.budget_bytes == int(s.gpu_memory_utilization * h100.cuda_total_bytes)
+    p = S.serve_plan(s, l40s)
+    assert p.vllm.budget_bytes == int(s.gpu_memory_utilization * l40s.memory_bytes)
+    assert any("NVML total" in n for n in p.notes)
+    assert h100.with_memory(70 * 2**30).cuda_total_bytes is None and h100.with_memory(h100.memory_bytes) is h100
