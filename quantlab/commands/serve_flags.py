@@ -355,7 +355,8 @@ def table_text(doc: dict, s, p, gpu) -> str:
     if p.vllm is not None:
         v = p.vllm
         out.append(f"vLLM budget {_gib(v.budget_bytes)} GiB ({s.gpu_memory_utilization:g} x "
-                   f"{fmt_bytes(gpu.memory_bytes if gpu else 80 * S.GiB)}): weights {_gib(v.weights_bytes)}"
+                   f"{fmt_bytes((gpu.cuda_total_bytes or gpu.memory_bytes) if gpu else 80 * S.GiB)}"
+                   + (" CUDA total" if gpu is not None and gpu.cuda_total_bytes else "") + f"): weights {_gib(v.weights_bytes)}"
                    + (f" + LoRA {_gib(v.lora_bytes)}" if v.lora_bytes else "")
                    + f" + profile peak {_gib(v.activation_peak_bytes)} (at {v.max_num_batched_tokens} tokens) + "
                    f"non-torch {_gib(v.non_torch_bytes)} + KV pool {_gib(v.kv_pool_bytes)} GiB")

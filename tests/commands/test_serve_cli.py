@@ -146,3 +146,10 @@ def test_from_json_refuses_a_broken_serving_document(tmp_path, capsys):
         assert main(["plan", "--from-json", str(path)]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "--from-json" in err, err
+
+
+def test_vllm_table_names_the_budget_base(capsys):
+    out = run(["--model", "8b", "--method", "inference", "--engine", "vllm", "--gpu", "h100-sxm"], capsys)
+    assert "79.22 GiB CUDA total): weights 14.96" in " ".join(out.split())
+    out = run(["--model", "8b", "--method", "inference", "--engine", "vllm", "--gpu", "l40s"], capsys)
+    assert "(0.9 x 44.99 GiB): weights 14.96" in " ".join(out.split())
