@@ -5,22 +5,14 @@
 
 Each row plans with the stack its source names (``groundtruth.stack_of_source``: the vramcalc rows were measured
 with transformers 4.57.6 and plan as ``transformers==4.57``). Column ``target``: ``groundtruth.TARGETS``
-(issue #2); ``issue12``: issue #12's targets (transformers stacks: allocated 3%, reserved and process 6%; LitGPT
-10%), checked per row by tests/test_groundtruth.py. Exit status 1 when a row misses either.
+(issue #12's: transformers stacks allocated 3%, reserved and process 6%; LitGPT 10%), checked per row by
+tests/test_groundtruth.py. Exit status 1 when a row misses.
 """
 
 import argparse
 import sys
 
 from quantlab.groundtruth import MEASUREMENTS, PUBLISHED, check_row, load_rows, summarize
-
-ISSUE12 = {"transformers": {"allocated": 0.03, "reserved": 0.06, "process": 0.06}, "litgpt": 0.10}
-
-
-def issue12(stack: str, metric: str) -> float | None:
-    t = ISSUE12.get(stack.partition("==")[0])
-    return t if not isinstance(t, dict) else t.get(metric)
-
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -30,8 +22,7 @@ def main() -> int:
     files = a.files or [PUBLISHED, MEASUREMENTS]
     checks = [check_row(r) for f in files for r in load_rows(f)]
     def within(c) -> bool:
-        t = issue12(c.stack, c.metric)
-        return c.ok and (c.error is None or t is None or abs(c.error) <= t)
+        return c.ok
 
     if a.rows:
         for c in checks:
@@ -41,13 +32,12 @@ def main() -> int:
                   f"predicted {c.predicted / 1e9 if c.error is not None else c.predicted:9.3f} {err} "
                   f"{'ok' if within(c) else 'MISS'}")
     print(f"{'stack':18s} {'metric':9s} {'rows':>4s} {'ok':>4s} {'mean|err|':>9s} {'worst':>7s} {'worst under':>11s} "
-          f"{'target':>6s} {'issue12':>7s}")
+          f"{'target':>6s}")
     for s in summarize(checks):
         f = lambda v: "-" if v is None else f"{100 * v:+.1f}%"
-        t = issue12(s["stack"], s["metric"]) if s["metric"] != "fits" else None
         print(f"{s['stack']:18s} {s['metric']:9s} {s['rows']:4d} {s['right']:4d} "
               f"{f(s['mean_abs_error']):>9s} "
-              f"{f(s['worst_error']):>7s} {f(s['worst_under']):>11s} {f(s.get('target')):>6s} {f(t):>7s}")
+              f"{f(s['worst_error']):>7s} {f(s['worst_under']):>11s} {f(s.get('target')):>6s}")
     return 0 if all(within(c) for c in checks) else 1
 
 

@@ -1,6 +1,6 @@
 """The planner against published GPU measurements (and the lab's own rows in reports/measurements.jsonl).
 
-Targets (issue #12, tighter than issue #2's 5% / 10% / 15% in ``groundtruth.TARGETS``): transformers-stack rows
+Targets (issue #12, ``groundtruth.TARGETS``; tighter than issue #2's 5% / 10% / 15%): transformers-stack rows
 (either version): allocated within 3% on every row, with no under-prediction beyond -3%; reserved and process
 within 6%; every fit verdict right; LitGPT-stack rows within 10%. Each row plans with the stack its source names
 (the vramcalc rows: transformers 4.57.6 -> ``transformers==4.57``; the lab's rows: 5.24.0 -> ``transformers==5``).
@@ -8,12 +8,16 @@ within 6%; every fit verdict right; LitGPT-stack rows within 10%. Each row plans
 
 import pytest
 
-from quantlab.groundtruth import MEASUREMENTS, PUBLISHED, check_row, load_rows, row_to_config, summarize
+from quantlab.groundtruth import MEASUREMENTS, PUBLISHED, TARGETS, check_row, load_rows, row_to_config, summarize
 
 ROWS = load_rows(PUBLISHED) + load_rows(MEASUREMENTS)
 ISSUE12 = {("transformers", "allocated"): 0.03, ("transformers", "reserved"): 0.06,
            ("transformers", "process"): 0.06, ("litgpt", "allocated"): 0.10, ("litgpt", "reserved"): 0.10,
            ("litgpt", "process"): 0.10}
+
+
+def test_the_checked_targets_are_issue_12s():
+    assert TARGETS == ISSUE12
 
 
 def test_published_file_is_there():

@@ -383,10 +383,11 @@ def table_text(doc: dict, s, p, gpu) -> str:
         mc, mp = doc["max_concurrency"], doc["max_prompt_tokens"]
         conc = (f"up to {mc:,} concurrent sequence{'s' if mc > 1 else ''} fit" if mc else
                 "not one sequence fits")
+        at_limit = mp and mp == S.prompt_limit(s) and s.engine is S.Engine.TRANSFORMERS
         prompt = (f"a prompt of up to {mp:,} tokens" + (f" (+ {s.new_tokens} new)" if s.new_tokens else "")
-                  + (" (the model's context, S9)" if mp == S.prompt_limit(s) and s.engine is S.Engine.TRANSFORMERS
-                     else "") if mp else "no prompt fits")
-        out.append(f"at a context of {s.context:,} tokens, {conc}; at concurrency {s.concurrency}, {prompt} (S10)")
+                  if mp else "no prompt fits")
+        out.append(f"at a context of {s.context:,} tokens, {conc}; at concurrency {s.concurrency}, {prompt}"
+                   + (", the model's whole context (S9, S10)" if at_limit else " (S10)"))
         sp = doc["speed"]
         if sp:
             u = s.plan
