@@ -115,7 +115,8 @@ class _Given(argparse.Action):
 def add_config_arguments(parser: argparse.ArgumentParser, *, model_required: bool = True,
                          model_help: str | None = None, model_default: str | None = None,
                          only: tuple[str, ...] | None = None, defaults: dict | None = None,
-                         choices: dict | None = None, default_text: dict | None = None) -> None:
+                         choices: dict | None = None, default_text: dict | None = None,
+                         helps: dict | None = None) -> None:
     """``--model`` and one flag per :class:`PlanConfig` field, in groups, defaults from the dataclass.
 
     ``only``: the fields a command can act on (``lab finetune`` runs one process on one model: no sharding flags),
@@ -125,7 +126,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, model_required: boo
     ``--help`` and returned by :func:`config_dict_from_args` as if given (``lab finetune``: ``--method`` defaults to
     qlora and takes the lab's methods, since the lab cannot run inference; ``--batch`` is the lab recipe's 8).
     Every other flag keeps the plan's. ``default_text``: what "default" means for a field this command resolves
-    itself from what it knows (``lab finetune`` knows its device: the compute dtype left open is fp32 on a CPU)."""
+    itself from what it knows (``lab finetune`` knows its device: the compute dtype left open is fp32 on a CPU);
+    ``helps``: a field's help where the command's choices differ (before its default)."""
     from quantlab.specs import _ENUMS, PlanConfig, _kinds
 
     defaults = dict(defaults or {})
@@ -149,6 +151,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, model_required: boo
         if f.name == "model" or (only is not None and f.name not in only):
             continue
         title, text = HELP[f.name]
+        text = (helps or {}).get(f.name, text)
         kind, _ = kinds[f.name]
         default = defaults.get(f.name, f.default)
         kw: dict = {"dest": f.name, "action": _Given}

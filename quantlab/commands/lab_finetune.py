@@ -27,6 +27,13 @@ DEFAULT_TEXT = {"compute_dtype": "fp32 on a CPU (bf16/fp16 matmuls are emulated 
                 "precision": "nf4 for qlora; otherwise the compute dtype (pure) or fp32 (amp: master weights)"}
 
 
+HELPS = {"method": "qlora: 4-bit base + LoRA (least memory); lora; full (all weights: most memory); freeze (last "
+                   "blocks); ia3/prefix/prompt (fewest trainable parameters); qat (int4 fake-quant full fine-tune, "
+                   "planned as --method full, compared with PTQ of a plain fine-tune)",
+         "seq": "tokens per sequence: the longest record the run accepts (a longer one is an error), and the row "
+                "width with --packing / --pad-to-max-len (the measured step is planned at its own width)"}
+
+
 def register(sub) -> None:
     import dataclasses
 
@@ -56,6 +63,7 @@ def register(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(p, model_required=False, model_default=d["model"], only=SHARED,
                          defaults=LAB_PLAN_DEFAULTS, choices={"method": METHODS}, default_text=DEFAULT_TEXT,
+                         helps=HELPS,
                          model_help=f"{d['model']} (embedded) or a local model folder (default: {d['model']})")
     lab = p.add_argument_group("the lab's run")
     src = lab.add_mutually_exclusive_group()
@@ -122,7 +130,6 @@ def config_from_args(args, *, device: str | None = None, bf16: bool | None = Non
 
 
 def run(args) -> int:
-    import dataclasses
     from pathlib import Path
 
     from quantlab.errors import QuantlabError

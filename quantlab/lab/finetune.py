@@ -341,8 +341,8 @@ def _qlora(cfg, src):
     q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=cfg.plan.precision.value,
                            bnb_4bit_use_double_quant=cfg.plan.double_quant, bnb_4bit_compute_dtype=compute,
                            bnb_4bit_quant_storage=torch.uint8)
-    m = load_model(src, dtype=compute, quantization_config=q, device_map=_device(), attn_implementation=cfg.plan.attn.value,
-                   progress=False)
+    m = load_model(src, dtype=compute, quantization_config=q, device_map=_device(),
+                   attn_implementation=cfg.plan.attn.value, progress=False)
     keep_training_layout(m)
     if cfg.plan.kbit_upcast:
         m = prepare_model_for_kbit_training(m, use_gradient_checkpointing=cfg.plan.grad_checkpointing,

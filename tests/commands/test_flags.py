@@ -157,7 +157,8 @@ def test_same_flags_same_plan_config_in_plan_and_lab_finetune(device, packing):
     assert lab.packing is packing and lab.method == "lora" and lab.max_len == 77
 
 
-@pytest.mark.parametrize("argv", [[], ["--method", "full"], ["--method", "lora"], ["--method", "qlora", "--no-grad-checkpointing"],
+@pytest.mark.parametrize("argv", [[], ["--method", "full"], ["--method", "lora"],
+                                  ["--method", "qlora", "--no-grad-checkpointing"],
                                   ["--method", "full", "--training-precision", "amp"]])
 def test_lab_finetune_defaults_are_the_plans_on_a_bf16_gpu(argv):
     """Left open, the lab's plan is the plan's except --method qlora and --batch 8 (LAB_PLAN_DEFAULTS) and the
