@@ -1,7 +1,9 @@
 """The configuration flags, generated from :class:`quantlab.specs.PlanConfig`: one flag per field.
 
 Every subcommand that takes a configuration (``plan``, ``compare``, ``recommend``, ``validate``, ``lab finetune``,
-``lab ptq``) calls :func:`add_config_arguments`, so a flag has one name, one parser and one default everywhere.
+``lab ptq``) calls :func:`add_config_arguments`, so a flag has one name, one parser and one default everywhere
+(a command that can act on some fields only takes those: ``only=``; where a command cannot take the plan's default,
+``defaults=`` gives its own, shown by ``--help``: ``lab finetune``'s ``--method qlora`` and ``--batch 8``).
 The defaults are read from the dataclass (a default exists once, in ``specs.py``) and every help text ends with
 it. :func:`config_dict_from_args` turns the flags the user gave into the dict :meth:`PlanConfig.from_dict` reads.
 
@@ -19,6 +21,7 @@ import argparse
 import dataclasses
 
 GIVEN = "_config_flags_given"  # Namespace attribute: the set of PlanConfig fields the user gave a flag for
+DEFAULTS = "_config_flags_defaults"  # Namespace attribute: a command's own defaults (add_config_arguments defaults=)
 
 # field -> (group, help without its default). Group titles are those --help shows.
 _MODEL, _TRAIN, _WORK, _SHARD = "model and method", "training", "workload", "sharding"
@@ -67,7 +70,8 @@ HELP: dict[str, tuple[str, str]] = {
     "tp": (_SHARD, "tensor-parallel degree"),
     "device": (_SHARD, "cuda (adds CUDA context and allocator reserve) or cpu (exact tensor bytes, as the lab "
                        "counts)"),
-    "stack": (_SHARD, argparse.SUPPRESS),
+    "stack": (_MODEL, "model code planned: transformers==5, transformers==4.57 (SDPA keeps a mask and K/V repeated "
+                      "to every head in training: more activations), litgpt; transformers = the installed version"),
 }
 # Flag names that are not the kebab-case field name (kept from earlier releases).
 FLAG_NAMES = {"padding_mask": "--padded", "kbit_upcast": "--no-kbit-upcast",
@@ -78,11 +82,11 @@ DEFAULT_TEXT = {"precision": "nf4 for qlora, bf16 otherwise", "compute_dtype": "
                                       "prepare_model_for_kbit_training, off otherwise",
                 "lora_targets": "PEFT's per-family default: q_proj,v_proj; c_attn for gpt2; qkv_proj for phi3",
                 "kv_dtype": "the compute dtype", "fsdp": "off", "freeze_modules": "none",
-                "flash_attention": "FlashAttention on GPUs with bf16 (sm80+)"}
-RESOLVED_LATER = ("precision", "compute_dtype", "flash_attention", "grad_checkpointing", "lora_targets")
+                "flash_attention": "FlashAttention on GPUs with bf16 (sm80+)",
+                "stack": "the installed transformers' major version, else transformers==5"}
+RESOLVED_LATER = ("precision", "compute_dtype", "flash_attention", "grad_checkpointing", "lora_targets", "stack")
 NEGATABLE = ("grad_checkpointing",)  # --X and --no-X (argparse.BooleanOptionalAction's spelling)
-CHOICES = {"compute_dtype": ("fp32", "fp16", "bf16"), "zero": (0, 1, 2, 3), "fsdp": ("full_shard", "shard_grad_op"),
-           "stack": ("transformers", "litgpt")}
+CHOICES = {"compute_dtype": ("fp32", "fp16", "bf16"), "zero": (0, 1, 2, 3), "fsdp": ("full_shard", "shard_grad_op")}
 _LISTS = ("lora_targets", "freeze_modules")
 
 
@@ -111,12 +115,24 @@ class _Given(argparse.Action):
 
 def add_config_arguments(parser: argparse.ArgumentParser, *, model_required: bool = True,
                          model_help: str | None = None, model_default: str | None = None,
-                         only: tuple[str, ...] | None = None) -> None:
+                         only: tuple[str, ...] | None = None, defaults: dict | None = None,
+                         choices: dict | None = None, default_text: dict | None = None,
+                         helps: dict | None = None) -> None:
     """``--model`` and one flag per :class:`PlanConfig` field, in groups, defaults from the dataclass.
 
     ``only``: the fields a command can act on (``lab finetune`` runs one process on one model: no sharding flags),
-    with the same names, parsing and defaults as everywhere else."""
+    with the same names, parsing and defaults as everywhere else.
+
+    ``defaults`` / ``choices``: where a command cannot take the plan's default or every choice, its own, shown by
+    ``--help`` and returned by :func:`config_dict_from_args` as if given (``lab finetune``: ``--method`` defaults to
+    qlora and takes the lab's methods, since the lab cannot run inference; ``--batch`` is the lab recipe's 8).
+    Every other flag keeps the plan's. ``default_text``: what "default" means for a field this command resolves
+    itself from what it knows (``lab finetune`` knows its device: the compute dtype left open is fp32 on a CPU);
+    ``helps``: a field's help where the command's choices differ (before its default)."""
     from quantlab.specs import _ENUMS, PlanConfig, _kinds
+
+    defaults = dict(defaults or {})
+    choices_of = choices
 
     kinds = _kinds(PlanConfig)
     groups = {}
@@ -131,13 +147,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, model_required: boo
         help=model_help or "profile name (llama-3.1-8b), alias (7b, 13b, 70b = Llama-2; 8b = Llama-3.1-8B), HF id, "
                            "or a local config.json / model folder (see 'quantlab profiles')"
                            + (f" (default: {model_default})" if model_default else ""))
-    parser.set_defaults(**{GIVEN: None})
+    parser.set_defaults(**{GIVEN: None, DEFAULTS: defaults})
     for f in dataclasses.fields(PlanConfig):
         if f.name == "model" or (only is not None and f.name not in only):
             continue
         title, text = HELP[f.name]
+        text = (helps or {}).get(f.name, text)
         kind, _ = kinds[f.name]
-        default = f.default
+        default = defaults.get(f.name, f.default)
         kw: dict = {"dest": f.name, "action": _Given}
         if kind == "bool":
             kw["store"] = not default
@@ -148,7 +165,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, model_required: boo
                 kw["metavar"] = "N" if kind == "int" else "X"
             elif kind == "tuple":
                 kw["metavar"] = "A,B"
-            choices = CHOICES.get(f.name)
+            choices = (choices_of or {}).get(f.name) or CHOICES.get(f.name)
             if choices is None and kind in _ENUMS:
                 choices = tuple(e.value for e in _ENUMS[kind])
             if choices is not None:
@@ -161,7 +178,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, model_required: boo
                 value = ",".join(default)
             shown = value
         kw["default"] = None if f.name in RESOLVED_LATER else default if kind == "bool" else value
-        shown = DEFAULT_TEXT.get(f.name) or shown
+        shown = (None if f.name in defaults else (default_text or {}).get(f.name) or DEFAULT_TEXT.get(f.name)) \
+            or shown
         help_text = text if text is argparse.SUPPRESS else f"{text} (default: {shown})"
         names = [flag_name(f.name)]
         if f.name in NEGATABLE:
@@ -179,15 +197,19 @@ def config_dict_from_args(args: argparse.Namespace) -> dict:
     """The :meth:`PlanConfig.from_dict`-ready dict of the flags the user gave (without "model"), in field order.
 
     Absent keys take the dataclass defaults in ``from_dict``; ``compute_dtype`` and ``flash_attention`` are absent
-    unless given, for the command that knows the GPU to resolve. Comma lists become lists (``all-linear`` alone
+    unless given, for the command that knows the GPU to resolve. A command's own defaults
+    (``add_config_arguments(defaults=...)``) are present as if given. Comma lists become lists (``all-linear`` alone
     for PEFT's all-linear); an empty ``--lora-targets`` is a one-line error.
     """
     from quantlab.specs import ALL_LINEAR, PlanConfig, SpecError
 
     given = given_fields(args)
+    own = getattr(args, DEFAULTS, None) or {}
     out: dict = {}
     for f in dataclasses.fields(PlanConfig):
         if f.name not in given:
+            if f.name in own:
+                out[f.name] = own[f.name]
             continue
         v = getattr(args, f.name)
         if f.name in _LISTS:

@@ -5,21 +5,40 @@ from __future__ import annotations
 import argparse
 import sys
 
-HARNESS = 2  # bump when what a stored fine-tune row means changes (its key then changes: no stale reuse)
+HARNESS = 3  # bump when what a stored fine-tune row means changes (its key then changes: no stale reuse)
 
 
-# The flags lab finetune shares with plan: same names, parsing and defaults (quantlab.commands.flags); the
-# FinetuneConfig takes the same PlanConfig defaults. The method, the precision recipe and the lab's batch and
-# length settings are the lab's own (module quantlab.lab.finetune_plan maps them onto a PlanConfig).
-SHARED = ("double_quant", "kbit_upcast", "optimizer", "lora_r", "lora_alpha", "lora_targets", "lora_dropout",
-          "freeze_last_layers", "freeze_modules", "num_virtual_tokens", "grad_checkpointing", "grad_accum", "attn")
+# The PlanConfig fields lab finetune takes as 'quantlab plan' flags (same names, parsing and defaults:
+# quantlab.commands.flags), i.e. every field a one-process lab run can act on. Not taken, and why:
+# - num_gpus, zero, fsdp, offload, tp, stack: one process on the transformers stack (quantlab.lab.distributed runs
+#   sharded plans); device: the lab's own device; kv_dtype: inference only; adapter_size: no bottleneck adapters;
+# - flash_attention: what the lab's GPU runs (resolved from it, quantlab.lab.finetune_plan assumption 2);
+# - group_size: int4 storage, which no lab fine-tune holds (QAT's int4 group is --qat-group-size);
+# - padding_mask: the lab's batch layout decides it (--packing: none; padded batches: a mask; finetune_plan
+#   assumption 3).
+SHARED = ("method", "precision", "compute_dtype", "training_precision", "double_quant", "kbit_upcast", "optimizer",
+          "batch", "seq", "lora_r", "lora_alpha", "lora_targets", "lora_dropout", "freeze_last_layers",
+          "freeze_modules", "num_virtual_tokens", "grad_checkpointing", "grad_accum", "attn")
+
+
+# What the defaults resolve to where the lab's device decides (quantlab.lab.finetune_plan assumption 2).
+DEFAULT_TEXT = {"compute_dtype": "fp32 on a CPU (bf16/fp16 matmuls are emulated there), bf16 on a GPU with bf16, "
+                                 "fp16 on one without",
+                "precision": "nf4 for qlora; otherwise the compute dtype (pure) or fp32 (amp: master weights)"}
+
+
+HELPS = {"method": "qlora: 4-bit base + LoRA (least memory); lora; full (all weights: most memory); freeze (last "
+                   "blocks); ia3/prefix/prompt (fewest trainable parameters); qat (int4 fake-quant full fine-tune, "
+                   "planned as --method full, compared with PTQ of a plain fine-tune)",
+         "seq": "tokens per sequence: the longest record the run accepts (a longer one is an error), and the row "
+                "width with --packing / --pad-to-max-len (the measured step is planned at its own width)"}
 
 
 def register(sub) -> None:
     import dataclasses
 
     from quantlab.commands.flags import add_config_arguments
-    from quantlab.lab.finetune import METHODS, PRECISIONS, QUANT_TYPES, FinetuneConfig
+    from quantlab.lab.finetune import LAB_PLAN_DEFAULTS, METHODS, SCHEDULES, FinetuneConfig
 
     d = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}  # the lab's defaults exist once, there
     p = sub.add_parser(
@@ -28,49 +47,43 @@ def register(sub) -> None:
                     "(weights, quantization constants, adapters, gradients, optimizer states, activations saved for "
                     "backward, logits + loss) beside the planner's prediction, seconds per step, tokens/s, loss "
                     "curves, and exact match / token F1 before and after. Results go to the results store; "
-                    "'quantlab report' renders them next to the PTQ runs. The LoRA, freeze, optimizer, "
-                    "checkpointing and attention flags are those of 'quantlab plan', with the same defaults.",
+                    "'quantlab report' renders them next to the PTQ runs. The configuration flags (method, "
+                    "precision, compute dtype, training precision, optimizer, batch, seq, LoRA, freeze, "
+                    "checkpointing, attention, ...) are those of 'quantlab plan' with the same defaults, except "
+                    "--method (the lab trains: qlora, and the lab-only qat) and --batch (the lab recipe's "
+                    f"{LAB_PLAN_DEFAULTS['batch']}); the compute dtype left open is fp32 on a CPU (bf16 is emulated "
+                    "there), bf16 on a GPU. QLoRA runs with gradient checkpointing, as PEFT's "
+                    "prepare_model_for_kbit_training does, unless --no-grad-checkpointing.",
         epilog="Examples:\n  quantlab lab finetune --method qlora --task json-extract\n"
                "  quantlab lab finetune --method lora --data my.jsonl --max-steps 200 --grad-checkpointing\n"
+               "  quantlab lab finetune --method full --precision bf16 --compute-dtype bf16   # pure bf16\n"
+               "  quantlab lab finetune --method lora --training-precision amp --compute-dtype bf16  # fp32 masters\n"
                "  quantlab lab finetune --method qat --max-steps 60   # QAT vs PTQ at int4\n"
                "Data: JSONL with {\"prompt\", \"response\"} or {\"messages\": [...]} per line.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(p, model_required=False, model_default=d["model"], only=SHARED,
+                         defaults=LAB_PLAN_DEFAULTS, choices={"method": METHODS}, default_text=DEFAULT_TEXT,
+                         helps=HELPS,
                          model_help=f"{d['model']} (embedded) or a local model folder (default: {d['model']})")
     lab = p.add_argument_group("the lab's run")
-    lab.add_argument("--method", choices=METHODS, default=d["method"],
-                     help="qlora: 4-bit base + LoRA (least memory); lora; full (all weights: most memory); freeze "
-                          "(last blocks); ia3/prefix/prompt (fewest trainable parameters); qat (int4 fake-quant "
-                          "fine-tune, compared with PTQ of a plain fine-tune) (default: %(default)s)")
     src = lab.add_mutually_exclusive_group()
     src.add_argument("--task", default=None, help=f"a shipped task under tasks/ (default: {d['task']})")
     src.add_argument("--data", default=None, help="your JSONL file (split 80/10/10 into train/validation/test)")
     lab.add_argument("--max-steps", type=int, default=d["max_steps"],
                      help="optimizer steps (early stopping may end sooner) (default: %(default)s)")
-    lab.add_argument("--batch", type=int, default=d["batch"],
-                     help="sequences per micro-batch (memory grows with it) (default: %(default)s)")
     lab.add_argument("--lr", type=float, default=d["lr"], help="learning rate (default per method: 1e-3 LoRA/QLoRA, "
                      "5e-5 full/QAT, 1e-4 freeze, 3e-3 IA3/prefix/prompt)")
-    lab.add_argument("--schedule", choices=("cosine", "linear", "constant"), default=d["schedule"],
+    lab.add_argument("--schedule", choices=SCHEDULES, default=d["schedule"],
                      help="learning-rate decay after the linear warm-up (default: %(default)s)")
     lab.add_argument("--warmup-steps", type=int, default=d["warmup_steps"], help="linear warm-up steps (default: "
                      "%(default)s)")
-    lab.add_argument("--quant-type", choices=QUANT_TYPES, default=d["quant_type"],
-                     help="QLoRA's 4-bit format (the plan's --precision for qlora) (default: %(default)s)")
     lab.add_argument("--qat-group-size", type=int, default=d["qat_group_size"],
                      help="QAT/PTQ: int4 weights per scale group (default: %(default)s)")
-    lab.add_argument("--precision", choices=PRECISIONS, default=d["precision"],
-                     help="the training recipe: fp32 (right on a CPU); bf16/fp16 pure (half the weight memory, fp16 "
-                          "may overflow); amp-bf16 / amp-fp16 (fp32 master weights, autocast; fp16 with gradient "
-                          "scaling); the plan's --precision, --compute-dtype and --training-precision in one "
-                          "(default: %(default)s)")
-    lab.add_argument("--max-len", type=int, default=d["max_len"],
-                     help="longest record in tokens (a longer one is an error) (default: %(default)s)")
     lab.add_argument("--pad-to-max-len", action="store_true",
-                     help="pad every batch to --max-len (a fixed shape; padding makes the model keep an attention "
+                     help="pad every batch to --seq tokens (a fixed shape; padding makes the model keep an attention "
                           "mask) instead of to its longest record")
     lab.add_argument("--packing", action="store_true",
-                     help="concatenate examples into rows of exactly --max-len tokens: no padding (the shape the "
+                     help="concatenate examples into rows of exactly --seq tokens: no padding (the shape the "
                           "planner assumes, fewer wasted tokens), but an example may attend to the one before it")
     lab.add_argument("--prompt-loss-weight", type=float, default=d["prompt_loss_weight"],
                      help="0: learn the response only; 1: prompt too (default: %(default)s)")
@@ -94,26 +107,29 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def config_from_args(args):
-    """The FinetuneConfig of the flags: the shared ones as ``quantlab plan`` reads them (absent: the PlanConfig
-    defaults, which are FinetuneConfig's), the lab's own as given."""
-    from quantlab.commands.flags import config_dict_from_args
+def config_from_args(args, *, device: str | None = None, bf16: bool | None = None):
+    """The FinetuneConfig of the flags: the plan's as ``quantlab plan`` reads them (``config_dict_from_args``,
+    then PlanConfig.from_dict through :func:`quantlab.lab.finetune_plan.finetune_config`), the lab's own as given.
+    A plan flag the configuration ignores is a one-line error, as in ``quantlab plan`` (``flags.check_given``).
+    ``device`` / ``bf16``: the lab's device (default: the one found)."""
+    from quantlab.commands.flags import check_given, config_dict_from_args, given_fields
     from quantlab.lab.finetune import FinetuneConfig
+    from quantlab.lab.finetune_plan import finetune_config
 
-    shared = {k: tuple(v) if isinstance(v, list) else v for k, v in config_dict_from_args(args).items()}
+    plan = config_dict_from_args(args)
     task = args.task if (args.task or args.data) else FinetuneConfig.task
-    return FinetuneConfig(
-        method=args.method, model=args.model, task=None if args.data else task, data=args.data,
-        quant_type=args.quant_type, qat_group_size=args.qat_group_size, precision=args.precision, lr=args.lr,
-        schedule=args.schedule, warmup_steps=args.warmup_steps, batch=args.batch, max_steps=args.max_steps,
-        max_len=args.max_len, pad_to_max_len=args.pad_to_max_len, packing=args.packing,
+    cfg = finetune_config(
+        model=args.model, device=device, bf16=bf16, task=None if args.data else task, data=args.data,
+        qat_group_size=args.qat_group_size, lr=args.lr, schedule=args.schedule, warmup_steps=args.warmup_steps,
+        max_steps=args.max_steps, pad_to_max_len=args.pad_to_max_len, packing=args.packing,
         eval_every=args.eval_every, patience=args.patience, prompt_loss_weight=args.prompt_loss_weight,
         seed=args.seed, eval_items=args.eval_items, max_new_tokens=args.max_new_tokens,
-        checkpoint_dir=args.checkpoint_dir, **shared)
+        checkpoint_dir=args.checkpoint_dir, **plan)
+    check_given(cfg.plan, given_fields(args))
+    return cfg
 
 
 def run(args) -> int:
-    import dataclasses
     from pathlib import Path
 
     from quantlab.errors import QuantlabError
@@ -125,7 +141,7 @@ def run(args) -> int:
         raise QuantlabError(f"data file {cfg.data_path} not found")
     log = lambda s: print(s, file=sys.stderr)  # noqa: E731
     store = ResultStore(args.store)
-    conf = dataclasses.asdict(cfg)
+    conf = cfg.to_dict()
     conf.pop("checkpoint_dir")  # where checkpoints go does not change the result
     if cfg.data:
         conf["data"] = str(Path(cfg.data).resolve())

@@ -159,8 +159,12 @@ def _lab_finetune(cfg: DistConfig, rank: int, world: int):
     from quantlab.lab.data import collate, prepare
     from quantlab.lab.model import load_tokenizer, resolve
 
-    ft = F.FinetuneConfig(method=cfg.method, model=cfg.model, task=cfg.task, batch=cfg.batch, max_len=cfg.seq,
-                          lora_targets=LORA_TARGETS, seed=cfg.seed, max_steps=cfg.steps, warmup_steps=1)
+    from quantlab.lab.finetune_plan import finetune_config
+
+    # the plan of one rank's process (fp32 on the CPU: plan_config's precision), as lab finetune builds it
+    ft = finetune_config(method=cfg.method, model=cfg.model, task=cfg.task, batch=cfg.batch, seq=cfg.seq,
+                         precision="fp32", compute_dtype="fp32", lora_targets=LORA_TARGETS, seed=cfg.seed,
+                         max_steps=cfg.steps, warmup_steps=1, device="cpu")
     src = resolve(cfg.model)
     model = F.build_model(ft, src)
     model.config.use_cache = False

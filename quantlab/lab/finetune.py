@@ -7,10 +7,12 @@ adapters); ``ia3``, ``prefix`` and ``prompt`` (PEFT IA3 / prefix tuning / prompt
 with torchao int4 fake quantization of the block linears, converted afterwards and compared with PTQ of a plain
 fine-tune at the same bit width: :mod:`quantlab.lab.qat`, :mod:`quantlab.lab.qat_compare`).
 
-Training precision: ``fp32``; ``bf16`` / ``fp16`` (pure: weights, gradients and optimizer states in that dtype);
-``amp-bf16`` / ``amp-fp16`` (fp32 master weights, autocast; fp16 with gradient scaling). BF16/FP16 matmuls are
-emulated on many CPUs: the embedded model trains in fp32 here, and the other paths are exercised on tiny models in
-the tests. Optimizers: AdamW (torch), 8-bit / paged AdamW and Lion (bitsandbytes), Adafactor (transformers), SGD.
+Precision: the plan's own fields (``FinetuneConfig.plan``): ``precision`` (the weights: fp32 / bf16 / fp16, or
+nf4 / fp4 for QLoRA), ``compute_dtype`` and ``training_precision`` (``pure``: weights, gradients and optimizer
+states in the weights' dtype; ``amp``: fp32 master weights, autocast to the compute dtype, fp16 with gradient
+scaling). BF16/FP16 matmuls are emulated on many CPUs: on a CPU the lab computes in fp32 unless told otherwise
+(:mod:`quantlab.lab.finetune_plan` assumption 2), and the other paths are exercised on tiny models in the tests.
+Optimizers: AdamW (torch), 8-bit / paged AdamW and Lion (bitsandbytes), Adafactor (transformers), SGD.
 
 Assumptions:
 
@@ -36,6 +38,7 @@ Assumptions:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import random
@@ -49,63 +52,57 @@ from quantlab.lab import measure
 from quantlab.lab.finetune_ckpt import has_checkpoint, load_checkpoint, save_checkpoint  # noqa: F401 (re-export)
 from quantlab.lab.finetune_eval import exact_match, generate_answers, token_f1  # noqa: F401 (re-export)
 from quantlab.lab.model import load_model, load_tokenizer, resolve
-from quantlab.specs import Attention, DType, Optimizer, PlanConfig, Precision, TrainingPrecision
+from quantlab.specs import DType, Method, PlanConfig, TrainingPrecision
 
 TASKS = Path(__file__).resolve().parent.parent.parent / "tasks"
-METHODS = ("full", "freeze", "lora", "qlora", "ia3", "prefix", "prompt", "qat")
+METHODS = ("full", "freeze", "lora", "qlora", "ia3", "prefix", "prompt", "qat")  # the lab's --method choices
 PEFT_METHODS = ("lora", "qlora", "ia3", "prefix", "prompt")
-# The lab's ``precision`` names a training recipe; the planner's vocabulary splits it in three PlanConfig fields
-# (the one mapping, read both ways by quantlab.lab.finetune_plan): (weights when unquantized, compute dtype,
-# training precision). QLoRA keeps its block linears in ``quant_type`` instead of the first.
-PRECISION_RECIPES = {
-    "fp32": (Precision.FP32, DType.FP32, TrainingPrecision.PURE),
-    "bf16": (Precision.BF16, DType.BF16, TrainingPrecision.PURE),
-    "fp16": (Precision.FP16, DType.FP16, TrainingPrecision.PURE),
-    "amp-bf16": (Precision.FP32, DType.BF16, TrainingPrecision.AMP),  # fp32 master weights, bf16 autocast
-    "amp-fp16": (Precision.FP32, DType.FP16, TrainingPrecision.AMP),
-}
-PRECISIONS = tuple(PRECISION_RECIPES)
-QUANT_TYPES = (Precision.NF4.value, Precision.FP4.value)  # QLoRA's 4-bit formats (PlanConfig.precision values)
-OPTIMIZERS = tuple(o.value for o in Optimizer)  # PlanConfig's optimizers, by their values
-ATTNS = tuple(a.value for a in Attention)
-# The settings a lab fine-tune shares with the plan take the PlanConfig defaults (a default exists once).
-PLAN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PlanConfig)}
+# What a lab fine-tune plans differently from `quantlab plan` when the user leaves it open (the one table: the CLI
+# and quantlab.lab.finetune_plan.finetune_config read it). The lab cannot run inference, so a method is chosen
+# (QLoRA: the least memory); a 40-step recipe learns from 8 sequences per step, not the planner's 1. Every other
+# PlanConfig field takes the plan's default, resolved by PlanConfig.from_dict (specs assumption 4) after the
+# lab's device has chosen the compute dtype (quantlab.lab.finetune_plan assumption 2).
+LAB_PLAN_DEFAULTS = {"method": "qlora", "batch": 8}
+SCHEDULES = ("cosine", "linear", "constant")
 DEFAULT_LR = {"full": 5e-5, "qat": 5e-5, "freeze": 1e-4, "lora": 1e-3, "qlora": 1e-3, "ia3": 3e-3, "prefix": 3e-3,
               "prompt": 3e-3}
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """One fine-tune: method, data, precision, optimizer, workload (validation only in ``__post_init__``)."""
+    """One fine-tune: ``plan`` is what is planned, the other fields are the lab's own run settings.
 
-    method: str = "qlora"
-    model: str = "smollm2-135m"
+    ``plan`` (a :class:`~quantlab.specs.PlanConfig` on the model's spec) holds everything the planner plans:
+    method, weight precision, compute dtype, training precision, optimizer, batch, seq (the longest record; with
+    ``packing`` / ``pad_to_max_len`` the width of every row), LoRA / freeze / virtual-token fields, gradient
+    checkpointing, attention, grad_accum, k-bit upcast, double quant, padding (``padding_mask`` = not
+    ``packing``) and the device. Its fields are validated once, by PlanConfig. Build one with
+    :func:`quantlab.lab.finetune_plan.finetune_config` (flat keyword arguments, the plan's resolved through
+    ``PlanConfig.from_dict`` as ``quantlab plan`` resolves them) or from a plan with
+    :func:`~quantlab.lab.finetune_plan.from_plan_config`.
+
+    The lab-only method ``qat`` (``qat=True``) is a full fine-tune with int4 fake quantization of the block
+    linears, so its plan is ``method=full`` in the plan's precisions: the fake-quantized linears hold the same
+    weights, gradients and optimizer states; the int4 round trip in the forward is a transient the planner does not
+    model. ``qat_group_size`` is its torchao group (PlanConfig's ``group_size`` describes int4 *storage*, which a
+    QAT run never holds while it trains).
+
+    ``__post_init__`` checks the lab's own fields and refuses, in one line, what the one-process lab cannot run
+    (:func:`quantlab.lab.finetune_plan.lab_refusal`).
+    """
+
+    plan: PlanConfig
+    model: str = "smollm2-135m"  # the lab's model source (embedded name or a local folder); plan.model is its spec
+    qat: bool = False
+    qat_group_size: int = 32
     task: str | None = "json-extract"
     data: str | None = None
-    lora_r: int = PLAN_DEFAULTS["lora_r"]
-    lora_alpha: int = PLAN_DEFAULTS["lora_alpha"]
-    lora_dropout: float = PLAN_DEFAULTS["lora_dropout"]
-    lora_targets: tuple = PLAN_DEFAULTS["lora_targets"]  # or ("all-linear",)
-    quant_type: str = "nf4"  # qlora: nf4 | fp4
-    double_quant: bool = PLAN_DEFAULTS["double_quant"]  # qlora: quantize the absmax constants too
-    kbit_upcast: bool = PLAN_DEFAULTS["kbit_upcast"]  # qlora: PEFT prepare_model_for_kbit_training
-    freeze_last_layers: int = PLAN_DEFAULTS["freeze_last_layers"]
-    freeze_modules: tuple = PLAN_DEFAULTS["freeze_modules"]
-    num_virtual_tokens: int = PLAN_DEFAULTS["num_virtual_tokens"]
-    qat_group_size: int = 32
-    optimizer: str = PLAN_DEFAULTS["optimizer"].value
-    precision: str = "fp32"
     lr: float | None = None  # None: DEFAULT_LR[method]
     schedule: str = "cosine"  # cosine | linear | constant (after linear warm-up)
     warmup_steps: int = 5
-    batch: int = 8
-    grad_accum: int = PLAN_DEFAULTS["grad_accum"]
     max_steps: int = 40
-    max_len: int = 128
-    pad_to_max_len: bool = False  # pad every batch to max_len (a fixed shape, with padding)
-    packing: bool = False  # rows of exactly max_len tokens cut from the concatenated examples (no padding)
-    grad_checkpointing: bool = PLAN_DEFAULTS["grad_checkpointing"]
-    attn: str = PLAN_DEFAULTS["attn"].value
+    pad_to_max_len: bool = False  # pad every batch to plan.seq (a fixed shape, with padding)
+    packing: bool = False  # rows of exactly plan.seq tokens cut from the concatenated examples (no padding)
     eval_every: int = 10
     patience: int = 3
     prompt_loss_weight: float = 0.0
@@ -115,36 +112,55 @@ class FinetuneConfig:
     checkpoint_dir: str | None = None
 
     def __post_init__(self):
+        from quantlab.lab.finetune_plan import lab_refusal
+
         def bad(msg):
             raise QuantlabError(msg)
 
-        for name, value, known in (("method", self.method, METHODS), ("precision", self.precision, PRECISIONS),
-                                   ("optimizer", self.optimizer, OPTIMIZERS),
-                                   ("schedule", self.schedule, ("cosine", "linear", "constant")),
-                                   ("attn", self.attn, ATTNS), ("quant-type", self.quant_type, QUANT_TYPES)):
-            if value not in known:
-                bad(f"unknown {name} {value!r} (known: {', '.join(known)})")
-        for f in ("batch", "grad_accum", "max_steps", "max_len", "eval_every", "lora_r", "lora_alpha", "eval_items",
-                  "num_virtual_tokens", "qat_group_size", "max_new_tokens", "patience"):
+        if not isinstance(self.plan, PlanConfig):
+            bad(f"plan must be a PlanConfig, got {type(self.plan).__name__}")
+        if self.schedule not in SCHEDULES:
+            bad(f"unknown schedule {self.schedule!r} (known: {', '.join(SCHEDULES)})")
+        for f in ("max_steps", "eval_every", "eval_items", "qat_group_size", "max_new_tokens", "patience"):
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 bad(f"{f.replace('_', '-')} must be a positive integer, got {v!r}")
-        if self.warmup_steps < 0 or self.freeze_last_layers < 0:
-            bad("warmup-steps and freeze-last-layers must not be negative")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            bad(f"lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            bad("warmup-steps must not be negative")
         if not 0.0 <= self.prompt_loss_weight <= 1.0:
             bad(f"prompt-loss-weight must be in [0, 1], got {self.prompt_loss_weight}")
         if self.lr is not None and not (self.lr >= 0 and math.isfinite(self.lr)):
             bad(f"lr must be a finite non-negative number, got {self.lr}")
-        if not self.lora_targets:
-            bad("lora-targets is empty")
         if self.packing and self.pad_to_max_len:
             bad("choose packing or pad-to-max-len, not both")
-        if self.double_quant and self.method != "qlora":
-            bad("double quantization applies to --method qlora only")
+        if self.plan.padding_mask == self.packing:
+            bad("the plan's padding_mask is the lab's batch layout: packed rows have none, padded batches have one")
+        if self.qat and self.plan.method is not Method.FULL:
+            bad("qat is a full fine-tune with fake quantization: its plan's method is full")
         if (self.task is None) == (self.data is None):
             bad("give either --task or --data")
+        why = lab_refusal(self.plan)
+        if why:
+            bad(why)
+
+    # ---- derived: the lab's names for plan fields ------------------------------------------------------
+    @property
+    def method(self) -> str:
+        """The lab's method name: the plan's method, or ``qat``."""
+        return "qat" if self.qat else self.plan.method.value
+
+    @property
+    def batch(self) -> int:
+        return self.plan.batch
+
+    @property
+    def max_len(self) -> int:
+        """The longest record in tokens, and the row width of packed / fixed-width batches: ``plan.seq``."""
+        return self.plan.seq
+
+    @property
+    def grad_accum(self) -> int:
+        return self.plan.grad_accum
 
     @property
     def learning_rate(self) -> float:
@@ -162,28 +178,56 @@ class FinetuneConfig:
 
     @property
     def amp_dtype(self):
-        import torch
-
-        return {"amp-bf16": torch.bfloat16, "amp-fp16": torch.float16}.get(self.precision)
+        """The autocast dtype under AMP (the plan's compute dtype), else None."""
+        if self.plan.training_precision is not TrainingPrecision.AMP:
+            return None
+        return _torch_dtype(self.plan.compute_dtype)
 
     @property
     def param_dtype(self):
-        """The dtype weights are loaded in (the master weights under AMP are fp32)."""
-        import torch
+        """The dtype unquantized weights are loaded in: fp32 master weights under AMP, the plan's float weights
+        under pure training, the compute dtype around k-bit linears."""
+        if self.plan.training_precision is TrainingPrecision.AMP:
+            return _torch_dtype(DType.FP32)
+        if self.plan.precision.is_float:
+            return _torch_dtype(DType(self.plan.precision.value))
+        return _torch_dtype(self.plan.compute_dtype)
 
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+    def to_dict(self) -> dict:
+        """One flat, JSON-serialisable dict: ``model``, the plan's fields (``PlanConfig.to_dict`` without its
+        model spec, ``method`` in the lab's name) and the lab's own; :func:`finetune_config` reads it back."""
+        d = {"model": self.model}
+        d.update({k: v for k, v in self.plan.to_dict().items() if k != "model"})
+        d["method"] = self.method
+        for f in dataclasses.fields(self):
+            if f.name not in ("plan", "model", "qat"):
+                d[f.name] = getattr(self, f.name)
+        return d
 
-    def to_plan_config(self, spec, **kw):
+    def to_plan_config(self, spec=None, **kw):
         """The planner's :class:`PlanConfig` of this run (:mod:`quantlab.lab.finetune_plan`)."""
         from quantlab.lab.finetune_plan import to_plan_config
 
         return to_plan_config(self, spec, **kw)
 
     @classmethod
+    def create(cls, **kw) -> "FinetuneConfig":
+        """:func:`quantlab.lab.finetune_plan.finetune_config`."""
+        from quantlab.lab.finetune_plan import finetune_config
+
+        return finetune_config(**kw)
+
+    @classmethod
     def from_plan_config(cls, pc, **kw) -> "FinetuneConfig":
         from quantlab.lab.finetune_plan import from_plan_config
 
         return from_plan_config(pc, **kw)
+
+
+def _torch_dtype(d: DType):
+    import torch
+
+    return {DType.FP32: torch.float32, DType.BF16: torch.bfloat16, DType.FP16: torch.float16}[d]
 
 
 # ---- model builders (one per method) ----------------------------------------------------------------------
@@ -218,7 +262,7 @@ def _device():
 
 
 def _load_base(cfg: FinetuneConfig, src, **kw):
-    return load_model(src, dtype=cfg.param_dtype, attn_implementation=cfg.attn, progress=False, **kw)
+    return load_model(src, dtype=cfg.param_dtype, attn_implementation=cfg.plan.attn.value, progress=False, **kw)
 
 
 @register("full")
@@ -242,13 +286,13 @@ def _freeze(cfg, src):
     for p in m.parameters():
         p.requires_grad_(False)
     layers = decoder_layers(m)
-    if cfg.freeze_last_layers > len(layers):
+    if cfg.plan.freeze_last_layers > len(layers):
         raise QuantlabError(f"--freeze-last-layers must be in 0..{len(layers)} for this model")
-    for layer in list(layers)[len(layers) - cfg.freeze_last_layers:]:
+    for layer in list(layers)[len(layers) - cfg.plan.freeze_last_layers:]:
         for p in layer.parameters():
             p.requires_grad_(True)
     mods = dict(m.named_modules())
-    for name in cfg.freeze_modules:
+    for name in cfg.plan.freeze_modules:
         hits = [n for n in mods if n == name or n.endswith("." + name)]
         if not hits:
             raise QuantlabError(f"--freeze-modules: no module named {name!r} (e.g. lm_head, model.norm)")
@@ -263,8 +307,11 @@ def _freeze(cfg, src):
 def _lora_config(cfg):
     from peft import LoraConfig
 
-    targets = "all-linear" if tuple(cfg.lora_targets) == ("all-linear",) else list(cfg.lora_targets)
-    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+    from quantlab.specs import ALL_LINEAR
+
+    pc = cfg.plan
+    targets = ALL_LINEAR if tuple(pc.lora_targets) == (ALL_LINEAR,) else list(pc.lora_targets)
+    return LoraConfig(r=pc.lora_r, lora_alpha=pc.lora_alpha, lora_dropout=pc.lora_dropout,
                       target_modules=targets, task_type="CAUSAL_LM")
 
 
@@ -288,17 +335,17 @@ def _qlora(cfg, src):
     from peft import prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
 
-    # compute dtype: the training dtype (fp32 on a CPU, where bf16 matmuls are emulated); under AMP the k-bit
-    # matmuls compute in the autocast dtype
-    compute = cfg.amp_dtype or cfg.param_dtype
-    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=cfg.quant_type,
-                           bnb_4bit_use_double_quant=cfg.double_quant, bnb_4bit_compute_dtype=compute,
+    # the plan's compute dtype (fp32 by default on a CPU, where bf16 matmuls are emulated: finetune_plan
+    # assumption 2); under AMP the k-bit matmuls compute in the autocast dtype, which is the same
+    compute = _torch_dtype(cfg.plan.compute_dtype)
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=cfg.plan.precision.value,
+                           bnb_4bit_use_double_quant=cfg.plan.double_quant, bnb_4bit_compute_dtype=compute,
                            bnb_4bit_quant_storage=torch.uint8)
-    m = load_model(src, dtype=compute, quantization_config=q, device_map=_device(), attn_implementation=cfg.attn,
-                   progress=False)
+    m = load_model(src, dtype=compute, quantization_config=q, device_map=_device(),
+                   attn_implementation=cfg.plan.attn.value, progress=False)
     keep_training_layout(m)
-    if cfg.kbit_upcast:
-        m = prepare_model_for_kbit_training(m, use_gradient_checkpointing=cfg.grad_checkpointing,
+    if cfg.plan.kbit_upcast:
+        m = prepare_model_for_kbit_training(m, use_gradient_checkpointing=cfg.plan.grad_checkpointing,
                                             gradient_checkpointing_kwargs={"use_reentrant": False})
     return _peft(m, _lora_config(cfg))
 
@@ -315,7 +362,7 @@ def _prefix(cfg, src):
     from peft import PrefixTuningConfig
 
     return _peft(_load_base(cfg, src), PrefixTuningConfig(task_type="CAUSAL_LM",
-                                                          num_virtual_tokens=cfg.num_virtual_tokens))
+                                                          num_virtual_tokens=cfg.plan.num_virtual_tokens))
 
 
 @register("prompt")
@@ -323,14 +370,14 @@ def _prompt(cfg, src):
     from peft import PromptTuningConfig
 
     return _peft(_load_base(cfg, src), PromptTuningConfig(task_type="CAUSAL_LM",
-                                                          num_virtual_tokens=cfg.num_virtual_tokens))
+                                                          num_virtual_tokens=cfg.plan.num_virtual_tokens))
 
 
 def build_model(cfg: FinetuneConfig, src):
     """The method's model, on the device, with gradient checkpointing as configured (non-reentrant)."""
     m = BUILDERS[cfg.method](cfg, src)
-    if cfg.grad_checkpointing:
-        if not (cfg.method == "qlora" and cfg.kbit_upcast):  # prepare_model_for_kbit_training turned it on
+    if cfg.plan.grad_checkpointing:
+        if not (cfg.method == "qlora" and cfg.plan.kbit_upcast):  # prepare_model_for_kbit_training turned it on
             m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.method in PEFT_METHODS and hasattr(m, "enable_input_require_grads"):
             m.enable_input_require_grads()
@@ -366,23 +413,24 @@ def make_optimizer(cfg: FinetuneConfig, params):
     import torch
 
     lr = cfg.learning_rate
-    if cfg.optimizer == "sgd":
+    opt = cfg.plan.optimizer.value
+    if opt == "sgd":
         return torch.optim.SGD(params, lr=lr)
-    if cfg.optimizer == "sgd-momentum":
+    if opt == "sgd-momentum":
         return torch.optim.SGD(params, lr=lr, momentum=0.9)
-    if cfg.optimizer == "adafactor":
+    if opt == "adafactor":
         from transformers.optimization import Adafactor
 
         return Adafactor(params, lr=lr, relative_step=False, scale_parameter=False, warmup_init=False)
-    if cfg.optimizer in ("adamw-8bit", "paged-adamw", "paged-adamw-8bit", "lion"):
+    if opt in ("adamw-8bit", "paged-adamw", "paged-adamw-8bit", "lion"):
         try:
             import bitsandbytes as bnb
 
             cls = {"adamw-8bit": bnb.optim.AdamW8bit, "paged-adamw": bnb.optim.PagedAdamW,
-                   "paged-adamw-8bit": bnb.optim.PagedAdamW8bit, "lion": bnb.optim.Lion}[cfg.optimizer]
+                   "paged-adamw-8bit": bnb.optim.PagedAdamW8bit, "lion": bnb.optim.Lion}[opt]
             return cls(params, lr=lr, weight_decay=0.0)
         except Exception as e:  # bitsandbytes' optimizers need kernels this device may lack
-            raise QuantlabError(f"{cfg.optimizer} is not available here ({str(e).splitlines()[0][:120]})") from e
+            raise QuantlabError(f"{opt} is not available here ({str(e).splitlines()[0][:120]})") from e
     return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
 
 
@@ -483,17 +531,45 @@ def component_bytes(model, method: str) -> dict:
     return out
 
 
-def measured_micro_step(model, ids, mask, w, amp):
-    """Forward and loss of one micro-batch, counting what each saves for backward: (loss, activations, logits_loss)."""
+@contextlib.contextmanager
+def block_kwargs(model, enabled: bool):
+    """The tensors passed to each decoder block besides its hidden states (position embeddings, masks, positions),
+    collected while ``enabled``: under gradient checkpointing the checkpoint closure holds them for the recompute,
+    although no saved-tensor hook sees them (the rule quantlab.validate's measurement counts, its assumption 3)."""
+    import torch
+
+    held: list = []
+    handles = []
+    if enabled:
+        def hook(mod, args, kwargs):
+            for v in list(args[1:]) + list(kwargs.values()):
+                vs = v if isinstance(v, (tuple, list)) else v.values() if isinstance(v, dict) else (v,)
+                held.extend(t for t in vs if isinstance(t, torch.Tensor))
+
+        handles = [layer.register_forward_pre_hook(hook, with_kwargs=True) for layer in decoder_layers(model)]
+    try:
+        yield held
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def measured_micro_step(model, ids, mask, w, amp, checkpointed: bool = False):
+    """Forward and loss of one micro-batch, counting what each saves for backward: (loss, activations, logits_loss).
+    ``checkpointed``: the activations include what the checkpoint closures hold (:func:`block_kwargs`), each storage
+    once and not already saved."""
     from quantlab.lab.measure import _nbytes, _storage_key
     from quantlab.lab.saved_tensors import count_saved
 
-    with count_saved(model) as act:
+    with block_kwargs(model, checkpointed) as kw, count_saved(model) as act:
         logits = forward_logits(model, ids, mask, amp)
+    closure = {_storage_key(t): _nbytes(t) for t in kw}
+    closure_bytes = sum(n for k, n in closure.items() if k not in act.seen)
+    del kw
     with count_saved(model, exclude=[logits]) as ls:
         loss = loss_from_logits(logits, ids, w)
     held = _nbytes(logits) if _storage_key(logits) not in act.seen else 0
-    return loss, act.bytes, held + ls.bytes
+    return loss, act.bytes + closure_bytes, held + ls.bytes
 
 
 # ---- the run ---------------------------------------------------------------------------------------------
@@ -545,7 +621,7 @@ def run_finetune(cfg: FinetuneConfig, *, log=print, progress: bool = True, keep_
         metrics["meas_load_s"] = time.perf_counter() - t0
         dev = next(model.parameters()).device
         amp = cfg.amp_dtype
-        scaler = torch.amp.GradScaler(dev.type) if cfg.precision == "amp-fp16" else None
+        scaler = torch.amp.GradScaler(dev.type) if amp is torch.float16 else None
         if evaluate_before:
             before = task_scores(model, tok, data.test_records, cfg)
             metrics["meas_exact_match_before"], metrics["meas_token_f1_before"] = before["exact_match"], before["token_f1"]
@@ -577,7 +653,7 @@ def run_finetune(cfg: FinetuneConfig, *, log=print, progress: bool = True, keep_
                     ids, mask, w = (x.to(dev) for x in collate(batch, pad, width))
                     tokens += int(mask.sum())
                     if step == measure_at and micro == 0:
-                        loss, act, ll = measured_micro_step(model, ids, mask, w, amp)
+                        loss, act, ll = measured_micro_step(model, ids, mask, w, amp, cfg.plan.grad_checkpointing)
                         metrics["meas_activations_bytes"], metrics["meas_logits_loss_bytes"] = act, ll
                         shape = tuple(ids.shape)
                         metrics["meas_step_pad_tokens"] = int(mask.numel() - mask.sum())
@@ -619,7 +695,7 @@ def run_finetune(cfg: FinetuneConfig, *, log=print, progress: bool = True, keep_
             if cfg.checkpoint_dir and vl is not None:
                 save_checkpoint(cfg.checkpoint_dir, model, opt, sched,
                                 {"step": step + 1, "best": best, "bad_evals": bad_evals, "stopped_early": stopped,
-                                 "history": history, "config": dataclasses.asdict(cfg)}, scaler)
+                                 "history": history, "config": cfg.to_dict()}, scaler)
             if stopped:
                 log(f"early stop at step {step + 1}: validation loss has not improved for {bad_evals} evaluations")
                 break

@@ -58,10 +58,20 @@ def summary(name: str, m: dict, artifacts: dict | None = None) -> str:
     return "\n".join(lines)
 
 
+def precision_label(config: dict) -> str | None:
+    """A stored run's precision in the plan's words: the weights, then the compute dtype where it differs, then
+    ``amp`` (``nf4/fp32``, ``fp32``, ``fp32/bf16 amp``). Rows stored before the lab took the plan's flags (no
+    ``compute_dtype``) named a recipe (fp32, bf16, amp-bf16): shown as stored."""
+    w, c = config.get("precision"), config.get("compute_dtype")
+    if c is None:
+        return w
+    return f"{w}{'' if c == w else '/' + c}{' amp' if config.get('training_precision') == 'amp' else ''}"
+
+
 TABLE = [  # (header, function of (record, metrics))
     ("kind", lambda r, m: r.kind),
     ("method", lambda r, m: r.method),
-    ("precision", lambda r, m: r.config.get("precision")),
+    ("precision", lambda r, m: precision_label(r.config)),
     ("steps", lambda r, m: _f(m.get("meas_steps"), "d") if m.get("meas_steps") is not None else "-"),
     ("s/step", lambda r, m: _f(m.get("meas_s_per_step"))),
     ("tok/s", lambda r, m: _f(m.get("meas_train_tok_per_s"), ".0f")),

@@ -1,6 +1,11 @@
 """Post-training quantization, measured: every method is a frozen config plus a registered loader, and all of
 them go through :func:`run_ptq`, so each is loaded, measured and evaluated the same way.
 
+Formats are named in the plan's vocabulary (``quantlab lab ptq --precisions fp32,bf16,int8,nf4,int4`` with
+``--double-quant`` and ``--group-size``, as ``quantlab plan --precision`` / ``quantlab compare --precisions`` name
+them: :func:`methods_for_precisions`), or by a method name (``--methods``, the registry below: each name is a
+backend plus the PlanConfig fields of :meth:`PTQMethod.plan_dict`).
+
 Methods (``quantlab lab ptq --methods ...``):
 
 - casts: ``fp32``, ``fp16``, ``bf16`` (``torch_dtype`` at load);
@@ -52,10 +57,14 @@ class PTQMethod:
     def plan_dict(self) -> dict:
         """The :meth:`PlanConfig.from_dict` dict of this method: inference on one token of context, on the CPU,
         with these weights; casts compute in their own dtype, quantized weights compute in fp32 (as the lab
-        loads them). Only for a ``precision`` the planner names (not ``intx4``)."""
-        return dict(method="inference", precision=self.precision,
-                    compute_dtype=self.precision if self.precision in ("fp16", "bf16") else "fp32",
-                    double_quant=self.double_quant, group_size=self.group_size, seq=1, device="cpu")
+        loads them); ``group_size`` where the format has groups (int4). Only for a ``precision`` the planner
+        names (not ``intx4``)."""
+        d = dict(method="inference", precision=self.precision,
+                 compute_dtype=self.precision if self.precision in ("fp16", "bf16") else "fp32",
+                 double_quant=self.double_quant, seq=1, device="cpu")
+        if self.precision == "int4":
+            d["group_size"] = self.group_size
+        return d
 
 
 REGISTRY: dict[str, PTQMethod] = {m.name: m for m in (
@@ -66,6 +75,7 @@ REGISTRY: dict[str, PTQMethod] = {m.name: m for m in (
     PTQMethod("nf4", "bitsandbytes", "nf4", description="4-bit NormalFloat, fp32 absmax per 64 weights"),
     PTQMethod("nf4-dq", "bitsandbytes", "nf4", double_quant=True, description="NF4 with double quantization"),
     PTQMethod("fp4", "bitsandbytes", "fp4", description="4-bit float, fp32 absmax per 64 weights"),
+    PTQMethod("fp4-dq", "bitsandbytes", "fp4", double_quant=True, description="FP4 with double quantization"),
     PTQMethod("gptq-int4", "gptq", "int4", group_size=64, description="GPTQ 4-bit, group 64, via GPTQModel"),
     PTQMethod("torchao-int8", "torchao", "int8", description="torchao int8 weight-only, per-row scales"),
     PTQMethod("torchao-intx4", "torchao", "intx4", group_size=32,
@@ -73,6 +83,39 @@ REGISTRY: dict[str, PTQMethod] = {m.name: m for m in (
     PTQMethod("torchao-int4", "torchao", "int4", group_size=64, needs_cuda=True,
               description="torchao Int4WeightOnlyConfig (tinygemm: CUDA only)"),
 )}
+
+
+def methods_for_precisions(names, *, double_quant: bool = False, group_size: int | None = None) -> list[PTQMethod]:
+    """The PTQ method of each weight precision (PlanConfig ``Precision`` values, as ``quantlab plan --precision``
+    and ``quantlab compare --precisions`` take them), on the backend that stores that format the way the planner
+    models it: fp32/fp16/bf16 a cast; int8 bitsandbytes LLM.int8; nf4/fp4 bitsandbytes (``double_quant``: the
+    absmax constants quantized too); int4 GPTQ with ``group_size`` (None: PlanConfig's default, 128). fp8 has no
+    loader here (a one-line error). ``double_quant`` / ``group_size`` applying to none of ``names`` is an error, as
+    a flag the plan ignores is (``quantlab.commands.flags.check_given``)."""
+    from quantlab.specs import PlanConfig
+
+    names = list(names)
+    if group_size is not None and "int4" not in names:
+        raise QuantlabError("--group-size applies to int4 weights; --precisions names none")
+    if group_size is None:
+        group_size = next(f.default for f in dataclasses.fields(PlanConfig) if f.name == "group_size")
+    if double_quant and not {"nf4", "fp4"} & set(names):
+        raise QuantlabError("--double-quant applies to nf4/fp4 weights; --precisions names neither")
+    out = []
+    for n in names:
+        if n == "fp8":
+            raise QuantlabError("the lab has no fp8 weight loader (torchao's float8 needs an sm89+ GPU); drop fp8")
+        if n in ("nf4", "fp4"):
+            out.append(REGISTRY[n + ("-dq" if double_quant else "")])
+        elif n == "int4":
+            out.append(REGISTRY["gptq-int4"] if group_size == REGISTRY["gptq-int4"].group_size else
+                       PTQMethod(f"gptq-int4-g{group_size}", "gptq", "int4", group_size=group_size,
+                                 description=f"GPTQ 4-bit, group {group_size}, via GPTQModel"))
+        elif n in REGISTRY:
+            out.append(REGISTRY[n])
+        else:
+            raise QuantlabError(f"unknown precision {n!r}")
+    return out
 
 
 def parse_methods(spec: str) -> list[PTQMethod]:

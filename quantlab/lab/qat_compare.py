@@ -25,7 +25,8 @@ def perplexity(model, tok, tokens: int = PPL_TOKENS) -> tuple[float, int]:
 
 
 def compare(cfg, log=print, out=None, progress: bool = True, evaluate_before: bool = True):
-    """[(method, metrics, artifacts)] for qat-int4, full-fp32, full-then-ptq-int4."""
+    """[(method, metrics, artifacts)] for qat-int4, full-fp32, full-then-ptq-int4. ``cfg`` is a QAT config (its plan a
+    full fine-tune, ``cfg.qat``); the plain run is the same config with ``qat=False``."""
     from quantlab.lab.finetune import history_csv, loss_curve_png, run_finetune, task_scores
     from quantlab.lab.measure import model_bytes
     from quantlab.lab.qat import convert_qat, ptq
@@ -43,14 +44,14 @@ def compare(cfg, log=print, out=None, progress: bool = True, evaluate_before: bo
                 "history": str(history_csv(res.history, out / f"{name}-history.csv"))}
 
     rows = []
-    qat = run_finetune(dataclasses.replace(cfg, method="qat"), log=log, keep_model=True, evaluate_after=False,
+    qat = run_finetune(dataclasses.replace(cfg, qat=True), log=log, keep_model=True, evaluate_after=False,
                        evaluate_before=evaluate_before, progress=progress)
     convert_qat(qat.model, cfg.qat_group_size)
     m = scored(qat.model, qat.tokenizer, qat.data, qat.metrics)
     rows.append(("qat-int4", m, art(qat, "qat-int4", f"QAT (int4 fake quantization, group {cfg.qat_group_size})")))
     log(f"QAT int4: exact match {m['meas_exact_match']:.2f}, perplexity {m['meas_perplexity']:.2f}")
     del qat
-    plain = run_finetune(dataclasses.replace(cfg, method="full"), log=log, keep_model=True, evaluate_after=False,
+    plain = run_finetune(dataclasses.replace(cfg, qat=False), log=log, keep_model=True, evaluate_after=False,
                          evaluate_before=evaluate_before, progress=progress)
     m_fp = scored(plain.model, plain.tokenizer, plain.data, plain.metrics)
     rows.append(("full-fp32", m_fp, art(plain, "full-fp32", "full fine-tune (fp32), the PTQ baseline's start")))

@@ -29,12 +29,15 @@ def tiny_folder(dirpath: Path) -> str:
 
 
 def fast(**kw):
-    """A fine-tune config small enough for a test: batch 2, 4 steps, 2 test items, 4 answer tokens."""
-    from quantlab.lab.finetune import FinetuneConfig
+    """A fine-tune config small enough for a test: batch 2, seq 128, 4 steps, 2 test items, 4 answer tokens; flat
+    keyword arguments, the plan's and the lab's (``quantlab.lab.finetune_plan.finetune_config``)."""
+    from quantlab.lab.finetune_plan import finetune_config
 
-    base = dict(batch=2, max_len=128, eval_items=2, max_new_tokens=4, eval_every=2, max_steps=4, task=None)
+    base = dict(batch=2, seq=128, eval_items=2, max_new_tokens=4, eval_every=2, max_steps=4, task=None)
+    if "max_len" in kw:
+        base.pop("seq")
     base.update(kw)
-    return FinetuneConfig(**base)
+    return finetune_config(**base)
 
 
 def quiet(cfg, **kw):

@@ -101,7 +101,11 @@ def test_qlora_end_to_end_through_the_cli(tmp_path, small_data, capsys):
     assert m["meas_merge_max_abs_logit_diff"] < 1e-3 and m["meas_merged_argmax_agreement"] == 1.0
     assert list((out / "qlora-small-adapter").glob("*.safetensors"))
     assert (out / "qlora-small-loss.png").stat().st_size > 1000
-    assert rec.config["precision"] == "fp32" and rec.env.get("torch")
+    # the stored config is the plan's vocabulary: nf4 weights computing in fp32 on this CPU, checkpointed (the
+    # QLoRA recipe, resolved by PlanConfig.from_dict), beside the lab's own settings
+    c = rec.config
+    assert (c["method"], c["precision"], c["compute_dtype"], c["training_precision"], c["grad_checkpointing"],
+            c["batch"], c["max_steps"]) == ("qlora", "nf4", "fp32", "pure", True, 2, 2) and rec.env.get("torch")
     assert main(["report", "--store", str(store), "--kind", "finetune", "--format", "markdown"]) == 0
     assert "qlora" in capsys.readouterr().out
     rc = main(["lab", "finetune", "--method", "qlora", "--data", small_data, "--max-steps", "2", "--batch", "2",

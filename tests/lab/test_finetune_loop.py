@@ -117,24 +117,35 @@ def test_padding_to_a_fixed_width_keeps_an_attention_mask(tiny, data):
     assert m["pred_activations_bytes"] - unpadded["pred_activations_bytes"] >= layers * 2 * 112 * 112 * 4
 
 
-def test_qlora_on_a_tiny_model_matches_the_planner(tiny, data):
-    """NF4 with double quantization: packed weights, absmax constants (double-quantized) and adapters, to the byte."""
-    m = quiet(t(tiny, data, method="qlora", double_quant=True, max_steps=2, packing=True, max_len=64)).metrics
+@pytest.mark.parametrize("ckpt", [None, False])
+def test_qlora_on_a_tiny_model_matches_the_planner(tiny, data, ckpt):
+    """NF4 with double quantization: packed weights, absmax constants (double-quantized) and adapters, to the byte.
+    Left open, the lab's QLoRA is checkpointed (the QLoRA recipe, through PlanConfig.from_dict) and its saved
+    activations, checkpoint closures included, are the planner's; grad_checkpointing=False measures the plain run."""
+    kw = {} if ckpt is None else {"grad_checkpointing": ckpt}
+    r = quiet(t(tiny, data, method="qlora", double_quant=True, max_steps=2, packing=True, max_len=64, **kw),
+              keep_model=True)
+    m = r.metrics
+    assert r.config.plan.grad_checkpointing is (ckpt is None)
+    base = r.model.get_base_model()
+    assert base.is_gradient_checkpointing is (ckpt is None)
     for comp in ("weights", "quant_constants", "adapters", "gradients", "optimizer", "activations"):
         assert m[f"meas_{comp}_bytes"] == m[f"pred_{comp}_bytes"], comp
     assert m["meas_param_bytes_uint8"] > 0
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16", "amp-bf16", "amp-fp16"])
-def test_precision_paths(tiny, data, precision):
-    """Pure bf16/fp16 keep weights in half precision (fp16 with plain SGD: AdamW's eps underflows in fp16); AMP
-    keeps fp32 master weights; the saved activations and gradients equal the planner's for each recipe."""
-    opt = "sgd" if precision == "fp16" else "adamw"
-    r = quiet(t(tiny, data, method="full", precision=precision, max_steps=2, lr=1e-3, optimizer=opt, packing=True,
-                max_len=64), keep_model=True)
+@pytest.mark.parametrize("compute, tp", [("bf16", "pure"), ("fp16", "pure"), ("bf16", "amp"), ("fp16", "amp")])
+def test_precision_paths(tiny, data, compute, tp):
+    """The plan's --compute-dtype / --training-precision: pure bf16/fp16 keep weights in half precision (the
+    weights left open follow the compute dtype; fp16 with plain SGD: AdamW's eps underflows in fp16); AMP keeps fp32
+    master weights; the saved activations and gradients equal the planner's for each."""
+    opt = "sgd" if (compute, tp) == ("fp16", "pure") else "adamw"
+    r = quiet(t(tiny, data, method="full", compute_dtype=compute, training_precision=tp, max_steps=2, lr=1e-3,
+                optimizer=opt, packing=True, max_len=64), keep_model=True)
     assert all(math.isfinite(h[1]) for h in r.history)
     dt = next(r.model.parameters()).dtype
-    assert dt == {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    assert dt == ({"bf16": torch.bfloat16, "fp16": torch.float16}[compute] if tp == "pure" else torch.float32)
+    assert r.config.plan.precision.value == (compute if tp == "pure" else "fp32")
     m = r.metrics
     assert m["meas_activations_bytes"] == m["pred_activations_bytes"]
     assert m["meas_gradients_bytes"] == m["pred_gradients_bytes"]
@@ -212,7 +223,7 @@ def test_bad_data_one_line_exit_2(tmp_path, capsys, lines, needle):
 
 
 def test_too_long_record_exit_2(tmp_path, capsys, tiny, data):
-    rc = main(["lab", "finetune", "--model", tiny, "--data", data, "--max-len", "20", "--store",
+    rc = main(["lab", "finetune", "--model", tiny, "--data", data, "--seq", "20", "--store",
                str(tmp_path / "s.sqlite"), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and re.search(r"record at line \d+ has \d+ tokens, more than the context of 20", err[-1])

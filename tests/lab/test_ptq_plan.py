@@ -22,3 +22,73 @@ def test_method_plans_its_weights(name):
 def test_unknown_precision_is_refused():
     with pytest.raises(QuantlabError, match="not a planner precision"):
         PTQMethod("x", "cast", "int3")
+
+
+def _ptq_args(argv):
+    from quantlab.cli import build_parser
+
+    return build_parser().parse_args(["lab", "ptq"] + argv)
+
+
+def _plan_config(argv):
+    from quantlab.cli import build_parser
+    from quantlab.commands.flags import config_dict_from_args
+
+    args = build_parser().parse_args(["plan", "--model", "smollm2-135m"] + argv)
+    return PlanConfig.from_dict(config_dict_from_args(args), model=SPEC)
+
+
+@pytest.mark.parametrize("argv, names", [
+    ([], ["fp32", "bf16", "int8", "nf4"]),  # the default list: the same methods (and stored rows) as before
+    (["--precisions", "nf4,fp4", "--double-quant"], ["nf4-dq", "fp4-dq"]),
+    (["--precisions", "fp16,int4", "--group-size", "64"], ["fp16", "gptq-int4"]),
+    (["--precisions", "int4"], ["gptq-int4-g128"]),  # PlanConfig's group size when none is given
+    (["--methods", "nf4-dq,torchao-intx4"], ["nf4-dq", "torchao-intx4"]),  # --methods: the names, as before
+])
+def test_precisions_name_the_methods(argv, names):
+    from quantlab.commands.lab_ptq import methods_from_args
+
+    assert [m.name for m in methods_from_args(_ptq_args(argv))] == names
+
+
+@pytest.mark.parametrize("precision, extra", [("fp32", []), ("bf16", []), ("int8", []), ("nf4", ["--double-quant"]),
+                                              ("fp4", []), ("int4", ["--group-size", "32"])])
+def test_same_flags_same_plan_config_as_plan(precision, extra):
+    """lab ptq --precisions P with the plan's --double-quant / --group-size measures the PlanConfig that
+    `quantlab plan --precision P` with the same flags resolves, for the lab's workload (inference, one token of
+    context, on the CPU, in the lab's compute dtype)."""
+    from quantlab.commands.lab_ptq import methods_from_args
+
+    (m,) = methods_from_args(_ptq_args(["--precisions", precision] + extra))
+    compute = precision if precision in ("fp16", "bf16") else "fp32"
+    want = _plan_config(["--precision", precision, "--seq", "1", "--device", "cpu", "--compute-dtype", compute] + extra)
+    assert PlanConfig.from_dict(m.plan_dict(), model=SPEC) == want
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--precisions", "fp32,int8", "--double-quant"], "--double-quant applies to nf4/fp4"),
+    (["--precisions", "nf4", "--group-size", "64"], "--group-size applies to int4"),
+    (["--methods", "nf4", "--double-quant"], "a --methods name fixes its own"),
+    (["--precisions", "fp8"], "no fp8 weight loader"),
+    (["--precisions", "int3"], "unknown precision 'int3' in --precisions"),
+    (["--precisions", ","], "--precisions is empty"),
+])
+def test_flags_no_format_uses_are_one_line_errors(argv, says):
+    from quantlab.commands.lab_ptq import methods_from_args
+
+    with pytest.raises(QuantlabError, match=says):
+        methods_from_args(_ptq_args(argv))
+
+
+def test_help_shows_the_defaults():
+    import re
+
+    from quantlab.cli import build_parser
+
+    p = build_parser()
+    sub = next(a for a in p._actions if hasattr(a, "choices") and a.choices and "lab" in a.choices).choices["lab"]
+    lab = next(a for a in sub._actions if hasattr(a, "choices") and a.choices and "ptq" in a.choices).choices["ptq"]
+    text = re.sub(r"\s+", " ", lab.format_help())
+    for t in ("(default: fp32,bf16,int8,nf4)", "--double-quant", "(default: off)", "--group-size N",
+              "(default: 128)", "gptq-int4 GPTQ 4-bit, group 64", "(default: smollm2-135m)"):
+        assert t in text, t
