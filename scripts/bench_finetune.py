@@ -18,7 +18,7 @@ def main() -> int:
     ap.add_argument("--max-steps", type=int, default=80)
     a = ap.parse_args()
     t = time.perf_counter()
-    r = run_finetune(FinetuneConfig(method="qlora", max_steps=a.max_steps), log=lambda s: print(s, file=sys.stderr),
+    r = run_finetune(FinetuneConfig.create(method="qlora", max_steps=a.max_steps), log=lambda s: print(s, file=sys.stderr),
                      progress=False)
     wall = time.perf_counter() - t
     m = r.metrics

@@ -41,16 +41,13 @@ def replan(store, rec):
     and the measured step's shape), stored back under the same key; measurements are left as they were."""
     import dataclasses
 
-    from quantlab.lab.finetune import FinetuneConfig
-    from quantlab.lab.finetune_plan import model_spec, predicted
+    from quantlab.lab.finetune_plan import from_dict, model_spec, predicted
     from quantlab.lab.model import load_config, resolve
 
     m = rec.metrics
     if not m.get("meas_step_batch"):
         return rec
-    names = {f.name for f in dataclasses.fields(FinetuneConfig)}
-    conf = {k: tuple(v) if isinstance(v, list) else v for k, v in rec.config.items() if k in names}
-    cfg = FinetuneConfig(**conf)
+    cfg = from_dict(rec.config, device="cpu")  # reads runs stored before FinetuneConfig held a PlanConfig too
     spec = model_spec(load_config(resolve(cfg.model), progress=False), cfg.model)
     pred = predicted(cfg, spec, batch=m["meas_step_batch"], seq=m["meas_step_seq"], device="cpu",
                      padded=m.get("meas_step_pad_tokens", 0) > 0)
