@@ -48,7 +48,7 @@ ROW_VALUES = {"training_precision": {"amp": "amp", "amp-bf16": "amp", "amp-fp16"
                                      "pure-bf16": "pure", "pure-fp16": "pure", "pure-fp32": "pure"}}
 # Keys that describe the row, not the configuration (model is resolved from its profile with model_overrides).
 ROW_ONLY = ("id", "source", "model", "model_overrides", "gpu", "metric", "value_bytes", "unit_published", "fits",
-            "tolerance", "notes", "url", "date")
+            "tolerance", "notes", "url", "date", "serve")
 
 
 def row_config_dict(row: dict) -> dict:
@@ -135,11 +135,29 @@ def check_row(row: dict) -> Check:
     if metric == "fits":
         f = fit(cfg, load_gpu(row["gpu"]), suggest=False)
         return Check(row["id"], metric, stack, float(bool(row["fits"])), float(f.fits), None, f.fits == row["fits"])
-    p = plan(cfg)
+    p = serve_row_plan(row, cfg) if row.get("serve") is not None else plan(cfg)
     pred = {"allocated": p.peak_allocated_bytes, "reserved": p.peak_reserved_bytes, "process": p.process_bytes}[metric]
     err = (pred - row["value_bytes"]) / row["value_bytes"]
     tol = row.get("tolerance") or TARGETS.get((cfg.library, metric), 0.10)
     return Check(row["id"], metric, stack, row["value_bytes"], pred, err, abs(err) <= tol)
+
+
+def serve_row_plan(row: dict, cfg: PlanConfig):
+    """The serving plan of a row measured through ``model.generate`` / a scoring forward (``serve``: the settings
+    ``quantlab validate`` ran, ``quantlab.validate.SERVE_ROW_KEYS``): the serving planner, not a bare forward."""
+    from quantlab.planner import serving as S
+
+    sv = row["serve"]
+    try:
+        if not isinstance(sv, dict):
+            raise QuantlabError("serve must be a mapping of serving settings")
+        s = S.serve_config(cfg, prompt_tokens=sv["prompt_tokens"], new_tokens=sv["new_tokens"] or None,
+                           concurrency=sv["concurrency"], mode=S.Mode(sv["mode"]), engine=S.Engine(sv["engine"]),
+                           cache=S.Cache(sv["cache"]), do_sample=bool(sv["do_sample"]), adapters=int(sv["adapters"]),
+                           merged=bool(sv["merged"]))
+    except (KeyError, ValueError, TypeError, QuantlabError) as e:
+        raise QuantlabError(f"measurement row {row.get('id', '?')}: serve: {e}") from None
+    return S.serve_plan(s)
 
 
 def summarize(checks: list[Check]) -> list[dict]:

@@ -302,8 +302,19 @@ def cpu_peak():
     """Track the CPU allocator's allocation and free events inside the block (``torch.profiler``, assumption 5)."""
     from torch.profiler import ProfilerActivity, profile
 
+    import gc
+
     res = Peak()
     prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    # The cyclic garbage collector stays off inside the window (after a collection just before it). Tensors held
+    # only by reference cycles created during the step are then freed when a loop's next collection runs, not at
+    # a point that depends on how many Python objects earlier cases allocated. Seen before this: in the full
+    # matrix, qwen-full-amp-ckpt (AMP + checkpointing) measured 101,733,288 bytes in two runs of four, and
+    # 114,759,168 in the others and in six runs alone (planned 113,037,160); with the collector off, every run
+    # measured the latter.
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
     with _native_stderr_silenced():  # kineto prints "USDT ... profiler_start/stop" from C++ on every start/stop
         prof.__enter__()
     try:
@@ -311,6 +322,8 @@ def cpu_peak():
     finally:
         with _native_stderr_silenced():
             prof.__exit__(None, None, None)
+        if was_enabled:
+            gc.enable()
     events = list(prof.profiler.kineto_results.events())
     mems = sorted((e.start_ns(), e.nbytes()) for e in events
                   if e.name() == "[memory]" and "CPU" in str(e.device_type()).upper())
@@ -817,4 +830,11 @@ def measurement_row(row: dict, *, source: str) -> dict | None:
               "freeze_modules", "kbit_upcast"):
         if row.get(k) is not None:
             r[k] = row[k]
+    if row.get("mode") is not None:  # a serving case: what generate / score / prefill ran (planned by serving.py)
+        r["serve"] = {k: row[k] for k in SERVE_ROW_KEYS}
     return r
+
+
+# the serving settings a measurement row keeps (quantlab.groundtruth plans such a row with the serving planner)
+SERVE_ROW_KEYS = ("mode", "prompt_tokens", "new_tokens", "concurrency", "engine", "cache", "do_sample", "adapters",
+                  "merged")
