@@ -10,6 +10,11 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} TOKENIZERS_PARALLELISM=false HF_HUB
 set -x
 quantlab plan --model 13b --method qlora --gpu rtx-4090
 quantlab compare --model 8b --method lora --seq 2048
+# serving: how many concurrent 8k requests vLLM fits on an L40S, and Llama-2-70B split over four A100s
+quantlab plan --model 8b --method inference --engine vllm --max-model-len 8192 --gpu l40s
+quantlab plan --model 70b --method inference --num-gpus 4 --gpu a100-80gb
+# the shipped fine-tuning set: duplicates, token lengths, and the QLoRA job it implies on a 4090
+quantlab data inspect tasks/json-extract/data.jsonl --plan --method qlora --batch 8 --gpu rtx-4090
 quantlab lab ptq --model smollm2-135m --methods fp32,int8,nf4 --quick --store reports/demo/quantlab.sqlite
 quantlab report --store reports/demo/quantlab.sqlite --format markdown --out reports/demo/report.md
 quantlab report --store reports/demo/quantlab.sqlite --format html --out reports/demo/report.html
