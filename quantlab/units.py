@@ -27,6 +27,19 @@ def fmt_count(n: int | None) -> str:
     return str(n)
 
 
+def fmt_seconds(s: float) -> str:
+    """A duration for display: ms under a second, then s, min, h, d."""
+    if s < 1:
+        return f"{s * 1e3:.0f} ms"
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 2 * 3600:
+        return f"{s / 60:.0f} min"
+    if s < 72 * 3600:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} d"
+
+
 def console(stderr: bool = False):
     """A rich Console; when output is not a terminal (pipes, files, tests) it is wide, so tables do not wrap.
     A closed pipe raises :class:`BrokenPipeError` to the CLI, which ends quietly."""

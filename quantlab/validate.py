@@ -129,13 +129,9 @@ def lab_refusal(pc: PlanConfig, serve=None) -> str | None:
     if pc.num_gpus > 1 or pc.zero or pc.fsdp or pc.tp > 1:
         return "the lab runs one process: sharded plans (num-gpus, ZeRO, FSDP, tensor parallel) cannot be validated here"
     if pc.method.is_training:
-        from quantlab.lab.finetune_plan import from_plan_config
+        from quantlab.lab.finetune_plan import lab_refusal as finetune_refusal
 
-        try:
-            from_plan_config(pc)
-        except QuantlabError as e:
-            return str(e)
-        return None
+        return finetune_refusal(pc)  # the fine-tune lab's one check of what it can run
     if pc.precision.value not in ("fp32", "bf16", "fp16", "int8", "nf4", "fp4"):
         return f"the lab's inference loads {pc.precision.value} weights only through bitsandbytes (int8, nf4, fp4)"
     if pc.precision.is_float and pc.precision.value != pc.compute_dtype.value:
@@ -407,29 +403,6 @@ def _cache_tensors(cache) -> list:
     return out
 
 
-@contextlib.contextmanager
-def _block_kwargs(model, enabled: bool):
-    """Tensors passed to each decoder block besides its hidden states (assumption 3: the checkpoint closure)."""
-    import torch
-
-    held: list = []
-    handles = []
-    if enabled:
-        from quantlab.lab.finetune import decoder_layers
-
-        def hook(mod, args, kwargs):
-            for v in list(args[1:]) + list(kwargs.values()):
-                vs = v if isinstance(v, (tuple, list)) else v.values() if isinstance(v, dict) else (v,)
-                held.extend(t for t in vs if isinstance(t, torch.Tensor))
-
-        handles = [layer.register_forward_pre_hook(hook, with_kwargs=True) for layer in decoder_layers(model)]
-    try:
-        yield held
-    finally:
-        for h in handles:
-            h.remove()
-
-
 # ---- one measurement ---------------------------------------------------------------------------------------
 
 def measure_case(case: Case, *, readings: Callable[[], CudaReadings] | None = None) -> dict:
@@ -609,7 +582,7 @@ def _measure_serving(s, src, gpu: bool) -> dict:
 def _measure_training(pc: PlanConfig, src, gpu: bool) -> dict:
     import torch
 
-    from quantlab.lab.finetune import build_model, make_optimizer
+    from quantlab.lab.finetune import block_kwargs, build_model, make_optimizer
     from quantlab.lab.finetune_plan import from_plan_config
     from quantlab.lab.measure import _nbytes, _storage_key, model_bytes, tensor_bytes
     from quantlab.lab.saved_tensors import count_saved, grad_bytes, optimizer_bytes
@@ -641,7 +614,7 @@ def _measure_training(pc: PlanConfig, src, gpu: bool) -> dict:
     def step(measure: bool):
         with autocast():
             if measure:
-                with _block_kwargs(model, pc.grad_checkpointing) as kw, count_saved(model) as act:
+                with block_kwargs(model, pc.grad_checkpointing) as kw, count_saved(model) as act:
                     logits = model(input_ids=ids, attention_mask=mask).logits
                 closure = {k: n for k, n in _storages(kw).items() if k not in act.seen}
                 with count_saved(model, exclude=[logits]) as ls:

@@ -211,7 +211,7 @@ def render_table(doc: dict) -> str:
 
     from quantlab.data.lengths import Histogram, histogram_text
     from quantlab.fileio import render_text
-    from quantlab.units import fmt_bytes
+    from quantlab.units import fmt_bytes, fmt_seconds
 
     out = [f"[bold]{doc['file']}[/]: {doc['records']} {doc['kind']} records, {doc['records_kept']} kept, "
            f"{doc['records_removed']} removed"]
@@ -263,7 +263,7 @@ def render_table(doc: dict) -> str:
         if pl["epoch_s"] is not None:
             c = pl["cost_usd"]
             cost = "no price" if c is None else f"${c:.2f}" if c >= 0.01 else f"${c:.2g}"
-            out.append(f"epoch {_fmt_s(pl['epoch_s'])}; {pl['epochs']:g} epoch(s) {_fmt_s(pl['total_s'])}, {cost} "
+            out.append(f"epoch {fmt_seconds(pl['epoch_s'])}; {pl['epochs']:g} epoch(s) {fmt_seconds(pl['total_s'])}, {cost} "
                        f"(roofline, {pl['bound']}-bound; {pl['tokens_per_s']:,.0f} real tokens/s; "
                        f"{pl['padded_tokens_per_epoch']:,} padded tokens per epoch for "
                        f"{pl['real_tokens_per_epoch']:,} real)")
@@ -272,9 +272,3 @@ def render_table(doc: dict) -> str:
     return render_text(*out)
 
 
-def _fmt_s(s: float) -> str:
-    if s < 120:
-        return f"{s:.1f} s"
-    if s < 7200:
-        return f"{s / 60:.1f} min"
-    return f"{s / 3600:.2f} h"

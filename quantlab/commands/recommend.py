@@ -391,15 +391,9 @@ def render_serving(rec, fmt: str, top: int = 15) -> str:
 # ---- rendering ------------------------------------------------------------------------------------
 
 def fmt_time(s: float) -> str:
-    if s < 1:
-        return f"{s * 1e3:.0f} ms"
-    if s < 120:
-        return f"{s:.0f} s"
-    if s < 2 * 3600:
-        return f"{s / 60:.0f} min"
-    if s < 72 * 3600:
-        return f"{s / 3600:.1f} h"
-    return f"{s / 86400:.1f} d"
+    from quantlab.units import fmt_seconds
+
+    return fmt_seconds(s)
 
 
 def fmt_usd(x: float | None) -> str:
