@@ -450,6 +450,7 @@ def _measure_inference(pc: PlanConfig, src, gpu: bool) -> dict:
     import torch
 
     from quantlab.lab.measure import model_bytes, tensor_bytes
+    from quantlab.lab.model import output_cache
 
     model = _inference_model(pc, src)
     dev = next(model.parameters()).device
@@ -461,7 +462,7 @@ def _measure_inference(pc: PlanConfig, src, gpu: bool) -> dict:
         reset_cuda_peaks()
     with torch.no_grad(), (contextlib.nullcontext(Peak()) if gpu else cpu_peak()) as pk:
         res = model(input_ids=ids, use_cache=True)
-        kv = tensor_bytes(_cache_tensors(res.past_key_values)).total
+        kv = tensor_bytes(_cache_tensors(output_cache(res))).total
         del res
     out["meas_kv_cache_bytes"] = kv
     if not gpu:
@@ -508,6 +509,7 @@ def _forward_marks(model):
     from torch.autograd.profiler import record_function
 
     from quantlab.lab.measure import tensor_bytes
+    from quantlab.lab.model import output_cache
 
     kv: list = []
     last: list = [None]
@@ -519,7 +521,7 @@ def _forward_marks(model):
         open_.append(r)
 
     def post(mod, args, kwargs, out):
-        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        cache = output_cache(out)
         last[0] = cache
         kv.append(tensor_bytes(_cache_tensors(cache)).total if cache is not None else 0)
         open_.pop().__exit__(None, None, None)

@@ -261,5 +261,7 @@ def cache_kwarg(model) -> str:
 
 def output_cache(out):
     """The KV cache a forward returned, under either name (see :func:`cache_kwarg`)."""
+    if not hasattr(out, "get"):  # not a ModelOutput (a tuple, or None from a hook)
+        return None
     c = out.get("cache")  # a ModelOutput is a dict of the fields it holds
     return c if c is not None else out.get("past_key_values")

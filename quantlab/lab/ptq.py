@@ -334,6 +334,8 @@ def slow_dtype(precision: str, threshold: float = 4.0) -> float:
 def measure_speed(model, tok, sizes: EvalSizes) -> dict:
     import torch
 
+    from quantlab.lab.model import cache_kwarg, output_cache
+
     dev = next(model.parameters()).device
     ids = tok(quality.read_text("heldout.txt")[-20000:], add_special_tokens=False)["input_ids"]
     out = {}
@@ -348,12 +350,13 @@ def measure_speed(model, tok, sizes: EvalSizes) -> dict:
 
         def decode():
             o = model(x, use_cache=True)
-            past, nxt = o.past_key_values, o.logits[:, -1:].argmax(-1)
+            past, nxt = output_cache(o), o.logits[:, -1:].argmax(-1)
             measure._sync()  # the prefill's queued GPU work is not decode time
             t0 = time.perf_counter()
+            kw = cache_kwarg(model)
             for _ in range(sizes.decode_tokens):
-                o = model(nxt, past_key_values=past, use_cache=True)
-                past, nxt = o.past_key_values, o.logits[:, -1:].argmax(-1)
+                o = model(nxt, use_cache=True, **{kw: past})
+                past, nxt = output_cache(o), o.logits[:, -1:].argmax(-1)
             measure._sync()
             return time.perf_counter() - t0
 
