@@ -24,6 +24,11 @@ class DetectedGPU:
     via: str  # "nvml" or "torch"
     free_bytes: int | None = None  # free memory the driver reports (None where it gave none)
 
+    @property
+    def usable_bytes(self) -> int:
+        """What a job here can plan against: the free memory, or the total where the driver gives no free figure."""
+        return self.memory_bytes if self.free_bytes is None else self.free_bytes
+
 
 def detect() -> list[DetectedGPU]:
     try:
@@ -80,8 +85,8 @@ def resolve_auto():
     found = detect()
     if not found:
         return None, 0, "no GPU detected (NVML/torch.cuda): planning against the catalog; name one with --gpu NAME"
-    least = min(found, key=lambda d: (d.memory_bytes if d.free_bytes is None else d.free_bytes, d.index))
-    memory = least.memory_bytes if least.free_bytes is None else least.free_bytes
+    least = min(found, key=lambda d: (d.usable_bytes, d.index))
+    memory = least.usable_bytes
     spec = match_gpu_by_device_name(least.name)
     if spec is None:
         spec = GPUSpec(name=least.name, vendor="unknown", memory_bytes=memory,

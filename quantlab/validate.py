@@ -720,9 +720,9 @@ def compare(case: Case, meas: dict) -> dict:
         row["kbit_upcast"] = pc.kbit_upcast
     if case.serve is not None:
         sv = case.serve
-        row.update(mode=sv.mode.value, prompt_tokens=sv.prompt_tokens, new_tokens=sv.new_tokens,
-                   concurrency=sv.concurrency, engine=sv.engine.value, cache=sv.cache.value, do_sample=sv.do_sample,
-                   adapters=sv.adapters, merged=sv.merged)
+        for k in SERVE_ROW_KEYS:  # ServeConfig fields, enums by their values
+            v = getattr(sv, k)
+            row[k] = getattr(v, "value", v)
         if sv.adapters or sv.merged:
             row.update(lora_r=pc.lora_r, lora_alpha=pc.lora_alpha, lora_targets=list(pc.lora_targets))
         row.update(predict_serving(dataclasses.replace(sv, plan=pcd)))

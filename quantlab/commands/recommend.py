@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from quantlab.errors import QuantlabError
+from quantlab.units import fmt_seconds
 
 FORMATS = ("table", "json", "csv", "markdown")
 
@@ -390,12 +391,6 @@ def render_serving(rec, fmt: str, top: int = 15) -> str:
 
 # ---- rendering ------------------------------------------------------------------------------------
 
-def fmt_time(s: float) -> str:
-    from quantlab.units import fmt_seconds
-
-    return fmt_seconds(s)
-
-
 def fmt_usd(x: float | None) -> str:
     if x is None:
         return "-"
@@ -419,10 +414,10 @@ def summary_lines(rec) -> list[str]:
     if priced:
         cheap = min(priced, key=lambda o: (o.cost_usd, o.time_s))
         fast = min(priced, key=lambda o: (o.time_s, o.cost_usd))
-        lines.append(f"Cheapest: {_label(cheap)}: {fmt_time(cheap.time_s)}, {fmt_usd(cheap.cost_usd)} "
+        lines.append(f"Cheapest: {_label(cheap)}: {fmt_seconds(cheap.time_s)}, {fmt_usd(cheap.cost_usd)} "
                      f"({fmt_bytes(cheap.memory_per_gpu_bytes)} of {fmt_bytes(cheap.gpu_memory_bytes)} per GPU, "
                      f"{cheap.bound}-bound).")
-        lines.append(f"Fastest:  {_label(fast)}: {fmt_time(fast.time_s)}, {fmt_usd(fast.cost_usd)} "
+        lines.append(f"Fastest:  {_label(fast)}: {fmt_seconds(fast.time_s)}, {fmt_usd(fast.cost_usd)} "
                      f"({fast.bound}-bound).")
         if rec.goal.serve_tokens_per_day:
             lines.append(f"To keep up with {rec.goal.serve_tokens_per_day:.3g} tokens a day, run "
@@ -432,7 +427,7 @@ def summary_lines(rec) -> list[str]:
         front = rec.pareto
         if len(front) > 2:
             lines.append("Pareto front (no option is both faster and cheaper): "
-                         + "; ".join(f"{_label(o)} {fmt_time(o.time_s)} {fmt_usd(o.cost_usd)}" for o in front) + ".")
+                         + "; ".join(f"{_label(o)} {fmt_seconds(o.time_s)} {fmt_usd(o.cost_usd)}" for o in front) + ".")
     lines.append(f"{rec.considered} configurations planned, {rec.fitting} fit"
                  + (" (left out: " + "; ".join(f"{k}: {v}" for k, v in rec.rejected.items()) + ")"
                     if rec.rejected else "")
@@ -447,7 +442,7 @@ def _rows(rec, top: int | None):
     for i, o in enumerate(rec.options[:top] if top else rec.options):
         yield [f"{i + 1}{'*' if o.pareto else ''}", o.gpu, str(o.count), o.sharding, str(o.batch),
                f"{fmt_bytes(o.memory_per_gpu_bytes, digits=1).split()[0]}/{o.gpu_memory_bytes / GiB:.0f}",
-               f"{o.tokens_per_s:,.0f}", fmt_time(o.time_s), fmt_usd(o.cost_usd), fmt_usd(o.cost_per_hour_usd),
+               f"{o.tokens_per_s:,.0f}", fmt_seconds(o.time_s), fmt_usd(o.cost_usd), fmt_usd(o.cost_per_hour_usd),
                o.bound]
 
 

@@ -14,8 +14,8 @@ Each filter names the message, the library file that emits it, and why it carrie
    ``utils/__init__.py``; peft imports it for its GPTQ dispatch whenever it is installed), and sets
    ``PYTORCH_ALLOC_CONF=expandable_segments:True,...`` and ``CUDA_DEVICE_ORDER`` unless they are set. The first
    changes the CUDA caching allocator the planner models (``expandable_segments`` changes reserved memory), so
-   :func:`import_gptqmodel` imports it with stdout captured (its warnings go to stderr) and puts both variables
-   back as they were.
+   a ``sys.meta_path`` finder (:class:`_QuietFinder`, whoever imports it) runs its import with stdout captured
+   (its warnings go to stderr) and puts both variables back as they were.
 5. peft 0.21 ``peft_model.py`` (``PeftModel.__init__``) and ``mixed_model.py`` read
    ``model.is_gradient_checkpointing``, which transformers 5.2x deprecates (``modeling_utils.py``: "use
    is_activation_checkpointing") with a FutureWarning on every ``get_peft_model``. quantlab's own code uses
@@ -119,15 +119,3 @@ class _QuietFinder:
             return None
         spec.loader = _QuietLoader(spec.loader)
         return spec
-
-
-def import_gptqmodel() -> bool:
-    """Import GPTQModel (quietly, through the finder :func:`install` adds): True when it is installed."""
-    import importlib.util
-
-    install()
-    if "gptqmodel" not in sys.modules and importlib.util.find_spec("gptqmodel") is None:
-        return False
-    import gptqmodel  # noqa: F401
-
-    return True
