@@ -97,7 +97,7 @@ def gpu_notes(cfg, gpu) -> list[str]:
 
 def config_from_args(args: argparse.Namespace, *, gpu=None, any_precision: bool = False):
     """Build the PlanConfig the flags describe (bad values raise QuantlabError with one line); the resolved
-    model is left on ``args._resolved`` and the GPU's choices on ``args._auto_notes``.
+    model is left on ``args._resolved`` (the GPU's choices are :func:`gpu_notes` of the result).
 
     A flag the configuration ignores is an error when given (``flags.check_given``; ``any_precision``: the
     command plans several weight precisions), and so is a CPU plan checked against a GPU (its totals have no
@@ -123,7 +123,6 @@ def config_from_args(args: argparse.Namespace, *, gpu=None, any_precision: bool 
     if gpu is not None and cfg.device is DeviceMode.CPU:
         raise SpecError(f"--device cpu counts tensor bytes without CUDA context or allocator reserve, so it cannot "
                         f"be checked against {gpu.name}; drop --device cpu or --gpu")
-    args._auto_notes = gpu_notes(cfg, gpu)
     return cfg
 
 
