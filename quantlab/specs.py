@@ -391,6 +391,9 @@ class GPUSpec:
     # the total CUDA reports (torch.cuda.mem_get_info()[1]), below NVML's total by what the driver keeps; None where
     # no source gives it. vLLM's budget multiplies this one (serving S7).
     cuda_total_bytes: int | None = None
+    # the CUDA context one process holds on this GPU (NVML's used minus torch's reserved, at the start of a run),
+    # by GPU generation and CUDA version; None: the planner's default (allocator.CUDA_CONTEXT_BYTES)
+    cuda_context_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.memory_bytes <= 0:

@@ -134,10 +134,9 @@ from quantlab.planner.params import ParamCounts, Tensors, block_tensors, count_p
 from quantlab.specs import (ALL_LINEAR, Attention, DeviceMode, DType, LinearShape, Method, ModelSpec, Offload,
                             Optimizer, PlanConfig, Precision, SpecError, TrainingPrecision)
 
+from quantlab.planner.allocator import CUDA_CONTEXT_BYTES, RESERVE_FRACTION, SEGMENT, allocator  # noqa: F401
+
 MiB = 1 << 20
-CUDA_CONTEXT_BYTES = 150 * MiB
-RESERVE_FRACTION = 0.25
-SEGMENT = 2 * MiB
 
 _FLOAT_BYTES = {Precision.FP32: 4, Precision.FP16: 2, Precision.BF16: 2}
 _NBYTES = {d: d.nbytes for d in DType}  # DType.nbytes builds its table on every call
@@ -837,13 +836,6 @@ def training_activations(cfg: PlanConfig, pc: ParamCounts, attn: Attention, dtyp
     return _compose_train(parts, consts, cfg.grad_checkpointing)
 
 
-def allocator(cfg: PlanConfig, dynamic: int) -> tuple[int, int]:
-    """(caching-allocator reserve, CUDA context) (assumption 10); both zero on a CPU."""
-    if cfg.device is DeviceMode.CUDA:
-        return int(RESERVE_FRACTION * dynamic) + SEGMENT * 4, CUDA_CONTEXT_BYTES
-    return 0, 0
-
-
 # ---------------------------------------------------------------------------------------------------------
 # plan(): the shape-free part once per configuration without its batch and sequence, then the shape
 
@@ -1013,7 +1005,7 @@ def _seq_notes(cfg: PlanConfig, seq: int) -> tuple:
 def _plan_from(st: _Static, cfg: PlanConfig) -> Plan:
     """The plan of ``cfg`` from its shape-free part ``st``: the shaped terms, then the allocator (assumption 10)."""
     comps, dynamic, allocated = _shaped(st, cfg, cfg.batch, cfg.seq)
-    reserve, context = allocator(cfg, dynamic)
+    reserve, context = allocator(cfg, dynamic, comps)
     comps["cuda_context"] = context
     comps["allocator_reserve"] = reserve
     reserved = allocated + reserve
@@ -1040,8 +1032,8 @@ def process_bytes_at(cfg: PlanConfig, batch: int | None = None, seq: int | None 
     if b <= 0 or s <= 0:
         raise SpecError(f"batch and seq must be positive integers, got {b}, {s}")
     st = _static(cfg)
-    _, dynamic, allocated = _shaped(st, cfg, b, s)
-    reserve, context = allocator(cfg, dynamic)
+    comps, dynamic, allocated = _shaped(st, cfg, b, s)
+    reserve, context = allocator(cfg, dynamic, comps)
     return allocated + reserve + context + st.paged_state
 
 
