@@ -7,9 +7,9 @@ none), ``batch``/``seq`` the shape it was planned at (default: the configuration
 
 The rules are PyTorch's, ``c10/cuda/CUDACachingAllocator.cpp`` (read at pytorch/pytorch commit 001074d2; the same
 rules since torch 2.1, the file's functions named below). :class:`CachingAllocator` replays them event by event
-(a simulation for the tests and ``scripts/allocator_replay.py``); :func:`allocator` is the closed form the planner
-evaluates, per component class, checked against the simulation on replayed traces
-(``tests/planner/test_allocator_sim.py``).
+(a simulation for the tests); :func:`allocator` is the closed form the planner evaluates, per component class,
+checked against the simulation replaying :func:`trace` (the events the closed form stands for;
+``tests/planner/test_allocator.py``).
 
 Assumptions (numbered under memory.py's 10):
 
@@ -538,8 +538,8 @@ def needs_shape(cfg: PlanConfig) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# the trace the closed form stands for, event by event (replayed by :class:`CachingAllocator` in the tests and in
-# scripts/allocator_replay.py: the closed form must give what the replay gives)
+# the trace the closed form stands for, event by event (replayed by :class:`CachingAllocator` in the tests: the
+# closed form must give what the replay gives)
 
 
 def trace(cfg: PlanConfig, comps: dict, batch: int | None = None, seq: int | None = None, steps: int = 2) -> list:
