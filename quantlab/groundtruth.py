@@ -135,7 +135,14 @@ def check_row(row: dict) -> Check:
     if metric == "fits":
         f = fit(cfg, load_gpu(row["gpu"]), suggest=False)
         return Check(row["id"], metric, stack, float(bool(row["fits"])), float(f.fits), None, f.fits == row["fits"])
-    p = serve_row_plan(row, cfg) if row.get("serve") is not None else plan(cfg)
+    if row.get("serve") is not None:
+        p = serve_row_plan(row, cfg)
+    else:  # where the plan meets the row's GPU, its measured CUDA context replaces the default (fit.on_gpu)
+        p = plan(cfg)
+        if row.get("gpu"):
+            from quantlab.planner.fit import on_gpu
+
+            p = on_gpu(p, load_gpu(row["gpu"]))
     pred = {"allocated": p.peak_allocated_bytes, "reserved": p.peak_reserved_bytes, "process": p.process_bytes}[metric]
     err = (pred - row["value_bytes"]) / row["value_bytes"]
     tol = row.get("tolerance") or TARGETS.get((cfg.library, metric), 0.10)

@@ -367,6 +367,12 @@ def _gpu_from_doc(doc: dict) -> GPUSpec:
         if cuda_total is not None:
             sources["cuda_total_bytes"] = _sourced(cuda_total)
             cuda_total = int(cuda_total["value"])
+        context = doc.get("cuda_context_bytes")  # allocator.py 10i: measured per GPU generation and CUDA version
+        if context is not None:
+            sources["cuda_context_bytes"] = _sourced(context)
+            context = int(context["value"])
+            if not 16 << 20 <= context <= 4 << 30:
+                raise SpecError(f"cuda_context_bytes {context} is outside 16 MiB .. 4 GiB")
         ic_bw = ic["bandwidth_bytes_per_s"]["value"]
         return GPUSpec(
             name=doc["name"], vendor=doc["vendor"], memory_bytes=int(doc["memory_bytes"]["value"]),
@@ -376,7 +382,7 @@ def _gpu_from_doc(doc: dict) -> GPUSpec:
             interconnect=ic["name"], interconnect_bandwidth_bytes_per_s=None if ic_bw is None else float(ic_bw),
             price_usd_per_hour=doc["price_usd_per_hour"]["value"],
             aliases=tuple(doc.get("aliases") or ()), nvml_names=tuple(doc.get("nvml_names") or ()),
-            sources=sources, cuda_total_bytes=cuda_total)
+            sources=sources, cuda_total_bytes=cuda_total, cuda_context_bytes=context)
     except (KeyError, TypeError, ValueError, AttributeError, SpecError) as e:
         raise QuantlabError(f"GPU profile {doc.get('name')} is malformed ({type(e).__name__}: {e})") from e
 

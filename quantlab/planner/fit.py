@@ -18,6 +18,11 @@
    FlashAttention either, which changes the SDPA kernel of grouped-query models (activations A3b).
 6. Tensor parallelism splits attention heads: a degree must divide the KV heads (inference scale-out stops
    there; pipeline parallelism is not planned).
+7. The CUDA context is the GPU's where its profile measured one (``cuda_context_bytes``; allocator.py 10i): a plan
+   without a GPU carries the default, and meeting the GPU replaces it (:func:`on_gpu`; the searches compare the
+   default-context totals with the GPU's memory less the difference). Where the caching allocator's reserve
+   depends on the shape beyond the dynamic peak (cached blocks meeting the loss's T x vocab tensors, allocator.py
+   10f; ``allocator.needs_shape``), the batch and sequence searches plan each shape.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ from __future__ import annotations
 import dataclasses
 from collections import namedtuple
 
+from quantlab.planner import allocator as A
 from quantlab.planner.memory import Plan, plan, process_bytes_at
-from quantlab.specs import GPUSpec, Method, Offload, Optimizer, PlanConfig, Precision, SpecError, kbit_prepared
+from quantlab.specs import (DeviceMode, GPUSpec, Method, Offload, Optimizer, PlanConfig, Precision, SpecError,
+                            kbit_prepared)
 
 GPU_COUNTS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -46,9 +53,31 @@ class Fit(namedtuple("Fit", "gpu plan fits margin_bytes max_batch max_seq min_gp
                 "suggestions": [{"change": c, "process_bytes": b} for c, b in self.suggestions]}
 
 
+def context_delta(cfg: PlanConfig, gpu: GPUSpec) -> int:
+    """The GPU's CUDA context less the default every plan carries (assumption 7); 0 on a CPU plan."""
+    if cfg.device is not DeviceMode.CUDA:
+        return 0
+    return A.context_bytes(gpu) - A.CUDA_CONTEXT_BYTES
+
+
+def budget(cfg: PlanConfig, gpu: GPUSpec) -> int:
+    """The GPU's memory that a plan's (default-context) process total is compared with (assumptions 1, 7)."""
+    return gpu.memory_bytes - context_delta(cfg, gpu)
+
+
+def on_gpu(p: Plan, gpu: GPUSpec) -> Plan:
+    """The plan with the GPU's CUDA context in place of the default (assumption 7)."""
+    d = context_delta(p.config, gpu)
+    if not d:
+        return p
+    comps = dict(p.components)
+    comps["cuda_context"] = comps.get("cuda_context", 0) + d
+    return p._replace(components=comps, process_bytes=p.process_bytes + d)
+
+
 def _fits(cfg: PlanConfig, gpu: GPUSpec) -> bool:
     try:
-        return plan(cfg).process_bytes <= gpu.memory_bytes
+        return plan(cfg).process_bytes <= budget(cfg, gpu)
     except SpecError:
         return False
 
@@ -72,11 +101,13 @@ def _largest_closed(cfg: PlanConfig, gpu: GPUSpec, field: str, cap: int, known: 
     """The same answer as :func:`_largest`, from a closed form checked at the boundary (assumption 2).
 
     ``known`` is a point already planned, ``(value of field, process_bytes)``."""
-    mem = gpu.memory_bytes
+    mem = budget(cfg, gpu)
     pts: dict[int, int | None] = {}  # x -> process bytes (None: the configuration is invalid = does not fit)
 
-    shape = {"batch": lambda x: process_bytes_at(cfg, batch=x), "seq": lambda x: process_bytes_at(cfg, seq=x)}.get(
-        field) or (lambda x: plan(dataclasses.replace(cfg, **{field: x})).process_bytes)
+    shape = None if A.needs_shape(cfg) else {"batch": lambda x: process_bytes_at(cfg, batch=x),
+                                             "seq": lambda x: process_bytes_at(cfg, seq=x)}.get(field)
+    if shape is None:  # (assumption 7: the allocator's reserve needs the configuration at that shape)
+        shape = lambda x: plan(dataclasses.replace(cfg, **{field: x})).process_bytes  # noqa: E731
 
     def g(x: int) -> int | None:
         if x not in pts:
@@ -219,26 +250,27 @@ def _suggestions(cfg: PlanConfig, gpu: GPUSpec) -> list[tuple[str, int]]:
     if m.is_training and cfg.offload is Offload.NONE and (cfg.num_gpus == 1 or cfg.zero):
         cands.append(("offload optimizer states to CPU", dict(offload=Offload.OPTIMIZER)))
     out = []
+    d = context_delta(cfg, gpu)
     for text, change in cands:
         try:
             c = dataclasses.replace(cfg, **change)
             p = plan(c)
         except SpecError:
             continue
-        if p.process_bytes <= gpu.memory_bytes:
-            out.append((text, p.process_bytes))
+        if p.process_bytes <= budget(c, gpu):
+            out.append((text, p.process_bytes + context_delta(c, gpu)))
     if cfg.batch > 1:
         b = _largest_closed(cfg, gpu, "batch", cfg.batch - 1)
         if b:
             out.append((f"batch {b} (largest that fits)" + (f"; keep the effective batch with --grad-accum "
                                                             f"{-(-cfg.batch * cfg.grad_accum // b)}" if m.is_training else ""),
-                        plan(dataclasses.replace(cfg, batch=b)).process_bytes))
+                        plan(dataclasses.replace(cfg, batch=b)).process_bytes + d))
     s = _largest_closed(cfg, gpu, "seq", cfg.seq - 1) if cfg.seq > 1 else 0
     if s and s < cfg.seq:
-        out.append((f"sequence {s} (longest that fits)", plan(dataclasses.replace(cfg, seq=s)).process_bytes))
+        out.append((f"sequence {s} (longest that fits)", plan(dataclasses.replace(cfg, seq=s)).process_bytes + d))
     n, how = min_gpus(cfg, gpu)
     if n and n > cfg.num_gpus:
-        out.append((f"{n} x {gpu.name} with {how}", plan(_scaled(cfg, n)[0]).process_bytes))
+        out.append((f"{n} x {gpu.name} with {how}", plan(_scaled(cfg, n)[0]).process_bytes + d))
     return out
 
 
@@ -252,11 +284,12 @@ def for_gpu(cfg: PlanConfig, gpu: GPUSpec) -> PlanConfig:
 
 def fit(cfg: PlanConfig, gpu: GPUSpec, suggest: bool = True) -> Fit:
     cfg = for_gpu(cfg, gpu)
-    p = plan(cfg)
+    p0 = plan(cfg)
+    p = on_gpu(p0, gpu)
     ok = p.process_bytes <= gpu.memory_bytes
-    max_batch = _largest_closed(cfg, gpu, "batch", 1 << 16, known=(cfg.batch, p.process_bytes))
+    max_batch = _largest_closed(cfg, gpu, "batch", 1 << 16, known=(cfg.batch, p0.process_bytes))
     max_seq = _largest_closed(cfg, gpu, "seq", max(cfg.model.max_position_embeddings, cfg.seq),
-                              known=(cfg.seq, p.process_bytes))
+                              known=(cfg.seq, p0.process_bytes))
     n, how = min_gpus(cfg, gpu)
     sugg = tuple(_suggestions(cfg, gpu)) if (suggest and not ok) else ()
     return Fit(gpu=gpu, plan=p, fits=ok, margin_bytes=gpu.memory_bytes - p.process_bytes, max_batch=max_batch,
