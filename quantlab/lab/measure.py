@@ -14,6 +14,13 @@
 3. On a GPU: ``torch.cuda.max_memory_allocated`` and ``max_memory_reserved`` after ``reset_peak_memory_stats``,
    and the NVML figure for this process (CUDA context included), kept apart.
 4. Timing: warm-up runs, then the median of timed runs, synchronising the device around each.
+5. Scopes nest: ``torch.cuda.reset_peak_memory_stats`` resets the device's one pair of peak counters, so a scope
+   folds the peak so far into every open scope before it resets them, and again when it closes. An outer scope's
+   peak is then the largest reading over its whole span, whatever scopes ran inside it (optimum-benchmark's
+   ``MemoryTracker`` keeps the same rule). On a CPU the RSS samplers are per scope and independent.
+6. One record per measured step, :class:`Measurement`, with fixed field names: the ``meas_<component>_bytes`` keys
+   :mod:`quantlab.validate` compares (:meth:`Measurement.meas`), for the lab and for users' own jobs
+   (:mod:`quantlab.integrations`).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import statistics
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -211,7 +218,7 @@ def nvml_process_bytes() -> int | None:
     return None
 
 
-@dataclass
+@dataclass(frozen=True)
 class MemoryReading:
     """Peak memory of a phase: CPU RSS always; CUDA allocator and NVML figures on a GPU (kept apart)."""
 
@@ -222,26 +229,129 @@ class MemoryReading:
     nvml_process_bytes: int | None = None
 
 
-@contextmanager
-def measure_memory():
-    """Peak memory of the enclosed phase (assumptions 2, 3)."""
-    gpu = cuda_available()
-    if gpu:
+class _TorchCuda:
+    """The CUDA readings a scope takes (torch.cuda's own functions); tests inject a fake with the same methods."""
+
+    @staticmethod
+    def _c():
         import torch
 
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    reading = MemoryReading(0, 0)
-    with track_rss() as rss:
-        yield reading
-    reading.rss_delta_bytes, reading.rss_peak_bytes = rss.delta, rss.peak
-    if gpu:
-        import torch
+        return torch.cuda
 
-        torch.cuda.synchronize()
-        reading.cuda_allocated_bytes = int(torch.cuda.max_memory_allocated())
-        reading.cuda_reserved_bytes = int(torch.cuda.max_memory_reserved())
-        reading.nvml_process_bytes = nvml_process_bytes()
+    def synchronize(self):
+        self._c().synchronize()
+
+    def max_memory_allocated(self) -> int:
+        return int(self._c().max_memory_allocated())
+
+    def max_memory_reserved(self) -> int:
+        return int(self._c().max_memory_reserved())
+
+    def reset_peak_memory_stats(self):
+        self._c().reset_peak_memory_stats()
+
+    def process_bytes(self) -> int | None:
+        return nvml_process_bytes()
+
+
+_OPEN: list["Scope"] = []  # the CUDA scopes open now, outermost first (assumption 5)
+
+
+class Scope:
+    """One measured phase (assumption 5). CUDA's peak counters are one per device, so a scope opened inside
+    another must reset them to see its own peak; before it does, the peak so far is folded into every open
+    scope, so an inner scope never loses an outer scope's peak (the bug this replaces: the fine-tune's step
+    measurement reset the run's peaks, which then missed the load, the first evaluation and step 1).
+    Filled in on exit: ``reading`` is the frozen :class:`MemoryReading`; its fields read through the scope."""
+
+    def __init__(self, cuda=None):
+        self.cuda = cuda
+        self.reading: MemoryReading | None = None
+        self._alloc = self._reserved = 0
+
+    def _fold(self):
+        a, r = self.cuda.max_memory_allocated(), self.cuda.max_memory_reserved()
+        for s in _OPEN:
+            s._alloc, s._reserved = max(s._alloc, a), max(s._reserved, r)
+
+    def __enter__(self):
+        if self.cuda is not None:
+            self.cuda.synchronize()
+            self._fold()
+            self.cuda.reset_peak_memory_stats()
+            _OPEN.append(self)
+        self._rss = track_rss()
+        self._rss_res = self._rss.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._rss.__exit__(None, None, None)
+        rss = self._rss_res
+        if self.cuda is None:
+            self.reading = MemoryReading(rss.delta, rss.peak)
+            return False
+        self.cuda.synchronize()
+        self._fold()  # this scope's own peak since the last reset; outer scopes keep it too
+        if self in _OPEN:
+            _OPEN.remove(self)
+        self.reading = MemoryReading(rss.delta, rss.peak, self._alloc, self._reserved, self.cuda.process_bytes())
+        return False
+
+    def __getattr__(self, name):  # the reading's fields, after exit
+        if name in MemoryReading.__dataclass_fields__:
+            r = self.__dict__.get("reading")
+            if r is None:
+                raise AttributeError(f"{name} is read after the scope has ended")
+            return getattr(r, name)
+        raise AttributeError(name)
+
+
+def measure_memory(cuda=None) -> Scope:
+    """Peak memory of the enclosed phase (assumptions 2, 3, 5): ``with measure_memory() as m: ...`` then
+    ``m.cuda_allocated_bytes``. ``cuda``: the readings (default torch.cuda where CUDA is available, else none)."""
+    if cuda is None and cuda_available():
+        cuda = _TorchCuda()
+    return Scope(cuda)
+
+
+COMPONENTS = ("weights", "quant_constants", "adapters", "gradients", "optimizer", "activations", "logits_loss")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One measured training step (assumption 6): tensor bytes per component, the totals, the step's shape.
+
+    Components (``None``: not measured): ``weights``, ``quant_constants``, ``adapters`` (parameter and buffer
+    storages, assumption 1), ``gradients``, ``optimizer`` (states), ``activations`` (saved for backward by the
+    model), ``logits_loss`` (the logits and what the loss saves). Totals: ``allocated`` (CPU: the live tensor
+    bytes at the peak, the profiler's allocator events over the step; CUDA: ``max_memory_allocated``),
+    ``reserved`` and ``process`` (CUDA and NVML only)."""
+
+    device: str
+    weights_bytes: int | None = None
+    quant_constants_bytes: int | None = None
+    adapters_bytes: int | None = None
+    gradients_bytes: int | None = None
+    optimizer_bytes: int | None = None
+    activations_bytes: int | None = None
+    logits_loss_bytes: int | None = None
+    allocated_bytes: int | None = None
+    allocated_with_workspace_bytes: int | None = None
+    reserved_bytes: int | None = None
+    process_bytes: int | None = None
+    batch: int | None = None
+    seq: int | None = None
+    trainable_params: int | None = None
+    notes: tuple = ()
+
+    def meas(self) -> dict:
+        """The ``meas_<name>`` keys :func:`quantlab.validate.compare` reads (None values left out)."""
+        out = {"device": self.device}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name not in ("device", "notes") and v is not None:
+                out[f"meas_{f.name}"] = v
+        return out
 
 
 def _sync():
