@@ -105,11 +105,17 @@ def check(derived, m, *, where: str) -> Check:
     """Set the derived plan beside the measurement ``m`` and lay out the text (``where``: how it was measured)."""
     notes = list(derived.underived) + list(m.notes)
     if derived.config is None:
-        text = "\n".join([f"quantlab: measured {where}; no plan to compare:"] + [f"  - {n}" for n in notes])
+        import textwrap
+
+        text = "\n".join([f"quantlab: measured {where}; no plan to compare:"]
+                         + [textwrap.fill(n, 80, initial_indent="  - ", subsequent_indent="    ") for n in notes])
         return Check(derived, m, (), text)
+    import textwrap
+
     rs = rows(derived.config, m)
-    lines = [table(rs, title=f"quantlab: planned vs measured, {where}\n  plan: {describe(derived.config)}")]
+    plan = textwrap.fill(f"plan: {describe(derived.config)}", 80, initial_indent="  ", subsequent_indent="    ")
+    lines = [table(rs, title=f"quantlab: planned vs measured, {where}\n{plan}")]
     if notes:
         lines.append("notes:")
-        lines += [f"  - {n}" for n in notes]
+        lines += [textwrap.fill(n, 80, initial_indent="  - ", subsequent_indent="    ") for n in notes]
     return Check(derived, m, tuple(rs), "\n".join(lines))
