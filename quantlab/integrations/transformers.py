@@ -114,7 +114,13 @@ class PlanCheckCallback(TrainerCallback):
             m = _with_note(m, "the logits were freed before backward (Trainer.compute_loss drops the model output); "
                               "the plan keeps them live through backward (memory assumption 6), so its total is high "
                               "by the logits")
-        d = _with_underived(d, self._notes)
+        notes = list(self._notes)
+        kind = type(args).__name__
+        if kind in ("DPOConfig", "KTOConfig", "ORPOConfig", "CPOConfig", "GRPOConfig", "RLOOConfig"):
+            notes.append(f"{kind}: the planner has no preference mode yet; planned as one training forward over "
+                         "the batch the model saw (chosen and rejected concatenated), without the reference "
+                         "model's no-grad forward")
+        d = _with_underived(d, notes)
         where = f"optimizer step {self.step} on {m.device} ({'CUDA allocator' if m.device == 'cuda' else 'tensor bytes'})"
         self.check = check(d, m, where=where)
         self.print_fn(self.check.text)
