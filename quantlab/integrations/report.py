@@ -50,11 +50,11 @@ def _mib(n) -> str:
 
 def table(rs: list[Row], *, title: str) -> str:
     """The comparison as text, at most 80 columns."""
-    lines = [title, f"{'component':<16}{'planned MiB':>13}{'measured MiB':>14}{'error':>11}  within"]
+    lines = [title, f"{'component':<16}{'planned MiB':>13}{'measured MiB':>14}{'error':>12}  within"]
     for r in rs:
         err = "-" if r.error is None else f"{r.error * 100:+.2f}%"
         ok = "-" if r.ok is None else ("yes" if r.ok else "NO") + f" ({r.target * 100:.0f}%)"
-        lines.append(f"{r.component:<16}{_mib(r.planned_bytes):>13}{_mib(r.measured_bytes):>14}{err:>11}  {ok}")
+        lines.append(f"{r.component:<16}{_mib(r.planned_bytes):>13}{_mib(r.measured_bytes):>14}{err:>12}  {ok}")
     return "\n".join(lines)
 
 
