@@ -11,6 +11,12 @@ how it resolved, ``config`` (``PlanConfig.to_dict()``: every field resolved, the
 without a GPU) and the notes. ``--from-json FILE`` reads that document back (:func:`read_plan_json`) and prints the
 same bytes; it is the whole input, so configuration flags beside it are an error.
 
+``--from-trainer-args FILE`` plans a transformers / TRL job before it runs: FILE is its TrainingArguments as
+``args.to_json_string()`` writes them (:func:`quantlab.integrations.derive.trainer_args_fields`: batch, gradient
+accumulation, checkpointing, optimizer, bf16/fp16 autocast, TRL's ``max_length`` as the sequence). The model and the
+method are not in that file, so ``--model`` is required and the method flags apply; a flag that contradicts the
+file is an error, and what the file cannot say is printed as a note on stderr.
+
 Outputs are checked before anything is printed: ``--emit`` files are written before stdout, and a folder that
 cannot be written is one line, exit 2; so is a plan that does not fit its ``--gpu``, unless ``--force``.
 """
@@ -95,7 +101,7 @@ def gpu_notes(cfg, gpu) -> list[str]:
     return out
 
 
-def config_from_args(args: argparse.Namespace, *, gpu=None, any_precision: bool = False):
+def config_from_args(args: argparse.Namespace, *, gpu=None, any_precision: bool = False, extra: dict | None = None):
     """Build the PlanConfig the flags describe (bad values raise QuantlabError with one line); the resolved
     model is left on ``args._resolved`` (the GPU's choices are :func:`gpu_notes` of the result).
 
@@ -109,6 +115,9 @@ def config_from_args(args: argparse.Namespace, *, gpu=None, any_precision: bool 
     resolved = load_model(args.model)
     args._resolved = resolved
     d = config_dict(args)
+    for k, v in (extra or {}).items():  # fields read from another source (--from-trainer-args); the flags win
+        if d.get(k) is None:
+            d[k] = v
     detected = getattr(args, "_gpu_count", 0)  # --gpu auto: plan the GPUs this machine has (hardware.resolve_auto)
     if detected:
         asked = d.get("num_gpus")
@@ -175,6 +184,11 @@ def register(sub) -> None:
                    help="check the fit on this GPU (profile name or alias), or 'auto' to detect the local one "
                         "(default: none, no fit)")
     o.add_argument("--from-json", default=None, metavar="FILE", help=FROM_JSON_HELP + " (default: none)")
+    o.add_argument("--from-trainer-args", default=None, metavar="FILE",
+                   help="plan a transformers/TRL job from its TrainingArguments (the JSON args.to_json_string() "
+                        "writes: batch, grad accumulation, checkpointing, optim, bf16/fp16, TRL max_length); needs "
+                        "--model, the method flags apply, a flag that contradicts the file is an error "
+                        "(default: none)")
     o.add_argument("--format", choices=FORMATS, default="table",
                    help="table (rich), json (the whole plan, one document), csv (one row) (default: table)")
     from quantlab.emit import add_emit_argument
@@ -306,6 +320,47 @@ def gpu_from_document(doc: dict, path: str):
     return gpu, gpu_doc
 
 
+def trainer_args_extra(args) -> dict:
+    """The PlanConfig fields of ``--from-trainer-args FILE`` (a one-line error for a file that cannot be read or
+    that a flag contradicts); what the file cannot say goes to stderr as notes."""
+    from pathlib import Path
+
+    from quantlab.commands.flags import config_dict_from_args, flag_name, given_fields
+    from quantlab.integrations.derive import resolve_amp, trainer_args_fields
+
+    path = args.from_trainer_args
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise QuantlabError(f"--from-trainer-args {path}: cannot read it ({getattr(e, 'strerror', None) or e})") \
+            from None
+    except ValueError as e:
+        raise QuantlabError(f"--from-trainer-args {path}: not valid JSON ({e})") from None
+    try:
+        fields, amp, notes = trainer_args_fields(doc)
+    except QuantlabError as e:
+        raise QuantlabError(f"--from-trainer-args {path}: {e}") from None
+    given = config_dict_from_args(args)
+    method = given.get("method")
+    weights = given.get("precision") or ("bf16" if method != "qlora" else None)
+    if amp is not None and method != "qlora":
+        fields.update(resolve_amp(amp, weights, method))
+        if not given.get("precision"):
+            notes.append(f"{amp}=true: the weights' dtype is not in TrainingArguments; planned as {weights} weights "
+                         f"(give --precision fp32 for fp32 masters under {amp} autocast)")
+    elif amp is not None:
+        notes.append(f"{amp}=true under QLoRA: k-bit training is planned without autocast")
+    if "seq" not in fields and "seq" not in given_fields(args):
+        notes.append("the sequence length is not in TrainingArguments: planned at --seq (default shown in --help)")
+    for k, v in fields.items():
+        if k in given_fields(args) and given.get(k) is not None and given[k] != v:
+            raise QuantlabError(f"{flag_name(k)} {given[k]} contradicts {path}, which sets it to {v}; drop the flag "
+                                "or edit the file")
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
+    return fields
+
+
 def check_outputs(args) -> None:
     """Refuse outputs that cannot be written before anything is printed."""
     if getattr(args, "emit", None):
@@ -326,6 +381,8 @@ def run(args) -> int:
         if serve_flags.serving_given(args):
             raise QuantlabError(f"--{serve_flags.serving_given(args)[0].replace('_', '-')} is a serving flag; it "
                                 "applies to --method inference")
+    if args.from_json and getattr(args, "from_trainer_args", None):
+        raise QuantlabError("give --from-json or --from-trainer-args, not both")
     if args.from_json:
         extra = sorted(given_fields(args))
         if args.model or args.gpu or extra:
@@ -338,9 +395,12 @@ def run(args) -> int:
         name, resolution, cfg, gpu, gpu_doc = read_plan_json(args.from_json, doc)
     else:
         if not args.model:
+            if getattr(args, "from_trainer_args", None):
+                raise QuantlabError("--from-trainer-args needs --model NAME: TrainingArguments do not name the model")
             raise QuantlabError("give --model NAME (or --from-json FILE); see 'quantlab profiles'")
+        extra = trainer_args_extra(args) if getattr(args, "from_trainer_args", None) else None
         gpu, gpu_msg = resolve_gpu(args.gpu, args)
-        cfg = config_from_args(args, gpu=gpu)
+        cfg = config_from_args(args, gpu=gpu, extra=extra)
         name, resolution = args._resolved.name, args._resolved.resolved_from
         gpu_doc = gpu_document(gpu, gpu_msg)
     check_outputs(args)

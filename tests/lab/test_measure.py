@@ -17,11 +17,21 @@ def test_tensor_bytes_known_sizes_and_dedup():
 
 
 def test_model_bytes_counts_tied_weights_once():
+    """Two distinct Parameter objects on one storage (a tie made by hand, as a checkpoint loader or a user's
+    ``lm_head.weight = nn.Parameter(embed.weight.data)`` makes it): ``model.parameters()`` yields both, since it
+    deduplicates by object, so only the storage dedup counts the V x h bytes once."""
     from quantlab.lab.model import tiny_model
 
-    m = tiny_model("llama", tie_word_embeddings=True)
+    m = tiny_model("llama", tie_word_embeddings=False)
+    emb = m.get_input_embeddings().weight
+    m.lm_head.weight = torch.nn.Parameter(emb.data)
+    params = list(m.parameters())
+    assert m.lm_head.weight is not emb and any(p is m.lm_head.weight for p in params) and any(p is emb for p in params)
+    buffers = sum(b.numel() * b.element_size() for b in m.buffers())
+    naive = sum(p.numel() * p.element_size() for p in params) + buffers
     tb = measure.model_bytes(m)
-    assert tb.total == sum(p.numel() for p in m.parameters()) * 4 + sum(b.numel() * b.element_size() for b in m.buffers())
+    assert tb.total == naive - emb.numel() * emb.element_size()
+    assert tb.total < naive
 
 
 def test_rss_tracker_calibrated_within_5_percent():
