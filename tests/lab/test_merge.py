@@ -197,3 +197,29 @@ def test_study_end_to_end(tiny, tmp_path):
     assert 0.0 < dt["meas_delta_density"] <= 1.0
     assert forgetting(res["rows"], "json-extract") is not None
     assert not list(tmp_path.iterdir())  # the temporary models are removed
+
+
+def test_render_rewrites_the_report_from_merge_json(tiny, tmp_path):
+    """--render: the table and the planner's columns come from merge.json alone (no model runs)."""
+    rows = [{"kind": "adapter", "method": "adapter:json-extract", "adapter_task": "json-extract",
+             "score_json-extract": 0.9, "score_intent-label": 0.0, "metric_json-extract": "exact_match",
+             "metric_intent-label": "accuracy"},
+            {"kind": "adapter", "method": "adapter:intent-label", "adapter_task": "intent-label",
+             "score_json-extract": 0.0, "score_intent-label": 1.0},
+            {"kind": "peft", "method": "cat", "score_json-extract": 0.45, "score_intent-label": 0.5, "merge_s": 0.5,
+             "merge_rss_peak_bytes": 2**30, "merge_rss_delta_bytes": 2**20, "merge_disk_bytes": 2**21},
+            {"kind": "mergekit", "method": "mk:ties", "score_json-extract": 0.9, "score_intent-label": 0.2,
+             "merge_s": 9.0, "merge_rss_peak_bytes": 2**31, "merge_rss_delta_bytes": 2**30, "merge_disk_bytes": 2**29}]
+    merge.retention(rows, ["json-extract", "intent-label"])
+    doc = {"command": "quantlab lab merge ...", "model": "smollm2-135m", "adapters": [str(tiny["a"]), str(tiny["b"])],
+           "tasks": ["json-extract", "intent-label"], "eval_items": {"json-extract": 2, "intent-label": 2},
+           "best": merge.best_merge(rows)["method"], "sequential_forgetting_first_task": 0.5, "rows": rows,
+           "env": {"git_commit": "x"}}
+    (tmp_path / "merge.json").write_text(json.dumps(doc))
+    p = _cli("--render", str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    assert "kept all tasks best: cat (worst-task retention 0.50" in p.stdout
+    assert max(len(l) for l in p.stdout.splitlines()) <= 80
+    back = json.loads((tmp_path / "merge.json").read_text())
+    assert all(r.get("pred_merge_rss_delta_bytes", 0) > 0 for r in back["rows"] if r["kind"] != "adapter")
+    assert (tmp_path / "merge.md").read_text().startswith("Made by `quantlab lab merge ...`")
