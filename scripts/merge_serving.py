@@ -8,7 +8,8 @@ Configurations, all on the same prompt (a json-extract test prompt, batch 1, gre
 - unmerged K=1: the base wrapped by PeftModel with adapter 1;
 - unmerged K=2: both adapters loaded, adapter 1 active (the other resident, unused).
 Decode seconds per token = (t(N new tokens) - t(1 new token)) / (N - 1), each the median of ``--repeat`` runs,
-the configurations interleaved in each round so a load change on the shared machine hits them alike.
+the configurations interleaved in each round, in an order rotated every round, so a load change on the shared
+machine hits them alike.
 
     python scripts/merge_serving.py --adapters A,B --out reports/merge-cpu
 """
@@ -71,10 +72,11 @@ def main(argv=None) -> int:
     answers = {}
     for k, m in models.items():  # warm-up
         answers[k] = gen(m, a.new_tokens)[1]
-    for _ in range(a.repeat):
-        for k, m in models.items():
-            times[k]["n"].append(gen(m, a.new_tokens)[0])
-            times[k]["1"].append(gen(m, 1)[0])
+    order = list(models)
+    for i in range(a.repeat):
+        for k in order[i % len(order):] + order[:i % len(order)]:  # rotated each round: no config always first
+            times[k]["n"].append(gen(models[k], a.new_tokens)[0])
+            times[k]["1"].append(gen(models[k], 1)[0])
     from quantlab.planner.serving import adapter_bytes, serve_config
     from quantlab.profiles import load_model as load_profile
     from quantlab.specs import PlanConfig

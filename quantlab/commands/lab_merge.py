@@ -51,6 +51,9 @@ def register(sub) -> None:
                    help="skip the joint and sequential fine-tunes (they train for --baseline-steps each)")
     p.add_argument("--baseline-steps", type=int, default=d["baseline_steps"],
                    help="optimizer steps of each baseline fine-tune (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="processes: up to 3 run the PEFT merges, the mergekit merges and the baselines at once "
+                        "(faster on free cores; the timings then share them) (default: %(default)s)")
     p.add_argument("--seed", type=int, default=d["seed"], help="DARE's drop and the baselines (default: "
                    "%(default)s)")
     p.add_argument("--out", default="reports/merge", help="report folder (default: %(default)s)")
@@ -238,7 +241,11 @@ def run(args) -> int:
     out = check_writable_dir(args.out, "--out")
     out.mkdir(parents=True, exist_ok=True)
     log = lambda s: print(s, file=sys.stderr)  # noqa: E731 (progress to stderr; the table or json to stdout)
-    result = run_study(study, log=log, progress=args.progress)
+    if args.jobs < 1:
+        from quantlab.errors import QuantlabError
+
+        raise QuantlabError(f"--jobs must be a positive integer, got {args.jobs}")
+    result = run_study(study, log=log, progress=args.progress, jobs=args.jobs)
     fg = forgetting(result["rows"], study.tasks[0])
     command = "quantlab lab merge " + " ".join(shlex.quote(a) for a in sys.argv[3:]) if sys.argv[1:3] == [
         "lab", "merge"] else "quantlab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -248,6 +255,7 @@ def run(args) -> int:
     doc = {"command": command, "model": study.model, "adapters": list(study.adapters), "tasks": list(study.tasks),
            "weights": list(study.weights), "density": study.density, "eval_items": result["items"],
            "baseline_steps": study.baseline_steps if study.baselines else None, "mergekit": _version("mergekit"),
+           "jobs": args.jobs,
            "sequential_forgetting_first_task": fg, "best": result["best"]["method"] if result["best"] else None,
            "rows": result["rows"], "env": env}
     txt = write_reports(doc, out)

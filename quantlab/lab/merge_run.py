@@ -79,48 +79,80 @@ def _cost_cols(cost) -> dict:
             "meas_delta_density": cost.delta_density, "merged_rank": cost.rank}
 
 
-def run_study(study: MergeStudy, *, log=print, progress: bool = True, workdir: str | None = None) -> dict:
-    """Run ``study``; ``{"rows": [...], "best": row, "items": {task: n}}``."""
+def run_study(study: MergeStudy, *, log=print, progress: bool = True, workdir: str | None = None,
+              jobs: int = 1) -> dict:
+    """Run ``study``; ``{"rows": [...], "best": row, "items": {task: n}}``. ``jobs`` > 1 runs its three parts
+    (the base, adapters and PEFT merges; the mergekit merges; the baselines) in that many processes at once
+    (spawned; each part's rows are the same as in one process, its timings share the cores)."""
+    study.infos()  # refused before any work
+    parts = ["peft"] + (["full"] if any(m.library == "mergekit" for m in study.methods) else []) + \
+        (["baselines"] if study.baselines else [])
+    if jobs > 1 and len(parts) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=min(jobs, len(parts)),
+                                 mp_context=multiprocessing.get_context("spawn")) as ex:
+            futs = [ex.submit(run_part, study, p, False, workdir, True) for p in parts]
+            results = [f.result() for f in futs]
+    else:
+        results = [run_part(study, p, progress, workdir, log=log) for p in parts]
+    rows = [r for part in results for r in part["rows"]]
+    tasks = list(study.tasks)
+    retention(rows, tasks)
+    return {"rows": rows, "best": best_merge(rows), "items": results[0]["items"]}
+
+
+def run_part(study: MergeStudy, part: str, progress: bool = False, workdir: str | None = None,
+             stderr_log: bool = False, log=None) -> dict:
+    """One part of a study (``peft``: base, each adapter, PEFT merges; ``full``: mergekit merges; ``baselines``)."""
+    import sys
+
     import torch
 
     from quantlab.lab.merge_tasks import TaskSet
     from quantlab.lab.model import load_model, load_tokenizer, model_path, resolve
 
+    if log is None:
+        log = (lambda s: print(f"[{part}] {s}", file=sys.stderr, flush=True)) if stderr_log else print
     infos = study.infos()
     tasks = list(study.tasks)
     src = resolve(study.model)
     tok = load_tokenizer(src, progress=progress)
     ts = TaskSet.load(tasks, study.eval_items, study.seed)
     names = [f"a{i}" for i in range(len(infos))]
+    items = {t: len(r) for t, r in ts.tests.items()}
     rows: list[dict] = []
     torch.manual_seed(study.seed)
-    base = load_model(src, dtype=torch.float32, progress=False)
-    model = load_adapters(base, infos, names)
-    with model.disable_adapter():
-        sc = ts.score(model, tok)
-    rows.append(_row("base", "base", sc, tasks))
-    log("base: " + _fmt(sc))
-    for n, t in zip(names, tasks):
-        model.set_adapter(n)
-        sc = ts.score(model, tok)
-        rows.append(_row("adapter", f"adapter:{t}", sc, tasks, adapter_task=t))
-        log(f"adapter {t}: " + _fmt(sc))
-    for m in [m for m in study.methods if m.library == "peft"]:
-        torch.manual_seed(study.seed)  # DARE's random drop
-        cost = peft_merge(model, names, m, list(study.weights), study.density)
-        sc = ts.score(model, tok)
-        rows.append(_row("peft", m.label, sc, tasks, density=study.density if m.uses_density else None,
-                         **_cost_cols(cost)))
-        log(f"{m.label}: {cost.seconds:.2f} s; " + _fmt(sc))
-    del model, base
+    if part == "peft":
+        base = load_model(src, dtype=torch.float32, progress=False)
+        model = load_adapters(base, infos, names)
+        with model.disable_adapter():
+            sc = ts.score(model, tok)
+        rows.append(_row("base", "base", sc, tasks))
+        log("base: " + _fmt(sc))
+        for n, t in zip(names, tasks):
+            model.set_adapter(n)
+            sc = ts.score(model, tok)
+            rows.append(_row("adapter", f"adapter:{t}", sc, tasks, adapter_task=t))
+            log(f"adapter {t}: " + _fmt(sc))
+        for m in [m for m in study.methods if m.library == "peft"]:
+            torch.manual_seed(study.seed)  # DARE's random drop
+            cost = peft_merge(model, names, m, list(study.weights), study.density)
+            sc = ts.score(model, tok)
+            rows.append(_row("peft", m.label, sc, tasks, density=study.density if m.uses_density else None,
+                             **_cost_cols(cost)))
+            log(f"{m.label}: {cost.seconds:.2f} s; " + _fmt(sc))
+
+        return {"rows": rows, "items": items}
     tmp = Path(tempfile.mkdtemp(prefix="quantlab-merge-", dir=workdir))
     try:
         full = [m for m in study.methods if m.library == "mergekit"]
         tuned: list[Path] = []
-        if full or study.baselines:
+        if part == "full" or part == "baselines":
             base_dir = model_path(src, progress)
             tuned = [fold_adapter(src, a, tmp / f"tuned-{i}") for i, a in enumerate(infos)]
-        if full:
+        if part == "full":
             changed = set().union(*(changed_tensors(base_dir, d) for d in tuned))
             for m in full:
                 conf = mergekit_config(m, base_dir, tuned, list(study.weights), study.density)
@@ -135,12 +167,11 @@ def run_study(study: MergeStudy, *, log=print, progress: bool = True, workdir: s
                                  mergekit_config=_display_config(conf, base_dir, tuned, tasks), **_cost_cols(cost)))
                 log(f"{m.label}: {cost.seconds:.2f} s; " + _fmt(sc))
                 shutil.rmtree(out, ignore_errors=True)
-        if study.baselines:
+        if part == "baselines":
             rows += _baselines(study, infos, tuned, ts, tok, tmp, log, progress)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    retention(rows, tasks)
-    return {"rows": rows, "best": best_merge(rows), "items": {t: len(r) for t, r in ts.tests.items()}}
+    return {"rows": rows, "items": items}
 
 
 def _display_config(conf: dict, base_dir, tuned, tasks) -> dict:
