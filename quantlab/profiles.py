@@ -334,7 +334,16 @@ def load_model(name_or_path: str) -> ResolvedModel:
         if not cfg.is_file():
             raise QuantlabError(f"{p} is a folder without a config.json")
         return _model_from_config_file(cfg, raw)
+    if p.suffix.lower() in (".yaml", ".yml"):
+        return _model_from_merge_config(p, raw)
     return _model_from_config_file(p, raw)
+
+
+def _model_from_merge_config(path: "Path", shown: str) -> ResolvedModel:
+    """A mergekit YAML (depth up-scaling, stacking, merges): :mod:`quantlab.merge_config`."""
+    from quantlab.merge_config import load_merge_config
+
+    return load_merge_config(path, shown, load_model)
 
 
 @functools.lru_cache(maxsize=256)

