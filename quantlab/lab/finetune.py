@@ -703,7 +703,6 @@ def run_finetune(cfg: FinetuneConfig, *, log=print, progress: bool = True, keep_
     metrics["meas_data_semantic_duplicates"] = data.dedupe.semantic if cfg.semantic_threshold is not None else None
     metrics["meas_data_decontaminated"] = data.dedupe.decontaminated
     metrics["meas_data_filtered"] = sum(data.dedupe.filtered.values())
-    metrics["meas_data_kind"] = data.kind
     notes: list[str] = []
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     width = cfg.max_len if cfg.pad_to_max_len else None

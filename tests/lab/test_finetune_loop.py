@@ -299,7 +299,7 @@ def test_continued_pretraining_on_text_is_packed_unmasked_and_scored_by_perplexi
     assert cfg.plan.padding_mask is False
     r = quiet(cfg, evaluate_before=True, keep_model=True)
     m = r.metrics
-    assert m["meas_data_kind"] == "text" and (m["meas_step_batch"], m["meas_step_seq"]) == (2, 64)
+    assert r.data.kind == "text" and "meas_data_kind" not in m and (m["meas_step_batch"], m["meas_step_seq"]) == (2, 64)
     assert m["meas_step_pad_tokens"] == 0 and m["meas_activations_bytes"] == m["pred_activations_bytes"]
     assert all(set(e.weights) == {1.0} and len(e.input_ids) == 64 for e in r.data.train)
     assert m["meas_domain_tokens"] == 63 * len(r.data.test) > 0 and m["meas_general_tokens"] == 63 * (4096 // 64)
