@@ -107,6 +107,21 @@ def tokenizer_source(args) -> str:
                         f"embedded {DEFAULT_MODEL}, a model folder or a .gguf)")
 
 
+def first_kind(path) -> str | None:
+    """The kind the first record of ``path`` says (records assumption 2), or None where it cannot tell (the
+    reader then reports why)."""
+    from quantlab.data.records import detect_kind
+
+    try:
+        with open(path, "rb") as f:
+            for raw in f:
+                if raw.strip():
+                    return detect_kind(json.loads(raw.decode("utf-8", errors="replace")))
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def plan_model(model: str) -> str:
     """The --model the planner reads: a .gguf is planned from its converted folder (its config.json)."""
     if str(model).lower().endswith(".gguf"):
@@ -153,6 +168,9 @@ def run_inspect(args) -> int:
             raise QuantlabError(f"--{flag} goes with --plan")
     if args.packing and not args.max_len:
         raise QuantlabError("--packing needs --max-len (the row width the records are packed to)")
+    if args.plan and not args.packing and (args.kind or first_kind(args.file)) == "text":
+        raise QuantlabError("text records (continued pre-training) train on packed rows, as quantlab lab finetune "
+                            "runs them: add --packing --max-len N to plan them")
     opts = InspectOptions(path=args.file, kind=args.kind, model=tokenizer_source(args), near=args.near,
                           semantic=args.semantic, progress=not args.quiet,
                           max_len=None if args.packing else args.max_len)  # packing cuts long records into rows

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-HARNESS = 3  # bump when what a stored fine-tune row means changes (its key then changes: no stale reuse)
+HARNESS = 4  # bump when what a stored fine-tune row means changes (its key then changes: no stale reuse)
 
 
 # The PlanConfig fields lab finetune takes as 'quantlab plan' flags (same names, parsing and defaults:
@@ -59,7 +59,11 @@ def register(sub) -> None:
                "  quantlab lab finetune --method full --precision bf16 --compute-dtype bf16   # pure bf16\n"
                "  quantlab lab finetune --method lora --training-precision amp --compute-dtype bf16  # fp32 masters\n"
                "  quantlab lab finetune --method qat --max-steps 60   # QAT vs PTQ at int4\n"
-               "Data: JSONL with {\"prompt\", \"response\"} or {\"messages\": [...]} per line.",
+               "  quantlab lab finetune --method full --task quantlab-docs --packing --seq 256   # continued "
+               "pre-training\n"
+               "  quantlab lab finetune --method lora --data train.jsonl --val-file val.jsonl --test-file test.jsonl\n"
+               "Data: JSONL with {\"prompt\", \"response\"}, {\"messages\": [...]} or {\"text\"} per line (one kind a "
+               "file).",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(p, model_required=False, model_default=d["model"], only=SHARED,
                          defaults=LAB_PLAN_DEFAULTS, choices={"method": METHODS}, default_text=DEFAULT_TEXT,
@@ -68,7 +72,27 @@ def register(sub) -> None:
     lab = p.add_argument_group("the lab's run")
     src = lab.add_mutually_exclusive_group()
     src.add_argument("--task", default=None, help=f"a shipped task under tasks/ (default: {d['task']})")
-    src.add_argument("--data", default=None, help="your JSONL file (split 80/10/10 into train/validation/test)")
+    src.add_argument("--data", default=None, help="your JSONL file: prompt/response, chat messages, or text (continued "
+                     "pre-training, with --packing); split into train/validation/test by --val-ratio/--test-ratio")
+    dg = p.add_argument_group("data (the reader, filters and dedup of 'quantlab data inspect')")
+    dg.add_argument("--near", type=float, default=d["near_threshold"], metavar="X",
+                    help="near-duplicate threshold: Jaccard similarity of character 5-gram sets (MinHash LSH, "
+                         "verified), in (0, 1]; lower removes more, 1 keeps near duplicates (default: %(default)s)")
+    dg.add_argument("--semantic", type=float, nargs="?", const=0.85, default=d["semantic_threshold"], metavar="X",
+                    help="also remove semantic duplicates (all-MiniLM-L6-v2 cosine, in (0, 1]; a hyperparameter: "
+                         "lower removes paraphrases and more false matches; slow on a CPU) (default: off; a bare "
+                         "--semantic is 0.85)")
+    dg.add_argument("--val-ratio", type=float, default=None, metavar="X",
+                    help="share of the records held out for validation (early stopping) (default: 0.1; 0 with "
+                         "--val-file)")
+    dg.add_argument("--test-ratio", type=float, default=None, metavar="X",
+                    help="share held out for the test scores (exact match / F1, or perplexity for text) (default: "
+                         "0.1; 0 with --test-file or a task that ships test.jsonl)")
+    dg.add_argument("--val-file", default=None, metavar="JSONL",
+                    help="your own validation set (the training data's format) instead of a split (default: none)")
+    dg.add_argument("--test-file", default=None, metavar="JSONL",
+                    help="your own test set (the training data's format) instead of a split; training records that "
+                         "duplicate a validation/test record are removed (default: none)")
     lab.add_argument("--max-steps", type=int, default=d["max_steps"],
                      help="optimizer steps (early stopping may end sooner) (default: %(default)s)")
     lab.add_argument("--lr", type=float, default=d["lr"], help="learning rate (default per method: 1e-3 LoRA/QLoRA, "
@@ -124,7 +148,8 @@ def config_from_args(args, *, device: str | None = None, bf16: bool | None = Non
         max_steps=args.max_steps, pad_to_max_len=args.pad_to_max_len, packing=args.packing,
         eval_every=args.eval_every, patience=args.patience, prompt_loss_weight=args.prompt_loss_weight,
         seed=args.seed, eval_items=args.eval_items, max_new_tokens=args.max_new_tokens,
-        checkpoint_dir=args.checkpoint_dir, **plan)
+        checkpoint_dir=args.checkpoint_dir, near_threshold=args.near, semantic_threshold=args.semantic,
+        val_ratio=args.val_ratio, test_ratio=args.test_ratio, val_file=args.val_file, test_file=args.test_file, **plan)
     check_given(cfg.plan, given_fields(args))
     return cfg
 
@@ -139,16 +164,25 @@ def run(args) -> int:
     cfg = config_from_args(args)
     if not cfg.data_path.is_file():  # an unknown task raises here; a missing file before any model loads
         raise QuantlabError(f"data file {cfg.data_path} not found")
+    for name, f in (("--val-file", cfg.val_path), ("--test-file", cfg.test_path)):
+        if f is not None and not f.is_file():
+            raise QuantlabError(f"{name} {f} not found")
     log = lambda s: print(s, file=sys.stderr)  # noqa: E731
-    store = ResultStore(args.store)
+    from quantlab.report.store import DEFAULT_STORE
+
+    store_path = Path(args.store) if args.store else DEFAULT_STORE  # opened (created) once there is a result
     conf = cfg.to_dict()
     conf.pop("checkpoint_dir")  # where checkpoints go does not change the result
     if cfg.data:
         conf["data"] = str(Path(cfg.data).resolve())
+    for k in ("val_file", "test_file"):
+        if conf.get(k):
+            conf[k] = str(Path(conf[k]).resolve())
     conf["harness"] = HARNESS
     kind = "qat" if cfg.method == "qat" else "finetune"
     first_key = config_key(kind, cfg.model, "qat-int4" if kind == "qat" else cfg.method, conf)
-    old = store.get(first_key)
+    store = ResultStore(store_path) if store_path.exists() else None
+    old = store.get(first_key) if store is not None else None
     if old is not None and not args.redo:
         log(f"this configuration is already in {store.path} (from {old.created_at}); --redo runs it again")
         olds = [r for r in store.records(kind, cfg.model) if r.config == old.config]
@@ -159,6 +193,7 @@ def run(args) -> int:
     from quantlab.report.env import environment
 
     env = environment()
+    store = ResultStore(store_path)
     for method, metrics, artifacts in rows:
         key = config_key(kind, cfg.model, method, conf)
         store.put(RunRecord(key=key, kind=kind, model=cfg.model, method=method, config=conf, env=env,

@@ -15,7 +15,10 @@ Assumptions:
 4. ``charset_mix``: a word mixes letters of two scripts (Latin with Cyrillic or Greek homoglyphs: "pаypal" with a
    Cyrillic a), or the text carries the signature of UTF-8 read as Latin-1 (mojibake: "Ã©", "â€™") or the
    replacement character U+FFFD. Scripts are the first word of each letter's Unicode name (LATIN, CYRILLIC, ...);
-   digits, punctuation and CJK mixing across words are fine (bilingual records are legitimate).
+   digits, punctuation and CJK mixing across words are fine (bilingual records are legitimate). Not a mix:
+   modifier letters (superscripts such as the transpose in "QKᵀ": Unicode "MODIFIER LETTER ..."), and Greek
+   letters beside Latin ones unless one of them looks like a Latin letter (:data:`GREEK_HOMOGLYPHS`: "ΑΒΕΖΗΙΚΜΝΟΡΤΥΧ"
+   and "οικν"): math notation such as "ΣT" or "μs" is legitimate, a Greek omicron in "gοogle" is not.
 5. ``too_long``: more tokens than ``--max-len`` (the rendered record, :mod:`quantlab.data.lengths`), checked only
    when ``--max-len`` is given; truncation would teach a cut answer, so the record is dropped, not cut.
 """
@@ -39,13 +42,17 @@ _MOJIBAKE = re.compile("[\u00c3\u00c2][\u0080-\u00bf]|\u00e2\u20ac[\u0080-\u00bf
 _WORD = re.compile(r"\w+")
 
 
+GREEK_HOMOGLYPHS = frozenset("ΑΒΕΖΗΙΚΜΝΟΡΤΥΧοικν")  # Greek letters that pass for Latin ones (assumption 4)
+
+
 def _script(ch: str) -> str | None:
     if not ch.isalpha():
         return None
     try:
-        return unicodedata.name(ch).split(" ", 1)[0]
+        name = unicodedata.name(ch).split(" ", 1)[0]
     except ValueError:
         return None
+    return None if name == "MODIFIER" else name
 
 
 def template_only(text: str) -> bool:
@@ -62,6 +69,8 @@ def charset_mix(text: str) -> bool:
         if w.isascii():
             continue
         scripts = {s for s in map(_script, w) if s is not None}
+        if scripts == {"LATIN", "GREEK"} and not GREEK_HOMOGLYPHS.intersection(w):
+            continue  # math notation (assumption 4)
         if len(scripts) > 1:
             return True
     return False

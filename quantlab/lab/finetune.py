@@ -34,6 +34,11 @@ Assumptions:
 4. Speed: the median seconds of the optimizer steps (evaluation excluded) and trained tokens (padding excluded)
    per second of training.
 5. Task quality before and after: :mod:`quantlab.lab.finetune_eval` (greedy answers; exact match, token F1).
+6. Continued pre-training (``text`` records, :mod:`quantlab.lab.data` assumptions 1, 6, 7): the rows are packed
+   (required), every token is a target (no prompt mask), and quality is perplexity before and after: on the
+   held-out domain text (the test records, packed into rows of ``seq`` tokens, each row scored from its own start:
+   :mod:`quantlab.lab.quality` assumption 1) and, to show what the model forgets, on the first 4,096 tokens of the
+   lab's licence text (``quantlab/lab/texts/heldout.txt``) in windows of the same width.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ from quantlab.errors import QuantlabError
 from quantlab.lab import measure
 from quantlab.lab.finetune_ckpt import has_checkpoint, load_checkpoint, save_checkpoint  # noqa: F401 (re-export)
 from quantlab.lab.finetune_eval import exact_match, generate_answers, token_f1  # noqa: F401 (re-export)
-from quantlab.lab.model import load_model, load_tokenizer, resolve
+from quantlab.lab.model import load_model, load_tokenizer, resolve  # noqa: F401 (load_tokenizer: re-export)
 from quantlab.specs import DType, Method, PlanConfig, TrainingPrecision
 
 TASKS = Path(__file__).resolve().parent.parent.parent / "tasks"
@@ -110,6 +115,13 @@ class FinetuneConfig:
     eval_items: int = 40
     max_new_tokens: int = 32
     checkpoint_dir: str | None = None
+    # the data path (quantlab.lab.data, on quantlab.data's reader, filters and dedup)
+    near_threshold: float = 0.9  # near-duplicate Jaccard threshold in (0, 1]; 1 keeps near duplicates
+    semantic_threshold: float | None = None  # all-MiniLM-L6-v2 cosine threshold in (0, 1]; None: no semantic pass
+    val_ratio: float | None = None  # None: 0.1, or 0 with val_file
+    test_ratio: float | None = None  # None: 0.1, or 0 with test_file (or a task's test.jsonl)
+    val_file: str | None = None
+    test_file: str | None = None
 
     def __post_init__(self):
         from quantlab.lab.finetune_plan import lab_refusal
@@ -139,6 +151,16 @@ class FinetuneConfig:
             bad("qat is a full fine-tune with fake quantization: its plan's method is full")
         if (self.task is None) == (self.data is None):
             bad("give either --task or --data")
+        from quantlab.data.dedup import check_threshold
+        from quantlab.lab.data import check_ratios
+
+        check_threshold("--near", self.near_threshold)
+        if self.semantic_threshold is not None:
+            check_threshold("--semantic", self.semantic_threshold)
+        for name, ratio, f in (("val", self.val_ratio, self.val_file), ("test", self.test_ratio, self.test_file)):
+            if f is not None and ratio:
+                bad(f"give --{name}-ratio or --{name}-file, not both")
+        check_ratios(self.val_split, self.test_split)
         why = lab_refusal(self.plan)
         if why:
             bad(why)
@@ -175,6 +197,33 @@ class FinetuneConfig:
             known = sorted(d.name for d in TASKS.iterdir() if (d / "data.jsonl").is_file()) if TASKS.is_dir() else []
             raise QuantlabError(f"unknown task {self.task!r} (known: {', '.join(known) or 'none installed'})")
         return p
+
+    @property
+    def val_path(self) -> Path | None:
+        return Path(self.val_file) if self.val_file else None
+
+    @property
+    def test_path(self) -> Path | None:
+        """``test_file``, else a shipped task's own held-out ``test.jsonl`` when it has one (and no test ratio is
+        given), else None (the test split comes from the data)."""
+        if self.test_file:
+            return Path(self.test_file)
+        if self.task and not self.data and not self.test_ratio:
+            p = TASKS / str(self.task) / "test.jsonl"
+            return p if p.is_file() else None
+        return None
+
+    @property
+    def val_split(self) -> float:
+        """The validation share of the data: ``val_ratio``, else 0.1 (0 with a validation file)."""
+        return self.val_ratio if self.val_ratio is not None else 0.0 if self.val_file else 0.1
+
+    @property
+    def test_split(self) -> float:
+        if self.test_ratio is not None:
+            return self.test_ratio
+        return 0.0 if self.test_file or (self.task and not self.data and (TASKS / str(self.task) / "test.jsonl")
+                                         .is_file()) else 0.1
 
     @property
     def amp_dtype(self):
@@ -514,6 +563,33 @@ def task_scores(model, tok, records, cfg: FinetuneConfig) -> dict:
     return _scores(model, tok, records, cfg.eval_items, cfg.max_new_tokens)
 
 
+GENERAL_TEXT, GENERAL_TOKENS = "heldout.txt", 4096  # the out-of-domain text of assumption 6, and how much of it
+
+
+def text_perplexities(model, tok, test_rows, cfg: FinetuneConfig, suffix: str) -> dict:
+    """Assumption 6: perplexity on the held-out domain rows (packed test records) and on the first
+    :data:`GENERAL_TOKENS` tokens of the lab's licence text, both in non-overlapping windows of ``cfg.max_len``."""
+    import torch
+
+    from quantlab.lab.quality import read_text, score_text, token_windows
+
+    was = model.training
+    model.eval()
+    try:
+        dom, _ = score_text(model, [torch.tensor([r.input_ids]) for r in test_rows])
+        gen, _ = score_text(model, token_windows(tok, read_text(GENERAL_TEXT), cfg.max_len, GENERAL_TOKENS))
+    finally:
+        model.train(was)
+    return {f"meas_domain_perplexity{suffix}": dom.perplexity, "meas_domain_tokens": dom.tokens,
+            f"meas_general_perplexity{suffix}": gen.perplexity, "meas_general_tokens": gen.tokens}
+
+
+def perplexity_line(when: str, m: dict, suffix: str) -> str:
+    return (f"{when}: domain perplexity {m[f'meas_domain_perplexity{suffix}']:.2f} ({m['meas_domain_tokens']:,} "
+            f"held-out tokens), general (licence text) {m[f'meas_general_perplexity{suffix}']:.2f} "
+            f"({m['meas_general_tokens']:,} tokens)")
+
+
 # ---- measurement of one step (assumption 3) --------------------------------------------------------------
 
 def component_bytes(model, method: str) -> dict:
@@ -592,6 +668,7 @@ def run_finetune(cfg: FinetuneConfig, *, log=print, progress: bool = True, keep_
     """Train and evaluate one configuration. ``interrupt_after`` stops after that many steps (tests of resume)."""
     import torch
 
+    from quantlab.data.lengths import load_tokenizer as data_tokenizer
     from quantlab.lab.data import collate, prepare
     from quantlab.lab.finetune_plan import model_spec, predicted
     from quantlab.lab.progress import track
@@ -599,19 +676,33 @@ def run_finetune(cfg: FinetuneConfig, *, log=print, progress: bool = True, keep_
 
     torch.manual_seed(cfg.seed)
     src = resolve(cfg.model)
-    tok = load_tokenizer(src, progress=progress)
-    data = prepare(cfg.data_path, tok, None if cfg.packing else cfg.max_len, cfg.prompt_loss_weight, cfg.seed)
+    tok = data_tokenizer(cfg.model, progress=progress)  # one that cannot load is a one-line error
+    data = prepare(cfg.data_path, tok, None if cfg.packing else cfg.max_len, cfg.prompt_loss_weight, cfg.seed,
+                   cfg.near_threshold, semantic_threshold=cfg.semantic_threshold, val_ratio=cfg.val_split,
+                   test_ratio=cfg.test_split, val_file=cfg.val_path, test_file=cfg.test_path)
     log(data.summary())
+    text = data.kind == "text"
+    if text and not cfg.packing:
+        raise QuantlabError("text records (continued pre-training) train on packed rows: add --packing (rows of "
+                            "--seq tokens, no padding)")
+    if text and cfg.qat:
+        raise QuantlabError("qat compares task scores of prompt/response data; text records are not a task")
     if cfg.packing:
         from quantlab.lab.data import pack
 
-        data.train, data.val = pack(data.train, cfg.max_len), pack(data.val, cfg.max_len)
-        log(f"packed into {len(data.train)} training and {len(data.val)} validation rows of {cfg.max_len} tokens")
+        data.train, data.val = pack(data.train, cfg.max_len, "training"), pack(data.val, cfg.max_len, "validation")
+        if text:
+            data.test = pack(data.test, cfg.max_len, "test")
+        log(f"packed into {len(data.train)} training and {len(data.val)} validation rows of {cfg.max_len} tokens"
+            + (f"; {len(data.test)} held-out test rows for perplexity" if text else ""))
     if len(data.train) < cfg.batch:
         raise QuantlabError(f"{len(data.train)} training records are fewer than one batch of {cfg.batch}")
     metrics: dict = {f"meas_data_{k}": v for k, v in data.stats["train"].items()}
     metrics["meas_data_val_records"], metrics["meas_data_test_records"] = len(data.val), len(data.test)
     metrics["meas_data_exact_duplicates"], metrics["meas_data_near_duplicates"] = data.dedupe.exact, data.dedupe.near
+    metrics["meas_data_semantic_duplicates"] = data.dedupe.semantic if cfg.semantic_threshold is not None else None
+    metrics["meas_data_decontaminated"] = data.dedupe.decontaminated
+    metrics["meas_data_filtered"] = sum(data.dedupe.filtered.values())
     notes: list[str] = []
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     width = cfg.max_len if cfg.pad_to_max_len else None
@@ -622,7 +713,10 @@ def run_finetune(cfg: FinetuneConfig, *, log=print, progress: bool = True, keep_
         dev = next(model.parameters()).device
         amp = cfg.amp_dtype
         scaler = torch.amp.GradScaler(dev.type) if amp is torch.float16 else None
-        if evaluate_before:
+        if evaluate_before and text:
+            metrics.update(text_perplexities(model, tok, data.test, cfg, "_before"))
+            log(perplexity_line("before", metrics, "_before"))
+        elif evaluate_before:
             before = task_scores(model, tok, data.test_records, cfg)
             metrics["meas_exact_match_before"], metrics["meas_token_f1_before"] = before["exact_match"], before["token_f1"]
             log(f"before: exact match {before['exact_match']:.2f}, token F1 {before['token_f1']:.2f}; e.g. "
@@ -717,7 +811,10 @@ def run_finetune(cfg: FinetuneConfig, *, log=print, progress: bool = True, keep_
             vals = [h[2] for h in history if h[2] is not None]
             metrics["meas_final_val_loss"] = vals[-1] if vals else None
             metrics["meas_best_val_loss"] = min(vals) if vals else None
-        if evaluate_after and interrupt_after is None:
+        if evaluate_after and interrupt_after is None and text:
+            metrics.update(text_perplexities(model, tok, data.test, cfg, ""))
+            log(perplexity_line("after", metrics, ""))
+        elif evaluate_after and interrupt_after is None:
             after = task_scores(model, tok, data.test_records, cfg)
             metrics["meas_exact_match"], metrics["meas_token_f1"] = after["exact_match"], after["token_f1"]
             log(f"after: exact match {after['exact_match']:.2f}, token F1 {after['token_f1']:.2f}; e.g. "

@@ -36,6 +36,11 @@ def summary(name: str, m: dict, artifacts: dict | None = None) -> str:
         lines.append(f"  task: exact match {_f(em0)} -> {_f(em1)}, token F1 {_f(m.get('meas_token_f1_before'))} -> "
                      f"{_f(m.get('meas_token_f1'))}" + (f", perplexity {_f(m['meas_perplexity'])}"
                                                          if m.get("meas_perplexity") is not None else ""))
+    if m.get("meas_domain_perplexity") is not None or m.get("meas_domain_perplexity_before") is not None:
+        lines.append(f"  text: domain perplexity {_f(m.get('meas_domain_perplexity_before'))} -> "
+                     f"{_f(m.get('meas_domain_perplexity'))} ({m.get('meas_domain_tokens') or 0:,} held-out tokens), "
+                     f"general (licence text) {_f(m.get('meas_general_perplexity_before'))} -> "
+                     f"{_f(m.get('meas_general_perplexity'))}")
     if m.get("meas_final_train_loss") is not None:
         lines.append(f"  loss: train {_f(m.get('meas_final_train_loss'), '.4f')}, validation "
                      f"{_f(m.get('meas_final_val_loss'), '.4f')} (best {_f(m.get('meas_best_val_loss'), '.4f')})")
@@ -80,6 +85,10 @@ TABLE = [  # (header, function of (record, metrics))
     ("F1 before", lambda r, m: _f(m.get("meas_token_f1_before"))),
     ("F1 after", lambda r, m: _f(m.get("meas_token_f1"))),
     ("perplexity", lambda r, m: _f(m.get("meas_perplexity"))),
+    ("domain ppl before", lambda r, m: _f(m.get("meas_domain_perplexity_before"))),
+    ("domain ppl after", lambda r, m: _f(m.get("meas_domain_perplexity"))),
+    ("general ppl before", lambda r, m: _f(m.get("meas_general_perplexity_before"))),
+    ("general ppl after", lambda r, m: _f(m.get("meas_general_perplexity"))),
     ("val loss", lambda r, m: _f(m.get("meas_final_val_loss"), ".4f")),
     ("trainable", lambda r, m: f"{m['meas_trainable_params']:,}" if m.get("meas_trainable_params") is not None else "-"),
     ("weights MiB", lambda r, m: _mib(m.get("meas_weights_bytes"))),
@@ -104,6 +113,8 @@ NOTES = [
     "(saved_tensors_hooks, deduplicated by storage), logits + loss = the logits and what the loss saves "
     "(the planner's logits_loss also counts backward's two fp32 T x vocab gradient buffers). "
     "planner act.: quantlab's prediction for the same step shape.",
+    "domain / general ppl (text records, continued pre-training): perplexity on the held-out domain rows and on "
+    "the first 4,096 tokens of the lab's licence text, windows of the run's --seq, before and after.",
     "s/step: median optimizer step (evaluation excluded); tok/s: non-padding tokens trained per second; peak RSS: "
     "process resident set over the run (sampled every 5 ms); load avg: the machine's 1-minute load when stored.",
 ]

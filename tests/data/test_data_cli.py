@@ -123,3 +123,23 @@ def test_plan_flags_need_plan(tmp_path, capsys):
 
 def test_no_file_given(capsys):
     _one_line_exit_2(*run(capsys), "give the data set")
+
+
+def test_text_records_are_planned_packed(tmp_path, capsys):
+    """Text records (continued pre-training) are planned as the lab runs them: packed rows of --max-len, no padding
+    mask, every batch at batch x max-len; asked for dynamic padding, the command says so in one line and exits 2."""
+    p = write_jsonl(tmp_path / "t.jsonl", [{"text": f"record {i} of some domain prose, " * (3 + i)} for i in range(40)])
+    rc, out, err = run(capsys, p, "--plan", "--method", "full", "--batch", "2")
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "add --packing --max-len N" in err
+    rc, out, err = run(capsys, p, "--plan", "--method", "full", "--batch", "2", "--packing", "--max-len", "64",
+                       "--format", "json")
+    assert rc == 0, err
+    pl = json.loads(out)["plan"]
+    assert pl["packing"] is True and {r["seq"] for r in pl["plans"]} == {64} and {r["batch"] for r in pl["plans"]} == {2}
+    from quantlab.planner import plan
+    from quantlab.profiles import load_model
+    from quantlab.specs import PlanConfig
+
+    ref = plan(PlanConfig.from_dict({"method": "full", "batch": 2, "seq": 64, "padding_mask": False},
+                                    model=load_model("smollm2-135m").spec))
+    assert pl["plans"][-1]["peak_allocated_bytes"] == ref.peak_allocated_bytes

@@ -38,3 +38,11 @@ def test_template_with_content_is_kept(text):
 @pytest.mark.parametrize("text", ["Привет, мир and hello world", "東京 Tokyo", "naïve café déjà vu", "x² ≤ 3"])
 def test_scripts_mixed_across_words_are_fine(text):
     assert not charset_mix(text)
+
+
+@pytest.mark.parametrize("text,mixed", [("QKᵀ scores", False), ("ΣT over the heads", False), ("10 μs", False),
+                                        ("gοogle", True), ("Аpple", True)])
+def test_math_notation_is_not_a_homoglyph(text, mixed):
+    """Superscript modifier letters and Greek math symbols beside Latin letters are notation; a Greek omicron or a
+    Cyrillic A inside a Latin word is a homoglyph."""
+    assert charset_mix(text) is mixed

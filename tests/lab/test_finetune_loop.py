@@ -2,8 +2,11 @@
 checkpoint resume, measured components against the planner, gradient checkpointing, precisions, optimizers,
 PEFT methods, adapters, and one-line errors through the CLI."""
 
+import json
 import math
 import re
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -210,9 +213,11 @@ def test_config_validation():
 
 
 @pytest.mark.parametrize("lines,needle", [
-    (["{bad json"], "line 1: Expecting property name"),
+    (["{bad json"], "line 1 is not JSON (Expecting property name"),
     ([""], "no records"),
-    (['{"prompt": "a", "response": "b"}', '{"messages": [{"role": "user", "content": "x"}]}'], "line 2: 'messages'"),
+    (['{"prompt": "a", "response": "b"}', '{"messages": [{"role": "user", "content": "x"}]}'],
+     "line 2: a prompt record needs string fields 'prompt' and 'response'"),
+    (['{"prompt": "x", "chosen": "a", "rejected": "b"}'], "holds preference records"),
 ])
 def test_bad_data_one_line_exit_2(tmp_path, capsys, lines, needle):
     p = tmp_path / "d.jsonl"
@@ -236,4 +241,67 @@ def test_missing_data_file_and_unknown_task(tmp_path, capsys):
     assert main(["lab", "finetune", "--data", str(tmp_path / "nope.jsonl"), "--store", str(tmp_path / "s")]) == 2
     assert "not found" in capsys.readouterr().err
     assert main(["lab", "finetune", "--task", "nope", "--store", str(tmp_path / "s")]) == 2
-    assert "unknown task 'nope' (known: json-extract)" in capsys.readouterr().err
+    assert "unknown task 'nope' (known: json-extract, quantlab-docs)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--near", "0"], "--near must be in (0, 1], got 0.0"),
+    (["--near", "1.5"], "--near must be in (0, 1], got 1.5"),
+    (["--semantic", "-1"], "--semantic must be in (0, 1]"),
+    (["--val-ratio", "0.6", "--test-ratio", "0.5"], "must sum below 1"),
+    (["--test-ratio", "1"], "--test-ratio must be in [0, 1)"),
+    (["--val-ratio", "0.2", "--val-file", "V"], "give --val-ratio or --val-file, not both"),
+    (["--val-file", "NOPE"], "--val-file NOPE not found"),
+    (["--test-file", "CHAT"], "--test-file CHAT holds chat records, the training data prompt records"),
+    (["--model", "NOMODEL"], "cannot load the tokenizer of NOMODEL"),
+])
+def test_bad_data_flags_one_line_exit_2_and_nothing_written(tmp_path, capsys, tiny, data, flags, needle):
+    """Each bad data flag is one line on stderr, exit 2, and neither the store nor the output folder is written."""
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text('{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}\n')
+    nomodel = tmp_path / "nomodel"  # the model's config and weights, but a tokenizer that cannot load
+    nomodel.mkdir()
+    for f in Path(tiny).iterdir():
+        if not f.name.startswith(("tokenizer", "special", "chat_template")):
+            shutil.copy(f, nomodel / f.name)
+    (nomodel / "tokenizer.json").write_text("{not json")
+    subst = {"V": data, "NOPE": str(tmp_path / "nope.jsonl"), "CHAT": str(chat), "NOMODEL": str(nomodel)}
+    flags = [subst.get(f, f) for f in flags]
+    needle = needle.replace("NOPE", subst["NOPE"]).replace("CHAT", subst["CHAT"]).replace("NOMODEL",
+                                                                                           subst["NOMODEL"])
+    model = [] if "--model" in flags else ["--model", tiny]
+    out, store = tmp_path / "out", tmp_path / "s.sqlite"
+    rc = main(["lab", "finetune", *model, "--data", data, "--method", "lora", "--batch", "2", "--max-steps", "1",
+               "--store", str(store), "--out", str(out), "--no-progress", *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and needle in err[0], err
+    assert not out.exists() and not store.exists()
+
+
+def test_text_records_need_packing(tmp_path, capsys, tiny):
+    p = tmp_path / "t.jsonl"
+    p.write_text("".join(json.dumps({"text": f"line {i} of a domain text " * 10}) + "\n" for i in range(20)))
+    rc = main(["lab", "finetune", "--model", tiny, "--data", str(p), "--method", "lora", "--store",
+               str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and "text records (continued pre-training) train on packed rows: add --packing" in err[-1]
+    assert not (tmp_path / "out").exists()
+
+
+def test_continued_pretraining_on_text_is_packed_unmasked_and_scored_by_perplexity(tiny):
+    """The shipped quantlab-docs task (text records, its own test.jsonl held out): packed rows of exactly --seq
+    tokens with no padding, so the step is planned as packed (no mask) and the measured activations equal the
+    planner's; loss on every token; domain and general perplexity before and after, and training lowers the domain
+    perplexity of the tiny random model (high lr, a few steps: a direction, not a quality figure)."""
+    cfg = fast(model=tiny, task="quantlab-docs", method="full", packing=True, max_len=64, max_steps=4, lr=3e-3,
+               eval_every=4)
+    assert cfg.test_path.name == "test.jsonl" and cfg.test_split == 0.0 and cfg.val_split == 0.1
+    assert cfg.plan.padding_mask is False
+    r = quiet(cfg, evaluate_before=True, keep_model=True)
+    m = r.metrics
+    assert r.data.kind == "text" and "meas_data_kind" not in m and (m["meas_step_batch"], m["meas_step_seq"]) == (2, 64)
+    assert m["meas_step_pad_tokens"] == 0 and m["meas_activations_bytes"] == m["pred_activations_bytes"]
+    assert all(set(e.weights) == {1.0} and len(e.input_ids) == 64 for e in r.data.train)
+    assert m["meas_domain_tokens"] == 63 * len(r.data.test) > 0 and m["meas_general_tokens"] == 63 * (4096 // 64)
+    assert m["meas_domain_perplexity"] < m["meas_domain_perplexity_before"]
+    assert math.isfinite(m["meas_general_perplexity"]) and "meas_exact_match" not in m
