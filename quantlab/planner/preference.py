@@ -1,0 +1,240 @@
+"""Preference tuning (TRL 1.16.0): DPO, ORPO, SimPO, KTO, reward models and GRPO as a mode of the one memory model.
+
+:func:`preference_plan` composes :func:`quantlab.planner.memory.plan` on derived configurations (the policy at
+2B sequences for paired objectives), the inference rules of the same model for a reference copy, the serving
+planner's generate phase for GRPO, and :mod:`quantlab.planner.trl_head` where the trainer uses TRL's fused LM
+head. Pure: standard library only. Files read: ``trl/trainer/{dpo,kto,grpo,reward}_trainer.py``,
+``trl/experimental/{orpo,cpo}/*_trainer.py`` (TRL 1.16.0, this project's ``.venv``).
+
+Assumptions (P1, P2, ...):
+
+P1. Paired objectives (DPO, ORPO, SimPO/CPO, reward) run chosen and rejected as one concatenated batch of 2B
+    sequences of ``seq`` tokens (``dpo_trainer.py`` ``_compute_loss``: ``logps.chunk(2)``; ORPO/CPO
+    ``concatenated_forward``; ``reward_trainer.py``: ``torch.chunk(outputs.logits, 2)``). KTO and GRPO run B.
+P2. DPO, KTO and GRPO patch the policy with the fused LM head (``add_fused_lm_head``, outputs per trainer:
+    :data:`trl_head.TRAINER_OUTPUTS`): memory.py's ``logits_loss`` (the HF loss, its assumption 6) is replaced by
+    the fused head's peak (larger of its forward and backward transients, plus the per-token outputs kept), and its
+    saved rows join ``activations`` (replacing the lm_head input memory.py counts when the head trains).
+    ORPO and CPO/SimPO (``trl/experimental``) still build every logit: memory.py's rule at 2B is kept (an
+    approximation: their cross-entropy runs in the compute dtype, not fp32; not measured).
+P3. The reference (DPO, KTO; GRPO with ``beta > 0``): ``auto`` is PEFT's disabled adapter for a PEFT policy
+    (``use_adapter``; no second copy), else a second model built with the policy's dtype and quantization config
+    (``create_model_from_path``): weights and quantization constants of an inference plan of the same model and
+    precision (fp32 under AMP: the policy's ``model.dtype``). ``precomputed`` (``precompute_ref_log_probs``) keeps
+    no reference and runs no reference forward during training. The reference forward runs under ``no_grad`` while
+    the policy's graph is alive (DPO ``_compute_loss``): its transient (one block over the batch, or the fused
+    head's forward beside the last hidden state) sits above every saved activation.
+P4. GRPO (``grpo_trainer.py``, ``grpo_config.py``): ``generate`` (transformers, not vLLM) produces the generation
+    batch at once: ``batch x grad_accum`` completions per device (``steps_per_generation`` defaults to the
+    accumulation steps), which must hold whole groups of ``num_generations``; prompt = ``seq -
+    max_completion_length``. Its KV cache and transients are the serving planner's generate phase (serving S1, S3).
+    Generation ends before training starts: peak = the larger phase. A reward model (``reward_model``) is loaded
+    with ``AutoModelForSequenceClassification`` and kept for the run. TRL 1.16 has no PPO trainer (and no value
+    head).
+P5. Reward models (``reward_trainer.py``): a sequence-classification head (``num_labels=1``, H x 1) replaces
+    lm_head: no vocabulary logits, the (2B, S, 1) scores only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from enum import Enum
+
+from quantlab.planner import memory as M
+from quantlab.planner import trl_head
+from quantlab.planner.allocator import allocator
+from quantlab.specs import DeviceMode, Method, ModelSpec, PlanConfig, Precision, SpecError, TrainingPrecision
+
+
+class Objective(str, Enum):
+    DPO = "dpo"
+    ORPO = "orpo"
+    SIMPO = "simpo"
+    KTO = "kto"
+    REWARD = "reward"
+    GRPO = "grpo"
+
+
+class Reference(str, Enum):
+    AUTO = "auto"
+    COPY = "copy"
+    ADAPTER = "adapter"
+    PRECOMPUTED = "precomputed"
+
+
+PAIRED = frozenset((Objective.DPO, Objective.ORPO, Objective.SIMPO, Objective.REWARD))
+FUSED = {Objective.DPO: "dpo", Objective.KTO: "kto", Objective.GRPO: "grpo"}  # P2
+HAS_REFERENCE = frozenset((Objective.DPO, Objective.KTO, Objective.GRPO))
+
+
+def objective(name: str) -> Objective:
+    """The objective a name gives, or a one-line SpecError (PPO: P4)."""
+    if name == "ppo":
+        raise SpecError("TRL 1.16 has no PPO trainer (removed from trl/trainer); plan --method grpo instead")
+    try:
+        return Objective(name)
+    except ValueError:
+        raise SpecError(f"unknown preference objective {name!r} (known: {', '.join(o.value for o in Objective)})") \
+            from None
+
+
+@dataclass(frozen=True)
+class PreferenceConfig:
+    objective: Objective
+    reference: Reference = Reference.AUTO
+    num_generations: int | None = None  # GRPO: completions per prompt (required, >= 2)
+    max_completion_length: int = 512  # GRPOConfig default
+    beta: float | None = None  # None: the trainer's default (DPO/KTO 0.1; GRPO 0.0: no reference model)
+    num_labels: int = 1  # reward head
+    reward_model: ModelSpec | None = None  # GRPO: a sequence-classification reward model kept for the run
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.objective, Objective):
+            raise SpecError(f"objective must be an Objective, got {self.objective!r}")
+        if not isinstance(self.reference, Reference):
+            raise SpecError(f"reference must be one of {', '.join(r.value for r in Reference)}")
+        if self.objective is Objective.GRPO:
+            if self.num_generations is None:
+                raise SpecError("--method grpo needs --num-generations (completions per prompt, at least 2)")
+            if not isinstance(self.num_generations, int) or self.num_generations < 2:
+                raise SpecError(f"num-generations must be an integer >= 2 (GRPO's advantages), got "
+                                f"{self.num_generations!r}")
+        elif self.num_generations is not None:
+            raise SpecError(f"--num-generations applies to grpo, not {self.objective.value}")
+        if not isinstance(self.max_completion_length, int) or self.max_completion_length < 1:
+            raise SpecError(f"max-completion-length must be a positive integer, got {self.max_completion_length!r}")
+        if self.beta is not None and self.beta < 0:
+            raise SpecError(f"beta must be non-negative, got {self.beta!r}")
+        if self.objective is Objective.REWARD and self.num_labels != 1:
+            raise SpecError("a reward model needs a classification head with one label (RewardTrainer's pairwise "
+                            f"loss scores each sequence), got num-labels {self.num_labels!r}")
+        if self.objective not in HAS_REFERENCE and self.reference not in (Reference.AUTO,):
+            raise SpecError(f"{self.objective.value} has no reference model; leave --reference at auto")
+
+    def resolved_reference(self, cfg: PlanConfig) -> Reference | None:
+        """The reference that runs (P3), or None."""
+        if self.objective not in HAS_REFERENCE or (self.objective is Objective.GRPO and not self.beta):
+            return None
+        if self.reference is Reference.AUTO:
+            return Reference.ADAPTER if cfg.method.is_peft else Reference.COPY
+        if self.reference is Reference.ADAPTER and not cfg.method.is_peft:
+            raise SpecError("--reference adapter needs a PEFT policy (lora, qlora, ...); a full fine-tune copies it")
+        return self.reference
+
+
+def _dtypes(cfg: PlanConfig) -> tuple[int, int, int]:
+    """(hidden, compute, lm_head weight) bytes of the policy (memory.py assumptions 1, 4)."""
+    c = cfg.compute_dtype.nbytes
+    amp = cfg.training_precision is TrainingPrecision.AMP
+    upcast = cfg.precision.is_kbit and cfg.kbit_upcast
+    r = 4 if (amp or upcast) else (c if cfg.precision.is_kbit else {"fp32": 4}.get(cfg.precision.value, 2))
+    w = 4 if (amp or upcast) else r
+    return r, (c if amp else r), w
+
+
+def _head_trains(cfg: PlanConfig) -> bool:
+    return cfg.method is Method.FULL or (cfg.method is Method.FREEZE and "lm_head" in cfg.freeze_modules)
+
+
+def preference_plan(cfg: PlanConfig, pref: PreferenceConfig) -> M.Plan:
+    """The plan of a preference-tuning step (P1-P5); components per GPU, peak = the larger phase."""
+    obj = pref.objective
+    B, S = cfg.batch, cfg.seq
+    m = cfg.model
+    if obj is Objective.GRPO:
+        if pref.max_completion_length >= S:
+            raise SpecError(f"max-completion-length {pref.max_completion_length} leaves no prompt in seq {S}")
+        gen = B * cfg.grad_accum  # P4
+        if (gen * cfg.dp) % pref.num_generations:
+            raise SpecError(f"grpo: the generation batch ({B} x grad-accum {cfg.grad_accum} x {cfg.dp} GPU(s) = "
+                            f"{gen * cfg.dp}) must hold whole groups of --num-generations {pref.num_generations} "
+                            f"(TRL grpo_config.py); raise --batch or --grad-accum")
+    Bp = 2 * B if obj in PAIRED else B  # P1
+    pcfg = M.replace(cfg, batch=Bp)
+    p = M.plan(pcfg)
+    comps = dict(p.components)
+    notes = list(p.notes)
+    static_names = ("weights", "quant_constants", "adapters", "gradients", "optimizer", "ddp_buckets")
+    static = sum(comps.get(k, 0) for k in static_names)
+    r, c, w = _dtypes(cfg)
+    H, V = m.hidden_size, m.vocab_size
+    activations = comps["activations"]
+    logits_name = "logits_both_sequences" if obj in PAIRED else "logits"
+    comps.pop("logits_loss")
+    cuda = cfg.device is DeviceMode.CUDA
+    if obj in FUSED:  # P2
+        fh = trl_head.fused_head(batch=Bp, seq=S, hidden=H, vocab=V, hidden_bytes=r, compute_bytes=c,
+                                 weight_bytes=w, head_trains=_head_trains(cfg), triton=cuda,
+                                 outputs=trl_head.TRAINER_OUTPUTS[FUSED[obj]])
+        hf_saved = r * Bp * S * H if _head_trains(cfg) else 0
+        activations += fh.saved - hf_saved
+        head = max(fh.forward_transient, fh.backward_peak) + fh.outputs_kept
+        comps[logits_name] = head
+        notes.append(f"TRL fused LM head (trl_head H1-H5): no {Bp} x {S} x vocab logits; chunk buffer "
+                     f"{min(fh.tokens, trl_head.TOKEN_CHUNK_SIZE)} x {trl_head.CHUNK_SIZE} (P2)")
+        policy_dyn = activations + head
+    elif obj is Objective.REWARD:  # P5
+        comps["weights"] -= 0 if m.tie_word_embeddings else V * H * (4 if r == 4 else c)
+        static -= 0 if m.tie_word_embeddings else V * H * (4 if r == 4 else c)
+        head = Bp * S * c + r * Bp * S * H * (0 if _head_trains(cfg) else 1)  # scores; score head's saved input
+        comps["reward_scores"] = head
+        policy_dyn = activations + head
+        notes.append("reward model: a 1-label classification head replaces lm_head, no vocabulary logits (P5)")
+    else:  # ORPO / SimPO: memory.py's logits rule at 2B (P2)
+        head = p.peak_allocated_bytes - static - activations
+        comps[logits_name] = head
+        policy_dyn = activations + head
+        notes.append(f"{obj.value}: TRL's experimental trainer builds the logits of both sequences "
+                     f"({Bp} x {S} x vocab; memory.py assumption 6 at 2B, P2)")
+    comps["activations"] = activations
+    dynamic = max(policy_dyn, comps.get("optimizer_step", 0))
+    ref = pref.resolved_reference(cfg)
+    if ref is not None and ref is not Reference.PRECOMPUTED:  # P3
+        rcfg = M.replace(cfg, method=Method.INFERENCE, batch=Bp, padding_mask=False,
+                         training_precision=TrainingPrecision.PURE,
+                         precision=Precision.FP32 if cfg.training_precision is TrainingPrecision.AMP
+                         else cfg.precision)
+        if ref is Reference.COPY:
+            rp = M.plan(rcfg)
+            refw = rp.components["weights"] + rp.components.get("quant_constants", 0)
+            comps["reference_weights"] = refw
+            static += refw
+        from quantlab.planner.serving import block_transient
+        rfh = trl_head.fused_head(batch=Bp, seq=S, hidden=H, vocab=V, hidden_bytes=r, compute_bytes=c,
+                                  weight_bytes=w, head_trains=False, triton=cuda, no_grad=True)
+        ref_fwd = max(block_transient(rcfg, S, []), rfh.forward_transient + Bp * S * H * r)
+        comps["reference_forward"] = ref_fwd
+        dynamic = max(dynamic, activations + ref_fwd)
+        notes.append(f"reference: {ref.value} (P3)")
+    elif ref is Reference.PRECOMPUTED:
+        notes.append("reference log-probs precomputed: no reference model in training (P3)")
+    if obj is Objective.GRPO:  # P4
+        from quantlab.planner.serving import serve_config, transformers_plan
+        gen = B * cfg.grad_accum
+        icfg = M.replace(cfg, method=Method.INFERENCE, padding_mask=False, training_precision=TrainingPrecision.PURE)
+        sp = transformers_plan(serve_config(icfg, prompt_tokens=S - pref.max_completion_length,
+                                            new_tokens=pref.max_completion_length, concurrency=gen,
+                                            adapters=1 if cfg.method.is_peft and cfg.method in (Method.LORA,
+                                                                                              Method.QLORA) else 0))
+        kv = sp.components["kv_cache"]
+        gen_dyn = sp.peak_allocated_bytes - sum(sp.components.get(k, 0) for k in ("weights", "quant_constants",
+                                                                                   "adapters"))
+        comps["generation_kv_cache"] = kv
+        comps["generation_transient"] = gen_dyn - kv
+        dynamic = max(dynamic, gen_dyn)
+        notes.append(f"grpo: generate {gen} completions ({S - pref.max_completion_length} prompt + "
+                     f"{pref.max_completion_length} new tokens), then train; peak = the larger phase (P4)")
+        if pref.reward_model is not None:
+            rw = M.plan(PlanConfig(model=pref.reward_model, precision=cfg.precision, compute_dtype=cfg.compute_dtype,
+                                   device=cfg.device)).components["weights"]
+            comps["reward_model"] = rw
+            static += rw
+    allocated = static + dynamic
+    reserve, context = allocator(cfg, dynamic, comps)
+    comps.pop("cuda_context", None)
+    comps.pop("allocator_reserve", None)
+    comps["cuda_context"] = context
+    comps["allocator_reserve"] = reserve
+    return M.Plan(pcfg, p.params, p.active_params, p.trainable_params, comps, allocated, allocated + reserve,
+                  allocated + reserve + context, tuple(notes))
