@@ -169,7 +169,9 @@ def _lab_finetune(cfg: DistConfig, rank: int, world: int):
     model = F.build_model(ft, src)
     model.config.use_cache = False
     tok = load_tokenizer(src, progress=False)
-    data = prepare(ft.data_path, tok, max_len=ft.max_len, seed=ft.seed)
+    data = prepare(ft.data_path, tok, max_len=ft.max_len, seed=ft.seed, near_threshold=ft.near_threshold,
+                   semantic_threshold=ft.semantic_threshold, val_ratio=ft.val_split, test_ratio=ft.test_split,
+                   val_file=ft.val_path, test_file=ft.test_path)
 
     def batch_of(step):
         return collate(F.batch_for(step * world + rank, 0, data.train, ft), tok.pad_token_id)
