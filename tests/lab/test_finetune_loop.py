@@ -241,7 +241,11 @@ def test_missing_data_file_and_unknown_task(tmp_path, capsys):
     assert main(["lab", "finetune", "--data", str(tmp_path / "nope.jsonl"), "--store", str(tmp_path / "s")]) == 2
     assert "not found" in capsys.readouterr().err
     assert main(["lab", "finetune", "--task", "nope", "--store", str(tmp_path / "s")]) == 2
-    assert "unknown task 'nope' (known: json-extract, quantlab-docs)" in capsys.readouterr().err
+    from quantlab.lab.finetune import TASKS
+
+    known = ", ".join(sorted(d.name for d in TASKS.iterdir() if (d / "data.jsonl").is_file()))
+    assert "json-extract" in known and "quantlab-docs" in known
+    assert f"unknown task 'nope' (known: {known})" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flags,needle", [
