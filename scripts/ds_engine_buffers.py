@@ -240,6 +240,14 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
     deepspeed.init_distributed(dist_backend="gloo")
     recs = [run_case(s, p, world) for s, p in CASES]
     Path(out).write_text(json.dumps(recs))
+    # Tear the gloo group down before the interpreter exits: left to process exit, its threads can be destroyed
+    # while joinable ("terminate called without an active exception", a rank exiting -6 after its work was done,
+    # seen once in a fresh-clone CI run).
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> int:
