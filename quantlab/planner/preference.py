@@ -33,6 +33,9 @@ P4. GRPO (``grpo_trainer.py``, ``grpo_config.py``): ``generate`` (transformers, 
     head).
 P5. Reward models (``reward_trainer.py``): a sequence-classification head (``num_labels=1``, H x 1) replaces
     lm_head: no vocabulary logits, the (2B, S, 1) scores only.
+P6. The reference and GRPO's generate phase are inference plans without the policy's ZeRO / FSDP / offload: a
+    sharded job's reference is planned whole on each GPU (an over-estimate: TRL's ``prepare_deepspeed`` shards a
+    ZeRO-3 reference).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from enum import Enum
 from quantlab.planner import memory as M
 from quantlab.planner import trl_head
 from quantlab.planner.allocator import allocator
-from quantlab.specs import DeviceMode, Method, ModelSpec, PlanConfig, Precision, SpecError, TrainingPrecision
+from quantlab.specs import DeviceMode, Method, ModelSpec, Offload, PlanConfig, Precision, SpecError, TrainingPrecision
 
 
 class Objective(str, Enum):
@@ -112,6 +115,38 @@ class PreferenceConfig:
         if self.objective not in HAS_REFERENCE and self.reference not in (Reference.AUTO,):
             raise SpecError(f"{self.objective.value} has no reference model; leave --reference at auto")
 
+    def to_dict(self) -> dict:
+        """The fields as JSON values (enums by value, the reward model as its ModelSpec dict); from_dict reads it."""
+        return {"objective": self.objective.value, "reference": self.reference.value,
+                "num_generations": self.num_generations, "max_completion_length": self.max_completion_length,
+                "beta": self.beta, "num_labels": self.num_labels,
+                "reward_model": None if self.reward_model is None else self.reward_model.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d) -> "PreferenceConfig":
+        """The config :meth:`to_dict` wrote; an unknown key or a bad value is a one-line SpecError."""
+        if not isinstance(d, dict):
+            raise SpecError(f"preference must be a mapping, got {type(d).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in d if k not in names]
+        if unknown:
+            raise SpecError(f"unknown preference field {unknown[0]!r} (fields: {', '.join(names)})")
+        kw = dict(d)
+        kw["objective"] = objective(str(kw.get("objective")))
+        if "reference" in kw:
+            try:
+                kw["reference"] = Reference(kw["reference"])
+            except ValueError:
+                raise SpecError(f"reference must be one of {', '.join(r.value for r in Reference)}") from None
+        if kw.get("reward_model") is not None:
+            kw["reward_model"] = ModelSpec.from_dict(kw["reward_model"])
+        for k in ("num_generations", "max_completion_length", "num_labels"):
+            if kw.get(k) is not None and (isinstance(kw[k], bool) or not isinstance(kw[k], int)):
+                raise SpecError(f"preference {k} must be an integer, got {kw[k]!r}")
+        if kw.get("beta") is not None and (isinstance(kw["beta"], bool) or not isinstance(kw["beta"], (int, float))):
+            raise SpecError(f"preference beta must be a number, got {kw['beta']!r}")
+        return cls(**kw)
+
     def resolved_reference(self, cfg: PlanConfig) -> Reference | None:
         """The reference that runs (P3), or None."""
         if self.objective not in HAS_REFERENCE or (self.objective is Objective.GRPO and not self.beta):
@@ -121,6 +156,12 @@ class PreferenceConfig:
         if self.reference is Reference.ADAPTER and not cfg.method.is_peft:
             raise SpecError("--reference adapter needs a PEFT policy (lora, qlora, ...); a full fine-tune copies it")
         return self.reference
+
+
+# P6: the inference configurations of the reference and of GRPO's generation drop ZeRO / FSDP / offload (a
+# training job's state sharding; an inference plan refuses them): a ZeRO-3 reference is planned whole on every GPU,
+# above what TRL's prepare_deepspeed would shard (the safe direction).
+_UNSHARDED = {"zero": 0, "fsdp": None, "offload": Offload.NONE}
 
 
 def _dtypes(cfg: PlanConfig) -> tuple[int, int, int]:
@@ -191,7 +232,7 @@ def preference_plan(cfg: PlanConfig, pref: PreferenceConfig) -> M.Plan:
     dynamic = max(policy_dyn, comps.get("optimizer_step", 0))
     ref = pref.resolved_reference(cfg)
     if ref is not None and ref is not Reference.PRECOMPUTED:  # P3
-        rcfg = M.replace(cfg, method=Method.INFERENCE, batch=Bp, padding_mask=False,
+        rcfg = M.replace(cfg, method=Method.INFERENCE, batch=Bp, padding_mask=False, **_UNSHARDED,
                          training_precision=TrainingPrecision.PURE,
                          precision=Precision.FP32 if cfg.training_precision is TrainingPrecision.AMP
                          else cfg.precision)
@@ -212,7 +253,8 @@ def preference_plan(cfg: PlanConfig, pref: PreferenceConfig) -> M.Plan:
     if obj is Objective.GRPO:  # P4
         from quantlab.planner.serving import serve_config, transformers_plan
         gen = B * cfg.grad_accum
-        icfg = M.replace(cfg, method=Method.INFERENCE, padding_mask=False, training_precision=TrainingPrecision.PURE)
+        icfg = M.replace(cfg, method=Method.INFERENCE, padding_mask=False, training_precision=TrainingPrecision.PURE,
+                         **_UNSHARDED)
         sp = transformers_plan(serve_config(icfg, prompt_tokens=S - pref.max_completion_length,
                                             new_tokens=pref.max_completion_length, concurrency=gen,
                                             adapters=1 if cfg.method.is_peft and cfg.method in (Method.LORA,
@@ -236,5 +278,96 @@ def preference_plan(cfg: PlanConfig, pref: PreferenceConfig) -> M.Plan:
     comps.pop("allocator_reserve", None)
     comps["cuda_context"] = context
     comps["allocator_reserve"] = reserve
-    return M.Plan(pcfg, p.params, p.active_params, p.trainable_params, comps, allocated, allocated + reserve,
+    # the plan carries the user's configuration (batch B); the policy ran at Bp sequences (P1)
+    return M.Plan(cfg, p.params, p.active_params, p.trainable_params, comps, allocated, allocated + reserve,
                   allocated + reserve + context, tuple(notes))
+
+
+# ---- fit (fit.py's verdict and searches, over preference_plan) ----------------------------------------------------
+def _batch_step(cfg: PlanConfig, pref: PreferenceConfig) -> int:
+    """The batch granularity: GRPO's generation batch must hold whole groups (P4), so the batch moves in steps of
+    ``num_generations / gcd(num_generations, grad_accum x GPUs)``; 1 otherwise."""
+    if pref.objective is not Objective.GRPO:
+        return 1
+    import math
+
+    g = pref.num_generations
+    return g // math.gcd(g, cfg.grad_accum * cfg.dp)
+
+
+def _largest(ok, cap: int, step: int = 1, low: int = 1) -> int:
+    """The largest multiple of ``step`` in low..cap for which the monotone ``ok`` holds, or 0 (doubling, then
+    bisection: fit.py assumption 2's reference search, in units of ``step``; ``low``: the smallest valid value)."""
+    if not ok(max(low, step)):
+        return 0
+    lo, hi = 0, 1
+    while hi * step <= cap and ok(hi * step):
+        lo, hi = hi, hi * 2
+    hi = min(hi, cap // step + 1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid * step):
+            lo = mid
+        else:
+            hi = mid
+    return lo * step
+
+
+def preference_fit(cfg: PlanConfig, pref: PreferenceConfig, gpu) -> "Fit":
+    """:func:`quantlab.planner.fit.fit` for a preference plan: the verdict (process bytes against the GPU with its
+    own CUDA context, fit.py assumptions 1 and 7), the largest batch (GRPO: whole groups, P4) and sequence that
+    fit, and the fewest GPUs (fit.py assumption 3). Suggestions are single changes of the preference setup
+    (a precomputed reference, checkpointing, QLoRA), each planned and kept only when it fits."""
+    import sys
+
+    import quantlab.planner.fit  # noqa: F401  (the package exports the function ``fit`` under the module's name)
+    F = sys.modules["quantlab.planner.fit"]
+
+    cfg = F.for_gpu(cfg, gpu)
+    p = F.on_gpu(preference_plan(cfg, pref), gpu)
+    ok = p.process_bytes <= gpu.memory_bytes
+
+    def fits(c: PlanConfig, pr: PreferenceConfig = pref) -> bool:
+        try:
+            return preference_plan(c, pr).process_bytes <= F.budget(c, gpu)
+        except (SpecError, ValueError):  # an invalid shape (trl_head: seq < 2) does not fit
+            return False
+
+    max_batch = _largest(lambda b: fits(dataclasses.replace(cfg, batch=b)), 1 << 16, _batch_step(cfg, pref))
+    # the shortest valid sequence: trl_head needs 2 tokens; GRPO a prompt before max_completion_length (P4)
+    low = pref.max_completion_length + 1 if pref.objective is Objective.GRPO else 2
+    max_seq = _largest(lambda s: s < low or fits(dataclasses.replace(cfg, seq=s)),
+                       max(cfg.model.max_position_embeddings, cfg.seq), low=low)
+    n, how = None, ""
+    for k in F.GPU_COUNTS:
+        try:
+            c, how = F._scaled(cfg, k)
+        except SpecError:
+            continue
+        if fits(c):
+            n = k
+            break
+    sugg = []
+    if not ok:
+        d = F.context_delta(cfg, gpu)
+        cands = []
+        if pref.resolved_reference(cfg) is Reference.COPY:
+            cands.append(("a precomputed reference (precompute_ref_log_probs: no reference model in training)",
+                          cfg, dataclasses.replace(pref, reference=Reference.PRECOMPUTED)))
+        if cfg.method is Method.FULL:
+            cands.append(("a LoRA policy (the reference is its disabled adapter, no second copy)",
+                          dataclasses.replace(cfg, method=Method.LORA), pref))
+        if not cfg.grad_checkpointing:
+            cands.append(("gradient checkpointing on", dataclasses.replace(cfg, grad_checkpointing=True), pref))
+        if cfg.method is Method.LORA:
+            cands.append(("a QLoRA policy (nf4 base, checkpointing on)",
+                          dataclasses.replace(cfg, method=Method.QLORA, precision=Precision.NF4,
+                                              grad_checkpointing=True), pref))
+        for text, c, pr in cands:
+            try:
+                if fits(c, pr):
+                    sugg.append((text, preference_plan(c, pr).process_bytes + d))
+            except SpecError:
+                continue
+    return F.Fit(gpu=gpu, plan=p, fits=ok, margin_bytes=gpu.memory_bytes - p.process_bytes, max_batch=max_batch,
+                 max_seq=max_seq, min_gpus=n, min_gpus_sharding=how, suggestions=tuple(sugg))
