@@ -42,7 +42,8 @@ def add_preference_arguments(parser: argparse.ArgumentParser) -> None:
                         "copy; precomputed = precompute_ref_log_probs (no reference in memory) "
                         f"(default: {_DEFAULTS['reference'].value})")
     g.add_argument("--num-generations", type=int, default=None, metavar="N",
-                   help="grpo: completions per prompt (required; more = a larger generation KV cache)")
+                   help="grpo: completions per prompt (required with grpo; more = a larger generation KV cache) "
+                        "(default: none)")
     g.add_argument("--max-completion-length", type=int, default=None, metavar="N",
                    help="grpo: new tokens per completion, taken from --seq "
                         f"(default: {_DEFAULTS['max_completion_length']})")
@@ -70,13 +71,24 @@ def _flag(dest: str) -> str:
     return "--" + dest.replace("_", "-")
 
 
-def preference_from_args(args: argparse.Namespace, method: str | None = None) -> PreferenceConfig:
+def _applies(k: str, obj: Objective) -> bool:
+    return _APPLIES[k] is None or obj.value in _APPLIES[k]
+
+
+def preference_from_args(args: argparse.Namespace, method: str | None = None, *,
+                         strict: bool = True) -> PreferenceConfig:
     """The PreferenceConfig of the parsed flags; ``method`` (default ``args.method``) names the objective.
-    Bad values, and a flag the objective ignores, raise a one-line SpecError."""
+    Bad values, and (``strict``) a flag the objective ignores, raise a one-line SpecError; without ``strict``
+    such a flag is left out (``compare --methods``: one row's flag is not another's)."""
     obj = objective(method or args.method)
+    skip = set()
     for k in preference_given(args):
-        if _APPLIES[k] is not None and obj.value not in _APPLIES[k]:
-            raise SpecError(f"{_flag(k)} applies to --method {' or '.join(_APPLIES[k])}, not {obj.value} (drop it)")
+        if not _applies(k, obj):
+            if strict:
+                raise SpecError(f"{_flag(k)} applies to --method {' or '.join(_APPLIES[k])}, not {obj.value} "
+                                "(drop it)")
+            skip.add(k)
+    args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in skip})
     if obj is Objective.REWARD and getattr(args, "num_labels", None) == 0:
         raise SpecError("--method reward needs a sequence-classification head (RewardTrainer scores each sequence "
                         "with AutoModelForSequenceClassification, num_labels=1); --num-labels 0 leaves none")
@@ -104,3 +116,8 @@ def take_preference(args: argparse.Namespace) -> PreferenceConfig | None:
     pref = preference_from_args(args, method)
     args.method = args.policy or POLICY_DEFAULT
     return pref
+
+
+def preference_for(args: argparse.Namespace, method: str) -> PreferenceConfig:
+    """The PreferenceConfig of one ``compare --methods`` row: the flags that apply to ``method``."""
+    return preference_from_args(args, method, strict=False)

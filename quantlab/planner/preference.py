@@ -33,7 +33,8 @@ P4. GRPO (``grpo_trainer.py``, ``grpo_config.py``): ``generate`` (transformers, 
     head).
 P5. Reward models (``reward_trainer.py``): a sequence-classification head (``num_labels=1``, H x 1) replaces
     lm_head: no vocabulary logits, the (2B, S, 1) scores only.
-P6. The reference and GRPO's generate phase are inference plans without the policy's ZeRO / FSDP / offload: a
+P6. The reference and GRPO's generate phase are inference plans without the policy's ZeRO / FSDP / offload,
+    checkpointing and accumulation (training-only settings); a
     sharded job's reference is planned whole on each GPU (an over-estimate: TRL's ``prepare_deepspeed`` shards a
     ZeRO-3 reference).
 """
@@ -84,6 +85,10 @@ def objective(name: str) -> Objective:
 
 @dataclass(frozen=True)
 class PreferenceConfig:
+    """The preference setup beside the policy's PlanConfig: the objective (TRL's trainer), its reference (P3),
+    GRPO's generation settings (P4) and the reward head's labels (P5). (A docstring also keeps ``dataclasses``
+    from calling ``inspect.signature``, which ``quantlab plan`` does not load at start: cli.py.)"""
+
     objective: Objective
     reference: Reference = Reference.AUTO
     num_generations: int | None = None  # GRPO: completions per prompt (required, >= 2)
@@ -161,7 +166,9 @@ class PreferenceConfig:
 # P6: the inference configurations of the reference and of GRPO's generation drop ZeRO / FSDP / offload (a
 # training job's state sharding; an inference plan refuses them): a ZeRO-3 reference is planned whole on every GPU,
 # above what TRL's prepare_deepspeed would shard (the safe direction).
-_UNSHARDED = {"zero": 0, "fsdp": None, "offload": Offload.NONE}
+# Training-only settings go too (an inference plan refuses them): checkpointing (the k-bit recipe turns it on for
+# the policy; a no_grad forward keeps nothing to recompute) and gradient accumulation.
+_UNSHARDED = {"zero": 0, "fsdp": None, "offload": Offload.NONE, "grad_checkpointing": False, "grad_accum": 1}
 
 
 def _dtypes(cfg: PlanConfig) -> tuple[int, int, int]:
