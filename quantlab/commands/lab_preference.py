@@ -1,0 +1,241 @@
+"""``quantlab lab finetune --method dpo``: TRL's DPOTrainer in the lab (:mod:`quantlab.lab.preference`), its scores
+before and after, and the measured step beside :func:`quantlab.planner.preference.preference_plan` for the same
+step (the lab does not import the planner; this command layer holds both).
+
+:func:`run_from_args` is what ``lab finetune`` dispatches to (the flags it shares: ``--model``, ``--task``,
+``--data``, ``--test-file``, ``--max-steps``, ``--batch`` (pairs), ``--seq`` (DPOConfig.max_length), ``--lora-r``,
+``--lora-alpha``, ``--lora-targets``, ``--lr``, ``--beta``, ``--out``; a flag left at its default takes
+:class:`~quantlab.lab.preference.DPORun`'s). ``python -m quantlab.commands.lab_preference`` runs it alone.
+
+The comparison, per component (C1-C3):
+
+C1. The planned step is the measured one: the measured sequences / 2 pairs, the measured padded width, padded
+    when the attention mask had padding (planner activations A3c), checkpointing as the trainer ran (DPOConfig's
+    default: on), LoRA on the same targets, fp32 weights and
+    compute, AdamW, ``--device cpu`` (tensor bytes, no CUDA context or allocator reserve).
+C2. weights, adapters, gradients and optimizer states compare one to one. ``activations`` compares what the
+    measured policy forward saved for backward (backbone + fused head: StepProbe's ``activations`` +
+    ``logits_loss``) with the plan's ``activations`` (preference P2: the backbone's saved tensors plus the fused
+    head's saved rows).
+C3. ``allocated``: the CPU allocator's peak over the step (StepProbe) against the plan's peak allocated. The
+    planned transients (``logits_both_sequences``: the fused head's chunk buffers; ``reference_forward``) have no
+    separate measurement: they are inside the measured peak, and are listed with the plan only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+OUT = "reports/dpo-cpu"
+
+
+def planned_step(res: dict):
+    """(PlanConfig, PreferenceConfig) of the measured step (C1)."""
+    from quantlab.planner.preference import Objective, PreferenceConfig, Reference
+    from quantlab.profiles import load_model
+    from quantlab.specs import DType, DeviceMode, Method, PlanConfig, Precision
+
+    c = res["config"]
+    model = c["model"] if c["model"] != "embedded" else "smollm2-135m"
+    cfg = PlanConfig(model=load_model(model).spec, method=Method.LORA, precision=Precision.FP32,
+                     compute_dtype=DType.FP32, batch=res["step_sequences"] // 2, seq=res["step_seq"],
+                     lora_r=c["lora_r"], lora_alpha=c["lora_alpha"], lora_targets=tuple(c["lora_targets"]),
+                     padding_mask=bool(res["step_padded"]), grad_checkpointing=bool(res["grad_checkpointing"]),
+                     device=DeviceMode.CPU)
+    pref = PreferenceConfig(Objective.DPO, reference=Reference(res["reference"]), beta=c["beta"])
+    return cfg, pref
+
+
+def compare_rows(res: dict) -> list[dict]:
+    """Planned vs measured bytes per component (C2, C3); ``error`` = (planned - measured) / measured."""
+    from quantlab.planner.preference import preference_plan
+
+    cfg, pref = planned_step(res)
+    p = preference_plan(cfg, pref)
+    m = res["measurement"]
+    comps = p.components
+    pairs = [("weights", comps.get("weights", 0), m.get("meas_weights_bytes")),
+             ("adapters", comps.get("adapters", 0), m.get("meas_adapters_bytes")),
+             ("gradients", comps.get("gradients", 0), m.get("meas_gradients_bytes")),
+             ("optimizer", comps.get("optimizer", 0), m.get("meas_optimizer_bytes")),
+             ("activations (saved: backbone + fused head)", comps.get("activations", 0),
+              (m.get("meas_activations_bytes") or 0) + (m.get("meas_logits_loss_bytes") or 0)),
+             ("reference_weights", comps.get("reference_weights", 0), 0 if res["reference"] == "adapter" else None),
+             ("logits_both_sequences (fused head transient)", comps.get("logits_both_sequences", 0), None),
+             ("reference_forward (transient)", comps.get("reference_forward", 0), None),
+             ("allocated (peak over the step)", p.peak_allocated_bytes, m.get("meas_allocated_bytes"))]
+    rows = []
+    for name, pred, meas in pairs:
+        err = None if meas in (None, 0) else (pred - meas) / meas
+        rows.append({"component": name, "pred_bytes": pred, "meas_bytes": meas, "error": err})
+    return rows
+
+
+def report_text(res: dict, rows: list[dict], command: str) -> str:
+    from quantlab.units import MiB
+
+    e = res["env"]
+    c = res["config"]
+
+    def mib(v):
+        return "-" if v is None else f"{v / MiB:.2f}"
+
+    def f4(k):
+        v = res.get(k)
+        return "-" if v is None else f"{v:.4f}"
+
+    lines = [
+        f"# DPO on the embedded SmolLM2-135M-Instruct (fp32, LoRA, CPU), json-prefs task", "",
+        f"Made by `{command}` (torch {e['torch']}, transformers {e['transformers']}, peft {e['peft']}, trl "
+        f"{e['trl']}, Python {e['python']}; {e['cpu']}, {e['cores']} cores shared with other jobs, "
+        f"{e['torch_threads']} torch thread(s), 1-minute load {e['load_avg_1m']:.1f} at the end; no GPU).", "",
+        f"TRL `DPOTrainer` (sigmoid loss, beta {c['beta']}), PEFT LoRA r {c['lora_r']} alpha {c['lora_alpha']} on "
+        f"{','.join(c['lora_targets'])}, reference = the policy with its adapter disabled ({res['reference']}), "
+        f"AdamW lr {c['lr']} constant, {c['max_steps']} steps of {c['batch']} pairs ({2 * c['batch']} sequences), "
+        f"max_length {c['max_length']}; {res['train_pairs']} training pairs, {res['test_pairs']} held-out pairs "
+        f"(tasks/json-prefs/test.jsonl, never trained on). Wall time: load {res['load_s']:.0f} s, one evaluation "
+        f"{res['eval_s']:.0f} s, training {res['train_s']:.0f} s ({res['s_per_step']:.2f} s/step).", "",
+        "## Held-out pairs, before and after", "",
+        "| metric | before | after |", "|---|---|---|",
+    ]
+    for k, what in (("rewards/accuracies", "reward accuracy (chosen reward > rejected)"),
+                    ("rewards/margins", "reward margin (mean chosen - rejected)"),
+                    ("rewards/chosen", "reward chosen (mean)"), ("rewards/rejected", "reward rejected (mean)"),
+                    ("logps/chosen", "policy log p(chosen), summed (mean)"),
+                    ("logps/rejected", "policy log p(rejected), summed (mean)"), ("loss", "DPO loss")):
+        lines.append(f"| {what} | {f4('before_' + k)} | {f4('after_' + k)} |")
+    lines += [
+        "", "- Rewards are TRL's DPO implicit rewards, beta x (log p_policy - log p_ref) summed over the completion "
+        "tokens, from `trainer.evaluate()` on the held-out pairs. Before training the LoRA B matrices are zero, so "
+        "the policy is the reference: every reward is exactly 0 and the accuracy 0 (a tie is not a win); the "
+        "log-prob rows say what the base model itself prefers before training.", "",
+        f"## Memory of optimizer step {res['measured_step']} beside `preference_plan`", "",
+        f"Measured step: {res['step_sequences']} sequences x {res['step_seq']} tokens "
+        f"({'padded: the collator pads to the longest' if res['step_padded'] else 'no padding'}), "
+        f"{res['trainable_params']:,} trainable parameters. Planned with `quantlab plan --model smollm2-135m "
+        f"--method dpo --policy lora --precision fp32 --compute-dtype fp32 --batch {res['step_sequences'] // 2} "
+        f"--seq {res['step_seq']} --lora-r {c['lora_r']} --lora-alpha {c['lora_alpha']} --lora-targets "
+        f"{','.join(c['lora_targets'])}{' --padded' if res['step_padded'] else ''}"
+        f"{' --grad-checkpointing' if res['grad_checkpointing'] else ''} --device cpu` (gradient checkpointing: "
+        f"{'on, TRL DPOConfig default' if res['grad_checkpointing'] else 'off'}; MiB = 2^20 "
+        "bytes; error = (planned - measured) / measured).", "",
+        "| component | planned MiB | measured MiB | planned bytes | measured bytes | error |",
+        "|---|---|---|---|---|---|"]
+    for r in rows:
+        err = "-" if r["error"] is None else f"{100 * r['error']:+.2f}%"
+        meas_b = "-" if r["meas_bytes"] is None else f"{r['meas_bytes']:,}"
+        lines.append(f"| {r['component']} | {mib(r['pred_bytes'])} | {mib(r['meas_bytes'])} | {r['pred_bytes']:,} "
+                     f"| {meas_b} | {err} |")
+    lines += ["", "- measured: StepProbe (quantlab/lab/measure.py): distinct tensor storages of weights, adapters, "
+              "gradients and AdamW states after the step; activations = what the policy's forward saved for "
+              "backward (saved_tensors_hooks, deduplicated by storage; backbone and TRL's fused LM head); allocated "
+              "= live tensor bytes at the window's start plus the CPU allocator's peak growth over the step (the "
+              "reference's no-grad forward included).",
+              "- `-`: not measured separately (a transient inside the measured peak) or not applicable.",
+              "- notes from the instrument: " + ("; ".join(res["measurement_notes"]) or "none") + "."]
+    return "\n".join(lines) + "\n"
+
+
+def run_config(cfg, out: Path, command: str, *, log) -> dict:
+    """Run, compare and write ``out``/{dpo.json, README.md, dpo-history.csv}; the result dict."""
+    from quantlab.lab.preference import run_dpo
+
+    out.mkdir(parents=True, exist_ok=True)
+    res = run_dpo(cfg, out, log=log)
+    res["command"] = command
+    (out / "dpo.json").write_text(json.dumps(res, indent=2) + "\n")  # the measured run first, whatever follows
+    rows = compare_rows(res)
+    res["comparison"] = rows
+    (out / "dpo.json").write_text(json.dumps(res, indent=2) + "\n")
+    (out / "README.md").write_text(report_text(res, rows, command))
+    return res
+
+
+def rewrite_report(out: Path) -> None:
+    """Re-plan a stored run (``dpo.json``) and write its README again (the measured figures are kept as run)."""
+    res = json.loads((out / "dpo.json").read_text())
+    rows = compare_rows(res)
+    res["comparison"] = rows
+    (out / "dpo.json").write_text(json.dumps(res, indent=2) + "\n")
+    (out / "README.md").write_text(report_text(res, rows, res["command"]))
+
+
+_FLAG_FIELDS = {"model": "model", "task": "task", "data": "data", "test_file": "test_file", "max_steps": "max_steps",
+                "batch": "batch", "seq": "max_length", "lora_r": "lora_r", "lora_alpha": "lora_alpha",
+                "lora_targets": "lora_targets", "lr": "lr", "beta": "beta", "seed": "seed"}
+
+
+def config_from_args(args):
+    """The DPORun of ``lab finetune``'s flags: those given, the rest DPORun's defaults (a default exists once)."""
+    from quantlab.commands.flags import given_fields
+    from quantlab.lab.preference import DPORun
+
+    given = set(given_fields(args)) | {k for k in ("model", "task", "data", "test_file", "max_steps", "lr", "beta",
+                                                   "seed") if getattr(args, k, None) is not None}
+    defaults = {f.name: f.default for f in dataclasses.fields(DPORun)}
+    kw = {}
+    for flag, field in _FLAG_FIELDS.items():
+        if flag in given and hasattr(args, flag):
+            v = getattr(args, flag)
+            if field == "lora_targets" and isinstance(v, str):
+                v = tuple(t.strip() for t in v.split(",") if t.strip())
+            if v != defaults[field]:
+                kw[field] = tuple(v) if isinstance(v, list) else v
+    if kw.get("data") and "task" not in kw:
+        kw["task"] = None
+    return DPORun(**kw)
+
+
+def run_from_args(args) -> int:
+    """``quantlab lab finetune --method dpo``: run, compare, write ``--out`` (default reports/dpo-cpu)."""
+    cfg = config_from_args(args)
+    out = Path(getattr(args, "out", None) or OUT)
+    command = "quantlab " + " ".join(sys.argv[1:]) if sys.argv[1:] else "quantlab lab finetune --method dpo"
+    res = run_config(cfg, out, command, log=lambda s: print(s, file=sys.stderr))
+    print((out / "README.md").read_text())
+    return 0 if res else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m quantlab.commands.lab_preference [--max-steps N ...]``: the same run without the lab's parser."""
+    from quantlab.errors import QuantlabError
+    from quantlab.lab.preference import DPORun
+
+    d = {f.name: f.default for f in dataclasses.fields(DPORun)}
+    p = argparse.ArgumentParser(prog="python -m quantlab.commands.lab_preference")
+    for name, default in d.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(default, tuple):
+            p.add_argument(flag, default=",".join(default))
+        elif isinstance(default, bool) or default is None:
+            p.add_argument(flag, default=default)
+        else:
+            p.add_argument(flag, type=type(default), default=default)
+    p.add_argument("--out", default=OUT)
+    p.add_argument("--replan", action="store_true", help="rewrite the report of the stored run (no training)")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    a = p.parse_args(argv)
+    try:
+        if a.replan:
+            rewrite_report(Path(a.out))
+            return 0
+        kw = {k: getattr(a, k) for k in d}
+        kw["lora_targets"] = tuple(t for t in kw["lora_targets"].split(",") if t)
+        for k in ("train_pairs", "eval_pairs"):
+            kw[k] = None if kw[k] in (None, "None") else int(kw[k])
+        cfg = DPORun(**kw)
+        command = "PYTHONPATH=$PWD python -m quantlab.commands.lab_preference " + " ".join(argv)
+        run_config(cfg, Path(a.out), command.strip(), log=lambda s: print(s, file=sys.stderr))
+    except QuantlabError as e:
+        print(f"quantlab: error: {e}", file=sys.stderr)
+        return 2
+    print((Path(a.out) / "README.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
