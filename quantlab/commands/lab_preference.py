@@ -19,7 +19,9 @@ C2. weights, adapters, gradients and optimizer states compare one to one. ``acti
     head's saved rows).
 C3. ``allocated``: the CPU allocator's peak over the step (StepProbe) against the plan's peak allocated. The
     planned transients (``logits_both_sequences``: the fused head's chunk buffers; ``reference_forward``) have no
-    separate measurement: they are inside the measured peak, and are listed with the plan only.
+    separate measurement: they are inside the measured peak, and are listed with the plan only. A reference
+    model (a full policy) is a second model the probe does not hook: its storages are counted once
+    (``reference_bytes``) and added to the measured peak, since they are live through the step.
 """
 
 from __future__ import annotations
@@ -41,10 +43,12 @@ def planned_step(res: dict):
 
     c = res["config"]
     model = c["model"] if c["model"] != "embedded" else "smollm2-135m"
-    cfg = PlanConfig(model=load_model(model).spec, method=Method.LORA, precision=Precision.FP32,
+    method = Method.FULL if c.get("policy") == "full" else Method.LORA
+    lora = {} if method is Method.FULL else dict(lora_r=c["lora_r"], lora_alpha=c["lora_alpha"],
+                                                 lora_targets=tuple(c["lora_targets"]))
+    cfg = PlanConfig(model=load_model(model).spec, method=method, precision=Precision.FP32,
                      compute_dtype=DType.FP32, batch=res["step_sequences"] // 2, seq=res["step_seq"],
-                     lora_r=c["lora_r"], lora_alpha=c["lora_alpha"], lora_targets=tuple(c["lora_targets"]),
-                     padding_mask=bool(res["step_padded"]), grad_checkpointing=bool(res["grad_checkpointing"]),
+                     **lora, padding_mask=bool(res["step_padded"]), grad_checkpointing=bool(res["grad_checkpointing"]),
                      device=DeviceMode.CPU)
     pref = PreferenceConfig(Objective.DPO, reference=Reference(res["reference"]), beta=c["beta"])
     return cfg, pref
@@ -64,10 +68,12 @@ def compare_rows(res: dict) -> list[dict]:
              ("optimizer", comps.get("optimizer", 0), m.get("meas_optimizer_bytes")),
              ("activations (saved: backbone + fused head)", comps.get("activations", 0),
               (m.get("meas_activations_bytes") or 0) + (m.get("meas_logits_loss_bytes") or 0)),
-             ("reference_weights", comps.get("reference_weights", 0), 0 if res["reference"] == "adapter" else None),
+             ("reference_weights", comps.get("reference_weights", 0), res.get("reference_bytes", 0)),
              ("logits_both_sequences (fused head transient)", comps.get("logits_both_sequences", 0), None),
              ("reference_forward (transient)", comps.get("reference_forward", 0), None),
-             ("allocated (peak over the step)", p.peak_allocated_bytes, m.get("meas_allocated_bytes"))]
+             ("allocated (peak over the step)", p.peak_allocated_bytes,
+              None if m.get("meas_allocated_bytes") is None else m["meas_allocated_bytes"]
+              + res.get("reference_bytes", 0))]  # StepProbe counts the policy; the reference model is live too
     rows = []
     for name, pred, meas in pairs:
         err = None if meas in (None, 0) else (pred - meas) / meas
@@ -134,14 +140,14 @@ def report_text(res: dict, rows: list[dict], command: str) -> str:
               "gradients and AdamW states after the step; activations = what the policy's forward saved for "
               "backward (saved_tensors_hooks, deduplicated by storage; backbone and TRL's fused LM head); allocated "
               "= live tensor bytes at the window's start plus the CPU allocator's peak growth over the step (the "
-              "reference's no-grad forward included).",
+              "reference's no-grad forward included; a reference model's own storages added).",
               "- `-`: not measured separately (a transient inside the measured peak) or not applicable.",
               "- notes from the instrument: " + ("; ".join(res["measurement_notes"]) or "none") + "."]
     return "\n".join(lines) + "\n"
 
 
 def run_config(cfg, out: Path, command: str, *, log) -> dict:
-    """Run, compare and write ``out``/{dpo.json, README.md, dpo-history.csv}; the result dict."""
+    """Run, compare and write ``out``/{dpo.json, README.md or dpo.md, dpo-history.csv}; the result dict."""
     from quantlab.lab.preference import run_dpo
 
     out.mkdir(parents=True, exist_ok=True)
@@ -151,8 +157,14 @@ def run_config(cfg, out: Path, command: str, *, log) -> dict:
     rows = compare_rows(res)
     res["comparison"] = rows
     (out / "dpo.json").write_text(json.dumps(res, indent=2) + "\n")
-    (out / "README.md").write_text(report_text(res, rows, command))
+    (out / report_name(out)).write_text(report_text(res, rows, command))
     return res
+
+
+def report_name(out: Path) -> str:
+    """README.md in reports/dpo-cpu (the report's own folder), dpo.md in any other --out (e.g. lab finetune's
+    shared reports/finetune, whose README is not this run's)."""
+    return "README.md" if out.resolve() == Path(OUT).resolve() else "dpo.md"
 
 
 def rewrite_report(out: Path) -> None:
@@ -161,7 +173,7 @@ def rewrite_report(out: Path) -> None:
     rows = compare_rows(res)
     res["comparison"] = rows
     (out / "dpo.json").write_text(json.dumps(res, indent=2) + "\n")
-    (out / "README.md").write_text(report_text(res, rows, res["command"]))
+    (out / report_name(out)).write_text(report_text(res, rows, res["command"]))
 
 
 _FLAG_FIELDS = {"model": "model", "task": "task", "data": "data", "test_file": "test_file", "max_steps": "max_steps",
@@ -174,8 +186,17 @@ def config_from_args(args):
     from quantlab.commands.flags import given_fields
     from quantlab.lab.preference import DPORun
 
+    # lab finetune's own flags (not PlanConfig's) carry its defaults: a value equal to FinetuneConfig's default is
+    # taken as not given (argparse cannot tell), so DPORun's default applies
+    try:
+        from quantlab.lab.finetune import FinetuneConfig
+
+        ft = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}
+    except ImportError:  # pragma: no cover
+        ft = {}
     given = set(given_fields(args)) | {k for k in ("model", "task", "data", "test_file", "max_steps", "lr", "beta",
-                                                   "seed") if getattr(args, k, None) is not None}
+                                                   "seed") if getattr(args, k, None) is not None
+                                       and not (k in ft and getattr(args, k) == ft[k])}
     defaults = {f.name: f.default for f in dataclasses.fields(DPORun)}
     kw = {}
     for flag, field in _FLAG_FIELDS.items():
@@ -196,7 +217,7 @@ def run_from_args(args) -> int:
     out = Path(getattr(args, "out", None) or OUT)
     command = "quantlab " + " ".join(sys.argv[1:]) if sys.argv[1:] else "quantlab lab finetune --method dpo"
     res = run_config(cfg, out, command, log=lambda s: print(s, file=sys.stderr))
-    print((out / "README.md").read_text())
+    print((out / report_name(out)).read_text())
     return 0 if res else 1
 
 
@@ -233,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     except QuantlabError as e:
         print(f"quantlab: error: {e}", file=sys.stderr)
         return 2
-    print((Path(a.out) / "README.md").read_text())
+    print((Path(a.out) / report_name(Path(a.out))).read_text())
     return 0
 
 

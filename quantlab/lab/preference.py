@@ -9,7 +9,8 @@ D1. Data: :func:`quantlab.data.preference.read_pairs` (TRL's explicit-prompt or 
     scored on the text it writes at inference (the json-extract lab renders prompts the same way,
     ``lab/data.py`` assumption 6); TRL applies the template (``maybe_apply_chat_template``).
 D2. Training is ``DPOTrainer`` with ``peft_config`` (LoRA): the reference is the policy with the adapter disabled
-    (``use_adapter``, ``dpo_trainer.py``), so no second model is loaded; sigmoid loss, ``beta`` as given; AdamW;
+    (``use_adapter``, ``dpo_trainer.py``), so no second model is loaded (``policy="full"``: no adapter, and TRL
+    loads the reference as a second model from the policy's path, ``create_model_from_path``); sigmoid loss, ``beta`` as given; AdamW;
     fp32 on a CPU. DPOConfig turns gradient checkpointing on by default (``dpo_config.py``: "Defaults to True
     instead of False"); the run keeps TRL's default and records it. The trainer patches the model with its fused LM head (``add_fused_lm_head``): no logits tensor.
 D3. Scores: ``trainer.evaluate()`` on the held-out pairs before and after training. TRL's metrics are the DPO
@@ -62,6 +63,8 @@ class DPORun:
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     measure_step: int = 2
     seed: int = 0
+    policy: str = "lora"  # "lora" (reference: the disabled adapter) or "full" (reference: a second model)
+    grad_checkpointing: bool | None = None  # None: DPOConfig's default (on)
 
     def __post_init__(self) -> None:
         for k in ("max_steps", "batch", "eval_batch", "max_length", "lora_r", "lora_alpha", "measure_step"):
@@ -74,6 +77,8 @@ class DPORun:
             raise QuantlabError(f"lr must be positive, got {self.lr!r}")
         if self.beta <= 0:
             raise QuantlabError(f"beta must be positive (DPO's KL coefficient), got {self.beta!r}")
+        if self.policy not in ("lora", "full"):
+            raise QuantlabError(f"policy must be lora or full, got {self.policy!r}")
         if self.task is None and self.data is None:
             raise QuantlabError("give a task (json-prefs) or a preference data file")
 
@@ -169,8 +174,9 @@ def run_dpo(cfg: DPORun, out: str | Path | None = None, *, log=print) -> dict:
                      per_device_eval_batch_size=cfg.eval_batch, learning_rate=cfg.lr, beta=cfg.beta,
                      max_length=cfg.max_length, bf16=False, fp16=False, use_cpu=True, report_to="none",
                      save_strategy="no", disable_tqdm=True, logging_steps=1, seed=cfg.seed, data_seed=cfg.seed,
-                     lr_scheduler_type="constant", warmup_steps=0, dataloader_num_workers=0)
-    peft = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=list(cfg.lora_targets),
+                     lr_scheduler_type="constant", warmup_steps=0, dataloader_num_workers=0,
+                     **({} if cfg.grad_checkpointing is None else {"gradient_checkpointing": cfg.grad_checkpointing}))
+    peft = None if cfg.policy == "full" else LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=list(cfg.lora_targets),
                       lora_dropout=0.0, task_type="CAUSAL_LM")
     cb = _measure_callback(cfg.measure_step)
     trainer = DPOTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=test_ds, processing_class=tok,
@@ -189,11 +195,16 @@ def run_dpo(cfg: DPORun, out: str | Path | None = None, *, log=print) -> dict:
     m = cb.measurement
     if m is None:
         raise QuantlabError(f"optimizer step {cfg.measure_step} was not measured (the run ended before it)")
+    ref_bytes = 0
+    if trainer.ref_model is not None:  # a second model (D2): its storages, live through every step
+        from quantlab.lab.measure import model_bytes
+
+        ref_bytes = model_bytes(trainer.ref_model).total
     history = [h for h in trainer.state.log_history if "loss" in h and "eval_loss" not in h]
     if out is not None:
         _write_history(Path(out) / "dpo-history.csv", history)
     res = {"config": dataclasses.asdict(cfg), "train_pairs": len(train_pairs), "test_pairs": len(test_pairs),
-           "reference": "copy" if trainer.ref_model is not None else "adapter",
+           "reference": "copy" if trainer.ref_model is not None else "adapter", "reference_bytes": ref_bytes,
            "load_s": load_s, "eval_s": eval_s, "train_s": train_s, "s_per_step": train_s / cfg.max_steps,
            "measured_step": cfg.measure_step, "step_sequences": cb.shape[0], "step_seq": cb.shape[1],
            "step_padded": bool(cb.padded), "grad_checkpointing": bool(trainer.args.gradient_checkpointing), "measurement": m.meas(), "measurement_notes": list(m.notes),

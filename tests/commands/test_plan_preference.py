@@ -61,6 +61,8 @@ def test_dpo_document_matches_the_planner_and_runs_2b_sequences(capsys):
     (["--method", "kto", "--batch", "2"], ("logits", "reference_forward"), ("logits_both_sequences",)),
     (["--method", "reward", "--batch", "2"], ("reward_scores",), ("logits", "logits_both_sequences")),
     (["--method", "dpo", "--policy", "full"], ("reference_weights", "reference_forward"), ()),
+    (["--method", "grpo", "--num-generations", "2", "--batch", "2", "--reward-model", "qwen2.5-0.5b"],
+     ("reward_model", "generation_kv_cache"), ()),
 ], ids=lambda a: " ".join(a) if isinstance(a, list) else None)
 def test_each_objective_plans_its_components(capsys, argv, has, lacks):
     c = doc_of(capsys, "--model", "8b", *argv)["components"]
