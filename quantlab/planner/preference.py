@@ -37,6 +37,11 @@ P6. The reference and GRPO's generate phase are inference plans without the poli
     checkpointing and accumulation (training-only settings); a
     sharded job's reference is planned whole on each GPU (an over-estimate: TRL's ``prepare_deepspeed`` shards a
     ZeRO-3 reference).
+P7. DPO, ORPO, SimPO (CPO), KTO and reward training default to ``disable_dropout=True`` (``dpo_config.py``,
+    ``kto_config.py``, ``reward_config.py``, ``experimental/{orpo,cpo}/*_config.py``; GRPO's default is False):
+    ``disable_dropout_in_model`` sets every ``nn.Dropout`` to p=0, LoRA's included, so no dropout mask is saved:
+    the model's dropout fields and ``lora_dropout`` are planned as 0. Measured: GPT-2 (resid/embd/attn dropout 0.1)
+    under DPOTrainer (reports/dpo-cpu/matrix.md).
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ class Reference(str, Enum):
 PAIRED = frozenset((Objective.DPO, Objective.ORPO, Objective.SIMPO, Objective.REWARD))
 FUSED = {Objective.DPO: "dpo", Objective.KTO: "kto", Objective.GRPO: "grpo"}  # P2
 HAS_REFERENCE = frozenset((Objective.DPO, Objective.KTO, Objective.GRPO))
+NO_DROPOUT = frozenset((Objective.DPO, Objective.ORPO, Objective.SIMPO, Objective.KTO, Objective.REWARD))  # P7
 
 
 def objective(name: str) -> Objective:
@@ -188,6 +194,12 @@ def _head_trains(cfg: PlanConfig) -> bool:
 def preference_plan(cfg: PlanConfig, pref: PreferenceConfig) -> M.Plan:
     """The plan of a preference-tuning step (P1-P5); components per GPU, peak = the larger phase."""
     obj = pref.objective
+    asked = cfg
+    dropout = (cfg.model.attention_dropout or cfg.model.hidden_dropout or cfg.model.embd_dropout
+               or cfg.lora_dropout)
+    if obj in NO_DROPOUT and dropout:  # P7
+        cfg = M.replace(cfg, model=dataclasses.replace(cfg.model, attention_dropout=0.0, hidden_dropout=0.0,
+                                                       embd_dropout=0.0), lora_dropout=0.0)
     B, S = cfg.batch, cfg.seq
     m = cfg.model
     if obj is Objective.GRPO:
@@ -285,8 +297,11 @@ def preference_plan(cfg: PlanConfig, pref: PreferenceConfig) -> M.Plan:
     comps.pop("allocator_reserve", None)
     comps["cuda_context"] = context
     comps["allocator_reserve"] = reserve
+    if obj in NO_DROPOUT and dropout:
+        notes.append(f"{obj.value}: TRL's disable_dropout=True (its default) sets every dropout to 0: no dropout "
+                     "masks (P7)")
     # the plan carries the user's configuration (batch B); the policy ran at Bp sequences (P1)
-    return M.Plan(cfg, p.params, p.active_params, p.trainable_params, comps, allocated, allocated + reserve,
+    return M.Plan(asked, p.params, p.active_params, p.trainable_params, comps, allocated, allocated + reserve,
                   allocated + reserve + context, tuple(notes))
 
 
