@@ -39,14 +39,17 @@ def planned_step(res: dict):
     """(PlanConfig, PreferenceConfig) of the measured step (C1)."""
     from quantlab.planner.preference import Objective, PreferenceConfig, Reference
     from quantlab.profiles import load_model
-    from quantlab.specs import DType, DeviceMode, Method, PlanConfig, Precision
+    from quantlab.specs import DType, DeviceMode, Method, ModelSpec, PlanConfig, Precision
 
     c = res["config"]
-    model = c["model"] if c["model"] != "embedded" else "smollm2-135m"
+    if res.get("model_spec"):  # stored with the run (a model folder may be gone by the time it is re-planned)
+        spec = ModelSpec.from_dict(res["model_spec"])
+    else:
+        spec = load_model(c["model"] if c["model"] != "embedded" else "smollm2-135m").spec
     method = Method.FULL if c.get("policy") == "full" else Method.LORA
     lora = {} if method is Method.FULL else dict(lora_r=c["lora_r"], lora_alpha=c["lora_alpha"],
                                                  lora_targets=tuple(c["lora_targets"]))
-    cfg = PlanConfig(model=load_model(model).spec, method=method, precision=Precision.FP32,
+    cfg = PlanConfig(model=spec, method=method, precision=Precision.FP32,
                      compute_dtype=DType.FP32, batch=res["step_sequences"] // 2, seq=res["step_seq"],
                      **lora, padding_mask=bool(res["step_padded"]), grad_checkpointing=bool(res["grad_checkpointing"]),
                      device=DeviceMode.CPU)
@@ -136,6 +139,7 @@ def report_text(res: dict, rows: list[dict], command: str) -> str:
         meas_b = "-" if r["meas_bytes"] is None else f"{r['meas_bytes']:,}"
         lines.append(f"| {r['component']} | {mib(r['pred_bytes'])} | {mib(r['meas_bytes'])} | {r['pred_bytes']:,} "
                      f"| {meas_b} | {err} |")
+    lines += ["", "Reading it:", ""] + reading(res, rows)
     lines += ["", "- measured: StepProbe (quantlab/lab/measure.py): distinct tensor storages of weights, adapters, "
               "gradients and AdamW states after the step; activations = what the policy's forward saved for "
               "backward (saved_tensors_hooks, deduplicated by storage; backbone and TRL's fused LM head); allocated "
@@ -146,6 +150,36 @@ def report_text(res: dict, rows: list[dict], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def reading(res: dict, rows: list[dict]) -> list[str]:
+    """What the figures say, derived from them (so a re-run or a re-plan keeps the text true)."""
+    out = []
+    b, a = res.get("before_rewards/accuracies"), res.get("after_rewards/accuracies")
+    if a is not None and b is not None:
+        out.append(f"- Held-out reward accuracy {b:.2f} -> {a:.2f} and mean margin "
+                   f"{res['before_rewards/margins']:.3f} -> {res['after_rewards/margins']:.3f} after "
+                   f"{res['config']['max_steps']} steps: the policy ranks the valid JSON above the corrupted "
+                   f"answer on {round(a * res['test_pairs'])} of {res['test_pairs']} pairs it never trained on.")
+    lc0, lc1 = res.get("before_logps/chosen"), res.get("after_logps/chosen")
+    lr0, lr1 = res.get("before_logps/rejected"), res.get("after_logps/rejected")
+    if None not in (lc0, lc1, lr0, lr1):
+        how = ("both fell: the margin grew by pushing the rejected answers down faster than the chosen ones "
+               "(the chosen likelihood also dropping under DPO is a known effect of its loss, which constrains "
+               "only the difference)" if lc1 < lc0 and lr1 < lr0 else
+               "the chosen rose and the rejected fell" if lc1 > lc0 and lr1 < lr0 else "see the table")
+        out.append(f"- Summed log-probabilities: chosen {lc0:.1f} -> {lc1:.1f}, rejected {lr0:.1f} -> {lr1:.1f}; "
+                   f"{how}.")
+    exact = [r["component"].split(" ")[0] for r in rows if r["meas_bytes"] is not None and r["error"] == 0]
+    alloc = next(r for r in rows if r["component"].startswith("allocated"))
+    out.append(f"- Memory: {', '.join(exact)} equal the plan to the byte for the measured step; the step's "
+               f"allocator peak is {100 * alloc['error']:+.2f}% off the planned peak allocated"
+               + (" (over-predicted: the safe direction)." if alloc["error"] and alloc["error"] > 0 else "."))
+    if res.get("replanned_at"):
+        out.append(f"- The planned columns were recomputed at git {res['replanned_at']} by `python -m "
+                   "quantlab.commands.lab_preference --out reports/dpo-cpu --replan` (the measured figures are the "
+                   "run's).")
+    return out
+
+
 def run_config(cfg, out: Path, command: str, *, log) -> dict:
     """Run, compare and write ``out``/{dpo.json, README.md or dpo.md, dpo-history.csv}; the result dict."""
     from quantlab.lab.preference import run_dpo
@@ -153,12 +187,20 @@ def run_config(cfg, out: Path, command: str, *, log) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     res = run_dpo(cfg, out, log=log)
     res["command"] = command
+    res["model_spec"] = model_spec(cfg.model)
     (out / "dpo.json").write_text(json.dumps(res, indent=2) + "\n")  # the measured run first, whatever follows
     rows = compare_rows(res)
     res["comparison"] = rows
     (out / "dpo.json").write_text(json.dumps(res, indent=2) + "\n")
     (out / report_name(out)).write_text(report_text(res, rows, command))
     return res
+
+
+def model_spec(model: str) -> dict:
+    """The ModelSpec dict of the run's model (a profile name, or the local folder's config.json)."""
+    from quantlab.profiles import load_model
+
+    return load_model("smollm2-135m" if model in ("embedded", "smollm2") else model).spec.to_dict()
 
 
 def report_name(out: Path) -> str:
@@ -169,7 +211,14 @@ def report_name(out: Path) -> str:
 
 def rewrite_report(out: Path) -> None:
     """Re-plan a stored run (``dpo.json``) and write its README again (the measured figures are kept as run)."""
+    import subprocess
+
     res = json.loads((out / "dpo.json").read_text())
+    try:
+        res["replanned_at"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                             text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        res["replanned_at"] = "unknown"
     rows = compare_rows(res)
     res["comparison"] = rows
     (out / "dpo.json").write_text(json.dumps(res, indent=2) + "\n")

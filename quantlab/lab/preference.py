@@ -169,8 +169,10 @@ def run_dpo(cfg: DPORun, out: str | Path | None = None, *, log=print) -> dict:
     load_s = time.perf_counter() - t0
     train_ds = datasets.Dataset.from_list(trl_rows(train_pairs, tok))
     test_ds = datasets.Dataset.from_list(trl_rows(test_pairs, tok))
-    work = Path(out) if out is not None else Path("/tmp/quantlab-dpo")
-    args = DPOConfig(output_dir=str(work / "trainer"), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch,
+    import tempfile
+
+    work = tempfile.mkdtemp(prefix="quantlab-dpo-")  # the trainer's output_dir: nothing is saved there (no ckpts)
+    args = DPOConfig(output_dir=work, max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch,
                      per_device_eval_batch_size=cfg.eval_batch, learning_rate=cfg.lr, beta=cfg.beta,
                      max_length=cfg.max_length, bf16=False, fp16=False, use_cpu=True, report_to="none",
                      save_strategy="no", disable_tqdm=True, logging_steps=1, seed=cfg.seed, data_seed=cfg.seed,

@@ -23,7 +23,10 @@ P3. The reference (DPO, KTO; GRPO with ``beta > 0``): ``auto`` is PEFT's disable
     precision (fp32 under AMP: the policy's ``model.dtype``). ``precomputed`` (``precompute_ref_log_probs``) keeps
     no reference and runs no reference forward during training. The reference forward runs under ``no_grad`` while
     the policy's graph is alive (DPO ``_compute_loss``): its transient (one block over the batch, or the fused
-    head's forward beside the last hidden state) sits above every saved activation.
+    head's forward beside the last hidden state) sits above every saved activation. It runs before the policy's
+    backward, so with one micro-batch per optimizer step no gradient exists then (transformers ``trainer.py``
+    calls ``model.zero_grad()``, torch's ``set_to_none=True``): that phase's peak leaves the gradients out
+    (measured: a full policy's step peak is the reference phase, reports/dpo-cpu/matrix.md).
 P4. GRPO (``grpo_trainer.py``, ``grpo_config.py``): ``generate`` (transformers, not vLLM) produces the generation
     batch at once: ``batch x grad_accum`` completions per device (``steps_per_generation`` defaults to the
     accumulation steps), which must hold whole groups of ``num_generations``; prompt = ``seq -
@@ -265,7 +268,9 @@ def preference_plan(cfg: PlanConfig, pref: PreferenceConfig) -> M.Plan:
                                   weight_bytes=w, head_trains=False, triton=cuda, no_grad=True)
         ref_fwd = max(block_transient(rcfg, S, []), rfh.forward_transient + Bp * S * H * r)
         comps["reference_forward"] = ref_fwd
-        dynamic = max(dynamic, activations + ref_fwd)
+        # the reference forward runs before the policy's backward: with one micro-batch per step no gradient
+        # exists yet (Trainer's model.zero_grad() sets them to None, P3)
+        dynamic = max(dynamic, activations + ref_fwd - (comps.get("gradients", 0) if cfg.grad_accum == 1 else 0))
         notes.append(f"reference: {ref.value} (P3)")
     elif ref is Reference.PRECOMPUTED:
         notes.append("reference log-probs precomputed: no reference model in training (P3)")
