@@ -146,7 +146,11 @@ def report_text(res: dict, rows: list[dict], command: str) -> str:
               "= live tensor bytes at the window's start plus the CPU allocator's peak growth over the step (the "
               "reference's no-grad forward included; a reference model's own storages added).",
               "- `-`: not measured separately (a transient inside the measured peak) or not applicable.",
-              "- notes from the instrument: " + ("; ".join(res["measurement_notes"]) or "none") + "."]
+              "- notes from the instrument: " + ("; ".join(res["measurement_notes"]) or "none") + " (the "
+              "instrument's note is about the supervised planner, memory.py; preference_plan models TRL's fused "
+              "head, preference P2).",
+              "- More DPO rows (LoRA and full policies, checkpointing on and off, a reference copy, Qwen2 and GPT-2 "
+              "architectures): [matrix.md](matrix.md)."]
     return "\n".join(lines) + "\n"
 
 
