@@ -23,10 +23,11 @@ P3. The reference (DPO, KTO; GRPO with ``beta > 0``): ``auto`` is PEFT's disable
     precision (fp32 under AMP: the policy's ``model.dtype``). ``precomputed`` (``precompute_ref_log_probs``) keeps
     no reference and runs no reference forward during training. The reference forward runs under ``no_grad`` while
     the policy's graph is alive (DPO ``_compute_loss``): its transient (one block over the batch, or the fused
-    head's forward beside the last hidden state) sits above every saved activation. It runs before the policy's
-    backward, so with one micro-batch per optimizer step no gradient exists then (transformers ``trainer.py``
-    calls ``model.zero_grad()``, torch's ``set_to_none=True``): that phase's peak leaves the gradients out
-    (measured: a full policy's step peak is the reference phase, reports/dpo-cpu/matrix.md).
+    head's forward beside the last hidden state) sits above every saved activation. Gradients are counted live
+    through it, as memory.py assumption 3 counts them through every phase (the safe reading: Trainer's
+    ``model.zero_grad()`` sets them to None, so with one micro-batch a step's forward and the head's backward run
+    without them, and the true peak is lower by the gradient bytes: measured +8% for a full policy,
+    reports/dpo-cpu/matrix.md).
 P4. GRPO (``grpo_trainer.py``, ``grpo_config.py``): ``generate`` (transformers, not vLLM) produces the generation
     batch at once: ``batch x grad_accum`` completions per device (``steps_per_generation`` defaults to the
     accumulation steps), which must hold whole groups of ``num_generations``; prompt = ``seq -
@@ -251,7 +252,8 @@ def preference_plan(cfg: PlanConfig, pref: PreferenceConfig) -> M.Plan:
         notes.append(f"{obj.value}: TRL's experimental trainer builds the logits of both sequences "
                      f"({Bp} x {S} x vocab; memory.py assumption 6 at 2B, P2)")
     comps["activations"] = activations
-    dynamic = max(policy_dyn, comps.get("optimizer_step", 0))
+    # memory.py's end-of-backward phase of a trainable embedding (its assumption 3b) stays a phase here too
+    dynamic = max(policy_dyn, comps.get("optimizer_step", 0), comps.get("embedding_grad_tail", 0))
     ref = pref.resolved_reference(cfg)
     if ref is not None and ref is not Reference.PRECOMPUTED:  # P3
         rcfg = M.replace(cfg, method=Method.INFERENCE, batch=Bp, padding_mask=False, **_UNSHARDED,
@@ -268,9 +270,8 @@ def preference_plan(cfg: PlanConfig, pref: PreferenceConfig) -> M.Plan:
                                   weight_bytes=w, head_trains=False, triton=cuda, no_grad=True)
         ref_fwd = max(block_transient(rcfg, S, []), rfh.forward_transient + Bp * S * H * r)
         comps["reference_forward"] = ref_fwd
-        # the reference forward runs before the policy's backward: with one micro-batch per step no gradient
-        # exists yet (Trainer's model.zero_grad() sets them to None, P3)
-        dynamic = max(dynamic, activations + ref_fwd - (comps.get("gradients", 0) if cfg.grad_accum == 1 else 0))
+        # gradients stay counted here as everywhere (memory.py assumption 3, the safe reading; P3)
+        dynamic = max(dynamic, activations + ref_fwd)
         notes.append(f"reference: {ref.value} (P3)")
     elif ref is Reference.PRECOMPUTED:
         notes.append("reference log-probs precomputed: no reference model in training (P3)")
