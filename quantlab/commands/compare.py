@@ -1,4 +1,6 @@
-"""``quantlab compare``: one method planned at FP32, FP16, BF16, INT8 and NF4 side by side."""
+"""``quantlab compare``: one method planned at FP32, FP16, BF16, INT8 and NF4 side by side, or (``--methods``)
+several methods at one precision: the PlanConfig methods and TRL 1.16's preference objectives
+(:mod:`quantlab.planner.preference`; their policy trains as ``--policy``, default lora)."""
 
 from __future__ import annotations
 
@@ -18,12 +20,17 @@ def register(sub) -> None:
                        help="the same plan at fp32/fp16/bf16/int8/nf4 side by side",
                        description="Plan one method at several weight precisions side by side (memory per component "
                                    "and totals; with --gpu, the fit and margin of each).",
-                       epilog="Example:\n  quantlab compare --model 8b --method lora --seq 2048 --gpu rtx-4090",
+                       epilog="Examples:\n  quantlab compare --model 8b --method lora --seq 2048 --gpu rtx-4090\n"
+                              "  quantlab compare --model 8b --methods lora,dpo,orpo,kto,reward --batch 2 --gpu h100",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_plan_arguments(p)
+    add_plan_arguments(p, preference=True)
     o = p.add_argument_group("output")
-    o.add_argument("--precisions", default=",".join(PRECISIONS), metavar="A,B",
+    o.add_argument("--precisions", default=None, metavar="A,B",
                    help=f"comma-separated weight precisions to compare (default: {','.join(PRECISIONS)})")
+    o.add_argument("--methods", default=None, metavar="A,B",
+                   help="compare these methods at one weight precision instead (e.g. lora,dpo,orpo,kto,grpo: a "
+                        "preference objective plans its policy as --policy; a flag that one row's method ignores is "
+                        "left out of that row) (default: none, compare precisions)")
     o.add_argument("--gpu", default=None, metavar="NAME|auto",
                    help="also show the fit on this GPU (default: none, no fit)")
     o.add_argument("--format", choices=("table", "json", "csv", "markdown"), default="table",
@@ -49,13 +56,95 @@ def precision_list(text: str) -> list[str]:
     return names
 
 
+def _plan_and_fit(cfg, pref, gpu):
+    """(plan, fit or None): the preference planner for a preference row."""
+    from quantlab.planner import fit, plan
+    from quantlab.planner.preference import preference_fit, preference_plan
+
+    if pref is None:
+        return plan(cfg), (fit(cfg, gpu, suggest=False) if gpu is not None else None)
+    return preference_plan(cfg, pref), (preference_fit(cfg, pref, gpu) if gpu is not None else None)
+
+
+def _measured(row: dict, p, f, gpu) -> dict:
+    row.update({f"{k}_bytes": v for k, v in p.components.items() if v})
+    row.update(peak_allocated_bytes=p.peak_allocated_bytes, peak_reserved_bytes=p.peak_reserved_bytes,
+               process_bytes=p.process_bytes, trainable_params=p.trainable_params)
+    if f is not None:
+        row.update(gpu=gpu.name, fits=f.fits, margin_bytes=f.margin_bytes, max_batch=f.max_batch)
+    return row
+
+
+def method_list(text: str) -> list[str]:
+    """The --methods list: PlanConfig methods or preference objectives, at least one, each once."""
+    from quantlab.commands.preference_flags import PREFERENCE_METHODS
+    from quantlab.errors import QuantlabError
+    from quantlab.specs import Method
+
+    known = tuple(m.value for m in Method) + PREFERENCE_METHODS
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    if not names:
+        raise QuantlabError(f"--methods is empty; give one or more of {', '.join(known)}")
+    for name in names:
+        if name not in known:
+            raise QuantlabError(f"unknown method {name!r} in --methods (known: {', '.join(known)})")
+    dup = [n for i, n in enumerate(names) if n in names[:i]]
+    if dup:
+        raise QuantlabError(f"--methods names {dup[0]} twice")
+    return names
+
+
+def method_rows(args) -> list[dict]:
+    """One row per --methods entry, at the flags' precision (the recipe's when not given: nf4 for qlora)."""
+    from quantlab.commands.flags import given_fields
+    from quantlab.commands.plan import config_from_args, resolve_gpu
+    from quantlab.commands.preference_flags import POLICY_DEFAULT, is_preference, preference_for
+    from quantlab.errors import QuantlabError
+    from quantlab.specs import PlanConfig, SpecError
+
+    names = method_list(args.methods)
+    if args.precisions is not None:
+        raise QuantlabError("give --methods or --precisions, not both (one axis at a time)")
+    if "method" in given_fields(args):
+        raise QuantlabError("--methods names the methods; drop --method (a preference row's policy is --policy)")
+    policy = args.policy or POLICY_DEFAULT
+    args.method = policy
+    gpu, _ = resolve_gpu(args.gpu, args)
+    base = config_from_args(args, gpu=gpu, any_precision=True)
+    given = given_fields(args)
+    out = []
+    for name in names:
+        pref_row = is_preference(name)
+        row = {"precision": None, "method": name, "policy": policy if pref_row else None}
+        try:
+            pref = preference_for(args, name) if pref_row else None
+            d = dict(base.to_dict(), method=policy if pref_row else name)
+            for k in ("precision", "grad_checkpointing", "double_quant"):  # each row is its own recipe
+                if k not in given:
+                    d.pop(k, None)
+            cfg = PlanConfig.from_dict(d)
+            row["precision"], row["grad_checkpointing"] = cfg.precision.value, cfg.grad_checkpointing
+            p, f = _plan_and_fit(cfg, pref, gpu)
+        except SpecError as e:
+            row["precision"] = row["precision"] or base.precision.value
+            row["note"] = str(e)
+            out.append(row)
+            continue
+        out.append(_measured(row, p, f, gpu))
+    return out
+
+
 def rows(args) -> list[dict]:
     from quantlab.commands.flags import given_fields
     from quantlab.commands.plan import config_from_args, resolve_gpu
-    from quantlab.planner import fit, plan
+    from quantlab.commands.preference_flags import take_preference
     from quantlab.specs import Method, PlanConfig, Precision, SpecError
 
-    names = precision_list(args.precisions)
+    if args.methods is not None:
+        return method_rows(args)
+    names = precision_list(",".join(PRECISIONS) if args.precisions is None else args.precisions)
+    args._objective = args.method
+    pref = take_preference(args)  # a preference --method: its policy (--policy) is what changes precision
     gpu, _ = resolve_gpu(args.gpu, args)
     base = config_from_args(args, gpu=gpu, any_precision=True)
     given = given_fields(args)
@@ -77,18 +166,12 @@ def rows(args) -> list[dict]:
                 del d["grad_checkpointing"]
             cfg = PlanConfig.from_dict(d)
             row["grad_checkpointing"] = cfg.grad_checkpointing
-            p = plan(cfg)
+            p, f = _plan_and_fit(cfg, pref, gpu)
         except SpecError as e:
             row["note"] = str(e)
             out.append(row)
             continue
-        row.update({f"{k}_bytes": v for k, v in p.components.items() if v})
-        row.update(peak_allocated_bytes=p.peak_allocated_bytes, peak_reserved_bytes=p.peak_reserved_bytes,
-                   process_bytes=p.process_bytes, trainable_params=p.trainable_params)
-        if gpu is not None:
-            f = fit(cfg, gpu, suggest=False)
-            row.update(gpu=gpu.name, fits=f.fits, margin_bytes=f.margin_bytes, max_batch=f.max_batch)
-        out.append(row)
+        out.append(_measured(row, p, f, gpu))
     return out
 
 
@@ -104,9 +187,11 @@ def run(args) -> int:
 # (two-line headers keep the table inside 80 columns)
 GROUPS = [("weights", ("weights_bytes", "quant_constants_bytes")),
           ("train\nstate", ("adapters_bytes", "gradients_bytes", "optimizer_bytes")),
+          ("ref.\nmodel", ("reference_weights_bytes", "reward_model_bytes")),
           ("act. +\nbuffers", ("activations_bytes", "logits_loss_bytes", "prefill_transient_bytes",
-                              "optimizer_step_bytes")),
-          ("KV\ncache", ("kv_cache_bytes",)),
+                              "optimizer_step_bytes", "logits_bytes", "logits_both_sequences_bytes",
+                              "reward_scores_bytes", "reference_forward_bytes", "generation_transient_bytes")),
+          ("KV\ncache", ("kv_cache_bytes", "generation_kv_cache_bytes")),
           ("peak\nalloc.", ("peak_allocated_bytes",)), ("peak\nreserv.", ("peak_reserved_bytes",)),
           ("process", ("process_bytes",))]
 
@@ -115,8 +200,10 @@ def render(args, data: list[dict]) -> str:
     from quantlab.units import GiB
 
     if args.format == "json":
+        head = {"methods": [r["method"] for r in data]} if args.methods else \
+            {"method": getattr(args, "_objective", args.method)}
         return json.dumps({"model": args._resolved.name, "model_resolution": args._resolved.resolved_from,
-                           "method": args.method, "rows": data}, indent=2) + "\n"
+                           **head, "rows": data}, indent=2) + "\n"
     keys = list(dict.fromkeys(k for r in data for k in r))
     if args.format == "csv":
         buf = io.StringIO()
@@ -142,7 +229,14 @@ def render(args, data: list[dict]) -> str:
             vals += ["yes" if r.get("fits") else "no", f"{r['margin_bytes'] / GiB:+.2f}"]
         return vals
 
-    title = f"{args._resolved.resolved_from}: {args.method} by weight precision (GiB = 2^30 bytes)"
+    if args.methods:
+        policies = sorted({r["policy"] for r in data if r.get("policy")})
+        title = f"{args._resolved.resolved_from}: methods side by side" + \
+            (f" (preference rows: a {policies[0]} policy)" if policies else "") + " (GiB = 2^30 bytes)"
+    else:
+        what = getattr(args, "_objective", args.method)
+        what += f" (a {args.method} policy)" if what != args.method else ""
+        title = f"{args._resolved.resolved_from}: {what} by weight precision (GiB = 2^30 bytes)"
     if args.format == "markdown":
         buf = io.StringIO()
         buf.write(f"{title}\n\n")

@@ -33,12 +33,30 @@ from quantlab.errors import QuantlabError
 FORMATS = ("table", "json", "csv")
 
 
-def add_plan_arguments(p: argparse.ArgumentParser, *, model_required: bool = True) -> None:
+def add_plan_arguments(p: argparse.ArgumentParser, *, model_required: bool = True, preference: bool = False,
+                       **kw) -> None:
     """The configuration flags (``quantlab.commands.flags``: one per PlanConfig field, defaults from the
-    dataclass); kept under this name for the commands that import it from here."""
+    dataclass); kept under this name for the commands that import it from here. ``preference``: ``--method``
+    also takes the preference objectives, and their flags are added (:mod:`quantlab.commands.preference_flags`)."""
     from quantlab.commands.flags import add_config_arguments
 
-    add_config_arguments(p, model_required=model_required)
+    if preference:
+        kw.update(preference_method_kwargs())
+    add_config_arguments(p, model_required=model_required, **kw)
+    if preference:
+        from quantlab.commands.preference_flags import add_preference_arguments
+
+        add_preference_arguments(p)
+
+
+def preference_method_kwargs() -> dict:
+    """``add_config_arguments`` keywords that let ``--method`` name a preference objective (TRL 1.16's trainers;
+    ``ppo`` parses, then gets its one-line reason) beside the PlanConfig methods (specs.Method)."""
+    from quantlab.commands.preference_flags import METHOD_HELP, PREFERENCE_METHODS
+    from quantlab.specs import Method
+
+    return {"choices": {"method": tuple(m.value for m in Method) + PREFERENCE_METHODS},
+            "helps": {"method": METHOD_HELP}}
 
 
 MODEL_HELP = ("profile name (llama-3.1-8b), alias (7b, 13b, 70b = Llama-2; 8b = Llama-3.1-8B), HF id, or a local "
@@ -170,12 +188,17 @@ def register(sub) -> None:
                "  quantlab plan --model 70b --method full --num-gpus 8 --zero 3 --gpu h100 --emit deepspeed\n"
                "  quantlab plan --model 8b --method lora --format json > p.json\n"
                "  quantlab plan --from-json p.json --format json    # the same document, byte for byte\n"
+               "  quantlab plan --model 8b --method dpo --lora-r 16 --batch 2 --seq 2048 --gpu a100-80gb\n"
+               "  quantlab plan --model 8b --method grpo --num-generations 8 --batch 8 --gpu h100\n"
                "Memory is shown in GiB (2^30 bytes); --format json gives integer bytes and every configuration\n"
                "field with its resolved value.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     from quantlab.commands.flags import add_config_arguments
 
-    add_config_arguments(p, model_required=False, model_help=MODEL_HELP)
+    add_config_arguments(p, model_required=False, model_help=MODEL_HELP, **preference_method_kwargs())
+    from quantlab.commands.preference_flags import add_preference_arguments
+
+    add_preference_arguments(p)
     from quantlab.commands.serve_flags import add_serving_arguments
 
     add_serving_arguments(p)
@@ -220,10 +243,11 @@ def gpu_document(gpu, detection: str | None) -> dict:
             "gpu_bf16_supported": gpu.bf16_supported, "gpu_detection": detection}
 
 
-def plan_document(resolved_name: str, resolution: str, cfg, p, gpu, gpu_doc: dict, f) -> dict:
+def plan_document(resolved_name: str, resolution: str, cfg, p, gpu, gpu_doc: dict, f, pref=None) -> dict:
     """The whole plan, one flat document (the fit keys are null without a GPU): what was asked (every
     configuration field, resolved, with the model spec), what it resolved to (model, GPU), the answer
-    (components, totals, fit) and why (notes)."""
+    (components, totals, fit) and why (notes). A preference plan adds ``preference`` after ``config``
+    (``PreferenceConfig.to_dict()``: the objective and its settings; ``config`` is the policy's)."""
     from quantlab import __version__
     from quantlab.specs import config_notes, recipe
 
@@ -234,6 +258,7 @@ def plan_document(resolved_name: str, resolution: str, cfg, p, gpu, gpu_doc: dic
         "schema": SCHEMA, "quantlab_version": __version__,
         "model": resolved_name, "model_resolution": resolution,
         "config": cfg.to_dict(),
+        **({"preference": pref.to_dict()} if pref is not None else {}),
         "recipe": recipe(cfg),
         **gpu_doc,
         "params": p.params, "active_params": p.active_params, "trainable_params": p.trainable_params,
@@ -282,6 +307,18 @@ def read_plan_json(path: str, doc: dict | None = None):
         raise _bad(path, "model and model_resolution must be strings")
     gpu, gpu_doc = gpu_from_document(doc, path)
     return name, resolution, cfg, gpu, gpu_doc
+
+
+def preference_from_document(doc: dict, path: str):
+    """The PreferenceConfig of a preference plan document (``preference`` key), or None."""
+    if doc.get("preference") is None:
+        return None
+    from quantlab.planner.preference import PreferenceConfig
+
+    try:
+        return PreferenceConfig.from_dict(doc["preference"])
+    except QuantlabError as e:
+        raise _bad(path, str(e)) from None
 
 
 def gpu_from_document(doc: dict, path: str):
@@ -373,8 +410,20 @@ def run(args) -> int:
     from quantlab.commands.flags import flag_name, given_fields
     from quantlab.fileio import write_stdout
     from quantlab.commands import serve_flags
+    from quantlab.commands.preference_flags import preference_given, take_preference
     from quantlab.planner import fit, plan
+    from quantlab.planner.preference import preference_fit, preference_plan
 
+    pref = None
+    if args.from_json:
+        if preference_given(args):
+            raise QuantlabError(f"--from-json takes the whole configuration from the file; drop "
+                                f"--{preference_given(args)[0].replace('_', '-')} (or edit the file)")
+    else:
+        pref = take_preference(args)  # a preference --method: args.method becomes the policy's (--policy)
+    if pref is not None and serve_flags.serving_given(args):
+        raise QuantlabError(f"--{serve_flags.serving_given(args)[0].replace('_', '-')} is a serving flag; it "
+                            "applies to --method inference")
     if not args.from_json and ("method" in given_fields(args) or serve_flags.serving_given(args)):
         if args.method == "inference":  # the serving planner (generate / score / prefill, engines, splits)
             return serve_flags.run(args)
@@ -393,6 +442,7 @@ def run(args) -> int:
         if doc.get("kind") == "serving":
             return serve_flags.run_from_document(args, doc, args.from_json)
         name, resolution, cfg, gpu, gpu_doc = read_plan_json(args.from_json, doc)
+        pref = preference_from_document(doc, args.from_json)
     else:
         if not args.model:
             if getattr(args, "from_trainer_args", None):
@@ -404,9 +454,13 @@ def run(args) -> int:
         name, resolution = args._resolved.name, args._resolved.resolved_from
         gpu_doc = gpu_document(gpu, gpu_msg)
     check_outputs(args)
-    p = plan(cfg)
-    f = fit(cfg, gpu) if gpu is not None else None
-    doc = plan_document(name, resolution, cfg, p, gpu, gpu_doc, f)
+    if pref is None:
+        p = plan(cfg)
+        f = fit(cfg, gpu) if gpu is not None else None
+    else:
+        p = preference_plan(cfg, pref)
+        f = preference_fit(cfg, pref, gpu) if gpu is not None else None
+    doc = plan_document(name, resolution, cfg, p, gpu, gpu_doc, f, pref)
     if args.format == "json":
         text = json.dumps(doc, indent=2) + "\n"
     elif args.format == "csv":
@@ -442,6 +496,8 @@ def csv_text(doc: dict) -> str:
     for k, v in doc["config"].items():
         if k != "model":
             row[k] = ",".join(v) if isinstance(v, list) else v
+    for k, v in (doc.get("preference") or {}).items():  # a preference plan: the objective and its settings
+        row[f"preference_{k}"] = v["name"] if isinstance(v, dict) else v
     row.update(gpu=doc["gpu"], gpu_memory_bytes=doc["gpu_memory_bytes"], params=doc["params"],
                active_params=doc["active_params"], trainable_params=doc["trainable_params"])
     row.update({f"{k}_bytes": v for k, v in doc["components"].items()})
@@ -466,6 +522,9 @@ def table_text(doc: dict, p, f) -> str:
     out = []
     c = p.config
     what = c.method.value + ("" if not c.method.is_training else f" ({c.training_precision.value}, {c.optimizer.value})")
+    if doc.get("preference"):
+        pr = doc["preference"]
+        what = f"{pr['objective']} (TRL 1.16) on a {what} policy"
     out.append(f"[bold]{doc['model_resolution']}[/]: {fmt_count(p.params)} parameters"
                + (f", {fmt_count(p.trainable_params)} trainable" if c.method.is_training else "")
                + (f", {fmt_count(p.active_params)} active per token" if p.active_params != p.params else ""))

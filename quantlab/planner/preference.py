@@ -23,7 +23,11 @@ P3. The reference (DPO, KTO; GRPO with ``beta > 0``): ``auto`` is PEFT's disable
     precision (fp32 under AMP: the policy's ``model.dtype``). ``precomputed`` (``precompute_ref_log_probs``) keeps
     no reference and runs no reference forward during training. The reference forward runs under ``no_grad`` while
     the policy's graph is alive (DPO ``_compute_loss``): its transient (one block over the batch, or the fused
-    head's forward beside the last hidden state) sits above every saved activation.
+    head's forward beside the last hidden state) sits above every saved activation. Gradients are counted live
+    through it, as memory.py assumption 3 counts them through every phase (the safe reading: Trainer's
+    ``model.zero_grad()`` sets them to None, so with one micro-batch a step's forward and the head's backward run
+    without them, and the true peak is lower by the gradient bytes: measured +8% for a full policy,
+    reports/dpo-cpu/matrix.md).
 P4. GRPO (``grpo_trainer.py``, ``grpo_config.py``): ``generate`` (transformers, not vLLM) produces the generation
     batch at once: ``batch x grad_accum`` completions per device (``steps_per_generation`` defaults to the
     accumulation steps), which must hold whole groups of ``num_generations``; prompt = ``seq -
@@ -33,6 +37,15 @@ P4. GRPO (``grpo_trainer.py``, ``grpo_config.py``): ``generate`` (transformers, 
     head).
 P5. Reward models (``reward_trainer.py``): a sequence-classification head (``num_labels=1``, H x 1) replaces
     lm_head: no vocabulary logits, the (2B, S, 1) scores only.
+P6. The reference and GRPO's generate phase are inference plans without the policy's ZeRO / FSDP / offload,
+    checkpointing and accumulation (training-only settings); a
+    sharded job's reference is planned whole on each GPU (an over-estimate: TRL's ``prepare_deepspeed`` shards a
+    ZeRO-3 reference).
+P7. DPO, ORPO, SimPO (CPO), KTO and reward training default to ``disable_dropout=True`` (``dpo_config.py``,
+    ``kto_config.py``, ``reward_config.py``, ``experimental/{orpo,cpo}/*_config.py``; GRPO's default is False):
+    ``disable_dropout_in_model`` sets every ``nn.Dropout`` to p=0, LoRA's included, so no dropout mask is saved:
+    the model's dropout fields and ``lora_dropout`` are planned as 0. Measured: GPT-2 (resid/embd/attn dropout 0.1)
+    under DPOTrainer (reports/dpo-cpu/matrix.md).
 """
 
 from __future__ import annotations
@@ -44,7 +57,7 @@ from enum import Enum
 from quantlab.planner import memory as M
 from quantlab.planner import trl_head
 from quantlab.planner.allocator import allocator
-from quantlab.specs import DeviceMode, Method, ModelSpec, PlanConfig, Precision, SpecError, TrainingPrecision
+from quantlab.specs import DeviceMode, Method, ModelSpec, Offload, PlanConfig, Precision, SpecError, TrainingPrecision
 
 
 class Objective(str, Enum):
@@ -66,6 +79,7 @@ class Reference(str, Enum):
 PAIRED = frozenset((Objective.DPO, Objective.ORPO, Objective.SIMPO, Objective.REWARD))
 FUSED = {Objective.DPO: "dpo", Objective.KTO: "kto", Objective.GRPO: "grpo"}  # P2
 HAS_REFERENCE = frozenset((Objective.DPO, Objective.KTO, Objective.GRPO))
+NO_DROPOUT = frozenset((Objective.DPO, Objective.ORPO, Objective.SIMPO, Objective.KTO, Objective.REWARD))  # P7
 
 
 def objective(name: str) -> Objective:
@@ -81,6 +95,10 @@ def objective(name: str) -> Objective:
 
 @dataclass(frozen=True)
 class PreferenceConfig:
+    """The preference setup beside the policy's PlanConfig: the objective (TRL's trainer), its reference (P3),
+    GRPO's generation settings (P4) and the reward head's labels (P5). (A docstring also keeps ``dataclasses``
+    from calling ``inspect.signature``, which ``quantlab plan`` does not load at start: cli.py.)"""
+
     objective: Objective
     reference: Reference = Reference.AUTO
     num_generations: int | None = None  # GRPO: completions per prompt (required, >= 2)
@@ -112,6 +130,38 @@ class PreferenceConfig:
         if self.objective not in HAS_REFERENCE and self.reference not in (Reference.AUTO,):
             raise SpecError(f"{self.objective.value} has no reference model; leave --reference at auto")
 
+    def to_dict(self) -> dict:
+        """The fields as JSON values (enums by value, the reward model as its ModelSpec dict); from_dict reads it."""
+        return {"objective": self.objective.value, "reference": self.reference.value,
+                "num_generations": self.num_generations, "max_completion_length": self.max_completion_length,
+                "beta": self.beta, "num_labels": self.num_labels,
+                "reward_model": None if self.reward_model is None else self.reward_model.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d) -> "PreferenceConfig":
+        """The config :meth:`to_dict` wrote; an unknown key or a bad value is a one-line SpecError."""
+        if not isinstance(d, dict):
+            raise SpecError(f"preference must be a mapping, got {type(d).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in d if k not in names]
+        if unknown:
+            raise SpecError(f"unknown preference field {unknown[0]!r} (fields: {', '.join(names)})")
+        kw = dict(d)
+        kw["objective"] = objective(str(kw.get("objective")))
+        if "reference" in kw:
+            try:
+                kw["reference"] = Reference(kw["reference"])
+            except ValueError:
+                raise SpecError(f"reference must be one of {', '.join(r.value for r in Reference)}") from None
+        if kw.get("reward_model") is not None:
+            kw["reward_model"] = ModelSpec.from_dict(kw["reward_model"])
+        for k in ("num_generations", "max_completion_length", "num_labels"):
+            if kw.get(k) is not None and (isinstance(kw[k], bool) or not isinstance(kw[k], int)):
+                raise SpecError(f"preference {k} must be an integer, got {kw[k]!r}")
+        if kw.get("beta") is not None and (isinstance(kw["beta"], bool) or not isinstance(kw["beta"], (int, float))):
+            raise SpecError(f"preference beta must be a number, got {kw['beta']!r}")
+        return cls(**kw)
+
     def resolved_reference(self, cfg: PlanConfig) -> Reference | None:
         """The reference that runs (P3), or None."""
         if self.objective not in HAS_REFERENCE or (self.objective is Objective.GRPO and not self.beta):
@@ -121,6 +171,14 @@ class PreferenceConfig:
         if self.reference is Reference.ADAPTER and not cfg.method.is_peft:
             raise SpecError("--reference adapter needs a PEFT policy (lora, qlora, ...); a full fine-tune copies it")
         return self.reference
+
+
+# P6: the inference configurations of the reference and of GRPO's generation drop ZeRO / FSDP / offload (a
+# training job's state sharding; an inference plan refuses them): a ZeRO-3 reference is planned whole on every GPU,
+# above what TRL's prepare_deepspeed would shard (the safe direction).
+# Training-only settings go too (an inference plan refuses them): checkpointing (the k-bit recipe turns it on for
+# the policy; a no_grad forward keeps nothing to recompute) and gradient accumulation.
+_UNSHARDED = {"zero": 0, "fsdp": None, "offload": Offload.NONE, "grad_checkpointing": False, "grad_accum": 1}
 
 
 def _dtypes(cfg: PlanConfig) -> tuple[int, int, int]:
@@ -140,6 +198,12 @@ def _head_trains(cfg: PlanConfig) -> bool:
 def preference_plan(cfg: PlanConfig, pref: PreferenceConfig) -> M.Plan:
     """The plan of a preference-tuning step (P1-P5); components per GPU, peak = the larger phase."""
     obj = pref.objective
+    asked = cfg
+    dropout = (cfg.model.attention_dropout or cfg.model.hidden_dropout or cfg.model.embd_dropout
+               or cfg.lora_dropout)
+    if obj in NO_DROPOUT and dropout:  # P7
+        cfg = M.replace(cfg, model=dataclasses.replace(cfg.model, attention_dropout=0.0, hidden_dropout=0.0,
+                                                       embd_dropout=0.0), lora_dropout=0.0)
     B, S = cfg.batch, cfg.seq
     m = cfg.model
     if obj is Objective.GRPO:
@@ -188,10 +252,11 @@ def preference_plan(cfg: PlanConfig, pref: PreferenceConfig) -> M.Plan:
         notes.append(f"{obj.value}: TRL's experimental trainer builds the logits of both sequences "
                      f"({Bp} x {S} x vocab; memory.py assumption 6 at 2B, P2)")
     comps["activations"] = activations
-    dynamic = max(policy_dyn, comps.get("optimizer_step", 0))
+    # memory.py's end-of-backward phase of a trainable embedding (its assumption 3b) stays a phase here too
+    dynamic = max(policy_dyn, comps.get("optimizer_step", 0), comps.get("embedding_grad_tail", 0))
     ref = pref.resolved_reference(cfg)
     if ref is not None and ref is not Reference.PRECOMPUTED:  # P3
-        rcfg = M.replace(cfg, method=Method.INFERENCE, batch=Bp, padding_mask=False,
+        rcfg = M.replace(cfg, method=Method.INFERENCE, batch=Bp, padding_mask=False, **_UNSHARDED,
                          training_precision=TrainingPrecision.PURE,
                          precision=Precision.FP32 if cfg.training_precision is TrainingPrecision.AMP
                          else cfg.precision)
@@ -205,6 +270,7 @@ def preference_plan(cfg: PlanConfig, pref: PreferenceConfig) -> M.Plan:
                                   weight_bytes=w, head_trains=False, triton=cuda, no_grad=True)
         ref_fwd = max(block_transient(rcfg, S, []), rfh.forward_transient + Bp * S * H * r)
         comps["reference_forward"] = ref_fwd
+        # gradients stay counted here as everywhere (memory.py assumption 3, the safe reading; P3)
         dynamic = max(dynamic, activations + ref_fwd)
         notes.append(f"reference: {ref.value} (P3)")
     elif ref is Reference.PRECOMPUTED:
@@ -212,7 +278,8 @@ def preference_plan(cfg: PlanConfig, pref: PreferenceConfig) -> M.Plan:
     if obj is Objective.GRPO:  # P4
         from quantlab.planner.serving import serve_config, transformers_plan
         gen = B * cfg.grad_accum
-        icfg = M.replace(cfg, method=Method.INFERENCE, padding_mask=False, training_precision=TrainingPrecision.PURE)
+        icfg = M.replace(cfg, method=Method.INFERENCE, padding_mask=False, training_precision=TrainingPrecision.PURE,
+                         **_UNSHARDED)
         sp = transformers_plan(serve_config(icfg, prompt_tokens=S - pref.max_completion_length,
                                             new_tokens=pref.max_completion_length, concurrency=gen,
                                             adapters=1 if cfg.method.is_peft and cfg.method in (Method.LORA,
@@ -236,5 +303,99 @@ def preference_plan(cfg: PlanConfig, pref: PreferenceConfig) -> M.Plan:
     comps.pop("allocator_reserve", None)
     comps["cuda_context"] = context
     comps["allocator_reserve"] = reserve
-    return M.Plan(pcfg, p.params, p.active_params, p.trainable_params, comps, allocated, allocated + reserve,
+    if obj in NO_DROPOUT and dropout:
+        notes.append(f"{obj.value}: TRL's disable_dropout=True (its default) sets every dropout to 0: no dropout "
+                     "masks (P7)")
+    # the plan carries the user's configuration (batch B); the policy ran at Bp sequences (P1)
+    return M.Plan(asked, p.params, p.active_params, p.trainable_params, comps, allocated, allocated + reserve,
                   allocated + reserve + context, tuple(notes))
+
+
+# ---- fit (fit.py's verdict and searches, over preference_plan) ----------------------------------------------------
+def _batch_step(cfg: PlanConfig, pref: PreferenceConfig) -> int:
+    """The batch granularity: GRPO's generation batch must hold whole groups (P4), so the batch moves in steps of
+    ``num_generations / gcd(num_generations, grad_accum x GPUs)``; 1 otherwise."""
+    if pref.objective is not Objective.GRPO:
+        return 1
+    import math
+
+    g = pref.num_generations
+    return g // math.gcd(g, cfg.grad_accum * cfg.dp)
+
+
+def _largest(ok, cap: int, step: int = 1, low: int = 1) -> int:
+    """The largest multiple of ``step`` in low..cap for which the monotone ``ok`` holds, or 0 (doubling, then
+    bisection: fit.py assumption 2's reference search, in units of ``step``; ``low``: the smallest valid value)."""
+    if not ok(max(low, step)):
+        return 0
+    lo, hi = 0, 1
+    while hi * step <= cap and ok(hi * step):
+        lo, hi = hi, hi * 2
+    hi = min(hi, cap // step + 1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid * step):
+            lo = mid
+        else:
+            hi = mid
+    return lo * step
+
+
+def preference_fit(cfg: PlanConfig, pref: PreferenceConfig, gpu) -> "Fit":
+    """:func:`quantlab.planner.fit.fit` for a preference plan: the verdict (process bytes against the GPU with its
+    own CUDA context, fit.py assumptions 1 and 7), the largest batch (GRPO: whole groups, P4) and sequence that
+    fit, and the fewest GPUs (fit.py assumption 3). Suggestions are single changes of the preference setup
+    (a precomputed reference, checkpointing, QLoRA), each planned and kept only when it fits."""
+    import sys
+
+    import quantlab.planner.fit  # noqa: F401  (the package exports the function ``fit`` under the module's name)
+    F = sys.modules["quantlab.planner.fit"]
+
+    cfg = F.for_gpu(cfg, gpu)
+    p = F.on_gpu(preference_plan(cfg, pref), gpu)
+    ok = p.process_bytes <= gpu.memory_bytes
+
+    def fits(c: PlanConfig, pr: PreferenceConfig = pref) -> bool:
+        try:
+            return preference_plan(c, pr).process_bytes <= F.budget(c, gpu)
+        except (SpecError, ValueError):  # an invalid shape (trl_head: seq < 2) does not fit
+            return False
+
+    max_batch = _largest(lambda b: fits(dataclasses.replace(cfg, batch=b)), 1 << 16, _batch_step(cfg, pref))
+    # the shortest valid sequence: trl_head needs 2 tokens; GRPO a prompt before max_completion_length (P4)
+    low = pref.max_completion_length + 1 if pref.objective is Objective.GRPO else 2
+    max_seq = _largest(lambda s: s < low or fits(dataclasses.replace(cfg, seq=s)),
+                       max(cfg.model.max_position_embeddings, cfg.seq), low=low)
+    n, how = None, ""
+    for k in F.GPU_COUNTS:
+        try:
+            c, how = F._scaled(cfg, k)
+        except SpecError:
+            continue
+        if fits(c):
+            n = k
+            break
+    sugg = []
+    if not ok:
+        d = F.context_delta(cfg, gpu)
+        cands = []
+        if pref.resolved_reference(cfg) is Reference.COPY:
+            cands.append(("a precomputed reference (precompute_ref_log_probs: no reference model in training)",
+                          cfg, dataclasses.replace(pref, reference=Reference.PRECOMPUTED)))
+        if cfg.method is Method.FULL:
+            cands.append(("a LoRA policy (the reference is its disabled adapter, no second copy)",
+                          dataclasses.replace(cfg, method=Method.LORA), pref))
+        if not cfg.grad_checkpointing:
+            cands.append(("gradient checkpointing on", dataclasses.replace(cfg, grad_checkpointing=True), pref))
+        if cfg.method is Method.LORA:
+            cands.append(("a QLoRA policy (nf4 base, checkpointing on)",
+                          dataclasses.replace(cfg, method=Method.QLORA, precision=Precision.NF4,
+                                              grad_checkpointing=True), pref))
+        for text, c, pr in cands:
+            try:
+                if fits(c, pr):
+                    sugg.append((text, preference_plan(c, pr).process_bytes + d))
+            except SpecError:
+                continue
+    return F.Fit(gpu=gpu, plan=p, fits=ok, margin_bytes=gpu.memory_bytes - p.process_bytes, max_batch=max_batch,
+                 max_seq=max_seq, min_gpus=n, min_gpus_sharding=how, suggestions=tuple(sugg))
