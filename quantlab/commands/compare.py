@@ -98,7 +98,7 @@ def method_rows(args) -> list[dict]:
     """One row per --methods entry, at the flags' precision (the recipe's when not given: nf4 for qlora)."""
     from quantlab.commands.flags import given_fields
     from quantlab.commands.plan import config_from_args, resolve_gpu
-    from quantlab.commands.preference_flags import POLICY_DEFAULT, is_preference, preference_for
+    from quantlab.commands.preference_flags import POLICY_DEFAULT, is_preference, preference_for, trainer_defaults
     from quantlab.errors import QuantlabError
     from quantlab.specs import PlanConfig, SpecError
 
@@ -122,6 +122,8 @@ def method_rows(args) -> list[dict]:
             for k in ("precision", "grad_checkpointing", "double_quant"):  # each row is its own recipe
                 if k not in given:
                     d.pop(k, None)
+            if pref_row:  # the TRL trainer's own defaults (preference_flags.TRAINER_DEFAULTS)
+                d.update(trainer_defaults(given))
             cfg = PlanConfig.from_dict(d)
             row["precision"], row["grad_checkpointing"] = cfg.precision.value, cfg.grad_checkpointing
             p, f = _plan_and_fit(cfg, pref, gpu)

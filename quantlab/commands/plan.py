@@ -266,7 +266,7 @@ def plan_document(resolved_name: str, resolution: str, cfg, p, gpu, gpu_doc: dic
         "peak_allocated_bytes": p.peak_allocated_bytes, "peak_reserved_bytes": p.peak_reserved_bytes,
         "process_bytes": p.process_bytes,
         **fit_doc,
-        "notes": gpu_notes(cfg, gpu) + config_notes(cfg) + list(p.notes),
+        "notes": gpu_notes(cfg, gpu) + config_notes(cfg) + list(p.notes) + _trl_notes(cfg, pref),
     }
 
 
@@ -355,6 +355,16 @@ def gpu_from_document(doc: dict, path: str):
     if gpu is not None:
         gpu_doc["gpu_profile"] = doc.get("gpu_profile")
     return gpu, gpu_doc
+
+
+def _trl_notes(cfg, pref) -> list[str]:
+    from quantlab.commands.preference_flags import BF16_NOTE, TRAINER_DEFAULTS_NOTE
+    from quantlab.specs import Precision, TrainingPrecision
+
+    if pref is None:
+        return []
+    return ([TRAINER_DEFAULTS_NOTE] if cfg.grad_checkpointing else []) + \
+        ([BF16_NOTE] if cfg.training_precision is TrainingPrecision.PURE and cfg.precision is Precision.BF16 else [])
 
 
 def trainer_args_extra(args) -> dict:
@@ -449,6 +459,10 @@ def run(args) -> int:
                 raise QuantlabError("--from-trainer-args needs --model NAME: TrainingArguments do not name the model")
             raise QuantlabError("give --model NAME (or --from-json FILE); see 'quantlab profiles'")
         extra = trainer_args_extra(args) if getattr(args, "from_trainer_args", None) else None
+        if pref is not None and not extra:  # what the TRL trainer does by default (preference_flags)
+            from quantlab.commands.preference_flags import trainer_defaults
+
+            extra = trainer_defaults(given_fields(args))
         gpu, gpu_msg = resolve_gpu(args.gpu, args)
         cfg = config_from_args(args, gpu=gpu, extra=extra)
         name, resolution = args._resolved.name, args._resolved.resolved_from

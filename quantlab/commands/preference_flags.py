@@ -20,6 +20,21 @@ from quantlab.specs import Method, SpecError
 PREFERENCE_METHODS = tuple(o.value for o in Objective) + ("ppo",)  # ppo: a one-line error (TRL 1.16 has none)
 POLICY_METHODS = tuple(m.value for m in Method if m.is_training)
 POLICY_DEFAULT = Method.LORA.value
+# What every TRL 1.16 trainer config sets where TrainingArguments differs (trl/trainer/base_config.py
+# ``_BaseConfig``, the parent of DPOConfig, KTOConfig, RewardConfig, GRPOConfig, ORPOConfig and CPOConfig):
+# gradient checkpointing defaults to True. A preference plan takes it unless the user gives the flag.
+TRAINER_DEFAULTS = {"grad_checkpointing": True}
+TRAINER_DEFAULTS_NOTE = ("gradient checkpointing on: TRL 1.16's trainer configs default "
+                         "gradient_checkpointing=True (trl/trainer/base_config.py); --no-grad-checkpointing turns it off")
+# _BaseConfig also sets bf16=True unless fp16 is set (its __post_init__): autocast over the model as loaded. With
+# bf16 weights that is planned as pure bf16 compute: autocast over half-precision weights is not modelled apart.
+BF16_NOTE = ("TRL's bf16=True default autocasts the model as loaded: with bf16 weights it is planned as pure bf16 "
+             "compute (autocast over half-precision weights is not modelled apart)")
+
+
+def trainer_defaults(given) -> dict:
+    """The TRL trainer defaults (:data:`TRAINER_DEFAULTS`) for the fields the user did not give."""
+    return {k: v for k, v in TRAINER_DEFAULTS.items() if k not in given}
 METHOD_HELP = ("inference, or a fine-tune: full (all weights train: most memory), freeze (last k blocks), lora, qlora "
                "(LoRA on 4-bit weights: least memory), adapter, prefix, prompt, ia3; or a TRL 1.16 preference "
                "objective: dpo, kto (a reference forward per step), orpo, simpo (no reference), reward (a "

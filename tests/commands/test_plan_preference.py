@@ -42,14 +42,30 @@ def test_dpo_document_matches_the_planner_and_runs_2b_sequences(capsys):
     assert doc["config"]["method"] == "lora" and doc["config"]["batch"] == 2
     assert doc["preference"]["objective"] == "dpo"
     spec = load_model("8b").spec
-    cfg = PlanConfig(model=spec, method=Method.LORA, lora_r=16, batch=2, seq=2048)
+    cfg = PlanConfig(model=spec, method=Method.LORA, lora_r=16, batch=2, seq=2048, grad_checkpointing=True)
     p = preference_plan(cfg, PreferenceConfig(Objective.DPO))
     assert doc["peak_allocated_bytes"] == p.peak_allocated_bytes
-    sft4 = plan(dataclasses.replace(cfg, batch=4))
+    sft4 = plan(dataclasses.replace(cfg, batch=4))  # checkpointed, as the TRL default plan is
     c = doc["components"]
     assert c["activations"] >= sft4.components["activations"]
     assert 0 < c["logits_both_sequences"] < sft4.components["logits_loss"]
     assert "reference_weights" not in c  # a LoRA policy's reference is the disabled adapter (P3)
+
+
+def test_trl_trainer_default_checkpointing_unless_the_flag_says_otherwise(capsys):
+    """TRL 1.16's _BaseConfig defaults gradient_checkpointing=True for every preference trainer: the plan takes it
+    and says so; --no-grad-checkpointing gives the larger plan; a plain LoRA plan keeps PEFT's default (off)."""
+    on = doc_of(capsys, *DONE)
+    off = doc_of(capsys, *DONE, "--no-grad-checkpointing")
+    lora = doc_of(capsys, *[a if a != "dpo" else "lora" for a in DONE])
+    assert on["config"]["grad_checkpointing"] is True and off["config"]["grad_checkpointing"] is False
+    assert lora["config"]["grad_checkpointing"] is False
+    assert any("base_config.py" in n for n in on["notes"]) and not any("base_config.py" in n for n in off["notes"])
+    assert on["components"]["activations"] < off["components"]["activations"] / 4
+    rc, out, err = run(capsys, "compare", "--model", "8b", "--methods", "lora,dpo", "--batch", "2",
+                       "--format", "json")
+    rows = {r["method"]: r for r in json.loads(out)["rows"]}
+    assert rows["dpo"]["grad_checkpointing"] is True and rows["lora"]["grad_checkpointing"] is False
 
 
 @pytest.mark.parametrize("argv,has,lacks", [
