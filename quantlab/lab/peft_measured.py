@@ -131,27 +131,30 @@ class LiveSaved:
         self._key = _storage_key
         self.skip = {_storage_key(t) for t in skip}
         self.refs: list = []
-        self.all: dict = {}
 
     def pack(self, t):
         from quantlab.lab.measure import _nbytes
 
         k = self._key(t)
         if k not in self.skip:
-            self.all.setdefault(k, _nbytes(t))
-            self.refs.append((k, weakref.ref(t)))
+            self.refs.append((k, _nbytes(t), weakref.ref(t)))
         return t
 
     @staticmethod
     def unpack(t):
         return t
 
-    def live_bytes(self) -> int:
-        seen = {k for k, r in self.refs if r() is not None}
-        return sum(self.all[k] for k in seen)
+    def live(self) -> dict:
+        """{storage key: bytes} of the saved tensors still alive (a freed tensor's address may be reused: only
+        live references are keyed)."""
+        return {k: n for k, n, r in self.refs if r() is not None}
 
-    def all_bytes(self) -> int:
-        return sum(self.all.values())
+    def live_bytes(self) -> int:
+        return sum(self.live().values())
+
+    def packed(self) -> int:
+        """How many tensors the hook saw (freed ones included)."""
+        return len(self.refs)
 
 
 @contextlib.contextmanager
@@ -194,9 +197,10 @@ def measure_step(model, batch: int, seq: int, *, virtual_tokens: int = 0, peft: 
                 logits = model(input_ids=ids).logits
             with count_saved(model, exclude=[logits]) as ls:
                 loss = loss_fn(logits=logits, labels=labels, vocab_size=V)
-            held = 0 if _storage_key(logits) in act.all else _nbytes(logits)
-            out["meas_activations_bytes"] = act.live_bytes()
-            out["meas_saved_all_bytes"] = act.all_bytes()
+            live = act.live()
+            held = 0 if _storage_key(logits) in live else _nbytes(logits)
+            out["meas_activations_bytes"] = sum(live.values())
+            out["meas_saved_packed"] = act.packed()
             out["meas_logits_loss_bytes"] = held + ls.bytes
         else:
             logits = model(input_ids=ids).logits

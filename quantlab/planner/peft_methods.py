@@ -38,9 +38,13 @@ D4. DoRA's forward (``dora.py`` ``forward``, dropout 0: ``base_result`` is the b
 D5. ``get_lora_weight`` builds ``lora_B(lora_A(eye(in)))`` with autograd on (4·in² and 4·in·r saved), but only its
     detached value is used: the output is dropped when ``forward`` returns, and with it that graph and what it
     saved. It is a forward transient, not a saved activation (:func:`dora_transient_saved` gives its bytes: the
-    lab's saved-tensor hook sees it, the live total does not). The weight-norm temporaries (``weight.to``,
-    ``scaling * lora_weight``, the sum; at most 3 x 4·out·in of one linear) are forward transients too, below the
-    peak at the start of backward.
+    lab's saved-tensor hook sees them pass, but they are not alive when the forward returns). Beside it the weight
+    norm's temporaries: ``lora_weight`` (4·in·out), ``weight.to(x.dtype)`` (a fp32 copy, 4·out·in, when the base
+    weight is not fp32), ``scaling * lora_weight`` and the sum (4·out·in each) and one more out x in buffer for
+    ``linalg.norm`` (assumed: the CPU peak shows more than the four named tensors). ``dora_forward_transient``
+    is the largest of these over the adapted linears, planned above *every* saved activation: an upper bound (it
+    happens inside the last block's forward, before the tensors saved after it), which matters where the
+    vocabulary's loss buffers are small (tiny models); the peak is the larger of it and the loss's.
 D6. P-tuning (``PromptEncoderConfig``) is prompt tuning's layout (memory.py ``Method.PROMPT``: the virtual tokens
     are input rows of every block, label -100) with a reparameterisation: PEFT's ``PromptEncoder`` keeps an
     embedding (nvt x h, the virtual tokens memory.py already counts) and a head, trainable, fp32
@@ -86,7 +90,9 @@ def _compose(cfg: PlanConfig, base: M.Plan, comps: dict, trainable: int, notes: 
     """A plan from components: static (kept through the step) + the larger of forward/backward and the optimizer
     step (memory.py's composition, without checkpointing), then the allocator (memory assumption 10)."""
     static = sum(comps.get(k, 0) for k in STATIC)
-    dynamic = max(comps["activations"] + comps["logits_loss"], comps.get("optimizer_step", 0))
+    act = comps["activations"]
+    dynamic = max(act + comps["logits_loss"], act + comps.get("dora_forward_transient", 0),
+                  comps.get("optimizer_step", 0))
     allocated = static + dynamic
     comps.pop("cuda_context", None)
     comps.pop("allocator_reserve", None)
@@ -191,6 +197,15 @@ def dora_transient_saved(cfg: PlanConfig) -> int:
                for l in _dora_linears(cfg))
 
 
+def dora_forward_transient(cfg: PlanConfig) -> int:
+    """The largest weight-norm transient of one adapted linear (D5): the eye graph and the out x in buffers."""
+    load, _, _, _, _ = M._dtypes(cfg)
+    cast = 0 if load == 4 and not cfg.precision.is_kbit else 1
+    return max((l.count * (4 * l.in_features * l.in_features + 4 * l.in_features * cfg.lora_r
+                           + 4 * l.in_features * l.out_features * (4 + cast)) for l in _dora_linears(cfg)),
+               default=0)
+
+
 def dora_plan(cfg: PlanConfig) -> M.Plan:
     """DoRA: LoRA (``cfg.method`` lora or qlora) with PEFT's ``use_dora=True`` (D3-D5)."""
     if cfg.method not in (Method.LORA, Method.QLORA):
@@ -214,6 +229,7 @@ def dora_plan(cfg: PlanConfig) -> M.Plan:
     comps["optimizer"], comps["optimizer_step"] = M._optimizer_bytes(cfg.optimizer, tensors, 4,
                                                                      cfg.device is DeviceMode.CPU)
     comps["activations"] += dora_saved(cfg)
+    comps["dora_forward_transient"] = dora_forward_transient(cfg)
     notes = list(p.notes) + [f"dora: {n_mag:,} fp32 magnitude parameters beside LoRA's A and B (D3); the weight "
                              "norm is detached (DoRA 4.3), each adapted linear keeps its base and LoRA outputs (D4)"]
     return _compose(cfg, p, comps, p.trainable_params + n_mag, notes)
