@@ -237,3 +237,72 @@ def predicted(plan, loss_cfg) -> dict:
     out["pred_allocated_bytes"] = plan.peak_allocated_bytes
     out["pred_trainable_params"] = plan.trainable_params
     return out
+
+
+# ---- distillation (TRL 1.16 experimental GKDTrainer's loss) -------------------------------------------
+
+def measure_distill(student, teacher, batch: int, seq: int, *, beta: float = 0.5, temperature: float = 1.0,
+                    lr: float = 1e-4, seed: int = 0) -> dict:
+    """One measured GKD step as ``GKDTrainer.compute_loss`` runs it (``trl/experimental/gkd/gkd_trainer.py``):
+    the student forward, the teacher forward under ``no_grad`` (eval mode), both logits shifted by one, TRL's own
+    ``generalized_jsd_loss``; ``compute_loss`` returns the loss only, so both outputs are dropped before backward
+    (the Trainer's ``training_step`` calls backward after it returns). The second of two AdamW steps is measured:
+    ``activations`` (student forward) and ``loss_saved`` (the loss's live saved tensors after it returns), both with
+    :class:`LiveSaved`; ``teacher_weights``; the total as :func:`measure_step`."""
+    import torch
+    from trl.experimental.gkd.gkd_trainer import GKDTrainer
+
+    from quantlab.lab.finetune import component_bytes
+    from quantlab.lab.measure import model_bytes, tensor_bytes
+    from quantlab.lab.saved_tensors import grad_bytes, optimizer_bytes
+    from quantlab.validate import _cpu_totals, cpu_peak
+
+    torch.manual_seed(seed)
+    student.train()
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    V = student.config.vocab_size
+    ids = torch.randint(0, V, (batch, seq))
+    labels = ids.clone()
+    out: dict = {}
+
+    def compute_loss(measure: bool):  # GKDTrainer.compute_loss, with the counters around its parts
+        cm = live_saved(student) if measure else contextlib.nullcontext()
+        with cm as act:
+            s_out = student(input_ids=ids)
+        with torch.no_grad():
+            t_out = teacher(input_ids=ids)
+        cl = live_saved(student) if measure else contextlib.nullcontext()
+        with cl as ls:
+            loss = GKDTrainer.generalized_jsd_loss(student_logits=s_out.logits[:, :-1, :],
+                                                   teacher_logits=t_out.logits[:, :-1, :], labels=labels[:, 1:],
+                                                   beta=beta, temperature=temperature)
+        return loss, act, ls
+
+    def step(measure: bool):
+        loss, act, ls = compute_loss(measure)
+        if measure:
+            out["meas_activations_bytes"] = act.live_bytes()
+            out["meas_loss_saved_bytes"] = ls.live_bytes()
+        loss.backward()
+        del loss
+        if measure:
+            out["meas_gradients_bytes"] = grad_bytes(student)
+        opt.step()
+        if measure:
+            out["meas_optimizer_bytes"] = optimizer_bytes(opt)
+        opt.zero_grad(set_to_none=False)
+
+    step(False)
+    cb = component_bytes(student, "full")
+    out["meas_weights_bytes"] = cb["meas_weights_bytes"]
+    out["meas_teacher_weights_bytes"] = model_bytes(teacher).total
+    base = (model_bytes(student).total + model_bytes(teacher).total + grad_bytes(student) + optimizer_bytes(opt)
+            + tensor_bytes([ids, labels]).total)
+    with cpu_peak() as pk:
+        step(True)
+    out.update(_cpu_totals(base, pk))
+    return out
