@@ -61,6 +61,25 @@ D7. ``get_prompt`` runs the encoder on one sample (``prompt_tokens[:1]``, PEFT i
     tanh(c) (E), the previous h and c (E each; the first step's are views of one zeros tensor per layer stack): then
     the head's 2E-wide input and ReLU output (4·nvt·2E each). On CUDA (cuDNN's reserve space) it is assumed equal,
     not measured.
+D8. Distillation is TRL 1.16's ``GKDTrainer`` (``trl/experimental/gkd/gkd_trainer.py``; ``lmbda=0``: off-policy,
+    no generation; on-policy generation is not planned): ``compute_loss`` runs the student (its saved tensors are
+    memory.plan's ``activations`` of ``cfg``, any training method), then the teacher under ``no_grad`` in eval mode
+    without ``use_cache=False``: the teacher builds and keeps its KV cache (memory.py's ``kv_cache`` of the teacher)
+    until ``compute_loss`` returns, beside one block's transient (serving S1, ``block_transient``). The teacher is a
+    second model kept for the run (an inference plan's weights, in ``teacher_precision``, default the student's).
+    memory.py's HF loss (assumption 6) is replaced by ``generalized_jsd_loss`` on the logits shifted by one
+    (T' = b·(s - 1) rows, no fp32 upcast: the logits' own dtype d): both models' logits (T·V·d each) stay referenced
+    by their outputs through the loss; ``compute_loss`` returns the loss alone, so both are dropped before backward.
+D9. ``generalized_jsd_loss``, op by op (each name is a T'·V·d tensor; torch ``kl_div(log_target=True)`` is
+    ``exp(target) * (target - input)``): ``/ temperature`` twice, both ``log_softmax``es; for 0 < beta < 1 the two
+    shifted log-probabilities, ``stack`` (2), ``logsumexp`` (the mixture), both ``kl_div``s (their ``exp`` and
+    difference, the product), ``beta * kl_teacher``, ``(1 - beta) * kl_student`` and their sum: 15 live at that sum
+    (the measured peak op); saved for backward: the student's log-softmax output, the stack (2), the mixture, both
+    ``exp``s and the student's difference: 7. beta = 0 (forward KL): 7 live, 2 saved; beta = 1 (reverse KL): 8
+    live, 3 saved. Plus the bool mask (T' bytes) and 0-dim scalars (16 bytes; 8 when beta is 0 or 1). Backward
+    of the loss is below its forward peak (checked: the peak of the measured step is the sum's ``aten::add``).
+    Not modelled: a few bytes per row more that the boolean-mask indexing holds at the peak (measured 7·T' + 16
+    bytes for 0 < beta < 1, 24·T' + 16 for beta 0 or 1: under 0.05% of the tiny models' totals).
 """
 
 from __future__ import annotations
@@ -72,7 +91,7 @@ from quantlab.families import block_linears, family
 from quantlab.planner import memory as M
 from quantlab.planner.activations import Act, _norm
 from quantlab.planner.allocator import allocator
-from quantlab.specs import DeviceMode, Method, PlanConfig, SpecError
+from quantlab.specs import DeviceMode, Method, ModelSpec, PlanConfig, Precision, SpecError, TrainingPrecision
 
 STATIC = ("weights", "quant_constants", "adapters", "gradients", "optimizer", "ddp_buckets")
 ATTENTION_INPUTS = frozenset(("q_proj", "k_proj", "v_proj", "qkv_proj", "c_attn", "query_key_value", "Wqkv"))
@@ -303,3 +322,94 @@ def ptuning_plan(cfg: PlanConfig, pt: PTuningConfig) -> M.Plan:
     notes = list(p.notes) + [f"ptuning: {pt.encoder_type.value} prompt encoder (E = {pt.encoder_hidden_size}) of "
                              f"{n_head:,} fp32 parameters over {nvt} virtual tokens, run on one sample (D6, D7)"]
     return _compose(cfg, p, comps, p.trainable_params + n_head, notes)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Distillation (D8, D9)
+
+@dataclass(frozen=True)
+class DistillConfig:
+    teacher: ModelSpec
+    beta: float = 0.5  # GKDConfig default: the generalized JSD; 0 forward KL, 1 reverse KL
+    teacher_precision: Precision | None = None  # None: the student's precision
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.teacher, ModelSpec):
+            raise SpecError("distill needs --teacher MODEL (a profile name or config.json)")
+        if not 0.0 <= self.beta <= 1.0:
+            raise SpecError(f"beta must be in [0, 1] (GKDConfig), got {self.beta!r}")
+
+
+def jsd_units(beta: float) -> tuple[int, int]:
+    """(T'·V tensors live at the loss's forward peak, T'·V tensors saved for backward) of TRL's
+    ``generalized_jsd_loss`` (D9)."""
+    if beta == 0:
+        return 7, 2
+    if beta == 1:
+        return 8, 3
+    return 15, 7
+
+
+def jsd_small(beta: float, rows: int, d: int) -> int:
+    """The loss's bytes that are not T'·V tensors: the bool mask (T'), the int64 token count the mean divides by
+    and, for 0 < beta < 1, the 0-dim ``beta`` and ``1 - beta`` in the logits' dtype (D9)."""
+    return rows + 8 + (0 if beta in (0, 1) else 2 * d)
+
+
+def jsd_saved(cfg: PlanConfig, beta: float) -> int:
+    """Bytes ``generalized_jsd_loss`` saves for backward at ``cfg``'s shape (D9)."""
+    B, S, V = cfg.batch, cfg.seq, cfg.model.vocab_size
+    d = M.loss_buffers(cfg)[0] // (B * S * V)
+    return jsd_units(beta)[1] * B * (S - 1) * V * d + jsd_small(beta, B * (S - 1), d)
+
+
+def distill_plan(cfg: PlanConfig, dc: DistillConfig) -> M.Plan:
+    """GKD distillation (D8, D9): ``cfg`` is the student's training configuration."""
+    _check_scope(cfg, "distill")
+    if not cfg.method.is_training:
+        raise SpecError("distill trains the student: give a training --method (full, lora, ...)")
+    t = dc.teacher
+    if t.vocab_size != cfg.model.vocab_size:
+        raise SpecError(f"distill: the teacher's vocabulary ({t.vocab_size:,}) differs from the student's "
+                        f"({cfg.model.vocab_size:,}); GKD compares logits token by token")
+    if cfg.training_precision is TrainingPrecision.AMP:
+        raise SpecError("distill under AMP is not modelled (the logits' dtypes of the two models differ there); "
+                        "plan it with --training-precision pure")
+    p = M.plan(cfg)
+    comps = dict(p.components)
+    comps.pop("logits_loss")
+    B, S, V = cfg.batch, cfg.seq, cfg.model.vocab_size
+    logits_bytes = M.loss_buffers(cfg)[0]  # T·V·d, the student's logits (memory assumption 6)
+    d = logits_bytes // (B * S * V)
+    Tp = B * (S - 1)
+    tcfg = PlanConfig(model=t, method=Method.INFERENCE, precision=dc.teacher_precision or cfg.precision,
+                      compute_dtype=cfg.compute_dtype, batch=B, seq=S, attn=cfg.attn, device=cfg.device,
+                      flash_attention=cfg.flash_attention)
+    tp = M.plan(tcfg)
+    comps["teacher_weights"] = tp.components["weights"] + tp.components.get("quant_constants", 0)
+    kv = M.kv_cache(tcfg)
+    from quantlab.planner.serving import block_transient
+    live, saved = jsd_units(dc.beta)
+    small = jsd_small(dc.beta, Tp, d)
+    comps["teacher_kv_cache"] = kv
+    comps["teacher_forward"] = block_transient(tcfg, S, [])
+    comps["distill_logits"] = 2 * logits_bytes
+    comps["distill_loss"] = live * Tp * V * d + small
+    act = comps["activations"]
+    static = sum(comps.get(k, 0) for k in STATIC) + comps["teacher_weights"]
+    dynamic = max(act + kv + comps["distill_logits"] + comps["distill_loss"],  # the loss's forward (D9)
+                  act + logits_bytes + kv + max(comps["teacher_forward"], logits_bytes),  # the teacher's forward
+                  act + saved * Tp * V * d + small + comps.get("embedding_grad_tail", 0),  # backward's end
+                  comps.get("optimizer_step", 0))
+    allocated = static + dynamic
+    comps.pop("cuda_context", None)
+    comps.pop("allocator_reserve", None)
+    reserve, context = allocator(cfg, dynamic, comps)
+    comps["cuda_context"] = context
+    comps["allocator_reserve"] = reserve
+    notes = list(p.notes) + [
+        f"distill: TRL GKDTrainer (beta {dc.beta}), teacher {t.name} kept for the run, its KV cache built and held "
+        "through the loss (no use_cache=False in compute_loss) (D8)",
+        f"the generalized JSD loss holds {live} tensors of {Tp:,} x {V:,} at its peak and saves {saved} (D9)"]
+    return M.Plan(cfg, p.params + tp.params, p.active_params, p.trainable_params, comps, allocated,
+                  allocated + reserve, allocated + reserve + context, tuple(notes))
