@@ -35,6 +35,13 @@ D4. DoRA's forward (``dora.py`` ``forward``, dropout 0: ``base_result`` is the b
     attention-input linears, A10) for ``(mag_norm_scale - 1) * base_result``; ``lora_result`` (4·T·out, fp32) and
     ``mag_norm_scale`` (4·out) for ``mag_norm_scale * lora_result``. The weight norm is detached (DoRA paper 4.3;
     ``weight_norm.detach()`` and ``lora_weight.detach()`` in ``dora.py``): no gradient flows through it.
+D4b. GPT-2's ``Conv1D`` (PEFT ``fan_in_fan_out=True``): ``get_weight_norm`` calls ``transpose(weight, True)``
+    (``peft/utils/other.py``), which wraps ``weight.T`` in a *new* ``nn.Parameter`` when it is given one, and a new
+    Parameter requires a gradient: ``weight + scaling * lora_weight`` then has a graph and ``linalg.norm`` saves it
+    (out x in, fp32), held after the forward (measured; the reference that keeps that node is not traced). It is
+    given a Parameter when ``weight.to(x.dtype)`` is the weight itself: fp32 base weights (x is cast to the fp32
+    adapter dtype). With bf16/fp16 weights the cast is a plain tensor and nothing is saved. +4·in·out per adapted
+    linear then.
 D5. ``get_lora_weight`` builds ``lora_B(lora_A(eye(in)))`` with autograd on (4·in² and 4·in·r saved), but only its
     detached value is used: the output is dropped when ``forward`` returns, and with it that graph and what it
     saved. It is a forward transient, not a saved activation (:func:`dora_transient_saved` gives its bytes: the
@@ -94,6 +101,7 @@ from quantlab.planner.allocator import allocator
 from quantlab.specs import DeviceMode, Method, ModelSpec, PlanConfig, Precision, SpecError, TrainingPrecision
 
 STATIC = ("weights", "quant_constants", "adapters", "gradients", "optimizer", "ddp_buckets")
+FAN_IN_FAN_OUT = frozenset(("gpt2",))  # Conv1D linears (D4b); a family field would be better (families F6)
 ATTENTION_INPUTS = frozenset(("q_proj", "k_proj", "v_proj", "qkv_proj", "c_attn", "query_key_value", "Wqkv"))
 
 
@@ -190,8 +198,9 @@ def _dora_linears(cfg: PlanConfig) -> tuple:
 def dora_saved(cfg: PlanConfig) -> int:
     """Bytes DoRA saves for backward beyond vanilla LoRA, over every adapted linear (D4)."""
     m = cfg.model
-    _, _, a, amp, _ = M._dtypes(cfg)
+    load, _, a, amp, _ = M._dtypes(cfg)
     T = cfg.batch * cfg.seq
+    conv_norm = m.model_type in FAN_IN_FAN_OUT and load == 4 and not cfg.precision.is_kbit  # D4b
     lora_bytes = cfg.compute_dtype.nbytes if amp else 4
     order = [l.name for l in block_linears(m)]
     targets = _dora_linears(cfg)
@@ -200,7 +209,7 @@ def dora_saved(cfg: PlanConfig) -> int:
     L = m.num_hidden_layers
     for l in targets:
         out = l.out_features * l.count
-        per = 4 * out + a * T * out + lora_bytes * T * out + 4 * out
+        per = 4 * out + a * T * out + lora_bytes * T * out + 4 * out + (4 * l.in_features * out if conv_norm else 0)
         ig = 4 * out
         # block 0: the attention inputs read a norm of the embedding (no gradient, A10); a later linear's input
         # needs one when an adapted linear precedes it in the block

@@ -55,21 +55,22 @@ def test_bitfit_refuses_llama_in_the_lab_too():
         L.bitfit(L.tiny_from_profile(*LLAMA))
 
 
-@pytest.mark.parametrize("prof,dt,targets", [
-    (LLAMA, "fp32", ("q_proj", "v_proj")),
-    (QWEN, "bf16", ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
+@pytest.mark.parametrize("prof,dt,targets,max_over", [
+    (LLAMA, "fp32", ("q_proj", "v_proj"), 0.0),
+    (QWEN, "bf16", ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), 0.03),
+    (GPT2, "fp32", ("c_attn",), 0.07),  # Conv1D: D4b's weight-sized norm input
 ])
-def test_dora_byte_exact_components(prof, dt, targets):
+def test_dora_byte_exact_components(prof, dt, targets, max_over):
     c = cfg(prof, dt, method=Method.LORA, lora_r=4, lora_alpha=8, lora_targets=targets)
     p = PM.dora_plan(c)
     m = L.measure_step(L.dora(L.tiny_from_profile(*prof, dtype=dt), 4, 8, targets), B, S)
     pred = L.predicted(p, c)
     assert diffs(pred, m) == dict.fromkeys(COMPONENTS, 0)
     assert pred["pred_trainable_params"] == m["meas_trainable_params"]
-    # the forward transient (D5) is planned as a bound: never under, at most 3% over on these tiny models
-    # (q/v: the loss peak decides, 36 bytes under at 778 KB; all-linear bf16: 2.6% over)
+    # the forward transient (D5) is planned as a bound: never under; over by what is saved after the largest
+    # adapted linear (q/v: the loss peak decides, 36 bytes under at 778 KB; all-linear bf16 2.6%, GPT-2 6.3% over)
     err = (p.peak_allocated_bytes - m["meas_allocated_bytes"]) / m["meas_allocated_bytes"]
-    assert -1e-4 <= err <= 0.03
+    assert -1e-4 <= err <= max_over
 
 
 @pytest.mark.parametrize("dt", ["fp32", "bf16"])

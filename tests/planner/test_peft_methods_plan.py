@@ -107,3 +107,15 @@ def test_ptuning_config_validation():
 def test_sharded_plans_are_refused():
     with pytest.raises(SpecError, match="one GPU"):
         PM.bitfit_plan(cfg(QWEN, device=DeviceMode.CUDA, num_gpus=2, zero=2))
+
+
+def test_dora_conv1d_norm_input_only_for_fp32_weights():
+    """D4b: GPT-2's Conv1D under DoRA keeps the (out, in) fp32 norm input when the weights are fp32 (PEFT's
+    ``transpose`` makes a new Parameter): c_attn 64 -> 192: 4·64·192 = 49,152 bytes per layer, 2 layers; with bf16
+    weights the cast is a plain tensor and nothing is kept."""
+    lo = dict(method=Method.LORA, lora_r=4, lora_alpha=8, lora_targets=("c_attn",))
+    fp32, bf16 = cfg(GPT2, **lo), cfg(GPT2, precision=Precision.BF16, compute_dtype=DType.BF16, **lo)
+    T = 32
+    base = lambda a: 2 * (4 * 192 + a * T * 192 + 4 * T * 192 + 4 * 192) + 4 * 192  # noqa: E731
+    assert PM.dora_saved(fp32) == base(4) + 2 * 4 * 64 * 192
+    assert PM.dora_saved(bf16) == base(2)
