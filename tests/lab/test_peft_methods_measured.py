@@ -117,3 +117,17 @@ def test_bottleneck_adapters_vs_memory_plan(prof, dt):
     under = mlp(spec, x, False, frozenset(), True)
     assert d == dict(dict.fromkeys(COMPONENTS, 0), activations=over - under)
     assert over - under < 0  # the dangerous direction: an under-prediction
+
+
+def test_live_saved_counter_calibration():
+    """The instrument: a saved fp32 (64, 32) tensor is 8,192 bytes while its graph lives; a graph dropped inside
+    the block (as DoRA's get_lora_weight drops its eye graph) leaves nothing; a view saved twice counts once."""
+    lin = torch.nn.Linear(32, 8)
+    with L.live_saved(lin) as c:
+        y = lin(torch.randn(64, 32))  # saves its input (the weight is a parameter: excluded)
+        z = (lin(torch.randn(16, 32)) * 2).sum()  # saves a 2,048-byte input, then the graph is dropped
+        del z
+    assert c.live_bytes() == 64 * 32 * 4
+    assert c.packed() >= 2
+    del y  # the graph goes, and with it the saved input
+    assert c.live_bytes() == 0

@@ -119,3 +119,13 @@ def test_dora_conv1d_norm_input_only_for_fp32_weights():
     base = lambda a: 2 * (4 * 192 + a * T * 192 + 4 * T * 192 + 4 * 192) + 4 * 192  # noqa: E731
     assert PM.dora_saved(fp32) == base(4) + 2 * 4 * 64 * 192
     assert PM.dora_saved(bf16) == base(2)
+
+
+def test_module_is_pure():
+    """Standard library only, like memory.py: importing it loads no torch."""
+    import subprocess
+    import sys
+
+    code = "import sys, quantlab.planner.peft_methods; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"
