@@ -330,7 +330,7 @@ def ptuning_plan(cfg: PlanConfig, pt: PTuningConfig) -> M.Plan:
     comps["activations"] += encoder_saved(h, nvt, pt)
     notes = list(p.notes) + [f"ptuning: {pt.encoder_type.value} prompt encoder (E = {pt.encoder_hidden_size}) of "
                              f"{n_head:,} fp32 parameters over {nvt} virtual tokens, run on one sample (D6, D7)"]
-    return _compose(cfg, p, comps, p.trainable_params + n_head, notes)
+    return _compose(pcfg, p, comps, p.trainable_params + n_head, notes)
 
 
 # ---------------------------------------------------------------------------------------------------------

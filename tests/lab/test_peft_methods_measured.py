@@ -38,7 +38,10 @@ def diffs(pred, meas):
     return {k: pred[f"pred_{k}_bytes"] - meas[f"meas_{k}_bytes"] for k in COMPONENTS}
 
 
-@pytest.mark.parametrize("prof,dt", [(QWEN, "fp32"), (GPT2, "fp32"), (QWEN, "bf16")])
+LLAMA_BIASED = ("llama-3.2-1b", dict(LLAMA[1], attention_bias=True))  # q/k/v/o biases (LlamaConfig attention_bias)
+
+
+@pytest.mark.parametrize("prof,dt", [(QWEN, "fp32"), (GPT2, "fp32"), (QWEN, "bf16"), (LLAMA_BIASED, "fp32")])
 def test_bitfit_byte_exact(prof, dt):
     c = cfg(prof, dt)
     p = PM.bitfit_plan(c)

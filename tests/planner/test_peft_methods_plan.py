@@ -37,6 +37,11 @@ def test_bitfit_trains_the_biases_the_family_has():
 def test_bitfit_refuses_a_model_without_biases():
     with pytest.raises(SpecError, match="no bias parameters"):
         PM.bitfit_plan(cfg(LLAMA))
+    with pytest.raises(SpecError, match="no bias parameters"):  # Phi-3: fused qkv / gate_up, no biases
+        PM.bitfit_plan(cfg(model_spec("phi-3-mini")))
+    # a Llama with attention_bias on: its q/k/v/o biases train
+    biased = model_spec("llama-3.2-1b", dict(SMALL, head_dim=16, attention_bias=True))
+    assert PM.bitfit_plan(cfg(biased)).trainable_params == 2 * (64 + 32 + 32 + 64)
 
 
 def test_bitfit_saves_less_than_prompt_tuning_and_grows_with_the_batch():
