@@ -134,3 +134,28 @@ def test_live_saved_counter_calibration():
     assert c.packed() >= 2
     del y  # the graph goes, and with it the saved input
     assert c.live_bytes() == 0
+
+
+def test_qdora_byte_exact(tmp_path):
+    """DoRA on an NF4 base (QLoRA's recipe: bitsandbytes 4-bit, PEFT prepare_model_for_kbit_training): the
+    dequantized weight is cast to the fp32 input's dtype, a plain tensor (D4b does not apply); every component
+    exact, the total 36 bytes under at 526 KB (the loss peak decides)."""
+    pytest.importorskip("bitsandbytes")
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from quantlab.lab.finetune import keep_training_layout
+
+    L.tiny_from_profile(*LLAMA).save_pretrained(tmp_path)
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+                           bnb_4bit_quant_storage=torch.uint8)
+    m = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16, quantization_config=q, device_map="cpu")
+    keep_training_layout(m)
+    m = prepare_model_for_kbit_training(m, use_gradient_checkpointing=False)
+    m = get_peft_model(m, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], use_dora=True,
+                                     task_type="CAUSAL_LM"))
+    c = cfg(LLAMA, method=Method.QLORA, precision=Precision.NF4, compute_dtype=DType.BF16, lora_r=4, lora_alpha=8)
+    p = PM.dora_plan(c)
+    meas = L.measure_step(m, B, S)
+    assert diffs(L.predicted(p, c), meas) == dict.fromkeys(COMPONENTS, 0)
+    assert abs(p.peak_allocated_bytes - meas["meas_allocated_bytes"]) <= 1e-4 * meas["meas_allocated_bytes"]
