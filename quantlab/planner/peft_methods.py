@@ -25,7 +25,10 @@ D2. BitFit's saved tensors are prompt tuning's (every block's input needs a grad
     input needs no gradient either: with LayerNorm the first norm's bias trains (the norm saves what it saves for
     an input gradient, A2); with RMSNorm the first norm saves nothing, so its fp32 input copy and rsqrt (A2:
     4·T·h + 4·T) come off. Biases that first appear after the attention inputs are not modelled apart (noted).
-D3. DoRA (PEFT ``use_dora=True``, ``DoraLinearLayer``): one trainable fp32 magnitude vector (out_features) per
+    Measured in pure fp32/bf16; under AMP prompt tuning's autocast weight copies of the first block's attention
+    inputs are kept (they are not saved when only the bias needs a gradient): a small over-estimate, not measured.
+D3. DoRA (PEFT ``use_dora=True``, ``DoraLinearLayer``; on a float base or, QDoRA, an NF4 one: both measured):
+    one trainable fp32 magnitude vector (out_features) per
     adapted linear (``lora_magnitude_vector``), beside LoRA's A and B: adapters, gradients and optimizer states
     grow by it (fp32, memory assumption 2).
 D4. DoRA's forward (``dora.py`` ``forward``, dropout 0: ``base_result`` is the base layer's output) saves, per
@@ -77,6 +80,7 @@ D8. Distillation is TRL 1.16's ``GKDTrainer`` (``trl/experimental/gkd/gkd_traine
     memory.py's HF loss (assumption 6) is replaced by ``generalized_jsd_loss`` on the logits shifted by one
     (T' = b·(s - 1) rows, no fp32 upcast: the logits' own dtype d): both models' logits (T·V·d each) stay referenced
     by their outputs through the loss; ``compute_loss`` returns the loss alone, so both are dropped before backward.
+    The teacher's logits are planned in the student's logits dtype d (the loss stacks the two log-probabilities).
 D9. ``generalized_jsd_loss``, op by op (each name is a T'·V·d tensor; torch ``kl_div(log_target=True)`` is
     ``exp(target) * (target - input)``): ``/ temperature`` twice, both ``log_softmax``es; for 0 < beta < 1 the two
     shifted log-probabilities, ``stack`` (2), ``logsumexp`` (the mixture), both ``kl_div``s (their ``exp`` and
