@@ -14,17 +14,25 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from quantlab.planner import peft_methods as PM
 from quantlab.specs import Method, ModelSpec, PlanConfig, Precision, SpecError
+
+if TYPE_CHECKING:
+    from quantlab.planner import peft_methods as PM
 
 # variant -> the PlanConfig method it plans over (distill: the student's, --student-method)
 VARIANTS = {"bitfit": Method.FULL.value, "dora": Method.LORA.value, "ptuning": Method.PROMPT.value, "distill": None}
 VARIANT_METHODS = tuple(VARIANTS)
 STUDENT_METHODS = tuple(m.value for m in Method if m.is_training)
 STUDENT_DEFAULT = Method.FULL.value
-_PT = {f.name: f.default for f in dataclasses.fields(PM.PTuningConfig)}
-_DC = {f.name: f.default for f in dataclasses.fields(PM.DistillConfig)}
+# peft_methods is imported only when a variant is planned: its PTuningConfig and DistillConfig dataclasses have no
+# docstring, and dataclasses then calls inspect.signature, which loads ast/dis/tokenize at every CLI start (tests/
+# test_cli.py). Their defaults are mirrored here and pinned against the dataclasses by
+# tests/commands/test_plan_variants.py (cliwire-patches.md 1: docstrings there would let this read them directly).
+ENCODER_TYPES = ("mlp", "lstm")  # peft_methods.EncoderType
+_PT = {"encoder_type": "mlp", "encoder_num_layers": 2}  # PTuningConfig defaults
+_DC = {"beta": 0.5}  # DistillConfig defaults
 # variant flag -> the variants it applies to
 _APPLIES = {"encoder_hidden_size": ("ptuning",), "encoder_type": ("ptuning",), "encoder_num_layers": ("ptuning",),
             "teacher": ("distill",), "teacher_precision": ("distill",), "distill_beta": ("distill",),
@@ -41,9 +49,9 @@ def add_variant_arguments(parser: argparse.ArgumentParser) -> None:
                    help="ptuning: width E of PEFT's prompt encoder (required: PromptEncoderConfig has no default); "
                         "the MLP head adds 4·(h·E + E² + E·h) bytes of fp32 parameters, more for --encoder-type lstm "
                         "(default: none)")
-    g.add_argument("--encoder-type", choices=[e.value for e in PM.EncoderType], default=None,
+    g.add_argument("--encoder-type", choices=ENCODER_TYPES, default=None,
                    help="ptuning: PEFT's reparameterisation (mlp, or a 2-layer bidirectional LSTM: ~10x the "
-                        f"parameters) (default: {_PT['encoder_type'].value})")
+                        f"parameters) (default: {_PT['encoder_type']})")
     g.add_argument("--encoder-num-layers", type=int, default=None, metavar="N",
                    help=f"ptuning --encoder-type lstm: LSTM layers (default: {_PT['encoder_num_layers']})")
     g.add_argument("--teacher", default=None, metavar="MODEL",
@@ -82,6 +90,8 @@ class Variant:
     @classmethod
     def from_dict(cls, d) -> "Variant":
         """The inverse of :meth:`to_dict` (a bad document is a SpecError)."""
+        from quantlab.planner import peft_methods as PM
+
         if not isinstance(d, dict) or d.get("name") not in VARIANTS:
             raise SpecError(f"variant must name one of {', '.join(VARIANTS)}")
         name = d["name"]
@@ -108,6 +118,8 @@ class Variant:
 
     def describe(self) -> str:
         """What the table's header line calls it."""
+        from quantlab.planner import peft_methods as PM
+
         if self.name == "bitfit":
             return "bitfit (biases only)"
         if self.name == "dora":
@@ -146,6 +158,8 @@ def base_method(name: str, args: argparse.Namespace) -> str:
 def variant_from_args(args: argparse.Namespace, name: str, *, strict: bool = True) -> Variant:
     """The Variant ``name`` of the parsed flags. Missing or bad values, and (``strict``) a flag the variant
     ignores, raise a one-line SpecError; without ``strict`` such a flag is left out (``compare --methods``)."""
+    from quantlab.planner import peft_methods as PM
+
     for k in variant_given(args):
         if name not in _APPLIES[k] and strict:
             raise SpecError(f"{_flag(k)} applies to --method {' or '.join(_APPLIES[k])}, not {name} (drop it)")
@@ -154,7 +168,7 @@ def variant_from_args(args: argparse.Namespace, name: str, *, strict: bool = Tru
         if E is None:
             raise SpecError("--method ptuning needs --encoder-hidden-size E (PEFT's PromptEncoderConfig has no "
                             "default)")
-        etype = PM.EncoderType(args.encoder_type or _PT["encoder_type"].value)
+        etype = PM.EncoderType(args.encoder_type or _PT["encoder_type"])
         if args.encoder_num_layers is not None and etype is not PM.EncoderType.LSTM:
             raise SpecError("--encoder-num-layers applies to --encoder-type lstm (the MLP head's layers are fixed)")
         return Variant(name, ptuning=PM.PTuningConfig(E, etype, args.encoder_num_layers or _PT["encoder_num_layers"]))
@@ -195,6 +209,14 @@ def variant_for(args: argparse.Namespace, name: str) -> Variant:
     return variant_from_args(args, name, strict=False)
 
 
+def unused_variant_flag(args: argparse.Namespace, names) -> str | None:
+    """``compare --methods``: why a variant flag given applies to none of the rows, or None."""
+    for k in variant_given(args):
+        if not set(_APPLIES[k]) & set(names):
+            return f"{_flag(k)} applies to --methods {' or '.join(_APPLIES[k])}, which the list does not name (drop it)"
+    return None
+
+
 def reword(e: SpecError, v: Variant, cfg_method: str) -> SpecError:
     """A PlanConfig flag error of the base method, reworded to name the variant the user asked for."""
     text = str(e)
@@ -215,6 +237,8 @@ def check_recipe(cfg: PlanConfig, v: Variant, given) -> None:
 
 def variant_plan(cfg: PlanConfig, v: Variant):
     """The peft_methods plan of ``v`` over ``cfg`` (its one-line SpecErrors pass through)."""
+    from quantlab.planner import peft_methods as PM
+
     if v.name == "bitfit":
         return PM.bitfit_plan(cfg)
     if v.name == "dora":
