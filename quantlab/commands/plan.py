@@ -556,7 +556,7 @@ def variant_config(args, variant, gpu, extra):
         cfg = config_from_args(args, gpu=gpu, extra=extra)
     except SpecError as e:
         raise reword(e, variant, args.method) from None
-    check_recipe(cfg, variant, given_fields(args))
+    check_recipe(cfg, variant, given_fields(args) | set(extra or {}))  # --from-trainer-args set it: not the recipe
     return cfg
 
 
@@ -604,7 +604,8 @@ def table_text(doc: dict, p, f) -> str:
         from quantlab.commands.variant_flags import Variant
 
         what = f"{Variant.from_dict(variant).describe()} over {what}"
-    out.append(f"[bold]{doc['model_resolution']}[/]: {fmt_count(p.params)} parameters"
+    both = " (student and teacher)" if variant and variant["name"] == "distill" else ""
+    out.append(f"[bold]{doc['model_resolution']}[/]: {fmt_count(p.params)} parameters{both}"
                + (f", {fmt_count(p.trainable_params)} trainable" if c.method.is_training else "")
                + (f", {fmt_count(p.active_params)} active per token" if p.active_params != p.params else ""))
     out.append(f"{what}; weights {c.precision.value}{' + double quant' if c.double_quant else ''}, compute "
