@@ -1,6 +1,8 @@
 """``quantlab compare``: one method planned at FP32, FP16, BF16, INT8 and NF4 side by side, or (``--methods``)
-several methods at one precision: the PlanConfig methods and TRL 1.16's preference objectives
-(:mod:`quantlab.planner.preference`; their policy trains as ``--policy``, default lora)."""
+several methods at one precision: the PlanConfig methods, TRL 1.16's preference objectives
+(:mod:`quantlab.planner.preference`; their policy trains as ``--policy``, default lora) and the PEFT variants and
+distillation (:mod:`quantlab.planner.peft_methods` through :mod:`quantlab.commands.variant_flags`: bitfit, dora,
+ptuning, distill; a row whose variant lacks a flag it needs, or refuses the model, says why in its note)."""
 
 from __future__ import annotations
 
@@ -21,7 +23,9 @@ def register(sub) -> None:
                        description="Plan one method at several weight precisions side by side (memory per component "
                                    "and totals; with --gpu, the fit and margin of each).",
                        epilog="Examples:\n  quantlab compare --model 8b --method lora --seq 2048 --gpu rtx-4090\n"
-                              "  quantlab compare --model 8b --methods lora,dpo,orpo,kto,reward --batch 2 --gpu h100",
+                              "  quantlab compare --model 8b --methods lora,dpo,orpo,kto,reward --batch 2 --gpu h100\n"
+                              "  quantlab compare --model qwen2.5-0.5b --methods lora,dora,bitfit,ptuning,dpo "
+                              "--encoder-hidden-size 128 --gpu rtx-4090",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_plan_arguments(p, preference=True)
     o = p.add_argument_group("output")
@@ -29,8 +33,9 @@ def register(sub) -> None:
                    help=f"comma-separated weight precisions to compare (default: {','.join(PRECISIONS)})")
     o.add_argument("--methods", default=None, metavar="A,B",
                    help="compare these methods at one weight precision instead (e.g. lora,dpo,orpo,kto,grpo: a "
-                        "preference objective plans its policy as --policy; a flag that one row's method ignores is "
-                        "left out of that row) (default: none, compare precisions)")
+                        "preference objective plans its policy as --policy; lora,dora,bitfit,ptuning,distill: a "
+                        "variant takes its flags, --encoder-hidden-size, --teacher, ...; a flag that one row's "
+                        "method ignores is left out of that row) (default: none, compare precisions)")
     o.add_argument("--gpu", default=None, metavar="NAME|auto",
                    help="also show the fit on this GPU (default: none, no fit)")
     o.add_argument("--format", choices=("table", "json", "csv", "markdown"), default="table",
@@ -56,11 +61,15 @@ def precision_list(text: str) -> list[str]:
     return names
 
 
-def _plan_and_fit(cfg, pref, gpu):
-    """(plan, fit or None): the preference planner for a preference row."""
+def _plan_and_fit(cfg, pref, gpu, variant=None):
+    """(plan, fit or None): the preference planner for a preference row, peft_methods for a variant row."""
     from quantlab.planner import fit, plan
     from quantlab.planner.preference import preference_fit, preference_plan
 
+    if variant is not None:
+        from quantlab.commands.variant_flags import variant_fit, variant_plan
+
+        return variant_plan(cfg, variant), (variant_fit(cfg, variant, gpu) if gpu is not None else None)
     if pref is None:
         return plan(cfg), (fit(cfg, gpu, suggest=False) if gpu is not None else None)
     return preference_plan(cfg, pref), (preference_fit(cfg, pref, gpu) if gpu is not None else None)
@@ -76,12 +85,13 @@ def _measured(row: dict, p, f, gpu) -> dict:
 
 
 def method_list(text: str) -> list[str]:
-    """The --methods list: PlanConfig methods or preference objectives, at least one, each once."""
+    """The --methods list: PlanConfig methods, preference objectives or variants, at least one, each once."""
     from quantlab.commands.preference_flags import PREFERENCE_METHODS
+    from quantlab.commands.variant_flags import VARIANT_METHODS
     from quantlab.errors import QuantlabError
     from quantlab.specs import Method
 
-    known = tuple(m.value for m in Method) + PREFERENCE_METHODS
+    known = tuple(m.value for m in Method) + PREFERENCE_METHODS + VARIANT_METHODS
     names = [p.strip() for p in text.split(",") if p.strip()]
     if not names:
         raise QuantlabError(f"--methods is empty; give one or more of {', '.join(known)}")
@@ -99,6 +109,7 @@ def method_rows(args) -> list[dict]:
     from quantlab.commands.flags import given_fields
     from quantlab.commands.plan import config_from_args, resolve_gpu
     from quantlab.commands.preference_flags import POLICY_DEFAULT, is_preference, preference_for, trainer_defaults
+    from quantlab.commands.variant_flags import base_method, check_recipe, is_variant, variant_for
     from quantlab.errors import QuantlabError
     from quantlab.specs import PlanConfig, SpecError
 
@@ -107,6 +118,11 @@ def method_rows(args) -> list[dict]:
         raise QuantlabError("give --methods or --precisions, not both (one axis at a time)")
     if "method" in given_fields(args):
         raise QuantlabError("--methods names the methods; drop --method (a preference row's policy is --policy)")
+    from quantlab.commands.variant_flags import unused_variant_flag
+
+    unused = unused_variant_flag(args, names)
+    if unused:
+        raise QuantlabError(unused)
     policy = args.policy or POLICY_DEFAULT
     args.method = policy
     gpu, _ = resolve_gpu(args.gpu, args)
@@ -116,9 +132,12 @@ def method_rows(args) -> list[dict]:
     for name in names:
         pref_row = is_preference(name)
         row = {"precision": None, "method": name, "policy": policy if pref_row else None}
+        if is_variant(name):
+            row["planned_over"] = base_method(name, args)
         try:
             pref = preference_for(args, name) if pref_row else None
-            d = dict(base.to_dict(), method=policy if pref_row else name)
+            variant = variant_for(args, name) if is_variant(name) else None
+            d = dict(base.to_dict(), method=policy if pref_row else row.get("planned_over", name))
             for k in ("precision", "grad_checkpointing", "double_quant"):  # each row is its own recipe
                 if k not in given:
                     d.pop(k, None)
@@ -126,7 +145,9 @@ def method_rows(args) -> list[dict]:
                 d.update(trainer_defaults(given))
             cfg = PlanConfig.from_dict(d)
             row["precision"], row["grad_checkpointing"] = cfg.precision.value, cfg.grad_checkpointing
-            p, f = _plan_and_fit(cfg, pref, gpu)
+            if variant is not None:
+                check_recipe(cfg, variant, given)
+            p, f = _plan_and_fit(cfg, pref, gpu, variant)
         except SpecError as e:
             row["precision"] = row["precision"] or base.precision.value
             row["note"] = str(e)
@@ -144,8 +165,11 @@ def rows(args) -> list[dict]:
 
     if args.methods is not None:
         return method_rows(args)
+    from quantlab.commands.variant_flags import check_recipe, take_variant
+
     names = precision_list(",".join(PRECISIONS) if args.precisions is None else args.precisions)
     args._objective = args.method
+    variant = take_variant(args)  # a variant --method: args.method becomes the method it plans over
     pref = take_preference(args)  # a preference --method: its policy (--policy) is what changes precision
     gpu, _ = resolve_gpu(args.gpu, args)
     base = config_from_args(args, gpu=gpu, any_precision=True)
@@ -158,7 +182,9 @@ def rows(args) -> list[dict]:
             method = Method.LORA
         if method is Method.LORA and prec in (Precision.NF4, Precision.FP4):
             method = Method.QLORA
-        row = {"precision": name, "method": method.value}
+        row = {"precision": name, "method": variant.name if variant else method.value}
+        if variant is not None:
+            row["planned_over"] = method.value
         try:
             # each row is its own recipe (specs assumption 4): a QLoRA row turns checkpointing on, a LoRA row
             # leaves it off, unless the user gave --(no-)grad-checkpointing
@@ -168,7 +194,9 @@ def rows(args) -> list[dict]:
                 del d["grad_checkpointing"]
             cfg = PlanConfig.from_dict(d)
             row["grad_checkpointing"] = cfg.grad_checkpointing
-            p, f = _plan_and_fit(cfg, pref, gpu)
+            if variant is not None:
+                check_recipe(cfg, variant, given)
+            p, f = _plan_and_fit(cfg, pref, gpu, variant)
         except SpecError as e:
             row["note"] = str(e)
             out.append(row)
@@ -190,10 +218,13 @@ def run(args) -> int:
 GROUPS = [("weights", ("weights_bytes", "quant_constants_bytes")),
           ("train\nstate", ("adapters_bytes", "gradients_bytes", "optimizer_bytes")),
           ("ref.\nmodel", ("reference_weights_bytes", "reward_model_bytes")),
+          ("teacher", ("teacher_weights_bytes",)),
           ("act. +\nbuffers", ("activations_bytes", "logits_loss_bytes", "prefill_transient_bytes",
                               "optimizer_step_bytes", "logits_bytes", "logits_both_sequences_bytes",
-                              "reward_scores_bytes", "reference_forward_bytes", "generation_transient_bytes")),
-          ("KV\ncache", ("kv_cache_bytes", "generation_kv_cache_bytes")),
+                              "reward_scores_bytes", "reference_forward_bytes", "generation_transient_bytes",
+                              "dora_forward_transient_bytes", "teacher_forward_bytes", "distill_logits_bytes",
+                              "distill_loss_bytes")),
+          ("KV\ncache", ("kv_cache_bytes", "generation_kv_cache_bytes", "teacher_kv_cache_bytes")),
           ("peak\nalloc.", ("peak_allocated_bytes",)), ("peak\nreserv.", ("peak_reserved_bytes",)),
           ("process", ("process_bytes",))]
 
@@ -237,7 +268,10 @@ def render(args, data: list[dict]) -> str:
             (f" (preference rows: a {policies[0]} policy)" if policies else "") + " (GiB = 2^30 bytes)"
     else:
         what = getattr(args, "_objective", args.method)
-        what += f" (a {args.method} policy)" if what != args.method else ""
+        from quantlab.commands.variant_flags import is_variant
+
+        if what != args.method:
+            what += f" (over {args.method})" if is_variant(what) else f" (a {args.method} policy)"
         title = f"{args._resolved.resolved_from}: {what} by weight precision (GiB = 2^30 bytes)"
     if args.format == "markdown":
         buf = io.StringIO()

@@ -45,18 +45,22 @@ def add_plan_arguments(p: argparse.ArgumentParser, *, model_required: bool = Tru
     add_config_arguments(p, model_required=model_required, **kw)
     if preference:
         from quantlab.commands.preference_flags import add_preference_arguments
+        from quantlab.commands.variant_flags import add_variant_arguments
 
         add_preference_arguments(p)
+        add_variant_arguments(p)
 
 
 def preference_method_kwargs() -> dict:
     """``add_config_arguments`` keywords that let ``--method`` name a preference objective (TRL 1.16's trainers;
-    ``ppo`` parses, then gets its one-line reason) beside the PlanConfig methods (specs.Method)."""
+    ``ppo`` parses, then gets its one-line reason) or a PEFT variant / distillation (issue #13:
+    :mod:`quantlab.commands.variant_flags`) beside the PlanConfig methods (specs.Method)."""
     from quantlab.commands.preference_flags import METHOD_HELP, PREFERENCE_METHODS
+    from quantlab.commands.variant_flags import METHOD_HELP_VARIANTS, VARIANT_METHODS
     from quantlab.specs import Method
 
-    return {"choices": {"method": tuple(m.value for m in Method) + PREFERENCE_METHODS},
-            "helps": {"method": METHOD_HELP}}
+    return {"choices": {"method": tuple(m.value for m in Method) + PREFERENCE_METHODS + VARIANT_METHODS},
+            "helps": {"method": METHOD_HELP + METHOD_HELP_VARIANTS}}
 
 
 MODEL_HELP = ("profile name (llama-3.1-8b), alias (7b, 13b, 70b = Llama-2; 8b = Llama-3.1-8B), HF id, or a local "
@@ -190,6 +194,9 @@ def register(sub) -> None:
                "  quantlab plan --from-json p.json --format json    # the same document, byte for byte\n"
                "  quantlab plan --model 8b --method dpo --lora-r 16 --batch 2 --seq 2048 --gpu a100-80gb\n"
                "  quantlab plan --model 8b --method grpo --num-generations 8 --batch 8 --gpu h100\n"
+               "  quantlab plan --model qwen2.5-0.5b --method bitfit --gpu rtx-4090\n"
+               "  quantlab plan --model 8b --method ptuning --encoder-hidden-size 128 --gpu a100-80gb\n"
+               "  quantlab plan --model llama-3.2-1b --method distill --teacher 8b --gpu h100\n"
                "Memory is shown in GiB (2^30 bytes); --format json gives integer bytes and every configuration\n"
                "field with its resolved value.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -199,6 +206,9 @@ def register(sub) -> None:
     from quantlab.commands.preference_flags import add_preference_arguments
 
     add_preference_arguments(p)
+    from quantlab.commands.variant_flags import add_variant_arguments
+
+    add_variant_arguments(p)
     from quantlab.commands.serve_flags import add_serving_arguments
 
     add_serving_arguments(p)
@@ -243,11 +253,14 @@ def gpu_document(gpu, detection: str | None) -> dict:
             "gpu_bf16_supported": gpu.bf16_supported, "gpu_detection": detection}
 
 
-def plan_document(resolved_name: str, resolution: str, cfg, p, gpu, gpu_doc: dict, f, pref=None) -> dict:
+def plan_document(resolved_name: str, resolution: str, cfg, p, gpu, gpu_doc: dict, f, pref=None,
+                  variant=None) -> dict:
     """The whole plan, one flat document (the fit keys are null without a GPU): what was asked (every
     configuration field, resolved, with the model spec), what it resolved to (model, GPU), the answer
     (components, totals, fit) and why (notes). A preference plan adds ``preference`` after ``config``
-    (``PreferenceConfig.to_dict()``: the objective and its settings; ``config`` is the policy's)."""
+    (``PreferenceConfig.to_dict()``: the objective and its settings; ``config`` is the policy's); a variant plan
+    (bitfit, dora, ptuning, distill) adds ``variant`` there (``variant_flags.Variant.to_dict()``: its name and
+    settings; ``config`` is the method it plans over)."""
     from quantlab import __version__
     from quantlab.specs import config_notes, recipe
 
@@ -259,6 +272,7 @@ def plan_document(resolved_name: str, resolution: str, cfg, p, gpu, gpu_doc: dic
         "model": resolved_name, "model_resolution": resolution,
         "config": cfg.to_dict(),
         **({"preference": pref.to_dict()} if pref is not None else {}),
+        **({"variant": variant.to_dict()} if variant is not None else {}),
         "recipe": recipe(cfg),
         **gpu_doc,
         "params": p.params, "active_params": p.active_params, "trainable_params": p.trainable_params,
@@ -317,6 +331,18 @@ def preference_from_document(doc: dict, path: str):
 
     try:
         return PreferenceConfig.from_dict(doc["preference"])
+    except QuantlabError as e:
+        raise _bad(path, str(e)) from None
+
+
+def variant_from_document(doc: dict, path: str):
+    """The Variant of a variant plan document (``variant`` key), or None."""
+    if doc.get("variant") is None:
+        return None
+    from quantlab.commands.variant_flags import Variant
+
+    try:
+        return Variant.from_dict(doc["variant"])
     except QuantlabError as e:
         raise _bad(path, str(e)) from None
 
@@ -421,17 +447,23 @@ def run(args) -> int:
     from quantlab.fileio import write_stdout
     from quantlab.commands import serve_flags
     from quantlab.commands.preference_flags import preference_given, take_preference
+    from quantlab.commands.variant_flags import take_variant, variant_given
     from quantlab.planner import fit, plan
     from quantlab.planner.preference import preference_fit, preference_plan
 
-    pref = None
+    pref = variant = None
     if args.from_json:
-        if preference_given(args):
+        own = preference_given(args) + variant_given(args)
+        if own:
             raise QuantlabError(f"--from-json takes the whole configuration from the file; drop "
-                                f"--{preference_given(args)[0].replace('_', '-')} (or edit the file)")
+                                f"--{own[0].replace('_', '-')} (or edit the file)")
     else:
+        variant = take_variant(args)  # bitfit|dora|ptuning|distill: args.method becomes the method it plans over
         pref = take_preference(args)  # a preference --method: args.method becomes the policy's (--policy)
-    if pref is not None and serve_flags.serving_given(args):
+    if variant is not None and getattr(args, "emit", None):
+        raise QuantlabError(f"--emit writes LoRA and full fine-tuning launch files only; it has no recipe for "
+                            f"{variant.name} yet (drop --emit)")
+    if (pref is not None or variant is not None) and serve_flags.serving_given(args):
         raise QuantlabError(f"--{serve_flags.serving_given(args)[0].replace('_', '-')} is a serving flag; it "
                             "applies to --method inference")
     if not args.from_json and ("method" in given_fields(args) or serve_flags.serving_given(args)):
@@ -453,6 +485,9 @@ def run(args) -> int:
             return serve_flags.run_from_document(args, doc, args.from_json)
         name, resolution, cfg, gpu, gpu_doc = read_plan_json(args.from_json, doc)
         pref = preference_from_document(doc, args.from_json)
+        variant = variant_from_document(doc, args.from_json)
+        if variant is not None and getattr(args, "emit", None):
+            raise QuantlabError(f"--emit has no recipe for {variant.name} yet (drop --emit)")
     else:
         if not args.model:
             if getattr(args, "from_trainer_args", None):
@@ -464,17 +499,25 @@ def run(args) -> int:
 
             extra = trainer_defaults(given_fields(args))
         gpu, gpu_msg = resolve_gpu(args.gpu, args)
-        cfg = config_from_args(args, gpu=gpu, extra=extra)
+        if variant is None:
+            cfg = config_from_args(args, gpu=gpu, extra=extra)
+        else:
+            cfg = variant_config(args, variant, gpu, extra)
         name, resolution = args._resolved.name, args._resolved.resolved_from
         gpu_doc = gpu_document(gpu, gpu_msg)
     check_outputs(args)
-    if pref is None:
+    if variant is not None:
+        from quantlab.commands.variant_flags import variant_fit, variant_plan
+
+        p = variant_plan(cfg, variant)
+        f = variant_fit(cfg, variant, gpu) if gpu is not None else None
+    elif pref is None:
         p = plan(cfg)
         f = fit(cfg, gpu) if gpu is not None else None
     else:
         p = preference_plan(cfg, pref)
         f = preference_fit(cfg, pref, gpu) if gpu is not None else None
-    doc = plan_document(name, resolution, cfg, p, gpu, gpu_doc, f, pref)
+    doc = plan_document(name, resolution, cfg, p, gpu, gpu_doc, f, pref, variant)
     if args.format == "json":
         text = json.dumps(doc, indent=2) + "\n"
     elif args.format == "csv":
@@ -502,6 +545,21 @@ def run(args) -> int:
     return 0
 
 
+def variant_config(args, variant, gpu, extra):
+    """:func:`config_from_args` for a variant: a flag its base method rejects is reworded to name the variant, and
+    checkpointing the recipe turned on (QLoRA's) is refused with what to give."""
+    from quantlab.commands.flags import given_fields
+    from quantlab.commands.variant_flags import check_recipe, reword
+    from quantlab.specs import SpecError
+
+    try:
+        cfg = config_from_args(args, gpu=gpu, extra=extra)
+    except SpecError as e:
+        raise reword(e, variant, args.method) from None
+    check_recipe(cfg, variant, given_fields(args) | set(extra or {}))  # --from-trainer-args set it: not the recipe
+    return cfg
+
+
 def csv_text(doc: dict) -> str:
     """One row: the model, every scalar configuration field, the GPU, the totals, per-component bytes, the fit."""
     import io
@@ -512,6 +570,8 @@ def csv_text(doc: dict) -> str:
             row[k] = ",".join(v) if isinstance(v, list) else v
     for k, v in (doc.get("preference") or {}).items():  # a preference plan: the objective and its settings
         row[f"preference_{k}"] = v["name"] if isinstance(v, dict) else v
+    for k, v in (doc.get("variant") or {}).items():  # a variant plan: its name and settings (the teacher's name)
+        row[f"variant_{k}"] = v["name"] if isinstance(v, dict) else v
     row.update(gpu=doc["gpu"], gpu_memory_bytes=doc["gpu_memory_bytes"], params=doc["params"],
                active_params=doc["active_params"], trainable_params=doc["trainable_params"])
     row.update({f"{k}_bytes": v for k, v in doc["components"].items()})
@@ -539,7 +599,13 @@ def table_text(doc: dict, p, f) -> str:
     if doc.get("preference"):
         pr = doc["preference"]
         what = f"{pr['objective']} (TRL 1.16) on a {what} policy"
-    out.append(f"[bold]{doc['model_resolution']}[/]: {fmt_count(p.params)} parameters"
+    variant = doc.get("variant")
+    if variant:
+        from quantlab.commands.variant_flags import Variant
+
+        what = f"{Variant.from_dict(variant).describe()} over {what}"
+    both = " (student and teacher)" if variant and variant["name"] == "distill" else ""
+    out.append(f"[bold]{doc['model_resolution']}[/]: {fmt_count(p.params)} parameters{both}"
                + (f", {fmt_count(p.trainable_params)} trainable" if c.method.is_training else "")
                + (f", {fmt_count(p.active_params)} active per token" if p.active_params != p.params else ""))
     out.append(f"{what}; weights {c.precision.value}{' + double quant' if c.double_quant else ''}, compute "
@@ -573,10 +639,14 @@ def table_text(doc: dict, p, f) -> str:
         else:
             out.append(f"[red bold]DOES NOT FIT[/] on {gs.name} ({fmt_bytes(gs.memory_bytes)}): short by "
                        f"{fmt_bytes(-f.margin_bytes)}")
+        if variant:  # peft_methods plans the variants on one GPU only
+            fewest = ("1" if f.min_gpus else f"not planned: {variant['name']} is planned on one GPU only (no ZeRO, "
+                      "FSDP or tensor parallelism)")
+        else:
+            fewest = (f"{f.min_gpus} ({f.min_gpus_sharding})" if f.min_gpus else
+                      "no count up to 512 helps (sharding does not shrink per-GPU activations)")
         out.append(f"largest batch that fits: {f.max_batch or 'none'} (at seq {c.seq}); longest sequence: "
-                   f"{f.max_seq or 'none'} (at batch {c.batch}); fewest {gs.name}: "
-                   + (f"{f.min_gpus} ({f.min_gpus_sharding})" if f.min_gpus else
-                      "no count up to 512 helps (sharding does not shrink per-GPU activations)"))
+                   f"{f.max_seq or 'none'} (at batch {c.batch}); fewest {gs.name}: " + fewest)
         if f.suggestions:
             out.append("single changes that make it fit:")
             for text, b in f.suggestions:
