@@ -445,6 +445,7 @@ class PlanConfig:
     attn: Attention = Attention.SDPA
     padding_mask: bool = False  # training batches padded to a common width (an attention mask): activations A3c
     grad_accum: int = 1
+    keep_grads: bool = False  # gradients live through the next forward (zero_grad(set_to_none=False)); memory 3
     num_gpus: int = 1
     zero: int = 0  # DeepSpeed ZeRO stage 0..3
     fsdp: str | None = None  # "full_shard" | "shard_grad_op"

@@ -13,10 +13,12 @@ allocator reserve):
    parameters of a PEFT method (:func:`quantlab.lab.finetune.component_bytes`).
 2. Training runs two optimizer steps on one synthetic batch of exactly ``batch x seq`` random token ids (no
    padding, no attention mask; a ``padding_mask`` configuration makes the last position of the first row padding,
-   so transformers builds the mask: activations A3c) and measures the second, when the optimizer states exist. Gradients are zeroed with
-   ``set_to_none=False`` so they stay allocated through the next step, the planner's reading (memory
-   assumption 3). ``gradients``: distinct ``p.grad`` storages after backward; ``optimizer``: every tensor in
-   ``optimizer.state`` after the step (:mod:`quantlab.lab.saved_tensors`).
+   so transformers builds the mask: activations A3c) and measures the second, when the optimizer states exist. Gradients are zeroed as
+   the configuration says (memory assumption 3): ``zero_grad(set_to_none=True)`` (Trainer's zeroing, the default
+   ``keep_grads=False``: the measured step starts without gradients) or ``set_to_none=False`` (``keep_grads``: they
+   stay allocated through the next step). ``grad_accum`` > 1 runs that many micro-batches (forward and backward)
+   before the step, the gradients accumulating. ``gradients``: distinct ``p.grad`` storages after backward;
+   ``optimizer``: every tensor in ``optimizer.state`` after the step (:mod:`quantlab.lab.saved_tensors`).
 3. ``activations``: the bytes the model's forward saves for backward (``saved_tensors_hooks``, storages
    deduplicated, parameters and buffers excluded). Under gradient checkpointing the block inputs are saved, and
    the keyword tensors each checkpointed block is called with (RoPE's cos/sin, eager attention masks) are held
@@ -613,7 +615,7 @@ def _measure_training(pc: PlanConfig, src, gpu: bool) -> dict:
     loss_fn = model.loss_function if hasattr(model, "loss_function") else model.get_base_model().loss_function
     out = {}
 
-    def step(measure: bool):
+    def micro(measure: bool):
         with autocast():
             if measure:
                 with block_kwargs(model, pc.grad_checkpointing) as kw, count_saved(model) as act:
@@ -630,12 +632,16 @@ def _measure_training(pc: PlanConfig, src, gpu: bool) -> dict:
                 loss = loss_fn(logits=logits, labels=labels, vocab_size=V)
         loss.backward()  # the logits stay referenced through backward, as by a loop's model output (assumption 4)
         del loss, logits
+
+    def step(measure: bool):
+        for i in range(pc.grad_accum):  # assumption 2: micro-batches accumulate into .grad before the step
+            micro(measure and i == pc.grad_accum - 1)
         if measure:
             out["meas_gradients_bytes"] = grad_bytes(model)
         opt.step()
         if measure:
             out["meas_optimizer_bytes"] = optimizer_bytes(opt)
-        opt.zero_grad(set_to_none=False)  # assumption 2: gradients stay allocated, as the planner reads them
+        opt.zero_grad(set_to_none=not pc.keep_grads)  # assumption 2: as the planned loop zeroes (memory 3)
 
     step(False)
     out.update(_static(model, pc.method.value))
@@ -708,6 +714,8 @@ def compare(case: Case, meas: dict) -> dict:
                                optimizer=pc.optimizer.value if pc.method.is_training else None, batch=pc.batch,
                                seq=pc.seq, attn=pc.attn.value, grad_checkpointing=pc.grad_checkpointing, device=device,
                                padding_mask=pc.padding_mask)
+    if pc.method.is_training:
+        row.update(keep_grads=pc.keep_grads, grad_accum=pc.grad_accum)
     if pc.method in (Method.LORA, Method.QLORA):
         row.update(lora_r=pc.lora_r, lora_alpha=pc.lora_alpha, lora_targets=list(pc.lora_targets),
                    lora_dropout=pc.lora_dropout)
@@ -801,6 +809,9 @@ def measurement_row(row: dict, *, source: str) -> dict | None:
                  grad_checkpointing=row["grad_checkpointing"])
         if row.get("padding_mask"):
             r["padding_mask"] = True
+        r["keep_grads"] = bool(row.get("keep_grads"))  # how the measured loop zeroed (memory assumption 3)
+        if (row.get("grad_accum") or 1) > 1:
+            r["grad_accum"] = row["grad_accum"]
     for k in ("lora_r", "lora_alpha", "lora_targets", "lora_dropout", "num_virtual_tokens", "freeze_last_layers",
               "freeze_modules", "kbit_upcast"):
         if row.get(k) is not None:

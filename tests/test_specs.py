@@ -32,7 +32,7 @@ NON_DEFAULT = dict(
     batch=3, seq=77, kv_dtype=None, lora_r=8, lora_alpha=7, lora_targets=("q_proj", "o_proj"),
     lora_dropout=0.25, flash_attention=False, freeze_last_layers=1, freeze_modules=("lm_head", "norm"),
     adapter_size=12, num_virtual_tokens=5, grad_checkpointing=True, attn=Attention.EAGER, padding_mask=True,
-    grad_accum=4, num_gpus=4, zero=0, fsdp="shard_grad_op", offload=Offload.OPTIMIZER, tp=2,
+    grad_accum=4, keep_grads=True, num_gpus=4, zero=0, fsdp="shard_grad_op", offload=Offload.OPTIMIZER, tp=2,
     device=DeviceMode.CUDA, kbit_upcast=False, stack="litgpt")
 INFERENCE = dict(model=LLAMA, kv_dtype=DType.FP8)
 

@@ -52,7 +52,11 @@ HELP: dict[str, tuple[str, str]] = {
     "num_virtual_tokens": (_TRAIN, "prefix/prompt tuning: virtual tokens"),
     "grad_checkpointing": (_TRAIN, "recompute activations in backward: far less activation memory for ~30%% more "
                                    "compute; --no-grad-checkpointing turns it off"),
-    "grad_accum": (_TRAIN, "micro-batches per optimizer step (no extra memory)"),
+    "grad_accum": (_TRAIN, "micro-batches per optimizer step (no extra memory beyond keeping the gradients live "
+                           "through the later micro-batches' forward)"),
+    "keep_grads": (_TRAIN, "the loop keeps gradients allocated through the next forward (zero_grad("
+                           "set_to_none=False)); off: Trainer's zero_grad() frees them (set_to_none=True), so a "
+                           "full fine-tune's forward runs without them"),
     "batch": (_WORK, "sequences per micro-batch per GPU"),
     "seq": (_WORK, "tokens per sequence (inference: the whole context)"),
     "attn": (_WORK, "sdpa (fused, no seq^2 buffers) or eager (keeps heads x seq^2 scores: much more memory)"),
@@ -256,8 +260,8 @@ def config_dict_from_mapping(entry) -> dict:
 
 
 # ---- flags a configuration ignores (specs assumption 5: a flag the method ignores is an error when given) ----
-_TRAINING_ONLY = ("optimizer", "training_precision", "grad_checkpointing", "grad_accum", "zero", "fsdp", "offload",
-                  "padding_mask", "kbit_upcast")
+_TRAINING_ONLY = ("optimizer", "training_precision", "grad_checkpointing", "grad_accum", "keep_grads", "zero", "fsdp",
+                  "offload", "padding_mask", "kbit_upcast")
 _BY_METHOD = {"lora_r": ("lora", "qlora"), "lora_alpha": ("lora", "qlora"), "lora_targets": ("lora", "qlora"),
               "lora_dropout": ("lora", "qlora"), "freeze_last_layers": ("freeze",), "freeze_modules": ("freeze",),
               "adapter_size": ("adapter",), "num_virtual_tokens": ("prefix", "prompt")}

@@ -28,9 +28,20 @@ Assumptions (numbered; notes in the plan refer to them):
    (families F3).
 2. PEFT adapters are fp32 (``autocast_adapter_dtype=True``, the default) and cast their input to fp32
    (``LoraLayer._cast_input_dtype``); their gradients and optimizer states are fp32 too.
-3. Gradients are counted as live through the next forward/backward: the safe reading (gradient
-   accumulation and ``zero_grad(set_to_none=False)`` keep them; with ``set_to_none=True`` the true peak is
-   lower by the gradient bytes). Checked against the published full fine-tune rows.
+3. Gradients and the next forward: transformers 5.24's ``Trainer`` zeroes with ``model.zero_grad()``
+   (``trainer.py`` lines 1651 and 1954), whose default is ``set_to_none=True`` (torch 2.13
+   ``nn/modules/module.py`` ``Module.zero_grad``; ``optim/optimizer.py`` ``Optimizer.zero_grad`` likewise), so a
+   step's forward runs without the previous step's gradients (``keep_grads=False``, the default): they come back
+   during backward and are live through the optimizer step. The planned peak is then the largest of the forward and
+   loss peak without them (3, 4-6), the end of backward (every gradient, the logits the loop still holds, the
+   embedding's tail 3b) and the step (every gradient plus the step's transient, 8). ``keep_grads=True`` is a loop
+   that keeps them (``zero_grad(set_to_none=False)``: vramcalc 0.1.2's ``bench.py``), counted through the whole
+   step. Gradient accumulation > 1 keeps them live through the later micro-batches' forward whatever the zeroing
+   (Trainer zeroes only after the optimizer step), and so do DeepSpeed ZeRO and FSDP plans (their engines keep
+   flat gradient buffers, 9d; not modelled otherwise). On CUDA the freed gradient blocks stay cached (10b):
+   reserved is planned as with kept gradients. Middle-of-backward points (some gradients made, some activations
+   not yet freed) are not summed: measured on a CPU by ``quantlab validate`` below the three phases above for the
+   validated rows (profiles/validation/matrix.yaml, ``keep-grads: false``).
    3b. At the end of backward a trainable embedding's gradient is a whole V x h tensor before it is added into
    ``.grad``; tied to lm_head, lm_head's gradient waits for it in autograd's input buffer from the start of
    backward (beside every later phase: block backward, checkpoint recompute) and the two are summed out of place
@@ -359,6 +370,12 @@ def _embed_trains(cfg: PlanConfig, pc: ParamCounts) -> bool:
         return False
     mods = set(cfg.freeze_modules)
     return bool(mods & {"embed_tokens", "wte"}) or ("lm_head" in mods and pc.lm_head == 0)
+
+
+def keeps_grads(cfg: PlanConfig) -> bool:
+    """Gradients are live through the forward (assumption 3): the loop keeps them (``keep_grads``), gradient
+    accumulation > 1 carries them across micro-batches, or a ZeRO/FSDP engine keeps its flat gradient buffers."""
+    return cfg.keep_grads or cfg.grad_accum > 1 or bool(cfg.zero or cfg.fsdp)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -866,7 +883,7 @@ def _bipoly_at(coefs: tuple, b: int, s: int) -> tuple[int, ...]:
 
 
 class _Static(namedtuple("_Static", "cfg training pc params active attn dtypes trainable head static paged_state "
-                                   "opt_step ddp_buckets notes_pre notes_post poly consts context_len notes")):
+                                   "opt_step ddp_buckets notes_pre notes_post poly consts context_len notes grads_dyn embed_grad")):
     """What a plan does not owe to its batch and sequence: ``cfg`` (the configuration it was built from; its batch
     and sequence are not used), ``training``, ``pc`` (ParamCounts), ``params``, ``active``, ``attn`` (the attention
     that runs), ``dtypes`` (:func:`_dtypes`), ``trainable``, ``head`` ((name, bytes) of the static components, in
@@ -874,7 +891,9 @@ class _Static(namedtuple("_Static", "cfg training pc params active attn dtypes t
     ``ddp_buckets``, the notes before (``notes_pre``) and after (``notes_post``) the sequence warning and both
     (``notes``), ``poly`` (:func:`_bipoly` coefficients of :func:`_train_terms`, or None where it is evaluated
     directly: tensor parallelism's integer division), ``consts`` (its shape-free terms) and ``context_len`` (the
-    model's context: beyond it a plan warns)."""
+    model's context: beyond it a plan warns), ``grads_dyn`` (gradient bytes that are not live through the forward,
+    assumption 3: part of the dynamic peak, not of ``static``) and ``embed_grad`` (a trainable embedding's one V·h
+    gradient, 3b)."""
 
     __slots__ = ()
 
@@ -927,7 +946,7 @@ def _build_static(cfg: PlanConfig) -> _Static:
     n_trainable, tensors, adapter_n = trainable(cfg, pc, notes)  # assumption 2
     adapters = adapter_n * 4
     head = [("weights", weights_b)]
-    opt_step = ddp_buckets = paged_state = 0
+    opt_step = ddp_buckets = paged_state = grads_dyn = embed_grad = 0
     poly = consts = None
     if not training:  # assumption 7
         if quant_constants:
@@ -951,7 +970,18 @@ def _build_static(cfg: PlanConfig) -> _Static:
         _, consts = _train_terms(cfg, pc, attn, dtypes, notes, 1, 1)  # assumptions 3b, 4, 5, 6 (notes shape-free)
         if cfg.tp == 1:
             poly = _bipoly(lambda b, s: _train_terms(cfg, pc, attn, dtypes, [], b, s)[0])
-        static = weights_b + quant_constants + adapters + gradients + ddp_buckets + (0 if paged else opt_state)
+        grads_dyn = 0 if keeps_grads(cfg) else gradients  # assumption 3
+        if grads_dyn:
+            notes.append("gradients freed by zero_grad(set_to_none=True) (Trainer's zeroing): the forward runs without "
+                         "them; --keep-grads plans a loop that keeps them (assumption 3)")
+        elif not cfg.keep_grads:
+            notes.append("gradients live through the forward: " + ("gradient accumulation keeps them through the "
+                         "later micro-batches" if cfg.grad_accum > 1 else "ZeRO/FSDP keep flat gradient buffers")
+                         + " (assumption 3)")
+        if _embed_trains(cfg, pc):
+            embed_grad = cfg.model.vocab_size * cfg.model.hidden_size * (4 if method in _PEFT else load)
+        static = weights_b + quant_constants + adapters + gradients - grads_dyn + ddp_buckets \
+            + (0 if paged else opt_state)
         paged_state = opt_state if paged else 0
         if paged:
             notes.append("paged optimizer states live in CUDA unified memory: counted in the process total, "
@@ -962,11 +992,13 @@ def _build_static(cfg: PlanConfig) -> _Static:
                    trainable=n_trainable if training else 0, head=tuple(head), static=static, paged_state=paged_state,
                    opt_step=opt_step, ddp_buckets=ddp_buckets, notes_pre=pre, notes_post=tuple(notes), poly=poly,
                    consts=consts, context_len=m.max_position_embeddings,
-                   notes=pre + tuple(notes))
+                   notes=pre + tuple(notes), grads_dyn=grads_dyn, embed_grad=embed_grad)
 
 
-def _shaped(st: _Static, cfg: PlanConfig, b: int, s: int) -> tuple[dict, int, int]:
-    """(components, dynamic peak, allocated) of ``st``'s configuration at batch ``b`` and sequence ``s``."""
+def _shaped(st: _Static, cfg: PlanConfig, b: int, s: int) -> tuple[dict, int, int, int]:
+    """(components, dynamic peak, allocated, dynamic peak the allocator plans) of ``st``'s configuration at batch
+    ``b`` and sequence ``s``: the last is the dynamic peak with the gradients counted static (assumption 3: freed
+    gradient blocks stay cached; the allocator plans above them), the dynamic peak itself where they are static."""
     comps = dict(st.head)
     if not st.training:  # assumption 7
         kv = kv_cache(cfg, b, s)
@@ -989,10 +1021,18 @@ def _shaped(st: _Static, cfg: PlanConfig, b: int, s: int) -> tuple[dict, int, in
         if st.ddp_buckets:
             comps["ddp_buckets"] = st.ddp_buckets
         comps["optimizer_step"] = st.opt_step
+        kept = max(fwd_bwd, st.opt_step, keep_logits + embed_tail)
+        G = st.grads_dyn
+        if G:  # assumption 3: forward without gradients; end of backward and the step with them
+            embed_tail -= st.embed_grad  # (.grad is None: AccumulateGrad takes the embedding's gradient as it is)
+            dynamic = max(fwd_bwd, G + st.opt_step, G + keep_logits + embed_tail)
+            if embed_tail:
+                comps["embedding_grad_tail"] = embed_tail
+            return comps, dynamic, st.static + dynamic, kept
         if embed_tail:
             comps["embedding_grad_tail"] = embed_tail
-        dynamic = max(fwd_bwd, st.opt_step, keep_logits + embed_tail)
-    return comps, dynamic, st.static + dynamic
+        dynamic = kept
+    return comps, dynamic, st.static + dynamic, dynamic
 
 
 def _seq_notes(cfg: PlanConfig, seq: int) -> tuple:
@@ -1004,8 +1044,10 @@ def _seq_notes(cfg: PlanConfig, seq: int) -> tuple:
 
 def _plan_from(st: _Static, cfg: PlanConfig) -> Plan:
     """The plan of ``cfg`` from its shape-free part ``st``: the shaped terms, then the allocator (assumption 10)."""
-    comps, dynamic, allocated = _shaped(st, cfg, cfg.batch, cfg.seq)
-    reserve, context = allocator(cfg, dynamic, comps)
+    comps, dynamic, allocated, planned = _shaped(st, cfg, cfg.batch, cfg.seq)
+    reserve, context = allocator(cfg, planned, comps)
+    if cfg.device is DeviceMode.CUDA:  # freed gradient blocks stay cached (assumption 3)
+        reserve += st.static + st.grads_dyn + planned - allocated
     comps["cuda_context"] = context
     comps["allocator_reserve"] = reserve
     reserved = allocated + reserve
@@ -1032,8 +1074,10 @@ def process_bytes_at(cfg: PlanConfig, batch: int | None = None, seq: int | None 
     if b <= 0 or s <= 0:
         raise SpecError(f"batch and seq must be positive integers, got {b}, {s}")
     st = _static(cfg)
-    comps, dynamic, allocated = _shaped(st, cfg, b, s)
-    reserve, context = allocator(cfg, dynamic, comps)
+    comps, dynamic, allocated, planned = _shaped(st, cfg, b, s)
+    reserve, context = allocator(cfg, planned, comps)
+    if cfg.device is DeviceMode.CUDA:  # freed gradient blocks stay cached (assumption 3)
+        allocated = st.static + st.grads_dyn + planned
     return allocated + reserve + context + st.paged_state
 
 

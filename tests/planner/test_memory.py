@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 
 from quantlab.planner import plan
+from quantlab.planner.memory import process_bytes_at
 from quantlab.planner.formats import weight_format
 from quantlab.profiles import load_model
 from quantlab.specs import (ALL_LINEAR, Attention, DeviceMode, DType, Method, Optimizer, PlanConfig, Precision,
@@ -223,3 +224,49 @@ def test_tensor_parallel_splits_heads_not_the_residual_stream():
     assert one / 2 < two < one
     ck = dataclasses.replace(base, grad_checkpointing=True)
     assert plan(dataclasses.replace(ck, num_gpus=2, tp=2)).components["activations"] == plan(ck).components["activations"]
+
+
+# ---- memory assumption 3: gradients through the next forward (keep_grads, grad_accum) -------------------------
+
+def _full_1b(**kw):
+    from quantlab.profiles import load_model
+
+    return PlanConfig(model=load_model("llama-3.2-1b").spec, method=Method.FULL, batch=1, seq=2048, **kw)
+
+
+def test_set_to_none_takes_the_gradients_out_of_the_forward_peak():
+    """Trainer's zero_grad() (set_to_none=True): the forward+loss peak runs without the gradients, so the peak is
+    the largest of the forward (no gradients), the end of backward and the optimizer step (both with them)."""
+    keep = plan(_full_1b(keep_grads=True))
+    free = plan(_full_1b())
+    c = free.components
+    G = c["gradients"]
+    assert G == keep.components["gradients"] > 0
+    assert free.peak_allocated_bytes < keep.peak_allocated_bytes
+    static = sum(c.get(k, 0) for k in ("weights", "quant_constants", "adapters", "optimizer"))
+    fwd = c["activations"] + c["logits_loss"]
+    assert free.peak_allocated_bytes >= static + G + c["optimizer_step"]  # the step keeps every gradient
+    assert free.peak_allocated_bytes >= static + fwd
+    assert keep.peak_allocated_bytes - free.peak_allocated_bytes <= G
+    # on CUDA the freed gradient blocks stay cached: reserved is the kept plan's
+    assert free.peak_reserved_bytes == keep.peak_reserved_bytes
+    assert any("set_to_none=True" in n for n in free.notes)
+
+
+def test_gradient_accumulation_and_sharding_keep_the_gradients_live():
+    keep = plan(_full_1b(keep_grads=True)).peak_allocated_bytes
+    assert plan(_full_1b(grad_accum=2)).peak_allocated_bytes == keep
+    a = plan(_full_1b(grad_accum=2))
+    assert any("gradient accumulation keeps them" in n for n in a.notes)
+    z = plan(_full_1b(num_gpus=2, zero=2))
+    assert any("ZeRO/FSDP keep flat gradient buffers" in n for n in z.notes)
+
+
+def test_keep_grads_makes_no_difference_to_inference_and_cpu_reserved_is_allocated():
+    from quantlab.profiles import load_model
+
+    m = load_model("llama-3.2-1b").spec
+    assert plan(PlanConfig(model=m)).peak_allocated_bytes == plan(PlanConfig(model=m, keep_grads=True)).peak_allocated_bytes
+    p = plan(_full_1b(device=DeviceMode.CPU))
+    assert p.peak_reserved_bytes == p.process_bytes == p.peak_allocated_bytes
+    assert process_bytes_at(_full_1b()) == plan(_full_1b()).process_bytes

@@ -118,7 +118,7 @@ def test_matrix_entry_equals_the_same_plan_flags():
     add_config_arguments(p)
     args = p.parse_args(["--model", "llama-3.2-1b", "--method", "qlora", "--precision", "nf4", "--double-quant",
                          "--compute-dtype", "bf16", "--batch", "2", "--seq", "64", "--device", "cpu",
-                         "--no-grad-checkpointing"])  # the row keeps measuring the un-checkpointed QLoRA
+                         "--no-grad-checkpointing", "--keep-grads"])  # the row keeps measuring the un-checkpointed QLoRA
     flags = PlanConfig.from_dict(config_dict_from_args(args), model=case.config.model)
     assert case.config == flags
     assert case.config.model.num_hidden_layers == 2 and case.config.model.vocab_size == 4096
