@@ -57,6 +57,18 @@ HELP: dict[str, tuple[str, str]] = {
     "keep_grads": (_TRAIN, "the loop keeps gradients allocated through the next forward (zero_grad("
                            "set_to_none=False)); off: Trainer's zero_grad() frees them (set_to_none=True), so a "
                            "full fine-tune's forward runs without them"),
+    "loss": (_TRAIN, "the loss head: hf (transformers' loss: full logits upcast to fp32), chunked (torchtune's "
+                     "CEWithChunkedOutputLoss: fp32 one chunk at a time), liger (Liger-Kernel's fused linear "
+                     "cross-entropy: no logits; needs Triton, CUDA), trl-fused (TRL 1.16's fused LM head, what "
+                     "SFTTrainer runs: no logits)"),
+    "optimizer_in_backward": (_TRAIN, "step each parameter in a post-accumulate-grad hook and free its gradient "
+                                      "(one gradient alive at a time; no gradient accumulation)"),
+    "packed": (_WORK, "training batches are packed sequences with position_ids (no padding, no attention mask: "
+                      "SDPA runs is_causal on the packed rows)"),
+    "torch_compile": (_TRAIN, "the model runs under torch.compile: inductor may recompute instead of saving "
+                              "(not modelled: the plan is the eager one, with a note)"),
+    "expandable_segments": (_SHARD, "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True: one growing segment per "
+                                    "pool, less fragmentation in reserved memory"),
     "batch": (_WORK, "sequences per micro-batch per GPU"),
     "seq": (_WORK, "tokens per sequence (inference: the whole context)"),
     "attn": (_WORK, "sdpa (fused, no seq^2 buffers) or eager (keeps heads x seq^2 scores: much more memory)"),
@@ -261,7 +273,7 @@ def config_dict_from_mapping(entry) -> dict:
 
 # ---- flags a configuration ignores (specs assumption 5: a flag the method ignores is an error when given) ----
 _TRAINING_ONLY = ("optimizer", "training_precision", "grad_checkpointing", "grad_accum", "keep_grads", "zero", "fsdp",
-                  "offload", "padding_mask", "kbit_upcast")
+                  "offload", "padding_mask", "kbit_upcast", "loss", "optimizer_in_backward", "packed")
 _BY_METHOD = {"lora_r": ("lora", "qlora"), "lora_alpha": ("lora", "qlora"), "lora_targets": ("lora", "qlora"),
               "lora_dropout": ("lora", "qlora"), "freeze_last_layers": ("freeze",), "freeze_modules": ("freeze",),
               "adapter_size": ("adapter",), "num_virtual_tokens": ("prefix", "prompt")}
