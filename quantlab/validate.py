@@ -777,7 +777,8 @@ def compare(case: Case, meas: dict) -> dict:
                                seq=pc.seq, attn=pc.attn.value, grad_checkpointing=pc.grad_checkpointing, device=device,
                                padding_mask=pc.padding_mask)
     if pc.method.is_training:
-        row.update(keep_grads=pc.keep_grads, grad_accum=pc.grad_accum)
+        row.update(keep_grads=pc.keep_grads, grad_accum=pc.grad_accum, loss=pc.loss.value, packed=pc.packed,
+                   optimizer_in_backward=pc.optimizer_in_backward)
     if pc.method in (Method.LORA, Method.QLORA):
         row.update(lora_r=pc.lora_r, lora_alpha=pc.lora_alpha, lora_targets=list(pc.lora_targets),
                    lora_dropout=pc.lora_dropout)
@@ -872,6 +873,11 @@ def measurement_row(row: dict, *, source: str) -> dict | None:
         if row.get("padding_mask"):
             r["padding_mask"] = True
         r["keep_grads"] = bool(row.get("keep_grads"))  # how the measured loop zeroed (memory assumption 3)
+        for k in ("packed", "optimizer_in_backward"):
+            if row.get(k):
+                r[k] = True
+        if row.get("loss", "hf") != "hf":
+            r["loss"] = row["loss"]
         if (row.get("grad_accum") or 1) > 1:
             r["grad_accum"] = row["grad_accum"]
     for k in ("lora_r", "lora_alpha", "lora_targets", "lora_dropout", "num_virtual_tokens", "freeze_last_layers",

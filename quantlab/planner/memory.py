@@ -172,6 +172,15 @@ Assumptions (numbered; notes in the plan refer to them):
     partition``) chooses what the compiled forward saves and recomputes cheap elementwise ops in backward; the saved
     set then differs from eager's op-by-op rule (assumption 4). Not modelled: the plan is the eager plan, with a
     note.
+18. ``qat_group_size``: torchao 0.18's QAT (``QATConfig(IntxWeightOnlyConfig(int4, PerGroup(g)), step="prepare")``,
+    as :mod:`quantlab.lab.qat` runs it) swaps every block linear for ``FakeQuantizedLinear``, whose forward
+    (``torchao/quantization/qat/fake_quantizer.py`` ``IntxFakeQuantizer.forward`` -> ``_fake_quantize_affine`` in
+    ``quant_primitives.py``) saves, beside what ``nn.Linear`` saves: the grouped ``w / scale + zero_point`` (out,
+    in/g, g) the rounding's straight-through backward keeps, the dequantized weight (a new tensor) the matmul keeps
+    for the input gradient, and two fp32 per-group tensors (scale, zero point): 4·W + b·W + 2·4·W/g bytes per linear
+    of W weights in dtype b (measured in fp32 by tests/lab/test_qat.py and tests/planner/test_qat_plan.py; the fp32
+    grouped copy under bf16 weights is read from the code, not measured). lm_head and the embeddings are not
+    fake-quantized. A frozen block keeps the dequantized weight only.
 """
 
 from __future__ import annotations
@@ -484,10 +493,28 @@ def _saver_notes(cfg: PlanConfig) -> list[str]:
         out.append("packed sequences: transformers 5 finds the packed rows from position_ids "
                    "(find_packed_sequence_indices) and SDPA gets a block-diagonal mask, as padded batches do "
                    "(assumption 16)")
+    if cfg.qat_group_size:
+        out.append(f"QAT (torchao 0.18 int4 fake quantization, groups of {cfg.qat_group_size}): each block linear also "
+                   "saves its grouped and its dequantized weight and two per-group tensors (assumption 18)")
     if cfg.torch_compile:
         out.append("torch.compile: inductor's min-cut partitioner recomputes cheap ops instead of saving them, so the "
                    "saved tensors differ from eager; not modelled: this is the eager plan (assumption 17)")
     return out
+
+
+def _qat_saved(cfg: PlanConfig, w: int) -> tuple[int, int]:
+    """(bytes a trained block, a frozen block with an input gradient) saves for backward beyond nn.Linear's under
+    torchao's QAT fake quantization (assumption 18): per linear of W weights, the grouped ``w / scale + zero_point``
+    (fp32: the scales are fp32) and the dequantized weight (``w``'s dtype), and two fp32 per-group tensors; frozen,
+    only the dequantized weight the matmul keeps for the input gradient."""
+    g = cfg.qat_group_size
+    trained = frozen = 0
+    for l in block_linears(cfg.model):
+        if l.module:
+            W = l.count * l.in_features * l.out_features // cfg.tp
+            trained += 4 * W + w * W + 2 * 4 * (W // g)
+            frozen += w * W
+    return trained, frozen
 
 
 def keeps_grads(cfg: PlanConfig) -> bool:
@@ -905,9 +932,10 @@ def _train_terms(cfg: PlanConfig, pc: ParamCounts, attn: Attention, dtypes: tupl
     adapter_size = cfg.adapter_size if method is Method.ADAPTER else 0
     per = []
     grad_blocks = blocks = 0
+    qat = _qat_saved(cfg, tw_bytes) if cfg.qat_group_size else (0, 0)  # assumption 18
     for n, trains, ig in _block_groups(cfg, pc):
         if n > 0:
-            v = block_saved(m, x, trains, lora, ig, ia3, adapter_size)
+            v = block_saved(m, x, trains, lora, ig, ia3, adapter_size) + (qat[0] if trains else qat[1] if ig else 0)
             per.append((n, trains, ig, v))
             if v:
                 grad_blocks += n
