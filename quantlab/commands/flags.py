@@ -63,8 +63,8 @@ HELP: dict[str, tuple[str, str]] = {
                      "SFTTrainer runs: no logits)"),
     "optimizer_in_backward": (_TRAIN, "step each parameter in a post-accumulate-grad hook and free its gradient "
                                       "(one gradient alive at a time; no gradient accumulation)"),
-    "packed": (_WORK, "training batches are packed sequences with position_ids (no padding, no attention mask: "
-                      "SDPA runs is_causal on the packed rows)"),
+    "packed": (_WORK, "training rows pack several documents told apart by position_ids (no padding, no mask): "
+                      "transformers 5 builds a block-diagonal mask for SDPA from them, as for padded batches"),
     "torch_compile": (_TRAIN, "the model runs under torch.compile: inductor may recompute instead of saving "
                               "(not modelled: the plan is the eager one, with a note)"),
     "expandable_segments": (_SHARD, "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True: one growing segment per "
