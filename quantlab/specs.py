@@ -460,7 +460,7 @@ class PlanConfig:
     packed: bool = False  # packed sequences with position_ids, no padding and no attention mask (memory 16)
     torch_compile: bool = False  # torch.compile: inductor changes what is saved (not modelled; memory 17)
     expandable_segments: bool = False  # PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (allocator 10h)
-    qat_group_size: int | None = None  # QAT: torchao int4 fake quantization of the block linears, N-weight groups (memory 18)
+    qat_group: int | None = None  # QAT: torchao int4 fake quantization of the block linears, N-weight groups (memory 18)
     num_gpus: int = 1
     zero: int = 0  # DeepSpeed ZeRO stage 0..3
     fsdp: str | None = None  # "full_shard" | "shard_grad_op"
@@ -691,20 +691,20 @@ def _check_contradictions(c: "PlanConfig") -> None:
     if c.optimizer_in_backward and (c.zero or c.fsdp or c.num_gpus > 1):
         raise SpecError("--optimizer-in-backward is planned for one process (a hook per parameter); drop the "
                         "sharding flags")
-    if c.qat_group_size is not None:
+    if c.qat_group is not None:
         if not c.method.is_training or c.method not in (Method.FULL, Method.FREEZE):
-            raise SpecError("--qat-group-size plans QAT fake quantization of trained weights: give --method full or "
+            raise SpecError("--qat-group plans QAT fake quantization of trained weights: give --method full or "
                             "freeze (torchao's QAT with LoRA is not modelled)")
         if not c.precision.is_float:
             raise SpecError(f"QAT fake-quantizes float weights, not {c.precision.value}")
-        g = c.qat_group_size
+        g = c.qat_group
         if not isinstance(g, int) or isinstance(g, bool) or g <= 0:
-            raise SpecError(f"qat-group-size must be a positive integer, got {g!r}")
+            raise SpecError(f"qat-group must be a positive integer, got {g!r}")
         from quantlab.families import block_linears
 
         for l in block_linears(c.model):
             if l.module and l.in_features % g:
-                raise SpecError(f"--qat-group-size {g} does not divide {l.name}'s {l.in_features} inputs")
+                raise SpecError(f"--qat-group {g} does not divide {l.name}'s {l.in_features} inputs")
     if c.packed and c.padding_mask:
         raise SpecError("--packed batches have no padding; drop --padded (or --packed)")
     if c.offload is Offload.PARAMS and c.zero in (1, 2):

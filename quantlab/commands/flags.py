@@ -69,7 +69,7 @@ HELP: dict[str, tuple[str, str]] = {
                               "(not modelled: the plan is the eager one, with a note)"),
     "expandable_segments": (_SHARD, "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True: one growing segment per "
                                     "pool, less fragmentation in reserved memory"),
-    "qat_group_size": (_TRAIN, "quantization-aware training: torchao int4 fake quantization of the block linears "
+    "qat_group": (_TRAIN, "quantization-aware training: torchao int4 fake quantization of the block linears "
                                "in groups of N weights (each linear saves two weight-sized copies for backward)"),
     "batch": (_WORK, "sequences per micro-batch per GPU"),
     "seq": (_WORK, "tokens per sequence (inference: the whole context)"),
@@ -101,7 +101,7 @@ DEFAULT_TEXT = {"precision": "nf4 for qlora, bf16 otherwise", "compute_dtype": "
                 "lora_targets": "PEFT's per-family default: q_proj,v_proj; c_attn for gpt2; qkv_proj for phi3",
                 "kv_dtype": "the compute dtype", "fsdp": "off", "freeze_modules": "none",
                 "flash_attention": "FlashAttention on GPUs with bf16 (sm80+)",
-                "stack": "the installed transformers' major version, else transformers==5", "qat_group_size": "off"}
+                "stack": "the installed transformers' major version, else transformers==5", "qat_group": "off"}
 RESOLVED_LATER = ("precision", "compute_dtype", "flash_attention", "grad_checkpointing", "lora_targets", "stack")
 NEGATABLE = ("grad_checkpointing",)  # --X and --no-X (argparse.BooleanOptionalAction's spelling)
 CHOICES = {"compute_dtype": ("fp32", "fp16", "bf16"), "zero": (0, 1, 2, 3), "fsdp": ("full_shard", "shard_grad_op")}
@@ -276,7 +276,7 @@ def config_dict_from_mapping(entry) -> dict:
 # ---- flags a configuration ignores (specs assumption 5: a flag the method ignores is an error when given) ----
 _TRAINING_ONLY = ("optimizer", "training_precision", "grad_checkpointing", "grad_accum", "keep_grads", "zero", "fsdp",
                   "offload", "padding_mask", "kbit_upcast", "loss", "optimizer_in_backward", "packed",
-                  "qat_group_size")
+                  "qat_group")
 _BY_METHOD = {"lora_r": ("lora", "qlora"), "lora_alpha": ("lora", "qlora"), "lora_targets": ("lora", "qlora"),
               "lora_dropout": ("lora", "qlora"), "freeze_last_layers": ("freeze",), "freeze_modules": ("freeze",),
               "adapter_size": ("adapter",), "num_virtual_tokens": ("prefix", "prompt")}

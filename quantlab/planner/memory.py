@@ -172,7 +172,7 @@ Assumptions (numbered; notes in the plan refer to them):
     partition``) chooses what the compiled forward saves and recomputes cheap elementwise ops in backward; the saved
     set then differs from eager's op-by-op rule (assumption 4). Not modelled: the plan is the eager plan, with a
     note.
-18. ``qat_group_size``: torchao 0.18's QAT (``QATConfig(IntxWeightOnlyConfig(int4, PerGroup(g)), step="prepare")``,
+18. ``qat_group``: torchao 0.18's QAT (``QATConfig(IntxWeightOnlyConfig(int4, PerGroup(g)), step="prepare")``,
     as :mod:`quantlab.lab.qat` runs it) swaps every block linear for ``FakeQuantizedLinear``, whose forward
     (``torchao/quantization/qat/fake_quantizer.py`` ``IntxFakeQuantizer.forward`` -> ``_fake_quantize_affine`` in
     ``quant_primitives.py``) saves, beside what ``nn.Linear`` saves: the grouped ``w / scale + zero_point`` (out,
@@ -493,8 +493,8 @@ def _saver_notes(cfg: PlanConfig) -> list[str]:
         out.append("packed sequences: transformers 5 finds the packed rows from position_ids "
                    "(find_packed_sequence_indices) and SDPA gets a block-diagonal mask, as padded batches do "
                    "(assumption 16)")
-    if cfg.qat_group_size:
-        out.append(f"QAT (torchao 0.18 int4 fake quantization, groups of {cfg.qat_group_size}): each block linear also "
+    if cfg.qat_group:
+        out.append(f"QAT (torchao 0.18 int4 fake quantization, groups of {cfg.qat_group}): each block linear also "
                    "saves its grouped and its dequantized weight and two per-group tensors (assumption 18)")
     if cfg.torch_compile:
         out.append("torch.compile: inductor's min-cut partitioner recomputes cheap ops instead of saving them, so the "
@@ -507,7 +507,7 @@ def _qat_saved(cfg: PlanConfig, w: int) -> tuple[int, int]:
     torchao's QAT fake quantization (assumption 18): per linear of W weights, the grouped ``w / scale + zero_point``
     (fp32: the scales are fp32) and the dequantized weight (``w``'s dtype), and two fp32 per-group tensors; frozen,
     only the dequantized weight the matmul keeps for the input gradient."""
-    g = cfg.qat_group_size
+    g = cfg.qat_group
     trained = frozen = 0
     for l in block_linears(cfg.model):
         if l.module:
@@ -932,7 +932,7 @@ def _train_terms(cfg: PlanConfig, pc: ParamCounts, attn: Attention, dtypes: tupl
     adapter_size = cfg.adapter_size if method is Method.ADAPTER else 0
     per = []
     grad_blocks = blocks = 0
-    qat = _qat_saved(cfg, tw_bytes) if cfg.qat_group_size else (0, 0)  # assumption 18
+    qat = _qat_saved(cfg, tw_bytes) if cfg.qat_group else (0, 0)  # assumption 18
     for n, trains, ig in _block_groups(cfg, pc):
         if n > 0:
             v = block_saved(m, x, trains, lora, ig, ia3, adapter_size) + (qat[0] if trains else qat[1] if ig else 0)

@@ -33,7 +33,7 @@ def test_planned_qat_copies_equal_the_measured_ones():
         q(x, labels=x).loss
     cfg = PlanConfig(model=_spec(m), method=Method.FULL, precision=Precision.FP32, compute_dtype=DType.FP32,
                      batch=2, seq=32, device=DeviceMode.CPU)
-    planned = plan(dataclasses.replace(cfg, qat_group_size=GROUP)).components["activations"] \
+    planned = plan(dataclasses.replace(cfg, qat_group=GROUP)).components["activations"] \
         - plan(cfg).components["activations"]
     assert planned == qat.bytes - plain.bytes > 0
 
@@ -43,8 +43,8 @@ def test_qat_refuses_what_it_does_not_plan():
 
     m = load_model("llama-3.2-1b").spec
     for kw, word in ((dict(method=Method.LORA), "--method full or freeze"), (dict(method=Method.INFERENCE), "full"),
-                     (dict(method=Method.FULL, qat_group_size=48), "does not divide")):
+                     (dict(method=Method.FULL, qat_group=48), "does not divide")):
         with pytest.raises(SpecError, match=word):
-            PlanConfig(model=m, **{"qat_group_size": 32, **kw})
-    p = plan(PlanConfig(model=m, method=Method.FULL, qat_group_size=32))
+            PlanConfig(model=m, **{"qat_group": 32, **kw})
+    p = plan(PlanConfig(model=m, method=Method.FULL, qat_group=32))
     assert any("QAT" in n for n in p.notes)
