@@ -164,10 +164,12 @@ Assumptions (numbered; notes in the plan refer to them):
     ``masking_utils.py`` (``_preprocess_mask_arguments``) runs ``find_packed_sequence_indices`` when the 2-D mask is
     None and there is no cache: a row whose positions restart is packed, and the mask function gains
     ``packed_sequence_mask_function`` with ``allow_is_causal_skip = False``, so SDPA gets a block-diagonal bool mask
-    and GQA's K/V repeated, exactly as for padded batches (activations A3c). A row with one document is not packed
-    (``find_packed_sequence_indices`` returns None) and plans as unpacked (``is_causal``). FlashAttention-2's varlen
-    path (no mask) is not modelled here. Under checkpointing the packed mask path measured 4 masks of b·s² bytes
-    more than planned on a tiny Llama (not in the matrix: not yet explained).
+    (b·s², 1 byte; under checkpointing a keyword every block's closure holds, as for padded batches, 5). The caller's
+    (B, S) position ids make RoPE's cos and sin one row per sequence (B·S·head_dim each, not one broadcast row).
+    Measured on a CPU (tiny Llama, bf16 LoRA and fp32 checkpointed full fine-tune): exactly those two changes; the
+    padded batches' other terms (activations A3c) do not appear. A row with one document is not packed
+    (``find_packed_sequence_indices`` returns None) and plans as unpacked. FlashAttention-2's varlen path is not
+    modelled.
 17. ``torch_compile``: inductor's partitioner (``torch/_functorch/partitioners.py``, ``min_cut_rematerialization_
     partition``) chooses what the compiled forward saves and recomputes cheap elementwise ops in backward; the saved
     set then differs from eager's op-by-op rule (assumption 4). Not modelled: the plan is the eager plan, with a
@@ -491,7 +493,7 @@ def _saver_notes(cfg: PlanConfig) -> list[str]:
                    "(assumption 14)")
     if cfg.packed:
         out.append("packed sequences: transformers 5 finds the packed rows from position_ids "
-                   "(find_packed_sequence_indices) and SDPA gets a block-diagonal mask, as padded batches do "
+                   "(find_packed_sequence_indices) and SDPA gets a block-diagonal mask; RoPE's cos/sin are per row "
                    "(assumption 16)")
     if cfg.qat_group:
         out.append(f"QAT (torchao 0.18 int4 fake quantization, groups of {cfg.qat_group}): each block linear also "
@@ -921,7 +923,7 @@ def _train_terms(cfg: PlanConfig, pc: ParamCounts, attn: Attention, dtypes: tupl
             cuda=cfg.device is DeviceMode.CUDA, flash=cfg.flash_attention, rank=cfg.lora_r if lora else 0,
             lora_dropout=bool(lora) and cfg.lora_dropout > 0,
             kbit_keeps_input=kbit and (cfg.stack == "litgpt" or cfg.precision is Precision.INT8),
-            prefix=prefix, padded=cfg.padding_mask or cfg.packed, kbit=kbit, tp=tp,  # assumption 16
+            prefix=prefix, padded=cfg.padding_mask, kbit=kbit, tp=tp,
             sdpa_mask=cfg.stack == "transformers==4.57" and attn is Attention.SDPA)  # activations A3d
     T = x.T
     if not x.eager and sdpa_kernel(m, x) == "math":
@@ -948,6 +950,8 @@ def _train_terms(cfg: PlanConfig, pc: ParamCounts, attn: Attention, dtypes: tupl
                              embed_trains=_embed_trains(cfg, pc), head_bytes=c if amp else r,  # lm_head's output
                              prompt_tokens=cfg.num_virtual_tokens if (prompt or prefix) else 0,
                              inputs_grad=(cfg.grad_checkpointing and method in _PEFT) or prompt)
+    if cfg.packed and family(m).positional == "rope":  # assumption 16: the caller's (B, S) position ids give RoPE's
+        outside += 2 * (batch - 1) * s_eff * m.head_dim * r  # cos and sin one row per sequence, not one broadcast
     keep_logits, loss_saved, loss_grads = loss_buffers(cfg, dtypes, batch, seq)
     embed_tail, held = _embedding_grad_tail(cfg, pc, tw_bytes)  # assumption 3b
     loss_peak = keep_logits + loss_saved + loss_grads  # assumptions 6, 12-14
@@ -967,7 +971,7 @@ def _train_terms(cfg: PlanConfig, pc: ParamCounts, attn: Attention, dtypes: tupl
         ckpt = grad_blocks * r * T * m.hidden_size  # block inputs: the residual stream, whole on every rank
         if x.eager and grad_blocks:  # the causal mask (Gemma-2: also the sliding-window one), a block input
             ckpt += attention_masks(m) * batch * s_eff * kv_s * r
-        elif (x.sdpa_mask or x.padded) and grad_blocks and not prefix:  # SDPA's bool mask (activations A3d)
+        elif (x.sdpa_mask or x.padded or cfg.packed) and grad_blocks and not prefix:  # SDPA's bool mask (A3d; 16)
             ckpt += attention_masks(m) * batch * s_eff * kv_s
         if grad_blocks and family(m).positional == "rope":  # int64 position ids, a keyword of every block
             ckpt += 8 * s_eff

@@ -338,9 +338,15 @@ def test_liger_loss_keeps_gradients_not_logits():
     assert any("not validated" in n for n in plan(_tiny(loss=Loss.LIGER)).notes)
 
 
-def test_packed_rows_plan_the_block_diagonal_mask_of_padded_batches():
-    assert plan(_tiny(packed=True)).components["activations"] == plan(_tiny(padding_mask=True)).components["activations"]
-    assert plan(_tiny(packed=True)).components["activations"] > plan(_tiny()).components["activations"]
+def test_packed_rows_plan_per_row_rope_tables_and_the_checkpointed_mask():
+    """Assumption 16 (measured: matrix rows llama-*-packed*): the caller's (B, S) position ids make RoPE's cos and sin
+    one row per sequence; under checkpointing every block's closure also holds the block-diagonal bool mask."""
+    hd, r = 64, 2
+    plain, packed = plan(_tiny()), plan(_tiny(packed=True))
+    assert packed.components["activations"] - plain.components["activations"] == 2 * (2 - 1) * 64 * hd * r
+    ck, ck_packed = plan(_tiny(grad_checkpointing=True)), plan(_tiny(grad_checkpointing=True, packed=True))
+    assert ck_packed.components["activations"] - ck.components["activations"] == 2 * 64 * hd * r + 2 * 64 * 64
+    assert any("find_packed_sequence_indices" in n for n in packed.notes)
 
 
 def test_optimizer_in_backward_holds_one_gradient_at_a_time():
