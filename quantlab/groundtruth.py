@@ -67,6 +67,8 @@ def row_config_dict(row: dict) -> dict:
                                     f"{', '.join(ROW_VALUES[k])}")
             v = ROW_VALUES[k][v]
         d[k] = v
+    if "keep_grads" not in d and d.get("method", "inference") != "inference":
+        d.update(keep_grads_of_source(row.get("source") or ""))
     if d.get("stack") is None:  # the transformers version the row's source names (vramcalc: 4.57.6)
         d.update(stack_of_source(row.get("source") or ""))
     if "flash_attention" not in d and row.get("gpu"):
@@ -74,6 +76,17 @@ def row_config_dict(row: dict) -> dict:
 
         d["flash_attention"] = load_gpu(row["gpu"]).bf16_supported  # fit.for_gpu's rule
     return d
+
+
+def keep_grads_of_source(source: str) -> dict:
+    """``{"keep_grads": True}`` for a training row whose source's loop zeroes with ``set_to_none=False`` (memory.py
+    assumption 3), else ``{}`` (the default: ``set_to_none=True``, as Trainer's ``model.zero_grad()`` and LitGPT's
+    ``optimizer.zero_grad()`` do). vramcalc 0.1.2 ``bench.py`` (its measured table): ``opt.zero_grad(
+    set_to_none=False)`` after each step; ``quantlab validate`` rows written before the row carried ``keep_grads``
+    were measured by the same loop (validate.py then zeroed with ``set_to_none=False``)."""
+    if "vramcalc" in source or source.startswith("quantlab validate"):
+        return {"keep_grads": True}
+    return {}
 
 
 def stack_of_source(source: str) -> dict:

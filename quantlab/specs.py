@@ -136,6 +136,15 @@ class Offload(str, Enum):
     PARAMS = "params"  # parameters and optimizer states
 
 
+class Loss(str, Enum):
+    """How a training step turns the last hidden state into the loss (memory.py assumptions 6, 12-14)."""
+
+    HF = "hf"  # transformers' ForCausalLMLoss: full logits, fp32 log_softmax (memory 6)
+    CHUNKED = "chunked"  # torchtune CEWithChunkedOutputLoss: logits in 8 token chunks, fp32 one chunk at a time (12)
+    LIGER = "liger"  # Liger-Kernel LigerFusedLinearCrossEntropy: no logits, gradients computed in the forward (13)
+    TRL_FUSED = "trl-fused"  # TRL 1.16's fused LM head (add_fused_lm_head, trl_head H1-H6): no logits (14)
+
+
 class DeviceMode(str, Enum):
     """Where the plan is for. ``cpu`` has no CUDA context and no caching-allocator reserve."""
 
@@ -445,6 +454,13 @@ class PlanConfig:
     attn: Attention = Attention.SDPA
     padding_mask: bool = False  # training batches padded to a common width (an attention mask): activations A3c
     grad_accum: int = 1
+    keep_grads: bool = False  # gradients live through the next forward (zero_grad(set_to_none=False)); memory 3
+    loss: Loss = Loss.HF  # the loss head (memory 6, 12-14)
+    optimizer_in_backward: bool = False  # a post-accumulate-grad hook steps and frees each gradient (memory 15)
+    packed: bool = False  # packed sequences with position_ids, no padding and no attention mask (memory 16)
+    torch_compile: bool = False  # torch.compile: inductor changes what is saved (not modelled; memory 17)
+    expandable_segments: bool = False  # PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (allocator 10h)
+    qat_group: int | None = None  # QAT: torchao int4 fake quantization of the block linears, N-weight groups (memory 18)
     num_gpus: int = 1
     zero: int = 0  # DeepSpeed ZeRO stage 0..3
     fsdp: str | None = None  # "full_shard" | "shard_grad_op"
@@ -659,9 +675,38 @@ def _check_contradictions(c: "PlanConfig") -> None:
                             "computes in --compute-dtype")
         if c.optimizer is not Optimizer.ADAMW:
             raise SpecError(f"--optimizer {c.optimizer.value} applies to training; inference has no optimizer")
+        if c.loss is not Loss.HF:
+            raise SpecError(f"--loss {c.loss.value} is a training loss; inference computes no loss (drop --loss)")
+        if c.optimizer_in_backward:
+            raise SpecError("--optimizer-in-backward applies to training; inference has no optimizer")
+        if c.packed:
+            raise SpecError("--packed applies to training batches; inference here is one prompt batch (drop it)")
     elif c.kv_dtype is not None:
         raise SpecError(f"--kv-dtype {c.kv_dtype.value} applies to inference (a training step keeps no KV cache); "
                         "drop it")
+    if c.optimizer_in_backward and c.grad_accum > 1:
+        raise SpecError("--optimizer-in-backward steps each parameter as its gradient is made: it cannot accumulate "
+                        "gradients (torch docs, 'How to save memory by fusing the optimizer step into the backward "
+                        "pass'); use --grad-accum 1")
+    if c.optimizer_in_backward and (c.zero or c.fsdp or c.num_gpus > 1):
+        raise SpecError("--optimizer-in-backward is planned for one process (a hook per parameter); drop the "
+                        "sharding flags")
+    if c.qat_group is not None:
+        if not c.method.is_training or c.method not in (Method.FULL, Method.FREEZE):
+            raise SpecError("--qat-group plans QAT fake quantization of trained weights: give --method full or "
+                            "freeze (torchao's QAT with LoRA is not modelled)")
+        if not c.precision.is_float:
+            raise SpecError(f"QAT fake-quantizes float weights, not {c.precision.value}")
+        g = c.qat_group
+        if not isinstance(g, int) or isinstance(g, bool) or g <= 0:
+            raise SpecError(f"qat-group must be a positive integer, got {g!r}")
+        from quantlab.families import block_linears
+
+        for l in block_linears(c.model):
+            if l.module and l.in_features % g:
+                raise SpecError(f"--qat-group {g} does not divide {l.name}'s {l.in_features} inputs")
+    if c.packed and c.padding_mask:
+        raise SpecError("--packed batches have no padding; drop --padded (or --packed)")
     if c.offload is Offload.PARAMS and c.zero in (1, 2):
         raise SpecError(f"DeepSpeed offloads parameters only at ZeRO-3 (offload_param), not ZeRO-{c.zero}; use "
                         "--zero 3, or --offload optimizer")
@@ -748,7 +793,7 @@ def config_notes(c: "PlanConfig") -> list[str]:
 # ---- dict conversion: one table of field kinds, read from the annotations ---------------------------------
 _MODEL_JSON_NAMES = {"head_dim_": "head_dim"}  # field -> config.json name, where they differ
 _ENUMS = {e.__name__: e for e in (Precision, DType, Method, Optimizer, TrainingPrecision, Attention, Offload,
-                                  DeviceMode)}
+                                  DeviceMode, Loss)}
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 _KINDS: dict[type, dict[str, tuple[str, bool]]] = {}
 

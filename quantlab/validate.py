@@ -13,10 +13,12 @@ allocator reserve):
    parameters of a PEFT method (:func:`quantlab.lab.finetune.component_bytes`).
 2. Training runs two optimizer steps on one synthetic batch of exactly ``batch x seq`` random token ids (no
    padding, no attention mask; a ``padding_mask`` configuration makes the last position of the first row padding,
-   so transformers builds the mask: activations A3c) and measures the second, when the optimizer states exist. Gradients are zeroed with
-   ``set_to_none=False`` so they stay allocated through the next step, the planner's reading (memory
-   assumption 3). ``gradients``: distinct ``p.grad`` storages after backward; ``optimizer``: every tensor in
-   ``optimizer.state`` after the step (:mod:`quantlab.lab.saved_tensors`).
+   so transformers builds the mask: activations A3c) and measures the second, when the optimizer states exist. Gradients are zeroed as
+   the configuration says (memory assumption 3): ``zero_grad(set_to_none=True)`` (Trainer's zeroing, the default
+   ``keep_grads=False``: the measured step starts without gradients) or ``set_to_none=False`` (``keep_grads``: they
+   stay allocated through the next step). ``grad_accum`` > 1 runs that many micro-batches (forward and backward)
+   before the step, the gradients accumulating. ``gradients``: distinct ``p.grad`` storages after backward;
+   ``optimizer``: every tensor in ``optimizer.state`` after the step (:mod:`quantlab.lab.saved_tensors`).
 3. ``activations``: the bytes the model's forward saves for backward (``saved_tensors_hooks``, storages
    deduplicated, parameters and buffers excluded). Under gradient checkpointing the block inputs are saved, and
    the keyword tensors each checkpointed block is called with (RoPE's cos/sin, eager attention masks) are held
@@ -68,6 +70,17 @@ allocator reserve):
    value storages at the end; ``prefill_transient``: the prefill phase's peak less the cache after the first
    forward; ``decode_transient``: the decode phase's peak less the cache at the end (the planner's phases, S1).
 
+10. ``loss=chunked`` (torchtune's ``CEWithChunkedOutputLoss``, not installed here: :func:`chunked_ce` is its
+    ``forward`` in plain torch): the backbone's last hidden state goes through lm_head in 8 ``tensor_split`` chunks
+    along the sequence (torchtune's ``set_num_output_chunks``), the labels shifted once by the recipe (an ignore
+    column appended); ``logits_loss`` is the chunks plus what the loss saves. ``loss=trl-fused`` is measured in
+    TRL's own SFTTrainer by the integration (reports/integrations-cpu); ``liger`` needs Triton (no CPU run).
+12. ``optimizer_in_backward``: torch's "fuse the optimizer step into the backward pass" loop: one optimizer per
+    trainable parameter, stepped and zeroed (``set_to_none=True``) in ``register_post_accumulate_grad_hook``; no
+    ``optimizer.step()`` after backward. ``optimizer`` is every per-parameter optimizer's state.
+11. ``packed``: each row holds two documents, told apart by ``position_ids`` restarting at 0 half way, with no
+    attention mask (what a packing collator with ``return_position_ids`` hands the model).
+
 Targets (issue #5): on a CPU every tensor component within 2% and every total within 3%; on a GPU allocated
 within 3%, reserved and process within 6%. An error is ``(predicted - measured) / measured``: negative is an
 under-prediction, the dangerous direction.
@@ -85,7 +98,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from quantlab.errors import QuantlabError
-from quantlab.specs import DeviceMode, Method, PlanConfig
+from quantlab.specs import DeviceMode, Loss, Method, PlanConfig
 
 TENSOR_COMPONENTS = ("weights", "quant_constants", "adapters", "gradients", "optimizer", "activations",
                      "logits_loss", "kv_cache", "prefill_transient", "decode_transient")
@@ -597,15 +610,29 @@ def _measure_training(pc: PlanConfig, src, gpu: bool) -> dict:
     if not params:
         raise QuantlabError(f"method {pc.method.value} left nothing to train")
     opt = make_optimizer(fcfg, params)
+    opts = [opt]
+    if pc.optimizer_in_backward:  # assumption 12: torch's tutorial loop, one optimizer per parameter in its hook
+        per = {p: make_optimizer(fcfg, [p]) for p in params}
+        opts = list(per.values())
+
+        def hook(p):
+            per[p].step()
+            per[p].zero_grad(set_to_none=True)
+
+        for p in params:
+            p.register_post_accumulate_grad_hook(hook)
     base_cfg = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
     V = base_cfg.vocab_size
     ids = torch.randint(0, V, (pc.batch, pc.seq), device=dev)
     labels = ids
     # padded batches (activations A3c): the last position of the first row is padding, so transformers builds a mask
-    mask = None
+    mask = position_ids = None
     if pc.padding_mask:
         mask = torch.ones_like(ids)
         mask[0, -1] = 0
+    if pc.packed:  # assumption 11: two documents per row, told apart by position_ids alone (no mask)
+        half = pc.seq // 2
+        position_ids = torch.cat([torch.arange(half), torch.arange(pc.seq - half)]).expand(pc.batch, -1).to(dev)
     if pc.method is Method.PROMPT:  # PEFT gives the virtual tokens label -100
         labels = torch.cat([torch.full((pc.batch, pc.num_virtual_tokens), -100, device=dev), ids], dim=1)
     amp = fcfg.amp_dtype
@@ -613,33 +640,57 @@ def _measure_training(pc: PlanConfig, src, gpu: bool) -> dict:
     loss_fn = model.loss_function if hasattr(model, "loss_function") else model.get_base_model().loss_function
     out = {}
 
-    def step(measure: bool):
+    chunked = pc.loss is Loss.CHUNKED
+    if chunked:  # assumption 10: torchtune's recipe shifts the labels once, an ignore_index column at the end
+        if pc.method in (Method.PROMPT, Method.PREFIX):
+            raise QuantlabError("the chunked loss is validated without virtual tokens (prompt/prefix tuning)")
+        labels = torch.hstack((ids[:, 1:], torch.full((pc.batch, 1), -100, device=dev)))
+        hf_model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kw_fwd = {"attention_mask": mask} if position_ids is None else {"position_ids": position_ids}
+
+    def forward():
+        if not chunked:
+            return model(input_ids=ids, **kw_fwd).logits
+        hidden = hf_model.model(input_ids=ids, **kw_fwd).last_hidden_state
+        return [hf_model.lm_head(h) for h in hidden.tensor_split(CHUNKS, dim=1)]  # torchtune's output chunks
+
+    def loss_of(logits):
+        return chunked_ce(logits, labels) if chunked else loss_fn(logits=logits, labels=labels, vocab_size=V)
+
+    def micro(measure: bool):
         with autocast():
             if measure:
                 with block_kwargs(model, pc.grad_checkpointing) as kw, count_saved(model) as act:
-                    logits = model(input_ids=ids, attention_mask=mask).logits
+                    logits = forward()
                 closure = {k: n for k, n in _storages(kw).items() if k not in act.seen}
-                with count_saved(model, exclude=[logits]) as ls:
-                    loss = loss_fn(logits=logits, labels=labels, vocab_size=V)
-                held = 0 if _storage_key(logits) in act.seen else _nbytes(logits)
+                outs = logits if chunked else [logits]
+                with count_saved(model, exclude=outs) as ls:
+                    loss = loss_of(logits)
+                held = sum(0 if _storage_key(t) in act.seen else _nbytes(t) for t in outs)
                 out["meas_activations_bytes"] = act.bytes + sum(closure.values())
                 out["meas_logits_loss_bytes"] = held + ls.bytes
-                del kw
+                del kw, outs
             else:
-                logits = model(input_ids=ids, attention_mask=mask).logits
-                loss = loss_fn(logits=logits, labels=labels, vocab_size=V)
+                logits = forward()
+                loss = loss_of(logits)
         loss.backward()  # the logits stay referenced through backward, as by a loop's model output (assumption 4)
         del loss, logits
+
+    def step(measure: bool):
+        for i in range(pc.grad_accum):  # assumption 2: micro-batches accumulate into .grad before the step
+            micro(measure and i == pc.grad_accum - 1)
         if measure:
             out["meas_gradients_bytes"] = grad_bytes(model)
-        opt.step()
+        if not pc.optimizer_in_backward:
+            opt.step()
         if measure:
-            out["meas_optimizer_bytes"] = optimizer_bytes(opt)
-        opt.zero_grad(set_to_none=False)  # assumption 2: gradients stay allocated, as the planner reads them
+            out["meas_optimizer_bytes"] = sum(optimizer_bytes(o) for o in opts)
+        opt.zero_grad(set_to_none=not pc.keep_grads)  # assumption 2: as the planned loop zeroes (memory 3)
 
     step(False)
     out.update(_static(model, pc.method.value))
-    base = model_bytes(model).total + grad_bytes(model) + optimizer_bytes(opt) + tensor_bytes([ids, labels]).total
+    base = model_bytes(model).total + grad_bytes(model) + sum(optimizer_bytes(o) for o in opts) \
+        + tensor_bytes([t for t in (ids, labels, mask, position_ids) if t is not None]).total
     if gpu:
         reset_cuda_peaks()
     with contextlib.nullcontext(Peak()) if gpu else cpu_peak() as pk:
@@ -647,6 +698,23 @@ def _measure_training(pc: PlanConfig, src, gpu: bool) -> dict:
     if not gpu:
         out.update(_cpu_totals(base, pk))
     return out
+
+
+CHUNKS = 8  # torchtune CEWithChunkedOutputLoss(num_output_chunks=8), the default (assumption 10)
+
+
+def chunked_ce(logits: list, labels, ignore_index: int = -100):
+    """torchtune's ``CEWithChunkedOutputLoss.forward`` (torchtune/modules/loss/ce_chunked_output_loss.py), in plain
+    torch: torchtune is not installed here, and its loss is these few lines over a list of logits chunks, each
+    upcast to fp32 on its own (``compute_cross_entropy``), summed, divided by the tokens not ignored."""
+    import torch.nn.functional as F
+
+    total = (labels != ignore_index).sum()
+    label_chunks = [c.reshape(-1) for c in labels.tensor_split(len(logits), dim=1)]
+    loss = 0.0
+    for lg, lb in zip((c.reshape(-1, c.size(-1)) for c in logits), label_chunks):
+        loss += F.cross_entropy(lg.float(), lb, ignore_index=ignore_index, reduction="sum")
+    return loss / total
 
 
 # ---- prediction and comparison -----------------------------------------------------------------------------
@@ -660,8 +728,8 @@ def predict(pc: PlanConfig) -> dict:
     c = p.components
     out = {f"pred_{k}_bytes": c.get(k, 0) for k in TENSOR_COMPONENTS}
     if pc.method.is_training:
-        logits, saved, _ = loss_buffers(pc)
-        out["pred_logits_loss_bytes"] = logits + saved
+        kept, saved, _ = loss_buffers(pc)  # the fused heads' per-token outputs are not the logits the lab counts
+        out["pred_logits_loss_bytes"] = saved + (kept if pc.loss in (Loss.HF, Loss.CHUNKED) else 0)
         out["pred_logits_loss_with_backward_bytes"] = c.get("logits_loss", 0)
     out["pred_allocated_bytes"] = p.peak_allocated_bytes
     out["pred_reserved_bytes"] = p.peak_reserved_bytes
@@ -708,6 +776,9 @@ def compare(case: Case, meas: dict) -> dict:
                                optimizer=pc.optimizer.value if pc.method.is_training else None, batch=pc.batch,
                                seq=pc.seq, attn=pc.attn.value, grad_checkpointing=pc.grad_checkpointing, device=device,
                                padding_mask=pc.padding_mask)
+    if pc.method.is_training:
+        row.update(keep_grads=pc.keep_grads, grad_accum=pc.grad_accum, loss=pc.loss.value, packed=pc.packed,
+                   optimizer_in_backward=pc.optimizer_in_backward)
     if pc.method in (Method.LORA, Method.QLORA):
         row.update(lora_r=pc.lora_r, lora_alpha=pc.lora_alpha, lora_targets=list(pc.lora_targets),
                    lora_dropout=pc.lora_dropout)
@@ -801,6 +872,14 @@ def measurement_row(row: dict, *, source: str) -> dict | None:
                  grad_checkpointing=row["grad_checkpointing"])
         if row.get("padding_mask"):
             r["padding_mask"] = True
+        r["keep_grads"] = bool(row.get("keep_grads"))  # how the measured loop zeroed (memory assumption 3)
+        for k in ("packed", "optimizer_in_backward"):
+            if row.get(k):
+                r[k] = True
+        if row.get("loss", "hf") != "hf":
+            r["loss"] = row["loss"]
+        if (row.get("grad_accum") or 1) > 1:
+            r["grad_accum"] = row["grad_accum"]
     for k in ("lora_r", "lora_alpha", "lora_targets", "lora_dropout", "num_virtual_tokens", "freeze_last_layers",
               "freeze_modules", "kbit_upcast"):
         if row.get(k) is not None:

@@ -108,3 +108,18 @@ def test_row_translation_is_one_table_into_from_dict():
         row_to_config({**row, "training_precision": "mixed"})
     with pytest.raises(QuantlabError, match="measurement row t: grad_checkpointing must be true or false"):
         row_to_config({**row, "grad_checkpointing": "yes"})
+
+
+def test_each_source_plans_the_loop_it_measured_with():
+    """memory.py assumption 3: vramcalc 0.1.2's bench.py zeroes with set_to_none=False (as did quantlab validate's
+    loop before its rows carried keep_grads); Trainer and LitGPT rows free the gradients (the default)."""
+    from quantlab.groundtruth import keep_grads_of_source, row_config_dict
+
+    rows = {r["id"]: r for r in load_rows(PUBLISHED)}
+    assert row_config_dict(rows["vc-full-1b-pure"])["keep_grads"] is True
+    assert "keep_grads" not in row_config_dict(rows["vc-inf-1b-2k-sdpa"])  # inference: nothing to keep
+    assert "keep_grads" not in row_config_dict(rows["lg-lora-l2-7b"])
+    assert "keep_grads" not in row_config_dict(rows["fc-qwen7b-eager-allocated"])
+    assert keep_grads_of_source("quantlab validate on 2-core CPU") == {"keep_grads": True}
+    row = dict(rows["vc-full-1b-pure"], keep_grads=False)  # a row's own field wins
+    assert row_config_dict(row)["keep_grads"] is False

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from quantlab.specs import (ALL_LINEAR, Attention, DeviceMode, DType, Method, ModelSpec, Offload, Optimizer,
+from quantlab.specs import (ALL_LINEAR, Attention, DeviceMode, DType, Loss, Method, ModelSpec, Offload, Optimizer,
                             PlanConfig, Precision, SpecError, TrainingPrecision)
 
 LLAMA = ModelSpec(name="tiny-llama", model_type="llama", hidden_size=256, num_hidden_layers=4, num_attention_heads=8,
@@ -32,8 +32,9 @@ NON_DEFAULT = dict(
     batch=3, seq=77, kv_dtype=None, lora_r=8, lora_alpha=7, lora_targets=("q_proj", "o_proj"),
     lora_dropout=0.25, flash_attention=False, freeze_last_layers=1, freeze_modules=("lm_head", "norm"),
     adapter_size=12, num_virtual_tokens=5, grad_checkpointing=True, attn=Attention.EAGER, padding_mask=True,
-    grad_accum=4, num_gpus=4, zero=0, fsdp="shard_grad_op", offload=Offload.OPTIMIZER, tp=2,
-    device=DeviceMode.CUDA, kbit_upcast=False, stack="litgpt")
+    grad_accum=4, keep_grads=True, num_gpus=4, zero=0, fsdp="shard_grad_op", offload=Offload.OPTIMIZER, tp=2,
+    device=DeviceMode.CUDA, kbit_upcast=False, stack="litgpt", loss=Loss.TRL_FUSED, torch_compile=True,
+    expandable_segments=True)
 INFERENCE = dict(model=LLAMA, kv_dtype=DType.FP8)
 
 
@@ -41,9 +42,12 @@ def test_every_field_is_set_to_a_non_default_value_by_the_fixtures():
     defaults = PlanConfig(model=LLAMA)
     c = PlanConfig(**NON_DEFAULT)
     other = dataclasses.replace(c, fsdp=None, zero=3, device=DeviceMode.CPU, num_gpus=1, tp=1)
+    savers = dataclasses.replace(c, fsdp=None, num_gpus=1, tp=1, grad_accum=1, padding_mask=False, packed=True,
+                                 optimizer_in_backward=True)
+    qat = PlanConfig(model=LLAMA, method=Method.FULL, qat_group=16)  # (divides 256 and 688)
     inference = PlanConfig(**INFERENCE)
     for f in dataclasses.fields(PlanConfig):
-        assert any(getattr(x, f.name) != getattr(defaults, f.name) for x in (c, other, inference)), f.name
+        assert any(getattr(x, f.name) != getattr(defaults, f.name) for x in (c, other, savers, qat, inference)), f.name
 
 
 @pytest.mark.parametrize("cfg", [

@@ -52,7 +52,25 @@ HELP: dict[str, tuple[str, str]] = {
     "num_virtual_tokens": (_TRAIN, "prefix/prompt tuning: virtual tokens"),
     "grad_checkpointing": (_TRAIN, "recompute activations in backward: far less activation memory for ~30%% more "
                                    "compute; --no-grad-checkpointing turns it off"),
-    "grad_accum": (_TRAIN, "micro-batches per optimizer step (no extra memory)"),
+    "grad_accum": (_TRAIN, "micro-batches per optimizer step (no extra memory beyond keeping the gradients live "
+                           "through the later micro-batches' forward)"),
+    "keep_grads": (_TRAIN, "the loop keeps gradients allocated through the next forward (zero_grad("
+                           "set_to_none=False)); off: Trainer's zero_grad() frees them (set_to_none=True), so a "
+                           "full fine-tune's forward runs without them"),
+    "loss": (_TRAIN, "the loss head: hf (transformers' loss: full logits upcast to fp32), chunked (torchtune's "
+                     "CEWithChunkedOutputLoss: fp32 one chunk at a time), liger (Liger-Kernel's fused linear "
+                     "cross-entropy: no logits; needs Triton, CUDA), trl-fused (TRL 1.16's fused LM head, what "
+                     "SFTTrainer runs: no logits)"),
+    "optimizer_in_backward": (_TRAIN, "step each parameter in a post-accumulate-grad hook and free its gradient "
+                                      "(one gradient alive at a time; no gradient accumulation)"),
+    "packed": (_WORK, "training rows pack several documents told apart by position_ids (no padding, no mask): "
+                      "transformers 5 builds a block-diagonal mask for SDPA from them, as for padded batches"),
+    "torch_compile": (_TRAIN, "the model runs under torch.compile: inductor may recompute instead of saving "
+                              "(not modelled: the plan is the eager one, with a note)"),
+    "expandable_segments": (_SHARD, "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True: one growing segment per "
+                                    "pool, less fragmentation in reserved memory"),
+    "qat_group": (_TRAIN, "quantization-aware training: torchao int4 fake quantization of the block linears "
+                               "in groups of N weights (each linear saves two weight-sized copies for backward)"),
     "batch": (_WORK, "sequences per micro-batch per GPU"),
     "seq": (_WORK, "tokens per sequence (inference: the whole context)"),
     "attn": (_WORK, "sdpa (fused, no seq^2 buffers) or eager (keeps heads x seq^2 scores: much more memory)"),
@@ -83,7 +101,7 @@ DEFAULT_TEXT = {"precision": "nf4 for qlora, bf16 otherwise", "compute_dtype": "
                 "lora_targets": "PEFT's per-family default: q_proj,v_proj; c_attn for gpt2; qkv_proj for phi3",
                 "kv_dtype": "the compute dtype", "fsdp": "off", "freeze_modules": "none",
                 "flash_attention": "FlashAttention on GPUs with bf16 (sm80+)",
-                "stack": "the installed transformers' major version, else transformers==5"}
+                "stack": "the installed transformers' major version, else transformers==5", "qat_group": "off"}
 RESOLVED_LATER = ("precision", "compute_dtype", "flash_attention", "grad_checkpointing", "lora_targets", "stack")
 NEGATABLE = ("grad_checkpointing",)  # --X and --no-X (argparse.BooleanOptionalAction's spelling)
 CHOICES = {"compute_dtype": ("fp32", "fp16", "bf16"), "zero": (0, 1, 2, 3), "fsdp": ("full_shard", "shard_grad_op")}
@@ -256,8 +274,9 @@ def config_dict_from_mapping(entry) -> dict:
 
 
 # ---- flags a configuration ignores (specs assumption 5: a flag the method ignores is an error when given) ----
-_TRAINING_ONLY = ("optimizer", "training_precision", "grad_checkpointing", "grad_accum", "zero", "fsdp", "offload",
-                  "padding_mask", "kbit_upcast")
+_TRAINING_ONLY = ("optimizer", "training_precision", "grad_checkpointing", "grad_accum", "keep_grads", "zero", "fsdp",
+                  "offload", "padding_mask", "kbit_upcast", "loss", "optimizer_in_backward", "packed",
+                  "qat_group")
 _BY_METHOD = {"lora_r": ("lora", "qlora"), "lora_alpha": ("lora", "qlora"), "lora_targets": ("lora", "qlora"),
               "lora_dropout": ("lora", "qlora"), "freeze_last_layers": ("freeze",), "freeze_modules": ("freeze",),
               "adapter_size": ("adapter",), "num_virtual_tokens": ("prefix", "prompt")}

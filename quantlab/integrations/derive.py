@@ -28,6 +28,14 @@ installed here: transformers 5.24, peft 0.21.2, bitsandbytes 0.50.2, trl 1.16):
    ``freeze``. Anything else is reported as not derived.
 5. An attention mask with a zero in it is a padded batch (``padding_mask``): transformers drops an all-ones mask
    before SDPA (``masking_utils.py``), so only a padded batch builds the mask the planner counts.
+6. The loss (``loss``, memory.py assumptions 6 and 14): TRL 1.16's ``SFTTrainer.__init__`` always patches the
+   (base) model with ``add_fused_lm_head(..., outputs=("log_probs", "entropy", "is_top1"))`` (``trl/trainer/
+   sft_trainer.py``; ``trl/trainer/utils.py`` binds ``_fused_forward`` as ``model.forward``, wrapped with the model forward's name:
+   its code object says what it is), and ``compute_loss``
+   runs ``model(**inputs, fused_lm_head=True)`` unless a ``compute_loss_func`` is given or label smoothing is on
+   with ``loss_type="nll"`` (both compute the loss from the full logits of an extra forward). A model whose
+   ``forward`` is TRL's ``_fused_forward`` is planned with ``loss=trl-fused``; with label smoothing it is planned
+   with the HF loss and the fused forward is reported as not modelled.
 """
 
 from __future__ import annotations
@@ -248,6 +256,25 @@ def _method_fields(model, base, underived: list) -> dict:
     return out
 
 
+def _loss(base, args: Mapping | None) -> tuple[str | None, str | None]:
+    """(the ``loss`` field, what is not modelled) of a model TRL patched with its fused LM head (assumption 6)."""
+    func = getattr(getattr(base, "forward", None), "__func__", None)
+    code = getattr(func, "__code__", None)  # (functools.wraps gives it the model forward's name and module)
+    if code is None or code.co_name != "_fused_forward" or "trl" not in code.co_filename.replace("\\", "/").split("/"):
+        return None, None
+    if args is not None and (args.get("label_smoothing_factor") or 0) > 0 and args.get("loss_type", "nll") == "nll":
+        return None, ("TRL computes a label-smoothed loss from the full logits and runs the fused head under no_grad "
+                      "for its metrics: that extra forward is not planned")
+    outputs = None
+    for name, cell in zip(func.__code__.co_freevars, func.__closure__ or ()):
+        if name == "outputs":
+            outputs = tuple(cell.cell_contents)
+    if outputs is not None and set(outputs) != {"log_probs", "entropy", "is_top1"}:
+        return "trl-fused", (f"TRL's fused head returns {', '.join(outputs)}: planned with SFTTrainer's outputs "
+                             "(log_probs, entropy, is_top1)")
+    return "trl-fused", None
+
+
 def _optimizer_name(opt, underived: list) -> str | None:
     """The planner's optimizer of a live optimizer (an accelerate wrapper is looked through)."""
     inner = getattr(opt, "optimizer", opt)
@@ -333,6 +360,11 @@ def derive(model, *, args=None, optimizer=None, batch: int | None = None, seq: i
     else:
         fields["attn"] = "sdpa"
         underived.append(f"attention {attn!r} planned as SDPA (no seq x seq tensor kept either)")
+    loss, why = _loss(base, ad if args is not None else None)
+    if loss:
+        fields["loss"] = loss
+    if why:
+        underived.append(why)
     if batch is not None:
         fields["batch"] = int(batch)
     if seq is not None:

@@ -463,8 +463,8 @@ def _build_kept(cfg: PlanConfig, comps: dict | None) -> _Kept:
 def loss_tensors(cfg: PlanConfig, batch: int, seq: int) -> tuple[int, ...]:
     """The training loss's T x vocab requests (10f), in the order they are made: the logits, ``log_softmax``'s
     fp32 output, the fp32 gradients of ``nll_loss`` and of ``log_softmax`` (memory.py assumption 6)."""
-    if cfg.method is Method.INFERENCE:
-        return ()
+    if cfg.method is Method.INFERENCE or cfg.loss.value != "hf":
+        return ()  # (the chunked and fused losses make no T x vocab fp32 requests of that size)
     from quantlab.planner.memory import loss_buffers
 
     logits, _, grads = loss_buffers(cfg, None, batch, seq)
@@ -510,6 +510,7 @@ def allocator(cfg: PlanConfig, dynamic: int, comps: dict | None = None, batch: i
     are given; ``batch``/``seq`` are the shape the plan was made at (default: the configuration's)."""
     if cfg.device is not DeviceMode.CUDA:
         return 0, 0
+    expandable = expandable or cfg.expandable_segments  # 10h: the configuration's allocator setting
     kept = _kept(cfg, comps)
     if comps is not None and kept.free and cfg.method is not Method.INFERENCE:
         # (without cached blocks each loss tensor takes a segment of its own: the fluid rule, up to its rounding)

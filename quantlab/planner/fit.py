@@ -13,7 +13,8 @@
    the reference search's by construction; the tests compare the two on a sweep.
 3. The fewest GPUs: the user's sharding when it shards; otherwise ZeRO-3 for training and tensor parallel
    for inference (data parallel alone does not lower memory per GPU), over 1, 2, 4, 8, ... 512 GPUs.
-4. Suggestions are single changes, each planned and kept only when it fits.
+4. Suggestions are single changes, each planned and kept only when it fits (the memory savers among them: a
+   chunked or fused loss, the optimizer step in backward, expandable segments; memory.py 12-15, allocator 10h).
 5. The configuration is planned as it runs on the GPU: a GPU without bf16 (pre-Ampere: T4, V100) has no
    FlashAttention either, which changes the SDPA kernel of grouped-query models (activations A3b).
 6. Tensor parallelism splits attention heads: a degree must divide the KV heads (inference scale-out stops
@@ -32,7 +33,7 @@ from collections import namedtuple
 
 from quantlab.planner import allocator as A
 from quantlab.planner.memory import Plan, plan, process_bytes_at
-from quantlab.specs import (DeviceMode, GPUSpec, Method, Offload, Optimizer, PlanConfig, Precision, SpecError,
+from quantlab.specs import (DeviceMode, GPUSpec, Loss, Method, Offload, Optimizer, PlanConfig, Precision, SpecError,
                             kbit_prepared)
 
 GPU_COUNTS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -247,6 +248,17 @@ def _suggestions(cfg: PlanConfig, gpu: GPUSpec) -> list[tuple[str, int]]:
         for z in (1, 2, 3):
             if z > cfg.zero and not cfg.fsdp:
                 cands.append((f"ZeRO-{z} across the {cfg.num_gpus} GPUs", dict(zero=z)))
+    if m.is_training and cfg.loss is Loss.HF:  # memory savers (memory.py assumptions 12, 13)
+        cands.append(("chunked cross-entropy (torchtune CEWithChunkedOutputLoss: fp32 one chunk at a time)",
+                      dict(loss=Loss.CHUNKED)))
+        if cfg.device is DeviceMode.CUDA:
+            cands.append(("Liger fused linear cross-entropy (no logits; Triton kernels)", dict(loss=Loss.LIGER)))
+    if m.is_training and not cfg.optimizer_in_backward and cfg.grad_accum == 1 and cfg.num_gpus == 1:
+        cands.append(("optimizer step in backward (one gradient alive at a time; no gradient accumulation)",
+                      dict(optimizer_in_backward=True)))
+    if cfg.device is DeviceMode.CUDA and not cfg.expandable_segments:
+        cands.append(("PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (less fragmentation in reserved)",
+                      dict(expandable_segments=True)))
     if m.is_training and cfg.offload is Offload.NONE and (cfg.num_gpus == 1 or cfg.zero):
         cands.append(("offload optimizer states to CPU", dict(offload=Offload.OPTIMIZER)))
     out = []

@@ -28,9 +28,20 @@ Assumptions (numbered; notes in the plan refer to them):
    (families F3).
 2. PEFT adapters are fp32 (``autocast_adapter_dtype=True``, the default) and cast their input to fp32
    (``LoraLayer._cast_input_dtype``); their gradients and optimizer states are fp32 too.
-3. Gradients are counted as live through the next forward/backward: the safe reading (gradient
-   accumulation and ``zero_grad(set_to_none=False)`` keep them; with ``set_to_none=True`` the true peak is
-   lower by the gradient bytes). Checked against the published full fine-tune rows.
+3. Gradients and the next forward: transformers 5.24's ``Trainer`` zeroes with ``model.zero_grad()``
+   (``trainer.py`` lines 1651 and 1954), whose default is ``set_to_none=True`` (torch 2.13
+   ``nn/modules/module.py`` ``Module.zero_grad``; ``optim/optimizer.py`` ``Optimizer.zero_grad`` likewise), so a
+   step's forward runs without the previous step's gradients (``keep_grads=False``, the default): they come back
+   during backward and are live through the optimizer step. The planned peak is then the largest of the forward and
+   loss peak without them (3, 4-6), the end of backward (every gradient, the logits the loop still holds, the
+   embedding's tail 3b) and the step (every gradient plus the step's transient, 8). ``keep_grads=True`` is a loop
+   that keeps them (``zero_grad(set_to_none=False)``: vramcalc 0.1.2's ``bench.py``), counted through the whole
+   step. Gradient accumulation > 1 keeps them live through the later micro-batches' forward whatever the zeroing
+   (Trainer zeroes only after the optimizer step), and so do DeepSpeed ZeRO and FSDP plans (their engines keep
+   flat gradient buffers, 9d; not modelled otherwise). On CUDA the freed gradient blocks stay cached (10b):
+   reserved is planned as with kept gradients. Middle-of-backward points (some gradients made, some activations
+   not yet freed) are not summed: measured on a CPU by ``quantlab validate`` below the three phases above for the
+   validated rows (profiles/validation/matrix.yaml, ``keep-grads: false``).
    3b. At the end of backward a trainable embedding's gradient is a whole V x h tensor before it is added into
    ``.grad``; tied to lm_head, lm_head's gradient waits for it in autograd's input buffer from the start of
    backward (beside every later phase: block backward, checkpoint recompute) and the two are summed out of place
@@ -116,6 +127,62 @@ Assumptions (numbered; notes in the plan refer to them):
     bitsandbytes it pins (0.41) saves each 4-bit linear's input for backward (``MatMul4Bit``:
     ``ctx.tensors = (A, B)``; 0.50 keeps only B), so a k-bit block also keeps its norm outputs, the
     attention output and the MLP product.
+12. ``loss=chunked``: torchtune's ``CEWithChunkedOutputLoss`` (torchtune/modules/loss/ce_chunked_output_loss.py,
+    read at pytorch/torchtune main; torchtune is not installed here): the model returns its logits as 8 chunks
+    (``set_num_output_chunks``: lm_head applied to each ``tensor_split`` of the last hidden state along the
+    sequence), all kept (T·V in lm_head's output dtype); each chunk is upcast on its own (``logits.float()``, a
+    no-op in fp32) and goes through ``F.cross_entropy(reduction="sum")``: every chunk's fp32 ``log_softmax`` output
+    is saved (4·T·V in all), its int64 labels (a copy when B > 1: the label chunk is not contiguous) and
+    ``nll_loss``'s ``total_weight``, and the division by the token count saves the int64 count. One chunk's
+    transients at a time: its fp32 upcast, or in backward the nll and log_softmax gradients (2 x 4 x chunk x V) and
+    the cast back. A trainable lm_head gets one V x h weight gradient per chunk, summed into the buffer autograd
+    holds for the weight: bounded by three V x h (measured on a CPU, tiny tied Llama, batch 2 x 64: the total 1.5%
+    above for an fp32 full fine-tune with kept gradients, 28% above for a bf16 one with Trainer's zeroing, so the
+    full rows are not in the matrix; the LoRA rows are within 1%).
+13. ``loss=liger``: Liger-Kernel's ``LigerFusedLinearCrossEntropyFunction``
+    (src/liger_kernel/ops/fused_linear_cross_entropy.py, read at linkedin/Liger-Kernel main): no logits; the
+    forward computes the loss and its gradients chunk by chunk over the N = B·(S-1) shifted tokens, chunk =
+    ``min(next_power_of_2(ceil(N / ceil(V / H))), N)`` rows; it keeps ``grad_input`` (N x H in the input dtype) and
+    ``grad_weight`` (V x H in the weight dtype, when lm_head trains) for backward, and holds one ``chunk x V``
+    logits tile (in place turned into its gradient), its ``chunk x H`` product, ``loss_1d`` (fp32 N), the bool
+    target mask and the shifted hidden states' contiguous copy. Liger needs Triton (CUDA, ROCm, XPU): it cannot run
+    on this CPU, so this rule is read from the code, not validated.
+14. ``loss=trl-fused``: TRL 1.16's fused LM head, :mod:`quantlab.planner.trl_head` (H1-H6) with SFTTrainer's
+    outputs (``log_probs``, ``entropy``, ``is_top1``): the per-token outputs are kept, the function's saved tensors
+    and the larger of its forward and backward transients replace assumption 6; the lm_head input and a logit softcap
+    are not saved by modules (the function saves its own hidden rows). Measured by the integration in TRL's own
+    SFTTrainer (reports/integrations-cpu: every component within 0.02%).
+15. ``optimizer_in_backward``: torch's "fuse the optimizer step into the backward pass" recipe
+    (``Tensor.register_post_accumulate_grad_hook``, torch 2.13 ``_tensor.py``; one optimizer per parameter, stepped
+    and zeroed with ``set_to_none=True`` in the hook): no gradient outlives its parameter's hook, so the plan holds
+    no gradients; the largest parameter's gradient and its step transient (assumption 8 for that one tensor) are in
+    flight (``optimizer_step``), at the end of backward no more than a trainable embedding's tail (3b) beside the
+    logits. Gradient accumulation cannot be combined with it (the gradient is consumed as it is made): an error.
+    Middle-of-backward points (a block's gradient stepped beside the activations not yet freed) are not summed:
+    measured 1.5% below on a tied fp32 AdamW full fine-tune (matrix row llama-full-fp32-oib).
+16. ``packed``: rows hold several documents told apart by ``position_ids`` (no padding, no mask). transformers 5.24
+    ``masking_utils.py`` (``_preprocess_mask_arguments``) runs ``find_packed_sequence_indices`` when the 2-D mask is
+    None and there is no cache: a row whose positions restart is packed, and the mask function gains
+    ``packed_sequence_mask_function`` with ``allow_is_causal_skip = False``, so SDPA gets a block-diagonal bool mask
+    (b·s², 1 byte; under checkpointing a keyword every block's closure holds, as for padded batches, 5). The caller's
+    (B, S) position ids make RoPE's cos and sin one row per sequence (B·S·head_dim each, not one broadcast row).
+    Measured on a CPU (tiny Llama, bf16 LoRA and fp32 checkpointed full fine-tune): exactly those two changes; the
+    padded batches' other terms (activations A3c) do not appear. A row with one document is not packed
+    (``find_packed_sequence_indices`` returns None) and plans as unpacked. FlashAttention-2's varlen path is not
+    modelled.
+17. ``torch_compile``: inductor's partitioner (``torch/_functorch/partitioners.py``, ``min_cut_rematerialization_
+    partition``) chooses what the compiled forward saves and recomputes cheap elementwise ops in backward; the saved
+    set then differs from eager's op-by-op rule (assumption 4). Not modelled: the plan is the eager plan, with a
+    note.
+18. ``qat_group``: torchao 0.18's QAT (``QATConfig(IntxWeightOnlyConfig(int4, PerGroup(g)), step="prepare")``,
+    as :mod:`quantlab.lab.qat` runs it) swaps every block linear for ``FakeQuantizedLinear``, whose forward
+    (``torchao/quantization/qat/fake_quantizer.py`` ``IntxFakeQuantizer.forward`` -> ``_fake_quantize_affine`` in
+    ``quant_primitives.py``) saves, beside what ``nn.Linear`` saves: the grouped ``w / scale + zero_point`` (out,
+    in/g, g) the rounding's straight-through backward keeps, the dequantized weight (a new tensor) the matmul keeps
+    for the input gradient, and two fp32 per-group tensors (scale, zero point): 4·W + b·W + 2·4·W/g bytes per linear
+    of W weights in dtype b (measured in fp32 by tests/lab/test_qat.py and tests/planner/test_qat_plan.py; the fp32
+    grouped copy under bf16 weights is read from the code, not measured). lm_head and the embeddings are not
+    fake-quantized. A frozen block keeps the dequantized weight only.
 """
 
 from __future__ import annotations
@@ -131,7 +198,7 @@ from quantlab.planner.activations import (Act, amp_weight_casts, block_saved, ou
                                           sdpa_math)
 from quantlab.planner.formats import weight_format
 from quantlab.planner.params import ParamCounts, Tensors, block_tensors, count_params, outside_tensors
-from quantlab.specs import (ALL_LINEAR, Attention, DeviceMode, DType, LinearShape, Method, ModelSpec, Offload,
+from quantlab.specs import (ALL_LINEAR, Attention, DeviceMode, DType, LinearShape, Loss, Method, ModelSpec, Offload,
                             Optimizer, PlanConfig, Precision, SpecError, TrainingPrecision)
 
 from quantlab.planner.allocator import CUDA_CONTEXT_BYTES, RESERVE_FRACTION, SEGMENT, allocator  # noqa: F401
@@ -319,20 +386,67 @@ def _embedding_grad_tail(cfg: PlanConfig, pc: ParamCounts, grad_bytes: int) -> t
 
 def loss_buffers(cfg: PlanConfig, dtypes: tuple | None = None, batch: int | None = None,
                  seq: int | None = None) -> tuple[int, int, int]:
-    """(logits, what the loss saves for backward, what its backward allocates) in bytes (assumption 6).
+    """(kept, saved, transient) bytes of the loss head (assumptions 6, 12-14): ``kept`` is held from the forward to
+    the end of backward (the logits, or the fused head's per-token outputs), ``saved`` is what the loss saves for
+    backward, ``transient`` the peak of its own buffers above both (the HF loss: its backward's two fp32 T x V
+    gradients). The loss peak is their sum.
 
-    The logits are T x vocab in lm_head's output dtype; ``ForCausalLMLoss`` saves the fp32 ``log_softmax`` output
-    (4·T·V), the int64 targets (8·T) and ``nll_loss``'s fp32 ``total_weight`` (4 bytes); backward allocates the
-    fp32 gradients of ``nll_loss`` and of ``log_softmax`` (2 x 4·T·V). T counts prompt tuning's virtual tokens.
-    """
+    ``hf`` (6): the logits are T x vocab in lm_head's output dtype; ``ForCausalLMLoss`` saves the fp32
+    ``log_softmax`` output (4·T·V), the int64 targets (8·T) and ``nll_loss``'s fp32 ``total_weight`` (4 bytes);
+    backward allocates the fp32 gradients of ``nll_loss`` and of ``log_softmax`` (2 x 4·T·V). T counts prompt
+    tuning's virtual tokens. ``chunked`` (12), ``liger`` (13), ``trl-fused`` (14): see the assumptions."""
     if cfg.method is Method.INFERENCE:
         return 0, 0, 0
-    _, r, _, amp, _ = dtypes or _dtypes(cfg)
+    load, r, _, amp, upcast = dtypes or _dtypes(cfg)
     b = cfg.batch if batch is None else batch
-    T = b * ((cfg.seq if seq is None else seq) + (cfg.num_virtual_tokens if cfg.method is Method.PROMPT else 0))
-    V = cfg.model.vocab_size
-    logits = (_NBYTES[cfg.compute_dtype] if amp else r) * T * V
-    return logits, 4 * T * V + 8 * T + 4, 8 * T * V
+    s = cfg.seq if seq is None else seq
+    T = b * (s + (cfg.num_virtual_tokens if cfg.method is Method.PROMPT else 0))
+    m = cfg.model
+    V = m.vocab_size
+    out = _NBYTES[cfg.compute_dtype] if amp else r  # lm_head's output dtype
+    loss = cfg.loss
+    if loss is Loss.HF:
+        return out * T * V, 4 * T * V + 8 * T + 4, 8 * T * V
+    if loss is Loss.CHUNKED:  # assumption 12
+        k = CHUNKS
+        rows = b * -(-s // k)  # the largest tensor_split chunk of the sequence, over the batch
+        labels = 8 * T if b > 1 else 0  # a non-contiguous label chunk's reshape(-1) copies (B > 1)
+        upcast = 4 * rows * V if out != 4 else 0  # .float() of one chunk (a no-op in fp32)
+        back = 8 * rows * V + (out * rows * V if out != 4 else 0)  # nll and log_softmax gradients, the cast back
+        if _head_trains(cfg):  # each chunk's lm_head call returns its own V x h weight gradient, summed into the one
+            back += 3 * V * m.hidden_size * (4 if upcast else load)  # autograd holds: bounded by three (assumption 12)
+        # saved: every chunk's fp32 log_softmax, the label copies, nll's total_weight per chunk, the int64 divisor
+        return out * T * V, 4 * T * V + labels + 4 * k + 8, max(upcast, back)
+    H = m.hidden_size
+    if s < 2:  # no next-token position to score (the closed form's sample points only)
+        return 0, 0, 0
+    head_trains = _head_trains(cfg)
+    w = 4 if upcast else load  # lm_head's weight (assumption 1)
+    if loss is Loss.LIGER:  # assumption 13
+        N = b * (s - 1)
+        inc = -(-V // H)
+        chunk = min(_next_pow2(-(-N // inc)), N)
+        saved = N * H * out + (V * H * w if head_trains else 0)  # grad_input, grad_weight (made in the forward)
+        # the shifted hidden states' contiguous copy, loss_1d (fp32), target_mask (bool), one logits chunk and its
+        # grad_input product
+        return 0, saved, N * H * r + 4 * N + N + chunk * V * out + chunk * H * out
+    from quantlab.planner import trl_head
+
+    fh = trl_head.fused_head(batch=b, seq=s, hidden=H, vocab=V, hidden_bytes=r, compute_bytes=out, weight_bytes=w,
+                             head_trains=head_trains, triton=cfg.device is DeviceMode.CUDA,
+                             outputs=trl_head.TRAINER_OUTPUTS["sft"])  # assumption 14
+    return fh.outputs_kept, fh.saved, max(fh.forward_transient, fh.backward_peak)
+
+
+CHUNKS = 8  # torchtune CEWithChunkedOutputLoss(num_output_chunks=8), the default (assumption 12)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _head_trains(cfg: PlanConfig) -> bool:
+    return cfg.method is Method.FULL or (cfg.method is Method.FREEZE and "lm_head" in cfg.freeze_modules)
 
 
 def _block_groups(cfg: PlanConfig, pc: ParamCounts) -> tuple[tuple[int, bool, bool], ...]:
@@ -359,6 +473,56 @@ def _embed_trains(cfg: PlanConfig, pc: ParamCounts) -> bool:
         return False
     mods = set(cfg.freeze_modules)
     return bool(mods & {"embed_tokens", "wte"}) or ("lm_head" in mods and pc.lm_head == 0)
+
+
+def _saver_notes(cfg: PlanConfig) -> list[str]:
+    """What the memory savers of a training plan change, one note each (assumptions 12-17)."""
+    out = []
+    loss = cfg.loss
+    if loss is Loss.CHUNKED:
+        out.append(f"chunked loss (torchtune CEWithChunkedOutputLoss, {CHUNKS} chunks): the logits are kept, the fp32 "
+                   "upcast and the loss's backward buffers are one chunk at a time (assumption 12)")
+    elif loss is Loss.LIGER:
+        out.append("Liger fused linear cross-entropy: no logits; the loss's gradients are computed in the forward, "
+                   "one token chunk at a time (assumption 13; modelled from Liger-Kernel's code: it needs Triton, "
+                   "not validated on this CPU)")
+        if cfg.device is not DeviceMode.CUDA:
+            out.append("Liger's kernels are Triton kernels: a CPU cannot run them (planned as on a GPU)")
+    elif loss is Loss.TRL_FUSED:
+        out.append("TRL fused LM head (trl_head H1-H6): per-token log-probabilities in vocabulary tiles, no logits "
+                   "(assumption 14)")
+    if cfg.packed:
+        out.append("packed sequences: transformers 5 finds the packed rows from position_ids "
+                   "(find_packed_sequence_indices) and SDPA gets a block-diagonal mask; RoPE's cos/sin are per row "
+                   "(assumption 16)")
+    if cfg.qat_group:
+        out.append(f"QAT (torchao 0.18 int4 fake quantization, groups of {cfg.qat_group}): each block linear also "
+                   "saves its grouped and its dequantized weight and two per-group tensors (assumption 18)")
+    if cfg.torch_compile:
+        out.append("torch.compile: inductor's min-cut partitioner recomputes cheap ops instead of saving them, so the "
+                   "saved tensors differ from eager; not modelled: this is the eager plan (assumption 17)")
+    return out
+
+
+def _qat_saved(cfg: PlanConfig, w: int) -> tuple[int, int]:
+    """(bytes a trained block, a frozen block with an input gradient) saves for backward beyond nn.Linear's under
+    torchao's QAT fake quantization (assumption 18): per linear of W weights, the grouped ``w / scale + zero_point``
+    (fp32: the scales are fp32) and the dequantized weight (``w``'s dtype), and two fp32 per-group tensors; frozen,
+    only the dequantized weight the matmul keeps for the input gradient."""
+    g = cfg.qat_group
+    trained = frozen = 0
+    for l in block_linears(cfg.model):
+        if l.module:
+            W = l.count * l.in_features * l.out_features // cfg.tp
+            trained += 4 * W + w * W + 2 * 4 * (W // g)
+            frozen += w * W
+    return trained, frozen
+
+
+def keeps_grads(cfg: PlanConfig) -> bool:
+    """Gradients are live through the forward (assumption 3): the loop keeps them (``keep_grads``), gradient
+    accumulation > 1 carries them across micro-batches, or a ZeRO/FSDP engine keeps its flat gradient buffers."""
+    return cfg.keep_grads or cfg.grad_accum > 1 or bool(cfg.zero or cfg.fsdp)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -770,9 +934,10 @@ def _train_terms(cfg: PlanConfig, pc: ParamCounts, attn: Attention, dtypes: tupl
     adapter_size = cfg.adapter_size if method is Method.ADAPTER else 0
     per = []
     grad_blocks = blocks = 0
+    qat = _qat_saved(cfg, tw_bytes) if cfg.qat_group else (0, 0)  # assumption 18
     for n, trains, ig in _block_groups(cfg, pc):
         if n > 0:
-            v = block_saved(m, x, trains, lora, ig, ia3, adapter_size)
+            v = block_saved(m, x, trains, lora, ig, ia3, adapter_size) + (qat[0] if trains else qat[1] if ig else 0)
             per.append((n, trains, ig, v))
             if v:
                 grad_blocks += n
@@ -785,19 +950,28 @@ def _train_terms(cfg: PlanConfig, pc: ParamCounts, attn: Attention, dtypes: tupl
                              embed_trains=_embed_trains(cfg, pc), head_bytes=c if amp else r,  # lm_head's output
                              prompt_tokens=cfg.num_virtual_tokens if (prompt or prefix) else 0,
                              inputs_grad=(cfg.grad_checkpointing and method in _PEFT) or prompt)
+    if cfg.packed and family(m).positional == "rope":  # assumption 16: the caller's (B, S) position ids give RoPE's
+        outside += 2 * (batch - 1) * s_eff * m.head_dim * r  # cos and sin one row per sequence, not one broadcast
     keep_logits, loss_saved, loss_grads = loss_buffers(cfg, dtypes, batch, seq)
     embed_tail, held = _embedding_grad_tail(cfg, pc, tw_bytes)  # assumption 3b
-    loss_peak = keep_logits + loss_saved + loss_grads  # assumption 6
+    loss_peak = keep_logits + loss_saved + loss_grads  # assumptions 6, 12-14
+    fused = cfg.loss in (Loss.LIGER, Loss.TRL_FUSED)
+    if fused:  # assumptions 13, 14: lm_head's matmul (and the logit softcap) never run as modules
+        if head_trains:
+            outside -= (c if amp else r) * T * m.hidden_size
+        if family(m).final_logit_softcap and (head_grad or head_trains):
+            outside -= (c if amp else r) * T * m.vocab_size
     amp_casts = recompute_amp = 0
     if amp:
-        amp_casts = c * m.vocab_size * m.hidden_size if (head_grad or head_trains) else 0
+        amp_casts = c * m.vocab_size * m.hidden_size if (head_grad or head_trains) and cfg.loss is not Loss.TRL_FUSED \
+            else 0
         if not cfg.grad_checkpointing:
             amp_casts += sum(n * amp_weight_casts(m, x, trains, lora, ig) // tp for n, trains, ig, v in per if v)
     if cfg.grad_checkpointing:  # assumption 5
         ckpt = grad_blocks * r * T * m.hidden_size  # block inputs: the residual stream, whole on every rank
         if x.eager and grad_blocks:  # the causal mask (Gemma-2: also the sliding-window one), a block input
             ckpt += attention_masks(m) * batch * s_eff * kv_s * r
-        elif (x.sdpa_mask or x.padded) and grad_blocks and not prefix:  # SDPA's bool mask (activations A3d)
+        elif (x.sdpa_mask or x.padded or cfg.packed) and grad_blocks and not prefix:  # SDPA's bool mask (A3d; 16)
             ckpt += attention_masks(m) * batch * s_eff * kv_s
         if grad_blocks and family(m).positional == "rope":  # int64 position ids, a keyword of every block
             ckpt += 8 * s_eff
@@ -866,7 +1040,7 @@ def _bipoly_at(coefs: tuple, b: int, s: int) -> tuple[int, ...]:
 
 
 class _Static(namedtuple("_Static", "cfg training pc params active attn dtypes trainable head static paged_state "
-                                   "opt_step ddp_buckets notes_pre notes_post poly consts context_len notes")):
+                                   "opt_step ddp_buckets notes_pre notes_post poly consts context_len notes grads_dyn embed_grad")):
     """What a plan does not owe to its batch and sequence: ``cfg`` (the configuration it was built from; its batch
     and sequence are not used), ``training``, ``pc`` (ParamCounts), ``params``, ``active``, ``attn`` (the attention
     that runs), ``dtypes`` (:func:`_dtypes`), ``trainable``, ``head`` ((name, bytes) of the static components, in
@@ -874,7 +1048,9 @@ class _Static(namedtuple("_Static", "cfg training pc params active attn dtypes t
     ``ddp_buckets``, the notes before (``notes_pre``) and after (``notes_post``) the sequence warning and both
     (``notes``), ``poly`` (:func:`_bipoly` coefficients of :func:`_train_terms`, or None where it is evaluated
     directly: tensor parallelism's integer division), ``consts`` (its shape-free terms) and ``context_len`` (the
-    model's context: beyond it a plan warns)."""
+    model's context: beyond it a plan warns), ``grads_dyn`` (gradient bytes that are not live through the forward,
+    assumption 3: part of the dynamic peak, not of ``static``) and ``embed_grad`` (a trainable embedding's one V·h
+    gradient, 3b)."""
 
     __slots__ = ()
 
@@ -920,6 +1096,13 @@ def _build_static(cfg: PlanConfig) -> _Static:
             notes.append("prepare_model_for_kbit_training turns gradient checkpointing on unless told not to "
                          "(use_gradient_checkpointing=True): this plan has it off; --grad-checkpointing plans the "
                          "default recipe")
+    if training:
+        notes += _saver_notes(cfg)
+    if cfg.device is DeviceMode.CUDA:
+        notes.append("allocator: expandable_segments:True, one growing segment per pool (allocator 10h)"
+                     if cfg.expandable_segments else
+                     "allocator: PyTorch's default caching allocator, expandable_segments off (allocator 10a-10g; "
+                     "--expandable-segments plans PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True)")
     pre = tuple(notes)
     notes = []  # (the sequence warning goes between, per shape)
     attn = _attention(cfg, notes)
@@ -927,7 +1110,7 @@ def _build_static(cfg: PlanConfig) -> _Static:
     n_trainable, tensors, adapter_n = trainable(cfg, pc, notes)  # assumption 2
     adapters = adapter_n * 4
     head = [("weights", weights_b)]
-    opt_step = ddp_buckets = paged_state = 0
+    opt_step = ddp_buckets = paged_state = grads_dyn = embed_grad = 0
     poly = consts = None
     if not training:  # assumption 7
         if quant_constants:
@@ -945,13 +1128,33 @@ def _build_static(cfg: PlanConfig) -> _Static:
             head.append(("quant_constants", quant_constants))
         if adapters:
             head.append(("adapters", adapters))
+        grads_dyn = 0 if keeps_grads(cfg) else gradients  # assumption 3
+        if cfg.optimizer_in_backward and tensors:  # assumption 15: one gradient and its step at a time
+            big = max(tensors, key=lambda t: _numel(((t[0], 1),)))[0]
+            gb = 4 if method in _PEFT else load
+            one_grad = _numel(((big, 1),)) * gb
+            one_step = _optimizer_bytes(cfg.optimizer, ((big, 1),), gb, cfg.device is DeviceMode.CPU)[1]
+            gradients, opt_step, grads_dyn = 0, 0, one_grad + one_step
+            notes.append("optimizer in backward: each parameter steps in its post-accumulate-grad hook and its "
+                         f"gradient is freed; at most one gradient ({one_grad:,} B) and its step are live "
+                         "(assumption 15)")
+        elif grads_dyn:
+            notes.append("gradients freed by zero_grad(set_to_none=True) (Trainer's zeroing): the forward runs without "
+                         "them; --keep-grads plans a loop that keeps them (assumption 3)")
+        elif not cfg.keep_grads:
+            notes.append("gradients live through the forward: " + ("gradient accumulation keeps them through the "
+                         "later micro-batches" if cfg.grad_accum > 1 else "ZeRO/FSDP keep flat gradient buffers")
+                         + " (assumption 3)")
         head += [("gradients", gradients), ("optimizer", opt_state)]
         # paged states live in CUDA unified memory; on a CPU bitsandbytes' paged optimizers hold ordinary tensors
         paged = cfg.optimizer in _PAGED and cfg.device is DeviceMode.CUDA
         _, consts = _train_terms(cfg, pc, attn, dtypes, notes, 1, 1)  # assumptions 3b, 4, 5, 6 (notes shape-free)
         if cfg.tp == 1:
             poly = _bipoly(lambda b, s: _train_terms(cfg, pc, attn, dtypes, [], b, s)[0])
-        static = weights_b + quant_constants + adapters + gradients + ddp_buckets + (0 if paged else opt_state)
+        if _embed_trains(cfg, pc):
+            embed_grad = cfg.model.vocab_size * cfg.model.hidden_size * (4 if method in _PEFT else load)
+        static = weights_b + quant_constants + adapters + (0 if grads_dyn else gradients) + ddp_buckets \
+            + (0 if paged else opt_state)
         paged_state = opt_state if paged else 0
         if paged:
             notes.append("paged optimizer states live in CUDA unified memory: counted in the process total, "
@@ -962,11 +1165,13 @@ def _build_static(cfg: PlanConfig) -> _Static:
                    trainable=n_trainable if training else 0, head=tuple(head), static=static, paged_state=paged_state,
                    opt_step=opt_step, ddp_buckets=ddp_buckets, notes_pre=pre, notes_post=tuple(notes), poly=poly,
                    consts=consts, context_len=m.max_position_embeddings,
-                   notes=pre + tuple(notes))
+                   notes=pre + tuple(notes), grads_dyn=grads_dyn, embed_grad=embed_grad)
 
 
-def _shaped(st: _Static, cfg: PlanConfig, b: int, s: int) -> tuple[dict, int, int]:
-    """(components, dynamic peak, allocated) of ``st``'s configuration at batch ``b`` and sequence ``s``."""
+def _shaped(st: _Static, cfg: PlanConfig, b: int, s: int) -> tuple[dict, int, int, int]:
+    """(components, dynamic peak, allocated, dynamic peak the allocator plans) of ``st``'s configuration at batch
+    ``b`` and sequence ``s``: the last is the dynamic peak with the gradients counted static (assumption 3: freed
+    gradient blocks stay cached; the allocator plans above them), the dynamic peak itself where they are static."""
     comps = dict(st.head)
     if not st.training:  # assumption 7
         kv = kv_cache(cfg, b, s)
@@ -988,11 +1193,24 @@ def _shaped(st: _Static, cfg: PlanConfig, b: int, s: int) -> tuple[dict, int, in
         comps["logits_loss"] = logits_loss
         if st.ddp_buckets:
             comps["ddp_buckets"] = st.ddp_buckets
-        comps["optimizer_step"] = st.opt_step
+        comps["optimizer_step"] = st.grads_dyn if cfg.optimizer_in_backward else st.opt_step
+        kept = max(fwd_bwd, st.opt_step, keep_logits + embed_tail)
+        G = st.grads_dyn
+        if G and cfg.optimizer_in_backward:  # assumption 15: the in-flight gradient is the embedding's sum at the end
+            dynamic = max(fwd_bwd, keep_logits + max(embed_tail, G))
+            if embed_tail:
+                comps["embedding_grad_tail"] = embed_tail
+            return comps, dynamic, st.static + dynamic, kept
+        if G:  # assumption 3: forward without gradients; end of backward and the step with them
+            embed_tail -= st.embed_grad  # (.grad is None: AccumulateGrad takes the embedding's gradient as it is)
+            dynamic = max(fwd_bwd, G + st.opt_step, G + keep_logits + embed_tail)
+            if embed_tail:
+                comps["embedding_grad_tail"] = embed_tail
+            return comps, dynamic, st.static + dynamic, kept
         if embed_tail:
             comps["embedding_grad_tail"] = embed_tail
-        dynamic = max(fwd_bwd, st.opt_step, keep_logits + embed_tail)
-    return comps, dynamic, st.static + dynamic
+        dynamic = kept
+    return comps, dynamic, st.static + dynamic, dynamic
 
 
 def _seq_notes(cfg: PlanConfig, seq: int) -> tuple:
@@ -1004,8 +1222,10 @@ def _seq_notes(cfg: PlanConfig, seq: int) -> tuple:
 
 def _plan_from(st: _Static, cfg: PlanConfig) -> Plan:
     """The plan of ``cfg`` from its shape-free part ``st``: the shaped terms, then the allocator (assumption 10)."""
-    comps, dynamic, allocated = _shaped(st, cfg, cfg.batch, cfg.seq)
-    reserve, context = allocator(cfg, dynamic, comps)
+    comps, dynamic, allocated, planned = _shaped(st, cfg, cfg.batch, cfg.seq)
+    reserve, context = allocator(cfg, planned, comps)
+    if cfg.device is DeviceMode.CUDA:  # freed gradient blocks stay cached (assumption 3)
+        reserve += st.static + st.grads_dyn + planned - allocated
     comps["cuda_context"] = context
     comps["allocator_reserve"] = reserve
     reserved = allocated + reserve
@@ -1032,8 +1252,10 @@ def process_bytes_at(cfg: PlanConfig, batch: int | None = None, seq: int | None 
     if b <= 0 or s <= 0:
         raise SpecError(f"batch and seq must be positive integers, got {b}, {s}")
     st = _static(cfg)
-    comps, dynamic, allocated = _shaped(st, cfg, b, s)
-    reserve, context = allocator(cfg, dynamic, comps)
+    comps, dynamic, allocated, planned = _shaped(st, cfg, b, s)
+    reserve, context = allocator(cfg, planned, comps)
+    if cfg.device is DeviceMode.CUDA:  # freed gradient blocks stay cached (assumption 3)
+        allocated = st.static + st.grads_dyn + planned
     return allocated + reserve + context + st.paged_state
 
 

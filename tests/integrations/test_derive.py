@@ -86,3 +86,19 @@ def test_derive_prefix_tuning_and_amp_from_autocast():
     pc = derive(m, batch=1, seq=8, amp="bf16", grad_accum=3).config
     assert pc.method.value == "prefix" and pc.num_virtual_tokens == 5
     assert pc.training_precision.value == "amp" and pc.compute_dtype.value == "bf16" and pc.grad_accum == 3
+
+
+def test_derive_plans_trls_fused_head_as_the_trl_fused_loss():
+    """derive assumption 6: SFTTrainer patches the base model with add_fused_lm_head (TRL 1.16); label smoothing with
+    the nll loss computes the loss from the full logits instead."""
+    pytest.importorskip("trl")
+    from trl.trainer.utils import add_fused_lm_head
+
+    m = lora_model(r=8)
+    args = {"output_dir": "x", "per_device_train_batch_size": 2}
+    assert derive(m, args=args, batch=2, seq=24).config.loss.value == "hf"
+    add_fused_lm_head(m.get_base_model(), outputs=("log_probs", "entropy", "is_top1"))
+    d = derive(m, args=args, batch=2, seq=24)
+    assert d.config.loss.value == "trl-fused" and d.underived == ()
+    smoothed = derive(m, args=dict(args, label_smoothing_factor=0.1), batch=2, seq=24)
+    assert smoothed.config.loss.value == "hf" and "label-smoothed" in smoothed.underived[0]

@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 
 from quantlab.planner import plan
+from quantlab.planner.memory import process_bytes_at
 from quantlab.planner.formats import weight_format
 from quantlab.profiles import load_model
 from quantlab.specs import (ALL_LINEAR, Attention, DeviceMode, DType, Method, Optimizer, PlanConfig, Precision,
@@ -223,3 +224,160 @@ def test_tensor_parallel_splits_heads_not_the_residual_stream():
     assert one / 2 < two < one
     ck = dataclasses.replace(base, grad_checkpointing=True)
     assert plan(dataclasses.replace(ck, num_gpus=2, tp=2)).components["activations"] == plan(ck).components["activations"]
+
+
+# ---- memory assumption 3: gradients through the next forward (keep_grads, grad_accum) -------------------------
+
+def _full_1b(**kw):
+    from quantlab.profiles import load_model
+
+    return PlanConfig(model=load_model("llama-3.2-1b").spec, method=Method.FULL, batch=1, seq=2048, **kw)
+
+
+def test_set_to_none_takes_the_gradients_out_of_the_forward_peak():
+    """Trainer's zero_grad() (set_to_none=True): the forward+loss peak runs without the gradients, so the peak is
+    the largest of the forward (no gradients), the end of backward and the optimizer step (both with them)."""
+    keep = plan(_full_1b(keep_grads=True))
+    free = plan(_full_1b())
+    c = free.components
+    G = c["gradients"]
+    assert G == keep.components["gradients"] > 0
+    assert free.peak_allocated_bytes < keep.peak_allocated_bytes
+    static = sum(c.get(k, 0) for k in ("weights", "quant_constants", "adapters", "optimizer"))
+    fwd = c["activations"] + c["logits_loss"]
+    assert free.peak_allocated_bytes >= static + G + c["optimizer_step"]  # the step keeps every gradient
+    assert free.peak_allocated_bytes >= static + fwd
+    assert keep.peak_allocated_bytes - free.peak_allocated_bytes <= G
+    # on CUDA the freed gradient blocks stay cached: reserved is the kept plan's
+    assert free.peak_reserved_bytes == keep.peak_reserved_bytes
+    assert any("set_to_none=True" in n for n in free.notes)
+
+
+def test_gradient_accumulation_and_sharding_keep_the_gradients_live():
+    keep = plan(_full_1b(keep_grads=True)).peak_allocated_bytes
+    assert plan(_full_1b(grad_accum=2)).peak_allocated_bytes == keep
+    a = plan(_full_1b(grad_accum=2))
+    assert any("gradient accumulation keeps them" in n for n in a.notes)
+    z = plan(_full_1b(num_gpus=2, zero=2))
+    assert any("ZeRO/FSDP keep flat gradient buffers" in n for n in z.notes)
+
+
+def test_keep_grads_makes_no_difference_to_inference_and_cpu_reserved_is_allocated():
+    from quantlab.profiles import load_model
+
+    m = load_model("llama-3.2-1b").spec
+    assert plan(PlanConfig(model=m)).peak_allocated_bytes == plan(PlanConfig(model=m, keep_grads=True)).peak_allocated_bytes
+    p = plan(_full_1b(device=DeviceMode.CPU))
+    assert p.peak_reserved_bytes == p.process_bytes == p.peak_allocated_bytes
+    assert process_bytes_at(_full_1b()) == plan(_full_1b()).process_bytes
+
+
+# ---- memory savers (assumptions 12-17) ------------------------------------------------------------------------
+
+def _tiny(**kw):
+    from quantlab.specs import ModelSpec
+
+    m = ModelSpec(name="t", model_type="llama", hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=1024, vocab_size=4096, num_key_value_heads=1, tie_word_embeddings=True)
+    d = dict(model=m, method=Method.LORA, precision=Precision.BF16, compute_dtype=DType.BF16, batch=2, seq=64,
+             device=DeviceMode.CPU)
+    d.update(kw)
+    return PlanConfig(**d)
+
+
+def test_trl_fused_loss_is_trl_heads_peak():
+    """The logits_loss component of loss=trl-fused is trl_head's fused head at SFTTrainer's outputs: its outputs kept,
+    what it saves and the larger of its forward and backward transients (assumption 14)."""
+    from quantlab.planner import trl_head
+    from quantlab.specs import Loss
+
+    cfg = _tiny(loss=Loss.TRL_FUSED, precision=Precision.FP32, compute_dtype=DType.FP32)
+    fh = trl_head.fused_head(batch=2, seq=64, hidden=256, vocab=4096, hidden_bytes=4, compute_bytes=4, weight_bytes=4,
+                             head_trains=False, triton=False, outputs=trl_head.TRAINER_OUTPUTS["sft"])
+    p = plan(cfg)
+    assert p.components["logits_loss"] == fh.outputs_kept + fh.saved + max(fh.forward_transient, fh.backward_peak)
+    hf = plan(dataclasses.replace(cfg, loss=Loss.HF))
+    # a 4,096 vocabulary still takes 32,768-column tiles on a CPU (trl_head H3): more than the HF loss here ...
+    assert p.components["logits_loss"] > hf.components["logits_loss"]
+    assert p.components["activations"] == hf.components["activations"]  # the head is frozen: nothing else moves
+    # ... while on CUDA (Triton: no torch tiles) at SmolLM2's 49,152 it is far less than the HF loss
+    big = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=49152), batch=4, seq=96,
+                              device=DeviceMode.CUDA)
+    assert plan(big).components["logits_loss"] < plan(dataclasses.replace(big, loss=Loss.HF)).components["logits_loss"]
+    assert any("TRL fused LM head" in n for n in p.notes)
+
+
+def test_chunked_loss_keeps_the_logits_and_chunks_the_fp32_buffers():
+    """torchtune's CEWithChunkedOutputLoss (assumption 12): the same logits and fp32 log_softmax saved as the HF loss
+    (plus 8 total_weight scalars and the int64 divisor; the labels copied per chunk when B > 1), the backward's two
+    fp32 T x V gradients one chunk (of 8) at a time, with the chunk's cast back to bf16."""
+    from quantlab.planner.memory import loss_buffers
+    from quantlab.specs import Loss
+
+    T, V = 2 * 64, 4096
+    kept, saved, transient = loss_buffers(_tiny(loss=Loss.CHUNKED))
+    assert kept == 2 * T * V
+    assert saved == 4 * T * V + 8 * T + 4 * 8 + 8
+    assert transient == (8 + 2) * (T // 8) * V
+    assert plan(_tiny(loss=Loss.CHUNKED)).peak_allocated_bytes < plan(_tiny()).peak_allocated_bytes
+
+
+def test_liger_loss_keeps_gradients_not_logits():
+    """Liger's fused linear cross-entropy (assumption 13): nothing T x V; grad_input (N x H) and, when lm_head trains,
+    grad_weight (V x H) are made in the forward; one chunk x V tile at a time."""
+    from quantlab.planner.memory import loss_buffers
+    from quantlab.specs import Loss
+
+    N, H, V = 2 * 63, 256, 4096
+    kept, saved, transient = loss_buffers(_tiny(loss=Loss.LIGER))
+    assert (kept, saved) == (0, N * H * 2)
+    chunk = 8  # next_power_of_2(ceil(126 / ceil(4096 / 256) = 16)) = 8
+    assert transient == N * H * 2 + 5 * N + chunk * V * 2 + chunk * H * 2
+    full = loss_buffers(_tiny(loss=Loss.LIGER, method=Method.FULL))
+    assert full[1] == N * H * 2 + V * H * 2
+    assert any("not validated" in n for n in plan(_tiny(loss=Loss.LIGER)).notes)
+
+
+def test_packed_rows_plan_per_row_rope_tables_and_the_checkpointed_mask():
+    """Assumption 16 (measured: matrix rows llama-*-packed*): the caller's (B, S) position ids make RoPE's cos and sin
+    one row per sequence; under checkpointing every block's closure also holds the block-diagonal bool mask."""
+    hd, r = 64, 2
+    plain, packed = plan(_tiny()), plan(_tiny(packed=True))
+    assert packed.components["activations"] - plain.components["activations"] == 2 * (2 - 1) * 64 * hd * r
+    ck, ck_packed = plan(_tiny(grad_checkpointing=True)), plan(_tiny(grad_checkpointing=True, packed=True))
+    assert ck_packed.components["activations"] - ck.components["activations"] == 2 * 64 * hd * r + 2 * 64 * 64
+    assert any("find_packed_sequence_indices" in n for n in packed.notes)
+
+
+def test_optimizer_in_backward_holds_one_gradient_at_a_time():
+    """Assumption 15: no gradients kept; the largest parameter's gradient (the tied embedding, V x h) and its step
+    (on a CPU, AdamW's single-tensor step: two temporaries of it) in flight."""
+    full = _tiny(method=Method.FULL, precision=Precision.FP32, compute_dtype=DType.FP32)
+    p = plan(dataclasses.replace(full, optimizer_in_backward=True))
+    assert p.components["gradients"] == 0
+    assert p.components["optimizer_step"] == 3 * 4096 * 256 * 4
+    assert p.components["optimizer"] == plan(full).components["optimizer"]
+    assert p.peak_allocated_bytes < plan(full).peak_allocated_bytes
+
+
+def test_savers_contradictions_are_one_line_errors():
+    from quantlab.specs import Loss
+
+    for kw, word in ((dict(method=Method.INFERENCE, loss=Loss.LIGER), "inference computes no loss"),
+                     (dict(optimizer_in_backward=True, grad_accum=2), "cannot accumulate"),
+                     (dict(packed=True, padding_mask=True), "no padding"),
+                     (dict(method=Method.INFERENCE, packed=True), "training batches")):
+        with pytest.raises(SpecError, match=word):
+            _tiny(**kw)
+
+
+def test_expandable_segments_and_compile_say_what_is_planned():
+    cuda = _tiny(device=DeviceMode.CUDA)
+    default, expandable = plan(cuda), plan(dataclasses.replace(cuda, expandable_segments=True))
+    assert default.peak_allocated_bytes == expandable.peak_allocated_bytes
+    assert expandable.peak_reserved_bytes != default.peak_reserved_bytes
+    assert any("expandable_segments off" in n for n in default.notes)
+    assert any("expandable_segments:True" in n for n in expandable.notes)
+    compiled = plan(_tiny(torch_compile=True))
+    assert compiled.peak_allocated_bytes == plan(_tiny()).peak_allocated_bytes
+    assert any("torch.compile" in n and "not modelled" in n for n in compiled.notes)

@@ -77,10 +77,16 @@ def test_embedding_gradient_tail():
     assert _embedding_grad_tail(cfg(method=Method.LORA), pc, 4) == (0, 0)  # the embedding is frozen
     # a large vocabulary with a small batch: the tail decides the peak (SmolLM2-135M, full, fp32, 1 x 32 tokens)
     smol = model_spec("smollm2-135m")
-    p = plan(PlanConfig(model=smol, method=Method.FULL, precision=Precision.FP32, compute_dtype=DType.FP32,
-                        optimizer=Optimizer.SGD, batch=1, seq=32, device=DeviceMode.CPU))
+    kw = dict(model=smol, method=Method.FULL, precision=Precision.FP32, compute_dtype=DType.FP32,
+              optimizer=Optimizer.SGD, batch=1, seq=32, device=DeviceMode.CPU)
+    p = plan(PlanConfig(keep_grads=True, **kw))
     static = p.components["weights"] + p.components["gradients"]
     assert p.peak_allocated_bytes == static + 4 * 32 * 49152 + 3 * 49152 * 576 * 4
+    # set_to_none (memory 3): .grad is None, so AccumulateGrad takes the embedding's gradient itself: two V·h beyond
+    # every gradient (matrix row smollm2-full-fp32-sgd-nokeep measures it)
+    q = plan(PlanConfig(**kw))
+    assert q.peak_allocated_bytes == static + 4 * 32 * 49152 + 2 * 49152 * 576 * 4
+    assert q.components["embedding_grad_tail"] == 2 * 49152 * 576 * 4
 
 
 def test_paged_optimizer_states_are_ordinary_tensors_on_a_cpu():

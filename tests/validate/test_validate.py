@@ -118,7 +118,7 @@ def test_matrix_entry_equals_the_same_plan_flags():
     add_config_arguments(p)
     args = p.parse_args(["--model", "llama-3.2-1b", "--method", "qlora", "--precision", "nf4", "--double-quant",
                          "--compute-dtype", "bf16", "--batch", "2", "--seq", "64", "--device", "cpu",
-                         "--no-grad-checkpointing"])  # the row keeps measuring the un-checkpointed QLoRA
+                         "--no-grad-checkpointing", "--keep-grads"])  # the row keeps measuring the un-checkpointed QLoRA
     flags = PlanConfig.from_dict(config_dict_from_args(args), model=case.config.model)
     assert case.config == flags
     assert case.config.model.num_hidden_layers == 2 and case.config.model.vocab_size == 4096
@@ -286,3 +286,19 @@ def test_model_overrides_must_be_a_mapping():
 
     with pytest.raises(QuantlabError, match="measurement row r|model_overrides"):
         row_to_config({"id": "r", "model": "gpt2", "batch": 1, "seq": 8, "model_overrides": [1, 2]})
+
+
+def test_chunked_ce_is_the_mean_cross_entropy_over_the_chunks():
+    """validate.chunked_ce (torchtune's CEWithChunkedOutputLoss.forward in plain torch) computes the same loss as one
+    cross-entropy over the whole logits, ignored positions excluded (so the lab's chunked loss trains the same)."""
+    import torch
+    import torch.nn.functional as F
+
+    from quantlab.validate import CHUNKS, chunked_ce
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 20, 11, generator=g)
+    labels = torch.randint(0, 11, (2, 20), generator=g)
+    labels[0, -3:] = -100
+    whole = F.cross_entropy(logits.reshape(-1, 11), labels.reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(chunked_ce(list(logits.tensor_split(CHUNKS, dim=1)), labels), whole)
