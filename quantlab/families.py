@@ -28,7 +28,7 @@ F5. Softcaps: Gemma-2 caps attention logits (``attn_logit_softcapping``: ``tanh`
 F6. Linears by role (q, k, v, o, gate, up, down) with the module names PEFT matches (:func:`role_names`); q, k, v
     sharing one name are one fused linear (GPT-2 ``c_attn``, Phi-3 ``qkv_proj``). Biases: ``config``
     (``attention_bias`` on q/k/v/o, ``mlp_bias`` on the MLP), ``qkv`` (Qwen2: ``attention_bias`` on q/k/v only)
-    or ``always`` (GPT-2's ``Conv1D``). MoE (``num_local_experts`` > 0, families without fused linears): a router
+    or ``always`` (GPT-2's ``Conv1D``, ``conv1d``: its weight is stored (in, out), PEFT's ``fan_in_fan_out``). MoE (``num_local_experts`` > 0, families without fused linears): a router
     ``gate`` and fused 3-D expert parameters (transformers 5 ``MixtralExperts``), none of them an ``nn.Linear``.
 F7. PEFT's IA3 defaults (``utils/constants.py`` ``TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING`` and the
     feedforward mapping); Phi-3 has none there (PEFT asks for target_modules): its fused qkv_proj and down_proj
@@ -126,6 +126,7 @@ class Family:
     residual_dropout: bool = False  # the block and embedding apply resid/embd dropout (GPT-2's *_pdrop, F8)
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")  # LoRA target_modules when none are given (F9)
     lora_targets_from_peft: bool = True  # False: PEFT has no default for the family; ours (F9)
+    conv1d: bool = False  # block linears are transformers' Conv1D, weight stored (in, out): PEFT fan_in_fan_out (F6)
 
     def __post_init__(self) -> None:
         if len(self.names) != len(ROLES):
@@ -165,7 +166,7 @@ FAMILY: dict[str, Family] = {f.model_type: f for f in (
     Family("gpt2", "GPT2Block", norm="layernorm", gated_mlp=False, positional="learned", bias="always",
            names=("c_attn", "c_attn", "c_attn", "attn.c_proj", None, "c_fc", "mlp.c_proj"),
            ia3_targets=("c_attn",), ia3_feedforward="mlp.c_proj", attention_code="gpt2", residual_dropout=True,
-           lora_targets=("c_attn",)),
+           lora_targets=("c_attn",), conv1d=True),
 )}
 
 

@@ -46,9 +46,10 @@ def load_rows(path: str | Path) -> list[dict]:
 ROW_KEYS = {"weights": "precision"}  # row key -> PlanConfig field
 ROW_VALUES = {"training_precision": {"amp": "amp", "amp-bf16": "amp", "amp-fp16": "amp", "pure": "pure",
                                      "pure-bf16": "pure", "pure-fp16": "pure", "pure-fp32": "pure"}}
-# Keys that describe the row, not the configuration (model is resolved from its profile with model_overrides).
+# Keys that describe the row, not the configuration (model is resolved from its profile with model_overrides;
+# ``validation``: what ``quantlab validate`` found when it measured a lab row, pass or fail).
 ROW_ONLY = ("id", "source", "model", "model_overrides", "gpu", "metric", "value_bytes", "unit_published", "fits",
-            "tolerance", "notes", "url", "date", "serve")
+            "tolerance", "notes", "url", "date", "serve", "validation")
 
 
 def row_config_dict(row: dict) -> dict:

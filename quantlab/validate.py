@@ -811,9 +811,7 @@ def compare(case: Case, meas: dict) -> dict:
         e = error(p, m)
         row[f"err_{k}"] = e
         row[f"diff_{k}_bytes"] = p - m
-        tol = (GPU_TARGETS if device == "cuda" else CPU_TARGETS).get(k, CPU_TARGETS["tensor"]) \
-            if k in totals else CPU_TARGETS["tensor"]
-        oks.append(e is not None and abs(e) <= tol)
+        oks.append(e is not None and abs(e) <= target(k, device))
     if meas.get("meas_allocated_with_workspace_bytes") is not None:  # assumption 5: shown, not a target
         row["err_allocated_with_workspace"] = error(row.get("pred_allocated_bytes"),
                                                     meas["meas_allocated_with_workspace_bytes"])
@@ -851,6 +849,20 @@ def summarize(rows: list[dict]) -> list[dict]:
                         worst_id=worst[1], worst_under=min(under[0], 0.0),
                         worst_under_id=under[1] if under[0] < 0 else None, target=None, ok=None))
     return out
+
+
+def target(component: str, device: str) -> float:
+    """The validation target of one component or total (relative error) on ``device``."""
+    if component in (GPU_TOTALS if device == "cuda" else CPU_TOTALS):
+        return (GPU_TARGETS if device == "cuda" else CPU_TARGETS).get(component, CPU_TARGETS["tensor"])
+    return CPU_TARGETS["tensor"]
+
+
+def missed_targets(row: dict) -> list[str]:
+    """The components and totals of a compared row whose error is beyond its target."""
+    device = row.get("device", "cpu")
+    comps = TENSOR_COMPONENTS + (GPU_TOTALS if device == "cuda" else CPU_TOTALS)
+    return [k for k in comps if row.get(f"err_{k}") is not None and abs(row[f"err_{k}"]) > target(k, device)]
 
 
 # ---- measurements.jsonl rows (the published format, shared/ground-truth/README.md) ---------------------------

@@ -10,7 +10,15 @@ import pytest
 
 from quantlab.groundtruth import MEASUREMENTS, PUBLISHED, TARGETS, check_row, load_rows, row_to_config, summarize
 
-ROWS = load_rows(PUBLISHED) + load_rows(MEASUREMENTS)
+LAB = load_rows(MEASUREMENTS)
+# reports/measurements.jsonl keeps every configuration quantlab validate measured, pass or fail, with what it found
+# (``validation``): the rows that missed are checked as expected failures (strict: a planner fix that makes one pass
+# fails the run until the row is measured again), so the accuracy over the file counts the misses too
+MISSED = {r["id"] for r in LAB if not r["validation"]["ok"]} if all("validation" in r for r in LAB) else set()
+ROWS = load_rows(PUBLISHED) + LAB
+PARAMS = [pytest.param(r, id=r["id"], marks=pytest.mark.xfail(strict=True, reason=f"validate missed "
+                                                                                  f"{r['validation']['missed']}"))
+          if r["id"] in MISSED else pytest.param(r, id=r["id"]) for r in ROWS]
 ISSUE12 = {("transformers", "allocated"): 0.03, ("transformers", "reserved"): 0.06,
            ("transformers", "process"): 0.06, ("litgpt", "allocated"): 0.10, ("litgpt", "reserved"): 0.10,
            ("litgpt", "process"): 0.10}
@@ -20,12 +28,29 @@ def test_the_checked_targets_are_issue_12s():
     assert TARGETS == ISSUE12
 
 
+def test_lab_rows_keep_their_validation_and_the_count_is_said(capsys):
+    """Every lab row says what validation found when it was measured; the passes are counted and printed, and a row
+    recorded as passing still passes the planner's check now (the misses are the xfail rows above)."""
+    assert LAB, f"{MEASUREMENTS} is empty"
+    for r in LAB:
+        v = r.get("validation")
+        assert v is not None, f"{r['id']}: no validation result (re-measure with quantlab validate --append-measurements)"
+        assert v["measured_bytes"] == r["value_bytes"] and isinstance(v["missed"], list)
+        assert v["ok"] == (not v["missed"]), r["id"]
+    passed = [r for r in LAB if r["validation"]["ok"]]
+    now = [r for r in passed if check_row(r).ok]
+    with capsys.disabled():
+        print(f"\nreports/measurements.jsonl: {len(passed)} of {len(LAB)} measured configurations met their "
+              f"validation targets" + (f"; missed: {', '.join(sorted(MISSED))}" if MISSED else ""))
+    assert len(now) == len(passed)
+
+
 def test_published_file_is_there():
     assert PUBLISHED.exists(), f"{PUBLISHED} missing: CI keeps shared/ beside the repo"
     assert len(load_rows(PUBLISHED)) >= 20
 
 
-@pytest.mark.parametrize("row", ROWS, ids=[r["id"] for r in ROWS])
+@pytest.mark.parametrize("row", PARAMS)
 def test_row_within_target(row):
     c = check_row(row)
     assert c.ok, f"{c.id}: predicted {c.predicted:,.0f} vs measured {c.measured:,.0f} ({c.error})"

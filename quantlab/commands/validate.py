@@ -482,18 +482,8 @@ def append_measurements(rows: list[dict], path: Path) -> int:
 
 def validation_result(r: dict) -> dict:
     """What validation found for one configuration, as a measurement row keeps it."""
-    from quantlab.validate import CPU_TOTALS, GPU_TOTALS, TENSOR_COMPONENTS
+    from quantlab.validate import missed_targets
 
-    comps = TENSOR_COMPONENTS + (GPU_TOTALS if r.get("device") == "cuda" else CPU_TOTALS)
-    missed = [k for k in comps if r.get(f"err_{k}") is not None and not _within(r, k)]
     return {"ok": bool(r.get("ok")), "planned_bytes": r.get("pred_allocated_bytes"),
-            "measured_bytes": r.get("meas_allocated_bytes"), "error": r.get("err_allocated"), "missed": missed}
-
-
-def _within(r: dict, k: str) -> bool:
-    from quantlab.validate import CPU_TARGETS, CPU_TOTALS, GPU_TARGETS, GPU_TOTALS
-
-    cuda = r.get("device") == "cuda"
-    totals = GPU_TOTALS if cuda else CPU_TOTALS
-    tol = (GPU_TARGETS if cuda else CPU_TARGETS).get(k, CPU_TARGETS["tensor"]) if k in totals else CPU_TARGETS["tensor"]
-    return abs(r[f"err_{k}"]) <= tol
+            "measured_bytes": r.get("meas_allocated_bytes"), "error": r.get("err_allocated"),
+            "missed": missed_targets(r)}

@@ -109,7 +109,6 @@ from quantlab.planner.allocator import allocator
 from quantlab.specs import DeviceMode, Method, ModelSpec, PlanConfig, Precision, SpecError, TrainingPrecision
 
 STATIC = ("weights", "quant_constants", "adapters", "gradients", "optimizer", "ddp_buckets")
-FAN_IN_FAN_OUT = frozenset(("gpt2",))  # Conv1D linears (D4b); a family field would be better (families F6)
 ATTENTION_INPUTS = frozenset(("q_proj", "k_proj", "v_proj", "qkv_proj", "c_attn", "query_key_value", "Wqkv"))
 
 
@@ -208,7 +207,7 @@ def dora_saved(cfg: PlanConfig) -> int:
     m = cfg.model
     load, _, a, amp, _ = M._dtypes(cfg)
     T = cfg.batch * cfg.seq
-    conv_norm = m.model_type in FAN_IN_FAN_OUT and load == 4 and not cfg.precision.is_kbit  # D4b
+    conv_norm = family(m).conv1d and load == 4 and not cfg.precision.is_kbit  # D4b
     lora_bytes = cfg.compute_dtype.nbytes if amp else 4
     order = [l.name for l in block_linears(m)]
     targets = _dora_linears(cfg)

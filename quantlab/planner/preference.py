@@ -46,6 +46,10 @@ P7. DPO, ORPO, SimPO (CPO), KTO and reward training default to ``disable_dropout
     ``disable_dropout_in_model`` sets every ``nn.Dropout`` to p=0, LoRA's included, so no dropout mask is saved:
     the model's dropout fields and ``lora_dropout`` are planned as 0. Measured: GPT-2 (resid/embd/attn dropout 0.1)
     under DPOTrainer (reports/dpo-cpu/matrix.md).
+P8. Gradients follow memory.py assumption 3: with Trainer's ``zero_grad(set_to_none=True)``, one micro-batch and no
+    ZeRO/FSDP, the forwards (the policy's, the reference's, GRPO's generation) run without the previous step's
+    gradients; the end of backward and the optimizer step hold them (``--keep-grads``, gradient accumulation and
+    ZeRO/FSDP keep them through the forwards).
 """
 
 from __future__ import annotations
@@ -252,8 +256,13 @@ def preference_plan(cfg: PlanConfig, pref: PreferenceConfig) -> M.Plan:
         notes.append(f"{obj.value}: TRL's experimental trainer builds the logits of both sequences "
                      f"({Bp} x {S} x vocab; memory.py assumption 6 at 2B, P2)")
     comps["activations"] = activations
-    # memory.py's end-of-backward phase of a trainable embedding (its assumption 3b) stays a phase here too
-    dynamic = max(policy_dyn, comps.get("optimizer_step", 0), comps.get("embedding_grad_tail", 0))
+    # P8 (memory.py assumption 3): where the loop frees gradients before the forward (Trainer's zero_grad, one
+    # micro-batch, no ZeRO/FSDP), they are not beside the forwards (the policy's, the reference's); they are beside
+    # the end of backward (a trainable embedding's tail, 3b) and the optimizer step
+    G = 0 if M.keeps_grads(cfg) or cfg.optimizer_in_backward else comps.get("gradients", 0)
+    static -= G
+    dynamic = max(policy_dyn, G + comps.get("optimizer_step", 0), G + comps.get("embedding_grad_tail", 0))
+    kept = max(policy_dyn, comps.get("optimizer_step", 0), comps.get("embedding_grad_tail", 0))  # G counted static
     ref = pref.resolved_reference(cfg)
     if ref is not None and ref is not Reference.PRECOMPUTED:  # P3
         rcfg = M.replace(cfg, method=Method.INFERENCE, batch=Bp, padding_mask=False, **_UNSHARDED,
@@ -270,8 +279,8 @@ def preference_plan(cfg: PlanConfig, pref: PreferenceConfig) -> M.Plan:
                                   weight_bytes=w, head_trains=False, triton=cuda, no_grad=True)
         ref_fwd = max(block_transient(rcfg, S, []), rfh.forward_transient + Bp * S * H * r)
         comps["reference_forward"] = ref_fwd
-        # gradients stay counted here as everywhere (memory.py assumption 3, the safe reading; P3)
-        dynamic = max(dynamic, activations + ref_fwd)
+        dynamic = max(dynamic, activations + ref_fwd)  # without freed gradients (P8)
+        kept = max(kept, activations + ref_fwd)
         notes.append(f"reference: {ref.value} (P3)")
     elif ref is Reference.PRECOMPUTED:
         notes.append("reference log-probs precomputed: no reference model in training (P3)")
@@ -290,6 +299,7 @@ def preference_plan(cfg: PlanConfig, pref: PreferenceConfig) -> M.Plan:
         comps["generation_kv_cache"] = kv
         comps["generation_transient"] = gen_dyn - kv
         dynamic = max(dynamic, gen_dyn)
+        kept = max(kept, gen_dyn)
         notes.append(f"grpo: generate {gen} completions ({S - pref.max_completion_length} prompt + "
                      f"{pref.max_completion_length} new tokens), then train; peak = the larger phase (P4)")
         if pref.reward_model is not None:
@@ -298,7 +308,9 @@ def preference_plan(cfg: PlanConfig, pref: PreferenceConfig) -> M.Plan:
             comps["reward_model"] = rw
             static += rw
     allocated = static + dynamic
-    reserve, context = allocator(cfg, dynamic, comps)
+    reserve, context = allocator(cfg, kept, comps)
+    if cuda:  # freed gradient blocks stay cached (memory.py assumption 3): reserved as with the gradients kept
+        reserve += static + G + kept - allocated
     comps.pop("cuda_context", None)
     comps.pop("allocator_reserve", None)
     comps["cuda_context"] = context

@@ -1,6 +1,7 @@
 """``quantlab validate`` without running models (fast): bad input, the matrix file, the GPU path with injected
 readings, the CPU peak instrument's calibration, the written outputs and the ground-truth rows."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -278,6 +279,30 @@ def test_measurement_rows_pass_the_ground_truth_check(tmp_path):
     assert c.model.num_hidden_layers == 2 and c.model.vocab_size == 4096 and c.device.value == "cpu"
     chk = check_row(r)
     assert chk.ok and chk.error == pytest.approx(1 / 1.01 - 1, abs=1e-6)
+
+
+def test_a_missed_configuration_is_kept_with_its_error(tmp_path):
+    """measurements.jsonl keeps every measured configuration: one that missed a target is appended with ok False,
+    its error and the components that missed, and maps onto its plan like a passing row."""
+    from quantlab.commands.validate import append_measurements
+    from quantlab.groundtruth import load_rows, row_to_config
+    from quantlab.validate import compare
+
+    (good,) = _fake_rows()
+    case, _ = _row()
+    meas = {k: v for k, v in good.items() if k.startswith("meas_")}
+    meas["meas_activations_bytes"] = int(meas["meas_activations_bytes"] * 1.5) + 1
+    bad = compare(dataclasses.replace(case, id="t-miss"), dict(meas, device="cpu"))
+    assert not bad["ok"]
+    assert append_measurements([good, bad], tmp_path / "m.jsonl") == 2
+    rows = {r["id"]: r for r in load_rows(tmp_path / "m.jsonl")}
+    v = rows["quantlab-validate-t-miss"]["validation"]
+    assert v["ok"] is False and "activations" in v["missed"]
+    assert v["measured_bytes"] == rows["quantlab-validate-t-miss"]["value_bytes"]
+    assert rows["quantlab-validate-t"]["validation"] == {"ok": True, "planned_bytes": good["pred_allocated_bytes"],
+                                                        "measured_bytes": good["meas_allocated_bytes"],
+                                                        "error": good["err_allocated"], "missed": []}
+    row_to_config(rows["quantlab-validate-t-miss"])  # the validation key is not a configuration field
 
 
 def test_model_overrides_must_be_a_mapping():
