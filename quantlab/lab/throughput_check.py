@@ -62,7 +62,7 @@ class CheckConfig:
 class Timed:
     """One timed row, measurements only: what ran (``cfg``, the plan of the same step), the seconds per step,
     the bytes the run held, and the device whose peaks were probed right before it (the roof it is set beside
-    by :func:`quantlab.validate_lab.throughput_rows`)."""
+    by :func:`quantlab.validate_lab.throughput_row`)."""
 
     phase: str  # prefill, decode, train
     method: str  # inference, full, lora, lora+ckpt
