@@ -27,11 +27,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3, help="probe repeats per peak")
     a = ap.parse_args(argv)
+    from quantlab import validate_lab
     from quantlab.lab import throughput_check as tc
 
     cc = tc.CheckConfig(decode_batches=(1,), prompt=64, new_tokens=10, prefill_seqs=(512,), train_batch=2,
                         train_seq=128, train_methods=("lora",), train_steps=2)
-    doc = tc.run(cc, probe_kwargs={"repeats": a.repeats})
+    doc = validate_lab.throughput_run(cc, probe_kwargs={"repeats": a.repeats})
     env = doc["environment"]
     print(f"device: {doc['device']['name']}; load average 1 min: {env.get('loadavg_1m_before')} before, "
           f"{env.get('loadavg_1m')} after")

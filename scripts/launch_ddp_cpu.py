@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
     from quantlab.fileio import atomic_write_text
+    from quantlab import validate_lab
     from quantlab.lab import distributed as D
     from quantlab.units import fmt_bytes  # RSS column
 
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"running {sharding} {method} on {args.processes} processes ...", file=sys.stderr, flush=True)
             recs = D.launch(cfg, out / f"{sharding}-{method}")
             runs.append({"config": cfg.__dict__, "ranks": recs})
-            rows += D.compare_with_plan(cfg, recs)
+            rows += validate_lab.distributed_rows(cfg, recs)  # the planner's per-GPU bytes beside them
     df = pd.DataFrame(rows)
     command = "python scripts/launch_ddp_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
     atomic_write_text(out / "distributed.json", json.dumps({"command": command.strip(), "runs": runs, "rows": rows},

@@ -88,6 +88,7 @@ def run(args) -> int:
     # OMP_WAIT_POLICY=ACTIVE to override; the setting is stored with every run's environment.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+    from quantlab import validate_lab
     from quantlab.errors import QuantlabError
     from quantlab.lab.ptq import EvalSizes, run_ptq
     from quantlab.report.store import ResultStore
@@ -108,7 +109,8 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     store = ResultStore(args.store)
     records, skipped = run_ptq(methods, args.model, store=store, redo=args.redo, sizes=sizes,
-                               log=lambda s: print(s, file=sys.stderr))
+                               log=lambda s: print(s, file=sys.stderr),
+                               predict=validate_lab.ptq_predictions)  # the planner's weights beside each row
     if not records and skipped:
         raise QuantlabError(skipped[0])
     from quantlab.report.render import ptq_table

@@ -10,8 +10,9 @@ Two halves:
   its peak RSS, and writes one JSON file per rank;
 - the **launcher** (:func:`launch`): writes the accelerate config for the plan with
   ``quantlab.emit`` (the same file ``quantlab plan --emit accelerate`` writes), runs
-  ``accelerate launch --config_file ... -m quantlab.lab.distributed worker ...``, collects the rank
-  files and sets each component beside the planner's per-GPU prediction for the same plan.
+  ``accelerate launch --config_file ... -m quantlab.lab.distributed worker ...`` and collects the rank
+  files. The lab measures only: :func:`quantlab.validate_lab.distributed_rows` sets each component beside
+  the planner's per-GPU prediction for the same plan (``scripts/launch_ddp_cpu.py`` calls it).
 
 Sharding on a CPU, and why it is done this way:
 
@@ -29,6 +30,9 @@ Sharding on a CPU, and why it is done this way:
    are then DTensor shards, 1/world of each (up to padding).
 3. Every rank checks at the end that the replicas agree (DDP: identical parameters; FSDP: the
    shards reassemble); the rank files record it.
+4. Peak RSS (``peak_rss_bytes``): the largest current RSS sampled over the worker's run, from building the model
+   to the bytes counted after the last step, with the lab's instrument (``quantlab.lab.measure.track_rss``,
+   its assumption 2), not ``getrusage().ru_maxrss`` (the peak over the whole process life).
 
 Token ids are random (memory and the sharding do not depend on the text); each rank repeats its own
 batch, so the recorded loss falls when the steps train.
@@ -39,7 +43,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -123,11 +126,6 @@ def ddp_bucket_bytes(model) -> int:
     return sum(int(x) for x in sizes.split(",") if x.strip())
 
 
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 # ---- worker -------------------------------------------------------------------------------------
 
 def _build(cfg: DistConfig):
@@ -192,9 +190,33 @@ def worker(cfg: DistConfig, out_dir: Path) -> dict:
     import torch.distributed as dist
     from accelerate import Accelerator
 
+    from quantlab.lab.measure import track_rss
+
     torch.set_num_threads(cfg.threads_per_process)
     acc = Accelerator(cpu=True)
     torch.manual_seed(cfg.seed)  # same initial weights (LoRA init) on every rank
+    with track_rss() as rss:  # note 4: build, train and count, the span peak_rss_bytes covers
+        model, opt, losses, times = _train(cfg, acc)
+        inner = model.module if hasattr(model, "module") else model
+        counts = count_process_bytes(inner, opt)
+        counts["ddp_buckets_bytes"] = ddp_bucket_bytes(model)
+    in_sync = _replicas_agree(inner, acc.num_processes, cfg.sharding) if dist.is_initialized() else True
+    rec = {"rank": acc.process_index, "world_size": acc.num_processes, "distributed_type": str(acc.distributed_type),
+           "backend": dist.get_backend() if dist.is_initialized() else None, "config": asdict(cfg),
+           **counts, "peak_rss_bytes": rss.peak, "losses": losses, "step_s": times,
+           "replicas_agree": in_sync, "model_class": type(inner).__name__}
+    from quantlab.fileio import atomic_write_text
+
+    atomic_write_text(out_dir / f"rank{acc.process_index}.json", json.dumps(rec, indent=2) + "\n")
+    acc.wait_for_everyone()
+    acc.end_training()
+    return rec
+
+
+def _train(cfg: DistConfig, acc):
+    """Build the model, shard it, train ``cfg.steps`` steps; (model, optimizer, losses, seconds per step)."""
+    import torch
+
     if cfg.task:
         model, batch_of, loss_of, lr = _lab_finetune(cfg, acc.process_index, acc.num_processes)
     else:
@@ -228,20 +250,7 @@ def worker(cfg: DistConfig, out_dir: Path) -> dict:
         opt.zero_grad(set_to_none=False)  # keep the gradient buffers: they are what is counted
         times.append(time.perf_counter() - t0)
         losses.append(float(loss.detach()))
-    inner = model.module if hasattr(model, "module") else model
-    counts = count_process_bytes(inner, opt)
-    counts["ddp_buckets_bytes"] = ddp_bucket_bytes(model)
-    in_sync = _replicas_agree(inner, acc.num_processes, cfg.sharding) if dist.is_initialized() else True
-    rec = {"rank": acc.process_index, "world_size": acc.num_processes, "distributed_type": str(acc.distributed_type),
-           "backend": dist.get_backend() if dist.is_initialized() else None, "config": asdict(cfg),
-           **counts, "peak_rss_bytes": peak_rss_bytes(), "losses": losses, "step_s": times,
-           "replicas_agree": in_sync, "model_class": type(inner).__name__}
-    from quantlab.fileio import atomic_write_text
-
-    atomic_write_text(out_dir / f"rank{acc.process_index}.json", json.dumps(rec, indent=2) + "\n")
-    acc.wait_for_everyone()
-    acc.end_training()
-    return rec
+    return model, opt, losses, times
 
 
 def _replicas_agree(model, world: int, sharding: str) -> bool:
@@ -330,45 +339,7 @@ def launch(cfg: DistConfig, out_dir: str | Path, timeout_s: float = 900) -> list
     return recs
 
 
-COMPONENTS = ("weights", "gradients", "optimizer", "ddp_buckets")
-
-
-def compare_with_plan(cfg: DistConfig, recs: list[dict]) -> list[dict]:
-    """One tidy row per rank and component: the planner's per-GPU bytes beside this process's bytes.
-
-    Weights include adapters and quantization constants (grouped as ``quantlab.planner.recommend``
-    groups them). Under FSDP full_shard the planner's weights also hold two gathered blocks, live only
-    while a block runs; the process is counted at rest after the step, so the row compares the
-    sharded share (``pred_at_rest_bytes``: the one-process plan's weights / processes) and keeps the
-    planner's peak figure beside it. Activations, logits and the CUDA context are not compared: they
-    are freed by the end of the step, and a CPU process has no context or allocator pool.
-    """
-    import dataclasses
-
-    from quantlab import planner
-    from quantlab.planner.recommend import GRAD_KEYS, OPT_KEYS, WEIGHT_KEYS, _sum
-
-    spec = model_spec(cfg)
-    pc = plan_config(cfg, spec)
-    p = planner.plan(pc)
-    one = planner.plan(dataclasses.replace(pc, num_gpus=1, fsdp=None))
-    pred = {"weights": _sum(p.components, WEIGHT_KEYS), "gradients": _sum(p.components, GRAD_KEYS),
-            "optimizer": _sum(p.components, OPT_KEYS), "ddp_buckets": p.components.get("ddp_buckets", 0)}
-    at_rest = dict(pred)
-    if cfg.sharding == "fsdp":
-        at_rest["weights"] = _sum(one.components, WEIGHT_KEYS) // cfg.processes
-    rows = []
-    for rec in recs:
-        for comp in COMPONENTS:
-            meas = rec[f"{comp}_bytes"]
-            rows.append({"model": spec.name, "method": cfg.method, "sharding": cfg.sharding,
-                         "processes": rec["world_size"], "rank": rec["rank"], "component": comp,
-                         "pred_bytes": pred[comp], "pred_at_rest_bytes": at_rest[comp], "meas_bytes": meas,
-                         "meas_over_pred": meas / at_rest[comp] if at_rest[comp] else None,
-                         "meas_peak_rss_bytes": rec["peak_rss_bytes"], "replicas_agree": rec["replicas_agree"],
-                         "how_measured": "DDP logging data (bucket_sizes)" if comp == "ddp_buckets"
-                         else "storages of the process's tensors after the last step"})
-    return rows
+COMPONENTS = ("weights", "gradients", "optimizer", "ddp_buckets")  # what each rank record counts (``<c>_bytes``)
 
 
 def _cli(argv: list[str] | None = None) -> int:

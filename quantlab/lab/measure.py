@@ -626,3 +626,15 @@ class StepProbe:
 
             loss.register_hook(at_backward)
         return None
+
+
+# ---- public names for the lab's other counters (saved_tensors) ------------------------------------------------
+
+def storage_key(t) -> tuple:
+    """The key one storage is counted under (assumption 1): views of one tensor and tied weights share it."""
+    return _storage_key(t)
+
+
+def storage_nbytes(t) -> int:
+    """Bytes of the whole storage behind ``t`` (a view keeps its base alive), as :func:`tensor_bytes` counts them."""
+    return _nbytes(t)

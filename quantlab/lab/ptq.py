@@ -291,21 +291,6 @@ def load_quantized(m: PTQMethod, src: ModelSource, tok, sizes: EvalSizes):
     return LOADERS[m.backend](m, src, tok, sizes)
 
 
-# ---- planner prediction -------------------------------------------------------------------------------
-
-def predicted_weight_bytes(m: PTQMethod, src: ModelSource) -> int | None:
-    """The planner's weights + quantization constants for the same configuration (CPU mode), or None."""
-    if src.profile_name is None or m.precision == "intx4" or m.backend == "torchao":
-        return None
-    from quantlab.planner import plan
-    from quantlab.profiles import load_model as load_profile
-    from quantlab.specs import PlanConfig
-
-    cfg = PlanConfig.from_dict(m.plan_dict(), model=load_profile(src.profile_name).spec)
-    p = plan(cfg)
-    return p.components["weights"] + p.components.get("quant_constants", 0)
-
-
 # ---- budgets ------------------------------------------------------------------------------------------
 
 _SLOW: dict = {}
@@ -401,8 +386,13 @@ def build_reference(src: ModelSource, tok, sizes: EvalSizes, log=print) -> Refer
     return ref
 
 
-def run_method(m: PTQMethod, src: ModelSource, tok, ref: Reference, sizes: EvalSizes, log=print) -> dict:
+def run_method(m: PTQMethod, src: ModelSource, tok, ref: Reference, sizes: EvalSizes, log=print,
+               predict=None) -> dict:
     """Load, measure and evaluate one method; the metrics of its stored row.
+
+    The lab measures only. ``predict(m, src)``, when given, returns the ``pred_`` fields set beside the
+    measurements in the same row (the command layer passes :func:`quantlab.validate_lab.ptq_predictions`, the
+    planner's weights for the same configuration); without it the row has no ``pred_`` fields.
 
     Phases (each timed, ``meas_time_<phase>_s``): load/quantize; weight bytes and per-layer SQNR (before any
     forward pass: bitsandbytes' dequantize reads the stored layout, which bitsandbytes 0.50 repacks for
@@ -476,7 +466,6 @@ def run_method(m: PTQMethod, src: ModelSource, tok, ref: Reference, sizes: EvalS
         "meas_cloze_items": len(items),
         "budget_note": (f"{m.precision} matmuls measured {slow_dtype(m.precision):.0f}x slower than fp32 on this CPU: "
                         f"{sizes.half_tokens} perplexity tokens, a quarter of the cloze items") if half else None,
-        "pred_weight_bytes": predicted_weight_bytes(m, src),
         "weight_dtypes": ",".join(f"{k}:{v}" for k, v in sorted(tb.by_dtype.items())),
         "sqnr_route": sq_route,
         "meas_time_sqnr_s": sqnr_s,
@@ -486,14 +475,17 @@ def run_method(m: PTQMethod, src: ModelSource, tok, ref: Reference, sizes: EvalS
         "meas_loadavg_1m": load_avg,
     }
     metrics.update(speed)
+    if predict is not None:
+        metrics.update(predict(m, src))
     _free(model)
     metrics["meas_time_method_s"] = time.perf_counter() - t_method
     return metrics
 
 
 def run_ptq(methods: list[PTQMethod], model: str | None = None, *, store=None, redo: bool = False,
-            sizes: EvalSizes = EvalSizes(), log=print, progress: bool = True) -> tuple[list, list[str]]:
-    """Run (or reuse) each method; returns (records, skipped lines)."""
+            sizes: EvalSizes = EvalSizes(), log=print, progress: bool = True,
+            predict=None) -> tuple[list, list[str]]:
+    """Run (or reuse) each method; returns (records, skipped lines). ``predict``: see :func:`run_method`."""
     import torch
 
     from quantlab.report.env import environment
@@ -524,7 +516,7 @@ def run_ptq(methods: list[PTQMethod], model: str | None = None, *, store=None, r
     for m, cfg, key in track(todo, "PTQ methods", enabled=progress):
         log(f"{m.name}: {m.description}")
         try:
-            metrics = run_method(m, src, tok, ref, sizes, log)
+            metrics = run_method(m, src, tok, ref, sizes, log, predict=predict)
         except UnsupportedOnDevice as e:
             skipped.append(f"{m.name}: {e}")
             log(f"{m.name}: skipped: {e}")

@@ -14,21 +14,21 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from quantlab.lab.measure import _nbytes, _storage_key
+from quantlab.lab.measure import storage_key, storage_nbytes
 
 
 class SavedTensorCounter:
     def __init__(self, exclude=()):
-        self.exclude = {_storage_key(t) for t in exclude}
+        self.exclude = {storage_key(t) for t in exclude}
         self.seen: set = set()
         self.bytes = 0
         self.count = 0
 
     def pack(self, t):
-        k = _storage_key(t)
+        k = storage_key(t)
         if k not in self.seen and k not in self.exclude:
             self.seen.add(k)
-            self.bytes += _nbytes(t)
+            self.bytes += storage_nbytes(t)
             self.count += 1
         return t
 
@@ -54,10 +54,10 @@ def grad_bytes(model) -> int:
     seen, total = set(), 0
     for p in model.parameters():
         if p.grad is not None:
-            k = _storage_key(p.grad)
+            k = storage_key(p.grad)
             if k not in seen:
                 seen.add(k)
-                total += _nbytes(p.grad)
+                total += storage_nbytes(p.grad)
     return total
 
 
@@ -68,8 +68,8 @@ def optimizer_bytes(optimizer) -> int:
     for state in optimizer.state.values():
         for v in state.values():
             if isinstance(v, torch.Tensor):
-                k = _storage_key(v)
+                k = storage_key(v)
                 if k not in seen:
                     seen.add(k)
-                    total += _nbytes(v)
+                    total += storage_nbytes(v)
     return total

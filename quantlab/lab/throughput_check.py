@@ -3,8 +3,9 @@
 The recommender's speeds come from ``quantlab.planner.throughput`` (FLOPs and bytes per step,
 divided by a device's peaks at stated utilisations). Here the same functions run with *this*
 machine as the device (peaks measured by ``quantlab.lab.cpu_probe``) and with every utilisation at
-1.0, so the prediction is the ideal; the lab then times the embedded model (SmolLM2-135M, FP32,
-loaded with the lab's loader) for
+1.0, so the prediction is the ideal. This module measures only: it times the embedded model
+(SmolLM2-135M, FP32, loaded with the lab's loader) and returns :class:`Timed` records;
+:mod:`quantlab.validate_lab` sets the roofline beside each (``throughput_row``) for
 
 1. decode: one token per sequence per step with a KV cache (``past_key_values``), after a prompt;
    median seconds per step; the roofline's context is the mean context over the steps;
@@ -17,9 +18,10 @@ loaded with the lab's loader) for
 Each row's peaks are probed again right before it is timed (``reprobe``), so the ratio compares the
 run with a baseline taken in the same process at the same moment: on a machine shared with other
 jobs both drop together. ``meas/pred`` (measured over ideal tokens/s) is the utilisation this
-machine reaches on the roof that binds; the medians per phase become this CPU's :class:`~quantlab.planner.throughput.Utilisation`
-("derived"), and the rows are re-predicted with it (``pred_derived_tok_per_s``) so the report shows
-how well one constant per phase fits across batch sizes and methods.
+machine reaches on the roof that binds; the medians per phase become this CPU's
+:class:`~quantlab.planner.throughput.Utilisation` ("derived", :func:`quantlab.validate_lab.derive_utilisation`),
+and the rows are re-predicted with it (``pred_derived_tok_per_s``) so the report shows how well one
+constant per phase fits across batch sizes and methods.
 
 Token ids are drawn at random from the vocabulary: speed does not depend on which tokens they are.
 Run: ``python -m quantlab.lab.throughput_check --out reports/throughput-cpu`` (about 2 minutes on
@@ -28,18 +30,13 @@ Run: ``python -m quantlab.lab.throughput_check --out reports/throughput-cpu`` (a
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import os
 import statistics
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-from quantlab.planner import throughput as tp
-from quantlab.specs import DeviceMode, DType, Method, ModelSpec, PlanConfig, Precision
+from quantlab.specs import DeviceMode, DType, GPUSpec, Method, ModelSpec, PlanConfig, Precision
 
 
 @dataclass(frozen=True)
@@ -57,12 +54,25 @@ class CheckConfig:
     threads: int = 2
     tiny: bool = False  # a tiny random model (tests / smoke runs), not the embedded one
     seed: int = 0
-    reprobe: bool = True  # probe the peaks again right before each row (see _roof_source)
+    reprobe: bool = True  # probe the peaks again right before each row (see _peaks_source)
     probe_matmul_n: int = 2048
 
 
-IDEAL = tp.Utilisation(train_mfu=1.0, kbit_train_mfu=1.0, prefill_mfu=1.0, mbu=1.0, network=1.0,
-                       basis="ideal", source="every roof at its measured peak (utilisation 1.0)")
+@dataclass(frozen=True)
+class Timed:
+    """One timed row, measurements only: what ran (``cfg``, the plan of the same step), the seconds per step,
+    the bytes the run held, and the device whose peaks were probed right before it (the roof it is set beside
+    by :func:`quantlab.validate_lab.throughput_row`)."""
+
+    phase: str  # prefill, decode, train
+    method: str  # inference, full, lora, lora+ckpt
+    cfg: PlanConfig
+    meas_s: float
+    device: GPUSpec
+    weight_bytes: int  # the model's tensors (measure.model_bytes), adapters included
+    trainable_params: int = 0
+    extra: dict = dataclasses.field(default_factory=dict)  # context / trainable_params, then the row's probe peaks
+    meas_loadavg_1m: float = 0.0  # right after this row's timing: was the machine shared?
 
 
 def _load(cc: CheckConfig):
@@ -88,18 +98,8 @@ def _cfg(spec: ModelSpec, method: Method, batch: int, seq: int, **kw) -> PlanCon
                       seq=seq, device=DeviceMode.CPU, **kw)
 
 
-def _row(phase: str, method: str, cfg: PlanConfig, step: tp.StepTime, meas_s: float, **extra) -> dict:
-    pred_tps = step.tokens_per_s
-    meas_tps = step.tokens / meas_s
-    return {"phase": phase, "method": method, "batch": cfg.batch, "seq": cfg.seq, **extra,
-            "tokens_per_step": step.tokens, "pred_flops_per_step": step.flops, "pred_bytes_per_step": step.bytes,
-            "pred_bound": step.bound, "pred_ideal_s": step.seconds, "meas_s": meas_s,
-            "pred_ideal_tok_per_s": pred_tps, "meas_tok_per_s": meas_tps, "meas_over_pred": meas_tps / pred_tps,
-            "meas_loadavg_1m": os.getloadavg()[0]}  # right after this row's timing: was the machine shared?
-
-
-def measure_rows(cc: CheckConfig, device) -> list[dict]:
-    """Time decode, prefill and training steps of the model and set each beside the ideal roofline."""
+def measure_rows(cc: CheckConfig, device: GPUSpec) -> list[Timed]:
+    """Time decode, prefill and training steps of the model (measurements only)."""
     import torch
 
     from quantlab.lab.measure import median_time, model_bytes
@@ -107,27 +107,26 @@ def measure_rows(cc: CheckConfig, device) -> list[dict]:
 
     torch.set_num_threads(cc.threads)
     torch.manual_seed(cc.seed)
-    roof_now = _roof_source(cc, device)
+    peaks_now = _peaks_source(cc, device)
     model, spec = _load(cc)
     model.eval()
     kw = cache_kwarg(model)
     vocab = spec.vocab_size
     wbytes = model_bytes(model).total
-    rows: list[dict] = []
+    rows: list[Timed] = []
 
     with torch.inference_mode():
         # ---- prefill -------------------------------------------------------------------------------
         for seq in cc.prefill_seqs:
             ids = torch.randint(0, vocab, (cc.prefill_batch, seq))
-            r, peaks = roof_now()
+            dev, peaks = peaks_now()
             meas = median_time(lambda: model(input_ids=ids, use_cache=False), warmup=1, repeat=3)
-            cfg = _cfg(spec, Method.INFERENCE, cc.prefill_batch, seq)
-            rows.append(_row("prefill", "inference", cfg, tp.prefill_step(cfg, tp.ModelBytes(wbytes), r, IDEAL), meas,
-                             **peaks))
+            rows.append(Timed("prefill", "inference", _cfg(spec, Method.INFERENCE, cc.prefill_batch, seq), meas, dev,
+                              wbytes, extra=dict(peaks), meas_loadavg_1m=os.getloadavg()[0]))
         # ---- decode --------------------------------------------------------------------------------
         for b in cc.decode_batches:
             ids = torch.randint(0, vocab, (b, cc.prompt))
-            r, peaks = roof_now()
+            dev, peaks = peaks_now()
             out = model(input_ids=ids, use_cache=True)
             cache, nxt = output_cache(out), out.logits[:, -1:].argmax(-1)
             times = []
@@ -138,33 +137,31 @@ def measure_rows(cc: CheckConfig, device) -> list[dict]:
                 cache, nxt = output_cache(out), out.logits[:, -1:].argmax(-1)
             meas = statistics.median(times[2:])  # first steps warm the allocator
             ctx = cc.prompt + cc.new_tokens // 2
-            cfg = _cfg(spec, Method.INFERENCE, b, ctx)
-            rows.append(_row("decode", "inference", cfg, tp.decode_step(cfg, tp.ModelBytes(wbytes), r, IDEAL), meas,
-                             context=ctx, **peaks))
+            rows.append(Timed("decode", "inference", _cfg(spec, Method.INFERENCE, b, ctx), meas, dev, wbytes,
+                              extra={"context": ctx, **peaks}, meas_loadavg_1m=os.getloadavg()[0]))
     # ---- training ------------------------------------------------------------------------------
     for method in cc.train_methods:
-        rows.append(_train_row(cc, method, spec, roof_now))
+        rows.append(_train_row(cc, method, spec, peaks_now))
     return rows
 
 
-def _roof_source(cc: CheckConfig, device):
+def _peaks_source(cc: CheckConfig, device: GPUSpec):
     """What each row is compared with: with ``reprobe``, peaks probed again right before the row is timed (a
     baseline in the same process at the same moment, so a machine shared with other jobs lowers both the peak
-    and the measurement); otherwise the one device given."""
-    fixed = tp.roof(device, DType.FP32)
+    and the measurement); otherwise the one device given. Returns (device, the row's probe fields)."""
 
-    def roof_now():
+    def peaks_now():
         if not cc.reprobe:
-            return fixed, {}
+            return device, {}
         from quantlab.lab import cpu_probe
 
         res = cpu_probe.probe(threads=cc.threads, repeats=3, matmul_n=cc.probe_matmul_n, bf16=False)
-        return tp.roof(cpu_probe.as_device(res), DType.FP32), {"probe_read_bytes_per_s": res.read_bytes_per_s,
-                                                               "probe_fp32_flops_per_s": res.flops["fp32"]}
-    return roof_now
+        return cpu_probe.as_device(res), {"probe_read_bytes_per_s": res.read_bytes_per_s,
+                                          "probe_fp32_flops_per_s": res.flops["fp32"]}
+    return peaks_now
 
 
-def _train_row(cc: CheckConfig, variant: str, spec: ModelSpec, roof_now) -> dict:
+def _train_row(cc: CheckConfig, variant: str, spec: ModelSpec, peaks_now) -> Timed:
     """One training variant: ``full``, ``lora``, optionally with ``+ckpt`` (gradient checkpointing)."""
     import torch
 
@@ -197,37 +194,13 @@ def _train_row(cc: CheckConfig, variant: str, spec: ModelSpec, roof_now) -> dict
         opt.zero_grad(set_to_none=True)
 
     step()  # warm-up (optimizer states appear), then the peaks at this moment, then the timed steps
-    r, peaks = roof_now()
+    dev, peaks = peaks_now()
     meas = median_time(step, warmup=0, repeat=cc.train_steps)
-    nbytes = tp.ModelBytes(weights=model_bytes(model).total, gradients=4 * n_train, optimizer=8 * n_train)
-    cfg = _cfg(spec, Method(method), cc.train_batch, cc.train_seq, **kw)
-    row = _row("train", variant, cfg, tp.train_step(cfg, n_train, nbytes, r, IDEAL), meas, trainable_params=n_train,
-               **peaks)
+    row = Timed("train", variant, _cfg(spec, Method(method), cc.train_batch, cc.train_seq, **kw), meas, dev,
+                model_bytes(model).total, trainable_params=n_train, extra={"trainable_params": n_train, **peaks},
+                meas_loadavg_1m=os.getloadavg()[0])
     del model, opt
     return row
-
-
-def derive_utilisation(rows: list[dict], device_name: str) -> tp.Utilisation:
-    """This machine's utilisation constants: the median meas/pred per phase (on the roof that binds)."""
-    def med(phase):
-        vals = [r["meas_over_pred"] for r in rows if r["phase"] == phase]
-        return min(1.0, statistics.median(vals)) if vals else 1.0
-
-    return tp.Utilisation(train_mfu=med("train"), kbit_train_mfu=med("train"), prefill_mfu=med("prefill"),
-                          mbu=med("decode"), basis="measured",
-                          source=f"quantlab.lab.throughput_check on {device_name}: median measured/ideal tokens/s "
-                                 "per phase")
-
-
-def repredict(rows: list[dict], util: tp.Utilisation) -> list[dict]:
-    """Add ``pred_derived_tok_per_s``: the ideal scaled by the derived constant of the row's roof."""
-    out = []
-    for r in rows:
-        u = {"train": util.train_mfu, "prefill": util.prefill_mfu,
-             "decode": util.mbu if r["pred_bound"] == "memory" else util.prefill_mfu}[r["phase"]]
-        pred = r["pred_ideal_tok_per_s"] * u
-        out.append({**r, "pred_derived_tok_per_s": pred, "meas_over_pred_derived": r["meas_tok_per_s"] / pred})
-    return out
 
 
 def environment() -> dict:
@@ -236,29 +209,6 @@ def environment() -> dict:
     from quantlab.report.env import environment as env
 
     return dict(env(), cpu_count=os.cpu_count(), loadavg_1m=os.getloadavg()[0])
-
-
-def run(cc: CheckConfig = CheckConfig(), device=None, probe_kwargs: dict | None = None) -> dict:
-    """Probe the machine (unless ``device`` is given), measure, derive, re-predict; a JSON-ready document."""
-    from quantlab.lab import cpu_probe
-
-    probe = None
-    if device is None:
-        probe = cpu_probe.probe(threads=cc.threads, **(probe_kwargs or {}))
-        device = cpu_probe.as_device(probe)
-    env_before = environment()
-    rows = measure_rows(cc, device)
-    env = dict(environment(), loadavg_1m_before=env_before["loadavg_1m"])
-    rows = [dict(r, **{f"env_{k}": v for k, v in env.items()}) for r in rows]
-    util = derive_utilisation(rows, device.name)
-    return {"device": {"name": device.name, "memory_bandwidth_bytes_per_s": device.memory_bandwidth_bytes_per_s,
-                       "flops": dict(device.flops)},
-            "probe": probe.to_dict() if probe else None,
-            "environment": env,
-            "config": dataclasses.asdict(cc),
-            "utilisation_derived": util.to_dict(),
-            "utilisation_gpu_defaults": tp.Utilisation().to_dict(),
-            "rows": repredict(rows, util)}
 
 
 def _fmt(x, div: float) -> str:
@@ -304,29 +254,12 @@ def to_markdown(doc: dict, command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m quantlab.lab.throughput_check", description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="reports/throughput-cpu", help="folder for throughput.json/.csv/.md")
-    ap.add_argument("--model", default=None, help="model (default: the embedded SmolLM2-135M)")
-    ap.add_argument("--quick", action="store_true", help="a tiny random model and short runs (smoke test)")
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args(argv)
-    cc = CheckConfig(model=args.model, threads=args.threads)
-    if args.quick:
-        cc = dataclasses.replace(cc, tiny=True, decode_batches=(1, 4), prompt=32, new_tokens=8, prefill_seqs=(64,),
-                                 train_batch=2, train_seq=64, train_steps=2, probe_matmul_n=512)
-    doc = run(cc, probe_kwargs={"repeats": 3, "matmul_n": 1024} if args.quick else None)
-    from quantlab.fileio import atomic_write_text
+    """``python -m quantlab.lab.throughput_check``: the command, kept at this path (the committed report names it).
+    It is the command layer's, not the lab's: the rows get the roofline beside them in
+    :func:`quantlab.validate_lab.throughput_main`."""
+    from quantlab.validate_lab import throughput_main
 
-    out = Path(args.out)
-    command = "python -m quantlab.lab.throughput_check " + " ".join(argv if argv is not None else sys.argv[1:])
-    doc["command"] = command.strip()
-    atomic_write_text(out / "throughput.json", json.dumps(doc, indent=2) + "\n")
-    import pandas as pd
-
-    atomic_write_text(out / "throughput.csv", pd.DataFrame(doc["rows"]).to_csv(index=False))
-    atomic_write_text(out / "throughput.md", to_markdown(doc, doc["command"]))
-    print(to_markdown(doc, doc["command"]))
-    return 0
+    return throughput_main(argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from quantlab import validate_lab  # noqa: E402
 from quantlab.lab.ptq import EvalSizes, parse_methods, run_ptq  # noqa: E402
 from quantlab.report.store import ResultStore  # noqa: E402
 
@@ -24,7 +25,8 @@ SIZES = dataclasses.replace(EvalSizes.quick(), eval_tokens=1024, half_tokens=256
 def runs(tmp_path_factory):
     store = ResultStore(tmp_path_factory.mktemp("ptq") / "store.sqlite")
     recs, skipped = run_ptq(parse_methods("fp32,bf16,int8,nf4,fp4,torchao-int8,torchao-int4"), "smollm2-135m",
-                            store=store, sizes=SIZES, log=lambda s: None, progress=False)
+                            store=store, sizes=SIZES, log=lambda s: None, progress=False,
+                            predict=validate_lab.ptq_predictions)  # as `quantlab lab ptq` runs it
     return {r.method: r.metrics for r in recs}, skipped, store
 
 
@@ -34,6 +36,7 @@ def test_weight_bytes_order_and_planner_agreement(runs):
     assert w["nf4"] < w["int8"] < w["bf16"] < w["fp32"]
     for k in ("fp32", "bf16", "int8", "nf4", "fp4"):
         assert m[k]["pred_weight_bytes"] == pytest.approx(w[k], rel=0.01), k
+    assert m["torchao-int8"]["pred_weight_bytes"] is None  # a format the planner does not model
 
 
 def test_quality_floors(runs):
@@ -89,6 +92,7 @@ def test_gptq_int4_quantizes_on_cpu(tmp_path):
     assert g["meas_weight_bytes"] < 0.45 * 513 * 2**20
     assert math.isfinite(g["meas_perplexity"]) and g["meas_perplexity"] < 40
     assert g["meas_sqnr_mean_db"] > 17
+    assert not any(k.startswith("pred_") for k in g)  # without a predictor the lab's row holds measurements only
 
 
 @pytest.mark.gpu

@@ -92,3 +92,22 @@ def test_help_shows_the_defaults():
     for t in ("(default: fp32,bf16,int8,nf4)", "--double-quant", "(default: off)", "--group-size N",
               "(default: 128)", "gptq-int4 GPTQ 4-bit, group 64", "(default: smollm2-135m)"):
         assert t in text, t
+
+
+def test_validate_lab_sets_the_planners_weight_bytes_beside_a_ptq_row():
+    """``validate_lab.ptq_predictions`` (what ``quantlab lab ptq`` passes to run_ptq): the planner's weights +
+    quantization constants for the method's plan on the model's profile; None where the planner has no model of
+    the format (torchao's layouts) or no profile for the model."""
+    from quantlab import planner, validate_lab
+    from quantlab.lab.model import ModelSource
+
+    src = ModelSource("smollm2-135m", "embedded", "/nonexistent")  # only its profile is read
+    assert src.profile_name == "smollm2-135m"
+    for name in ("fp32", "int8", "nf4"):
+        p = planner.plan(PlanConfig.from_dict(REGISTRY[name].plan_dict(), model=SPEC))
+        want = p.components["weights"] + p.components.get("quant_constants", 0)
+        assert validate_lab.ptq_predictions(REGISTRY[name], src) == {"pred_weight_bytes": want}
+    got = {n: validate_lab.ptq_weight_bytes(REGISTRY[n], src) for n in ("fp32", "int8", "nf4")}
+    assert got["nf4"] < got["int8"] < got["fp32"]
+    assert validate_lab.ptq_weight_bytes(REGISTRY["torchao-int8"], src) is None
+    assert validate_lab.ptq_weight_bytes(REGISTRY["nf4"], ModelSource("mine", "folder", "/nonexistent")) is None

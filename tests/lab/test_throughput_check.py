@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from quantlab import validate_lab
 from quantlab.lab import cpu_probe, throughput_check as tc
 from quantlab.planner import throughput as tp
 
@@ -30,7 +31,7 @@ def test_roofline_check_rows_on_the_embedded_model():
     prefill is compute-bound. The measured/roofline ratio itself is the benchmark's business."""
     cc = tc.CheckConfig(decode_batches=(1,), prompt=64, new_tokens=10, prefill_seqs=(512,), train_batch=2,
                         train_seq=128, train_methods=("lora",), train_steps=2)
-    doc = tc.run(cc, probe_kwargs={"repeats": 3})
+    doc = validate_lab.throughput_run(cc, probe_kwargs={"repeats": 3})
     phases = {r["phase"] for r in doc["rows"]}
     assert phases == {"prefill", "decode", "train"}
     for r in doc["rows"]:
@@ -41,3 +42,32 @@ def test_roofline_check_rows_on_the_embedded_model():
     assert prefill["pred_bound"] == "compute"
     u = doc["utilisation_derived"]
     assert u["mbu"] > 0 and u["train_mfu"] > 0 and u["basis"] == "measured"
+
+
+def test_quick_check_rows_keep_the_committed_report_columns():
+    """The lab measures (``Timed`` records, no planner figures); ``validate_lab`` sets the roofline beside them.
+    The rows it builds carry the committed report's columns in the same order (reports/throughput-cpu), so the
+    report's readers keep working. A tiny random model, the peaks of one short probe (no re-probe per row)."""
+    from pathlib import Path
+
+    cc = tc.CheckConfig(tiny=True, decode_batches=(1,), prompt=16, new_tokens=6, prefill_seqs=(32,), train_batch=1,
+                        train_seq=32, train_methods=("full", "lora+ckpt"), train_steps=1, threads=1, reprobe=False)
+    dev = cpu_probe.as_device(cpu_probe.probe(threads=1, repeats=2, matmul_n=256, bf16=False))
+    timed = tc.measure_rows(cc, dev)
+    assert [t.phase for t in timed] == ["prefill", "decode", "train", "train"]
+    assert all(t.meas_s > 0 and t.device is dev for t in timed)
+    assert not any(k.startswith("pred_") for t in timed for k in t.extra)  # measurements only
+    doc = validate_lab.throughput_run(cc, device=dev)
+    header = (Path(__file__).resolve().parents[2] / "reports/throughput-cpu/throughput.csv").read_text().split("\n")[0]
+    import pandas as pd
+
+    def cols(names):  # env_ columns follow the installed packages, probe_ ones come with re-probing
+        return [c for c in names if not c.startswith(("env_", "probe_"))]
+
+    assert cols(pd.DataFrame(doc["rows"]).columns) == cols(header.split(","))  # the CSV the report writes
+    for r in doc["rows"]:
+        # the ratio is measured tokens/s over the roofline's, both from this row's own figures
+        assert r["meas_over_pred"] == pytest.approx(r["tokens_per_step"] / r["meas_s"] / r["pred_ideal_tok_per_s"])
+    train = [r for r in doc["rows"] if r["phase"] == "train"]
+    assert train[0]["trainable_params"] > train[1]["trainable_params"] > 0  # full vs LoRA
+    assert train[1]["pred_flops_per_step"] > 0
