@@ -14,12 +14,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from quantlab.specs import Method, ModelSpec, PlanConfig, Precision, SpecError
-
-if TYPE_CHECKING:
-    from quantlab.planner import peft_methods as PM
 
 # variant -> the PlanConfig method it plans over (distill: the student's, --student-method)
 VARIANTS = {"bitfit": Method.FULL.value, "dora": Method.LORA.value, "ptuning": Method.PROMPT.value, "distill": None}

@@ -419,9 +419,11 @@ _kept_tables = model_cache(lambda m: {})
 
 
 def _kept(cfg: PlanConfig, comps: dict | None) -> _Kept:
-    """:class:`_Kept` of ``cfg``, cached per model and the configuration's fields other than batch and sequence."""
+    """:class:`_Kept` of ``cfg``, cached per model, the configuration's fields other than batch and sequence, and the
+    gradient and optimizer bytes it is given (a composition over memory.plan, such as BitFit's, trains other tensors
+    under the same configuration)."""
     table = _kept_tables(cfg.model)
-    key = (_shape_free_key(cfg), comps is None)
+    key = (_shape_free_key(cfg), None if comps is None else (comps.get("gradients", 0), comps.get("optimizer", 0)))
     hit = table.get(key)
     if hit is None:
         hit = _build_kept(cfg, comps)
