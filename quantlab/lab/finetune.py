@@ -622,7 +622,7 @@ def run_finetune(cfg: FinetuneConfig, *, log=print, progress: bool = True, keep_
     from quantlab.lab.finetune_ckpt import check_checkpoint, last_checkpoint, write_run_config
     from quantlab.lab.finetune_plan import model_spec, predicted
     from quantlab.lab.finetune_trainer import (LabCollator, LabTrainer, MeasureCallback, _FinalStep, _Progress,
-                                               training_args)
+                                               fractional_weight, training_args)
     from transformers import EarlyStoppingCallback
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -675,8 +675,7 @@ def run_finetune(cfg: FinetuneConfig, *, log=print, progress: bool = True, keep_
         if not params:
             raise QuantlabError(f"method {cfg.method} left nothing to train")
         stopped_before = bool(state and state["stopped_early"])
-        # a run that stopped early resumes to its own last step (nothing more to train), as an uninterrupted one
-        steps = state["global_step"] if stopped_before else cfg.max_steps
+        steps = state["global_step"] if stopped_before else cfg.max_steps  # a run that stopped early stays stopped
         save = cfg.checkpoint_dir is not None
         probe = MeasureCallback(steps)
         early = EarlyStoppingCallback(early_stopping_patience=cfg.patience, early_stopping_threshold=1e-4)
@@ -684,7 +683,7 @@ def run_finetune(cfg: FinetuneConfig, *, log=print, progress: bool = True, keep_
             model=model, args=training_args(cfg, cfg.checkpoint_dir or tmp, save=save, progress=progress,
                                             max_steps=steps),
             train_dataset=data.train, eval_dataset=data.val,
-            data_collator=LabCollator(pad, width, cfg.prompt_loss_weight not in (0.0, 1.0)),
+            data_collator=LabCollator(pad, width, fractional_weight(cfg)),
             optimizers=(make_optimizer(cfg, params), None),
             callbacks=[probe, early, _FinalStep(steps, save, interrupt_after)])
         trainer.remove_callback(PrinterCallback)
@@ -695,7 +694,13 @@ def run_finetune(cfg: FinetuneConfig, *, log=print, progress: bool = True, keep_
             write_run_config(cfg.checkpoint_dir, cfg)
         if resume:
             log(f"resumed from {resume} at step {state['global_step']}")
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        if stopped_before:  # Trainer.train would run one more step past max_steps: load the checkpoint, no step
+            from transformers import TrainerState
+
+            trainer._load_from_checkpoint(str(resume))  # Trainer's own loading (safetensors / PEFT adapter)
+            trainer.state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
+        else:
+            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         history = history_from_log(trainer.state.log_history)
         stopped = stopped_before or early.early_stopping_patience_counter >= cfg.patience
         if stopped and not stopped_before:

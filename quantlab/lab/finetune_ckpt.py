@@ -43,6 +43,7 @@ def check_checkpoint(ckpt: Path, cfg) -> dict:
     """Read every file of ``ckpt`` safely; {"global_step", "stopped_early"} of its trainer state."""
     import torch
     from safetensors import safe_open
+    from transformers.trainer_pt_utils import safe_globals
 
     ckpt = Path(ckpt)
     try:
@@ -54,8 +55,9 @@ def check_checkpoint(ckpt: Path, cfg) -> dict:
         for f in weights:
             with safe_open(str(f), framework="pt") as h:
                 list(h.keys())
-        for f in sorted(ckpt.glob("*.pt")) + sorted(ckpt.glob("*.pth")):
-            torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+        with safe_globals():  # Trainer's allowlist for the numpy RNG state in rng_state.pth, as _load_rng_state
+            for f in sorted(ckpt.glob("*.pt")) + sorted(ckpt.glob("*.pth")):
+                torch.load(f, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:
         msg = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
         raise QuantlabError(f"cannot resume from {ckpt}: corrupt or incomplete checkpoint ({msg})") from e

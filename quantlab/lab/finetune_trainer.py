@@ -27,7 +27,9 @@ Assumptions (transformers 5.24 ``trainer.py``, ``trainer_callback.py``, ``loss/l
    ``Trainer.evaluate``'s: the mean of the per-batch losses, weighted by batch size.
 4. Resume: ``Trainer``'s checkpoints (``checkpoint-<step>/`` under ``checkpoint_dir``, saved at each evaluation,
    the latest kept): weights or PEFT adapters as safetensors, optimizer / scheduler / RNG states read back by
-   ``Trainer`` with ``torch.load(weights_only=True)`` (``_load_optimizer_and_scheduler``, ``_load_rng_state``);
+   ``Trainer`` with ``torch.load(weights_only=True)`` (``_load_optimizer_and_scheduler``, ``_load_rng_state``).
+   Two are kept, the latest and the best by validation loss (Trainer protects the best from rotation, and with a
+   limit of 1 ``Trainer.train`` deletes the latest at the end when it is not the best);
    :func:`quantlab.lab.finetune_ckpt.check_checkpoint` reads every file the same way first, so a corrupt
    checkpoint is a one-line error. Batches: ``Trainer``'s seeded ``RandomSampler``, skipped forward on resume.
 5. No gradient clipping (``max_grad_norm=0``): the lab's recipe never clipped, and clipping is not a component.
@@ -46,6 +48,11 @@ from transformers.trainer_callback import ProgressCallback
 from quantlab.errors import QuantlabError
 
 SCHEDULER_NAMES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+
+
+def fractional_weight(cfg) -> bool:
+    """Whether the prompt-loss weight needs the lab's own loss (assumption 1)."""
+    return cfg.prompt_loss_weight not in (0.0, 1.0)
 
 
 class LabCollator:
@@ -189,7 +196,8 @@ class _Progress(ProgressCallback):
 
 
 def training_args(cfg, output_dir: str, *, save: bool, progress: bool, max_steps: int):
-    """The TrainingArguments of a lab fine-tune (the flags' one mapping)."""
+    """The TrainingArguments of a lab fine-tune (the flags' one mapping). ``label_names``: what makes
+    ``Trainer.prediction_step`` compute an evaluation loss (``loss_weights`` for a fractional prompt weight)."""
     import torch
     from transformers import TrainingArguments
 
@@ -203,9 +211,10 @@ def training_args(cfg, output_dir: str, *, save: bool, progress: bool, max_steps
         warmup_steps=cfg.warmup_steps, weight_decay=0.0, max_grad_norm=0.0, seed=cfg.seed, data_seed=cfg.seed,
         bf16=amp is torch.bfloat16, fp16=amp is torch.float16, use_cpu=not measure.cuda_available(),
         eval_strategy="steps", eval_steps=cfg.eval_every, prediction_loss_only=True,
-        save_strategy="steps" if save else "no", save_steps=cfg.eval_every, save_total_limit=1 if save else None,
+        save_strategy="steps" if save else "no", save_steps=cfg.eval_every, save_total_limit=2 if save else None,
         restore_callback_states_from_checkpoint=True,
         metric_for_best_model="eval_loss", greater_is_better=False, load_best_model_at_end=False,
         logging_strategy="steps", logging_steps=1, report_to="none", disable_tqdm=not progress,
+        label_names=["loss_weights" if fractional_weight(cfg) else "labels"],
         log_level="error", remove_unused_columns=False, dataloader_num_workers=0, dataloader_pin_memory=False
     )  # gradient checkpointing: the lab's builder turns it on, non-reentrant (finetune.build_model)
