@@ -1,5 +1,6 @@
 """Fine-tunes, measured: every method is a frozen config plus a registered model builder, and all go through
-:func:`run_finetune` (one training loop, one evaluation, one measurement).
+:func:`run_finetune` (one training loop: transformers' ``Trainer``, :mod:`quantlab.lab.finetune_trainer`; one
+evaluation; one measurement, :class:`quantlab.lab.measure.StepProbe` in a Trainer callback).
 
 Methods: ``full``; ``freeze`` (the last k blocks, and/or named modules, train); ``lora``; ``qlora``
 (bitsandbytes NF4/FP4 base, optional double quantization, PEFT ``prepare_model_for_kbit_training``, LoRA
@@ -17,21 +18,25 @@ Optimizers: AdamW (torch), 8-bit / paged AdamW and Lion (bitsandbytes), Adafacto
 Assumptions:
 
 1. The loss is the token-weighted mean cross-entropy of next-token prediction; prompt tokens carry
-   ``prompt_loss_weight`` (see :mod:`quantlab.lab.data`). Gradient accumulation averages the micro-batch losses.
-2. Batches are drawn in a seeded order that depends only on the step number, so a run resumed from a checkpoint
-   sees the same batches and reaches the same losses as an uninterrupted one.
+   ``prompt_loss_weight`` (see :mod:`quantlab.lab.data`): labels for the model's own loss at 0 / 1, the lab's
+   weighted loss otherwise (:mod:`quantlab.lab.finetune_trainer` assumption 1, which also says how gradient
+   accumulation weighs micro-batches).
+2. Batches come from Trainer's seeded sampler, and a run resumed from a Trainer checkpoint skips the batches it
+   has seen, so it reaches the same losses as an uninterrupted one (:mod:`quantlab.lab.finetune_trainer` assumption 4).
 3. Memory per component is measured on one training step (the second, after the optimizer states exist), with the
    planner's component names (:mod:`quantlab.planner.memory`), integer bytes of distinct tensor storages:
    ``weights`` (parameters and buffers that are not adapters, quantization constants excluded),
    ``quant_constants`` (bitsandbytes absmax / code tables), ``adapters`` (the trainable parameters of a PEFT
-   method), ``gradients``, ``optimizer`` (states after the step), ``activations`` (tensors the model's forward saves
-   for backward: :mod:`quantlab.lab.saved_tensors`), ``logits_loss`` (the logits plus what the loss saves: its
-   fp32 log-softmax, targets and weights; the planner's figure also holds the two fp32 T x vocab gradient buffers
-   backward allocates, which are not saved tensors). Beside them: the process RSS (peak over the run, and the
+   method), ``gradients``, ``optimizer`` (states after the step), ``activations`` (tensors the model's backbone saves
+   for backward, StepProbe's definition), ``logits_loss`` (the logits plus what the head and the loss save: under
+   Trainer the fp32 log-softmax of every position and the labels; the planner's figure also holds the two fp32
+   T x vocab gradient buffers backward allocates, which are not saved tensors, and keeps the logits live through
+   backward, which Trainer's ``compute_loss`` does not: ``meas_step_logits_alive_at_backward``). Beside them: the process RSS (peak over the run, and the
    growth over the measured step), and on a GPU ``max_memory_allocated`` / ``max_memory_reserved`` of that step and
    the NVML process figure. The planner's prediction for the same step (batch x padded width) is stored beside it
    as ``pred_*`` where the planner knows the architecture.
-4. Speed: the median seconds of the optimizer steps (evaluation excluded) and trained tokens (padding excluded)
+4. Speed: the median seconds of the optimizer steps (Trainer's ``on_step_begin`` to ``on_step_end``: evaluation
+   and checkpoint saving excluded) and trained tokens (padding excluded)
    per second of training.
 5. Task quality before and after: :mod:`quantlab.lab.finetune_eval` (greedy answers; exact match, token F1).
 6. Continued pre-training (``text`` records, :mod:`quantlab.lab.data` assumptions 1, 6, 7): the rows are packed
