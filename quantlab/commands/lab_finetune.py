@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-HARNESS = 4  # bump when what a stored fine-tune row means changes (its key then changes: no stale reuse)
+# bump when what a stored fine-tune row means changes (its key then changes: no stale reuse); 5: on Trainer
+HARNESS = 5
 
 
 # The PlanConfig fields lab finetune takes as 'quantlab plan' flags (same names, parsing and defaults:
@@ -204,16 +205,26 @@ def run(args) -> int:
 
 
 def run_config(cfg, out, *, log, progress=True, evaluate_before=True):
-    """Run one configuration (QAT: the QAT-vs-PTQ comparison); [(method, metrics, artifacts)]."""
+    """Run one configuration: [(method, metrics, artifacts)]. The one dispatch by method: ``RUNNERS[cfg.method]``
+    where a method has its own runner (QAT: the QAT-vs-PTQ comparison; a preference method such as DPO registers
+    its runner here, taking the same parsed config), else the supervised fine-tune on Trainer (:func:`run_sft`)."""
+    runner = RUNNERS.get(cfg.method, run_sft)
+    return runner(cfg, out, log=log, progress=progress, evaluate_before=evaluate_before)
+
+
+def run_qat(cfg, out, *, log, progress=True, evaluate_before=True):
+    from quantlab.lab.qat_compare import compare
+
+    return compare(cfg, log=log, out=out, progress=progress, evaluate_before=evaluate_before)
+
+
+def run_sft(cfg, out, *, log, progress=True, evaluate_before=True):
+    """One supervised fine-tune (or continued pre-training) on Trainer, its loss curve, history and adapter."""
     from pathlib import Path
 
     from quantlab.lab.finetune import PEFT_METHODS, history_csv, loss_curve_png, run_finetune
 
     name = f"{cfg.method}-{Path(cfg.data).stem if cfg.data else cfg.task}"
-    if cfg.method == "qat":
-        from quantlab.lab.qat_compare import compare
-
-        return compare(cfg, log=log, out=out, progress=progress, evaluate_before=evaluate_before)
     keep = cfg.method in ("lora", "qlora")
     res = run_finetune(cfg, log=log, keep_model=keep, evaluate_before=evaluate_before, progress=progress)
     artifacts = {"loss_curve": str(loss_curve_png(res.history, out / f"{name}-loss.png",
@@ -231,3 +242,6 @@ def run_config(cfg, out, *, log, progress=True, evaluate_before=True):
         log(f"adapter saved to {adir} ({check.adapter_bytes:,} bytes of safetensors), reloaded onto the fp32 base and "
             f"merged (W + alpha/r BA): max |logit difference| merged vs base+adapter {check.max_abs_diff:.2e}")
     return [(cfg.method, res.metrics, artifacts)]
+
+
+RUNNERS = {"qat": run_qat}  # method -> runner(cfg, out, *, log, progress, evaluate_before); others: run_sft

@@ -1,5 +1,6 @@
 """Fine-tunes, measured: every method is a frozen config plus a registered model builder, and all go through
-:func:`run_finetune` (one training loop, one evaluation, one measurement).
+:func:`run_finetune` (one training loop: transformers' ``Trainer``, :mod:`quantlab.lab.finetune_trainer`; one
+evaluation; one measurement, :class:`quantlab.lab.measure.StepProbe` in a Trainer callback).
 
 Methods: ``full``; ``freeze`` (the last k blocks, and/or named modules, train); ``lora``; ``qlora``
 (bitsandbytes NF4/FP4 base, optional double quantization, PEFT ``prepare_model_for_kbit_training``, LoRA
@@ -17,21 +18,25 @@ Optimizers: AdamW (torch), 8-bit / paged AdamW and Lion (bitsandbytes), Adafacto
 Assumptions:
 
 1. The loss is the token-weighted mean cross-entropy of next-token prediction; prompt tokens carry
-   ``prompt_loss_weight`` (see :mod:`quantlab.lab.data`). Gradient accumulation averages the micro-batch losses.
-2. Batches are drawn in a seeded order that depends only on the step number, so a run resumed from a checkpoint
-   sees the same batches and reaches the same losses as an uninterrupted one.
+   ``prompt_loss_weight`` (see :mod:`quantlab.lab.data`): labels for the model's own loss at 0 / 1, the lab's
+   weighted loss otherwise (:mod:`quantlab.lab.finetune_trainer` assumption 1, which also says how gradient
+   accumulation weighs micro-batches).
+2. Batches come from Trainer's seeded sampler, and a run resumed from a Trainer checkpoint skips the batches it
+   has seen, so it reaches the same losses as an uninterrupted one (:mod:`quantlab.lab.finetune_trainer` assumption 4).
 3. Memory per component is measured on one training step (the second, after the optimizer states exist), with the
    planner's component names (:mod:`quantlab.planner.memory`), integer bytes of distinct tensor storages:
    ``weights`` (parameters and buffers that are not adapters, quantization constants excluded),
    ``quant_constants`` (bitsandbytes absmax / code tables), ``adapters`` (the trainable parameters of a PEFT
-   method), ``gradients``, ``optimizer`` (states after the step), ``activations`` (tensors the model's forward saves
-   for backward: :mod:`quantlab.lab.saved_tensors`), ``logits_loss`` (the logits plus what the loss saves: its
-   fp32 log-softmax, targets and weights; the planner's figure also holds the two fp32 T x vocab gradient buffers
-   backward allocates, which are not saved tensors). Beside them: the process RSS (peak over the run, and the
+   method), ``gradients``, ``optimizer`` (states after the step), ``activations`` (tensors the model's backbone saves
+   for backward, StepProbe's definition), ``logits_loss`` (the logits plus what the head and the loss save: under
+   Trainer the fp32 log-softmax of every position and the labels; the planner's figure also holds the two fp32
+   T x vocab gradient buffers backward allocates, which are not saved tensors, and keeps the logits live through
+   backward, which Trainer's ``compute_loss`` does not: ``meas_step_logits_alive_at_backward``). Beside them: the process RSS (peak over the run, and the
    growth over the measured step), and on a GPU ``max_memory_allocated`` / ``max_memory_reserved`` of that step and
    the NVML process figure. The planner's prediction for the same step (batch x padded width) is stored beside it
    as ``pred_*`` where the planner knows the architecture.
-4. Speed: the median seconds of the optimizer steps (evaluation excluded) and trained tokens (padding excluded)
+4. Speed: the median seconds of the optimizer steps (Trainer's ``on_step_begin`` to ``on_step_end``: evaluation
+   and checkpoint saving excluded) and trained tokens (padding excluded)
    per second of training.
 5. Task quality before and after: :mod:`quantlab.lab.finetune_eval` (greedy answers; exact match, token F1).
 6. Continued pre-training (``text`` records, :mod:`quantlab.lab.data` assumptions 1, 6, 7): the rows are packed
@@ -54,7 +59,6 @@ from typing import Callable
 
 from quantlab.errors import QuantlabError
 from quantlab.lab import measure
-from quantlab.lab.finetune_ckpt import has_checkpoint, load_checkpoint, save_checkpoint  # noqa: F401 (re-export)
 from quantlab.lab.finetune_eval import exact_match, generate_answers, token_f1  # noqa: F401 (re-export)
 from quantlab.lab.model import load_model, load_tokenizer, resolve  # noqa: F401 (load_tokenizer: re-export)
 from quantlab.specs import DType, Method, PlanConfig, TrainingPrecision
@@ -483,22 +487,10 @@ def make_optimizer(cfg: FinetuneConfig, params):
     return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
 
 
-def make_schedule(cfg: FinetuneConfig, opt):
-    """Linear warm-up over ``warmup_steps``, then cosine / linear decay to 0 at ``max_steps``, or constant."""
-    import torch
-
-    def f(step):
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.schedule == "constant":
-            return 1.0
-        frac = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-        return max(0.0, 1 - frac) if cfg.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, f)
-
-
 # ---- loss, batches, evaluation ---------------------------------------------------------------------------
+# forward_logits / weighted_loss / batch_for: the loss and batch order of quantlab.lab.distributed's loop (the
+# one-process lab trains on Trainer); loss_from_logits: also the fractional prompt-loss weight's loss
+# (quantlab.lab.finetune_trainer assumption 1).
 
 def forward_logits(model, ids, mask, amp=None):
     import contextlib
@@ -532,29 +524,6 @@ def batch_for(step: int, micro: int, train, cfg: FinetuneConfig):
     order = list(range(len(train)))
     random.Random(cfg.seed * 100003 + epoch).shuffle(order)
     return [train[i] for i in order[pos * cfg.batch:(pos + 1) * cfg.batch]]
-
-
-def val_loss(model, val, pad_id, cfg, amp=None) -> float:
-    """Token-weighted validation loss over the whole validation split."""
-    import torch
-
-    from quantlab.lab.data import collate
-
-    was = model.training
-    model.eval()
-    tot, n = 0.0, 0.0
-    dev = next(model.parameters()).device
-    try:
-        with torch.no_grad():
-            for i in range(0, len(val), cfg.batch):
-                ids, mask, w = collate(val[i:i + cfg.batch], pad_id, cfg.max_len if cfg.pad_to_max_len else None)
-                ids, mask, w = ids.to(dev), mask.to(dev), w.to(dev)
-                weight = float(w[:, 1:].sum())
-                tot += float(weighted_loss(model, ids, mask, w, amp)) * weight
-                n += weight
-    finally:
-        model.train(was)
-    return tot / max(n, 1e-6)
 
 
 def task_scores(model, tok, records, cfg: FinetuneConfig) -> dict:
@@ -630,24 +599,6 @@ def block_kwargs(model, enabled: bool):
             h.remove()
 
 
-def measured_micro_step(model, ids, mask, w, amp, checkpointed: bool = False):
-    """Forward and loss of one micro-batch, counting what each saves for backward: (loss, activations, logits_loss).
-    ``checkpointed``: the activations include what the checkpoint closures hold (:func:`block_kwargs`), each storage
-    once and not already saved."""
-    from quantlab.lab.measure import _nbytes, _storage_key
-    from quantlab.lab.saved_tensors import count_saved
-
-    with block_kwargs(model, checkpointed) as kw, count_saved(model) as act:
-        logits = forward_logits(model, ids, mask, amp)
-    closure = {_storage_key(t): _nbytes(t) for t in kw}
-    closure_bytes = sum(n for k, n in closure.items() if k not in act.seen)
-    del kw
-    with count_saved(model, exclude=[logits]) as ls:
-        loss = loss_from_logits(logits, ids, w)
-    held = _nbytes(logits) if _storage_key(logits) not in act.seen else 0
-    return loss, act.bytes + closure_bytes, held + ls.bytes
-
-
 # ---- the run ---------------------------------------------------------------------------------------------
 
 @dataclass
@@ -665,14 +616,20 @@ class Result:
 def run_finetune(cfg: FinetuneConfig, *, log=print, progress: bool = True, keep_model: bool = False,
                  interrupt_after: int | None = None, evaluate_before: bool = True,
                  evaluate_after: bool = True) -> Result:
-    """Train and evaluate one configuration. ``interrupt_after`` stops after that many steps (tests of resume)."""
+    """Train and evaluate one configuration on transformers' Trainer (:mod:`quantlab.lab.finetune_trainer`).
+    ``interrupt_after`` stops after that many steps (tests of resume)."""
+    import tempfile
+
     import torch
 
     from quantlab.data.lengths import load_tokenizer as data_tokenizer
-    from quantlab.lab.data import collate, prepare
+    from quantlab.lab.data import prepare
+    from quantlab.lab.finetune_ckpt import check_checkpoint, last_checkpoint, write_run_config
     from quantlab.lab.finetune_plan import model_spec, predicted
-    from quantlab.lab.progress import track
-    from quantlab.lab.saved_tensors import grad_bytes, optimizer_bytes
+    from quantlab.lab.finetune_trainer import (LabCollator, LabTrainer, MeasureCallback, _FinalStep, _Progress,
+                                               fractional_weight, training_args)
+    from transformers import EarlyStoppingCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     torch.manual_seed(cfg.seed)
     src = resolve(cfg.model)
@@ -703,16 +660,14 @@ def run_finetune(cfg: FinetuneConfig, *, log=print, progress: bool = True, keep_
     metrics["meas_data_semantic_duplicates"] = data.dedupe.semantic if cfg.semantic_threshold is not None else None
     metrics["meas_data_decontaminated"] = data.dedupe.decontaminated
     metrics["meas_data_filtered"] = sum(data.dedupe.filtered.values())
-    notes: list[str] = []
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     width = cfg.max_len if cfg.pad_to_max_len else None
-    with measure.measure_memory() as run_mem:
+    resume = last_checkpoint(cfg.checkpoint_dir)
+    state = check_checkpoint(resume, cfg) if resume else None  # a corrupt or foreign checkpoint: one line, early
+    with measure.measure_memory() as run_mem, tempfile.TemporaryDirectory(prefix="quantlab-ft-") as tmp:
         t0 = time.perf_counter()
         model = build_model(cfg, src)
         metrics["meas_load_s"] = time.perf_counter() - t0
-        dev = next(model.parameters()).device
-        amp = cfg.amp_dtype
-        scaler = torch.amp.GradScaler(dev.type) if amp is torch.float16 else None
         if evaluate_before and text:
             metrics.update(text_perplexities(model, tok, data.test, cfg, "_before"))
             log(perplexity_line("before", metrics, "_before"))
@@ -724,84 +679,48 @@ def run_finetune(cfg: FinetuneConfig, *, log=print, progress: bool = True, keep_
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise QuantlabError(f"method {cfg.method} left nothing to train")
-        opt = make_optimizer(cfg, params)
-        sched = make_schedule(cfg, opt)
-        start, best, bad_evals, history, stopped = 0, float("inf"), 0, [], False
-        if has_checkpoint(cfg.checkpoint_dir):
-            st = load_checkpoint(cfg.checkpoint_dir, model, opt, sched, scaler)
-            start, best, bad_evals = st["step"], st["best"], st["bad_evals"]
-            history = [tuple(h) for h in st["history"]]
-            log(f"resumed from {cfg.checkpoint_dir} at step {start}")
-            if start >= cfg.max_steps or st.get("stopped_early"):
-                stopped = bool(st.get("stopped_early"))
-        model.train()
-        step_times, tokens = [], 0
-        measure_at = start + 1 if cfg.max_steps - start > 1 else start
-        steps = range(start, cfg.max_steps) if not stopped else range(0)
-        for step in track(steps, f"{cfg.method} fine-tune", total=len(steps), enabled=progress):
-            t = time.perf_counter()
-            total = 0.0
-            with measure.measure_memory() if step == measure_at else _Null() as step_mem:
-                for micro in range(cfg.grad_accum):
-                    batch = batch_for(step, micro, data.train, cfg)
-                    ids, mask, w = (x.to(dev) for x in collate(batch, pad, width))
-                    tokens += int(mask.sum())
-                    if step == measure_at and micro == 0:
-                        loss, act, ll = measured_micro_step(model, ids, mask, w, amp, cfg.plan.grad_checkpointing)
-                        metrics["meas_activations_bytes"], metrics["meas_logits_loss_bytes"] = act, ll
-                        shape = tuple(ids.shape)
-                        metrics["meas_step_pad_tokens"] = int(mask.numel() - mask.sum())
-                    else:
-                        loss = weighted_loss(model, ids, mask, w, amp)
-                    loss = loss / cfg.grad_accum
-                    (scaler.scale(loss) if scaler else loss).backward()
-                    total += float(loss.detach())
-                if step == measure_at:
-                    metrics["meas_gradients_bytes"] = grad_bytes(model)
-                if scaler:
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    opt.step()
-                sched.step()
-                if step == measure_at:
-                    metrics["meas_optimizer_bytes"] = optimizer_bytes(opt)
-                opt.zero_grad(set_to_none=True)
-            if step == measure_at:
-                metrics["meas_step_rss_delta_bytes"] = step_mem.rss_delta_bytes
-                metrics["meas_step_peak_allocated_bytes"] = step_mem.cuda_allocated_bytes
-                metrics["meas_step_peak_reserved_bytes"] = step_mem.cuda_reserved_bytes
-                metrics["meas_step_nvml_process_bytes"] = step_mem.nvml_process_bytes
-                metrics["meas_step_batch"], metrics["meas_step_seq"] = shape
-            step_times.append(time.perf_counter() - t)
-            if not math.isfinite(total):
-                raise QuantlabError(f"the training loss became {total} at step {step + 1} (lower --lr, or use fp32 "
-                                    "/ amp instead of pure fp16)")
-            vl = None
-            if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps:
-                vl = val_loss(model, data.val, pad, cfg, amp)
-                if vl < best - 1e-4:
-                    best, bad_evals = vl, 0
-                else:
-                    bad_evals += 1
-                stopped = bad_evals >= cfg.patience
-            history.append((step + 1, total, vl))
-            if cfg.checkpoint_dir and vl is not None:
-                save_checkpoint(cfg.checkpoint_dir, model, opt, sched,
-                                {"step": step + 1, "best": best, "bad_evals": bad_evals, "stopped_early": stopped,
-                                 "history": history, "config": cfg.to_dict()}, scaler)
-            if stopped:
-                log(f"early stop at step {step + 1}: validation loss has not improved for {bad_evals} evaluations")
-                break
-            if interrupt_after is not None and step + 1 - start >= interrupt_after:
-                break
-        metrics["meas_s_per_step"] = sorted(step_times)[len(step_times) // 2] if step_times else None
-        metrics["meas_train_s"] = sum(step_times) if step_times else None
-        metrics["meas_train_tok_per_s"] = tokens / sum(step_times) if step_times else None
-        metrics["meas_steps"] = history[-1][0] if history else start
+        stopped_before = bool(state and state["stopped_early"])
+        steps = state["global_step"] if stopped_before else cfg.max_steps  # a run that stopped early stays stopped
+        save = cfg.checkpoint_dir is not None
+        probe = MeasureCallback(steps)
+        early = EarlyStoppingCallback(early_stopping_patience=cfg.patience, early_stopping_threshold=1e-4)
+        trainer = LabTrainer(
+            model=model, args=training_args(cfg, cfg.checkpoint_dir or tmp, save=save, progress=progress,
+                                            max_steps=steps),
+            train_dataset=data.train, eval_dataset=data.val,
+            data_collator=LabCollator(pad, width, fractional_weight(cfg)),
+            optimizers=(make_optimizer(cfg, params), None),
+            callbacks=[probe, early, _FinalStep(steps, save, interrupt_after)])
+        trainer.remove_callback(PrinterCallback)
+        if progress:
+            trainer.remove_callback(ProgressCallback)
+            trainer.add_callback(_Progress())
+        if save:
+            write_run_config(cfg.checkpoint_dir, cfg)
+        if resume:
+            log(f"resumed from {resume} at step {state['global_step']}")
+        if stopped_before:  # Trainer.train would run one more step past max_steps: load the checkpoint, no step
+            from transformers import TrainerState
+
+            trainer._load_from_checkpoint(str(resume))  # Trainer's own loading (safetensors / PEFT adapter)
+            trainer.state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
+        else:
+            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        history = history_from_log(trainer.state.log_history)
+        stopped = stopped_before or early.early_stopping_patience_counter >= cfg.patience
+        if stopped and not stopped_before:
+            log(f"early stop at step {trainer.state.global_step}: validation loss has not improved for "
+                f"{early.early_stopping_patience_counter} evaluations")
+        metrics.update(probe.metrics)
+        times = probe.step_times
+        metrics["meas_s_per_step"] = sorted(times)[len(times) // 2] if times else None
+        metrics["meas_train_s"] = sum(times) if times else None
+        metrics["meas_train_tok_per_s"] = trainer.trained_tokens / sum(times) if times else None
+        metrics["meas_steps"] = trainer.state.global_step
         metrics["meas_stopped_early"] = stopped
         metrics.update(component_bytes(model, cfg.method))
-        if "meas_step_batch" in metrics:
+        if probe.metrics:
+            dev = next(model.parameters()).device
             spec = model_spec((model.get_base_model() if hasattr(model, "get_base_model") else model).config,
                               cfg.model)
             metrics.update(predicted(cfg, spec, batch=metrics["meas_step_batch"], seq=metrics["meas_step_seq"],
@@ -819,20 +738,24 @@ def run_finetune(cfg: FinetuneConfig, *, log=print, progress: bool = True, keep_
             metrics["meas_exact_match"], metrics["meas_token_f1"] = after["exact_match"], after["token_f1"]
             log(f"after: exact match {after['exact_match']:.2f}, token F1 {after['token_f1']:.2f}; e.g. "
                 f"{after['sample'][:80]!r}")
+        del trainer
     metrics["meas_peak_rss_bytes"] = run_mem.rss_peak_bytes
     metrics["meas_rss_delta_bytes"] = run_mem.rss_delta_bytes
     metrics["meas_peak_allocated_bytes"] = run_mem.cuda_allocated_bytes
     metrics["meas_peak_reserved_bytes"] = run_mem.cuda_reserved_bytes
     return Result(cfg, metrics, history, stopped, model if keep_model else None, tok if keep_model else None,
-                  data if keep_model else None, notes)
+                  data if keep_model else None, list(probe.notes))
 
 
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
+def history_from_log(log_history) -> list:
+    """[(step, train_loss, val_loss or None)] from ``Trainer.state.log_history`` (a loss logged every step)."""
+    train, val = {}, {}
+    for e in log_history:
+        if "loss" in e:
+            train[e["step"]] = float(e["loss"])
+        if "eval_loss" in e:
+            val[e["step"]] = float(e["eval_loss"])
+    return [(s, train[s], val.get(s)) for s in sorted(train)]
 
 
 def loss_curve_png(history, path: Path, title: str) -> Path:

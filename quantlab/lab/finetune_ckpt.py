@@ -1,87 +1,78 @@
-"""Resumable fine-tune checkpoints: trainable tensors as safetensors, optimizer, scheduler, gradient-scaler and
-random-number-generator state (dropout) through ``torch.save`` / ``torch.load(weights_only=True)``, the loop's state (step, best validation loss, patience count,
-loss history, config) as JSON. Each file is written to a temporary name and renamed, the JSON last, so an
-interrupted save leaves the previous checkpoint readable (``state.json`` names a complete set)."""
+"""Resumable fine-tunes on Trainer's checkpoints (``checkpoint-<step>/`` under ``--checkpoint-dir``).
+
+Trainer (transformers 5.24 ``trainer.py``) writes the weights or PEFT adapter as safetensors and the optimizer,
+scheduler, gradient-scaler and RNG states with ``torch.save``, and reads them back with ``torch.load(...,
+weights_only=True)``. Before Trainer resumes, :func:`check_checkpoint` reads every file of the checkpoint the same
+safe way (safetensors headers, ``weights_only=True``, ``trainer_state.json``) and compares the run configuration
+stored beside the checkpoints (``quantlab-run.json``): a corrupt, incomplete or foreign checkpoint is one line,
+before any model loads. ``training_args.bin`` (a pickled TrainingArguments, which Trainer never reads back) is not
+read.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import re
 from pathlib import Path
 
 from quantlab.errors import QuantlabError
 
-
-def _atomic(dirpath: Path, name: str, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dirpath, prefix=f".{name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, dirpath / name)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+RUN_CONFIG = "quantlab-run.json"
+# the fields a resumed run must share with the run that wrote the checkpoint (what the trained tensors mean)
+MATCH = ("model", "method", "precision", "lora_r", "lora_targets", "freeze_last_layers", "freeze_modules",
+         "num_virtual_tokens", "optimizer", "batch", "grad_accum")
 
 
-def save_checkpoint(dirpath: str | Path, model, opt, sched, state: dict, scaler=None) -> None:
-    import torch
-    from safetensors.torch import save_file
+def last_checkpoint(dirpath) -> Path | None:
+    """The highest ``checkpoint-<step>`` folder in ``dirpath``, or None."""
+    if dirpath is None or not Path(dirpath).is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in Path(dirpath).iterdir()
+             if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
+    return max(found)[1] if found else None
 
+
+def write_run_config(dirpath, cfg) -> None:
     from quantlab.fileio import atomic_write_text
 
-    dirpath = Path(dirpath)
-    dirpath.mkdir(parents=True, exist_ok=True)
-    tensors = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
-    _atomic(dirpath, "trainable.safetensors", lambda f: save_file(tensors, f))
-    extra = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        extra["rng_cuda"] = torch.cuda.get_rng_state_all()
-    if scaler is not None:
-        extra["scaler"] = scaler.state_dict()
-    _atomic(dirpath, "optimizer.pt", lambda f: torch.save(extra, f))
-    atomic_write_text(dirpath / "state.json", json.dumps(state, indent=2))
+    Path(dirpath).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(dirpath) / RUN_CONFIG, json.dumps(cfg.to_dict(), indent=2, default=str))
 
 
-def has_checkpoint(dirpath: str | Path | None) -> bool:
-    return dirpath is not None and (Path(dirpath) / "state.json").is_file()
-
-
-def load_checkpoint(dirpath: str | Path, model, opt, sched, scaler=None) -> dict:
-    """Restore trainable tensors, optimizer, scheduler (and gradient scaler); return the loop state."""
+def check_checkpoint(ckpt: Path, cfg) -> dict:
+    """Read every file of ``ckpt`` safely; {"global_step", "stopped_early"} of its trainer state."""
     import torch
-    from safetensors.torch import load_file
+    from safetensors import safe_open
+    from transformers.trainer_pt_utils import safe_globals
 
-    dirpath = Path(dirpath)
+    ckpt = Path(ckpt)
     try:
-        state = json.loads((dirpath / "state.json").read_text())
-        tensors = load_file(dirpath / "trainable.safetensors")
-        extra = torch.load(dirpath / "optimizer.pt", weights_only=True, map_location="cpu")
-        step = int(state["step"])
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        step = int(state["global_step"])
+        weights = sorted(ckpt.glob("*.safetensors"))
+        if not weights:
+            raise FileNotFoundError("no safetensors weights")
+        for f in weights:
+            with safe_open(str(f), framework="pt") as h:
+                list(h.keys())
+        with safe_globals():  # Trainer's allowlist for the numpy RNG state in rng_state.pth, as _load_rng_state
+            for f in sorted(ckpt.glob("*.pt")) + sorted(ckpt.glob("*.pth")):
+                torch.load(f, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:
         msg = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        raise QuantlabError(f"cannot resume from {dirpath}: corrupt or incomplete checkpoint ({msg})") from e
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if set(tensors) != set(params):
-        odd = sorted(set(tensors) ^ set(params))[0]
-        raise QuantlabError(f"checkpoint {dirpath} does not match this model/method (e.g. {odd}): use another "
-                            "--checkpoint-dir or delete it")
-    with torch.no_grad():
-        for n, t in tensors.items():
-            if params[n].shape != t.shape:
-                raise QuantlabError(f"checkpoint {dirpath}: {n} has shape {tuple(t.shape)}, the model "
-                                    f"{tuple(params[n].shape)}")
-            params[n].copy_(t)
-    try:
-        opt.load_state_dict(extra["optimizer"])
-        sched.load_state_dict(extra["scheduler"])
-        if scaler is not None and "scaler" in extra:
-            scaler.load_state_dict(extra["scaler"])
-        if "rng_cpu" in extra:  # dropout masks after the resume are those the uninterrupted run draws
-            torch.set_rng_state(extra["rng_cpu"])
-        if "rng_cuda" in extra and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(extra["rng_cuda"])
-    except (KeyError, ValueError) as e:
-        raise QuantlabError(f"checkpoint {dirpath}: optimizer state does not match this run ({str(e)[:100]})") from e
-    state["step"] = step
-    return state
+        raise QuantlabError(f"cannot resume from {ckpt}: corrupt or incomplete checkpoint ({msg})") from e
+    rc = ckpt.parent / RUN_CONFIG
+    if rc.is_file():
+        old, new = json.loads(rc.read_text()), json.loads(json.dumps(cfg.to_dict(), default=str))
+        diff = [k for k in MATCH if old.get(k) != new.get(k)]
+        if diff:
+            raise QuantlabError(f"checkpoint {ckpt} does not match this model/method ({diff[0]}: {old.get(diff[0])!r} "
+                                f"there, {new.get(diff[0])!r} here): use another --checkpoint-dir or delete it")
+    stopped = False
+    for cb in (state.get("stateful_callbacks") or {}).values():
+        for c in (cb if isinstance(cb, list) else [cb]):
+            a = (c or {}).get("attributes", {})
+            if "early_stopping_patience_counter" in a:
+                stopped = a["early_stopping_patience_counter"] >= (c.get("args", {}).get("early_stopping_patience")
+                                                                   or cfg.patience)
+    return {"global_step": step, "stopped_early": stopped}

@@ -109,9 +109,10 @@ NOTES = [
     "after the fine-tune (QLoRA's 'before' is its NF4 base; QAT rows: after conversion to int4 / PTQ).",
     "memory: integer bytes of distinct tensor storages on the second optimizer step (after the optimizer states "
     "exist): weights (not adapters, quantization constants apart), adapters (PEFT's trainable parameters), "
-    "gradients, optimizer states, activations = tensors the model's forward saves for backward "
-    "(saved_tensors_hooks, deduplicated by storage), logits + loss = the logits and what the loss saves "
-    "(the planner's logits_loss also counts backward's two fp32 T x vocab gradient buffers). "
+    "gradients, optimizer states, activations = tensors the model's backbone saves for backward "
+    "(saved_tensors_hooks, deduplicated by storage), logits + loss = the logits and what the head and the loss "
+    "save (rows made on Trainer, harness 5: Trainer frees the logits before backward; the planner's logits_loss "
+    "also counts backward's two fp32 T x vocab gradient buffers and keeps the logits live). "
     "planner act.: quantlab's prediction for the same step shape.",
     "domain / general ppl (text records, continued pre-training): perplexity on the held-out domain rows and on "
     "the first 4,096 tokens of the lab's licence text, windows of the run's --seq, before and after.",
