@@ -67,10 +67,13 @@ def register(sub) -> None:
                "file).",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(p, model_required=False, model_default=d["model"], only=SHARED,
-                         defaults=LAB_PLAN_DEFAULTS, choices={"method": METHODS}, default_text=DEFAULT_TEXT,
+                         defaults=LAB_PLAN_DEFAULTS, choices={"method": METHODS + PREFERENCE_RUNS},
+                         default_text=DEFAULT_TEXT,
                          helps=HELPS,
                          model_help=f"{d['model']} (embedded) or a local model folder (default: {d['model']})")
     lab = p.add_argument_group("the lab's run")
+    lab.add_argument("--beta", type=float, default=None,
+                     help="--method dpo: the KL coefficient of the DPO loss (default: 0.1, TRL's DPOConfig)")
     src = lab.add_mutually_exclusive_group()
     src.add_argument("--task", default=None, help=f"a shipped task under tasks/ (default: {d['task']})")
     src.add_argument("--data", default=None, help="your JSONL file: prompt/response, chat messages, or text (continued "
@@ -162,6 +165,12 @@ def run(args) -> int:
     from quantlab.lab.finetune_report import summary
     from quantlab.report.store import ResultStore, RunRecord, config_key
 
+    if args.method in PREFERENCE_RUNS:  # TRL's DPOTrainer on a preference task (quantlab.commands.lab_preference)
+        from quantlab.commands.lab_preference import run_from_args
+
+        return run_from_args(args)
+    if getattr(args, "beta", None) is not None:
+        raise QuantlabError(f"--beta applies to --method {'|'.join(PREFERENCE_RUNS)}, not {args.method}")
     cfg = config_from_args(args)
     if not cfg.data_path.is_file():  # an unknown task raises here; a missing file before any model loads
         raise QuantlabError(f"data file {cfg.data_path} not found")
@@ -244,4 +253,5 @@ def run_sft(cfg, out, *, log, progress=True, evaluate_before=True):
     return [(cfg.method, res.metrics, artifacts)]
 
 
+PREFERENCE_RUNS = ("dpo",)  # preference objectives the lab runs (TRL 1.16 DPOTrainer: quantlab/lab/preference.py)
 RUNNERS = {"qat": run_qat}  # method -> runner(cfg, out, *, log, progress, evaluate_before); others: run_sft
