@@ -38,6 +38,16 @@ Numbered assumptions:
    mask has the input's dtype (ATen's ``dropout`` multiplies by a noise tensor; ``native_dropout``'s bool mask is
    the CUDA path): ``dropout_mask_bytes`` says which (``a`` or 1). A dropout of probability 0 returns its input
    and saves nothing.
+5a. A trainable ModernBERT block (dropouts 0, its config's default, so ``sdpa`` takes the CPU flash kernel, which
+   saves q, k, v, the output and an fp32 logsumexp ``B x n_heads x S``): the ``attn_norm`` input (none in block
+   0, an ``nn.Identity``) and ``mlp_norm`` input with their fp32 stats, the ``Wqkv`` input, q and k after the
+   rotary embedding, the whole ``Wqkv`` output (v is a view of it), the attention output, the ``Wi`` input, the
+   ``Wi`` output ``T x 2I`` (the GELU input and the gate are views of it), the GELU output and the ``Wo`` input
+   (``T x I`` each). ``apply_rotary_pos_emb`` saves fp32 cos and sin ``S x head_dim``, shared by the blocks of one
+   attention type (global every ``global_attn_every_n_layers``-th block, from block 0, else sliding). After the
+   blocks: ``final_norm``'s input and stats and the prediction head's dense input (the last hidden state: a
+   ``[:, 0]`` view under ``classifier_pooling="cls"``) count with the backbone; the head's GELU input, norm input
+   and stats and the classifier input are logits/loss.
 6. BERT's pooler runs inside ``BertModel`` (the backbone): its dense saves its input, a ``[:, 0]`` view whose
    storage is the whole last hidden state (``T H a``), and tanh saves its output (``B H a``): activations.
 7. Logits and loss (after the backbone). ``seq-cls`` multi-label (``problem_type="multi_label_classification"``):
@@ -46,10 +56,10 @@ Numbered assumptions:
    output and ``out_proj`` input (``B H`` each), logits and targets. ``tok-cls`` (``CrossEntropyLoss`` over
    ``C`` labels per token): the dropout mask and classifier input (``T H``), the logits ``T C a``, the
    ``log_softmax`` output ``T C a``, the int64 targets ``8 T`` and ``nll_loss``'s 0-d fp32 ``total_weight``.
-8. Not modelled: the allocator peak (backward frees activations while it allocates gradients, so the sum of the
-   components is an upper bound of the live bytes, not the peak); eager attention; CUDA's flash/efficient SDPA
-   kernels; ModernBERT's activations are modelled by the same rules but not validated against a measurement (say so
-   where they are shown).
+8. Not modelled (a note says so where it applies): the allocator peak (backward frees activations while it
+   allocates gradients, so the sum of the components is an upper bound of the live bytes, not the peak); eager
+   attention; CUDA's flash/efficient SDPA kernels; ModernBERT with dropout > 0, ``classifier_pooling="mean"``, or
+   unpadded sequences longer than half its sliding window (the sliding mask is then made and saved).
 """
 
 from __future__ import annotations
@@ -78,14 +88,12 @@ class EncoderFamily:
     seq_head: str  # "pooler" (BERT), "roberta", "modernbert"
     index_buffers: bool  # position_ids + token_type_ids int64 (1, P)
     rotary_buffers: int  # fp32 (head_dim / 2) buffers of the rotary embedding
-    validated: bool  # activations checked byte-exact against the lab's measurement
 
 
 FAMILIES = {
-    "bert": EncoderFamily("bert", True, True, False, True, True, False, True, "pooler", True, 0, True),
-    "roberta": EncoderFamily("roberta", True, True, False, True, True, False, True, "roberta", True, 0, True),
-    "modernbert": EncoderFamily("modernbert", False, False, True, False, False, True, False, "modernbert", False, 4,
-                                False),
+    "bert": EncoderFamily("bert", True, True, False, True, True, False, True, "pooler", True, 0),
+    "roberta": EncoderFamily("roberta", True, True, False, True, True, False, True, "roberta", True, 0),
+    "modernbert": EncoderFamily("modernbert", False, False, True, False, False, True, False, "modernbert", False, 4),
 }
 
 
@@ -105,6 +113,9 @@ class EncoderSpec:
     attention_probs_dropout_prob: float = 0.1
     classifier_dropout: float | None = None  # None: hidden_dropout_prob (BERT/RoBERTa)
     name: str = ""
+    global_attn_every_n_layers: int = 3  # ModernBERT
+    local_attention: int = 128  # ModernBERT's sliding window (both sides together)
+    classifier_pooling: str = "cls"  # ModernBERT: "cls" or "mean"
 
     def __post_init__(self):
         if self.model_type not in FAMILIES:
@@ -137,7 +148,9 @@ class EncoderSpec:
             return cls(mt, c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"],
                        c["intermediate_size"], c["vocab_size"], c["max_position_embeddings"], 0,
                        float(c.get("mlp_dropout", 0.0)), float(c.get("attention_dropout", 0.0)),
-                       float(c.get("classifier_dropout", 0.0)), name)
+                       float(c.get("classifier_dropout", 0.0)), name,
+                       int(c.get("global_attn_every_n_layers", 3)), int(c.get("local_attention", 128)),
+                       str(c.get("classifier_pooling", "cls")))
         return cls(mt, c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"], c["intermediate_size"],
                    c["vocab_size"], c["max_position_embeddings"], int(c.get("type_vocab_size", 2)),
                    float(c.get("hidden_dropout_prob", 0.1)), float(c.get("attention_probs_dropout_prob", 0.1)),
@@ -199,6 +212,7 @@ class EncoderPlanConfig:
     seq: int = 128
     param_bytes: int = 4  # fp32
     dropout_mask_bytes: int | None = None  # None: param_bytes (the CPU's dropout, assumption 5); 1 on CUDA
+    padded: bool = False  # batches with padding (an attention mask with zeros): ModernBERT saves the masks (5a)
 
     def __post_init__(self):
         for f in ("num_labels", "batch", "seq", "param_bytes"):
@@ -250,44 +264,79 @@ def all_tensors(s: EncoderSpec, pc: EncoderPlanConfig) -> list[int]:
         head_tensors(s, pc.head, pc.num_labels)
 
 
-def block_activation_bytes(s: EncoderSpec, pc: EncoderPlanConfig) -> int:
-    """One trainable block's saved tensors (assumption 5)."""
+def block_activation_bytes(s: EncoderSpec, pc: EncoderPlanConfig, index: int) -> int:
+    """Trainable block ``index``'s saved tensors (assumption 5; ModernBERT: 5a)."""
     a, m, B, S = pc.param_bytes, pc.mask_bytes, pc.batch, pc.seq
     T, H, I, nh = B * S, s.hidden_size, s.intermediate_size, s.num_attention_heads
+    stats = 2 * T * 4  # one LayerNorm's fp32 mean and rstd
+    if s.family.glu_mlp:  # 5a: attn_norm input (not block 0), Wqkv input, q and k after rotary, the qkv output
+        # (v is a view of it), the attention output, mlp_norm input, Wi input; Wi output, act output, Wo input;
+        # the CPU flash kernel's fp32 logsumexp
+        norms = 2 if index > 0 else 1
+        return a * T * H * (norms + 1 + 2 + 3 + 1 + 1) + a * T * I * 4 + 4 * B * nh * S + norms * stats
     hid_masks = 2 if s.hidden_dropout_prob > 0 else 0
     attn_drop = s.attention_probs_dropout_prob > 0
     scores = B * nh * S * S
-    if s.family.glu_mlp:  # ModernBERT: pre-norm, GLU; same rules, not validated (assumption 8)
-        mlp = a * (T * 2 * I + T * I + T * I)  # Wi output (act input + gate), act output, Wo input
-        attn_in = a * T * H * 2  # attn_norm and mlp_norm inputs
-    else:
-        mlp = a * (T * H + 2 * T * I)  # intermediate input, GELU input, output-linear input
-        attn_in = a * T * H * 2  # the two LayerNorm inputs
-    qkv_in = a * T * H  # the block input (or its normed copy) the Q/K/V linears save
-    attn = a * 3 * T * H + a * T * H  # q, k, v copies; attention-output linear input
     probs = a * scores * (2 if attn_drop else 1) + (m * scores if attn_drop else 0)
-    return qkv_in + attn + probs + mlp + attn_in + hid_masks * m * T * H + 2 * 2 * T * 4
+    # block input, q, k, v copies, attention-output linear input, two LayerNorm inputs, intermediate input
+    return (a * T * H * 8 + hid_masks * m * T * H + probs + a * 2 * T * I  # GELU input, output-linear input
+            + 2 * stats)
+
+
+def layer_types(s: EncoderSpec) -> list[str]:
+    """ModernBERT's attention type per block (``ModernBertConfig``: global every n-th layer from layer 0)."""
+    n = s.global_attn_every_n_layers
+    return ["full" if i % n == 0 else "sliding" for i in range(s.num_hidden_layers)]
+
+
+def rotary_bytes(s: EncoderSpec, pc: EncoderPlanConfig) -> int:
+    """5a: the fp32 cos and sin (``1 x 1 x S x head_dim``) saved by ``apply_rotary_pos_emb``, one pair per
+    attention type among the trainable blocks (blocks of one type share them)."""
+    if not s.family.rotary_buffers:
+        return 0
+    L = s.num_hidden_layers
+    kinds = {layer_types(s)[i] for i in range(L - pc.train_last_k, L)}
+    return len(kinds) * 2 * pc.seq * s.head_dim * 4
+
+
+def attention_mask_bytes(s: EncoderSpec, pc: EncoderPlanConfig) -> int:
+    """5a: on a padded batch the CPU flash kernel saves the additive mask it is given, ``B x 1 x S x S`` in the
+    compute dtype, one per attention type among the trainable blocks. BERT's math path adds the mask to the scores
+    and saves nothing of it (assumption 5)."""
+    if not (s.family.glu_mlp and pc.padded):
+        return 0
+    L = s.num_hidden_layers
+    kinds = {layer_types(s)[i] for i in range(L - pc.train_last_k, L)}
+    return len(kinds) * pc.param_bytes * pc.batch * pc.seq * pc.seq
 
 
 def head_activation_bytes(s: EncoderSpec, pc: EncoderPlanConfig) -> int:
-    """What runs inside the backbone after the last block: BERT's pooler (assumption 6)."""
+    """What is saved after the last block and is counted with the backbone: BERT's pooler (assumption 6);
+    ModernBERT's final norm and the head dense's input, the last hidden state (5a)."""
+    a, T, H = pc.param_bytes, pc.batch * pc.seq, s.hidden_size
+    if s.family.seq_head == "modernbert":
+        return a * T * H + 2 * T * 4 + a * T * H
     if pc.head is Head.SEQ_CLS and s.family.seq_head == "pooler":
-        a = pc.param_bytes
-        return a * pc.batch * pc.seq * s.hidden_size + a * pc.batch * s.hidden_size
+        return a * T * H + a * pc.batch * H
     return 0
 
 
 def logits_loss_bytes(s: EncoderSpec, pc: EncoderPlanConfig) -> int:
-    """Assumption 7."""
+    """Assumption 7 (ModernBERT: 5a)."""
     a, m, B, S, H, C = pc.param_bytes, pc.mask_bytes, pc.batch, pc.seq, s.hidden_size, pc.num_labels
     drop = s.head_dropout > 0
+    rows = B * S if pc.head is Head.TOK_CLS else B  # the positions the head runs on
     if pc.head is Head.TOK_CLS:
-        T = B * S
-        return (m * T * H if drop else 0) + a * T * H + 2 * a * T * C + 8 * T + 4
-    targets = 4 * B * C  # fp32 multi-hot targets saved by BCEWithLogits
+        loss = 2 * a * rows * C + 8 * rows + 4  # logits, log_softmax output, int64 targets, total_weight
+    else:
+        loss = a * B * C + 4 * B * C  # logits and the fp32 multi-hot targets BCEWithLogits saves
+    if s.family.seq_head == "modernbert":  # GELU input, norm input and stats, classifier input (drop p = 0)
+        return a * rows * H * 3 + 2 * rows * 4 + (m * rows * H if drop else 0) + loss
+    if pc.head is Head.TOK_CLS:
+        return (m * rows * H if drop else 0) + a * rows * H + loss
     if s.family.seq_head == "roberta":
-        return (2 * m * B * H if drop else 0) + 3 * a * B * H + a * B * C + targets
-    return (m * B * H if drop else 0) + (a * B * H if drop else 0) + a * B * C + targets
+        return (2 * m * B * H if drop else 0) + 3 * a * B * H + loss
+    return (m * B * H if drop else 0) + (a * B * H if drop else 0) + loss
 
 
 def plan_encoder(s: EncoderSpec, pc: EncoderPlanConfig) -> EncoderPlan:
@@ -298,12 +347,18 @@ def plan_encoder(s: EncoderSpec, pc: EncoderPlanConfig) -> EncoderPlan:
     params = sum(all_tensors(s, pc))
     tt = trainable_tensors(s, pc)
     trainable = sum(tt)
-    acts = pc.train_last_k * block_activation_bytes(s, pc) + head_activation_bytes(s, pc)
+    L = s.num_hidden_layers
+    acts = sum(block_activation_bytes(s, pc, i) for i in range(L - pc.train_last_k, L))
+    acts += rotary_bytes(s, pc) + attention_mask_bytes(s, pc) + head_activation_bytes(s, pc)
     notes = [f"{s.model_type}: embeddings and the first {s.num_hidden_layers - pc.train_last_k} of "
              f"{s.num_hidden_layers} layers frozen; nothing is saved for backward below the first trainable layer"]
-    if not s.family.validated:
-        notes.append(f"{s.model_type}: activations follow the BERT rules adapted to its blocks and are not "
-                     "validated against a measurement")
+    if s.family.glu_mlp:
+        if pc.seq > s.local_attention // 2:
+            notes.append(f"{s.model_type}: sequences longer than half the sliding window ({s.local_attention // 2} "
+                         "tokens) make a sliding mask even without padding; not modelled (assumption 8)")
+        if s.classifier_pooling != "cls" or max(s.hidden_dropout_prob, s.attention_probs_dropout_prob) > 0:
+            notes.append(f"{s.model_type}: classifier_pooling {s.classifier_pooling!r} / dropout > 0 is not "
+                         "modelled; the figures assume cls pooling and no dropout (assumption 8)")
     if pc.head is Head.SEQ_CLS:
         notes.append("seq-cls: multi-label (BCEWithLogitsLoss over fp32 multi-hot targets)")
     return EncoderPlan(params=params, trainable_params=trainable, weights_bytes=a * params + buffer_bytes(s),
