@@ -232,6 +232,7 @@ class ClassifyResult:
     model_type: str
     config: dict  # the model's config.json fields the planner reads
     num_layers: int
+    train_last_k: int
     trainable_params: int
     total_params: int
     before: dict
@@ -292,7 +293,7 @@ def run_classify(cfg: ClassifyConfig, log=print) -> ClassifyResult:
     keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
             "vocab_size", "max_position_embeddings", "type_vocab_size", "hidden_act")
     conf = {k: getattr(model.config, k) for k in keys if getattr(model.config, k, None) is not None}
-    return ClassifyResult(labels, str(path), model.config.model_type, conf, n_layers, trainable, total, before, after,
+    return ClassifyResult(labels, str(path), model.config.model_type, conf, n_layers, cfg.train_last_k, trainable, total, before, after,
                           cb.measurement, cb.shape[2], int(res.global_step), train_s,
                           float(res.training_loss) if res.training_loss is not None else None,
                           {"train": len(train), "val": len(val), "test": len(test)})
