@@ -21,7 +21,8 @@ Assumptions:
    whose sigmoid probability is >= ``threshold`` (0.5): ``jaccard_samples`` (per-record |P n T| / |P u T|,
    averaged; ``jaccard_score(average="samples")``), ``f1_micro``, ``f1_macro`` (``zero_division=0``: a label never
    predicted scores 0), ``roc_auc_macro`` (the mean over labels of the per-label ROC-AUC of the probabilities;
-   threshold-free) with ``roc_auc_micro`` beside it, and ``subset_accuracy`` (``accuracy_score`` on multi-label
+   threshold-free; None when a label has one class only in the test split) with ``roc_auc_micro`` (all
+   record-label pairs pooled) beside it, and ``subset_accuracy`` (``accuracy_score`` on multi-label
    input: the whole label set must match).
 4. Memory: optimizer step 2 of the Trainer (the AdamW states exist from its start) is measured with
    :class:`quantlab.lab.measure.StepProbe` from a ``TrainerCallback`` at the same events as
@@ -145,11 +146,10 @@ def multilabel_metrics(y_true, probs, threshold: float = 0.5) -> dict:
            "f1_micro": float(f1_score(y, pred, average="micro", zero_division=0)),
            "f1_macro": float(f1_score(y, pred, average="macro", zero_division=0)),
            "subset_accuracy": float(accuracy_score(y, pred))}
-    try:
-        out["roc_auc_macro"] = float(roc_auc_score(y, p, average="macro"))
-        out["roc_auc_micro"] = float(roc_auc_score(y, p, average="micro"))
-    except ValueError:  # a label with one class only in y: ROC-AUC is undefined
-        out["roc_auc_macro"] = out["roc_auc_micro"] = None
+    # ROC-AUC is undefined for a label with one class only in y (scikit-learn 1.9 warns and returns nan): None
+    one_class = [j for j in range(y.shape[1]) if len(set(y[:, j].tolist())) < 2]
+    out["roc_auc_macro"] = None if one_class else float(roc_auc_score(y, p, average="macro"))
+    out["roc_auc_micro"] = None if len(set(y.ravel().tolist())) < 2 else float(roc_auc_score(y, p, average="micro"))
     return out
 
 
