@@ -47,7 +47,8 @@ Numbered assumptions:
    attention type (global every ``global_attn_every_n_layers``-th block, from block 0, else sliding). After the
    blocks: ``final_norm``'s input and stats and the prediction head's dense input (the last hidden state: a
    ``[:, 0]`` view under ``classifier_pooling="cls"``) count with the backbone; the head's GELU input, norm input
-   and stats and the classifier input are logits/loss.
+   and stats and the classifier input are logits/loss. On a padded batch the kernel also saves the additive mask
+   it is given, ``B x 1 x S x S`` in the compute dtype, one per attention type among the trainable blocks.
 6. BERT's pooler runs inside ``BertModel`` (the backbone): its dense saves its input, a ``[:, 0]`` view whose
    storage is the whole last hidden state (``T H a``), and tanh saves its output (``B H a``): activations.
 7. Logits and loss (after the backbone). ``seq-cls`` multi-label (``problem_type="multi_label_classification"``):
