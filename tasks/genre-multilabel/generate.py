@@ -8,9 +8,14 @@ licence-free:
 1. Each blurb draws 1 label (45 %), 2 labels (40 %) or 3 labels (15 %) out of ``LABELS``.
 2. Every label contributes one clause built from its own template and vocabulary (a hero, a setting, an event);
    clauses are joined in random order with neutral connectives and a neutral opener/closer.
-3. Ambiguity, so the task is not a keyword lookup: with probability 0.35 one *distractor* word from a genre that
-   is not a label is put into a neutral clause ("a story told over one winter near the castle"), and genres share
-   some words on purpose (``night`` is in horror and thriller, ``secret`` in mystery and thriller and romance).
+3. Ambiguity, so the task is not a keyword lookup:
+   - weak evidence: with probability 0.3 a label contributes only its setting (``where``), no hero nor event;
+   - distractor words: with probability 0.35 a word from a genre that is not a label sits in a neutral clause
+     ("a story told over one winter near the castle");
+   - negated distractors: with probability 0.3 a whole clause of a genre that is not a label is denied ("there is
+     no dragon rider and nobody awakens an ancient dragon"): its words are present, its label is not;
+   - genres share some words on purpose (``night`` is in horror and thriller, ``secret`` in mystery, romance and
+     thriller).
 4. Records are deduplicated by text, shuffled, then split 70 / 15 / 15 into ``train.jsonl``, ``val.jsonl`` and
    ``test.jsonl`` (fixed seed). There is no ``data.jsonl``: the generation tasks of ``quantlab lab merge`` are the
    ones with a ``data.jsonl``, and these records are not prompt/response pairs.
@@ -68,6 +73,9 @@ OPENERS = ["", "A novel: ", "Now a film: ", "From a bestselling author, ", "Book
 JOINERS = [". Meanwhile, ", "; and ", ". Then ", ", while "]
 NEUTRAL = ["a story told over one winter near the {d}", "with a cast that never quite trusts the {d}",
            "a tale that begins with a letter about the {d}"]
+WEAK = ["most of it happens in {where}", "the last chapter is set in {where}", "it opens in {where}"]
+NEGATED = ["there is no {who} here, and nobody {what}", "despite the cover, it is not set in {where}",
+           "forget {who}: nobody in this book {what}"]
 DISTRACTORS = {"fantasy": ["castle", "spell"], "science-fiction": ["robot", "orbit"], "mystery": ["clue", "suspect"],
                "romance": ["kiss", "wedding"], "horror": ["ghost", "cemetery"], "historical": ["empire", "plague"],
                "comedy": ["joke", "goat"], "thriller": ["bomb", "agent"]}
@@ -79,11 +87,18 @@ def blurb(rng: random.Random) -> dict:
     clauses = []
     for lab in labels:
         v = VOCAB[lab]
+        if rng.random() < 0.3:  # assumption 3: weak evidence, the setting alone
+            clauses.append(rng.choice(WEAK).format(where=rng.choice(v["where"])))
+            continue
         clauses.append(rng.choice(TEMPLATES).format(who=rng.choice(v["who"]), where=rng.choice(v["where"]),
                                                     what=rng.choice(v["what"])))
-    if rng.random() < 0.35:  # assumption 3: a distractor from a genre that is not a label
-        other = rng.choice([g for g in LABELS if g not in labels])
-        clauses.append(rng.choice(NEUTRAL).format(d=rng.choice(DISTRACTORS[other])))
+    others = [g for g in LABELS if g not in labels]
+    if rng.random() < 0.35:  # assumption 3: a distractor word from a genre that is not a label
+        clauses.append(rng.choice(NEUTRAL).format(d=rng.choice(DISTRACTORS[rng.choice(others)])))
+    if rng.random() < 0.3:  # assumption 3: a denied clause of a genre that is not a label
+        v = VOCAB[rng.choice(others)]
+        clauses.append(rng.choice(NEGATED).format(who=rng.choice(v["who"]), what=rng.choice(v["what"]),
+                                                  where=rng.choice(v["where"])))
     rng.shuffle(clauses)
     text = clauses[0]
     for c in clauses[1:]:
