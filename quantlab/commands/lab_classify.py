@@ -44,7 +44,7 @@ def register(sub) -> None:
                    "(default: %(default)s)")
     p.add_argument("--batch", type=int, default=d["batch"], help="per-step batch (default: %(default)s)")
     p.add_argument("--lr", type=float, default=d["lr"],
-                   help="AdamW learning rate, constant-free linear decay (Trainer default schedule); high because "
+                   help="AdamW learning rate, decayed linearly to 0 (Trainer's default schedule); high because "
                         "the head starts random (default: %(default)s)")
     p.add_argument("--max-len", type=int, default=d["max_len"],
                    help="tokens per text at most (truncation); batches pad to their longest (default: %(default)s)")
