@@ -122,3 +122,15 @@ def test_trainer_run_on_a_tiny_bert_matches_the_planner(tmp_path):
         assert by[k]["diff_bytes"] == 0, (k, by[k])
     assert plan.trainable_params == r.trainable_params
     json.dumps(rows)
+
+
+def test_help_lists_the_flags_with_their_defaults(capsys):
+    from quantlab.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["lab", "classify", "--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for flag, default in (("--train-last-k", "3"), ("--epochs", "6.0"), ("--batch", "16"), ("--lr", "0.0005"),
+                          ("--max-len", "96"), ("--threshold", "0.5"), ("--measure-step", "2")):
+        assert flag in out and f"(default: {default})" in out, flag
