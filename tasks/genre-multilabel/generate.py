@@ -16,8 +16,11 @@ licence-free:
      no dragon rider and nobody awakens an ancient dragon"): its words are present, its label is not;
    - genres share some words on purpose (``night`` is in horror and thriller, ``secret`` in mystery, romance and
      thriller).
-4. Records are deduplicated by text, shuffled, then split 70 / 15 / 15 into ``train.jsonl``, ``val.jsonl`` and
-   ``test.jsonl`` (fixed seed). There is no ``data.jsonl``: the generation tasks of ``quantlab lab merge`` are the
+4. Held-out phrasing: each genre has four heroes, settings and events; the training split is written from the
+   first three of each, the validation and test splits from the fourth only (``wizard`` trains, ``sorceress``
+   tests), so a score after fine-tuning says how far the encoder generalises to genre phrases it never saw with a
+   label, not how well it memorised templates. Records are deduplicated by text over all splits, 840 / 180 / 180
+   into ``train.jsonl``, ``val.jsonl`` and ``test.jsonl`` (fixed seed). There is no ``data.jsonl``: the generation tasks of ``quantlab lab merge`` are the
    ones with a ``data.jsonl``, and these records are not prompt/response pairs.
 
     python tasks/genre-multilabel/generate.py     # writes the three splits (1,200 records)
@@ -81,24 +84,25 @@ DISTRACTORS = {"fantasy": ["castle", "spell"], "science-fiction": ["robot", "orb
                "comedy": ["joke", "goat"], "thriller": ["bomb", "agent"]}
 
 
-def blurb(rng: random.Random) -> dict:
+def blurb(rng: random.Random, held: bool) -> dict:
+    pick = (lambda xs: xs[3]) if held else (lambda xs: rng.choice(xs[:3]))  # assumption 4
     k = rng.choices((1, 2, 3), weights=(45, 40, 15))[0]
     labels = rng.sample(LABELS, k)
     clauses = []
     for lab in labels:
         v = VOCAB[lab]
         if rng.random() < 0.3:  # assumption 3: weak evidence, the setting alone
-            clauses.append(rng.choice(WEAK).format(where=rng.choice(v["where"])))
+            clauses.append(rng.choice(WEAK).format(where=pick(v["where"])))
             continue
-        clauses.append(rng.choice(TEMPLATES).format(who=rng.choice(v["who"]), where=rng.choice(v["where"]),
-                                                    what=rng.choice(v["what"])))
+        clauses.append(rng.choice(TEMPLATES).format(who=pick(v["who"]), where=pick(v["where"]),
+                                                    what=pick(v["what"])))
     others = [g for g in LABELS if g not in labels]
     if rng.random() < 0.35:  # assumption 3: a distractor word from a genre that is not a label
         clauses.append(rng.choice(NEUTRAL).format(d=rng.choice(DISTRACTORS[rng.choice(others)])))
     if rng.random() < 0.3:  # assumption 3: a denied clause of a genre that is not a label
         v = VOCAB[rng.choice(others)]
-        clauses.append(rng.choice(NEGATED).format(who=rng.choice(v["who"]), what=rng.choice(v["what"]),
-                                                  where=rng.choice(v["where"])))
+        clauses.append(rng.choice(NEGATED).format(who=pick(v["who"]), what=pick(v["what"]),
+                                                  where=pick(v["where"])))
     rng.shuffle(clauses)
     text = clauses[0]
     for c in clauses[1:]:
@@ -108,19 +112,24 @@ def blurb(rng: random.Random) -> dict:
     return {"text": text, "labels": sorted(labels, key=LABELS.index)}
 
 
-def main(n: int = 1200, seed: int = 17) -> None:
+def main(n_train: int = 840, n_val: int = 180, n_test: int = 180, seed: int = 17) -> None:
     rng = random.Random(seed)
-    out, seen = [], set()
-    while len(out) < n:
-        r = blurb(rng)
-        if r["text"] in seen:
-            continue
-        seen.add(r["text"])
-        out.append(r)
-    rng.shuffle(out)
-    n_tr, n_va = int(0.7 * n), int(0.15 * n)
+    seen: set = set()
+
+    def draw(n: int, held: bool) -> list:
+        out = []
+        while len(out) < n:
+            r = blurb(rng, held)
+            if r["text"] not in seen:
+                seen.add(r["text"])
+                out.append(r)
+        return out
+
+    train, heldout = draw(n_train, False), draw(n_val + n_test, True)
+    rng.shuffle(train)
+    rng.shuffle(heldout)
     here = Path(__file__).resolve().parent
-    for name, part in (("train", out[:n_tr]), ("val", out[n_tr:n_tr + n_va]), ("test", out[n_tr + n_va:])):
+    for name, part in (("train", train), ("val", heldout[:n_val]), ("test", heldout[n_val:])):
         (here / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
         print(f"wrote {len(part)} records to {here / (name + '.jsonl')}")
 
