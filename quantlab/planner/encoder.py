@@ -58,9 +58,9 @@ Numbered assumptions:
    ``C`` labels per token): the dropout mask and classifier input (``T H``), the logits ``T C a``, the
    ``log_softmax`` output ``T C a``, the int64 targets ``8 T`` and ``nll_loss``'s 0-d fp32 ``total_weight``.
 8. Not modelled (a note says so where it applies): the allocator peak. It is not the sum of the components:
-   backward frees activations while it allocates gradients (MiniLM, last 3 layers, batch 16 x 81: peak 284.7 MiB,
-   sum 297.1 MiB), and a frozen layer's forward still holds transient tensors, the attention scores among them
-   (head only: peak 114.2 MiB, sum 90.4 MiB; reports/classify-cpu). Also not modelled: eager
+   backward frees activations while it allocates gradients (MiniLM, last 3 layers, batch 16 x 74: peak 268.0 MiB,
+   sum 280.9 MiB), and a frozen layer's forward still holds transient tensors, the attention scores among them
+   (head only: peak 110.7 MiB, sum 90.2 MiB; reports/classify-cpu). Also not modelled: eager
    attention; CUDA's flash/efficient SDPA kernels; ModernBERT with dropout > 0, ``classifier_pooling="mean"``, or
    unpadded sequences longer than half its sliding window (the sliding mask is then made and saved).
 """

@@ -70,6 +70,12 @@ def test_shipped_genre_task_reads_and_has_one_to_three_labels():
         assert label_set(recs) == labels
     counts = {k: sum(len(r.labels) == k for r in splits["train"]) for k in (1, 2, 3)}
     assert min(counts.values()) > 0
+    import runpy
+
+    vocab = runpy.run_path(str(TASK_DIR / "generate.py"))["VOCAB"]  # held-out phrasing (its assumption 4)
+    held = [v[k][3] for v in vocab.values() for k in ("who", "where", "what")]
+    assert not any(h in r.text for h in held for r in splits["train"])
+    assert all(any(h in r.text for h in held) for r in splits["test"])
 
 
 def test_cli_bad_record_exits_2_with_one_line(tmp_path, capsys):
