@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-LAB_COMMANDS = ("ptq", "finetune", "merge")
+LAB_COMMANDS = ("ptq", "finetune", "merge", "classify")
 
 
 def register(sub) -> None:
