@@ -203,6 +203,9 @@ def register(sub) -> None:
     from quantlab.commands.flags import add_config_arguments
 
     add_config_arguments(p, model_required=False, model_help=MODEL_HELP, **preference_method_kwargs())
+    from quantlab.commands.encoder_plan import add_encoder_arguments
+
+    add_encoder_arguments(p)
     from quantlab.commands.preference_flags import add_preference_arguments
 
     add_preference_arguments(p)
@@ -451,6 +454,14 @@ def run(args) -> int:
     from quantlab.planner import fit, plan
     from quantlab.planner.preference import preference_fit, preference_plan
 
+    from quantlab.commands.encoder_plan import encoder_given, is_encoder, run_encoder
+
+    if not args.from_json and is_encoder(args.model):  # an encoder profile: quantlab.planner.encoder
+        return run_encoder(args)
+    if encoder_given(args):
+        raise QuantlabError(f"--{encoder_given(args)[0].replace('_', '-')} applies to encoder models "
+                            "(bert-base-uncased, roberta-base, modernbert-base, all-minilm-l6-v2), not "
+                            f"{args.model or 'a --from-json plan'}")
     pref = variant = None
     if args.from_json:
         own = preference_given(args) + variant_given(args)
