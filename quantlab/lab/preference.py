@@ -177,7 +177,10 @@ def run_dpo(cfg: DPORun, out: str | Path | None = None, *, log=print) -> dict:
                      max_length=cfg.max_length, bf16=False, fp16=False, use_cpu=True, report_to="none",
                      save_strategy="no", disable_tqdm=True, logging_steps=1, seed=cfg.seed, data_seed=cfg.seed,
                      lr_scheduler_type="constant", warmup_steps=0, dataloader_num_workers=0,
-                     **({} if cfg.grad_checkpointing is None else {"gradient_checkpointing": cfg.grad_checkpointing}))
+                     # transformers 5.24 renamed gradient_checkpointing to activation_checkpointing (training_args.py
+                     # warns when only the old name is set, which TRL 1.16's _BaseConfig does by default): the new
+                     # name, at TRL's default (True) unless the run says otherwise
+                     activation_checkpointing=True if cfg.grad_checkpointing is None else cfg.grad_checkpointing)
     peft = None if cfg.policy == "full" else LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=list(cfg.lora_targets),
                       lora_dropout=0.0, task_type="CAUSAL_LM")
     cb = _measure_callback(cfg.measure_step)

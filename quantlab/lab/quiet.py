@@ -20,6 +20,10 @@ Each filter names the message, the library file that emits it, and why it carrie
    ``model.is_gradient_checkpointing``, which transformers 5.2x deprecates (``modeling_utils.py``: "use
    is_activation_checkpointing") with a FutureWarning on every ``get_peft_model``. quantlab's own code uses
    neither name; the warning is ignored for that message only.
+6. DeepSpeed 0.19.8 ``accelerator/real_accelerator.py`` warns "Setting accelerator to CPU. If you have GPU or other
+   accelerator, we were unable to detect it." on its logger ``DeepSpeed`` when anything imports it (accelerate and
+   TRL look for it whenever it is installed). Dropped only while torch sees no CUDA device: there it says what the
+   machine is; with a CUDA device present the message means DeepSpeed missed it, and it is shown.
 """
 
 from __future__ import annotations
@@ -33,6 +37,23 @@ _NOTED: set[str] = set()
 
 BNB_KERNELS_NOTE = ("bitsandbytes runs 4-bit CPU matmuls through its torch fallback (the optional 'kernels' "
                     "package is not installed): 4-bit CPU speed figures are the fallback's")
+
+
+class _DropWithoutCuda(logging.Filter):
+    """Drops a record holding every needle while torch sees no CUDA device (6)."""
+
+    def __init__(self, *needles: str) -> None:
+        super().__init__()
+        self.needles = needles
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not all(n in str(record.msg) for n in self.needles):
+            return True
+        torch = sys.modules.get("torch")
+        try:
+            return bool(torch is not None and torch.cuda.is_available())
+        except Exception:  # pragma: no cover - a torch without a usable cuda module: no CUDA device
+            return False
 
 
 class _Drop(logging.Filter):
@@ -51,7 +72,7 @@ class _Drop(logging.Filter):
 
 
 def install() -> None:
-    """Attach the filters (1-3) to the libraries' loggers, before the libraries exist; idempotent and cheap."""
+    """Attach the filters (1-3, 6) to the libraries' loggers, before the libraries exist; idempotent and cheap."""
     global _INSTALLED
     if _INSTALLED:
         return
@@ -60,6 +81,7 @@ def install() -> None:
     logging.getLogger("torch.utils._pytree").addFilter(_Drop("is an Enum subclass", "natively supported"))
     logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
         _Drop("kernels-community", note=BNB_KERNELS_NOTE))
+    logging.getLogger("DeepSpeed").addFilter(_DropWithoutCuda("Setting accelerator to CPU"))
     os.environ.setdefault("GPTQMODEL_DISABLE_GIL_WARNING", "1")
     import warnings
 

@@ -70,3 +70,39 @@ def test_peft_and_cached_decoding_raise_no_deprecation():
                        timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split()[-1] == "4"
+
+
+def test_deepspeed_cpu_accelerator_warning_dropped_only_without_cuda(monkeypatch):
+    """quiet 6: DeepSpeed's "Setting accelerator to CPU" is dropped while torch sees no CUDA device, shown when one
+    is there (then DeepSpeed missed it), and its other warnings pass."""
+    import torch
+
+    from quantlab.lab import quiet
+
+    quiet.install()
+    f = next(x for x in logging.getLogger("DeepSpeed").filters if isinstance(x, quiet._DropWithoutCuda))
+
+    def rec(msg):
+        return logging.LogRecord("DeepSpeed", logging.WARNING, __file__, 1, msg, None, None)
+
+    cpu_msg = "Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to detect it."
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert f.filter(rec(cpu_msg)) is False and f.filter(rec("ZeRO stage 3 ...")) is True
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert f.filter(rec(cpu_msg)) is True
+
+
+def test_dpo_config_raises_no_checkpointing_rename_warning():
+    """TRL 1.16's configs set the deprecated gradient_checkpointing; the lab passes transformers 5's
+    activation_checkpointing (quantlab/lab/preference.py), so no FutureWarning is raised for it."""
+    import warnings
+
+    pytest.importorskip("trl")
+    from trl import DPOConfig
+
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        a = DPOConfig(output_dir="/tmp/quantlab-test-dpo", use_cpu=True, report_to="none", bf16=False,
+                      activation_checkpointing=True)
+    assert a.gradient_checkpointing is True
+    assert not [x for x in w if "gradient_checkpointing" in str(x.message)]
