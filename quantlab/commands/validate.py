@@ -133,7 +133,107 @@ def case_from_flags(args, *, id: str, weights: str | None, scale: dict):
     return case_from_dict(args.model, config_dict_from_args(args), id=id, weights=weights, scale=scale, serve=serve)
 
 
-def case_from_dict(model: str, config: dict, *, id: str, weights: str | None, scale: dict, serve: dict | None = None):
+# ---- the issue #13 methods: PEFT variants, distillation (variant_flags) and DPO (preference_flags) -----------
+# matrix key -> destination of the quantlab plan flag (commands/variant_flags.py, commands/preference_flags.py);
+# teacher-scale is the lab's own: config.json overrides of the teacher's profile, as ``scale`` is the student's
+VARIANT_KEYS = ("encoder_hidden_size", "encoder_type", "encoder_num_layers", "teacher", "teacher_precision",
+                "distill_beta", "student_method")
+PREFERENCE_KEYS = ("policy", "reference", "beta")  # the DPO flags the lab runs (TRL DPOTrainer)
+PREFERENCE_ALL = ("policy", "reference", "num_generations", "max_completion_length", "beta", "num_labels",
+                  "reward_model")
+LAB_METHODS = ("dpo", "bitfit", "dora", "ptuning", "distill")
+
+
+def method_values_from_mapping(entry: dict) -> tuple[dict, dict]:
+    """Split a matrix entry whose ``method`` is a PEFT variant (bitfit, dora, ptuning, distill) or DPO into
+    (``case_from_dict`` keywords: ``variant``, ``given``, ``teacher``, the rest, with ``method`` set to the
+    PlanConfig method it plans over). The names and flags are ``quantlab plan``'s: parsed by
+    :func:`quantlab.commands.variant_flags.take_variant` and :func:`quantlab.commands.preference_flags.take_preference`
+    (their one-line SpecErrors pass through). Any other entry comes back unchanged, and a variant key in it is a
+    one-line error as for ``quantlab plan``."""
+    from quantlab.commands.preference_flags import PREFERENCE_METHODS, take_preference, trainer_defaults
+    from quantlab.commands.variant_flags import VARIANTS, take_variant
+    from quantlab.specs import SpecError
+
+    ns = argparse.Namespace(**{k: None for k in VARIANT_KEYS + PREFERENCE_ALL})
+    rest, teacher_scale = {}, None
+    for k, v in entry.items():
+        d = str(k).replace("-", "_")
+        if d == "teacher_scale":
+            teacher_scale = v
+        elif d in VARIANT_KEYS or d in PREFERENCE_ALL:
+            setattr(ns, d, v)
+        else:
+            rest[k] = v
+    method = rest.get("method")
+    ns.method = method
+    ns.precision = rest.get("precision")
+    if method in PREFERENCE_METHODS and method != "dpo":
+        raise SpecError(f"method {method}: the lab measures DPO only (TRL DPOTrainer, quantlab/lab/preference.py); "
+                        f"{method} is planned only (quantlab plan --method {method})")
+    if method not in LAB_METHODS:
+        if teacher_scale is not None:
+            raise SpecError("teacher-scale applies to method distill")
+        take_variant(ns)  # a variant key here: one line naming the methods it applies to
+        take_preference(ns)
+        return {}, entry
+    for d in PREFERENCE_ALL:
+        if d not in PREFERENCE_KEYS and getattr(ns, d) is not None:
+            raise SpecError(f"{d.replace('_', '-')} does not apply to dpo (the lab runs DPOTrainer's sigmoid loss)")
+    for d in ("encoder_hidden_size", "encoder_num_layers"):
+        v = getattr(ns, d)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise SpecError(f"{d.replace('_', '-')} must be an integer, got {v!r}")
+    if ns.distill_beta is not None and (isinstance(ns.distill_beta, bool)
+                                        or not isinstance(ns.distill_beta, (int, float))):
+        raise SpecError(f"distill-beta must be a number, got {ns.distill_beta!r}")
+    if ns.beta is not None and (isinstance(ns.beta, bool) or not isinstance(ns.beta, (int, float))):
+        raise SpecError(f"beta must be a number, got {ns.beta!r}")
+    for d in ("teacher", "teacher_precision", "student_method", "policy", "reference", "encoder_type"):
+        v = getattr(ns, d)
+        if v is not None and not isinstance(v, str):
+            raise SpecError(f"{d.replace('_', '-')} must be a name, got {v!r}")
+    from quantlab.commands.preference_flags import POLICY_METHODS
+    from quantlab.commands.variant_flags import ENCODER_TYPES, STUDENT_METHODS
+    from quantlab.planner.preference import Reference
+    from quantlab.specs import Precision
+
+    choices = {"encoder_type": ENCODER_TYPES, "teacher_precision": tuple(p.value for p in Precision),
+               "student_method": STUDENT_METHODS, "policy": POLICY_METHODS,
+               "reference": tuple(r.value for r in Reference)}
+    for d, ok in choices.items():
+        v = getattr(ns, d)
+        if v is not None and v not in ok:
+            raise SpecError(f"{d.replace('_', '-')} must be one of {', '.join(ok)}, got {v!r}")
+    if teacher_scale is not None and method != "distill":
+        raise SpecError(f"teacher-scale applies to method distill, not {method}")
+    kw: dict = {}
+    if method in VARIANTS:
+        v = take_variant(ns)
+        if method == "distill" and teacher_scale:
+            import dataclasses as dc
+
+            from quantlab.groundtruth import model_spec
+
+            if not isinstance(teacher_scale, dict):
+                raise SpecError("teacher-scale must be a mapping of config.json keys")
+            v = dc.replace(v, distill=dc.replace(v.distill, teacher=model_spec(ns.teacher, teacher_scale)))
+        kw["variant"] = v
+        if method == "distill":
+            from quantlab.profiles import load_model
+
+            kw["teacher"] = (load_model(ns.teacher).name, tuple(sorted((teacher_scale or {}).items())))
+    else:
+        kw["variant"] = take_preference(ns)
+    rest["method"] = ns.method
+    if method == "dpo":  # TRL's trainer configs default gradient checkpointing on (preference_flags)
+        for k, val in trainer_defaults({str(k).replace("-", "_") for k in rest}).items():
+            rest[k] = val
+    return kw, rest
+
+
+def case_from_dict(model: str, config: dict, *, id: str, weights: str | None, scale: dict, serve: dict | None = None,
+                   variant=None, teacher: tuple | None = None):
     """The :class:`quantlab.validate.Case` of a :meth:`PlanConfig.from_dict` dict on profile ``model`` (the spec
     scaled by ``scale``; the lab decides the device: cuda when torch sees a GPU, else cpu). ``serve``: serving
     values by destination (:func:`quantlab.commands.serve_flags.serve_config_from_values`), for an inference plan.
@@ -163,6 +263,12 @@ def case_from_dict(model: str, config: dict, *, id: str, weights: str | None, sc
         s = serve_config_from_values(pc, serve, frozenset(config))
         pc = s.plan
     check_given(pc, frozenset(config), adapters=bool(s is not None and (s.adapters or s.merged)))
+    if variant is not None:
+        from quantlab.validate import method_refusal
+
+        why = method_refusal(pc, variant)
+        if why:
+            raise SpecError(why)
     why = lab_refusal(pc, s)  # before the device is set: a sharded plan is refused as such
     if why:
         raise QuantlabError(why)
@@ -177,7 +283,10 @@ def case_from_dict(model: str, config: dict, *, id: str, weights: str | None, sc
     hf = dict(resolved.config)
     hf.update(scale)
     weights = weights or ("pretrained" if resolved.name == "smollm2-135m" and not scale else "random")
-    return Case(id, pc, resolved.name, weights, tuple(sorted(scale.items())), hf, serve=s)
+    if variant is not None and weights == "pretrained":
+        raise SpecError("the issue #13 methods are validated on random weights at a scale (give a scale)")
+    return Case(id, pc, resolved.name, weights, tuple(sorted(scale.items())), hf, serve=s, variant=variant,
+                teacher=teacher)
 
 
 def load_matrix(path: str | Path, only: tuple[str, ...] = ()) -> list:
@@ -227,9 +336,10 @@ def load_matrix(path: str | Path, only: tuple[str, ...] = ()) -> list:
             model = entry.pop("model", None)
             if not isinstance(model, str) or not model:
                 raise QuantlabError("give model: a profile name")
+            method_kw, entry = method_values_from_mapping(entry)
             serve, entry = serving_values_from_mapping(entry)
             cases.append(case_from_dict(model, config_dict_from_mapping(entry), id=id, weights=weights,
-                                        scale=dict(scale), serve=serve or None))
+                                        scale=dict(scale), serve=serve or None, **method_kw))
         except QuantlabError as e:
             raise QuantlabError(f"{where}: {e}") from e
     if only:
