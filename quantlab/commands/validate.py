@@ -289,6 +289,24 @@ def case_from_dict(model: str, config: dict, *, id: str, weights: str | None, sc
                 teacher=teacher)
 
 
+def _expect(v, where: str) -> tuple:
+    """A matrix entry's ``expect``: {component: the error measured when it was found to miss} (a known miss,
+    profiles/validation/known-misses.yaml); kept on the case and shown in its row, the target unchanged."""
+    from quantlab.validate import CPU_TOTALS, GPU_TOTALS, TENSOR_COMPONENTS
+
+    if v is None:
+        return ()
+    names = TENSOR_COMPONENTS + GPU_TOTALS + CPU_TOTALS
+    if not isinstance(v, dict) or not v:
+        raise QuantlabError(f"{where}: expect must be a mapping of component: error, e.g. {{activations: -0.11}}")
+    for k, e in v.items():
+        if k not in names:
+            raise QuantlabError(f"{where}: expect names an unknown component {k!r} (known: {', '.join(names)})")
+        if isinstance(e, bool) or not isinstance(e, (int, float)):
+            raise QuantlabError(f"{where}: expect {k} must be a number (the error as a fraction), got {e!r}")
+    return tuple(sorted((str(k), float(e)) for k, e in v.items()))
+
+
 def load_matrix(path: str | Path, only: tuple[str, ...] = ()) -> list:
     """The cases of a matrix file (module docstring); a bad entry is a one-line QuantlabError naming it."""
     p = Path(path)
@@ -325,6 +343,7 @@ def load_matrix(path: str | Path, only: tuple[str, ...] = ()) -> list:
             raise QuantlabError(f"{where}: duplicate id")
         seen.add(id)
         weights = entry.pop("weights", None)
+        expect = _expect(entry.pop("expect", None), where)
         scale = entry.pop("scale", None) or {}
         if isinstance(scale, str):
             if scale not in scales:
@@ -338,8 +357,9 @@ def load_matrix(path: str | Path, only: tuple[str, ...] = ()) -> list:
                 raise QuantlabError("give model: a profile name")
             method_kw, entry = method_values_from_mapping(entry)
             serve, entry = serving_values_from_mapping(entry)
-            cases.append(case_from_dict(model, config_dict_from_mapping(entry), id=id, weights=weights,
-                                        scale=dict(scale), serve=serve or None, **method_kw))
+            case = case_from_dict(model, config_dict_from_mapping(entry), id=id, weights=weights,
+                                  scale=dict(scale), serve=serve or None, **method_kw)
+            cases.append(dataclasses.replace(case, expect=expect) if expect else case)
         except QuantlabError as e:
             raise QuantlabError(f"{where}: {e}") from e
     if only:
