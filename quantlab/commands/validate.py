@@ -25,6 +25,19 @@ inference entry a serving one, planned by :mod:`quantlab.planner.serving` (``bat
 
     - {id: smollm2-generate-c4, model: smollm2-135m, weights: pretrained, precision: fp32, compute-dtype: fp32,
        mode: generate, batch: 4, seq: 64, new-tokens: 8}
+
+Issue #13's methods take ``quantlab plan``'s names and flags (:mod:`quantlab.commands.variant_flags`,
+:mod:`quantlab.commands.preference_flags`): ``method: bitfit | dora | ptuning | distill`` with ``encoder-hidden-size``,
+``encoder-type``, ``encoder-num-layers``, ``teacher``, ``distill-beta``, plus ``teacher-scale`` (the teacher's
+config.json overrides, as ``scale`` is the student's); ``method: dpo`` with ``policy`` (lora, full), ``reference``,
+``beta`` (``batch`` is pairs and ``seq`` DPOConfig's max_length; the row is planned for the step measured). They are
+measured by their own lab code (:mod:`quantlab.validate` assumption 13)::
+
+    - {id: llama-ptuning-mlp-fp32, method: ptuning, model: llama-3.2-1b, scale: llama-3.2-1b/16,
+       num-virtual-tokens: 20, encoder-hidden-size: 128, precision: fp32, compute-dtype: fp32, keep-grads: true}
+
+``expect: {component: error}`` marks a known miss (profiles/validation/known-misses.yaml): the row keeps its targets
+and is reported as a miss; the error it was measured at is shown beside it (``expected_errors``).
 """
 
 from __future__ import annotations
