@@ -60,7 +60,7 @@ ROW_COLUMNS = ("id", "model", "method", "precision", "compute_dtype", "training_
 
 
 def register(sub) -> None:
-    from quantlab.commands.flags import add_config_arguments
+    from quantlab.commands.plan import add_plan_arguments
     from quantlab.commands.serve_flags import add_serving_arguments
 
     p = sub.add_parser(
@@ -91,7 +91,7 @@ def register(sub) -> None:
                "Random weights are fine for memory (quality needs real ones). Errors are (predicted - measured) / "
                "measured: negative means the planner under-predicts, the dangerous direction.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(p, model_required=False)
+    add_plan_arguments(p, model_required=False, preference=True)  # --method also names the issue #13 methods
     add_serving_arguments(p)
     lab = p.add_argument_group("how the lab builds the model")
     lab.add_argument("--weights", choices=("random", "pretrained"), default=None,
@@ -100,6 +100,9 @@ def register(sub) -> None:
     lab.add_argument("--scale", default="", metavar="KEY=VALUE,...",
                      help="config.json overrides that scale the architecture down so it runs on a CPU, e.g. "
                           "num_hidden_layers=2,vocab_size=4096; the planner gets the same scaled spec")
+    lab.add_argument("--teacher-scale", default=None, metavar="KEY=VALUE,...",
+                     help="--method distill: config.json overrides that scale the teacher's architecture down, as "
+                          "--scale does the student's (default: none)")
     lab.add_argument("--matrix", default=None, metavar="FILE",
                      help="a YAML/JSON file of configurations (see profiles/validation/matrix.yaml) instead of "
                           "--model and the plan flags")
@@ -143,7 +146,20 @@ def case_from_flags(args, *, id: str, weights: str | None, scale: dict):
     serve = None
     if serving_given(args):
         serve = {d: getattr(args, d) for d in SERVE_DESTS if getattr(args, d, None) is not None}
-    return case_from_dict(args.model, config_dict_from_args(args), id=id, weights=weights, scale=scale, serve=serve)
+    config = config_dict_from_args(args)
+    # the issue #13 methods: the same reading as a matrix entry's (method_values_from_mapping)
+    entry = {"method": args.method, "precision": getattr(args, "precision", None)}
+    entry.update({d: getattr(args, d) for d in VARIANT_KEYS + PREFERENCE_ALL if getattr(args, d, None) is not None})
+    if getattr(args, "teacher_scale", None):
+        entry["teacher_scale"] = _parse_scale(args.teacher_scale)
+    method_kw, rest = method_values_from_mapping(entry)
+    if method_kw:
+        config["method"] = rest["method"]
+        for k, v in rest.items():
+            if k not in ("method", "precision") and k not in config and k.replace("-", "_") not in VARIANT_KEYS \
+                    + PREFERENCE_ALL + ("teacher_scale",):
+                config[k] = v  # the trainer's defaults (DPO: gradient checkpointing on)
+    return case_from_dict(args.model, config, id=id, weights=weights, scale=scale, serve=serve, **method_kw)
 
 
 # ---- the issue #13 methods: PEFT variants, distillation (variant_flags) and DPO (preference_flags) -----------

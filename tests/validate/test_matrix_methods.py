@@ -168,3 +168,34 @@ def test_known_misses_are_reported_as_misses_with_their_error():
             assert comp in missed_targets(r)
             assert r["expected_errors"][comp] == expected
             assert abs(r[f"err_{comp}"] - expected) <= 0.01, (case.id, comp, r[f"err_{comp}"])
+
+
+# ---- the single-configuration path (quantlab validate --model ... --method bitfit|...) -----------------------
+
+@pytest.mark.parametrize("argv,says", [
+    (("--method", "bitfit", "--encoder-hidden-size", "8"), "--encoder-hidden-size applies to --method ptuning"),
+    (("--method", "orpo"), "the lab measures DPO only"),
+    (("--method", "lora", "--teacher-scale", "num_hidden_layers=1"), "teacher-scale applies to method distill"),
+    (("--method", "distill", "--keep-grads"), "needs --teacher"),
+    (("--method", "bitfit", "--precision", "fp32", "--compute-dtype", "fp32"), "give keep-grads: true"),
+])
+def test_bad_method_flags_are_one_line_exit_2(capsys, argv, says):
+    rc = main(["validate", "--model", "llama-3.2-1b", *argv])
+    err = capsys.readouterr().err
+    assert rc == 2 and says in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_flags_and_matrix_entry_make_the_same_case():
+    from quantlab.commands.validate import case_from_flags, load_matrix
+    from quantlab.cli import build_parser
+
+    m = load_matrix(MATRIX, ("llama-distill-fkl-fp32",))[0]
+    scale = dict(m.overrides)
+    args = build_parser().parse_args(
+        ["validate", "--model", "llama-3.2-1b", "--method", "distill", "--teacher", "llama-3.2-1b",
+         "--teacher-scale", ",".join(f"{k}={v}" for k, v in m.teacher[1]), "--distill-beta", "0",
+         "--precision", "fp32", "--compute-dtype", "fp32", "--keep-grads", "--batch", "2", "--seq", "64",
+         "--attn", "sdpa"])
+    c = case_from_flags(args, id=m.id, weights=None, scale=scale)
+    assert c.config == m.config and c.teacher == m.teacher and c.variant == m.variant
