@@ -83,6 +83,8 @@ def register(sub) -> None:
                "intermediate_size=1024,vocab_size=4096 --method qlora --compute-dtype fp32 --batch 2 --seq 64\n"
                "  quantlab validate --model smollm2-135m --method inference --precision fp32 --compute-dtype fp32 "
                "--mode generate --seq 64 --new-tokens 8 --concurrency 4 --adapters 2\n"
+               "  quantlab validate --model llama-3.2-1b --scale num_hidden_layers=2,vocab_size=4096 --method ptuning "
+               "--num-virtual-tokens 20 --encoder-hidden-size 128 --precision fp32 --compute-dtype fp32 --keep-grads --batch 2 --seq 64\n"
                "  quantlab validate --matrix profiles/validation/matrix.yaml --out reports/validation-cpu "
                "--append-measurements\n"
                "A serving flag (--mode, --new-tokens, --concurrency, --cache, --greedy, --adapters, --merged, ...) makes "
