@@ -81,6 +81,23 @@ allocator reserve):
 11. ``packed``: each row holds two documents, told apart by ``position_ids`` restarting at 0 half way, with no
     attention mask (what a packing collator with ``return_position_ids`` hands the model).
 
+13. The issue #13 methods (a case with ``variant``) are measured by the lab code written for them, called here, not
+    re-implemented. BitFit, DoRA, P-tuning: :func:`quantlab.lab.peft_measured.measure_step` on the model its
+    builders make (``bitfit``, ``dora``, ``ptuning`` over ``tiny_from_profile``: the case's profile and scale,
+    random weights): two AdamW steps on one random ``batch x seq`` batch, the second measured, gradients zeroed
+    with ``set_to_none=False`` (so the case is planned with ``keep_grads``); activations are the saved tensors
+    still alive after the forward (its ``LiveSaved``). Distillation: :func:`~quantlab.lab.peft_measured.
+    measure_distill` (TRL 1.16 GKDTrainer's ``generalized_jsd_loss``; the teacher is a second random model of
+    the ``teacher`` profile and scale, seed 1); ``loss_saved`` is what the loss keeps for backward, against
+    :func:`quantlab.planner.peft_methods.jsd_saved`. Predicted by ``variant_flags.variant_plan`` (the
+    peft_methods compositions). DPO: TRL's ``DPOTrainer`` in :func:`quantlab.lab.preference.run_dpo` on the
+    shipped json-prefs pairs (``2 x batch`` training pairs, 2 held-out, 2 steps, ``max_length`` = the case's
+    ``seq``), tokenized by the embedded tokenizer (the scale must keep its 49152-token vocabulary); the step is
+    measured by StepProbe. The data decide the step's shape: the case is planned (``preference_plan``) for the
+    measured step (pairs, padded width, padding; ``reports/dpo-cpu``'s C1), which the row shows as ``batch`` /
+    ``seq`` (``max_length`` beside them). ``activations`` is the policy's saved tensors with the fused head's
+    (preference P2); a reference copy's weights are ``reference_weights`` and are added to the measured total.
+
 Targets (issue #5): on a CPU every tensor component within 2% and every total within 3%; on a GPU allocated
 within 3%, reserved and process within 6%. An error is ``(predicted - measured) / measured``: negative is an
 under-prediction, the dangerous direction.
@@ -101,7 +118,8 @@ from quantlab.errors import QuantlabError
 from quantlab.specs import DeviceMode, Loss, Method, PlanConfig
 
 TENSOR_COMPONENTS = ("weights", "quant_constants", "adapters", "gradients", "optimizer", "activations",
-                     "logits_loss", "kv_cache", "prefill_transient", "decode_transient")
+                     "logits_loss", "kv_cache", "prefill_transient", "decode_transient", "reference_weights",
+                     "teacher_weights", "loss_saved")
 CPU_TOTALS = ("allocated",)
 GPU_TOTALS = ("allocated", "reserved", "process")
 CPU_TARGETS = {"tensor": 0.02, "allocated": 0.03}
@@ -119,6 +137,11 @@ class Case:
     overrides: tuple = ()  # ((hf config key, value), ...) applied to the profile's config (scale-down)
     hf_config: dict = field(default_factory=dict, hash=False, compare=False)  # the profile config, overrides applied
     serve: Any = None  # a quantlab.planner.serving.ServeConfig around ``config``: a serving case (assumption 9)
+    # an issue #13 method over ``config`` (assumption 13): a quantlab.commands.variant_flags.Variant (bitfit, dora,
+    # ptuning, distill) or a quantlab.planner.preference.PreferenceConfig (dpo)
+    variant: Any = field(default=None, hash=False)
+    teacher: tuple | None = None  # distill: (teacher profile, ((config.json key, value), ...)) the lab builds
+    expect: tuple = ()  # ((component, error), ...): a known miss, as measured (profiles/validation/known-misses.yaml)
 
     def __post_init__(self):
         if self.serve is not None and self.serve.plan != self.config:
@@ -152,6 +175,65 @@ def lab_refusal(pc: PlanConfig, serve=None) -> str | None:
     if pc.kv_dtype is not None and pc.kv_dtype is not pc.compute_dtype:
         return "the lab's KV cache is in the compute dtype (kv-dtype is not measured)"
     return None
+
+
+def method_refusal(pc: PlanConfig, variant) -> str | None:
+    """Why the lab code of an issue #13 method (assumption 13) cannot run ``pc`` as planned, or None: its loops
+    are AdamW steps in the weights' dtype on an unpadded random batch (bitfit, dora, ptuning, distill), or TRL's
+    DPOTrainer in fp32 on a LoRA or full policy (dpo)."""
+    from quantlab.planner.preference import Objective, PreferenceConfig
+    from quantlab.specs import Optimizer, TrainingPrecision
+
+    name = variant.objective.value if isinstance(variant, PreferenceConfig) else variant.name
+    if pc.optimizer is not Optimizer.ADAMW:
+        return f"the {name} lab steps with AdamW only (give optimizer: adamw)"
+    if pc.training_precision is not TrainingPrecision.PURE or pc.precision.value != pc.compute_dtype.value:
+        return f"the {name} lab computes in the weights' dtype (give compute-dtype {pc.precision.value}, pure)"
+    if pc.grad_accum != 1 or pc.loss is not Loss.HF or pc.packed or pc.optimizer_in_backward:
+        return f"the {name} lab runs one micro-batch per step with transformers' loss (no grad-accum, loss, packed, " \
+               "optimizer-in-backward)"
+    if pc.attn.value != "sdpa":
+        return f"the {name} lab builds the model with transformers' default attention (give attn: sdpa)"
+    if getattr(pc, "lora_dropout", 0.0):
+        return f"the {name} lab trains LoRA without dropout (give lora-dropout: 0)"
+    if tuple(pc.lora_targets) == ("all-linear",) and pc.method in (Method.LORA, Method.QLORA):
+        return f"the {name} lab takes explicit LoRA targets (list the modules instead of all-linear)"
+    if isinstance(variant, PreferenceConfig):
+        if variant.objective is not Objective.DPO:
+            return f"the lab measures DPO only (TRL DPOTrainer); {name} is planned only"
+        if pc.method not in (Method.LORA, Method.FULL):
+            return "the DPO lab trains a LoRA or a full policy (policy: lora or full)"
+        if pc.precision.value != "fp32":
+            return "the DPO lab runs fp32 on a CPU (give precision: fp32, compute-dtype: fp32)"
+        if pc.padding_mask or pc.keep_grads:
+            return "the DPO lab's padding is the data's and Trainer zeroes with set_to_none (drop padded, keep-grads)"
+        if pc.model.vocab_size < 49152:
+            return ("the DPO lab tokenizes json-prefs with the embedded tokenizer (49152 tokens): give a scale "
+                    f"with vocab_size 49152, not {pc.model.vocab_size}")
+        return None
+    if pc.precision.value not in ("fp32", "bf16", "fp16"):
+        return f"the {name} lab builds float weights (fp32, bf16, fp16): {pc.precision.value} is planned only"
+    if pc.padding_mask or not pc.keep_grads:
+        return (f"the {name} lab zeroes gradients with set_to_none=False on an unpadded batch: give keep-grads: "
+                "true (and no padded)")
+    if name == "distill":
+        dc = variant.distill
+        if pc.method is not Method.FULL:
+            return "the distill lab trains the whole student (student-method: full)"
+        if dc.teacher_precision is not None and dc.teacher_precision is not pc.precision:
+            return "the distill lab builds the teacher in the student's dtype (drop teacher-precision)"
+    return None
+
+
+def method_plan(pc: PlanConfig, variant):
+    """The planner composition of an issue #13 method (assumption 13)."""
+    from quantlab.planner.preference import PreferenceConfig, preference_plan
+
+    if isinstance(variant, PreferenceConfig):
+        return preference_plan(pc, variant)
+    from quantlab.commands.variant_flags import variant_plan
+
+    return variant_plan(pc, variant)
 
 
 def serve_refusal(s) -> str | None:
@@ -429,18 +511,81 @@ def measure_case(case: Case, *, readings: Callable[[], CudaReadings] | None = No
         raise QuantlabError(f"{case.id}: {why}")
     gpu = _device() == "cuda"
     t0 = time.perf_counter()
-    with model_source(case) as src:
-        if case.serve is not None:
-            out = _measure_serving(case.serve, src, gpu)
-        elif pc.method.is_training:
-            out = _measure_training(pc, src, gpu)
-        else:
-            out = _measure_inference(pc, src, gpu)
+    if case.variant is not None:
+        if gpu:
+            raise QuantlabError(f"{case.id}: the issue #13 methods' lab code measures on a CPU (assumption 13)")
+        out = _measure_method(case)
+    else:
+        with model_source(case) as src:
+            if case.serve is not None:
+                out = _measure_serving(case.serve, src, gpu)
+            elif pc.method.is_training:
+                out = _measure_training(pc, src, gpu)
+            else:
+                out = _measure_inference(pc, src, gpu)
     if gpu:
         r = (readings or cuda_readings)()
         out.update(meas_allocated_bytes=r.allocated, meas_reserved_bytes=r.reserved, meas_process_bytes=r.process)
     out["meas_s"] = time.perf_counter() - t0
     out["device"] = "cuda" if gpu else "cpu"
+    return out
+
+
+def _measure_method(case: Case) -> dict:
+    """An issue #13 method measured by its own lab code (assumption 13)."""
+    from quantlab.lab import peft_measured as L
+    from quantlab.planner.preference import PreferenceConfig
+
+    pc, v = case.config, case.variant
+    if isinstance(v, PreferenceConfig):
+        return _measure_dpo(case)
+    dt = pc.precision.value
+
+    def build():
+        return L.tiny_from_profile(case.model, dict(case.overrides), dtype=dt)
+
+    if v.name == "bitfit":
+        return L.measure_step(L.bitfit(build()), pc.batch, pc.seq, peft=False)
+    if v.name == "dora":
+        return L.measure_step(L.dora(build(), pc.lora_r, pc.lora_alpha, tuple(pc.lora_targets)), pc.batch, pc.seq)
+    if v.name == "ptuning":
+        pt = v.ptuning
+        model = L.ptuning(build(), pc.num_virtual_tokens, pt.encoder_hidden_size, pt.encoder_type.value,
+                          pt.encoder_num_layers)
+        return L.measure_step(model, pc.batch, pc.seq, virtual_tokens=pc.num_virtual_tokens)
+    name, overrides = case.teacher
+    teacher = L.tiny_from_profile(name, dict(overrides), dtype=dt, seed=1)
+    return L.measure_distill(build(), teacher, pc.batch, pc.seq, beta=v.distill.beta)
+
+
+def _measure_dpo(case: Case) -> dict:
+    """TRL's DPOTrainer on the case's model (assumption 13): the measured step, its shape and the reference."""
+    from transformers import AutoTokenizer
+
+    from quantlab.lab.model import ensure_embedded
+    from quantlab.lab.preference import DPORun, run_dpo
+
+    pc, pref = case.config, case.variant
+    with model_source(case) as src:
+        AutoTokenizer.from_pretrained(ensure_embedded(progress=False)).save_pretrained(src.path)
+        run = DPORun(model=str(src.path), max_steps=2, batch=pc.batch, eval_batch=2, train_pairs=2 * pc.batch,
+                     eval_pairs=2, max_length=pc.seq, lora_r=pc.lora_r, lora_alpha=pc.lora_alpha,
+                     lora_targets=tuple(pc.lora_targets), policy="full" if pc.method is Method.FULL else "lora",
+                     grad_checkpointing=pc.grad_checkpointing,
+                     **({} if pref.beta is None else {"beta": float(pref.beta)}))
+        res = run_dpo(run, None, log=lambda s: None)
+    m = res["measurement"]
+    ref = res["reference_bytes"]
+    out = {f"meas_{k}_bytes": m.get(f"meas_{k}_bytes") for k in ("weights", "adapters", "gradients", "optimizer")}
+    # the policy's saved tensors with TRL's fused head's (preference P2; lab_preference C2)
+    out["meas_activations_bytes"] = (m.get("meas_activations_bytes") or 0) + (m.get("meas_logits_loss_bytes") or 0)
+    out["meas_reference_weights_bytes"] = ref
+    out["meas_allocated_bytes"] = m["meas_allocated_bytes"] + ref  # the reference model is live too (C3)
+    if m.get("meas_allocated_with_workspace_bytes") is not None:
+        out["meas_allocated_with_workspace_bytes"] = m["meas_allocated_with_workspace_bytes"] + ref
+    out.update(meas_trainable_params=m.get("meas_trainable_params"), meas_step_pairs=res["step_sequences"] // 2,
+               meas_step_seq=res["step_seq"], meas_step_padded=res["step_padded"], meas_reference=res["reference"],
+               meas_grad_checkpointing=res["grad_checkpointing"], meas_notes=list(res["measurement_notes"]))
     return out
 
 
@@ -719,12 +864,13 @@ def chunked_ce(logits: list, labels, ignore_index: int = -100):
 
 # ---- prediction and comparison -----------------------------------------------------------------------------
 
-def predict(pc: PlanConfig) -> dict:
-    """``pred_<component>_bytes`` and totals, on the component boundaries the lab measures (assumption 4)."""
+def predict(pc: PlanConfig, p=None) -> dict:
+    """``pred_<component>_bytes`` and totals, on the component boundaries the lab measures (assumption 4), of
+    ``p`` (default: ``plan(pc)``; an issue #13 method's composition, assumption 13)."""
     from quantlab.planner import plan
     from quantlab.planner.memory import loss_buffers
 
-    p = plan(pc)
+    p = p if p is not None else plan(pc)
     c = p.components
     out = {f"pred_{k}_bytes": c.get(k, 0) for k in TENSOR_COMPONENTS}
     if pc.method.is_training:
@@ -789,7 +935,14 @@ def compare(case: Case, meas: dict) -> dict:
         row["freeze_modules"] = list(pc.freeze_modules) or None
     if pc.precision.is_kbit and pc.method.is_training:
         row["kbit_upcast"] = pc.kbit_upcast
-    if case.serve is not None:
+    if case.variant is not None:
+        pcd, v = _method_row(case, row, pcd, meas)
+        row.update(predict(pcd, method_plan(pcd, v)))
+        if row["method"] == "distill":
+            from quantlab.planner.peft_methods import jsd_saved
+
+            row["pred_loss_saved_bytes"] = jsd_saved(pcd, v.distill.beta)
+    elif case.serve is not None:
         sv = case.serve
         for k in SERVE_ROW_KEYS:  # ServeConfig fields, enums by their values
             v = getattr(sv, k)
@@ -816,7 +969,35 @@ def compare(case: Case, meas: dict) -> dict:
         row["err_allocated_with_workspace"] = error(row.get("pred_allocated_bytes"),
                                                     meas["meas_allocated_with_workspace_bytes"])
     row["ok"] = all(oks)
+    if case.expect:  # a known miss: shown with the error it was measured at; the targets are not relaxed
+        row["expected_errors"] = dict(case.expect)
     return row
+
+
+def _method_row(case: Case, row: dict, pc: PlanConfig, meas: dict) -> tuple:
+    """The row fields of an issue #13 method (assumption 13), and the config to plan: a DPO case is planned for
+    the step the lab measured (its pairs, padded width and padding). Returns (config, method) to plan."""
+    from quantlab.planner.preference import PreferenceConfig, Reference
+
+    v = case.variant
+    row["plans_over"] = pc.method.value
+    if isinstance(v, PreferenceConfig):
+        row.update(method=v.objective.value, policy=pc.method.value, beta=v.beta, max_length=pc.seq)
+        if meas.get("meas_step_pairs") is not None:
+            pc = dataclasses.replace(pc, batch=meas["meas_step_pairs"], seq=meas["meas_step_seq"],
+                                     padding_mask=bool(meas["meas_step_padded"]))
+            if v.reference is Reference.AUTO:  # what auto resolved to, as the lab ran it (lab_preference C1)
+                v = dataclasses.replace(v, reference=Reference(meas["meas_reference"]))
+            row.update(batch=pc.batch, seq=pc.seq, padding_mask=pc.padding_mask, reference=meas["meas_reference"])
+        return pc, v
+    row["method"] = v.name
+    if v.ptuning is not None:
+        row.update(encoder_hidden_size=v.ptuning.encoder_hidden_size, encoder_type=v.ptuning.encoder_type.value,
+                   encoder_num_layers=v.ptuning.encoder_num_layers)
+    if v.distill is not None:
+        row.update(teacher=case.teacher[0], teacher_overrides=dict(case.teacher[1]) or None,
+                   distill_beta=v.distill.beta, student_method=pc.method.value)
+    return pc, v
 
 
 def validate(case: Case, *, readings=None) -> dict:
@@ -870,8 +1051,9 @@ def missed_targets(row: dict) -> list[str]:
 def measurement_row(row: dict, *, source: str) -> dict | None:
     """The row for ``reports/measurements.jsonl``: the run's conditions, metric ``allocated``, ``device``."""
     total = row.get("meas_allocated_bytes")
-    if total is None:
-        return None
+    if total is None or row.get("plans_over") is not None:  # an issue #13 method: the published row format
+        return None  # has no field for it yet (quantlab.groundtruth plans with plan() only)
+
     r: dict[str, Any] = {"id": f"quantlab-validate-{row['id']}", "source": source, "model": row["model"],
                          "method": row["method"], "weights": row["precision"], "double_quant": row["double_quant"],
                          "compute_dtype": row["compute_dtype"], "batch": row["batch"], "seq": row["seq"],

@@ -25,6 +25,19 @@ inference entry a serving one, planned by :mod:`quantlab.planner.serving` (``bat
 
     - {id: smollm2-generate-c4, model: smollm2-135m, weights: pretrained, precision: fp32, compute-dtype: fp32,
        mode: generate, batch: 4, seq: 64, new-tokens: 8}
+
+Issue #13's methods take ``quantlab plan``'s names and flags (:mod:`quantlab.commands.variant_flags`,
+:mod:`quantlab.commands.preference_flags`): ``method: bitfit | dora | ptuning | distill`` with ``encoder-hidden-size``,
+``encoder-type``, ``encoder-num-layers``, ``teacher``, ``distill-beta``, plus ``teacher-scale`` (the teacher's
+config.json overrides, as ``scale`` is the student's); ``method: dpo`` with ``policy`` (lora, full), ``reference``,
+``beta`` (``batch`` is pairs and ``seq`` DPOConfig's max_length; the row is planned for the step measured). They are
+measured by their own lab code (:mod:`quantlab.validate` assumption 13)::
+
+    - {id: llama-ptuning-mlp-fp32, method: ptuning, model: llama-3.2-1b, scale: llama-3.2-1b/16,
+       num-virtual-tokens: 20, encoder-hidden-size: 128, precision: fp32, compute-dtype: fp32, keep-grads: true}
+
+``expect: {component: error}`` marks a known miss (profiles/validation/known-misses.yaml): the row keeps its targets
+and is reported as a miss; the error it was measured at is shown beside it (``expected_errors``).
 """
 
 from __future__ import annotations
@@ -47,7 +60,7 @@ ROW_COLUMNS = ("id", "model", "method", "precision", "compute_dtype", "training_
 
 
 def register(sub) -> None:
-    from quantlab.commands.flags import add_config_arguments
+    from quantlab.commands.plan import add_plan_arguments
     from quantlab.commands.serve_flags import add_serving_arguments
 
     p = sub.add_parser(
@@ -70,6 +83,8 @@ def register(sub) -> None:
                "intermediate_size=1024,vocab_size=4096 --method qlora --compute-dtype fp32 --batch 2 --seq 64\n"
                "  quantlab validate --model smollm2-135m --method inference --precision fp32 --compute-dtype fp32 "
                "--mode generate --seq 64 --new-tokens 8 --concurrency 4 --adapters 2\n"
+               "  quantlab validate --model llama-3.2-1b --scale num_hidden_layers=2,vocab_size=4096 --method ptuning "
+               "--num-virtual-tokens 20 --encoder-hidden-size 128 --precision fp32 --compute-dtype fp32 --keep-grads --batch 2 --seq 64\n"
                "  quantlab validate --matrix profiles/validation/matrix.yaml --out reports/validation-cpu "
                "--append-measurements\n"
                "A serving flag (--mode, --new-tokens, --concurrency, --cache, --greedy, --adapters, --merged, ...) makes "
@@ -78,7 +93,7 @@ def register(sub) -> None:
                "Random weights are fine for memory (quality needs real ones). Errors are (predicted - measured) / "
                "measured: negative means the planner under-predicts, the dangerous direction.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(p, model_required=False)
+    add_plan_arguments(p, model_required=False, preference=True)  # --method also names the issue #13 methods
     add_serving_arguments(p)
     lab = p.add_argument_group("how the lab builds the model")
     lab.add_argument("--weights", choices=("random", "pretrained"), default=None,
@@ -87,6 +102,9 @@ def register(sub) -> None:
     lab.add_argument("--scale", default="", metavar="KEY=VALUE,...",
                      help="config.json overrides that scale the architecture down so it runs on a CPU, e.g. "
                           "num_hidden_layers=2,vocab_size=4096; the planner gets the same scaled spec")
+    lab.add_argument("--teacher-scale", default=None, metavar="KEY=VALUE,...",
+                     help="--method distill: config.json overrides that scale the teacher's architecture down, as "
+                          "--scale does the student's (default: none)")
     lab.add_argument("--matrix", default=None, metavar="FILE",
                      help="a YAML/JSON file of configurations (see profiles/validation/matrix.yaml) instead of "
                           "--model and the plan flags")
@@ -130,10 +148,123 @@ def case_from_flags(args, *, id: str, weights: str | None, scale: dict):
     serve = None
     if serving_given(args):
         serve = {d: getattr(args, d) for d in SERVE_DESTS if getattr(args, d, None) is not None}
-    return case_from_dict(args.model, config_dict_from_args(args), id=id, weights=weights, scale=scale, serve=serve)
+    config = config_dict_from_args(args)
+    # the issue #13 methods: the same reading as a matrix entry's (method_values_from_mapping)
+    entry = {"method": args.method, "precision": getattr(args, "precision", None)}
+    entry.update({d: getattr(args, d) for d in VARIANT_KEYS + PREFERENCE_ALL if getattr(args, d, None) is not None})
+    if getattr(args, "teacher_scale", None):
+        entry["teacher_scale"] = _parse_scale(args.teacher_scale)
+    method_kw, rest = method_values_from_mapping(entry)
+    if method_kw:
+        config["method"] = rest["method"]
+        for k, v in rest.items():
+            if k not in ("method", "precision") and k not in config and k.replace("-", "_") not in VARIANT_KEYS \
+                    + PREFERENCE_ALL + ("teacher_scale",):
+                config[k] = v  # the trainer's defaults (DPO: gradient checkpointing on)
+    return case_from_dict(args.model, config, id=id, weights=weights, scale=scale, serve=serve, **method_kw)
 
 
-def case_from_dict(model: str, config: dict, *, id: str, weights: str | None, scale: dict, serve: dict | None = None):
+# ---- the issue #13 methods: PEFT variants, distillation (variant_flags) and DPO (preference_flags) -----------
+# matrix key -> destination of the quantlab plan flag (commands/variant_flags.py, commands/preference_flags.py);
+# teacher-scale is the lab's own: config.json overrides of the teacher's profile, as ``scale`` is the student's
+VARIANT_KEYS = ("encoder_hidden_size", "encoder_type", "encoder_num_layers", "teacher", "teacher_precision",
+                "distill_beta", "student_method")
+PREFERENCE_KEYS = ("policy", "reference", "beta")  # the DPO flags the lab runs (TRL DPOTrainer)
+PREFERENCE_ALL = ("policy", "reference", "num_generations", "max_completion_length", "beta", "num_labels",
+                  "reward_model")
+LAB_METHODS = ("dpo", "bitfit", "dora", "ptuning", "distill")
+
+
+def method_values_from_mapping(entry: dict) -> tuple[dict, dict]:
+    """Split a matrix entry whose ``method`` is a PEFT variant (bitfit, dora, ptuning, distill) or DPO into
+    (``case_from_dict`` keywords: ``variant``, ``given``, ``teacher``, the rest, with ``method`` set to the
+    PlanConfig method it plans over). The names and flags are ``quantlab plan``'s: parsed by
+    :func:`quantlab.commands.variant_flags.take_variant` and :func:`quantlab.commands.preference_flags.take_preference`
+    (their one-line SpecErrors pass through). Any other entry comes back unchanged, and a variant key in it is a
+    one-line error as for ``quantlab plan``."""
+    from quantlab.commands.preference_flags import PREFERENCE_METHODS, take_preference, trainer_defaults
+    from quantlab.commands.variant_flags import VARIANTS, take_variant
+    from quantlab.specs import SpecError
+
+    ns = argparse.Namespace(**{k: None for k in VARIANT_KEYS + PREFERENCE_ALL})
+    rest, teacher_scale = {}, None
+    for k, v in entry.items():
+        d = str(k).replace("-", "_")
+        if d == "teacher_scale":
+            teacher_scale = v
+        elif d in VARIANT_KEYS or d in PREFERENCE_ALL:
+            setattr(ns, d, v)
+        else:
+            rest[k] = v
+    method = rest.get("method")
+    ns.method = method
+    ns.precision = rest.get("precision")
+    if method in PREFERENCE_METHODS and method != "dpo":
+        raise SpecError(f"method {method}: the lab measures DPO only (TRL DPOTrainer, quantlab/lab/preference.py); "
+                        f"{method} is planned only (quantlab plan --method {method})")
+    if method not in LAB_METHODS:
+        if teacher_scale is not None:
+            raise SpecError("teacher-scale applies to method distill")
+        take_variant(ns)  # a variant key here: one line naming the methods it applies to
+        take_preference(ns)
+        return {}, entry
+    for d in PREFERENCE_ALL:
+        if d not in PREFERENCE_KEYS and getattr(ns, d) is not None:
+            raise SpecError(f"{d.replace('_', '-')} does not apply to dpo (the lab runs DPOTrainer's sigmoid loss)")
+    for d in ("encoder_hidden_size", "encoder_num_layers"):
+        v = getattr(ns, d)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise SpecError(f"{d.replace('_', '-')} must be an integer, got {v!r}")
+    if ns.distill_beta is not None and (isinstance(ns.distill_beta, bool)
+                                        or not isinstance(ns.distill_beta, (int, float))):
+        raise SpecError(f"distill-beta must be a number, got {ns.distill_beta!r}")
+    if ns.beta is not None and (isinstance(ns.beta, bool) or not isinstance(ns.beta, (int, float))):
+        raise SpecError(f"beta must be a number, got {ns.beta!r}")
+    for d in ("teacher", "teacher_precision", "student_method", "policy", "reference", "encoder_type"):
+        v = getattr(ns, d)
+        if v is not None and not isinstance(v, str):
+            raise SpecError(f"{d.replace('_', '-')} must be a name, got {v!r}")
+    from quantlab.commands.preference_flags import POLICY_METHODS
+    from quantlab.commands.variant_flags import ENCODER_TYPES, STUDENT_METHODS
+    from quantlab.planner.preference import Reference
+    from quantlab.specs import Precision
+
+    choices = {"encoder_type": ENCODER_TYPES, "teacher_precision": tuple(p.value for p in Precision),
+               "student_method": STUDENT_METHODS, "policy": POLICY_METHODS,
+               "reference": tuple(r.value for r in Reference)}
+    for d, ok in choices.items():
+        v = getattr(ns, d)
+        if v is not None and v not in ok:
+            raise SpecError(f"{d.replace('_', '-')} must be one of {', '.join(ok)}, got {v!r}")
+    if teacher_scale is not None and method != "distill":
+        raise SpecError(f"teacher-scale applies to method distill, not {method}")
+    kw: dict = {}
+    if method in VARIANTS:
+        v = take_variant(ns)
+        if method == "distill" and teacher_scale:
+            import dataclasses as dc
+
+            from quantlab.groundtruth import model_spec
+
+            if not isinstance(teacher_scale, dict):
+                raise SpecError("teacher-scale must be a mapping of config.json keys")
+            v = dc.replace(v, distill=dc.replace(v.distill, teacher=model_spec(ns.teacher, teacher_scale)))
+        kw["variant"] = v
+        if method == "distill":
+            from quantlab.profiles import load_model
+
+            kw["teacher"] = (load_model(ns.teacher).name, tuple(sorted((teacher_scale or {}).items())))
+    else:
+        kw["variant"] = take_preference(ns)
+    rest["method"] = ns.method
+    if method == "dpo":  # TRL's trainer configs default gradient checkpointing on (preference_flags)
+        for k, val in trainer_defaults({str(k).replace("-", "_") for k in rest}).items():
+            rest[k] = val
+    return kw, rest
+
+
+def case_from_dict(model: str, config: dict, *, id: str, weights: str | None, scale: dict, serve: dict | None = None,
+                   variant=None, teacher: tuple | None = None):
     """The :class:`quantlab.validate.Case` of a :meth:`PlanConfig.from_dict` dict on profile ``model`` (the spec
     scaled by ``scale``; the lab decides the device: cuda when torch sees a GPU, else cpu). ``serve``: serving
     values by destination (:func:`quantlab.commands.serve_flags.serve_config_from_values`), for an inference plan.
@@ -163,6 +294,12 @@ def case_from_dict(model: str, config: dict, *, id: str, weights: str | None, sc
         s = serve_config_from_values(pc, serve, frozenset(config))
         pc = s.plan
     check_given(pc, frozenset(config), adapters=bool(s is not None and (s.adapters or s.merged)))
+    if variant is not None:
+        from quantlab.validate import method_refusal
+
+        why = method_refusal(pc, variant)
+        if why:
+            raise SpecError(why)
     why = lab_refusal(pc, s)  # before the device is set: a sharded plan is refused as such
     if why:
         raise QuantlabError(why)
@@ -177,7 +314,28 @@ def case_from_dict(model: str, config: dict, *, id: str, weights: str | None, sc
     hf = dict(resolved.config)
     hf.update(scale)
     weights = weights or ("pretrained" if resolved.name == "smollm2-135m" and not scale else "random")
-    return Case(id, pc, resolved.name, weights, tuple(sorted(scale.items())), hf, serve=s)
+    if variant is not None and weights == "pretrained":
+        raise SpecError("the issue #13 methods are validated on random weights at a scale (give a scale)")
+    return Case(id, pc, resolved.name, weights, tuple(sorted(scale.items())), hf, serve=s, variant=variant,
+                teacher=teacher)
+
+
+def _expect(v, where: str) -> tuple:
+    """A matrix entry's ``expect``: {component: the error measured when it was found to miss} (a known miss,
+    profiles/validation/known-misses.yaml); kept on the case and shown in its row, the target unchanged."""
+    from quantlab.validate import CPU_TOTALS, GPU_TOTALS, TENSOR_COMPONENTS
+
+    if v is None:
+        return ()
+    names = TENSOR_COMPONENTS + GPU_TOTALS + CPU_TOTALS
+    if not isinstance(v, dict) or not v:
+        raise QuantlabError(f"{where}: expect must be a mapping of component: error, e.g. {{activations: -0.11}}")
+    for k, e in v.items():
+        if k not in names:
+            raise QuantlabError(f"{where}: expect names an unknown component {k!r} (known: {', '.join(names)})")
+        if isinstance(e, bool) or not isinstance(e, (int, float)):
+            raise QuantlabError(f"{where}: expect {k} must be a number (the error as a fraction), got {e!r}")
+    return tuple(sorted((str(k), float(e)) for k, e in v.items()))
 
 
 def load_matrix(path: str | Path, only: tuple[str, ...] = ()) -> list:
@@ -216,6 +374,7 @@ def load_matrix(path: str | Path, only: tuple[str, ...] = ()) -> list:
             raise QuantlabError(f"{where}: duplicate id")
         seen.add(id)
         weights = entry.pop("weights", None)
+        expect = _expect(entry.pop("expect", None), where)
         scale = entry.pop("scale", None) or {}
         if isinstance(scale, str):
             if scale not in scales:
@@ -227,9 +386,11 @@ def load_matrix(path: str | Path, only: tuple[str, ...] = ()) -> list:
             model = entry.pop("model", None)
             if not isinstance(model, str) or not model:
                 raise QuantlabError("give model: a profile name")
+            method_kw, entry = method_values_from_mapping(entry)
             serve, entry = serving_values_from_mapping(entry)
-            cases.append(case_from_dict(model, config_dict_from_mapping(entry), id=id, weights=weights,
-                                        scale=dict(scale), serve=serve or None))
+            case = case_from_dict(model, config_dict_from_mapping(entry), id=id, weights=weights,
+                                  scale=dict(scale), serve=serve or None, **method_kw)
+            cases.append(dataclasses.replace(case, expect=expect) if expect else case)
         except QuantlabError as e:
             raise QuantlabError(f"{where}: {e}") from e
     if only:
