@@ -198,3 +198,19 @@ def throughput_main(argv: list[str] | None = None, doc: str | None = None) -> in
     atomic_write_text(out / "throughput.md", tc.to_markdown(out_doc, out_doc["command"]))
     print(tc.to_markdown(out_doc, out_doc["command"]))
     return 0
+
+
+# ---- BitFit / DoRA / P-tuning steps (quantlab.lab.peft_measured) ---------------------------------------------
+
+def peft_predicted(plan, loss_cfg) -> dict:
+    """``pred_<component>_bytes`` of a plan on the boundaries :func:`quantlab.lab.peft_measured.measure_step` measures; ``logits_loss`` is the
+    logits and what the loss saves at ``loss_cfg``'s rows (``quantlab.validate.predict``)."""
+    from quantlab.planner.memory import loss_buffers
+
+    c = plan.components
+    out = {f"pred_{k}_bytes": c.get(k, 0) for k in ("weights", "adapters", "gradients", "optimizer", "activations")}
+    logits, saved, _ = loss_buffers(loss_cfg)
+    out["pred_logits_loss_bytes"] = logits + saved
+    out["pred_allocated_bytes"] = plan.peak_allocated_bytes
+    out["pred_trainable_params"] = plan.trainable_params
+    return out

@@ -225,20 +225,6 @@ def measure_step(model, batch: int, seq: int, *, virtual_tokens: int = 0, peft: 
     return out
 
 
-def predicted(plan, loss_cfg) -> dict:
-    """``pred_<component>_bytes`` of a plan on the boundaries :func:`measure_step` measures; ``logits_loss`` is the
-    logits and what the loss saves at ``loss_cfg``'s rows (``quantlab.validate.predict``)."""
-    from quantlab.planner.memory import loss_buffers
-
-    c = plan.components
-    out = {f"pred_{k}_bytes": c.get(k, 0) for k in ("weights", "adapters", "gradients", "optimizer", "activations")}
-    logits, saved, _ = loss_buffers(loss_cfg)
-    out["pred_logits_loss_bytes"] = logits + saved
-    out["pred_allocated_bytes"] = plan.peak_allocated_bytes
-    out["pred_trainable_params"] = plan.trainable_params
-    return out
-
-
 # ---- distillation (TRL 1.16 experimental GKDTrainer's loss) -------------------------------------------
 
 def measure_distill(student, teacher, batch: int, seq: int, *, beta: float = 0.5, temperature: float = 1.0,
