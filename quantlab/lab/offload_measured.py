@@ -1,0 +1,120 @@
+"""TRL's activation offloading (``SFTConfig(activation_offloading=True)``), run and counted on a CPU.
+
+TRL 1.16's ``trl/models/activation_offloading.py`` (a copy of torchtune's ``OffloadActivations`` with verl's
+storage-key deduplication) reads the accelerator from ``torch.accelerator.current_accelerator().type``: on a
+CPU-only torch that is ``None`` and the constructor raises ``AttributeError``. To run TRL's own code path here, the
+accelerator is reported as ``cpu`` while :func:`trl.models.activation_offloading.get_act_offloading_ctx_manager`
+builds the manager (so ``device_module`` is ``torch.cpu``, whose ``Stream``/``stream``/``current_stream`` exist as
+no-op stand-ins), with ``use_pin_memory=False`` (pinning needs CUDA). Every branch of ``pack_tensor`` then runs as
+on a GPU: a tensor it "offloads" is copied into a new CPU tensor, one it keeps stays as the same tensor. The
+streams' timing is not modelled by a CPU (copies are synchronous), but which tensors are copied and which are kept
+is decided by the same code (``use_streams=True``, TRL's default, unless asked otherwise).
+
+The count after the forward (the forward/backward boundary, where saved activations peak):
+
+- ``host_bytes``: the bytes of every copy the manager made (its ``tracker`` entries marked modified), one per
+  saved reference it copied (no deduplication: that is what pinned host memory would hold);
+- ``device_bytes``: the distinct storages that stay on the "device" as saved tensors: references the manager
+  kept (small, parameter, duplicate storage key), the originals still in its forward stash, and what ran under the
+  ``NoOpManager`` (lm_head), parameters and buffers excluded;
+- ``device_by_reason``: the same bytes split by why they stayed (a storage counts under its first reason).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from quantlab.lab.measure import storage_key, storage_nbytes
+
+
+@dataclass(frozen=True)
+class OffloadCount:
+    host_bytes: int
+    host_copies: int
+    device_bytes: int
+    device_by_reason: dict = field(default_factory=dict)
+    references: int = 0
+    backward_ran: bool = False
+
+
+@contextmanager
+def _cpu_as_accelerator():
+    """Report ``cpu`` as the current accelerator while TRL's manager is built (see the module docstring)."""
+    import torch
+
+    real = torch.accelerator.current_accelerator
+    had_sync = hasattr(torch.cpu.Stream, "synchronize")
+    torch.accelerator.current_accelerator = lambda *a, **k: torch.device("cpu")
+    if not had_sync:  # __exit__ synchronizes both streams; CPU work is synchronous already
+        torch.cpu.Stream.synchronize = lambda self: None
+    try:
+        yield
+    finally:
+        torch.accelerator.current_accelerator = real
+        if not had_sync:
+            del torch.cpu.Stream.synchronize
+
+
+def offload_step(model, input_ids, labels=None, use_streams: bool = True, min_offload_size: int = 1024,
+                 max_fwd_stash_size: int = 5) -> OffloadCount:
+    """One forward (loss from ``labels``) under TRL's manager, counted at the forward's end, then its backward."""
+    import torch
+    import trl.models.activation_offloading as ao
+
+    noop_saved: list = []
+
+    class CountingNoOp(ao.NoOpManager):  # the lm_head region: saved tensors stay where they are
+        def __init__(self) -> None:
+            torch.autograd.graph.saved_tensors_hooks.__init__(self, self._keep, lambda t: t)
+
+        @staticmethod
+        def _keep(t):
+            noop_saved.append(t)
+            return t
+
+    real_noop = ao.NoOpManager
+    ao.NoOpManager = CountingNoOp
+    with _cpu_as_accelerator():
+        try:
+            ctx = ao.get_act_offloading_ctx_manager(model, use_pin_memory=False, use_streams=use_streams,
+                                                    min_offload_size=min_offload_size,
+                                                    max_fwd_stash_size=max_fwd_stash_size)
+        finally:
+            ao.NoOpManager = real_noop
+        return _run(ctx, model, input_ids, labels, min_offload_size, noop_saved)
+
+
+def _run(ctx, model, input_ids, labels, min_offload_size, noop_saved) -> OffloadCount:
+    params = {storage_key(t) for t in list(model.parameters()) + list(model.buffers())}
+    with ctx:
+        out = model(input_ids=input_ids, labels=labels if labels is not None else input_ids)
+        host = copies = 0
+        device: dict = {}
+        refs = len(ctx.tracker)
+        stash = {i: a for i, (a, _) in getattr(ctx, "fwd_stash", {}).items()}
+        for tid, (t, modified, *_rest) in ctx.tracker.items():
+            if modified:
+                host += t.untyped_storage().nbytes()  # the copy owns its storage (empty_like / a storage copy)
+                copies += 1
+                if tid in stash:
+                    _add(device, stash[tid], "forward_stash", params)
+            else:
+                why = ("small" if t.numel() * t.element_size() < min_offload_size else
+                       "parameter" if storage_key(t) in params else "duplicate_storage")
+                _add(device, t, why, params)
+        for t in noop_saved:
+            _add(device, t, "noop_lm_head", params)
+    by_reason: dict = {}
+    for k, (n, why) in device.items():
+        by_reason[why] = by_reason.get(why, 0) + n
+    out.loss.backward()
+    return OffloadCount(host_bytes=host, host_copies=copies, device_bytes=sum(n for n, _ in device.values()),
+                        device_by_reason=by_reason, references=refs + len(noop_saved), backward_ran=True)
+
+
+def _add(device: dict, t, why: str, params: set) -> None:
+    k = storage_key(t)
+    if k in params or k in device:
+        return
+    device[k] = (storage_nbytes(t), why)
