@@ -118,3 +118,32 @@ def _add(device: dict, t, why: str, params: set) -> None:
     if k in params or k in device:
         return
     device[k] = (storage_nbytes(t), why)
+
+
+def save_on_cpu_step(model, input_ids, labels=None) -> OffloadCount:
+    """One forward and backward under ``torch.autograd.graph.save_on_cpu(pin_memory=True)`` (torch 2.13): on a
+    CPU-only torch ``is_pinnable`` is False, so every pack makes an ordinary ``torch.empty`` + ``copy_`` host copy,
+    the same bytes a GPU run pins. Counted per pack: every saved reference, parameters included."""
+    import torch
+
+    ctx = torch.autograd.graph.save_on_cpu(pin_memory=True)
+    pack = ctx.pack_hook
+    host = [0, 0]
+    kept: dict = {}
+    params = {storage_key(t) for t in list(model.parameters()) + list(model.buffers())}
+
+    def counting_pack(t):
+        device, packed = pack(t)
+        host[0] += packed.untyped_storage().nbytes()
+        host[1] += 1
+        if packed.untyped_storage().data_ptr() == t.untyped_storage().data_ptr():
+            _add(kept, t, "not_copied", params)
+        return device, packed
+
+    ctx.pack_hook = counting_pack
+    with ctx:
+        out = model(input_ids=input_ids, labels=labels if labels is not None else input_ids)
+    out.loss.backward()
+    return OffloadCount(host_bytes=host[0], host_copies=host[1], device_bytes=sum(n for n, _ in kept.values()),
+                        device_by_reason={"not_copied": sum(n for n, _ in kept.values())}, references=host[1],
+                        backward_ran=True)

@@ -77,3 +77,18 @@ def test_plan_activations_match_saved_per_storage():
     op = offload_plan(_cfg("llama", "fp32"))
     head_in = 4 * B * S * 64
     assert c.bytes == op.host_pinned_bytes + head_in + 4
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_save_on_cpu_copies_every_reference(family):
+    """save_on_cpu keeps nothing on the device (O1: no threshold, no parameter skip, no NoOp region); its host
+    copies include every saved weight reference, so the plan's host figure is a lower bound (O6)."""
+    from quantlab.lab.offload_measured import save_on_cpu_step
+
+    model = tiny_model(family)
+    got = save_on_cpu_step(model, _ids())
+    op = offload_plan(_cfg(family, "fp32"), OffloadConfig(OffloadMode.SAVE_ON_CPU))
+    assert op.device_kept_bytes == 0 == got.device_bytes
+    assert got.host_bytes >= op.host_pinned_bytes and not op.host_exact
+    print(f"{family} save_on_cpu: host measured {got.host_bytes:,} B over {got.host_copies} copies, plan lower bound "
+          f"{op.host_pinned_bytes:,} B (x{got.host_bytes / op.host_pinned_bytes:.3f})")
