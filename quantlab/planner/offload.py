@@ -227,3 +227,43 @@ def offload_plan(cfg: PlanConfig, oc: OffloadConfig = OffloadConfig()) -> Offloa
                  allocated + reserve + context + st.paged_state, notes)
     collide = L * (4 * T * h + 4 * T) if streams and rms else 0  # O8
     return OffloadPlan(dev, host, streams, device_kept, collide)
+
+
+def _largest(ok, cap: int) -> int:
+    """The largest value in 1..cap for which the monotone ``ok`` holds, or 0 (doubling, then bisection)."""
+    if not ok(1):
+        return 0
+    lo, hi = 1, 2
+    while hi <= cap and ok(hi):
+        lo, hi = hi, hi * 2
+    hi = min(hi, cap + 1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo
+
+
+def offload_fit(cfg: PlanConfig, oc: OffloadConfig, gpu) -> "Fit":
+    """:func:`quantlab.planner.fit.fit` for an offloaded plan: the device-side verdict (process bytes against the
+    GPU with its own CUDA context, fit.py assumptions 1 and 7) and the largest batch and sequence that fit. The
+    host side does not enter the verdict (it is host RAM: ``OffloadPlan.host_pinned_bytes``). ``min_gpus`` is
+    left unplanned (None) and no suggestions are made."""
+    import sys
+
+    import quantlab.planner.fit  # noqa: F401  (the package exports the function ``fit`` under the module's name)
+    F = sys.modules["quantlab.planner.fit"]
+
+    cfg = F.for_gpu(cfg, gpu)
+    p = F.on_gpu(offload_plan(cfg, oc).plan, gpu)
+
+    def fits(c: PlanConfig) -> bool:
+        try:
+            return offload_plan(c, oc).plan.process_bytes <= F.budget(c, gpu)
+        except (SpecError, ValueError):
+            return False
+
+    max_batch = _largest(lambda b: fits(M.replace(cfg, batch=b)), 1 << 16)
+    max_seq = _largest(lambda s: fits(M.replace(cfg, seq=s)), max(cfg.model.max_position_embeddings, cfg.seq))
+    return F.Fit(gpu=gpu, plan=p, fits=p.process_bytes <= gpu.memory_bytes,
+                 margin_bytes=gpu.memory_bytes - p.process_bytes, max_batch=max_batch, max_seq=max_seq,
+                 min_gpus=None, min_gpus_sharding="", suggestions=())

@@ -77,3 +77,20 @@ def test_unmodelled_is_a_spec_error(kw):
 def test_unknown_mode_lists_the_known():
     with pytest.raises(SpecError, match="trl, trl-no-streams, save-on-cpu"):
         mode("zero-offload")
+
+
+def test_fit_offloaded_fits_where_plain_does_not():
+    """TinyLlama's shape, full bf16 fine-tune at 8 x 4096 on an 80 GB A100: memory.py's plan does not fit, TRL's
+    offloading (device side) does, with a larger largest batch."""
+    from quantlab.planner.fit import fit
+    from quantlab.planner.offload import offload_fit
+    from quantlab.profiles import load_gpu
+
+    gpu = load_gpu("a100-80gb")
+    cfg = _cfg(TINYLLAMA, precision=Precision.BF16, compute_dtype=DType.BF16, batch=8, seq=4096,
+               device=DeviceMode.CUDA)
+    plain = fit(cfg, gpu, suggest=False)
+    off = offload_fit(cfg, OffloadConfig(), gpu)
+    assert not plain.fits and off.fits
+    assert off.max_batch > plain.max_batch >= 1
+    assert off.margin_bytes == gpu.memory_bytes - off.plan.process_bytes
