@@ -58,7 +58,8 @@ def _cpu_as_accelerator():
 
 def offload_step(model, input_ids, labels=None, use_streams: bool = True, min_offload_size: int = 1024,
                  max_fwd_stash_size: int = 5) -> OffloadCount:
-    """One forward (loss from ``labels``) under TRL's manager, counted at the forward's end, then its backward."""
+    """One forward (loss from ``labels``) and its backward under TRL's manager (``SFTTrainer.training_step`` enters
+    it around Trainer's whole training step), counted at the forward's end."""
     import torch
     import trl.models.activation_offloading as ao
 
@@ -105,10 +106,10 @@ def _run(ctx, model, input_ids, labels, min_offload_size, noop_saved) -> Offload
                 _add(device, t, why, params)
         for t in noop_saved:
             _add(device, t, "noop_lm_head", params)
+        out.loss.backward()  # inside the context, as SFTTrainer.training_step runs forward and backward
     by_reason: dict = {}
     for k, (n, why) in device.items():
         by_reason[why] = by_reason.get(why, 0) + n
-    out.loss.backward()
     return OffloadCount(host_bytes=host, host_copies=copies, device_bytes=sum(n for n, _ in device.values()),
                         device_by_reason=by_reason, references=refs + len(noop_saved), backward_ran=True)
 

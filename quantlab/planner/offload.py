@@ -4,8 +4,8 @@
 Pure: standard library only. Files read (this project's ``.venv``): TRL 1.16 ``trl/models/activation_offloading.py``
 (``OffloadActivations``, ``NoOpManager``, ``get_act_offloading_ctx_manager``; a copy of torchtune's
 ``torchtune/training/_activation_offloading.py`` with verl's storage-key deduplication added),
-``trl/trainer/sft_trainer.py`` (``activation_offloading=True`` wraps ``compute_loss``'s forward in
-``get_act_offloading_ctx_manager(model)`` with its defaults) and torch 2.13 ``torch/autograd/graph.py``
+``trl/trainer/sft_trainer.py`` (``activation_offloading=True`` builds ``get_act_offloading_ctx_manager(model)``
+with its defaults and enters it around Trainer's whole ``training_step``, forward and backward) and torch 2.13 ``torch/autograd/graph.py``
 (``save_on_cpu``). transformers' Trainer has no activation offloading of its own: TRL's ``SFTConfig(
 activation_offloading=True)`` is what users of this stack turn on, so ``trl`` (its defaults) is the default mode.
 
