@@ -36,6 +36,7 @@ class OffloadCount:
     device_by_reason: dict = field(default_factory=dict)
     references: int = 0
     backward_ran: bool = False
+    backward_stash_peak_bytes: int = 0  # streams: the most bytes the manager held brought back at once (O5)
 
 
 @contextmanager
@@ -88,6 +89,18 @@ def offload_step(model, input_ids, labels=None, use_streams: bool = True, min_of
 
 def _run(ctx, model, input_ids, labels, min_offload_size, noop_saved) -> OffloadCount:
     params = {storage_key(t) for t in list(model.parameters()) + list(model.buffers())}
+    peak = [0]
+    unpack = ctx.unpack_hook
+
+    def counting_unpack(i):  # after each unpack: the distinct storages the manager holds brought back (streams)
+        t = unpack(i)
+        held: dict = {}
+        for a in list(getattr(ctx, "bwd_tensor_stash", {}).values()) + [t]:
+            _add(held, a, "", params)
+        peak[0] = max(peak[0], sum(n for n, _ in held.values()))
+        return t
+
+    ctx.unpack_hook = counting_unpack
     with ctx:
         out = model(input_ids=input_ids, labels=labels if labels is not None else input_ids)
         host = copies = 0
@@ -111,7 +124,8 @@ def _run(ctx, model, input_ids, labels, min_offload_size, noop_saved) -> Offload
     for k, (n, why) in device.items():
         by_reason[why] = by_reason.get(why, 0) + n
     return OffloadCount(host_bytes=host, host_copies=copies, device_bytes=sum(n for n, _ in device.values()),
-                        device_by_reason=by_reason, references=refs + len(noop_saved), backward_ran=True)
+                        device_by_reason=by_reason, references=refs + len(noop_saved), backward_ran=True,
+                        backward_stash_peak_bytes=peak[0])
 
 
 def _add(device: dict, t, why: str, params: set) -> None:

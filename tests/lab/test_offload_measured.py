@@ -51,8 +51,10 @@ def test_trl_streams_byte_exact(family, dtype):
     # memory's logits_loss) and nll_loss's 4-byte total_weight (also in logits_loss)
     stash = op.plan.components.get("offload_stash", 0)
     loss_saved = 4 * B * S * 256 + 8 * B * S
-    assert got.device_bytes == op.device_kept_bytes + stash + loss_saved + 4 \
-        , got.device_by_reason
+    assert got.device_bytes == op.device_kept_bytes + stash + loss_saved + 4, got.device_by_reason
+    # O5: what the manager holds brought back during backward stays under one block's saved bytes
+    assert 0 < got.backward_stash_peak_bytes <= op.in_flight_bound
+    print(f"  backward: brought back at once {got.backward_stash_peak_bytes:,} B, bound {op.in_flight_bound:,} B")
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
