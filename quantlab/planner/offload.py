@@ -5,9 +5,13 @@ Pure: standard library only. Files read (this project's ``.venv``): TRL 1.16 ``t
 (``OffloadActivations``, ``NoOpManager``, ``get_act_offloading_ctx_manager``; a copy of torchtune's
 ``torchtune/training/_activation_offloading.py`` with verl's storage-key deduplication added),
 ``trl/trainer/sft_trainer.py`` (``activation_offloading=True`` builds ``get_act_offloading_ctx_manager(model)``
-with its defaults and enters it around Trainer's whole ``training_step``, forward and backward) and torch 2.13 ``torch/autograd/graph.py``
-(``save_on_cpu``). transformers' Trainer has no activation offloading of its own: TRL's ``SFTConfig(
-activation_offloading=True)`` is what users of this stack turn on, so ``trl`` (its defaults) is the default mode.
+with its defaults and enters it around Trainer's whole ``training_step``, forward and backward) and torch 2.13
+``torch/autograd/graph.py`` (``save_on_cpu``). transformers' Trainer has no activation offloading of its own:
+TRL's ``SFTConfig(activation_offloading=True)`` is what users of this stack turn on, so ``trl`` (its defaults) is
+the default mode. torchtune's own manager (``torchtune/training/_activation_offloading.py``, commit bd2a0fc of
+2026-04-23, read with the ``fetch`` tool) differs and is not planned here: it has neither TRL's storage-key
+deduplication (O3) nor its ``param_storages`` skip (it skips only ``isinstance(Parameter)``, so the transposed
+weight view a linear saves is copied to host), and it wraps only ``model.output`` in a NoOpManager.
 
 Modes: ``trl`` (``use_streams=True, use_pin_memory=True, min_offload_size=1024, max_fwd_stash_size=5``: SFTTrainer's
 call), ``trl-no-streams`` (the same manager with ``use_streams=False``) and ``save-on-cpu``
@@ -43,7 +47,8 @@ O5. Backward brings tensors back node by node (streams: the node's tensors and, 
     previous node's). Bounded above by one block's saved bytes (activations A13, ``in_flight_bound``), beside the
     logits and the tail memory's assumption 6 keeps during backward: ``offload_in_flight`` is what that adds to the
     loss peak (an upper bound, the safe direction for a purchase). On a CPU the manager's brought-back tensors
-    peaked at 35% (Llama fp32), 47% (Llama bf16) and 31% (GPT-2 fp32) of the bound; not measured on a GPU, where the copies are asynchronous.
+    peaked at 35% (Llama fp32), 47% (Llama bf16) and 31% (GPT-2 fp32) of the bound; not measured on a GPU, where
+    the copies are asynchronous.
 O6. Host (pinned) bytes, streams: every offloadable storage is copied exactly once (the second reference of O3 is
     kept, not copied): memory's per-storage saved bytes, less lm_head's region (O2) and tensors under the
     threshold, plus the loss's saved tensors. Exact for the planned configurations (measured per copy on a CPU).
