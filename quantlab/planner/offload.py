@@ -48,7 +48,9 @@ O5. Backward brings tensors back node by node (streams: the node's tensors and, 
     logits and the tail memory's assumption 6 keeps during backward: ``offload_in_flight`` is what that adds to the
     loss peak (an upper bound, the safe direction for a purchase). On a CPU the manager's brought-back tensors
     peaked at 35% (Llama fp32), 47% (Llama bf16) and 31% (GPT-2 fp32) of the bound; not measured on a GPU, where
-    the copies are asynchronous.
+    the copies are asynchronous. ``save_on_cpu`` also copied every saved weight to host, and its unpack makes a
+    new device copy of it for the node's backward: one weight at a time is added, the largest any node saves
+    (lm_head's V·h, or a block's widest linear), an upper bound.
 O6. Host (pinned) bytes, streams: every offloadable storage is copied exactly once (the second reference of O3 is
     kept, not copied): memory's per-storage saved bytes, less lm_head's region (O2) and tensors under the
     threshold, plus the loss's saved tensors. Exact for the planned configurations (measured per copy on a CPU).
@@ -205,6 +207,8 @@ def offload_plan(cfg: PlanConfig, oc: OffloadConfig = OffloadConfig()) -> Offloa
         host += head_in + stats + rope + ids + loss_small
     # device peak (memory assumptions 3, 6; O4, O5)
     in_flight = block
+    if oc.mode is OffloadMode.SAVE_ON_CPU:  # O5: unpack copies each saved weight back to the device
+        in_flight += max(m.vocab_size, m.intermediate_size if rms else 4 * h) * h * r
     old_tail = max(loss_peak, keep_logits + held)
     new_tail = max(loss_peak, keep_logits + held + in_flight)
     fwd_bwd = device_kept + stash + new_tail
