@@ -47,14 +47,19 @@ def _cpu_as_accelerator():
     real = torch.accelerator.current_accelerator
     had_sync = hasattr(torch.cpu.Stream, "synchronize")
     torch.accelerator.current_accelerator = lambda *a, **k: torch.device("cpu")
+    had_empty = hasattr(torch.cpu, "empty_cache")
     if not had_sync:  # __exit__ synchronizes both streams; CPU work is synchronous already
         torch.cpu.Stream.synchronize = lambda self: None
+    if not had_empty:  # __enter__ empties the accelerator's cache when bitsandbytes is imported (PEFT imports it)
+        torch.cpu.empty_cache = lambda: None
     try:
         yield
     finally:
         torch.accelerator.current_accelerator = real
         if not had_sync:
             del torch.cpu.Stream.synchronize
+        if not had_empty:
+            del torch.cpu.empty_cache
 
 
 def offload_step(model, input_ids, labels=None, use_streams: bool = True, min_offload_size: int = 1024,

@@ -94,3 +94,17 @@ def test_save_on_cpu_copies_every_reference(family):
     assert got.host_bytes >= op.host_pinned_bytes and not op.host_exact
     print(f"{family} save_on_cpu: host measured {got.host_bytes:,} B over {got.host_copies} copies, plan lower bound "
           f"{op.host_pinned_bytes:,} B (x{got.host_bytes / op.host_pinned_bytes:.3f})")
+
+
+def test_runs_with_bitsandbytes_imported_and_peft():
+    """TRL's __enter__ empties the accelerator cache when bitsandbytes is imported (PEFT imports it): the CPU run
+    still goes through. LoRA is outside the plan's scope (O7); the count must still split host and device."""
+    peft = pytest.importorskip("peft")
+    import sys
+
+    model = peft.get_peft_model(tiny_model("llama"), peft.LoraConfig(r=8, target_modules=["q_proj", "v_proj"],
+                                                                     task_type="CAUSAL_LM"))
+    assert "bitsandbytes" in sys.modules
+    got = offload_step(model, _ids())
+    assert got.backward_ran and got.host_copies > 0 and got.device_bytes > 0
+    assert all(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)
