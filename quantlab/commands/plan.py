@@ -206,6 +206,15 @@ def register(sub) -> None:
     from quantlab.commands.encoder_plan import add_encoder_arguments
 
     add_encoder_arguments(p)
+    g = p.add_argument_group("activation offloading (quantlab/planner/offload.py)")
+    g.add_argument("--offload-activations", default=None, choices=("trl", "trl-no-streams", "save-on-cpu"),
+                   help="plan saved activations offloaded to pinned host memory: trl = TRL 1.16 "
+                        "SFTConfig(activation_offloading=True) (streams; keeps storages saved twice in a row on "
+                        "the GPU), trl-no-streams, save-on-cpu = torch.autograd.graph.save_on_cpu(pin_memory=True); "
+                        "full fine-tuning of llama/mistral/qwen2/gpt2 only (offload O7) (default: none)")
+    g.add_argument("--min-offload-size", type=int, default=None, metavar="BYTES",
+                   help="--offload-activations: saved tensors smaller than this stay on the GPU (default: 1024, "
+                        "TRL's min_offload_size)")
     from quantlab.commands.preference_flags import add_preference_arguments
 
     add_preference_arguments(p)
@@ -517,7 +526,14 @@ def run(args) -> int:
         name, resolution = args._resolved.name, args._resolved.resolved_from
         gpu_doc = gpu_document(gpu, gpu_msg)
     check_outputs(args)
-    if variant is not None:
+    off = _offload_config(args, pref, variant)
+    if off is not None:
+        from quantlab.planner.offload import offload_fit, offload_plan
+
+        op = offload_plan(cfg, off)  # a SpecError (one line) outside offload.py's O7 scope
+        p = op.plan
+        f = offload_fit(cfg, off, gpu) if gpu is not None else None
+    elif variant is not None:
         from quantlab.commands.variant_flags import variant_fit, variant_plan
 
         p = variant_plan(cfg, variant)
@@ -529,6 +545,11 @@ def run(args) -> int:
         p = preference_plan(cfg, pref)
         f = preference_fit(cfg, pref, gpu) if gpu is not None else None
     doc = plan_document(name, resolution, cfg, p, gpu, gpu_doc, f, pref, variant)
+    if off is not None:  # the host side, outside the GPU totals
+        doc["offload_activations"] = {"mode": off.mode.value, "min_offload_size": off.min_offload_size,
+                                      "host_pinned_bytes": op.host_pinned_bytes, "host_exact": op.host_exact,
+                                      "host_collision_bound_bytes": op.host_collision_bound,
+                                      "device_kept_bytes": op.device_kept_bytes}
     if args.format == "json":
         text = json.dumps(doc, indent=2) + "\n"
     elif args.format == "csv":
@@ -554,6 +575,26 @@ def run(args) -> int:
         print(f"launch with: {launch_command(os.path.join(args.emit_dir, ACCELERATE_YAML), 'your_train.py')}",
               file=sys.stderr)
     return 0
+
+
+def _offload_config(args, pref, variant):
+    """The OffloadConfig ``--offload-activations`` asks for, or None; one line where it cannot apply."""
+    name = getattr(args, "offload_activations", None)
+    if name is None:
+        if getattr(args, "min_offload_size", None) is not None:
+            raise QuantlabError("--min-offload-size applies with --offload-activations")
+        return None
+    if args.from_json:
+        raise QuantlabError("--offload-activations is not kept in a plan document yet: plan from the flags")
+    if pref is not None or variant is not None:
+        raise QuantlabError("--offload-activations plans full fine-tuning only (offload.py O7), not "
+                            f"{(pref.objective.value if pref is not None else variant.name)}")
+    if getattr(args, "emit", None):
+        raise QuantlabError("--emit writes no offloading setting yet: drop --emit or --offload-activations")
+    from quantlab.planner.offload import OffloadConfig, mode
+
+    kw = {} if args.min_offload_size is None else {"min_offload_size": args.min_offload_size}
+    return OffloadConfig(mode(name), **kw)
 
 
 def variant_config(args, variant, gpu, extra):
