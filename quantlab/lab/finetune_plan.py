@@ -206,6 +206,8 @@ def to_plan_config(cfg, spec=None, *, device: str | None = None, batch: int | No
         from quantlab.specs import DeviceMode
 
         change["device"] = DeviceMode(device)
+    if getattr(cfg, "method", None) == "qat" and pc.qat_group is None:  # the fake-quantized copies (memory 18)
+        change["qat_group"] = cfg.qat_group_size
     return dataclasses.replace(pc, **change) if change else pc
 
 
