@@ -145,6 +145,13 @@ class Loss(str, Enum):
     TRL_FUSED = "trl-fused"  # TRL 1.16's fused LM head (add_fused_lm_head, trl_head H1-H6): no logits (14)
 
 
+class Loop(str, Enum):
+    """Who holds the model output through backward (memory.py assumption 19)."""
+
+    MANUAL = "manual"  # ``out = model(...); out.loss.backward()``: the logits stay referenced through backward
+    TRAINER = "trainer"  # transformers Trainer.compute_loss returns the loss only: the logits are freed before it
+
+
 class DeviceMode(str, Enum):
     """Where the plan is for. ``cpu`` has no CUDA context and no caching-allocator reserve."""
 
@@ -456,6 +463,7 @@ class PlanConfig:
     grad_accum: int = 1
     keep_grads: bool = False  # gradients live through the next forward (zero_grad(set_to_none=False)); memory 3
     loss: Loss = Loss.HF  # the loss head (memory 6, 12-14)
+    loop: Loop = Loop.MANUAL  # the training loop around the loss: manual or transformers Trainer (memory 19)
     optimizer_in_backward: bool = False  # a post-accumulate-grad hook steps and frees each gradient (memory 15)
     packed: bool = False  # packed sequences with position_ids, no padding and no attention mask (memory 16)
     torch_compile: bool = False  # torch.compile: inductor changes what is saved (not modelled; memory 17)
@@ -677,6 +685,8 @@ def _check_contradictions(c: "PlanConfig") -> None:
             raise SpecError(f"--optimizer {c.optimizer.value} applies to training; inference has no optimizer")
         if c.loss is not Loss.HF:
             raise SpecError(f"--loss {c.loss.value} is a training loss; inference computes no loss (drop --loss)")
+        if c.loop is not Loop.MANUAL:
+            raise SpecError(f"--loop {c.loop.value} is a training loop; inference runs no loss (drop --loop)")
         if c.optimizer_in_backward:
             raise SpecError("--optimizer-in-backward applies to training; inference has no optimizer")
         if c.packed:
@@ -684,6 +694,9 @@ def _check_contradictions(c: "PlanConfig") -> None:
     elif c.kv_dtype is not None:
         raise SpecError(f"--kv-dtype {c.kv_dtype.value} applies to inference (a training step keeps no KV cache); "
                         "drop it")
+    if c.loop is Loop.TRAINER and c.loss is Loss.CHUNKED:
+        raise SpecError("--loss chunked is torchtune's recipe, which runs its own loop, not transformers Trainer's "
+                        "compute_loss: use --loop manual")
     if c.optimizer_in_backward and c.grad_accum > 1:
         raise SpecError("--optimizer-in-backward steps each parameter as its gradient is made: it cannot accumulate "
                         "gradients (torch docs, 'How to save memory by fusing the optimizer step into the backward "
@@ -793,7 +806,7 @@ def config_notes(c: "PlanConfig") -> list[str]:
 # ---- dict conversion: one table of field kinds, read from the annotations ---------------------------------
 _MODEL_JSON_NAMES = {"head_dim_": "head_dim"}  # field -> config.json name, where they differ
 _ENUMS = {e.__name__: e for e in (Precision, DType, Method, Optimizer, TrainingPrecision, Attention, Offload,
-                                  DeviceMode, Loss)}
+                                  DeviceMode, Loss, Loop)}
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 _KINDS: dict[type, dict[str, tuple[str, bool]]] = {}
 

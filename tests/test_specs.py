@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from quantlab.specs import (ALL_LINEAR, Attention, DeviceMode, DType, Loss, Method, ModelSpec, Offload, Optimizer,
+from quantlab.specs import (ALL_LINEAR, Attention, DeviceMode, DType, Loop, Loss, Method, ModelSpec, Offload, Optimizer,
                             PlanConfig, Precision, SpecError, TrainingPrecision)
 
 LLAMA = ModelSpec(name="tiny-llama", model_type="llama", hidden_size=256, num_hidden_layers=4, num_attention_heads=8,
@@ -33,8 +33,8 @@ NON_DEFAULT = dict(
     lora_dropout=0.25, flash_attention=False, freeze_last_layers=1, freeze_modules=("lm_head", "norm"),
     adapter_size=12, num_virtual_tokens=5, grad_checkpointing=True, attn=Attention.EAGER, padding_mask=True,
     grad_accum=4, keep_grads=True, num_gpus=4, zero=0, fsdp="shard_grad_op", offload=Offload.OPTIMIZER, tp=2,
-    device=DeviceMode.CUDA, kbit_upcast=False, stack="litgpt", loss=Loss.TRL_FUSED, torch_compile=True,
-    expandable_segments=True)
+    device=DeviceMode.CUDA, kbit_upcast=False, stack="litgpt", loss=Loss.TRL_FUSED, loop=Loop.TRAINER,
+    torch_compile=True, expandable_segments=True)
 INFERENCE = dict(model=LLAMA, kv_dtype=DType.FP8)
 
 

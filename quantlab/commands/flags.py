@@ -61,6 +61,9 @@ HELP: dict[str, tuple[str, str]] = {
                      "CEWithChunkedOutputLoss: fp32 one chunk at a time), liger (Liger-Kernel's fused linear "
                      "cross-entropy: no logits; needs Triton, CUDA), trl-fused (TRL 1.16's fused LM head, what "
                      "SFTTrainer runs: no logits)"),
+    "loop": (_TRAIN, "the loop around the loss: manual (out = model(...); out.loss.backward(): the logits stay "
+                     "referenced through backward) or trainer (transformers Trainer's compute_loss returns the "
+                     "loss only: the logits are freed before backward)"),
     "optimizer_in_backward": (_TRAIN, "step each parameter in a post-accumulate-grad hook and free its gradient "
                                       "(one gradient alive at a time; no gradient accumulation)"),
     "packed": (_WORK, "training rows pack several documents told apart by position_ids (no padding, no mask): "
@@ -275,7 +278,7 @@ def config_dict_from_mapping(entry) -> dict:
 
 # ---- flags a configuration ignores (specs assumption 5: a flag the method ignores is an error when given) ----
 _TRAINING_ONLY = ("optimizer", "training_precision", "grad_checkpointing", "grad_accum", "keep_grads", "zero", "fsdp",
-                  "offload", "padding_mask", "kbit_upcast", "loss", "optimizer_in_backward", "packed",
+                  "offload", "padding_mask", "kbit_upcast", "loss", "loop", "optimizer_in_backward", "packed",
                   "qat_group")
 _BY_METHOD = {"lora_r": ("lora", "qlora"), "lora_alpha": ("lora", "qlora"), "lora_targets": ("lora", "qlora"),
               "lora_dropout": ("lora", "qlora"), "freeze_last_layers": ("freeze",), "freeze_modules": ("freeze",),

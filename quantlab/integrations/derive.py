@@ -36,6 +36,9 @@ installed here: transformers 5.24, peft 0.21.2, bitsandbytes 0.50.2, trl 1.16):
    with ``loss_type="nll"`` (both compute the loss from the full logits of an extra forward). A model whose
    ``forward`` is TRL's ``_fused_forward`` is planned with ``loss=trl-fused``; with label smoothing it is planned
    with the HF loss and the fused forward is reported as not modelled.
+7. A TrainingArguments dict is a transformers ``Trainer`` job (TRL's trainers are Trainers): the plan's ``loop`` is
+   ``trainer`` (memory.py assumption 19: ``compute_loss`` returns the loss only, the logits are freed before
+   backward). :func:`derive` without arguments (``quantlab.track``, a hand-written loop) keeps ``manual``.
 """
 
 from __future__ import annotations
@@ -76,13 +79,13 @@ def _positive_int(d: Mapping, key: str):
 
 def trainer_args_fields(d: Mapping) -> tuple[dict, str | None, list[str]]:
     """(PlanConfig fields, autocast dtype or None, what was not derived) from a TrainingArguments dict
-    (assumptions 1-3). The autocast dtype is resolved against the weights' dtype by :func:`resolve_amp`."""
+    (assumptions 1-3, 7). The autocast dtype is resolved against the weights' dtype by :func:`resolve_amp`."""
     if not isinstance(d, Mapping):
         raise QuantlabError("TrainingArguments must be a JSON object (as TrainingArguments.to_json_string writes)")
     if "per_device_train_batch_size" not in d and "output_dir" not in d:
         raise QuantlabError("not a TrainingArguments file: it has neither per_device_train_batch_size nor "
                             "output_dir (write one with args.to_json_string())")
-    out: dict = {}
+    out: dict = {"loop": "trainer"}  # assumption 7
     underived: list[str] = []
     b = _positive_int(d, "per_device_train_batch_size")
     if b is not None:

@@ -21,6 +21,10 @@ Assumptions (transformers 5.24 ``trainer.py`` / ``trainer_callback.py``):
    callback no handle on its handler: it is the caller's ``self`` one frame up, checked to be a
    ``CallbackHandler``; where it is not, the scalars reach only the callbacks after this one and a note says so).
    Without a ``report_to`` integration nothing is added to the logs (the table is printed either way).
+3. The job is planned with ``loop=trainer`` (derive assumption 7; memory.py assumption 19: ``compute_loss`` drops
+   the model output, so the logits are freed before backward). StepProbe sees whether the logits were alive when
+   backward began; a note says so only where that disagrees with the plan (a subclass whose ``compute_loss``
+   keeps the outputs, or a plan the caller forced to ``manual``).
 """
 
 from __future__ import annotations
@@ -110,10 +114,7 @@ class PlanCheckCallback(TrainerCallback):
 
         d = derive(model, args=args, optimizer=optimizer, batch=probe.batch, seq=probe.seq,
                    padded=probe.attention_mask_has_padding)
-        if probe.logits_alive_at_backward is False:
-            m = _with_note(m, "the logits were freed before backward (Trainer.compute_loss drops the model output); "
-                              "the plan keeps them live through backward (memory assumption 6), so its total is high "
-                              "by the logits")
+        m = _loop_note(d, m, probe.logits_alive_at_backward)
         notes = list(self._notes)
         kind = type(args).__name__
         if kind in ("DPOConfig", "KTOConfig", "ORPOConfig", "CPOConfig", "GRPOConfig", "RLOOConfig"):
@@ -125,6 +126,26 @@ class PlanCheckCallback(TrainerCallback):
         self.check = check(d, m, where=where)
         self.print_fn(self.check.text)
         self._pending = scalars(list(self.check.rows)) if self.check.rows and self._inject else None
+
+
+def _loop_note(d, m, alive):
+    """``m`` with a note where the plan and the measurement disagree about the logits at backward (assumption 3):
+    a ``loop=trainer`` plan frees them (memory.py assumption 19), a ``manual`` one keeps them (6)."""
+    from quantlab.specs import Loop, Loss
+
+    pc = d.config
+    if pc is None or alive is None or pc.loss is not Loss.HF:
+        return m
+    planned_freed = pc.loop is Loop.TRAINER
+    if alive is False and not planned_freed:
+        return _with_note(m, "the logits were freed before backward (Trainer.compute_loss drops the model output); "
+                             "the plan (loop=manual) keeps them live through backward (memory assumption 6), so its "
+                             "total is high by the logits")
+    if alive is True and planned_freed:
+        return _with_note(m, "the logits were alive at backward (a compute_loss that keeps the model output); the "
+                             "plan (loop=trainer) frees them before backward (memory assumption 19), so its total is "
+                             "low by the logits")
+    return m
 
 
 def _with_note(m, note: str):

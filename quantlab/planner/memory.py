@@ -183,6 +183,27 @@ Assumptions (numbered; notes in the plan refer to them):
     of W weights in dtype b (measured in fp32 by tests/lab/test_qat.py and tests/planner/test_qat_plan.py; the fp32
     grouped copy under bf16 weights is read from the code, not measured). lm_head and the embeddings are not
     fake-quantized. A frozen block keeps the dequantized weight only.
+19. ``loop``: who holds the model output through backward. ``manual`` (the default, assumption 6: quantlab
+    validate's loop and the published rows): ``out = model(...); out.loss.backward()`` keeps ``out.logits``
+    referenced through backward. ``trainer``: transformers 5.24 ``Trainer.compute_loss`` (``trainer.py`` lines
+    2130-2217: ``outputs = model(**inputs)``, ``loss = outputs["loss"]``, ``return loss``) drops the model output
+    before ``training_step`` calls ``accelerator.backward(loss)`` (line 2126), and nothing autograd saves refers to
+    the logits: ``ForCausalLMLoss`` (``loss/loss_utils.py`` lines 51-73) takes ``logits.float()`` (the same tensor
+    in fp32), pads the labels by one -100 and shifts them (lines 65-66: the loss runs over all T positions, as
+    assumption 6 counts), views the logits ``(-1, V)`` (a view saves no tensor) and ``cross_entropy``'s
+    ``log_softmax`` saves its output, not its input (``fixed_cross_entropy`` lines 34-48). Trainer passes
+    ``num_items_in_batch`` (a model whose forward takes ``**kwargs``, ``model_accepts_loss_kwargs``): the loss is a
+    sum divided by it, and ``DivBackward`` keeps the divisor, a 0-d fp32 tensor (the int64 count divided by the
+    parallel sizes, ``_get_num_items_in_batch`` lines 2343 and 2362-2364): 4 more saved bytes. So the
+    logits are live through the loss's forward only: its forward holds the logits, the fp32 upcast when lm_head's
+    output is not fp32 and the saved tensors (at most out·T·V + 8·T·V, out <= 4), its backward the saved tensors
+    and the two fp32 gradients (12·T·V): the backward is the larger, so the loss peak is assumption 6's without
+    the logits, and the end of backward (3, 3b) holds no logits. Applies to the HF loss; ``liger`` and
+    ``trl-fused`` (13, 14; TRL's SFTTrainer is a Trainer) make no full logits and plan as before; ``chunked`` (12) is
+    torchtune's own loop: an error with ``trainer``. Gradient accumulation: Trainer fetches every micro-batch of an
+    optimizer step before the first forward (``get_batch_samples``, lines 2289-2304) and holds their inputs (ids,
+    mask and labels, 3 x 8·b·s int64 bytes per micro-batch) through the step; the plan, as for the manual loop,
+    counts no input tensors (not modelled). Measured on a CPU by tests/integrations/test_trainer_loop_plan.py.
 """
 
 from __future__ import annotations
@@ -198,8 +219,8 @@ from quantlab.planner.activations import (Act, amp_weight_casts, block_saved, ou
                                           sdpa_math)
 from quantlab.planner.formats import weight_format
 from quantlab.planner.params import ParamCounts, Tensors, block_tensors, count_params, outside_tensors
-from quantlab.specs import (ALL_LINEAR, Attention, DeviceMode, DType, LinearShape, Loss, Method, ModelSpec, Offload,
-                            Optimizer, PlanConfig, Precision, SpecError, TrainingPrecision)
+from quantlab.specs import (ALL_LINEAR, Attention, DeviceMode, DType, LinearShape, Loop, Loss, Method, ModelSpec,
+                            Offload, Optimizer, PlanConfig, Precision, SpecError, TrainingPrecision)
 
 from quantlab.planner.allocator import CUDA_CONTEXT_BYTES, RESERVE_FRACTION, SEGMENT, allocator  # noqa: F401
 
@@ -405,8 +426,8 @@ def loss_buffers(cfg: PlanConfig, dtypes: tuple | None = None, batch: int | None
     V = m.vocab_size
     out = _NBYTES[cfg.compute_dtype] if amp else r  # lm_head's output dtype
     loss = cfg.loss
-    if loss is Loss.HF:
-        return out * T * V, 4 * T * V + 8 * T + 4, 8 * T * V
+    if loss is Loss.HF:  # (Trainer's num_items_in_batch: the divisor DivBackward keeps, 0-d fp32, assumption 19)
+        return out * T * V, 4 * T * V + 8 * T + 4 + (4 if cfg.loop is Loop.TRAINER else 0), 8 * T * V
     if loss is Loss.CHUNKED:  # assumption 12
         k = CHUNKS
         rows = b * -(-s // k)  # the largest tensor_split chunk of the sequence, over the batch
@@ -491,6 +512,9 @@ def _saver_notes(cfg: PlanConfig) -> list[str]:
     elif loss is Loss.TRL_FUSED:
         out.append("TRL fused LM head (trl_head H1-H6): per-token log-probabilities in vocabulary tiles, no logits "
                    "(assumption 14)")
+    if cfg.loop is Loop.TRAINER and loss is Loss.HF:
+        out.append("transformers Trainer loop: compute_loss returns the loss only, so the logits are freed before "
+                   "backward (assumption 19)")
     if cfg.packed:
         out.append("packed sequences: transformers 5 finds the packed rows from position_ids "
                    "(find_packed_sequence_indices) and SDPA gets a block-diagonal mask; RoPE's cos/sin are per row "
@@ -955,6 +979,9 @@ def _train_terms(cfg: PlanConfig, pc: ParamCounts, attn: Attention, dtypes: tupl
     keep_logits, loss_saved, loss_grads = loss_buffers(cfg, dtypes, batch, seq)
     embed_tail, held = _embedding_grad_tail(cfg, pc, tw_bytes)  # assumption 3b
     loss_peak = keep_logits + loss_saved + loss_grads  # assumptions 6, 12-14
+    if cfg.loop is Loop.TRAINER and cfg.loss is Loss.HF:  # assumption 19: the logits are freed before backward
+        loss_peak -= keep_logits  # (the loss's forward, logits + upcast + saved, is below its backward)
+        keep_logits = 0
     fused = cfg.loss in (Loss.LIGER, Loss.TRL_FUSED)
     if fused:  # assumptions 13, 14: lm_head's matmul (and the logit softcap) never run as modules
         if head_trains:

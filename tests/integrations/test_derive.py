@@ -14,10 +14,11 @@ def test_trainer_args_fields_maps_the_arguments():
     f, amp, und = trainer_args_fields({"per_device_train_batch_size": 8, "gradient_accumulation_steps": 4,
                                        "gradient_checkpointing": True, "optim": "adamw_bnb_8bit", "bf16": True,
                                        "max_length": 512, "output_dir": "x"})
-    assert f == {"batch": 8, "grad_accum": 4, "grad_checkpointing": True, "optimizer": "adamw-8bit", "seq": 512}
+    assert f == {"batch": 8, "grad_accum": 4, "grad_checkpointing": True, "optimizer": "adamw-8bit", "seq": 512,
+                 "loop": "trainer"}  # a TrainingArguments file is a Trainer job (derive assumption 7)
     assert amp == "bf16" and und == []
     f, amp, und = trainer_args_fields({"output_dir": "x", "optim": "ademamix", "fsdp": "full_shard auto_wrap"})
-    assert amp is None and f == {"fsdp": "full_shard"} and "ademamix" in und[0]
+    assert amp is None and f == {"fsdp": "full_shard", "loop": "trainer"} and "ademamix" in und[0]
 
 
 @pytest.mark.parametrize("bad, msg", [({"output_dir": "x", "bf16": True, "fp16": True}, "both true"),

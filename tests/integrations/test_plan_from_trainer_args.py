@@ -30,6 +30,13 @@ def test_plans_the_arguments(tmp_path, capsys):
     c = json.loads(out)["config"]
     assert (c["batch"], c["grad_accum"], c["grad_checkpointing"], c["optimizer"]) == (8, 4, True, "adamw")
     assert (c["training_precision"], c["compute_dtype"], c["precision"], c["seq"]) == ("amp", "bf16", "fp32", 512)
+    assert c["loop"] == "trainer"  # a TrainingArguments file is a Trainer job (memory assumption 19)
+    rc, out2, _ = run(capsys, "plan", "--model", "smollm2-135m", "--method", "lora", "--precision", "fp32", "--seq",
+                      "512", "--batch", "8", "--grad-accum", "4", "--grad-checkpointing", "--training-precision",
+                      "amp", "--compute-dtype", "bf16", "--format", "json")
+    manual = json.loads(out2)
+    assert manual["config"]["loop"] == "manual"
+    assert manual["peak_allocated_bytes"] > json.loads(out)["peak_allocated_bytes"]  # the logits through backward
     rc, out, err = run(capsys, "plan", "--from-trainer-args", f, "--model", "smollm2-135m", "--method", "lora",
                        "--format", "json")
     c = json.loads(out)["config"]
