@@ -206,8 +206,6 @@ def to_plan_config(cfg, spec=None, *, device: str | None = None, batch: int | No
         from quantlab.specs import DeviceMode
 
         change["device"] = DeviceMode(device)
-    if getattr(cfg, "method", None) == "qat" and pc.qat_group is None:  # the fake-quantized copies (memory 18)
-        change["qat_group"] = cfg.qat_group_size
     return dataclasses.replace(pc, **change) if change else pc
 
 
@@ -245,8 +243,16 @@ def predicted(cfg, spec, *, batch: int, seq: int, device: str, padded: bool | No
         return {}
     from quantlab.planner import plan
 
+    from quantlab.specs import Loop
+
     try:
-        p = plan(to_plan_config(cfg, spec, device=device, batch=batch, seq=seq, padded=padded))
+        pc = to_plan_config(cfg, spec, device=device, batch=batch, seq=seq, padded=padded)
+        # the step ran on transformers' Trainer: its compute_loss frees the logits before backward (memory 19)
+        if pc.method.is_training:
+            pc = dataclasses.replace(pc, loop=Loop.TRAINER)
+        if getattr(cfg, "method", None) == "qat" and pc.qat_group is None:  # its fake-quantized copies (memory 18)
+            pc = dataclasses.replace(pc, qat_group=cfg.qat_group_size)
+        p = plan(pc)
     except QuantlabError:
         return {}
     out = {f"pred_{c}_bytes": p.components.get(c) for c in COMPONENTS}
