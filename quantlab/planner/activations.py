@@ -425,9 +425,12 @@ def block_saved_direct(m: ModelSpec, x: Act, trains: bool, lora: frozenset, inpu
                        adapter_size: int = 0) -> int:
     """Bytes one decoder block saves for backward, summed op by op (the oracle of :func:`block_saved`)."""
     attn_out = attention(m, x, trains, lora, input_grad, ia3)
-    total = attn_out + mlp(m, x, trains, lora, input_grad or attn_out > 0, ia3)
-    if adapter_size:  # two bottleneck adapters (down, nonlinearity, up) per block, on the residual stream
-        total += 2 * (x.a * x.T * m.hidden_size + 4 * x.T * m.hidden_size + 4 * x.T * adapter_size)
+    # the MLP's input needs a gradient once the attention's bottleneck adapter (after o_proj) trains
+    total = attn_out + mlp(m, x, trains, lora, input_grad or attn_out > 0 or adapter_size > 0, ia3)
+    if adapter_size:  # two bottleneck adapters (down, nonlinearity, up) per block, on the residual stream:
+        # the fp32 input the down projection saves (the input itself in fp32) and the ReLU output (up's input);
+        # nothing saves the adapter's input in the model's dtype (measured: quantlab.lab.peft_measured.Bottleneck)
+        total += 2 * (4 * x.T * m.hidden_size + 4 * x.T * adapter_size)
     return total
 
 

@@ -104,23 +104,14 @@ def test_ptuning_lstm_native_cell_exact_onednn_not_modelled():
 
 @pytest.mark.parametrize("prof,dt", [(LLAMA, "fp32"), (QWEN, "bf16")])
 def test_bottleneck_adapters_vs_memory_plan(prof, dt):
-    """memory.plan(Method.ADAPTER), never measured before: parameters, gradients and optimizer states exact; the
-    activations differ by exactly two terms of memory.py's rule (activations ``block_saved_direct``):
-    (1) per adapter it counts a·T·h for the input in its own dtype, which nothing saves (the fp32 cast is saved; in
-    fp32 it is the input itself): 2·L·a·T·h over; (2) the first block's MLP reads the residual stream after the
-    attention adapter, so it needs an input gradient (A10 plans the first block gradient-free): the MLP's
-    input-gradient saves (activations ``mlp`` with input_grad) under. Measured: fp32 -24,704, bf16 -16,512 bytes."""
+    """memory.plan(Method.ADAPTER) against a measured step of the plain-torch bottleneck adapter: every component
+    exact, activations included, after activations.block_saved_direct learned the two terms this measurement
+    found (nothing saves the adapter's input in the model's dtype; the first block's MLP needs an input gradient
+    once the attention's adapter trains; before: fp32 -24,704, bf16 -16,512 bytes)."""
     c = cfg(prof, dt, method=Method.ADAPTER, adapter_size=8)
     p = M.plan(c)
     m = L.measure_step(L.bottleneck_adapters(L.tiny_from_profile(*prof, dtype=dt), 8), B, S)
-    d = diffs(peft_predicted(p, c), m)
-    a = 4 if dt == "fp32" else 2
-    x = Act(b=B, s=S, kv_s=S, r=a, a=a, c=a, amp=False, eager=False, cuda=False)
-    spec = c.model
-    over = 2 * spec.num_hidden_layers * a * B * S * spec.hidden_size
-    under = mlp(spec, x, False, frozenset(), True)
-    assert d == dict(dict.fromkeys(COMPONENTS, 0), activations=over - under)
-    assert over - under < 0  # the dangerous direction: an under-prediction
+    assert diffs(peft_predicted(p, c), m) == dict.fromkeys(COMPONENTS, 0)
 
 
 def test_live_saved_counter_calibration():
