@@ -617,8 +617,8 @@ class StepProbe:
         self.loss_in_forward = isinstance(loss, torch.Tensor)
         if ref is None and isinstance(get("log_probs"), torch.Tensor):
             self.notes.append("TRL's fused LM head computed the loss (trl add_fused_lm_head): per-token log-probs in "
-                              "vocabulary tiles, no logits tensor; the planner models transformers' ForCausalLMLoss "
-                              "(logits + fp32 log_softmax), so logits_loss and the total differ by design")
+                              "vocabulary tiles, no logits tensor (planned with --loss trl-fused, memory assumption "
+                              "14)")
         if isinstance(loss, torch.Tensor) and loss.requires_grad and ref is not None:
             def at_backward(grad):
                 self.logits_alive_at_backward = ref() is not None
