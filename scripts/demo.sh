@@ -10,6 +10,10 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} TOKENIZERS_PARALLELISM=false HF_HUB
 set -x
 quantlab plan --model 13b --method qlora --gpu rtx-4090
 quantlab compare --model 8b --method lora --seq 2048
+# preference tuning and the other fine-tuning methods, side by side; an encoder classifier
+quantlab plan --model 8b --method dpo --lora-r 16 --batch 2 --seq 2048 --gpu a100-80gb
+quantlab compare --model qwen2.5-0.5b --methods lora,dora,bitfit,ptuning,dpo,orpo --encoder-hidden-size 128 --batch 2
+quantlab plan --model bert-base-uncased --num-labels 8 --train-last-k 3 --batch 16 --seq 128
 # serving: how many concurrent 8k requests vLLM fits on an L40S, and Llama-2-70B split over four A100s
 quantlab plan --model 8b --method inference --engine vllm --max-model-len 8192 --gpu l40s
 quantlab plan --model 70b --method inference --num-gpus 4 --gpu a100-80gb
