@@ -77,6 +77,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from quantlab.families import family
 from quantlab.planner import memory as M
 from quantlab.planner.allocator import allocator
 from quantlab.specs import Attention, DeviceMode, Loss, Method, PlanConfig, SpecError, TrainingPrecision
@@ -89,8 +90,7 @@ class OffloadMode(str, Enum):
 
 
 MIN_OFFLOAD_SIZE = 1024  # TRL / torchtune default (bytes)
-RMS_FAMILIES = frozenset(("llama", "mistral", "qwen2"))
-FAMILIES = RMS_FAMILIES | {"gpt2"}
+BLOCKS = frozenset(("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "GPT2Block"))  # O7
 
 
 @dataclass(frozen=True)
@@ -132,8 +132,8 @@ def _check(cfg: PlanConfig) -> None:  # O7
     why = None
     if cfg.method is not Method.FULL:
         why = f"method {cfg.method.value} (only full fine-tuning)"
-    elif m.model_type not in FAMILIES:
-        why = f"model type {m.model_type} (only {', '.join(sorted(FAMILIES))})"
+    elif family(m).block_class not in BLOCKS:
+        why = f"{family(m).block_class} blocks (only llama, mistral, qwen2, gpt2)"
     elif cfg.training_precision is TrainingPrecision.AMP:
         why = "autocast (AMP)"
     elif cfg.precision.value not in ("fp32", "bf16", "fp16"):
@@ -171,7 +171,7 @@ def offload_plan(cfg: PlanConfig, oc: OffloadConfig = OffloadConfig()) -> Offloa
     b, s, h, d = cfg.batch, cfg.seq, m.hidden_size, m.head_dim
     T = b * s
     L = m.num_hidden_layers
-    rms = m.model_type in RMS_FAMILIES
+    rms = family(m).norm != "layernorm"
     head_in = r * T * h  # lm_head's saved input (A9; full fine-tuning: lm_head trains)
     streams = oc.mode is OffloadMode.TRL
     # tensors under the threshold stay (O1): the norms' statistics, the int64 ids and targets, RoPE tables
