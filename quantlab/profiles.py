@@ -34,6 +34,9 @@ from quantlab.specs import FAMILIES, GPUSpec, ModelSpec, SpecError, Sourced
 
 CACHE_NAME = ".quantlab-profiles-cache.json"  # assumption 4 (gitignored)
 _CACHE_FORMAT = 1
+# the profile folders compiled into the cache (assumption 4): a plan of a decoder asks the encoder index whether
+# --model names an encoder, so the encoders are compiled too (else every plan parses them with pyyaml)
+COMPILED_KINDS = ("models", "gpus", "encoders")
 
 # Optional architecture fields that must be positive integers when a config gives them
 # (ModelSpec validates the required ones).
@@ -148,7 +151,7 @@ class _Compiled:
         fresh: dict[str, list] = {}
         from pathlib import Path
 
-        for kind in ("models", "gpus"):
+        for kind in COMPILED_KINDS:
             for p in sorted((Path(self.root) / kind).glob("*.yaml")):
                 rel = f"{kind}/{p.name}"
                 stamp = _stamp(str(p))
@@ -191,7 +194,7 @@ def _compiled(root: str) -> _Compiled:
 @functools.lru_cache(maxsize=None)
 def _read(path: str) -> dict:
     folder = os.path.dirname(path)
-    doc = _compiled(os.path.dirname(folder)).get(path) if os.path.basename(folder) in ("models", "gpus") \
+    doc = _compiled(os.path.dirname(folder)).get(path) if os.path.basename(folder) in COMPILED_KINDS \
         else _parse_yaml(path)
     if not isinstance(doc, dict) or "name" not in doc:
         raise QuantlabError(f"profile {path} is malformed (expected a mapping with a name)")

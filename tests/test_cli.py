@@ -37,14 +37,17 @@ def test_python_dash_m_entry_point():
 
 def test_plan_start_defers_inspect_and_shutil():
     """`quantlab plan` loads neither inspect (ast, dis, tokenize) nor shutil (bz2, lzma) at start: the stand-in
-    for inspect loads the real module on first use, and help output keeps the terminal width."""
+    for inspect loads the real module on first use, and help output keeps the terminal width. With the profile
+    cache warm (the first run compiles it), no profile is parsed with pyyaml either: the encoder profiles, which
+    every plan consults to tell an encoder --model apart, are compiled with the others."""
     code = ("import sys, io, contextlib; from quantlab.cli import main\n"
             "with contextlib.redirect_stdout(io.StringIO()):\n"
             "    rc = main(['plan', '--model', '8b', '--method', 'lora', '--format', 'json'])\n"
-            "loaded = [m for m in ('ast', 'dis', 'tokenize', 'shutil', 'bz2', 'lzma') if m in sys.modules]\n"
+            "loaded = [m for m in ('ast', 'dis', 'tokenize', 'shutil', 'bz2', 'lzma', 'yaml') if m in sys.modules]\n"
             "import inspect\n"
             "sig = str(inspect.signature(main))\n"
             "print(rc, ','.join(loaded) or '-', sig, type(sys.modules['inspect']).__name__, 'ast' in sys.modules)")
+    subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)  # warms the cache
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[0] == "0"
     assert out[1] == "-", f"loaded at start: {out[1]}"
