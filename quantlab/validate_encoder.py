@@ -1,7 +1,8 @@
 """Validation of the encoder planner: the lab's encoder step measured beside :func:`plan_encoder`, per component.
 
 One :class:`EncoderCase` is an encoder plan (the flags of ``quantlab plan --model ENCODER``: ``head``,
-``num-labels``, ``train-last-k``, ``batch``, ``seq``; plus ``precision`` and ``padded``) on an encoder profile
+``num-labels``, ``train-last-k``, ``batch``, ``seq``, with that command's defaults; plus ``precision`` and
+``padded``) on an encoder profile
 (``profiles/encoders/``), optionally scaled down by config.json overrides (``scale``). The planner
 (:func:`quantlab.planner.encoder.plan_encoder`) is given the *same* scaled config the lab builds, so the comparison
 is like with like. The rows have :mod:`quantlab.validate`'s schema (``pred_<component>_bytes``,
@@ -57,11 +58,11 @@ class EncoderCase:
 
     id: str
     model: str  # the encoder profile's name
-    head: str = "seq-cls"
-    num_labels: int = 8
-    train_last_k: int = 3
-    batch: int = 2
-    seq: int = 32
+    head: str
+    num_labels: int
+    train_last_k: int
+    batch: int
+    seq: int
     precision: str = "fp32"
     padded: bool = False
     overrides: tuple = ()  # ((config.json key, value), ...) applied to the profile's config
@@ -106,6 +107,7 @@ def case_from_mapping(entry: dict, *, scales: dict | None = None, defaults: dict
                       index: int = 1) -> EncoderCase:
     """One :class:`EncoderCase` from a matrix entry (keys: :data:`KEYS`); bad input is a one-line QuantlabError
     naming the entry."""
+    from quantlab.commands.encoder_plan import DEFAULTS  # quantlab plan's encoder defaults: one place
     from quantlab.encoder_profiles import encoder_doc
 
     if not isinstance(entry, dict):
@@ -122,7 +124,10 @@ def case_from_mapping(entry: dict, *, scales: dict | None = None, defaults: dict
     model = kw.get("model")
     if not isinstance(model, str) or not model:
         raise QuantlabError(f"{where}: give model: an encoder profile name")
-    doc = encoder_doc(model)  # unknown: one line listing the known encoders
+    try:
+        doc = encoder_doc(model)  # unknown: one line listing the known encoders
+    except QuantlabError as e:
+        raise QuantlabError(f"{where}: {e}") from None
     scale = kw.pop("scale", None) or {}
     if isinstance(scale, str):
         if scale not in (scales or {}):
@@ -130,7 +135,7 @@ def case_from_mapping(entry: dict, *, scales: dict | None = None, defaults: dict
         scale = scales[scale]
     if not isinstance(scale, dict):
         raise QuantlabError(f"{where}: scale must be a mapping of config.json keys or a scale's name")
-    head = kw.get("head", "seq-cls")
+    head = kw.get("head", DEFAULTS["head"])
     if head not in HEADS:
         raise QuantlabError(f"{where}: unknown head {head!r} (known: {', '.join(HEADS)})")
     precision = kw.get("precision", "fp32")
@@ -142,9 +147,10 @@ def case_from_mapping(entry: dict, *, scales: dict | None = None, defaults: dict
     hf = dict(doc["config"])
     hf.update(scale)
     out = EncoderCase(id=kw["id"], model=doc["name"], head=head,
-                      num_labels=_int(where, "num-labels", kw.get("num_labels", 8), 1),
-                      train_last_k=_int(where, "train-last-k", kw.get("train_last_k", 3), 0),
-                      batch=_int(where, "batch", kw.get("batch", 2), 1), seq=_int(where, "seq", kw.get("seq", 32), 1),
+                      num_labels=_int(where, "num-labels", kw.get("num_labels", DEFAULTS["num_labels"]), 1),
+                      train_last_k=_int(where, "train-last-k", kw.get("train_last_k", DEFAULTS["train_last_k"]), 0),
+                      batch=_int(where, "batch", kw.get("batch", DEFAULTS["batch"]), 1),
+                      seq=_int(where, "seq", kw.get("seq", DEFAULTS["seq"]), 1),
                       precision=precision, padded=padded, overrides=tuple(sorted(scale.items())), hf_config=hf,
                       expect=_expect(where, kw.get("expect")))
     try:
