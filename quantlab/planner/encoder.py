@@ -52,7 +52,8 @@ Numbered assumptions:
    ``Wi`` output ``T x 2I`` (the GELU input and the gate are views of it), the GELU output and the ``Wo`` input
    (``T x I`` each). ``apply_rotary_pos_emb`` saves cos and sin ``S x head_dim`` in the compute dtype
    (``ModernBertRotaryEmbedding.forward`` returns ``cos.to(dtype=x.dtype)``; the product with ``q.float()`` saves
-   them as given), shared by the blocks of one attention type (global every ``global_attn_every_n_layers``-th block, from block 0, else sliding). After the
+   them as given), shared by the blocks of one attention type (global every ``global_attn_every_n_layers``-th
+   block, from block 0, else sliding). After the
    blocks: ``final_norm``'s input and stats count with the backbone, and so does the prediction head's dense input
    under ``classifier_pooling="cls"`` or the token head (the last hidden state: a ``[:, 0]`` view for cls);
    the head's GELU input, norm input and stats and the classifier input are logits/loss. Under
@@ -65,7 +66,11 @@ Numbered assumptions:
    and torch converts a bool mask to an additive one in the query's dtype on every call (torch 2.13
    ``aten/src/ATen/native/transformers/attention.cpp``, ``convert_boolean_attn_mask``), which the CPU flash
    kernel saves (measured: 4 distinct masks over 4 trainable blocks of 2 attention types,
-   modernbert-tokcls-k4-bf16-padded in profiles/validation/encoder-matrix.yaml).
+   modernbert-tokcls-k4-bf16-padded in profiles/validation/encoder-matrix.yaml). Without padding the full-attention
+   mask is skipped, and so is the sliding one while ``seq < local_attention // 2`` (transformers 5.24
+   ``masking_utils.py``, ``_ignore_bidirectional_mask_sdpa``: ``kv_length < local_attention_size``, the size being
+   ModernBertConfig's ``sliding_window = local_attention // 2``); from that length on every trainable sliding
+   block saves its mask too (modernbert-tokcls-k4-fp32-s64).
 6. BERT's pooler runs inside ``BertModel`` (the backbone): its dense saves its input, a ``[:, 0]`` view whose
    storage is the whole last hidden state (``T H a``), and tanh saves its output (``B H a``): activations.
 7. Logits and loss (after the backbone). ``seq-cls`` multi-label (``problem_type="multi_label_classification"``):
@@ -79,9 +84,8 @@ Numbered assumptions:
    backward frees activations while it allocates gradients (MiniLM, last 3 layers, batch 16 x 74: peak 268.0 MiB,
    sum 280.9 MiB), and a frozen layer's forward still holds transient tensors, the attention scores among them
    (head only: peak 110.7 MiB, sum 90.2 MiB; reports/classify-cpu). Also not modelled: eager
-   attention; CUDA's flash/efficient SDPA kernels; ModernBERT with dropout > 0, or unpadded sequences longer than
-   half its sliding window (the sliding mask is then made and saved); mean pooling without an attention mask (the
-   model then makes a bool one).
+   attention; CUDA's flash/efficient SDPA kernels; ModernBERT with dropout > 0; mean pooling without an attention
+   mask (the model then makes a bool one).
 """
 
 from __future__ import annotations
@@ -334,12 +338,17 @@ def rotary_bytes(s: EncoderSpec, pc: EncoderPlanConfig) -> int:
 
 
 def attention_mask_bytes(s: EncoderSpec, pc: EncoderPlanConfig) -> int:
-    """5a: on a padded batch the CPU flash kernel saves the additive mask torch makes from transformers' bool mask
-    on every call, ``B x 1 x S x S`` in the compute dtype, one per trainable block. BERT's math path adds the mask
-    to the scores and saves nothing of it (assumption 5)."""
-    if not (s.family.glu_mlp and pc.padded):
+    """5a: the CPU flash kernel saves the additive mask torch makes from transformers' bool mask on every call,
+    ``B x 1 x S x S`` in the compute dtype, one per trainable block that gets a mask: every block of a padded
+    batch; without padding the sliding blocks from ``seq >= local_attention // 2`` on. BERT's math path adds the
+    mask to the scores and saves nothing of it (assumption 5)."""
+    if not s.family.glu_mlp:
         return 0
-    return pc.train_last_k * pc.param_bytes * pc.batch * pc.seq * pc.seq
+    L = s.num_hidden_layers
+    kinds = layer_types(s)[L - pc.train_last_k:]
+    masked = len(kinds) if pc.padded else \
+        sum(k == "sliding" for k in kinds) if pc.seq >= s.local_attention // 2 else 0
+    return masked * pc.param_bytes * pc.batch * pc.seq * pc.seq
 
 
 def head_activation_bytes(s: EncoderSpec, pc: EncoderPlanConfig) -> int:
@@ -391,9 +400,10 @@ def plan_encoder(s: EncoderSpec, pc: EncoderPlanConfig) -> EncoderPlan:
     notes = [f"{s.model_type}: embeddings and the first {s.num_hidden_layers - pc.train_last_k} of "
              f"{s.num_hidden_layers} layers frozen; nothing is saved for backward below the first trainable layer"]
     if s.family.glu_mlp:
-        if pc.seq > s.local_attention // 2:
-            notes.append(f"{s.model_type}: sequences longer than half the sliding window ({s.local_attention // 2} "
-                         "tokens) make a sliding mask even without padding; not modelled (assumption 8)")
+        if pc.seq >= s.local_attention // 2 and not pc.padded:
+            notes.append(f"{s.model_type}: from {s.local_attention // 2} tokens (half the sliding window) the "
+                         "sliding layers get a mask even without padding, saved per trainable sliding layer "
+                         "(assumption 5a)")
         if s.classifier_pooling not in ("cls", "mean"):
             notes.append(f"{s.model_type}: classifier_pooling {s.classifier_pooling!r} is not modelled; the figures "
                          "assume cls pooling (assumption 8)")
