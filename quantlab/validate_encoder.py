@@ -298,3 +298,35 @@ def compare(case: EncoderCase, meas: dict) -> dict:
 def run_encoder_case(case: EncoderCase) -> dict:
     """Measure the case with the lab's encoder step and set the plan beside it: one row."""
     return compare(case, measure(case))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m quantlab.validate_encoder [MATRIX] [--only ID,...] [--format ...] [--out DIR]``: run the encoder
+    matrix and print ``quantlab validate``'s report of its rows (until ``quantlab validate --matrix`` reads it).
+    Exit 0 when every row meets its targets, 1 when one misses, 2 for bad input."""
+    import argparse
+    import contextlib
+    import sys
+    from pathlib import Path
+
+    from quantlab.commands.validate import FORMATS, report
+
+    p = argparse.ArgumentParser(prog="python -m quantlab.validate_encoder")
+    p.add_argument("matrix", nargs="?", default=str(Path(__file__).resolve().parent.parent / "profiles" /
+                                                    "validation" / "encoder-matrix.yaml"))
+    p.add_argument("--only", default="", metavar="ID,...")
+    p.add_argument("--format", choices=FORMATS, default="table")
+    p.add_argument("--out", default=None, metavar="DIR")
+    a = p.parse_args(argv)
+    try:
+        cases = load_encoder_matrix(a.matrix, tuple(x.strip() for x in a.only.split(",") if x.strip()))
+        with contextlib.redirect_stdout(sys.stderr):
+            rows = [run_encoder_case(c) for c in cases]
+    except QuantlabError as e:
+        print(f"quantlab: error: {e}", file=sys.stderr)
+        return 2
+    return report(rows, fmt=a.format, out=a.out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

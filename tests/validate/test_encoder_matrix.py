@@ -122,3 +122,20 @@ def test_bad_entries_are_one_line(entry, says):
 def test_unknown_encoder_lists_the_known_ones():
     with pytest.raises(QuantlabError, match="known: .*bert-base-uncased"):
         load_encoder_cases([{"model": "nope"}])
+
+
+def test_module_entry_point_runs_rows_and_refuses_bad_input(capsys, tmp_path):
+    pytest.importorskip("torch")
+    from quantlab.lab.measure import cuda_available
+    from quantlab.validate_encoder import main
+
+    if cuda_available():
+        pytest.skip("encoder rows are CPU rows (validate_encoder assumption 4)")
+    assert main([str(MATRIX), "--only", "bert-seqcls-k0-fp32", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [r["id"] for r in doc["configurations"]] == ["bert-seqcls-k0-fp32"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("configurations:\n  - {id: x, model: bert-base-uncased, head: mlm}\n")
+    assert main([str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown head 'mlm'" in err
