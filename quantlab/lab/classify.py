@@ -31,6 +31,20 @@ Assumptions:
    the model's output (``outputs["loss"]``) -- the model computes BCEWithLogits inside its forward.
 5. Batches: the tokenizer's dynamic padding to the longest text of the batch (``DataCollatorWithPadding``),
    truncated at ``max_len`` tokens; targets are float multi-hot rows (BCE needs float).
+
+Random-weight encoders (:func:`random_classifier`, :func:`measure_classifier_step`; what
+:mod:`quantlab.validate_encoder` measures):
+
+6. The model is built from config.json fields (a profile's, with the overrides that scale it down) by
+   ``AutoModelFor{Sequence,Token}Classification.from_config`` in the given dtype (fp32, or bf16 weights and
+   compute), random weights (``torch.manual_seed``): fine for memory. ``seq-cls`` is multi-label (as in
+   :func:`run_classify`), ``tok-cls`` one label per token (cross-entropy).
+7. The batch: ``batch`` rows of exactly ``seq`` random token ids (the config's ``pad_token_id`` avoided) and an
+   all-ones int64 attention mask (what a tokenizer gives); ``padded`` makes the last two positions of the first
+   row padding (``pad_token_id``, mask 0; token labels -100 there). The dataset is that one batch, so every
+   optimizer step of the Trainer sees all of it (one epoch a step); step ``measure_step`` is measured as in
+   assumption 4, with Trainer's default optimizer (``adamw_torch_fused`` in transformers 5.24 with torch >= 2.8,
+   ``training_args.py``; on the CPU too).
 """
 
 from __future__ import annotations
@@ -303,16 +317,7 @@ def _fmt(m: dict) -> str:
     return ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items())
 
 
-# ---- a random-weight encoder at a scale, one measured Trainer step (quantlab.validate_encoder) ----------------
-#
-# 6. The model is built from config.json fields (a profile's, with the overrides that scale it down) by
-#    ``AutoModelFor{Sequence,Token}Classification.from_config`` in the given dtype (fp32, or bf16 weights and
-#    compute), random weights (``torch.manual_seed``): fine for memory. ``seq-cls`` is multi-label (as in
-#    :func:`run_classify`), ``tok-cls`` one label per token (cross-entropy).
-# 7. The batch: ``batch`` rows of exactly ``seq`` random token ids (the config's ``pad_token_id`` avoided), an
-#    all-ones attention mask; ``padded`` makes the last two positions of the first row padding (``pad_token_id``,
-#    mask 0; token labels -100 there). The dataset is that one batch, so every optimizer step of the Trainer sees
-#    it (one epoch a step); step ``measure_step`` is measured as :func:`run_classify` measures (assumption 4).
+# ---- a random-weight encoder at a scale, one measured Trainer step (assumptions 6, 7; quantlab.validate_encoder) --
 
 CLASSIFY_HEADS = ("seq-cls", "tok-cls")
 

@@ -25,8 +25,9 @@ Numbered assumptions:
 3. Freezing: the embeddings and the first ``L - k`` blocks are frozen; the last ``k`` blocks and every parameter
    outside embeddings and blocks train (pooler, final norm, heads). Gradients: one per trainable element in the
    parameter dtype.
-4. AdamW (torch 2.13 ``torch/optim/adamw.py``, ``capturable=False``, ``fused=None``): ``exp_avg`` and
-   ``exp_avg_sq`` in the parameter dtype, plus one 0-d fp32 ``step`` tensor per trainable parameter tensor.
+4. AdamW (torch 2.13 ``torch/optim/adamw.py``, ``capturable=False``; ``fused=None`` in a plain loop, ``fused=True``
+   under Trainer's default ``adamw_torch_fused``, the same states): ``exp_avg`` and ``exp_avg_sq`` in the
+   parameter dtype, plus one 0-d fp32 ``step`` tensor per trainable parameter tensor.
 5. Saved activations. Inputs do not require grad and the embeddings are frozen, so autograd records nothing below
    the first trainable block: a frozen block saves no tensor. A trainable BERT/RoBERTa block in training mode
    (``T = batch x seq`` tokens, ``a`` bytes per element), attention through ``sdpa`` on the CPU with dropout > 0,
