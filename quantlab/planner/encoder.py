@@ -45,17 +45,16 @@ Numbered assumptions:
    only for a mixed bf16-input / fp32-weight norm, which pure precision does not make). On the CPU a dropout mask
    has the input's dtype (ATen's ``dropout`` multiplies by a noise tensor; ``native_dropout``'s bool mask is the
    CUDA path): ``dropout_mask_bytes`` says which (the input's or 1). A dropout of probability 0 returns its input
-   and saves nothing. Measured: bert-bf16 rows of profiles/validation/encoder-matrix.yaml.
+   and saves nothing. Measured: bert-seqcls-k2-bf16 in profiles/validation/encoder-matrix.yaml.
 5a. A trainable ModernBERT block (dropouts 0, its config's default, so ``sdpa`` takes the CPU flash kernel, which
    saves q, k, v, the output and an fp32 logsumexp ``B x n_heads x S``): the ``attn_norm`` input (none in block
    0, an ``nn.Identity``) and ``mlp_norm`` input with their stats (in the compute dtype, as in 5), the ``Wqkv``
-   input, q and k after the rotary embedding, the whole ``Wqkv`` output (v is a view of it), the attention output, the ``Wi`` input, the
-   ``Wi`` output ``T x 2I`` (the GELU input and the gate are views of it), the GELU output and the ``Wo`` input
-   (``T x I`` each). ``apply_rotary_pos_emb`` saves cos and sin ``S x head_dim`` in the compute dtype
-   (``ModernBertRotaryEmbedding.forward`` returns ``cos.to(dtype=x.dtype)``; the product with ``q.float()`` saves
-   them as given), shared by the blocks of one attention type (global every ``global_attn_every_n_layers``-th
-   block, from block 0, else sliding). After the
-   blocks: ``final_norm``'s input and stats count with the backbone, and so does the prediction head's dense input
+   input, q and k after the rotary embedding, the whole ``Wqkv`` output (v is a view of it), the attention
+   output, the ``Wi`` input, the ``Wi`` output ``T x 2I`` (the GELU input and the gate are views of it), the GELU
+   output and the ``Wo`` input (``T x I`` each). ``apply_rotary_pos_emb`` saves cos and sin ``S x head_dim`` in
+   the compute dtype (``ModernBertRotaryEmbedding.forward`` returns ``cos.to(dtype=x.dtype)``; the product with
+   ``q.float()`` saves them as given), shared by the blocks of one attention type (global every
+   ``global_attn_every_n_layers``-th block, from block 0, else sliding). After the blocks: ``final_norm``'s input and stats count with the backbone, and so does the prediction head's dense input
    under ``classifier_pooling="cls"`` or the token head (the last hidden state: a ``[:, 0]`` view for cls);
    the head's GELU input, norm input and stats and the classifier input are logits/loss. Under
    ``classifier_pooling="mean"`` (ModernBERT-base's own config; ``ModernBertForSequenceClassification.forward``:
