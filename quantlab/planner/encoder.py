@@ -54,9 +54,10 @@ Numbered assumptions:
    output and the ``Wo`` input (``T x I`` each). ``apply_rotary_pos_emb`` saves cos and sin ``S x head_dim`` in
    the compute dtype (``ModernBertRotaryEmbedding.forward`` returns ``cos.to(dtype=x.dtype)``; the product with
    ``q.float()`` saves them as given), shared by the blocks of one attention type (global every
-   ``global_attn_every_n_layers``-th block, from block 0, else sliding). After the blocks: ``final_norm``'s input and stats count with the backbone, and so does the prediction head's dense input
-   under ``classifier_pooling="cls"`` or the token head (the last hidden state: a ``[:, 0]`` view for cls);
-   the head's GELU input, norm input and stats and the classifier input are logits/loss. Under
+   ``global_attn_every_n_layers``-th block, from block 0, else sliding). After the blocks: ``final_norm``'s
+   input and stats count with the backbone, and so does the prediction head's dense input under
+   ``classifier_pooling="cls"`` or the token head (the last hidden state: a ``[:, 0]`` view for cls); the head's
+   GELU input, norm input and stats and the classifier input are logits/loss. Under
    ``classifier_pooling="mean"`` (ModernBERT-base's own config; ``ModernBertForSequenceClassification.forward``:
    ``(h * attention_mask.unsqueeze(-1)).sum(dim=1) / attention_mask.sum(dim=1, keepdim=True)``) the product saves
    the mask (its storage, ``B x S`` int64 as a tokenizer or collator gives it) and not the hidden state, the
