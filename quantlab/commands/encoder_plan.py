@@ -2,8 +2,9 @@
 
 A ``--model`` that names an encoder profile (``profiles/encoders/``: all-minilm-l6-v2, bert-base-uncased,
 roberta-base, modernbert-base, their aliases and Hugging Face ids) is planned here: a sequence- or
-token-classification head, the last ``--train-last-k`` layers trained, fp32 AdamW (the lab's recipe,
-``quantlab lab classify``). The decoder flags do not apply and are refused in one line.
+token-classification head, the last ``--train-last-k`` layers trained, AdamW in fp32 (the lab's recipe,
+``quantlab lab classify``) or, with ``--precision bf16``, pure bf16 (weights, gradients, states and compute; as
+validated in profiles/validation/encoder-matrix.yaml). The decoder flags do not apply and are refused in one line.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from quantlab.errors import QuantlabError
 HEADS = ("seq-cls", "tok-cls")
 DEFAULTS = {"head": "seq-cls", "train_last_k": 3, "num_labels": 8, "batch": 16, "seq": 128}
 # the decoder-plan fields an encoder plan takes (everything else the user gives is refused)
-TAKES = frozenset({"batch", "seq"})
+TAKES = frozenset({"batch", "seq", "precision"})
+PRECISIONS = {"fp32": 4, "bf16": 2}  # bytes per element; pure precision (weights = compute dtype)
 
 
 def is_encoder(name: str | None) -> bool:
@@ -53,7 +55,7 @@ def run_encoder(args) -> int:
     extra = sorted(given_fields(args) - TAKES)
     if extra:
         raise QuantlabError(f"{flag_name(extra[0])} does not apply to an encoder plan ({args.model}: the encoder "
-                            "planner takes --head, --num-labels, --train-last-k, --batch, --seq)")
+                            "planner takes --head, --num-labels, --train-last-k, --batch, --seq, --precision)")
     for k in ("gpu", "emit", "from_trainer_args"):
         if getattr(args, k, None):
             raise QuantlabError(f"--{k.replace('_', '-')} is not available for encoder plans yet (the allocator "
@@ -61,11 +63,15 @@ def run_encoder(args) -> int:
     doc = encoder_doc(args.model)
     spec = load_encoder(args.model)
     given = given_fields(args)
+    precision = str(getattr(getattr(args, "precision", None), "value", getattr(args, "precision", None))) \
+        if "precision" in given else "fp32"
+    if precision not in PRECISIONS:
+        raise QuantlabError(f"--precision {precision} is not planned for encoders (fp32 or bf16: pure precision)")
     kw = {"head": Head(args.head or DEFAULTS["head"]),
           "train_last_k": DEFAULTS["train_last_k"] if args.train_last_k is None else args.train_last_k,
           "num_labels": DEFAULTS["num_labels"] if getattr(args, "num_labels", None) is None else args.num_labels,
           "batch": args.batch if "batch" in given else DEFAULTS["batch"],
-          "seq": args.seq if "seq" in given else DEFAULTS["seq"]}
+          "seq": args.seq if "seq" in given else DEFAULTS["seq"], "param_bytes": PRECISIONS[precision]}
     try:
         pc = EncoderPlanConfig(**kw)
         p = plan_encoder(spec, pc)
@@ -75,7 +81,7 @@ def run_encoder(args) -> int:
              "activations": p.activations_bytes, "logits_loss": p.logits_loss_bytes}
     document = {"kind": "encoder", "model": doc["name"], "source": doc.get("source"),
                 "config": {"head": pc.head.value, "num_labels": pc.num_labels, "train_last_k": pc.train_last_k,
-                           "batch": pc.batch, "seq": pc.seq, "precision": "fp32", "optimizer": "adamw"},
+                           "batch": pc.batch, "seq": pc.seq, "precision": precision, "optimizer": "adamw"},
                 "params": p.params, "trainable_params": p.trainable_params, "components": comps,
                 "total_bytes": p.total_bytes, "notes": list(p.notes)}
     fmt = getattr(args, "format", "table")
@@ -106,7 +112,7 @@ def _table(d: dict, spec) -> str:
     head = (f"[bold]{d['model']}[/] (encoder, {spec.model_type}, {spec.num_hidden_layers} layers): "
             f"{fmt_count(d['params'])} parameters, {fmt_count(d['trainable_params'])} trainable")
     what = (f"{c['head']} head, {c['num_labels']} labels; last {c['train_last_k']} of {spec.num_hidden_layers} "
-            f"layers + head trained; fp32 AdamW; batch {c['batch']} x seq {c['seq']}")
+            f"layers + head trained; {c['precision']} AdamW; batch {c['batch']} x seq {c['seq']}")
     t = Table(title="Memory of one training step (GiB = 2^30 bytes)", title_justify="left")
     t.add_column("component")
     t.add_column("GiB", justify="right", no_wrap=True)

@@ -31,6 +31,20 @@ Assumptions:
    the model's output (``outputs["loss"]``) -- the model computes BCEWithLogits inside its forward.
 5. Batches: the tokenizer's dynamic padding to the longest text of the batch (``DataCollatorWithPadding``),
    truncated at ``max_len`` tokens; targets are float multi-hot rows (BCE needs float).
+
+Random-weight encoders (:func:`random_classifier`, :func:`measure_classifier_step`; what
+:mod:`quantlab.validate_encoder` measures):
+
+6. The model is built from config.json fields (a profile's, with the overrides that scale it down) by
+   ``AutoModelFor{Sequence,Token}Classification.from_config`` in the given dtype (fp32, or bf16 weights and
+   compute), random weights (``torch.manual_seed``): fine for memory. ``seq-cls`` is multi-label (as in
+   :func:`run_classify`), ``tok-cls`` one label per token (cross-entropy).
+7. The batch: ``batch`` rows of exactly ``seq`` random token ids (the config's ``pad_token_id`` avoided) and an
+   all-ones int64 attention mask (what a tokenizer gives); ``padded`` makes the last two positions of the first
+   row padding (``pad_token_id``, mask 0; token labels -100 there). The dataset is that one batch, so every
+   optimizer step of the Trainer sees all of it (one epoch a step); step ``measure_step`` is measured as in
+   assumption 4, with Trainer's default optimizer (``adamw_torch_fused`` in transformers 5.24 with torch >= 2.8,
+   ``training_args.py``; on the CPU too).
 """
 
 from __future__ import annotations
@@ -301,3 +315,113 @@ def run_classify(cfg: ClassifyConfig, log=print) -> ClassifyResult:
 
 def _fmt(m: dict) -> str:
     return ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items())
+
+
+# ---- a random-weight encoder at a scale, one measured Trainer step (assumptions 6, 7; quantlab.validate_encoder) --
+
+CLASSIFY_HEADS = ("seq-cls", "tok-cls")
+
+
+def random_classifier(hf_config: dict, head: str, num_labels: int, dtype: str = "fp32", seed: int = 0):
+    """A random-weight classifier of ``hf_config`` (config.json fields, ``model_type`` among them; assumption 6)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    if head not in CLASSIFY_HEADS:
+        raise QuantlabError(f"unknown head {head!r} (known: {', '.join(CLASSIFY_HEADS)})")
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    if dtype not in dtypes:
+        raise QuantlabError(f"precision must be one of {', '.join(dtypes)}, got {dtype!r}")
+    d = dict(hf_config)
+    mt = d.pop("model_type", None)
+    if not mt:
+        raise QuantlabError("the encoder config has no model_type")
+    for k in ("architectures", "torch_dtype", "dtype"):
+        d.pop(k, None)
+    cfg = AutoConfig.for_model(mt, **d)
+    cfg.num_labels = num_labels
+    if head == "seq-cls":
+        cfg.problem_type = "multi_label_classification"
+    auto = AutoModelForSequenceClassification if head == "seq-cls" else AutoModelForTokenClassification
+    torch.manual_seed(seed)
+    return auto.from_config(cfg, dtype=dtypes[dtype])
+
+
+class _Batch:
+    """One synthetic batch as a map-style dataset of rows (assumption 7)."""
+
+    def __init__(self, model, head: str, num_labels: int, batch: int, seq: int, padded: bool, seed: int):
+        import torch
+
+        g = torch.Generator().manual_seed(seed)
+        c = model.config
+        V, pad = c.vocab_size, getattr(c, "pad_token_id", None)
+        ids = torch.randint(0, V, (batch, seq), generator=g)
+        if pad is not None:
+            ids[ids == pad] = (pad + 1) % V
+        mask = torch.ones(batch, seq, dtype=torch.long)
+        if head == "seq-cls":
+            y = torch.randint(0, 2, (batch, num_labels), generator=g).float()
+        else:
+            y = torch.randint(0, num_labels, (batch, seq), generator=g)
+        if padded:
+            if seq < 3:
+                raise QuantlabError("padded needs seq >= 3 (the first row's last two positions are padding)")
+            mask[0, seq - 2:] = 0
+            if pad is not None:
+                ids[0, seq - 2:] = pad
+            if head == "tok-cls":
+                y[0, seq - 2:] = -100
+        self.rows = [{"input_ids": ids[i], "attention_mask": mask[i], "labels": y[i]} for i in range(batch)]
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+
+@dataclass
+class StepResult:
+    measurement: object  # quantlab.lab.measure.Measurement of the measured step
+    padded: bool | None  # whether the measured forward's attention mask had zeros
+    num_layers: int
+    trainable_params: int
+    total_params: int
+
+
+def measure_classifier_step(model, *, head: str, num_labels: int, train_last_k: int, batch: int, seq: int,
+                            padded: bool = False, seed: int = 0, measure_step: int = 2, lr: float = 1e-3) -> StepResult:
+    """Freeze ``model`` to its last ``train_last_k`` blocks (assumption 2) and measure optimizer step
+    ``measure_step`` of transformers' ``Trainer`` on one synthetic batch (assumptions 4 and 7)."""
+    import os
+    import tempfile
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import Trainer, TrainingArguments, default_data_collator, set_seed
+
+    n_layers = len(encoder_blocks(model))
+    trainable = freeze_all_but_last_k(model, train_last_k)
+    total = sum(p.numel() for p in model.parameters())
+    model.train()
+    data = _Batch(model, head, num_labels, batch, seq, padded, seed)
+    set_seed(seed)
+    cb = _callback(measure_step)
+    with tempfile.TemporaryDirectory(prefix="quantlab-classify-step-") as out:
+        args = TrainingArguments(output_dir=out, per_device_train_batch_size=batch, max_steps=measure_step,
+                                 num_train_epochs=measure_step, learning_rate=lr, warmup_steps=0, weight_decay=0.0,
+                                 seed=seed, use_cpu=not torch.cuda.is_available(), report_to="none",
+                                 save_strategy="no", eval_strategy="no", logging_strategy="no", disable_tqdm=True,
+                                 dataloader_num_workers=0, gradient_accumulation_steps=1,
+                                 remove_unused_columns=False)
+        trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=default_data_collator,
+                          callbacks=[cb])
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # the end-of-training metrics line: not this step's business
+        trainer.train()
+        del trainer
+    if cb.measurement is None:
+        raise QuantlabError(f"training ended before optimizer step {measure_step}; nothing was measured")
+    return StepResult(cb.measurement, cb.shape[2], n_layers, trainable, total)

@@ -25,30 +25,53 @@ Numbered assumptions:
 3. Freezing: the embeddings and the first ``L - k`` blocks are frozen; the last ``k`` blocks and every parameter
    outside embeddings and blocks train (pooler, final norm, heads). Gradients: one per trainable element in the
    parameter dtype.
-4. AdamW (torch 2.13 ``torch/optim/adamw.py``, ``capturable=False``, ``fused=None``): ``exp_avg`` and
-   ``exp_avg_sq`` in the parameter dtype, plus one 0-d fp32 ``step`` tensor per trainable parameter tensor.
+4. AdamW (torch 2.13 ``torch/optim/adamw.py``, ``capturable=False``; ``fused=None`` in a plain loop, ``fused=True``
+   under Trainer's default ``adamw_torch_fused``, the same states): ``exp_avg`` and ``exp_avg_sq`` in the
+   parameter dtype, plus one 0-d fp32 ``step`` tensor per trainable parameter tensor.
 5. Saved activations. Inputs do not require grad and the embeddings are frozen, so autograd records nothing below
    the first trainable block: a frozen block saves no tensor. A trainable BERT/RoBERTa block in training mode
    (``T = batch x seq`` tokens, ``a`` bytes per element), attention through ``sdpa`` on the CPU with dropout > 0,
    which takes ATen's math path (``_scaled_dot_product_attention_math``: q scaled, k transposed, v as
    contiguous copies; softmax output, dropout mask, dropped probabilities), saves per block:
-   ``a x (10 T H + 2 T I + 3 B n_heads S^2) + 2 x 2 x T x 4`` -- the block input (Q/K/V linears), q, k, v, the
-   attention-output linear's input, two hidden dropout masks, two LayerNorm inputs, the intermediate linear's
-   input, the GELU input, the output linear's input, and each LayerNorm's fp32 mean and rstd. On the CPU a dropout
-   mask has the input's dtype (ATen's ``dropout`` multiplies by a noise tensor; ``native_dropout``'s bool mask is
-   the CUDA path): ``dropout_mask_bytes`` says which (``a`` or 1). A dropout of probability 0 returns its input
-   and saves nothing.
+   ``a x (7 T H + 2 T I) + s x (3 T H + 3 B n_heads S^2) + 2 x 2 x T x a`` -- the block input (Q/K/V linears),
+   q, k, v, the attention-output linear's input, two hidden dropout masks, two LayerNorm inputs, the intermediate
+   linear's input, the GELU input, the output linear's input, and each LayerNorm's mean and rstd. ``s`` is the
+   math path's dtype: ATen computes half and bf16 q, k, v in fp32 (torch 2.13
+   ``aten/src/ATen/native/transformers/attention.cpp``, ``_scaled_dot_product_attention_math``: ``query_acc =
+   query_.to(at::kFloat)`` unless ``allow_fp16_bf16_reduction_math_sdp``), so q, k, v, the softmax output, its
+   dropout mask and the dropped probabilities are fp32 (``s = 4``) under bf16 weights; the output goes back to the
+   compute dtype before the attention-output linear. A LayerNorm's mean and rstd have the input's dtype when the
+   weight has it too (``aten/src/ATen/native/layer_norm.cpp``, ``layer_norm_cpu``: ``param_scalar_type``; fp32
+   only for a mixed bf16-input / fp32-weight norm, which pure precision does not make). On the CPU a dropout mask
+   has the input's dtype (ATen's ``dropout`` multiplies by a noise tensor; ``native_dropout``'s bool mask is the
+   CUDA path): ``dropout_mask_bytes`` says which (the input's or 1). A dropout of probability 0 returns its input
+   and saves nothing. Measured: bert-seqcls-k2-bf16 in profiles/validation/encoder-matrix.yaml.
 5a. A trainable ModernBERT block (dropouts 0, its config's default, so ``sdpa`` takes the CPU flash kernel, which
    saves q, k, v, the output and an fp32 logsumexp ``B x n_heads x S``): the ``attn_norm`` input (none in block
-   0, an ``nn.Identity``) and ``mlp_norm`` input with their fp32 stats, the ``Wqkv`` input, q and k after the
-   rotary embedding, the whole ``Wqkv`` output (v is a view of it), the attention output, the ``Wi`` input, the
-   ``Wi`` output ``T x 2I`` (the GELU input and the gate are views of it), the GELU output and the ``Wo`` input
-   (``T x I`` each). ``apply_rotary_pos_emb`` saves fp32 cos and sin ``S x head_dim``, shared by the blocks of one
-   attention type (global every ``global_attn_every_n_layers``-th block, from block 0, else sliding). After the
-   blocks: ``final_norm``'s input and stats and the prediction head's dense input (the last hidden state: a
-   ``[:, 0]`` view under ``classifier_pooling="cls"``) count with the backbone; the head's GELU input, norm input
-   and stats and the classifier input are logits/loss. On a padded batch the kernel also saves the additive mask
-   it is given, ``B x 1 x S x S`` in the compute dtype, one per attention type among the trainable blocks.
+   0, an ``nn.Identity``) and ``mlp_norm`` input with their stats (in the compute dtype, as in 5), the ``Wqkv``
+   input, q and k after the rotary embedding, the whole ``Wqkv`` output (v is a view of it), the attention
+   output, the ``Wi`` input, the ``Wi`` output ``T x 2I`` (the GELU input and the gate are views of it), the GELU
+   output and the ``Wo`` input (``T x I`` each). ``apply_rotary_pos_emb`` saves cos and sin ``S x head_dim`` in
+   the compute dtype (``ModernBertRotaryEmbedding.forward`` returns ``cos.to(dtype=x.dtype)``; the product with
+   ``q.float()`` saves them as given), shared by the blocks of one attention type (global every
+   ``global_attn_every_n_layers``-th block, from block 0, else sliding). After the blocks: ``final_norm``'s
+   input and stats count with the backbone, and so does the prediction head's dense input under
+   ``classifier_pooling="cls"`` or the token head (the last hidden state: a ``[:, 0]`` view for cls); the head's
+   GELU input, norm input and stats and the classifier input are logits/loss. Under
+   ``classifier_pooling="mean"`` (ModernBERT-base's own config; ``ModernBertForSequenceClassification.forward``:
+   ``(h * attention_mask.unsqueeze(-1)).sum(dim=1) / attention_mask.sum(dim=1, keepdim=True)``) the product saves
+   the mask (its storage, ``B x S`` int64 as a tokenizer or collator gives it) and not the hidden state, the
+   division saves the int64 ``B x 1`` count, and the head's dense input is the pooled ``B x H``: all logits/loss.
+   On a padded batch every trainable block's attention also saves a ``B x 1 x S x S`` mask in the compute dtype,
+   one per block, not one per attention type: transformers hands ``sdpa`` a bool mask (one per attention type),
+   and torch converts a bool mask to an additive one in the query's dtype on every call (torch 2.13
+   ``aten/src/ATen/native/transformers/attention.cpp``, ``convert_boolean_attn_mask``), which the CPU flash
+   kernel saves (measured: 4 distinct masks over 4 trainable blocks of 2 attention types,
+   modernbert-tokcls-k4-bf16-padded in profiles/validation/encoder-matrix.yaml). Without padding the full-attention
+   mask is skipped, and so is the sliding one while ``seq < local_attention // 2`` (transformers 5.24
+   ``masking_utils.py``, ``_ignore_bidirectional_mask_sdpa``: ``kv_length < local_attention_size``, the size being
+   ModernBertConfig's ``sliding_window = local_attention // 2``); from that length on every trainable sliding
+   block saves its mask too (modernbert-tokcls-k4-fp32-s64).
 6. BERT's pooler runs inside ``BertModel`` (the backbone): its dense saves its input, a ``[:, 0]`` view whose
    storage is the whole last hidden state (``T H a``), and tanh saves its output (``B H a``): activations.
 7. Logits and loss (after the backbone). ``seq-cls`` multi-label (``problem_type="multi_label_classification"``):
@@ -56,13 +79,14 @@ Numbered assumptions:
    multi-hot targets that ``BCEWithLogitsLoss`` saves. RoBERTa's head: two dropout masks, the dense input, tanh
    output and ``out_proj`` input (``B H`` each), logits and targets. ``tok-cls`` (``CrossEntropyLoss`` over
    ``C`` labels per token): the dropout mask and classifier input (``T H``), the logits ``T C a``, the
-   ``log_softmax`` output ``T C a``, the int64 targets ``8 T`` and ``nll_loss``'s 0-d fp32 ``total_weight``.
+   ``log_softmax`` output ``T C a``, the int64 targets ``8 T`` and ``nll_loss``'s 0-d ``total_weight`` in the
+   logits' dtype (``a``: ATen ``LossNLL.cpp`` makes it with the input's options).
 8. Not modelled (a note says so where it applies): the allocator peak. It is not the sum of the components:
    backward frees activations while it allocates gradients (MiniLM, last 3 layers, batch 16 x 74: peak 268.0 MiB,
    sum 280.9 MiB), and a frozen layer's forward still holds transient tensors, the attention scores among them
    (head only: peak 110.7 MiB, sum 90.2 MiB; reports/classify-cpu). Also not modelled: eager
-   attention; CUDA's flash/efficient SDPA kernels; ModernBERT with dropout > 0, ``classifier_pooling="mean"``, or
-   unpadded sequences longer than half its sliding window (the sliding mask is then made and saved).
+   attention; CUDA's flash/efficient SDPA kernels; ModernBERT with dropout > 0; mean pooling without an attention
+   mask (the model then makes a bool one).
 """
 
 from __future__ import annotations
@@ -231,6 +255,16 @@ class EncoderPlanConfig:
     def mask_bytes(self) -> int:
         return self.param_bytes if self.dropout_mask_bytes is None else self.dropout_mask_bytes
 
+    @property
+    def math_sdpa_bytes(self) -> int:
+        """Assumption 5: ATen's math SDPA computes half and bf16 attention in fp32."""
+        return 4 if self.param_bytes == 2 else self.param_bytes
+
+    @property
+    def attn_mask_bytes(self) -> int:
+        """The attention-probability dropout mask: the math path's dtype on the CPU (assumption 5)."""
+        return self.math_sdpa_bytes if self.dropout_mask_bytes is None else self.dropout_mask_bytes
+
 
 @dataclass(frozen=True)
 class EncoderPlan:
@@ -271,7 +305,7 @@ def block_activation_bytes(s: EncoderSpec, pc: EncoderPlanConfig, index: int) ->
     """Trainable block ``index``'s saved tensors (assumption 5; ModernBERT: 5a)."""
     a, m, B, S = pc.param_bytes, pc.mask_bytes, pc.batch, pc.seq
     T, H, I, nh = B * S, s.hidden_size, s.intermediate_size, s.num_attention_heads
-    stats = 2 * T * 4  # one LayerNorm's fp32 mean and rstd
+    stats = 2 * T * a  # one LayerNorm's mean and rstd, in the input's dtype (assumption 5)
     if s.family.glu_mlp:  # 5a: attn_norm input (not block 0), Wqkv input, q and k after rotary, the qkv output
         # (v is a view of it), the attention output, mlp_norm input, Wi input; Wi output, act output, Wo input;
         # the CPU flash kernel's fp32 logsumexp
@@ -280,9 +314,11 @@ def block_activation_bytes(s: EncoderSpec, pc: EncoderPlanConfig, index: int) ->
     hid_masks = 2 if s.hidden_dropout_prob > 0 else 0
     attn_drop = s.attention_probs_dropout_prob > 0
     scores = B * nh * S * S
-    probs = a * scores * (2 if attn_drop else 1) + (m * scores if attn_drop else 0)
-    # block input, q, k, v copies, attention-output linear input, two LayerNorm inputs, intermediate input
-    return (a * T * H * 8 + hid_masks * m * T * H + probs + a * 2 * T * I  # GELU input, output-linear input
+    f = pc.math_sdpa_bytes  # q, k, v copies and the probabilities in the math path's dtype
+    probs = f * scores * (2 if attn_drop else 1) + (pc.attn_mask_bytes * scores if attn_drop else 0)
+    # block input, attention-output linear input, two LayerNorm inputs, intermediate input; q, k, v copies
+    return (a * T * H * 5 + f * T * H * 3 + hid_masks * m * T * H + probs
+            + a * 2 * T * I  # GELU input, output-linear input
             + 2 * stats)
 
 
@@ -293,35 +329,42 @@ def layer_types(s: EncoderSpec) -> list[str]:
 
 
 def rotary_bytes(s: EncoderSpec, pc: EncoderPlanConfig) -> int:
-    """5a: the fp32 cos and sin (``1 x 1 x S x head_dim``) saved by ``apply_rotary_pos_emb``, one pair per
-    attention type among the trainable blocks (blocks of one type share them)."""
+    """5a: the cos and sin (``1 x 1 x S x head_dim``, compute dtype) saved by ``apply_rotary_pos_emb``, one pair
+    per attention type among the trainable blocks (blocks of one type share them)."""
     if not s.family.rotary_buffers:
         return 0
     L = s.num_hidden_layers
     kinds = {layer_types(s)[i] for i in range(L - pc.train_last_k, L)}
-    return len(kinds) * 2 * pc.seq * s.head_dim * 4
+    return len(kinds) * 2 * pc.seq * s.head_dim * pc.param_bytes
 
 
 def attention_mask_bytes(s: EncoderSpec, pc: EncoderPlanConfig) -> int:
-    """5a: on a padded batch the CPU flash kernel saves the additive mask it is given, ``B x 1 x S x S`` in the
-    compute dtype, one per attention type among the trainable blocks. BERT's math path adds the mask to the scores
-    and saves nothing of it (assumption 5)."""
-    if not (s.family.glu_mlp and pc.padded):
+    """5a: the CPU flash kernel saves the additive mask torch makes from transformers' bool mask on every call,
+    ``B x 1 x S x S`` in the compute dtype, one per trainable block that gets a mask: every block of a padded
+    batch; without padding the sliding blocks from ``seq >= local_attention // 2`` on. BERT's math path adds the
+    mask to the scores and saves nothing of it (assumption 5)."""
+    if not s.family.glu_mlp:
         return 0
     L = s.num_hidden_layers
-    kinds = {layer_types(s)[i] for i in range(L - pc.train_last_k, L)}
-    return len(kinds) * pc.param_bytes * pc.batch * pc.seq * pc.seq
+    kinds = layer_types(s)[L - pc.train_last_k:]
+    masked = len(kinds) if pc.padded else \
+        sum(k == "sliding" for k in kinds) if pc.seq >= s.local_attention // 2 else 0
+    return masked * pc.param_bytes * pc.batch * pc.seq * pc.seq
 
 
 def head_activation_bytes(s: EncoderSpec, pc: EncoderPlanConfig) -> int:
     """What is saved after the last block and is counted with the backbone: BERT's pooler (assumption 6);
     ModernBERT's final norm and the head dense's input, the last hidden state (5a)."""
     a, T, H = pc.param_bytes, pc.batch * pc.seq, s.hidden_size
-    if s.family.seq_head == "modernbert":
-        return a * T * H + 2 * T * 4 + a * T * H
+    if s.family.seq_head == "modernbert":  # final_norm's input and stats; the head dense's input unless pooled
+        return a * T * H + 2 * T * a + (0 if _mean_pooled(s, pc) else a * T * H)
     if pc.head is Head.SEQ_CLS and s.family.seq_head == "pooler":
         return a * T * H + a * pc.batch * H
     return 0
+
+
+def _mean_pooled(s: EncoderSpec, pc: EncoderPlanConfig) -> bool:
+    return s.family.seq_head == "modernbert" and pc.head is Head.SEQ_CLS and s.classifier_pooling == "mean"
 
 
 def logits_loss_bytes(s: EncoderSpec, pc: EncoderPlanConfig) -> int:
@@ -330,11 +373,13 @@ def logits_loss_bytes(s: EncoderSpec, pc: EncoderPlanConfig) -> int:
     drop = s.head_dropout > 0
     rows = B * S if pc.head is Head.TOK_CLS else B  # the positions the head runs on
     if pc.head is Head.TOK_CLS:
-        loss = 2 * a * rows * C + 8 * rows + 4  # logits, log_softmax output, int64 targets, total_weight
+        loss = 2 * a * rows * C + 8 * rows + a  # logits, log_softmax output, int64 targets, total_weight
     else:
         loss = a * B * C + 4 * B * C  # logits and the fp32 multi-hot targets BCEWithLogits saves
     if s.family.seq_head == "modernbert":  # GELU input, norm input and stats, classifier input (drop p = 0)
-        return a * rows * H * 3 + 2 * rows * 4 + (m * rows * H if drop else 0) + loss
+        # mean pooling (5a): the int64 mask and count, and the pooled dense input
+        pool = 8 * B * S + 8 * B + a * B * H if _mean_pooled(s, pc) else 0
+        return a * rows * H * 3 + 2 * rows * a + (m * rows * H if drop else 0) + loss + pool
     if pc.head is Head.TOK_CLS:
         return (m * rows * H if drop else 0) + a * rows * H + loss
     if s.family.seq_head == "roberta":
@@ -356,12 +401,18 @@ def plan_encoder(s: EncoderSpec, pc: EncoderPlanConfig) -> EncoderPlan:
     notes = [f"{s.model_type}: embeddings and the first {s.num_hidden_layers - pc.train_last_k} of "
              f"{s.num_hidden_layers} layers frozen; nothing is saved for backward below the first trainable layer"]
     if s.family.glu_mlp:
-        if pc.seq > s.local_attention // 2:
-            notes.append(f"{s.model_type}: sequences longer than half the sliding window ({s.local_attention // 2} "
-                         "tokens) make a sliding mask even without padding; not modelled (assumption 8)")
-        if s.classifier_pooling != "cls" or max(s.hidden_dropout_prob, s.attention_probs_dropout_prob) > 0:
-            notes.append(f"{s.model_type}: classifier_pooling {s.classifier_pooling!r} / dropout > 0 is not "
-                         "modelled; the figures assume cls pooling and no dropout (assumption 8)")
+        if pc.seq >= s.local_attention // 2 and not pc.padded:
+            notes.append(f"{s.model_type}: from {s.local_attention // 2} tokens (half the sliding window) the "
+                         "sliding layers get a mask even without padding, saved per trainable sliding layer "
+                         "(assumption 5a)")
+        if s.classifier_pooling not in ("cls", "mean"):
+            notes.append(f"{s.model_type}: classifier_pooling {s.classifier_pooling!r} is not modelled; the figures "
+                         "assume cls pooling (assumption 8)")
+        if max(s.hidden_dropout_prob, s.attention_probs_dropout_prob) > 0:
+            notes.append(f"{s.model_type}: dropout > 0 is not modelled; the figures assume none (assumption 8)")
+        if _mean_pooled(s, pc):
+            notes.append(f"{s.model_type}: classifier_pooling 'mean' over an int64 attention mask (a tokenizer's), "
+                         "assumption 5a")
     if pc.head is Head.SEQ_CLS:
         notes.append("seq-cls: multi-label (BCEWithLogitsLoss over fp32 multi-hot targets)")
     return EncoderPlan(params=params, trainable_params=trainable, weights_bytes=a * params + buffer_bytes(s),

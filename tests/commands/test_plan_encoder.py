@@ -36,6 +36,19 @@ def test_cli_plan_is_the_encoder_planner(capsys, argv, head, labels, k, b, s):
     assert doc["total_bytes"] == p.total_bytes and doc["trainable_params"] == p.trainable_params
 
 
+def test_bf16_is_the_planner_at_two_bytes(capsys):
+    from quantlab.encoder_profiles import load_encoder
+    from quantlab.planner.encoder import EncoderPlanConfig, plan_encoder
+
+    rc, out, err = run(capsys, "--model", "bert-base-uncased", "--precision", "bf16", "--format", "json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    p = plan_encoder(load_encoder("bert-base-uncased"), EncoderPlanConfig(param_bytes=2))
+    assert doc["config"]["precision"] == "bf16" and doc["total_bytes"] == p.total_bytes
+    rc, out, err = run(capsys, "--model", "bert-base-uncased", "--precision", "nf4")
+    assert rc == 2 and "not planned for encoders" in err and len(err.strip().splitlines()) == 1
+
+
 def test_table_reads_in_80_columns(capsys):
     rc, out, _ = run(capsys, "--model", "bert-base-uncased")
     assert rc == 0 and "sum of components" in out and "last 3 of 12 layers" in " ".join(out.split())

@@ -157,4 +157,51 @@ def test_modernbert_plan_says_what_it_does_not_model():
     from quantlab.encoder_profiles import load_encoder
 
     notes = " ".join(plan_encoder(load_encoder("modernbert-base"), EncoderPlanConfig(seq=512)).notes)
-    assert "mean" in notes and "sliding" in notes
+    assert "sliding layers get a mask" in notes
+    # its own mean pooling is modelled (assumption 5a) and said so; cls pooling needs no note
+    assert "classifier_pooling 'mean'" in notes
+
+
+@pytest.mark.parametrize("family, pooling", [("bert", None), ("roberta", None), ("modernbert", "cls"),
+                                             ("modernbert", "mean")])
+@pytest.mark.parametrize("head", list(Head))
+def test_bf16_and_pooling_byte_exact(family, head, pooling):
+    """bf16 weights and compute (assumption 5: the math SDPA path's fp32 q/k/v and probabilities, LayerNorm stats
+    and ModernBERT's cos/sin in bf16; 5a: one additive mask per trainable block) and ModernBERT's two poolings,
+    padded, three of four layers trained (two attention types, two blocks of one)."""
+    torch = pytest.importorskip("torch")
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    from quantlab.lab.classify import freeze_all_but_last_k
+
+    torch.manual_seed(0)
+    c = _configs()[family]
+    c.num_labels = 5
+    c.problem_type = "multi_label_classification" if head is Head.SEQ_CLS else None
+    if pooling is not None:  # ModernBERT's field
+        c.classifier_pooling = pooling
+    auto = AutoModelForSequenceClassification if head is Head.SEQ_CLS else AutoModelForTokenClassification
+    model = auto.from_config(c, dtype=torch.bfloat16)
+    model.train()
+    freeze_all_but_last_k(model, 3)
+    m = _measure(model, 3, 7, 5, head, True)
+    plan = plan_encoder(EncoderSpec.from_config(c.to_dict()),
+                        EncoderPlanConfig(head=head, num_labels=5, train_last_k=3, batch=3, seq=7, padded=True,
+                                          param_bytes=2))
+    for k in COMPONENTS:
+        assert getattr(plan, f"{k}_bytes") == getattr(m, f"{k}_bytes"), k
+
+
+def test_modernbert_sliding_mask_from_half_the_window():
+    """Assumption 5a: without padding the sliding layers get a mask from seq = local_attention // 2 on
+    (masking_utils ``kv_length < local_attention_size`` skips it below), one per trainable sliding block; padded,
+    every trainable block has one. 4 layers: full, sliding, sliding, full; the last 3 trained (2 sliding)."""
+    from quantlab.planner.encoder import attention_mask_bytes
+
+    s = EncoderSpec("modernbert", 64, 4, 4, 96, 100, 8192, 0, 0.0, 0.0, 0.0, local_attention=128)
+    def mask(seq, padded=False):
+        return attention_mask_bytes(s, EncoderPlanConfig(train_last_k=3, batch=2, seq=seq, padded=padded))
+
+    assert mask(63) == 0
+    assert mask(64) == 2 * 4 * 2 * 64 * 64  # two sliding blocks, fp32 B x 1 x S x S each
+    assert mask(63, padded=True) == 3 * 4 * 2 * 63 * 63
