@@ -41,10 +41,11 @@ G5. Memory of optimizer step ``measure_step`` (default 2: AdamW's states exist),
       lines 2709-2737). A window's total is the bytes live at its start (policy and reference storages, AdamW's
       states, gradients, TRL's buffered inputs of the previous generation, the call's tensor arguments; a scoring
       forward's ids and mask twice: ``torch.cat([prompt_ids, completion_ids])`` keeps its inputs bound, line
-      2506) plus the allocator's peak growth over the window; the phase's total is the largest window.
+      2501) plus the allocator's peak growth over the window; the phase's total is the largest window.
     - training (``_compute_loss``, the policy forward with TRL's fused LM head and its backward, then the AdamW
       step): :class:`quantlab.lab.measure.StepProbe`, started when ``_prepare_inputs`` returns (generation done),
-      with TRL's buffered generation batch added to the bytes live at its start. ``activations`` is what the
+      with TRL's buffered generation batch and a reference model's storages (which the probe does not hook)
+      added to the bytes live at its start. ``activations`` is what the
       policy's forward saved for backward (backbone and fused head: StepProbe's ``activations`` + ``logits_loss``).
       The window's start also counts the forward's input ids, mask and labels, which ``_compute_loss`` builds
       inside the window: those few int64 bytes (3 x 8 x batch x tokens) are counted twice.
