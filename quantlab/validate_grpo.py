@@ -21,7 +21,10 @@ V3. Components, on the lab's boundaries: ``weights``, ``adapters``, ``gradients`
     saved (StepProbe ``activations`` + ``logits_loss``); ``kv_cache``: the plan's ``generation_kv_cache`` against
     generate's cache at the end; ``prefill_transient`` / ``decode_transient``: the serving planner's generate phase
     components (:func:`quantlab.planner.serving.transformers_plan` on the configuration preference P4 builds)
-    against the phases of generate's window; ``reference_weights`` with ``beta`` > 0 and a full policy.
+    against the phases of generate's window; ``reference_weights`` with ``beta`` > 0 and a full policy;
+    ``reference_forward`` / ``old_policy_forward``: the allocator's growth over TRL's no-grad scoring forward of
+    that kind (lab/grpo.py G5) against the plan's ``reference_forward`` (preference P3) and 0 (P4 plans no
+    old-policy forward: /work/notes/grpo-requests.md R3).
 V4. Totals: ``allocated`` (the step's peak, the larger phase) against ``peak_allocated_bytes``; each phase apart:
     ``generation_allocated`` = the plan's static bytes (weights, adapters, optimizer states, a reference or reward
     model; gradients only where they are kept, P8) + ``generation_kv_cache`` + ``generation_transient``, against
