@@ -212,9 +212,73 @@ def report_text(res: dict, row: dict, command: str) -> str:
         "around the policy's `generate` (prefill and decode split at the second forward, as `quantlab validate` "
         "measures serving) and one per TRL no-grad scoring forward; the training phase is StepProbe from the end of "
         "generation to the optimizer step. A phase's total is the tensor bytes live at its start plus the "
-        "allocator's peak growth. Why a row misses, with the library code: /work/notes/grpo-requests.md and the "
-        "README's notes below.", ""]
+        "allocator's peak growth.", "", "Reading it:", ""] + reading(res, row)
     return "\n".join(lines) + "\n"
+
+
+# why a component misses, from the library code (the requests the planner's owner holds: grpo-requests.md)
+KNOWN = {
+    "decode_transient": "serving S1b plans GenerationConfig's top-k 50 sampling (17 bytes per row and vocabulary "
+                        "entry at a decode step, 12 held through the next forward); TRL's GRPOConfig samples with "
+                        "top_k 0, top_p 1, temperature 1, so generate runs no logits processor: the fp32 copy is "
+                        "the scores, and a step holds 12 (the copy, the softmax, torch.multinomial's exponential "
+                        "noise; the previous step's copy and probabilities, 8, through the forward) (request R1)",
+    "generation_allocated": "the generation phase carries the decode transient's miss (R1) and, with beta > 0 or "
+                            "num_iterations > 1, a no-grad scoring forward the plan does not put in this phase "
+                            "(R2, R3)",
+    "reference_forward": "see R2", "old_policy_forward": "preference P4 plans no old-policy forward (R3)"}
+
+
+def reading(res: dict, row: dict) -> list[str]:
+    """What the figures say, derived from them (so a re-run keeps the text true)."""
+    from quantlab.validate import target
+
+    out = []
+    b, a = res.get("before_reward"), res.get("after_reward")
+    if a is not None and b is not None:
+        n = res["eval_prompts"] * res["config"]["num_generations"]
+        out.append(f"- Held-out reward {b:.3f} -> {a:.3f} over {n} sampled completions ({res['eval_prompts']} "
+                   f"prompts x {res['config']['num_generations']}) after {res['config']['max_steps']} steps: a run "
+                   "this short is a check that the loop trains and is measured, not a quality result (the "
+                   "difference is within the sampling noise of so few completions).")
+    lb, la = res.get("before_completions/mean_length"), res.get("after_completions/mean_length")
+    C = res["config"]["max_completion_length"]
+    clipped = [c for c in res.get("train_clipped_ratio") or () if c is not None]
+    if lb is not None and clipped and min(clipped) > 0.5:
+        out.append(f"- Completions average {lb:.1f} (before) and {la:.1f} (after) of at most {C} tokens on the "
+                   f"held-out prompts, and TRL's training log has {100 * min(clipped):.0f}-{100 * max(clipped):.0f}% "
+                   "of completions cut at the limit (completions/clipped_ratio): an object the model was still "
+                   "writing does not parse (json_valid 0); the "
+                   "base model's keys are its own (name, age, city: tasks/json-extract/README.md), so "
+                   "json_fields starts at 0 and a few steps cannot find the schema by sampling.")
+    exact = [r["component"] for r in table_rows(row) if r["error"] == 0 and r["meas_bytes"]]
+    if exact:
+        out.append(f"- Equal to the plan to the byte: {', '.join(exact)}.")
+    for key, what, _ in ROWS:
+        e = row.get(f"err_{key}")
+        if e is None:
+            continue
+        tol = target("allocated" if key.endswith("allocated") else key, "cpu")
+        if abs(e) > tol:
+            out.append(f"- {what}: {100 * e:+.2f}% (target {100 * tol:.0f}%): {KNOWN.get(key, 'not explained yet')}.")
+    g = res["generation"]
+    if g["prompt_padded"] and row.get("err_prefill_transient"):
+        out.append(f"- generate's prefill transient {100 * row['err_prefill_transient']:+.2f}%: the prompts are "
+                   "left-padded to the longest, so SDPA gets a boolean mask (rows x 1 x prompt x prompt bytes at the "
+                   "prefill), which preference P4 plans without (its generate phase has padding_mask False).")
+    peak = "training" if row["meas_training_allocated_bytes"] >= row["meas_generation_allocated_bytes"] else \
+        "generation"
+    out.append(f"- The step's peak is the {peak} phase, measured and planned: the training phase holds TRL's fused "
+               "LM head's chunk buffers (preference P2), larger here than generate's KV cache and transients.")
+    return out
+
+
+def rewrite(out: Path) -> None:
+    """Compare a stored run (``grpo.json``) again and rewrite its report (the measured figures are the run's)."""
+    res = json.loads((out / "grpo.json").read_text())
+    res.pop("comparison", None)
+    row = compare(res, res["model_spec"])
+    write(out, res, row, res.get("command") or "quantlab lab grpo")
 
 
 def write(out: Path, res: dict, row: dict, command: str) -> None:
@@ -233,11 +297,12 @@ def run(args) -> int:
     out = Path(args.out) if args.out else None
     res = run_grpo(cfg, out, log=lambda s: print(s, file=sys.stderr))
     res["model_spec"] = spec
+    command = "quantlab " + " ".join(sys.argv[1:]) if sys.argv[1:] else "quantlab lab grpo"
+    res["command"] = command
     if out is not None:  # the measured run first, whatever follows
         out.mkdir(parents=True, exist_ok=True)
         (out / "grpo.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
     row = compare(res, spec)
-    command = "quantlab " + " ".join(sys.argv[1:]) if sys.argv[1:] else "quantlab lab grpo"
     if out is not None:
         write(out, res, row, command)
     if args.format == "json":

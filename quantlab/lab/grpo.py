@@ -464,7 +464,8 @@ def run_grpo(cfg: GRPORun, out: str | Path | None = None, *, log=print, model=No
            "load_s": load_s, "eval_s": eval_s, "train_s": train_s, "s_per_step": train_s / cfg.max_steps,
            "measured_step": cfg.measure_step, **ph,
            "trainable_params": ph["training"].get("meas_trainable_params"),
-           "train_rewards": [h.get("reward") for h in history]}
+           "train_rewards": [h.get("reward") for h in history],
+           "train_clipped_ratio": [h.get("completions/clipped_ratio") for h in history]}
     for k in ("reward", "rewards/json_valid/mean", "rewards/json_fields/mean", "completions/mean_length"):
         res[f"before_{k}"] = before.get(f"eval_{k}")
         res[f"after_{k}"] = after.get(f"eval_{k}")
