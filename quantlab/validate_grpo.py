@@ -135,11 +135,14 @@ def predict_grpo(cfg, pref) -> dict:
     G = c.get("gradients", 0)
     kept_grads = M.keeps_grads(cfg) or cfg.optimizer_in_backward
     static = sum(c.get(k, 0) for k in STATIC) + (G if kept_grads else 0)
-    out["pred_generation_allocated_bytes"] = static + c["generation_kv_cache"] + c["generation_transient"]
+    # the generation phase as the plan places it: generate, or a no-grad scoring forward the plan puts in this
+    # phase (``generation_scoring``, once preference P4 plans it there: grpo-requests.md R2/R3)
+    out["pred_generation_allocated_bytes"] = static + max(c["generation_kv_cache"] + c["generation_transient"],
+                                                          c.get("generation_scoring", 0))
     G_ = 0 if kept_grads else G
     train = max(c["activations"] + c.get("logits", 0), G_ + c.get("optimizer_step", 0),
                 G_ + c.get("embedding_grad_tail", 0))
-    if "reference_forward" in c:
+    if "reference_forward" in c and "generation_scoring" not in c:  # today's P3: beside the activations
         train = max(train, c["activations"] + c["reference_forward"])
     out["pred_training_allocated_bytes"] = static + train
     out["pred_allocated_bytes"] = p.peak_allocated_bytes
