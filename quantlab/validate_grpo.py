@@ -46,9 +46,11 @@ SCORING = ("reference_forward", "old_policy_forward")  # TRL's no-grad scoring f
 STATIC = ("weights", "quant_constants", "adapters", "optimizer", "ddp_buckets", "reference_weights", "reward_model")
 
 
-def measure_grpo(case, *, max_steps: int = 2, log=lambda s: None) -> dict:
+def measure_grpo(case, *, num_iterations: int = 1, log=lambda s: None) -> dict:
     """Run TRL's GRPOTrainer on the case's model (V1) and return the ``meas_`` keys, the step's shape and the
-    phases' readings."""
+    phases' readings. ``num_iterations`` (TRL's; PreferenceConfig has no such field yet: grpo-requests.md R3) > 1
+    adds the old policy's scoring forward; the step measured is the first after the first that generates again
+    (1 + num_iterations; 2 by default)."""
     from transformers import AutoTokenizer
 
     from quantlab.lab.grpo import GRPORun, run_grpo
@@ -60,6 +62,8 @@ def measure_grpo(case, *, max_steps: int = 2, log=lambda s: None) -> dict:
     C = pref.max_completion_length
     if pc.seq <= C:
         raise QuantlabError(f"{case.id}: seq {pc.seq} leaves no prompt beside max-completion-length {C}")
+    step = 1 + num_iterations  # AdamW's states exist, and TRL generates at this step (lab/grpo.py G5)
+    max_steps = step
     with model_source(case) as src:
         tok = AutoTokenizer.from_pretrained(ensure_embedded(progress=False))
         tok.save_pretrained(src.path)
@@ -68,7 +72,8 @@ def measure_grpo(case, *, max_steps: int = 2, log=lambda s: None) -> dict:
                       batch=pc.batch, num_generations=pref.num_generations, max_completion_length=C,
                       beta=float(pref.beta or 0.0), lora_r=pc.lora_r, lora_alpha=pc.lora_alpha,
                       lora_targets=tuple(pc.lora_targets), policy="full" if pc.method is Method.FULL else "lora",
-                      grad_checkpointing=pc.grad_checkpointing, ignore_eos=True, measure_step=max_steps)
+                      grad_checkpointing=pc.grad_checkpointing, ignore_eos=True, measure_step=step,
+                      num_iterations=num_iterations)
         res = run_grpo(run, None, log=log, tokenizer=tok)
     return measured_keys(res)
 
@@ -95,6 +100,7 @@ def measured_keys(res: dict) -> dict:
                meas_generation_forwards=g["forwards"], meas_scoring=[
                    {k: v for k, v in s.items() if not k.startswith("_")} for s in res["scoring"]],
                meas_reference=res["reference"], meas_grad_checkpointing=res["grad_checkpointing"],
+               meas_num_iterations=res["config"]["num_iterations"],
                meas_notes=list(res.get("training_notes", ())))
     return out
 
@@ -165,7 +171,8 @@ def compare_grpo(case, meas: dict) -> dict:
                optimizer=pc.optimizer.value, batch=cfg.batch, seq=cfg.seq, attn=pc.attn.value,
                grad_checkpointing=cfg.grad_checkpointing, device=meas.get("device", "cpu"),
                padding_mask=cfg.padding_mask, num_generations=pr.num_generations,
-               max_completion_length=pr.max_completion_length, beta=pr.beta, reference=meas.get("meas_reference"))
+               max_completion_length=pr.max_completion_length, beta=pr.beta, reference=meas.get("meas_reference"),
+               num_iterations=meas.get("meas_num_iterations", 1))
     if pc.method.value in ("lora", "qlora"):
         row.update(lora_r=pc.lora_r, lora_alpha=pc.lora_alpha, lora_targets=list(pc.lora_targets))
     row.update(predict_grpo(cfg, pr))
