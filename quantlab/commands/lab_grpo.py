@@ -285,7 +285,11 @@ def write(out: Path, res: dict, row: dict, command: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "grpo.json").write_text(json.dumps({**res, "comparison": row}, indent=2, default=str) + "\n")
     name = "README.md" if out.resolve() == Path(OUT).resolve() else "grpo.md"
-    (out / name).write_text(report_text(res, row, command))
+    text = report_text(res, row, command)
+    more = sorted(p.relative_to(out).as_posix() for p in out.glob("*/grpo.md"))
+    if more:
+        text += "\nMore runs: " + ", ".join(f"[{m.split('/')[0]}]({m})" for m in more) + ".\n"
+    (out / name).write_text(text)
 
 
 def run(args) -> int:
