@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-LAB_COMMANDS = ("ptq", "finetune", "merge", "classify")
+LAB_COMMANDS = ("ptq", "finetune", "merge", "classify", "grpo")
 
 
 def register(sub) -> None:
