@@ -1084,11 +1084,21 @@ def missed_targets(row: dict) -> list[str]:
 def measurement_row(row: dict, *, source: str) -> dict | None:
     """The row for ``reports/measurements.jsonl``: the run's conditions, metric ``allocated``, ``device``."""
     total = row.get("meas_allocated_bytes")
-    if total is None or row.get("plans_over") is not None:  # an issue #13 method: the published row format
-        return None  # has no field for it yet (quantlab.groundtruth plans with plan() only)
+    if total is None:
+        return None
+    preference = None
+    if row.get("plans_over") is not None:  # an issue #13 method (assumption 13)
+        from quantlab.planner.preference import Objective
 
+        if row["method"] not in {o.value for o in Objective}:  # bitfit, dora, ptuning, distill: the row format
+            return None  # has no field for their variant settings yet
+        # a preference objective: the PreferenceConfig the row was planned with (the reference as the lab ran
+        # it), which quantlab.groundtruth re-plans through method_plan
+        ref = row.get("reference")
+        preference = {"objective": row["method"], "reference": ref if ref in ("adapter", "copy") else "auto",
+                      "beta": row.get("beta")}
     r: dict[str, Any] = {"id": f"quantlab-validate-{row['id']}", "source": source, "model": row["model"],
-                         "method": row["method"], "weights": row["precision"], "double_quant": row["double_quant"],
+                         "method": row["plans_over"] if preference else row["method"], "weights": row["precision"], "double_quant": row["double_quant"],
                          "compute_dtype": row["compute_dtype"], "batch": row["batch"], "seq": row["seq"],
                          "attn": row["attn"], "device": row.get("device", "cpu"), "metric": "allocated",
                          "value_bytes": int(total), "unit_published": "bytes", "flash_attention": False}
@@ -1113,6 +1123,8 @@ def measurement_row(row: dict, *, source: str) -> dict | None:
             r[k] = row[k]
     if row.get("mode") is not None:  # a serving case: what generate / score / prefill ran (planned by serving.py)
         r["serve"] = {k: row[k] for k in SERVE_ROW_KEYS}
+    if preference is not None:
+        r["preference"] = preference
     return r
 
 
