@@ -90,13 +90,17 @@ allocator reserve):
     measure_distill` (TRL 1.16 GKDTrainer's ``generalized_jsd_loss``; the teacher is a second random model of
     the ``teacher`` profile and scale, seed 1); ``loss_saved`` is what the loss keeps for backward, against
     :func:`quantlab.planner.peft_methods.jsd_saved`. Predicted by ``variant_flags.variant_plan`` (the
-    peft_methods compositions). DPO: TRL's ``DPOTrainer`` in :func:`quantlab.lab.preference.run_dpo` on the
-    shipped json-prefs pairs (``2 x batch`` training pairs, 2 held-out, 2 steps, ``max_length`` = the case's
-    ``seq``), tokenized by the embedded tokenizer (the scale must keep its 49152-token vocabulary); the step is
-    measured by StepProbe. The data decide the step's shape: the case is planned (``preference_plan``) for the
-    measured step (pairs, padded width, padding; ``reports/dpo-cpu``'s C1), which the row shows as ``batch`` /
-    ``seq`` (``max_length`` beside them). ``activations`` is the policy's saved tensors with the fused head's
-    (preference P2); a reference copy's weights are ``reference_weights`` and are added to the measured total.
+    peft_methods compositions). DPO, ORPO, SimPO, KTO, reward: TRL's trainer of the objective in
+    :func:`quantlab.lab.preference.run_preference` on the shipped json-prefs pairs (``2 x batch`` training pairs,
+    2 held-out, 2 steps, ``max_length`` = the case's ``seq``), tokenized by the embedded tokenizer (the scale must
+    keep its 49152-token vocabulary); the step is measured by StepProbe. The data decide the step's shape: the
+    case is planned (``preference_plan``) for the measured step (pairs, or KTO's completions, padded width,
+    padding; ``reports/dpo-cpu``'s C1), which the row shows as ``batch`` / ``seq`` (``max_length`` beside them).
+    ``activations`` is the policy's saved tensors, for DPO and KTO with the fused head's (preference P2), for a
+    reward model with the score head's input (P5); ORPO and SimPO compare ``logits_loss``: the logits the model
+    returns plus what their loss saves outside the model (the lab's loss counter) against
+    ``preference.logits_loss_saved`` (trl_head H7-H8); a reference copy's weights are ``reference_weights`` and
+    are added to the measured total.
 
 Targets (issue #5): on a CPU every tensor component within 2% and every total within 3%; on a GPU allocated
 within 3%, reserved and process within 6%. An error is ``(predicted - measured) / measured``: negative is an

@@ -1,6 +1,8 @@
-"""``quantlab lab finetune --method dpo``: TRL's DPOTrainer in the lab (:mod:`quantlab.lab.preference`), its scores
-before and after, and the measured step beside :func:`quantlab.planner.preference.preference_plan` for the same
-step (the lab does not import the planner; this command layer holds both).
+"""``quantlab lab finetune --method dpo|orpo|simpo|kto|reward``: TRL's preference trainers in the lab
+(:mod:`quantlab.lab.preference`), their scores before and after, and the measured step beside
+:func:`quantlab.planner.preference.preference_plan` for the same step (the lab does not import the planner; this
+command layer holds both). DPO writes reports/dpo-cpu; the other objectives reports/preference-cpu (one
+``<objective>.md`` section each, collected in its README).
 
 :func:`run_from_args` is what ``lab finetune`` dispatches to (the flags it shares: ``--model``, ``--task``,
 ``--data``, ``--test-file``, ``--max-steps``, ``--batch`` (pairs), ``--seq`` (DPOConfig.max_length), ``--lora-r``,
@@ -17,6 +19,10 @@ C2. weights, adapters, gradients and optimizer states compare one to one. ``acti
     measured policy forward saved for backward (backbone + fused head: StepProbe's ``activations`` +
     ``logits_loss``) with the plan's ``activations`` (preference P2: the backbone's saved tensors plus the fused
     head's saved rows).
+C2b. The other objectives (the same C1 step; KTO's sequences are its completions, not pairs): ORPO / SimPO
+    compare the backbone's saved tensors with ``activations`` and the logits the model returns plus what the loss
+    saves outside the model (the lab's loss counter) with ``preference.logits_loss_saved`` (trl_head H7-H8); a
+    reward model's ``activations`` include the score head's input (preference P5).
 C3. ``allocated``: the CPU allocator's peak over the step (StepProbe) against the plan's peak allocated. The
     planned transients (``logits_both_sequences``: the fused head's chunk buffers; ``reference_forward``) have no
     separate measurement: they are inside the measured peak, and are listed with the plan only. A reference

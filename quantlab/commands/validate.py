@@ -29,8 +29,9 @@ inference entry a serving one, planned by :mod:`quantlab.planner.serving` (``bat
 Issue #13's methods take ``quantlab plan``'s names and flags (:mod:`quantlab.commands.variant_flags`,
 :mod:`quantlab.commands.preference_flags`): ``method: bitfit | dora | ptuning | distill`` with ``encoder-hidden-size``,
 ``encoder-type``, ``encoder-num-layers``, ``teacher``, ``distill-beta``, plus ``teacher-scale`` (the teacher's
-config.json overrides, as ``scale`` is the student's); ``method: dpo`` with ``policy`` (lora, full), ``reference``,
-``beta`` (``batch`` is pairs and ``seq`` DPOConfig's max_length; the row is planned for the step measured). They are
+config.json overrides, as ``scale`` is the student's); ``method: dpo | orpo | simpo | kto | reward`` with ``policy``
+(lora, full), ``reference`` (dpo, kto), ``beta`` (not reward) (``batch`` is pairs, KTO's completions, and ``seq`` the
+trainer's max_length; the row is planned for the step measured; grpo is planned only). They are
 measured by their own lab code (:mod:`quantlab.validate` assumption 13)::
 
     - {id: llama-ptuning-mlp-fp32, method: ptuning, model: llama-3.2-1b, scale: llama-3.2-1b/16,
