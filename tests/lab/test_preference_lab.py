@@ -128,3 +128,25 @@ def test_kto_rows_are_unpaired_conversations_under_a_chat_template():
                      "completion": [{"role": "assistant", "content": '{"a": 1}'}], "label": True},
                     {"prompt": [{"role": "user", "content": "Give JSON."}],
                      "completion": [{"role": "assistant", "content": "{'a': 1}"}], "label": False}]
+
+
+def test_the_command_writes_each_objective_and_the_collected_readme(tiny_dir, tmp_path, monkeypatch):
+    """run_config writes <objective>.json / .md / -history.csv; in reports/preference-cpu (here a stand-in) the
+    README collects every objective's section; --replan rewrites them from the stored run."""
+    import json
+
+    import quantlab.commands.lab_preference as lp
+    from quantlab.lab.preference import PreferenceRun
+
+    monkeypatch.setattr(lp, "PREFERENCE_OUT", str(tmp_path))
+    cfg = PreferenceRun(model=str(tiny_dir), objective="reward", max_steps=2, batch=2, eval_batch=2, train_pairs=4,
+                        eval_pairs=2, lora_r=4, lora_alpha=8, grad_checkpointing=False, beta=None)
+    res = lp.run_config(cfg, tmp_path, "quantlab lab finetune --method reward (test)", log=lambda s: None)
+    assert {p.name for p in tmp_path.iterdir()} >= {"reward.json", "reward.md", "reward-history.csv", "README.md"}
+    text = (tmp_path / "README.md").read_text()
+    assert "## Reward model" in text and "quantlab lab finetune --method reward (test)" in text
+    assert "reward accuracy (chosen score > rejected score)" in text and "| allocated (peak over the step) |" in text
+    stored = json.loads((tmp_path / "reward.json").read_text())
+    assert stored["comparison"] == res["comparison"]
+    lp.rewrite_report(tmp_path)
+    assert "recomputed at git" in (tmp_path / "reward.md").read_text()
