@@ -241,7 +241,8 @@ def objective_report(res: dict, rows: list[dict], command: str) -> str:
     policy = (f"PEFT LoRA r {c['lora_r']} alpha {c['lora_alpha']} on {','.join(c['lora_targets'])}"
               + (" (+ the score head, modules_to_save)" if obj == "reward" else "")
               if c.get("policy", "lora") == "lora" else "full policy")
-    lines = [f"## {obj.upper() if obj != 'reward' else 'Reward model'}", "",
+    title = {"dpo": "DPO", "orpo": "ORPO", "simpo": "SimPO", "kto": "KTO", "reward": "Reward model"}[obj]
+    lines = [f"## {title}", "",
              f"Made by `{command}` (torch {e['torch']}, transformers {e['transformers']}, peft {e['peft']}, trl "
              f"{e['trl']}; {e['cpu']}, {e['cores']} cores shared with other jobs, {e['torch_threads']} torch "
              f"thread(s), 1-minute load {e['load_avg_1m']:.1f} at the end; no GPU).", "",
@@ -271,7 +272,9 @@ def objective_report(res: dict, rows: list[dict], command: str) -> str:
         lines.append(f"| {r['component']} | {mib(r['pred_bytes'])} | {mib(r['meas_bytes'])} | {r['pred_bytes']:,} "
                      f"| {meas_b} | {err} |")
     notes = "; ".join(res["measurement_notes"]) or "none"
-    lines += ["", f"- instrument notes: {notes}."]
+    lines += ["", f"- instrument notes: {notes}"
+              + (" (the lab's loss counter, lab/preference.py D4, measures what the loss saves outside the model: "
+                 "it is in the logits_loss_saved row)." if obj in ("orpo", "simpo") else ".")]
     if res.get("replanned_at"):
         lines.append(f"- The planned columns were recomputed at git {res['replanned_at']} (`--replan`); the measured "
                      "figures are the run's.")
