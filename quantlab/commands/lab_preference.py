@@ -98,6 +98,8 @@ def compare_rows(res: dict) -> list[dict]:
         pairs += [("activations (saved: backbone + score head input)", comps.get("activations", 0),
                    m.get("meas_activations_bytes")),
                   ("backward_transient (last block's MLP backward)", comps.get("backward_transient", 0), None)]
+        if "block_recompute" in comps:
+            pairs.append(("block_recompute (checkpointing: one block recomputed)", comps["block_recompute"], None))
     pairs.append(("allocated (peak over the step)", p.peak_allocated_bytes,
                   None if m.get("meas_allocated_bytes") is None else m["meas_allocated_bytes"]
                   + res.get("reference_bytes", 0)))  # StepProbe counts the policy; a reference model is live too
@@ -324,13 +326,34 @@ Files: `<objective>.json` (the run, measured and planned), `<objective>-history.
 
 
 def write_readme(out: Path) -> None:
-    """README.md of reports/preference-cpu: the head and each objective's section that has been run."""
+    """README.md of reports/preference-cpu: the head, a summary row per objective run (held-out accuracy and
+    margin before -> after; the step's planned vs measured peak) and each objective's section."""
+    from quantlab.units import MiB
+
     parts = [README_HEAD]
+    summary = ["| objective | steps | held-out accuracy before -> after | margin before -> after | planned / measured "
+               "peak allocated (MiB) | error | components exact to the byte |", "|---|---|---|---|---|---|---|"]
+    sections = []
     for name in ("orpo", "simpo", "kto", "reward"):
-        f = out / f"{name}.md"
-        if f.is_file():
-            parts.append(f.read_text())
-    (out / "README.md").write_text("\n".join(parts))
+        f, j = out / f"{name}.md", out / f"{name}.json"
+        if not (f.is_file() and j.is_file()):
+            continue
+        sections.append(f.read_text())
+        res = json.loads(j.read_text())
+        acc = "accuracy" if name == "reward" else "rewards/accuracies"
+        mar = "margin" if name == "reward" else "rewards/margins"
+
+        def ba(k):
+            b, a = res.get("before_" + k), res.get("after_" + k)
+            return "- (the trainer reports none)" if b is None else f"{b:.3f} -> {a:.3f}"
+
+        rows = res["comparison"]
+        alloc = next(r for r in rows if r["component"].startswith("allocated"))
+        exact = [r["component"].split(" ")[0] for r in rows if r["meas_bytes"] is not None and r["error"] == 0.0]
+        summary.append(f"| {name} | {res['config']['max_steps']} | {ba(acc)} | {ba(mar)} | "
+                       f"{alloc['pred_bytes'] / MiB:.2f} / {alloc['meas_bytes'] / MiB:.2f} | "
+                       f"{100 * alloc['error']:+.2f}% | {', '.join(exact)} |")
+    (out / "README.md").write_text("\n".join(parts + ["\n".join(summary) + "\n"] + sections))
 
 
 def model_spec(model: str) -> dict:
