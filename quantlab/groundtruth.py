@@ -3,7 +3,10 @@
 Rows follow ``shared/ground-truth/published.jsonl``: the exact conditions of a run (model, method, weights,
 compute dtype, training precision, optimizer, LoRA, checkpointing, batch, seq, attention, GPU, stack) and
 one metric (``allocated``, ``reserved``, ``process`` in bytes, or ``fits``). The lab appends its own rows
-to ``reports/measurements.jsonl`` in the same format, so one check covers both.
+to ``reports/measurements.jsonl`` in the same format, so one check covers both. A row a TRL preference trainer
+measured carries ``preference`` (its objective, reference and beta) and is re-planned through
+:func:`quantlab.validate.method_plan`, as ``quantlab validate`` planned it; the PEFT variants' rows (bitfit, DoRA,
+P-tuning, distillation) have no such field yet and are not written.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ ROW_VALUES = {"training_precision": {"amp": "amp", "amp-bf16": "amp", "amp-fp16"
 # Keys that describe the row, not the configuration (model is resolved from its profile with model_overrides;
 # ``validation``: what ``quantlab validate`` found when it measured a lab row, pass or fail).
 ROW_ONLY = ("id", "source", "model", "model_overrides", "gpu", "metric", "value_bytes", "unit_published", "fits",
-            "tolerance", "notes", "url", "date", "serve", "validation")
+            "tolerance", "notes", "url", "date", "serve", "validation", "preference")
 
 
 def row_config_dict(row: dict) -> dict:
@@ -151,6 +154,8 @@ def check_row(row: dict) -> Check:
         return Check(row["id"], metric, stack, float(bool(row["fits"])), float(f.fits), None, f.fits == row["fits"])
     if row.get("serve") is not None:
         p = serve_row_plan(row, cfg)
+    elif row.get("preference") is not None:  # a preference objective the lab measured (validate.method_plan)
+        p = preference_row_plan(row, cfg)
     else:  # where the plan meets the row's GPU, its measured CUDA context replaces the default (fit.on_gpu)
         p = plan(cfg)
         if row.get("gpu"):
@@ -161,6 +166,21 @@ def check_row(row: dict) -> Check:
     err = (pred - row["value_bytes"]) / row["value_bytes"]
     tol = row.get("tolerance") or TARGETS.get((cfg.library, metric), 0.10)
     return Check(row["id"], metric, stack, row["value_bytes"], pred, err, abs(err) <= tol)
+
+
+def preference_row_plan(row: dict, cfg: PlanConfig):
+    """The plan of a row measured by a TRL preference trainer (``preference``: the
+    :meth:`quantlab.planner.preference.PreferenceConfig.to_dict` fields it was planned with; the row's ``method`` is
+    the policy's), through :func:`quantlab.validate.method_plan`, the composition ``quantlab validate`` compared."""
+    from quantlab.planner.preference import PreferenceConfig
+    from quantlab.specs import SpecError
+    from quantlab.validate import method_plan
+
+    try:
+        pref = PreferenceConfig.from_dict(row["preference"])
+        return method_plan(cfg, pref)
+    except SpecError as e:
+        raise QuantlabError(f"measurement row {row.get('id', '?')}: preference: {e}") from None
 
 
 def serve_row_plan(row: dict, cfg: PlanConfig):

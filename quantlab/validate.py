@@ -90,13 +90,17 @@ allocator reserve):
     measure_distill` (TRL 1.16 GKDTrainer's ``generalized_jsd_loss``; the teacher is a second random model of
     the ``teacher`` profile and scale, seed 1); ``loss_saved`` is what the loss keeps for backward, against
     :func:`quantlab.planner.peft_methods.jsd_saved`. Predicted by ``variant_flags.variant_plan`` (the
-    peft_methods compositions). DPO: TRL's ``DPOTrainer`` in :func:`quantlab.lab.preference.run_dpo` on the
-    shipped json-prefs pairs (``2 x batch`` training pairs, 2 held-out, 2 steps, ``max_length`` = the case's
-    ``seq``), tokenized by the embedded tokenizer (the scale must keep its 49152-token vocabulary); the step is
-    measured by StepProbe. The data decide the step's shape: the case is planned (``preference_plan``) for the
-    measured step (pairs, padded width, padding; ``reports/dpo-cpu``'s C1), which the row shows as ``batch`` /
-    ``seq`` (``max_length`` beside them). ``activations`` is the policy's saved tensors with the fused head's
-    (preference P2); a reference copy's weights are ``reference_weights`` and are added to the measured total.
+    peft_methods compositions). DPO, ORPO, SimPO, KTO, reward: TRL's trainer of the objective in
+    :func:`quantlab.lab.preference.run_preference` on the shipped json-prefs pairs (``2 x batch`` training pairs,
+    2 held-out, 2 steps, ``max_length`` = the case's ``seq``), tokenized by the embedded tokenizer (the scale must
+    keep its 49152-token vocabulary); the step is measured by StepProbe. The data decide the step's shape: the
+    case is planned (``preference_plan``) for the measured step (pairs, or KTO's completions, padded width,
+    padding; ``reports/dpo-cpu``'s C1), which the row shows as ``batch`` / ``seq`` (``max_length`` beside them).
+    ``activations`` is the policy's saved tensors, for DPO and KTO with the fused head's (preference P2), for a
+    reward model with the score head's input (P5); ORPO and SimPO compare ``logits_loss``: the logits the model
+    returns plus what their loss saves outside the model (the lab's loss counter) against
+    ``preference.logits_loss_saved`` (trl_head H7-H8); a reference copy's weights are ``reference_weights`` and
+    are added to the measured total.
 
 Targets (issue #5): on a CPU every tensor component within 2% and every total within 3%; on a GPU allocated
 within 3%, reserved and process within 6%. An error is ``(predicted - measured) / measured``: negative is an
@@ -177,13 +181,20 @@ def lab_refusal(pc: PlanConfig, serve=None) -> str | None:
     return None
 
 
+def _lab_objectives():
+    from quantlab.planner.preference import Objective
+
+    return (Objective.DPO, Objective.ORPO, Objective.SIMPO, Objective.KTO, Objective.REWARD)
+
+
 def method_refusal(pc: PlanConfig, variant) -> str | None:
     """Why the lab code of an issue #13 method (assumption 13) cannot run ``pc`` as planned, or None: its loops
     are AdamW steps in the weights' dtype on an unpadded random batch (bitfit, dora, ptuning, distill), or TRL's
-    DPOTrainer in fp32 on a LoRA or full policy (dpo)."""
+    preference trainers (DPO, ORPO, SimPO, KTO, reward) in fp32 on a LoRA or full policy."""
     from quantlab.planner.preference import Objective, PreferenceConfig
     from quantlab.specs import Optimizer, TrainingPrecision
 
+    LAB_OBJECTIVES = _lab_objectives()
     name = variant.objective.value if isinstance(variant, PreferenceConfig) else variant.name
     if pc.optimizer is not Optimizer.ADAMW:
         return f"the {name} lab steps with AdamW only (give optimizer: adamw)"
@@ -199,17 +210,21 @@ def method_refusal(pc: PlanConfig, variant) -> str | None:
     if tuple(pc.lora_targets) == ("all-linear",) and pc.method in (Method.LORA, Method.QLORA):
         return f"the {name} lab takes explicit LoRA targets (list the modules instead of all-linear)"
     if isinstance(variant, PreferenceConfig):
-        if variant.objective is not Objective.DPO:
-            return f"the lab measures DPO only (TRL DPOTrainer); {name} is planned only"
+        if variant.objective not in LAB_OBJECTIVES:
+            return (f"the lab measures {', '.join(o.value for o in LAB_OBJECTIVES)} (TRL's trainers); {name} is "
+                    "planned only")
         if pc.method not in (Method.LORA, Method.FULL):
-            return "the DPO lab trains a LoRA or a full policy (policy: lora or full)"
+            return f"the {name} lab trains a LoRA or a full policy (policy: lora or full)"
         if pc.precision.value != "fp32":
-            return "the DPO lab runs fp32 on a CPU (give precision: fp32, compute-dtype: fp32)"
+            return f"the {name} lab runs fp32 on a CPU (give precision: fp32, compute-dtype: fp32)"
         if pc.padding_mask or pc.keep_grads:
-            return "the DPO lab's padding is the data's and Trainer zeroes with set_to_none (drop padded, keep-grads)"
+            return (f"the {name} lab's padding is the data's and Trainer zeroes with set_to_none (drop padded, "
+                    "keep-grads)")
         if pc.model.vocab_size < 49152:
-            return ("the DPO lab tokenizes json-prefs with the embedded tokenizer (49152 tokens): give a scale "
+            return (f"the {name} lab tokenizes json-prefs with the embedded tokenizer (49152 tokens): give a scale "
                     f"with vocab_size 49152, not {pc.model.vocab_size}")
+        if variant.objective is Objective.KTO and pc.batch < 2:
+            return "the kto lab needs a batch of at least 2 completions (KTOTrainer's KL term)"
         return None
     if pc.precision.value not in ("fp32", "bf16", "fp16"):
         return f"the {name} lab builds float weights (fp32, bf16, fp16): {pc.precision.value} is planned only"
@@ -538,7 +553,7 @@ def _measure_method(case: Case) -> dict:
 
     pc, v = case.config, case.variant
     if isinstance(v, PreferenceConfig):
-        return _measure_dpo(case)
+        return _measure_preference(case)
     dt = pc.precision.value
 
     def build():
@@ -558,35 +573,51 @@ def _measure_method(case: Case) -> dict:
     return L.measure_distill(build(), teacher, pc.batch, pc.seq, beta=v.distill.beta)
 
 
-def _measure_dpo(case: Case) -> dict:
-    """TRL's DPOTrainer on the case's model (assumption 13): the measured step, its shape and the reference."""
+def _measure_preference(case: Case) -> dict:
+    """The objective's TRL trainer on the case's model (assumption 13): the measured step, its shape and the
+    reference; ORPO/SimPO's loss buffers outside the model (the logits and what the loss saves) as
+    ``logits_loss``."""
     from transformers import AutoTokenizer
 
     from quantlab.lab.model import ensure_embedded
-    from quantlab.lab.preference import DPORun, run_dpo
+    from quantlab.lab.preference import PreferenceRun, run_preference
+    from quantlab.planner.preference import PAIRED, Objective
 
     pc, pref = case.config, case.variant
+    obj = pref.objective
+    paired = obj in PAIRED
     with model_source(case) as src:
         AutoTokenizer.from_pretrained(ensure_embedded(progress=False)).save_pretrained(src.path)
-        run = DPORun(model=str(src.path), max_steps=2, batch=pc.batch, eval_batch=2, train_pairs=2 * pc.batch,
-                     eval_pairs=2, max_length=pc.seq, lora_r=pc.lora_r, lora_alpha=pc.lora_alpha,
-                     lora_targets=tuple(pc.lora_targets), policy="full" if pc.method is Method.FULL else "lora",
-                     grad_checkpointing=pc.grad_checkpointing,
-                     **({} if pref.beta is None else {"beta": float(pref.beta)}))
-        res = run_dpo(run, None, log=lambda s: None)
+        run = PreferenceRun(model=str(src.path), objective=obj.value, max_steps=2, batch=pc.batch, eval_batch=2,
+                            train_pairs=2 * pc.batch, eval_pairs=2, max_length=pc.seq, lora_r=pc.lora_r,
+                            lora_alpha=pc.lora_alpha, lora_targets=tuple(pc.lora_targets),
+                            policy="full" if pc.method is Method.FULL else "lora",
+                            grad_checkpointing=pc.grad_checkpointing, beta=None if pref.beta is None
+                            else float(pref.beta))
+        res = run_preference(run, None, log=lambda s: None)
     m = res["measurement"]
     ref = res["reference_bytes"]
     out = {f"meas_{k}_bytes": m.get(f"meas_{k}_bytes") for k in ("weights", "adapters", "gradients", "optimizer")}
-    # the policy's saved tensors with TRL's fused head's (preference P2; lab_preference C2)
-    out["meas_activations_bytes"] = (m.get("meas_activations_bytes") or 0) + (m.get("meas_logits_loss_bytes") or 0)
-    out["meas_reference_weights_bytes"] = ref
+    if obj in (Objective.DPO, Objective.KTO):  # the policy's saved tensors with TRL's fused head's (preference P2)
+        out["meas_activations_bytes"] = (m.get("meas_activations_bytes") or 0) + (m.get("meas_logits_loss_bytes")
+                                                                                 or 0)
+    else:  # the backbone's (and a reward model's score head input); ORPO/SimPO: logits + loss saved (trl_head H7-H8)
+        out["meas_activations_bytes"] = m.get("meas_activations_bytes")
+        if obj in (Objective.ORPO, Objective.SIMPO):
+            out["meas_logits_loss_bytes"] = (m.get("meas_logits_loss_bytes") or 0) + (res["loss_saved_bytes"] or 0)
+    if pref.resolved_reference(pc) is not None or ref:
+        out["meas_reference_weights_bytes"] = ref
     out["meas_allocated_bytes"] = m["meas_allocated_bytes"] + ref  # the reference model is live too (C3)
     if m.get("meas_allocated_with_workspace_bytes") is not None:
         out["meas_allocated_with_workspace_bytes"] = m["meas_allocated_with_workspace_bytes"] + ref
-    out.update(meas_trainable_params=m.get("meas_trainable_params"), meas_step_pairs=res["step_sequences"] // 2,
+    seqs = res["step_sequences"]
+    out.update(meas_trainable_params=m.get("meas_trainable_params"), meas_step_pairs=seqs // 2 if paired else seqs,
                meas_step_seq=res["step_seq"], meas_step_padded=res["step_padded"], meas_reference=res["reference"],
                meas_grad_checkpointing=res["grad_checkpointing"], meas_notes=list(res["measurement_notes"]))
     return out
+
+
+_measure_dpo = _measure_preference  # the DPO lab's name
 
 
 def _static(model, method: str) -> dict:
@@ -937,7 +968,12 @@ def compare(case: Case, meas: dict) -> dict:
         row["kbit_upcast"] = pc.kbit_upcast
     if case.variant is not None:
         pcd, v = _method_row(case, row, pcd, meas)
-        row.update(predict(pcd, method_plan(pcd, v)))
+        mp = method_plan(pcd, v)
+        row.update(predict(pcd, mp))
+        from quantlab.planner.preference import PreferenceConfig, logits_loss_saved
+
+        if isinstance(v, PreferenceConfig):  # ORPO/SimPO: the logits and the loss's saved tensors (preference P2)
+            row["pred_logits_loss_bytes"] = logits_loss_saved(pcd, v)
         if row["method"] == "distill":
             from quantlab.planner.peft_methods import jsd_saved
 
@@ -986,7 +1022,8 @@ def _method_row(case: Case, row: dict, pc: PlanConfig, meas: dict) -> tuple:
         if meas.get("meas_step_pairs") is not None:
             pc = dataclasses.replace(pc, batch=meas["meas_step_pairs"], seq=meas["meas_step_seq"],
                                      padding_mask=bool(meas["meas_step_padded"]))
-            if v.reference is Reference.AUTO:  # what auto resolved to, as the lab ran it (lab_preference C1)
+            if v.reference is Reference.AUTO and meas["meas_reference"] in ("adapter", "copy"):
+                # what auto resolved to, as the lab ran it (lab_preference C1)
                 v = dataclasses.replace(v, reference=Reference(meas["meas_reference"]))
             row.update(batch=pc.batch, seq=pc.seq, padding_mask=pc.padding_mask, reference=meas["meas_reference"])
         return pc, v
@@ -1051,11 +1088,21 @@ def missed_targets(row: dict) -> list[str]:
 def measurement_row(row: dict, *, source: str) -> dict | None:
     """The row for ``reports/measurements.jsonl``: the run's conditions, metric ``allocated``, ``device``."""
     total = row.get("meas_allocated_bytes")
-    if total is None or row.get("plans_over") is not None:  # an issue #13 method: the published row format
-        return None  # has no field for it yet (quantlab.groundtruth plans with plan() only)
+    if total is None:
+        return None
+    preference = None
+    if row.get("plans_over") is not None:  # an issue #13 method (assumption 13)
+        from quantlab.planner.preference import Objective
 
+        if row["method"] not in {o.value for o in Objective}:  # bitfit, dora, ptuning, distill: the row format
+            return None  # has no field for their variant settings yet
+        # a preference objective: the PreferenceConfig the row was planned with (the reference as the lab ran
+        # it), which quantlab.groundtruth re-plans through method_plan
+        ref = row.get("reference")
+        preference = {"objective": row["method"], "reference": ref if ref in ("adapter", "copy") else "auto",
+                      "beta": row.get("beta")}
     r: dict[str, Any] = {"id": f"quantlab-validate-{row['id']}", "source": source, "model": row["model"],
-                         "method": row["method"], "weights": row["precision"], "double_quant": row["double_quant"],
+                         "method": row["plans_over"] if preference else row["method"], "weights": row["precision"], "double_quant": row["double_quant"],
                          "compute_dtype": row["compute_dtype"], "batch": row["batch"], "seq": row["seq"],
                          "attn": row["attn"], "device": row.get("device", "cpu"), "metric": "allocated",
                          "value_bytes": int(total), "unit_published": "bytes", "flash_attention": False}
@@ -1080,6 +1127,8 @@ def measurement_row(row: dict, *, source: str) -> dict | None:
             r[k] = row[k]
     if row.get("mode") is not None:  # a serving case: what generate / score / prefill ran (planned by serving.py)
         r["serve"] = {k: row[k] for k in SERVE_ROW_KEYS}
+    if preference is not None:
+        r["preference"] = preference
     return r
 
 

@@ -6,6 +6,8 @@ within 6%; every fit verdict right; LitGPT-stack rows within 10%. Each row plans
 (the vramcalc rows: transformers 4.57.6 -> ``transformers==4.57``; the lab's rows: 5.24.0 -> ``transformers==5``).
 """
 
+from pathlib import Path
+
 import pytest
 
 from quantlab.groundtruth import MEASUREMENTS, PUBLISHED, TARGETS, check_row, load_rows, row_to_config, summarize
@@ -148,3 +150,22 @@ def test_each_source_plans_the_loop_it_measured_with():
     assert keep_grads_of_source("quantlab validate on 2-core CPU") == {"keep_grads": True}
     row = dict(rows["vc-full-1b-pure"], keep_grads=False)  # a row's own field wins
     assert row_config_dict(row)["keep_grads"] is False
+
+
+def test_a_preference_row_is_written_and_replanned_through_method_plan():
+    """validate.measurement_row keeps a preference objective's row with its ``preference`` settings (objective,
+    the reference the lab ran, beta) and the policy as ``method``; check_row re-plans it through
+    validate.method_plan to the same bytes compare planned (no model is run: the measured side is stand-in)."""
+    from quantlab.commands.validate import load_matrix
+    from quantlab.validate import compare, measurement_row
+
+    for id in ("llama-kto-full-refcopy-fp32", "llama-orpo-lora-fp32", "llama-reward-lora-ckpt-fp32"):
+        case = load_matrix(Path(__file__).resolve().parents[1] / "profiles" / "validation" / "matrix.yaml", (id,))[0]
+        meas = {"device": "cpu", "meas_allocated_bytes": 1, "meas_step_pairs": 2, "meas_step_seq": 95,
+                "meas_step_padded": True, "meas_reference": "copy" if "refcopy" in id else "none"}
+        row = compare(case, meas)
+        m = measurement_row(row, source="quantlab validate (test)")
+        assert m["method"] == case.config.method.value and m["preference"]["objective"] == id.split("-")[1]
+        assert m["batch"] == 2 and m["seq"] == 95 and m["padding_mask"] is True and m["keep_grads"] is False
+        assert m["preference"]["reference"] == ("copy" if "refcopy" in id else "auto")
+        assert check_row(m).predicted == row["pred_allocated_bytes"]

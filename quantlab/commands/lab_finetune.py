@@ -73,7 +73,9 @@ def register(sub) -> None:
                          model_help=f"{d['model']} (embedded) or a local model folder (default: {d['model']})")
     lab = p.add_argument_group("the lab's run")
     lab.add_argument("--beta", type=float, default=None,
-                     help="--method dpo: the KL coefficient of the DPO loss (default: 0.1, TRL's DPOConfig)")
+                     help="--method dpo|orpo|simpo|kto: the loss's beta (dpo/kto: the KL coefficient; orpo: the odds-"
+                     "ratio weight lambda; simpo: the reward scale; default: 0.1, TRL's DPOConfig / ORPOConfig / "
+                     "CPOConfig / KTOConfig); --method reward has none")
     src = lab.add_mutually_exclusive_group()
     src.add_argument("--task", default=None, help=f"a shipped task under tasks/ (default: {d['task']})")
     src.add_argument("--data", default=None, help="your JSONL file: prompt/response, chat messages, or text (continued "
@@ -165,7 +167,7 @@ def run(args) -> int:
     from quantlab.lab.finetune_report import summary
     from quantlab.report.store import ResultStore, RunRecord, config_key
 
-    if args.method in PREFERENCE_RUNS:  # TRL's DPOTrainer on a preference task (quantlab.commands.lab_preference)
+    if args.method in PREFERENCE_RUNS:  # a TRL preference trainer on a preference task (commands.lab_preference)
         from quantlab.commands.lab_preference import run_from_args
 
         return run_from_args(args)
@@ -253,5 +255,7 @@ def run_sft(cfg, out, *, log, progress=True, evaluate_before=True):
     return [(cfg.method, res.metrics, artifacts)]
 
 
-PREFERENCE_RUNS = ("dpo",)  # preference objectives the lab runs (TRL 1.16 DPOTrainer: quantlab/lab/preference.py)
+# preference objectives the lab runs (TRL 1.16's DPO, ORPO, CPO/SimPO, KTO and reward trainers:
+# quantlab/lab/preference.py OBJECTIVES)
+PREFERENCE_RUNS = ("dpo", "orpo", "simpo", "kto", "reward")
 RUNNERS = {"qat": run_qat}  # method -> runner(cfg, out, *, log, progress, evaluate_before); others: run_sft

@@ -1,6 +1,8 @@
-"""``quantlab lab finetune --method dpo``: TRL's DPOTrainer in the lab (:mod:`quantlab.lab.preference`), its scores
-before and after, and the measured step beside :func:`quantlab.planner.preference.preference_plan` for the same
-step (the lab does not import the planner; this command layer holds both).
+"""``quantlab lab finetune --method dpo|orpo|simpo|kto|reward``: TRL's preference trainers in the lab
+(:mod:`quantlab.lab.preference`), their scores before and after, and the measured step beside
+:func:`quantlab.planner.preference.preference_plan` for the same step (the lab does not import the planner; this
+command layer holds both). DPO writes reports/dpo-cpu; the other objectives reports/preference-cpu (one
+``<objective>.md`` section each, collected in its README).
 
 :func:`run_from_args` is what ``lab finetune`` dispatches to (the flags it shares: ``--model``, ``--task``,
 ``--data``, ``--test-file``, ``--max-steps``, ``--batch`` (pairs), ``--seq`` (DPOConfig.max_length), ``--lora-r``,
@@ -17,6 +19,10 @@ C2. weights, adapters, gradients and optimizer states compare one to one. ``acti
     measured policy forward saved for backward (backbone + fused head: StepProbe's ``activations`` +
     ``logits_loss``) with the plan's ``activations`` (preference P2: the backbone's saved tensors plus the fused
     head's saved rows).
+C2b. The other objectives (the same C1 step; KTO's sequences are its completions, not pairs): ORPO / SimPO
+    compare the backbone's saved tensors with ``activations`` and the logits the model returns plus what the loss
+    saves outside the model (the lab's loss counter) with ``preference.logits_loss_saved`` (trl_head H7-H8); a
+    reward model's ``activations`` include the score head's input (preference P5).
 C3. ``allocated``: the CPU allocator's peak over the step (StepProbe) against the plan's peak allocated. The
     planned transients (``logits_both_sequences``: the fused head's chunk buffers; ``reference_forward``) have no
     separate measurement: they are inside the measured peak, and are listed with the plan only. A reference
@@ -37,7 +43,7 @@ OUT = "reports/dpo-cpu"
 
 def planned_step(res: dict):
     """(PlanConfig, PreferenceConfig) of the measured step (C1)."""
-    from quantlab.planner.preference import Objective, PreferenceConfig, Reference
+    from quantlab.planner.preference import PAIRED, Objective, PreferenceConfig, Reference
     from quantlab.profiles import load_model
     from quantlab.specs import DType, DeviceMode, Method, ModelSpec, PlanConfig, Precision
 
@@ -49,37 +55,59 @@ def planned_step(res: dict):
     method = Method.FULL if c.get("policy") == "full" else Method.LORA
     lora = {} if method is Method.FULL else dict(lora_r=c["lora_r"], lora_alpha=c["lora_alpha"],
                                                  lora_targets=tuple(c["lora_targets"]))
+    obj = Objective(res.get("objective", "dpo"))
+    pairs = obj in PAIRED  # the measured sequences are 2 x pairs (preference P1); KTO's are the batch
     cfg = PlanConfig(model=spec, method=method, precision=Precision.FP32,
-                     compute_dtype=DType.FP32, batch=res["step_sequences"] // 2, seq=res["step_seq"],
+                     compute_dtype=DType.FP32, batch=res["step_sequences"] // (2 if pairs else 1), seq=res["step_seq"],
                      **lora, padding_mask=bool(res["step_padded"]), grad_checkpointing=bool(res["grad_checkpointing"]),
                      device=DeviceMode.CPU)
-    pref = PreferenceConfig(Objective.DPO, reference=Reference(res["reference"]), beta=c["beta"])
+    ref = res.get("reference")
+    pref = PreferenceConfig(obj, reference=Reference(ref) if ref in ("adapter", "copy") else Reference.AUTO,
+                            beta=res.get("beta", c.get("beta")))
     return cfg, pref
 
 
 def compare_rows(res: dict) -> list[dict]:
     """Planned vs measured bytes per component (C2, C3); ``error`` = (planned - measured) / measured."""
-    from quantlab.planner.preference import preference_plan
+    from quantlab.planner.preference import logits_loss_saved, preference_plan
 
     cfg, pref = planned_step(res)
     p = preference_plan(cfg, pref)
     m = res["measurement"]
     comps = p.components
+    obj = res.get("objective", "dpo")
     pairs = [("weights", comps.get("weights", 0), m.get("meas_weights_bytes")),
              ("adapters", comps.get("adapters", 0), m.get("meas_adapters_bytes")),
              ("gradients", comps.get("gradients", 0), m.get("meas_gradients_bytes")),
-             ("optimizer", comps.get("optimizer", 0), m.get("meas_optimizer_bytes")),
-             ("activations (saved: backbone + fused head)", comps.get("activations", 0),
-              (m.get("meas_activations_bytes") or 0) + (m.get("meas_logits_loss_bytes") or 0)),
-             ("reference_weights", comps.get("reference_weights", 0), res.get("reference_bytes", 0)),
-             ("logits_both_sequences (fused head transient)", comps.get("logits_both_sequences", 0), None),
-             ("reference_forward (transient)", comps.get("reference_forward", 0), None),
-             ("allocated (peak over the step)", p.peak_allocated_bytes,
-              None if m.get("meas_allocated_bytes") is None else m["meas_allocated_bytes"]
-              + res.get("reference_bytes", 0))]  # StepProbe counts the policy; the reference model is live too
+             ("optimizer", comps.get("optimizer", 0), m.get("meas_optimizer_bytes"))]
+    if obj in ("dpo", "kto"):
+        pairs += [("activations (saved: backbone + fused head)", comps.get("activations", 0),
+                   (m.get("meas_activations_bytes") or 0) + (m.get("meas_logits_loss_bytes") or 0)),
+                  ("reference_weights", comps.get("reference_weights", 0), res.get("reference_bytes", 0)),
+                  ("logits (fused head transient)" if obj == "kto" else
+                   "logits_both_sequences (fused head transient)",
+                   comps.get("logits" if obj == "kto" else "logits_both_sequences", 0), None),
+                  ("reference_forward (transient)", comps.get("reference_forward", 0), None)]
+    elif obj in ("orpo", "simpo"):
+        pairs += [("activations (saved: backbone)", comps.get("activations", 0), m.get("meas_activations_bytes")),
+                  ("logits_loss_saved (logits + what the loss saves)", logits_loss_saved(cfg, pref),
+                   (m.get("meas_logits_loss_bytes") or 0) + (res.get("loss_saved_bytes") or 0)),
+                  ("logits_both_sequences (saved + the loss backward's transient)",
+                   comps.get("logits_both_sequences", 0), None)]
+    else:  # reward
+        pairs += [("activations (saved: backbone + score head input)", comps.get("activations", 0),
+                   m.get("meas_activations_bytes")),
+                  ("backward_transient (last block's MLP backward)", comps.get("backward_transient", 0), None)]
+        if "block_recompute" in comps:
+            pairs.append(("block_recompute (checkpointing: one block recomputed)", comps["block_recompute"], None))
+    pairs.append(("allocated (peak over the step)", p.peak_allocated_bytes,
+                  None if m.get("meas_allocated_bytes") is None else m["meas_allocated_bytes"]
+                  + res.get("reference_bytes", 0)))  # StepProbe counts the policy; a reference model is live too
     rows = []
     for name, pred, meas in pairs:
         err = None if meas in (None, 0) else (pred - meas) / meas
+        if meas == 0 and pred == 0:
+            err = 0.0
         rows.append({"component": name, "pred_bytes": pred, "meas_bytes": meas, "error": err})
     return rows
 
@@ -184,20 +212,148 @@ def reading(res: dict, rows: list[dict]) -> list[str]:
     return out
 
 
+TRAINERS = {"dpo": "`DPOTrainer` (sigmoid loss)", "orpo": "`ORPOTrainer` (trl.experimental.orpo; beta = lambda)",
+            "simpo": "`CPOTrainer` (trl.experimental.cpo) with loss_type=\"simpo\", cpo_alpha=0",
+            "kto": "`KTOTrainer` (unpaired: each pair gives a desirable and an undesirable completion)",
+            "reward": "`RewardTrainer` on AutoModelForSequenceClassification(num_labels=1), pairwise loss"}
+METRIC_NAMES = {
+    "rewards/accuracies": "reward accuracy (chosen reward > rejected)",
+    "rewards/margins": "reward margin (mean chosen - rejected)",
+    "rewards/chosen": "reward chosen (mean)", "rewards/rejected": "reward rejected (mean)",
+    "logps/chosen": "policy log p(chosen) (mean; ORPO/SimPO: per token)",
+    "logps/rejected": "policy log p(rejected) (mean; ORPO/SimPO: per token)",
+    "log_odds_ratio": "ORPO log odds ratio (mean log sigmoid)", "nll_loss": "ORPO NLL of chosen",
+    "kl": "KTO KL estimate (policy vs reference, mismatched pairs)",
+    "accuracy": "reward accuracy (chosen score > rejected score)", "margin": "reward margin (mean chosen - rejected score)",
+    "mean_reward": "mean score", "loss": "loss"}
+
+
+def objective_report(res: dict, rows: list[dict], command: str) -> str:
+    """The section of one objective's run (``<objective>.md``; the README of reports/preference-cpu collects
+    them): the command, the held-out scores before and after, planned vs measured per component."""
+    from quantlab.units import MiB
+
+    e, c, obj = res["env"], res["config"], res.get("objective", "dpo")
+
+    def mib(v):
+        return "-" if v is None else f"{v / MiB:.2f}"
+
+    ref = {"adapter": "the policy with its adapter disabled", "copy": "a second model",
+           "none": "none (the objective has no reference)"}[res["reference"]]
+    policy = (f"PEFT LoRA r {c['lora_r']} alpha {c['lora_alpha']} on {','.join(c['lora_targets'])}"
+              + (" (+ the score head, modules_to_save)" if obj == "reward" else "")
+              if c.get("policy", "lora") == "lora" else "full policy")
+    title = {"dpo": "DPO", "orpo": "ORPO", "simpo": "SimPO", "kto": "KTO", "reward": "Reward model"}[obj]
+    lines = [f"## {title}", "",
+             f"Made by `{command}` (torch {e['torch']}, transformers {e['transformers']}, peft {e['peft']}, trl "
+             f"{e['trl']}; {e['cpu']}, {e['cores']} cores shared with other jobs, {e['torch_threads']} torch "
+             f"thread(s), 1-minute load {e['load_avg_1m']:.1f} at the end; no GPU).", "",
+             f"TRL {TRAINERS[obj]}{'' if res.get('beta') is None else ', beta ' + str(res['beta'])}, {policy}, "
+             f"reference: {ref}; AdamW lr {c['lr']} constant, {c['max_steps']} steps of {c['batch']} "
+             f"{'completions' if obj == 'kto' else 'pairs'}, max_length {c['max_length']}; {res['train_pairs']} "
+             f"training pairs ({res.get('train_rows', res['train_pairs'])} rows), {res['test_pairs']} held-out pairs "
+             f"(tasks/json-prefs/test.jsonl). Wall time: load {res['load_s']:.0f} s, one evaluation "
+             f"{res['eval_s']:.0f} s, training {res['train_s']:.0f} s ({res['s_per_step']:.2f} s/step).", "",
+             "| held-out metric (trainer.evaluate) | before | after |", "|---|---|---|"]
+    for k in [k[len("before_"):] for k in res if k.startswith("before_")]:
+        b, a = res.get("before_" + k), res.get("after_" + k)
+        if b is None and a is None:
+            continue
+        f4 = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        lines.append(f"| {METRIC_NAMES.get(k, k)} | {f4(b)} | {f4(a)} |")
+    lines += ["", f"Memory of optimizer step {res['measured_step']}: {res['step_sequences']} sequences x "
+              f"{res['step_seq']} tokens ({'padded' if res['step_padded'] else 'no padding'}), "
+              f"{res['trainable_params']:,} trainable parameters, gradient checkpointing "
+              f"{'on (TRL default)' if res['grad_checkpointing'] else 'off'}; planned by `preference_plan` for the "
+              "measured step (`--device cpu`; MiB = 2^20 bytes; error = (planned - measured) / measured).", "",
+              "| component | planned MiB | measured MiB | planned bytes | measured bytes | error |",
+              "|---|---|---|---|---|---|"]
+    for r in rows:
+        err = "-" if r["error"] is None else f"{100 * r['error']:+.2f}%"
+        meas_b = "-" if r["meas_bytes"] is None else f"{r['meas_bytes']:,}"
+        lines.append(f"| {r['component']} | {mib(r['pred_bytes'])} | {mib(r['meas_bytes'])} | {r['pred_bytes']:,} "
+                     f"| {meas_b} | {err} |")
+    notes = "; ".join(res["measurement_notes"]) or "none"
+    lines += ["", f"- instrument notes: {notes}"
+              + (" (the lab's loss counter, lab/preference.py D4, measures what the loss saves outside the model: "
+                 "it is in the logits_loss_saved row)." if obj in ("orpo", "simpo") else ".")]
+    if res.get("replanned_at"):
+        lines.append(f"- The planned columns were recomputed at git {res['replanned_at']} (`--replan`); the measured "
+                     "figures are the run's.")
+    return "\n".join(lines) + "\n"
+
+
 def run_config(cfg, out: Path, command: str, *, log) -> dict:
-    """Run, compare and write ``out``/{dpo.json, README.md or dpo.md, dpo-history.csv}; the result dict."""
-    from quantlab.lab.preference import run_dpo
+    """Run, compare and write ``out``/{<objective>.json, the report, <objective>-history.csv}; the result dict.
+    DPO writes README.md in reports/dpo-cpu (dpo.md elsewhere); the other objectives ``<objective>.md``, and in
+    reports/preference-cpu the README collecting every objective's section (:func:`write_readme`)."""
+    from quantlab.lab.preference import run_preference
 
     out.mkdir(parents=True, exist_ok=True)
-    res = run_dpo(cfg, out, log=log)
+    res = run_preference(cfg, out, log=log)
     res["command"] = command
     res["model_spec"] = model_spec(cfg.model)
-    (out / "dpo.json").write_text(json.dumps(res, indent=2) + "\n")  # the measured run first, whatever follows
+    name = res["objective"]
+    (out / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")  # the measured run first, whatever follows
+    _write_report(out, res)
+    return res
+
+
+def _write_report(out: Path, res: dict) -> None:
     rows = compare_rows(res)
     res["comparison"] = rows
-    (out / "dpo.json").write_text(json.dumps(res, indent=2) + "\n")
-    (out / report_name(out)).write_text(report_text(res, rows, command))
-    return res
+    name = res.get("objective", "dpo")
+    (out / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
+    if name == "dpo":
+        (out / report_name(out)).write_text(report_text(res, rows, res["command"]))
+    else:
+        (out / f"{name}.md").write_text(objective_report(res, rows, res["command"]))
+    if out.resolve() == Path(PREFERENCE_OUT).resolve():
+        write_readme(out)
+
+
+PREFERENCE_OUT = "reports/preference-cpu"
+README_HEAD = """# ORPO, SimPO, KTO and reward models on the embedded SmolLM2-135M-Instruct (fp32, LoRA, CPU), json-prefs
+
+Each section is one short run of TRL 1.16's trainer (quantlab/lab/preference.py, `quantlab lab finetune --method
+orpo|simpo|kto|reward`): held-out scores before and after with the trainer's own metrics, and one optimizer step
+measured by StepProbe beside `preference_plan` for the same step (quantlab/commands/lab_preference.py). The DPO run
+is [reports/dpo-cpu](../dpo-cpu/README.md). The same objectives on scaled random models are the validation-matrix
+rows `*-orpo-*`, `*-simpo-*`, `*-kto-*`, `*-reward-*` (profiles/validation/matrix.yaml): [matrix.md](matrix.md).
+Files: `<objective>.json` (the run, measured and planned), `<objective>-history.csv` (per-step log),
+`<objective>.md` (the section below).
+"""
+
+
+def write_readme(out: Path) -> None:
+    """README.md of reports/preference-cpu: the head, a summary row per objective run (held-out accuracy and
+    margin before -> after; the step's planned vs measured peak) and each objective's section."""
+    from quantlab.units import MiB
+
+    parts = [README_HEAD]
+    summary = ["| objective | steps | held-out accuracy before -> after | margin before -> after | planned / measured "
+               "peak allocated (MiB) | error | components exact to the byte |", "|---|---|---|---|---|---|---|"]
+    sections = []
+    for name in ("orpo", "simpo", "kto", "reward"):
+        f, j = out / f"{name}.md", out / f"{name}.json"
+        if not (f.is_file() and j.is_file()):
+            continue
+        sections.append(f.read_text())
+        res = json.loads(j.read_text())
+        acc = "accuracy" if name == "reward" else "rewards/accuracies"
+        mar = "margin" if name == "reward" else "rewards/margins"
+
+        def ba(k):
+            b, a = res.get("before_" + k), res.get("after_" + k)
+            return "- (the trainer reports none)" if b is None else f"{b:.3f} -> {a:.3f}"
+
+        rows = res["comparison"]
+        alloc = next(r for r in rows if r["component"].startswith("allocated"))
+        exact = [r["component"].split(" ")[0] for r in rows if r["meas_bytes"] is not None and r["error"] == 0.0]
+        summary.append(f"| {name} | {res['config']['max_steps']} | {ba(acc)} | {ba(mar)} | "
+                       f"{alloc['pred_bytes'] / MiB:.2f} / {alloc['meas_bytes'] / MiB:.2f} | "
+                       f"{100 * alloc['error']:+.2f}% | {', '.join(exact)} |")
+    (out / "README.md").write_text("\n".join(parts + ["\n".join(summary) + "\n"] + sections))
 
 
 def model_spec(model: str) -> dict:
@@ -213,23 +369,25 @@ def report_name(out: Path) -> str:
     return "README.md" if out.resolve() == Path(OUT).resolve() else "dpo.md"
 
 
-def rewrite_report(out: Path) -> None:
-    """Re-plan a stored run (``dpo.json``) and write its README again (the measured figures are kept as run)."""
+def rewrite_report(out: Path, objective: str | None = None) -> None:
+    """Re-plan stored runs (``<objective>.json``; default every one in ``out``) and write their reports again (the
+    measured figures are kept as run)."""
     import subprocess
 
-    res = json.loads((out / "dpo.json").read_text())
     try:
-        res["replanned_at"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                             text=True, check=True).stdout.strip()
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        res["replanned_at"] = "unknown"
-    rows = compare_rows(res)
-    res["comparison"] = rows
-    (out / "dpo.json").write_text(json.dumps(res, indent=2) + "\n")
-    (out / report_name(out)).write_text(report_text(res, rows, res["command"]))
+        head = "unknown"
+    names = [objective] if objective else [n for n in ("dpo", "orpo", "simpo", "kto", "reward")
+                                           if (out / f"{n}.json").is_file()]
+    for n in names:
+        res = json.loads((out / f"{n}.json").read_text())
+        res["replanned_at"] = head
+        _write_report(out, res)
 
 
-_FLAG_FIELDS = {"model": "model", "task": "task", "data": "data", "test_file": "test_file", "max_steps": "max_steps",
+_FLAG_FIELDS = {"method": "objective", "model": "model", "task": "task", "data": "data", "test_file": "test_file", "max_steps": "max_steps",
                 "batch": "batch", "seq": "max_length", "lora_r": "lora_r", "lora_alpha": "lora_alpha",
                 "lora_targets": "lora_targets", "lr": "lr", "beta": "beta", "seed": "seed"}
 
@@ -250,6 +408,8 @@ def config_from_args(args):
     given = set(given_fields(args)) | {k for k in ("model", "task", "data", "test_file", "max_steps", "lr", "beta",
                                                    "seed") if getattr(args, k, None) is not None
                                        and not (k in ft and getattr(args, k) == ft[k])}
+    if getattr(args, "method", None) is not None:
+        given.add("method")
     defaults = {f.name: f.default for f in dataclasses.fields(DPORun)}
     kw = {}
     for flag, field in _FLAG_FIELDS.items():
@@ -261,16 +421,23 @@ def config_from_args(args):
                 kw[field] = tuple(v) if isinstance(v, list) else v
     if kw.get("data") and "task" not in kw:
         kw["task"] = None
+    from quantlab.errors import QuantlabError
+
+    if kw.get("objective") == "reward":
+        if "beta" in given and getattr(args, "beta", None) is not None:
+            raise QuantlabError("--beta does not apply to --method reward (RewardTrainer's pairwise loss has none)")
+        kw["beta"] = None
     return DPORun(**kw)
 
 
 def run_from_args(args) -> int:
     """``quantlab lab finetune --method dpo``: run, compare, write ``--out`` (default reports/dpo-cpu)."""
     cfg = config_from_args(args)
-    out = Path(getattr(args, "out", None) or OUT)
-    command = "quantlab " + " ".join(sys.argv[1:]) if sys.argv[1:] else "quantlab lab finetune --method dpo"
+    out = Path(getattr(args, "out", None) or (OUT if cfg.objective == "dpo" else PREFERENCE_OUT))
+    command = "quantlab " + " ".join(sys.argv[1:]) if sys.argv[1:] else \
+        f"quantlab lab finetune --method {cfg.objective}"
     res = run_config(cfg, out, command, log=lambda s: print(s, file=sys.stderr))
-    print((out / report_name(out)).read_text())
+    print((out / (report_name(out) if cfg.objective == "dpo" else f"{cfg.objective}.md")).read_text())
     return 0 if res else 1
 
 
@@ -289,10 +456,11 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument(flag, default=default)
         else:
             p.add_argument(flag, type=type(default), default=default)
-    p.add_argument("--out", default=OUT)
-    p.add_argument("--replan", action="store_true", help="rewrite the report of the stored run (no training)")
+    p.add_argument("--out", default=None, help=f"default {OUT} (dpo), {PREFERENCE_OUT} (the other objectives)")
+    p.add_argument("--replan", action="store_true", help="rewrite the reports of the stored runs (no training)")
     argv = list(sys.argv[1:] if argv is None else argv)
     a = p.parse_args(argv)
+    a.out = a.out or (OUT if a.objective == "dpo" else PREFERENCE_OUT)
     try:
         if a.replan:
             rewrite_report(Path(a.out))
@@ -301,13 +469,17 @@ def main(argv: list[str] | None = None) -> int:
         kw["lora_targets"] = tuple(t for t in kw["lora_targets"].split(",") if t)
         for k in ("train_pairs", "eval_pairs"):
             kw[k] = None if kw[k] in (None, "None") else int(kw[k])
+        kw["beta"] = None if kw["beta"] in (None, "None") else float(kw["beta"])
+        kw["grad_checkpointing"] = {None: None, "None": None, "true": True, "false": False, "True": True,
+                                    "False": False}[kw["grad_checkpointing"]]
         cfg = DPORun(**kw)
         command = "PYTHONPATH=$PWD python -m quantlab.commands.lab_preference " + " ".join(argv)
         run_config(cfg, Path(a.out), command.strip(), log=lambda s: print(s, file=sys.stderr))
     except QuantlabError as e:
         print(f"quantlab: error: {e}", file=sys.stderr)
         return 2
-    print((Path(a.out) / report_name(Path(a.out))).read_text())
+    name = a.objective
+    print((Path(a.out) / (report_name(Path(a.out)) if name == "dpo" else f"{name}.md")).read_text())
     return 0
 
 

@@ -29,8 +29,9 @@ inference entry a serving one, planned by :mod:`quantlab.planner.serving` (``bat
 Issue #13's methods take ``quantlab plan``'s names and flags (:mod:`quantlab.commands.variant_flags`,
 :mod:`quantlab.commands.preference_flags`): ``method: bitfit | dora | ptuning | distill`` with ``encoder-hidden-size``,
 ``encoder-type``, ``encoder-num-layers``, ``teacher``, ``distill-beta``, plus ``teacher-scale`` (the teacher's
-config.json overrides, as ``scale`` is the student's); ``method: dpo`` with ``policy`` (lora, full), ``reference``,
-``beta`` (``batch`` is pairs and ``seq`` DPOConfig's max_length; the row is planned for the step measured). They are
+config.json overrides, as ``scale`` is the student's); ``method: dpo | orpo | simpo | kto | reward`` with ``policy``
+(lora, full), ``reference`` (dpo, kto), ``beta`` (not reward) (``batch`` is pairs, KTO's completions, and ``seq`` the
+trainer's max_length; the row is planned for the step measured; grpo is planned only). They are
 measured by their own lab code (:mod:`quantlab.validate` assumption 13)::
 
     - {id: llama-ptuning-mlp-fp32, method: ptuning, model: llama-3.2-1b, scale: llama-3.2-1b/16,
@@ -169,10 +170,11 @@ def case_from_flags(args, *, id: str, weights: str | None, scale: dict):
 # teacher-scale is the lab's own: config.json overrides of the teacher's profile, as ``scale`` is the student's
 VARIANT_KEYS = ("encoder_hidden_size", "encoder_type", "encoder_num_layers", "teacher", "teacher_precision",
                 "distill_beta", "student_method")
-PREFERENCE_KEYS = ("policy", "reference", "beta")  # the DPO flags the lab runs (TRL DPOTrainer)
+PREFERENCE_KEYS = ("policy", "reference", "beta")  # the preference flags the lab runs (TRL's trainers)
 PREFERENCE_ALL = ("policy", "reference", "num_generations", "max_completion_length", "beta", "num_labels",
                   "reward_model")
-LAB_METHODS = ("dpo", "bitfit", "dora", "ptuning", "distill")
+LAB_PREFERENCE = ("dpo", "orpo", "simpo", "kto", "reward")  # quantlab/lab/preference.py OBJECTIVES
+LAB_METHODS = LAB_PREFERENCE + ("bitfit", "dora", "ptuning", "distill")
 
 
 def method_values_from_mapping(entry: dict) -> tuple[dict, dict]:
@@ -199,9 +201,9 @@ def method_values_from_mapping(entry: dict) -> tuple[dict, dict]:
     method = rest.get("method")
     ns.method = method
     ns.precision = rest.get("precision")
-    if method in PREFERENCE_METHODS and method != "dpo":
-        raise SpecError(f"method {method}: the lab measures DPO only (TRL DPOTrainer, quantlab/lab/preference.py); "
-                        f"{method} is planned only (quantlab plan --method {method})")
+    if method in PREFERENCE_METHODS and method not in LAB_PREFERENCE:
+        raise SpecError(f"method {method}: the lab measures {', '.join(LAB_PREFERENCE)} (TRL's trainers, "
+                        f"quantlab/lab/preference.py); {method} is planned only (quantlab plan --method {method})")
     if method not in LAB_METHODS:
         if teacher_scale is not None:
             raise SpecError("teacher-scale applies to method distill")
@@ -210,7 +212,8 @@ def method_values_from_mapping(entry: dict) -> tuple[dict, dict]:
         return {}, entry
     for d in PREFERENCE_ALL:
         if d not in PREFERENCE_KEYS and getattr(ns, d) is not None:
-            raise SpecError(f"{d.replace('_', '-')} does not apply to dpo (the lab runs DPOTrainer's sigmoid loss)")
+            raise SpecError(f"{d.replace('_', '-')} does not apply to {method} (the lab runs TRL's trainer with its "
+                            "defaults)")
     for d in ("encoder_hidden_size", "encoder_num_layers"):
         v = getattr(ns, d)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
@@ -257,7 +260,7 @@ def method_values_from_mapping(entry: dict) -> tuple[dict, dict]:
     else:
         kw["variant"] = take_preference(ns)
     rest["method"] = ns.method
-    if method == "dpo":  # TRL's trainer configs default gradient checkpointing on (preference_flags)
+    if method in LAB_PREFERENCE:  # TRL's trainer configs default gradient checkpointing on (preference_flags)
         for k, val in trainer_defaults({str(k).replace("-", "_") for k in rest}).items():
             rest[k] = val
     return kw, rest

@@ -20,6 +20,11 @@ R4. A conversational completion (chosen, rejected) ends with the assistant's mes
 R5. Chosen and rejected differ: an identical pair has a DPO loss gradient of zero (the margin is 0 by
     construction) and teaches nothing.
 R6. Fields other than prompt/chosen/rejected are kept (``extra``) and ignored by the trainers.
+R7. KTO is unpaired (``trl/trainer/kto_trainer.py``: rows of ``prompt``, ``completion`` and a boolean ``label``,
+    True for a desirable completion): :func:`unpaired` turns each pair into two rows, the chosen completion with
+    label True then the rejected one with label False, in the pairs' order (the prompt is the pair's, explicit or
+    extracted, R2). KTOConfig's default sampler is sequential (its KL term pairs neighbours in a batch), so a batch
+    of an even size holds as many desirable as undesirable completions.
 """
 
 from __future__ import annotations
@@ -67,6 +72,29 @@ class Pair:
         """The record as a TRL preference dataset row (``prompt``, ``chosen``, ``rejected``)."""
         p, c, r = self.split()
         return {"prompt": p, "chosen": c, "rejected": r}
+
+
+@dataclass(frozen=True)
+class Unpaired:
+    """One KTO row (R7): the pair's ``line``, ``prompt``, one ``completion`` and its ``label`` (True: chosen)."""
+
+    line: int
+    prompt: str | list
+    completion: str | list
+    label: bool
+
+    @property
+    def conversational(self) -> bool:
+        return isinstance(self.completion, list)
+
+
+def unpaired(pairs) -> list[Unpaired]:
+    """KTO's unpaired rows of preference pairs (R7): chosen -> True, rejected -> False, pair by pair."""
+    out = []
+    for p in pairs:
+        prompt, chosen, rejected = p.split()
+        out += [Unpaired(p.line, prompt, chosen, True), Unpaired(p.line, prompt, rejected, False)]
+    return out
 
 
 def _messages(v, what: str) -> list:

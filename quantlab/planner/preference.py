@@ -15,8 +15,12 @@ P2. DPO, KTO and GRPO patch the policy with the fused LM head (``add_fused_lm_he
     :data:`trl_head.TRAINER_OUTPUTS`): memory.py's ``logits_loss`` (the HF loss, its assumption 6) is replaced by
     the fused head's peak (larger of its forward and backward transients, plus the per-token outputs kept), and its
     saved rows join ``activations`` (replacing the lm_head input memory.py counts when the head trains).
-    ORPO and CPO/SimPO (``trl/experimental``) still build every logit: memory.py's rule at 2B is kept (an
-    approximation: their cross-entropy runs in the compute dtype, not fp32; not measured).
+    ORPO and CPO/SimPO (``trl/experimental/{orpo,cpo}/*_trainer.py`` ``concatenated_forward``) still build every
+    logit: memory.py's HF loss rule is replaced by :func:`trl_head.logits_head` (H7-H9): the 2B x S x V logits
+    kept, what their loss saves outside the model (``selective_log_softmax``'s per-token terms; ORPO's NLL term
+    the chosen half's ``log_softmax`` in the logits' dtype, no fp32 upcast; :func:`logits_loss_saved`) and the
+    backward's two 2B x (S-1) x V gradient buffers, together ``logits_both_sequences``. Measured exact on this CPU in fp32
+    (reports/preference-cpu); the half-precision branch of ``selective_log_softmax`` is planned, not measured.
 P3. The reference (DPO, KTO; GRPO with ``beta > 0``): ``auto`` is PEFT's disabled adapter for a PEFT policy
     (``use_adapter``; no second copy), else a second model built with the policy's dtype and quantization config
     (``create_model_from_path``): weights and quantization constants of an inference plan of the same model and
@@ -35,8 +39,17 @@ P4. GRPO (``grpo_trainer.py``, ``grpo_config.py``): ``generate`` (transformers, 
     Generation ends before training starts: peak = the larger phase. A reward model (``reward_model``) is loaded
     with ``AutoModelForSequenceClassification`` and kept for the run. TRL 1.16 has no PPO trainer (and no value
     head).
-P5. Reward models (``reward_trainer.py``): a sequence-classification head (``num_labels=1``, H x 1) replaces
-    lm_head: no vocabulary logits, the (2B, S, 1) scores only.
+P5. Reward models (``reward_trainer.py``): a sequence-classification head (``num_labels=1``, H x 1,
+    ``AutoModelForSequenceClassification``; transformers 5.24 ``LlamaForSequenceClassification.score``) replaces
+    lm_head: no vocabulary logits, the (2B, S, 1) scores only. The head's weight is counted (and lm_head's removed
+    where it was not tied); under PEFT the trainer's recommended ``modules_to_save=["score"]`` (``task_type``
+    SEQ_CLS) trains a copy of it: H more adapter parameters with their gradients and AdamW states; the head saves
+    its input (the last hidden state) where memory.py did not count lm_head's. With no logits, the step's peak is
+    the backbone's backward (:func:`reward_backward`) beside the saved tensors, plus under checkpointing one
+    block's recompute (:func:`block_recompute`); at the end of backward a trainable embedding (a full policy)
+    produces its V x H gradient beside the incoming T x H gradient (the classifier's embedding is untied: with the
+    gradients freed, P8, no other copy). Measured on this CPU in fp32: every component to the byte and the peak
+    within 0.1% on tiny Llama and GPT-2 (profiles/validation/matrix.yaml ``*-reward-*``).
 P6. The reference and GRPO's generate phase are inference plans without the policy's ZeRO / FSDP / offload,
     checkpointing and accumulation (training-only settings); a
     sharded job's reference is planned whole on each GPU (an over-estimate: TRL's ``prepare_deepspeed`` shards a
@@ -46,6 +59,11 @@ P7. DPO, ORPO, SimPO (CPO), KTO and reward training default to ``disable_dropout
     ``disable_dropout_in_model`` sets every ``nn.Dropout`` to p=0, LoRA's included, so no dropout mask is saved:
     the model's dropout fields and ``lora_dropout`` are planned as 0. Measured: GPT-2 (resid/embd/attn dropout 0.1)
     under DPOTrainer (reports/dpo-cpu/matrix.md).
+P9. Every TRL config inherits transformers 5.24's default ``optim="adamw_torch_fused"`` (``training_args.py``:
+    torch >= 2.8): the fused kernel updates each parameter in place, so the CPU step's two largest-parameter
+    temporaries of memory.py assumption 8 (``_single_tensor_adamw``) do not occur: ``optimizer_step`` is 0 for
+    ``--optimizer adamw`` (GRPO is left as memory.py plans it until its own measurement). Measured: a full-policy reward model's step peaks at weights + states + gradients + the
+    embedding backward's incoming T x H gradient (reports/preference-cpu).
 P8. Gradients follow memory.py assumption 3: with Trainer's ``zero_grad(set_to_none=True)``, one micro-batch and no
     ZeRO/FSDP, the forwards (the policy's, the reference's, GRPO's generation) run without the previous step's
     gradients; the end of backward and the optimizer step hold them (``--keep-grads``, gradient accumulation and
@@ -61,7 +79,8 @@ from enum import Enum
 from quantlab.planner import memory as M
 from quantlab.planner import trl_head
 from quantlab.planner.allocator import allocator
-from quantlab.specs import DeviceMode, Method, ModelSpec, Offload, PlanConfig, Precision, SpecError, TrainingPrecision
+from quantlab.specs import (DeviceMode, Method, ModelSpec, Offload, Optimizer, PlanConfig, Precision, SpecError,
+                            TrainingPrecision)
 
 
 class Objective(str, Enum):
@@ -195,6 +214,48 @@ def _dtypes(cfg: PlanConfig) -> tuple[int, int, int]:
     return r, (c if amp else r), w
 
 
+def logits_loss_saved(cfg: PlanConfig, pref: PreferenceConfig) -> int | None:
+    """The part of ORPO's / SimPO's ``logits_both_sequences`` held to the end of backward (P2, trl_head H7-H8: the
+    logits and what the loss saves outside the model), the part the lab measures as saved; None for the other
+    objectives."""
+    if pref.objective not in (Objective.ORPO, Objective.SIMPO):
+        return None
+    kept, saved, _ = trl_head.logits_head(pairs=cfg.batch, seq=cfg.seq, vocab=cfg.model.vocab_size,
+                                          logits_bytes=_dtypes(cfg)[1], nll=pref.objective is Objective.ORPO)
+    return kept + saved
+
+
+def _optimizer_bytes(cfg: PlanConfig, n: int, nbytes: int) -> int:
+    """Optimizer state of one more trainable tensor of ``n`` elements in ``nbytes``-byte elements (P5's score head):
+    AdamW's two moments in the parameter's dtype and its fp32 ``step`` scalar (torch 2.13 ``adamw.py``, memory.py's
+    rule); other optimizers: memory.py's plan of the same tensor is not separable, so their state per element is
+    taken as AdamW's (an approximation, not measured)."""
+    return 2 * n * nbytes + 4
+
+
+def reward_backward(cfg: PlanConfig, sequences: int) -> int:
+    """The reward model's backward transient above its saved tensors (P5): the last block's MLP backward over
+    ``sequences x seq`` tokens holds three T x I gradient buffers in the compute dtype (a gated MLP: the gradients
+    of ``down_proj``'s input, of ``up`` and of ``act(gate)``; a two-linear MLP: of ``fc2``'s input, of the
+    activation's input and its own temporary), less one T x H saved tensor freed by then (the score head's input
+    after its backward). Measured on this CPU in fp32 (tiny Llama with intermediate 1024 and 2048, batch 2 and 4
+    pairs, tiny GPT-2; reports/preference-cpu) within 0.1% of the step's peak."""
+    m = cfg.model
+    T = sequences * cfg.seq
+    a = 4 if cfg.training_precision is TrainingPrecision.AMP else cfg.compute_dtype.nbytes
+    I = m.intermediate_size * (m.num_experts_per_tok if m.is_moe else 1)
+    return max(0, T * a * (3 * I - m.hidden_size))
+
+
+def block_recompute(cfg: PlanConfig) -> int:
+    """Under gradient checkpointing, the recompute of one block (memory.py assumption 5) as memory.py plans it
+    beside a logits term: planned on the same model with a one-entry vocabulary, so that no vocabulary-wide loss
+    is the larger term (serving's ``block_transient`` uses the same device); the few T-sized loss bytes left are
+    an over-estimate of under 0.1% (P5)."""
+    one = M.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=1))
+    return M.plan(one).components["logits_loss"]
+
+
 def _head_trains(cfg: PlanConfig) -> bool:
     return cfg.method is Method.FULL or (cfg.method is Method.FREEZE and "lm_head" in cfg.freeze_modules)
 
@@ -219,6 +280,7 @@ def preference_plan(cfg: PlanConfig, pref: PreferenceConfig) -> M.Plan:
                             f"{gen * cfg.dp}) must hold whole groups of --num-generations {pref.num_generations} "
                             f"(TRL grpo_config.py); raise --batch or --grad-accum")
     Bp = 2 * B if obj in PAIRED else B  # P1
+    extra_trainable = 0
     pcfg = M.replace(cfg, batch=Bp)
     p = M.plan(pcfg)
     comps = dict(p.components)
@@ -243,19 +305,48 @@ def preference_plan(cfg: PlanConfig, pref: PreferenceConfig) -> M.Plan:
                      f"{min(fh.tokens, trl_head.TOKEN_CHUNK_SIZE)} x {trl_head.CHUNK_SIZE} (P2)")
         policy_dyn = activations + head
     elif obj is Objective.REWARD:  # P5
-        comps["weights"] -= 0 if m.tie_word_embeddings else V * H * (4 if r == 4 else c)
-        static -= 0 if m.tie_word_embeddings else V * H * (4 if r == 4 else c)
-        head = Bp * S * c + r * Bp * S * H * (0 if _head_trains(cfg) else 1)  # scores; score head's saved input
+        wb = 4 if r == 4 else c  # the policy's weight bytes (memory.py assumption 1)
+        n = H * pref.num_labels  # the score head (nn.Linear(H, num_labels, bias=False))
+        lm = 0 if m.tie_word_embeddings else V * H  # lm_head is gone (a tied one was the embedding)
+        delta = {"weights": (n - lm) * wb}
+        if cfg.method.is_peft:  # PEFT's modules_to_save copy of the score head trains (fp32 under LoRA's upcast)
+            delta.update(adapters=4 * n, gradients=4 * n, optimizer=_optimizer_bytes(cfg, n, 4))
+            extra_trainable = n
+        elif _head_trains(cfg):  # a full policy trains the score head, and no lm_head
+            delta.update(gradients=(n - lm) * wb, optimizer=_optimizer_bytes(cfg, n, wb)
+                         - (_optimizer_bytes(cfg, lm, wb) if lm else 0))
+            extra_trainable = n - lm
+        for k, v in delta.items():
+            comps[k] = comps.get(k, 0) + v
+            static += v
+        # the score head saves its input (the last hidden state) when it trains; memory.py counts lm_head's input
+        # only where lm_head trains (a full policy), so a PEFT reward model adds it
+        if not _head_trains(cfg):
+            activations += r * Bp * S * H
+        head = Bp * S * c  # the (2B, S, 1) scores
         comps["reward_scores"] = head
-        policy_dyn = activations + head
+        # P5: no vocabulary logits, so the backbone's own backward is the peak: the last block's MLP backward
+        # (measured, reports/preference-cpu)
+        comps["backward_transient"] = reward_backward(cfg, Bp)
+        if cfg.grad_checkpointing:  # one block's recompute beside the kept inputs (memory.py assumption 5)
+            comps["block_recompute"] = block_recompute(pcfg)
+        policy_dyn = activations + head + comps["backward_transient"] + comps.get("block_recompute", 0)
+        if "embedding_grad_tail" in comps:  # the classifier has no lm_head: its embedding is untied (P5)
+            comps["embedding_grad_tail"] = (V * H * wb if M.keeps_grads(cfg) else 0) + Bp * S * H * r
         notes.append("reward model: a 1-label classification head replaces lm_head, no vocabulary logits (P5)")
-    else:  # ORPO / SimPO: memory.py's logits rule at 2B (P2)
-        head = p.peak_allocated_bytes - static - activations
+    else:  # ORPO / SimPO: the logits of both sequences and the loss's own buffers (P2, trl_head H7-H9)
+        kept, saved, transient = trl_head.logits_head(pairs=B, seq=S, vocab=V, logits_bytes=c,
+                                                      nll=obj is Objective.ORPO)
+        head = kept + saved + transient
         comps[logits_name] = head
         policy_dyn = activations + head
         notes.append(f"{obj.value}: TRL's experimental trainer builds the logits of both sequences "
-                     f"({Bp} x {S} x vocab; memory.py assumption 6 at 2B, P2)")
+                     f"({Bp} x {S} x vocab) and its loss saves "
+                     f"{'the chosen log-softmax and ' if obj is Objective.ORPO else ''}per-token terms "
+                     "(trl_head H7-H9, P2)")
     comps["activations"] = activations
+    if cfg.optimizer is Optimizer.ADAMW and "optimizer_step" in comps and obj is not Objective.GRPO:  # P9
+        comps["optimizer_step"] = 0
     # P8 (memory.py assumption 3): where the loop frees gradients before the forward (Trainer's zero_grad, one
     # micro-batch, no ZeRO/FSDP), they are not beside the forwards (the policy's, the reference's); they are beside
     # the end of backward (a trainable embedding's tail, 3b) and the optimizer step
@@ -319,7 +410,8 @@ def preference_plan(cfg: PlanConfig, pref: PreferenceConfig) -> M.Plan:
         notes.append(f"{obj.value}: TRL's disable_dropout=True (its default) sets every dropout to 0: no dropout "
                      "masks (P7)")
     # the plan carries the user's configuration (batch B); the policy ran at Bp sequences (P1)
-    return M.Plan(asked, p.params, p.active_params, p.trainable_params, comps, allocated, allocated + reserve,
+    return M.Plan(asked, p.params, p.active_params, p.trainable_params + extra_trainable, comps, allocated,
+                  allocated + reserve,
                   allocated + reserve + context, tuple(notes))
 
 

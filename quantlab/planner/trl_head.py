@@ -49,6 +49,29 @@ H6. The torch forward fold also holds, at its peak, per-token vectors of the til
     ``log_sum_sq_probs`` is requested (:data:`FOLD_VECTOR_BYTES`); the backward fold's peak holds no per-token
     vector beyond its tiles. Not modelled: the per-sequence sums the trainer takes after the forward (bytes per
     sequence, not per token) and the wrapper's short-lived scalars.
+
+The experimental ORPO and CPO/SimPO trainers do not use the fused head: they build every logit
+(:func:`logits_head`, H7-H9; ``trl/experimental/orpo/orpo_trainer.py`` and ``trl/experimental/cpo/cpo_trainer.py``
+``concatenated_forward``, ``trl/trainer/utils.py`` ``selective_log_softmax``, TRL 1.16.0).
+
+H7. Kept: the model returns the logits of the P = 2B concatenated sequences, P x S x V in lm_head's output dtype
+    (no loss inside the model: ``model(input_ids, attention_mask, use_cache=False)``), alive until the end of
+    backward.
+H8. Saved outside the model by the loss (P x (S-1) positions): ``get_batch_logps`` with ``average_log_prob=True``
+    (ORPO always; CPO for ``simpo`` and ``ipo``) clones the shifted labels and calls ``selective_log_softmax``,
+    whose fp32/fp64 branch saves the int64 gather index (8 bytes a position) and one ``logsumexp`` result per
+    sequence row (4 a position; the rows are views of the logits, already kept), then the bool loss mask (1 a
+    position) and the int64 per-sequence token count the mean divides by (8 a sequence); a half-precision
+    branch keeps each row's ``log_softmax`` instead (P x (S-1) x V in the logits dtype; not measured here).
+    The pair-level loss saves a few fp32 B-vectors: ORPO's ``odds_ratio_loss`` six (``exp``, ``log1p``,
+    ``logsigmoid``'s input and buffer, for chosen and rejected where they apply: 24 bytes a pair), SimPO's
+    ``logsigmoid`` two (8 a pair). ORPO's NLL term (``cross_entropy_loss(all_logits[:B], ...)``,
+    ``nn.CrossEntropyLoss`` in the logits' dtype, no upcast) saves the chosen sequences' ``log_softmax``
+    (B x (S-1) x V) and their int64 targets; CPO with ``cpo_alpha=0`` (SimPO's setting) runs no NLL term.
+H9. The backward's peak above H7 and H8 (measured on this CPU, fp32, tiny Llama, reports/preference-cpu): two
+    P x (S-1) x V gradient buffers in the logits' dtype at once: ``gather``'s backward (a zeros tensor it
+    scatters into) and the per-row ``logsumexp`` gradients stacked by ``unbind``'s backward, before they are summed
+    into the gradient of the shifted logits.
 """
 
 from __future__ import annotations
@@ -181,3 +204,22 @@ def fused_head(*, batch: int, seq: int, hidden: int, vocab: int, hidden_bytes: i
     else:
         input_grad = (N + B * S) * H * r
     return FusedHead(N, saved, hidden_rows, function, hidden_is_view, outputs_kept, forward, backward, input_grad)
+
+
+def logits_head(*, pairs: int, seq: int, vocab: int, logits_bytes: int, nll: bool) -> tuple[int, int, int]:
+    """(kept, saved, transient) bytes of the ORPO / CPO head over ``pairs`` chosen/rejected pairs (P = 2 x pairs
+    sequences) of ``seq`` tokens (H7-H9). ``nll``: ORPO's NLL term on the chosen sequences (CPO: ``cpo_alpha`` >
+    0); ``logits_bytes``: lm_head's output dtype."""
+    for name, v in (("pairs", pairs), ("seq", seq), ("vocab", vocab)):
+        _check(name, v)
+    if seq < 2:
+        raise ValueError("seq must be at least 2: the loss scores next-token labels")
+    B, S, V, L = pairs, seq, vocab, logits_bytes
+    P = 2 * B
+    pos = P * (S - 1)
+    kept = P * S * V * L  # H7
+    logps = (8 + 4 + 1) * pos + 8 * P if L >= 4 else (V * L + 8 + 1) * pos + 8 * P  # H8 (half: log_softmax rows)
+    pair = 24 * B if nll else 8 * B
+    ce = (B * (S - 1) * V * L + 8 * B * (S - 1) + 4) if nll else 0
+    transient = 2 * pos * V * L  # H9
+    return kept, logps + pair + ce, transient

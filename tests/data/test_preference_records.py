@@ -84,3 +84,19 @@ def test_shipped_json_prefs_task_reads():
             assert p.extra["kind"] in ("missing_quote", "trailing_comma", "single_quotes")
         else:
             assert rejected != chosen and p.extra["kind"] in ("wrong_key", "wrong_value", "age_as_string")
+
+
+def test_unpaired_rows_for_kto_keep_the_pairs_order_and_prompt():
+    """R7: each pair gives its chosen completion (label True) then its rejected one (False); an implicit prompt is
+    extracted first (R2), so both rows share it."""
+    from quantlab.data.preference import Pair, unpaired
+
+    rows = unpaired([Pair(3, "Q: a? A: yes", "Q: a? A: no"), Pair(4, "x", "y", "P")])
+    assert [(r.line, r.prompt, r.completion, r.label) for r in rows] == [
+        (3, "Q: a? A:", " yes", True), (3, "Q: a? A:", " no", False), (4, "P", "x", True), (4, "P", "y", False)]
+    assert not rows[0].conversational
+    conv = Pair(1, [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+                [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}])
+    c, r = unpaired([conv])
+    assert c.prompt == [{"role": "user", "content": "q"}] and c.completion == [{"role": "assistant", "content": "a"}]
+    assert c.conversational and c.label and not r.label

@@ -16,7 +16,8 @@ MATRIX = REPO / "profiles" / "validation" / "matrix.yaml"
 KNOWN_MISSES = REPO / "profiles" / "validation" / "known-misses.yaml"
 # one fast row per family, from the shipped matrix
 ONE_PER_FAMILY = ("qwen-bitfit-fp32", "llama-dora-qv-fp32", "llama-ptuning-mlp-fp32", "llama-distill-gkd-fp32",
-                  "llama-dpo-lora-fp32")
+                  "llama-dpo-lora-fp32", "llama-orpo-lora-fp32", "llama-simpo-lora-fp32", "llama-kto-lora-fp32",
+                  "llama-reward-lora-fp32")
 LLAMA = "{num_hidden_layers: 2, hidden_size: 256, num_attention_heads: 4, num_key_value_heads: 1, head_dim: 64, " \
         "intermediate_size: 1024, vocab_size: 4096}"
 
@@ -67,7 +68,9 @@ def test_known_misses_carry_their_expected_error():
     ("method: bitfit, teacher-scale: {n_layer: 1}", "teacher-scale applies to method distill, not bitfit"),
     ("method: bitfit, beta: 0.1", "applies to the preference methods, not bitfit"),
     ("method: lora, encoder-hidden-size: 64", "--encoder-hidden-size applies to --method ptuning, not lora"),
-    ("method: orpo", "the lab measures DPO only"),
+    ("method: grpo, num-generations: 2", "grpo is planned only"),
+    ("method: orpo", "vocab_size 49152"),
+    ("method: orpo, reference: copy", "--reference applies to --method dpo or kto or grpo"),
     ("method: dpo, num-generations: 4", "num-generations does not apply to dpo"),
     ("method: dpo, policy: freeze", "policy: lora or full"),
     ("method: dpo", "vocab_size 49152"),
@@ -123,12 +126,25 @@ def test_family_specific_components_are_compared(rows):
     assert dpo["batch"] == 2 and dpo["reference"] == "adapter" and dpo["plans_over"] == "lora"
     pt = rows["llama-ptuning-mlp-fp32"]
     assert pt["encoder_hidden_size"] == 128 and pt["meas_adapters_bytes"] == pt["pred_adapters_bytes"]
+    # ORPO / SimPO: the logits of both sequences and what their loss saves, compared (trl_head H7-H8)
+    for i in ("llama-orpo-lora-fp32", "llama-simpo-lora-fp32"):
+        r = rows[i]
+        assert r["reference"] == "none" and r["batch"] == 2
+        assert r["meas_logits_loss_bytes"] >= 4 * r["seq"] * 49152 * 4 and abs(r["err_logits_loss"]) < 0.001
+    assert rows["llama-orpo-lora-fp32"]["meas_logits_loss_bytes"] > 1.4 * rows["llama-simpo-lora-fp32"][
+        "meas_logits_loss_bytes"]  # ORPO's NLL term: the chosen half's log-softmax
+    kto = rows["llama-kto-lora-fp32"]
+    assert kto["reference"] == "adapter" and kto["batch"] == 2 and kto["err_reference_weights"] == 0.0
+    rw = rows["llama-reward-lora-fp32"]
+    assert rw.get("err_logits_loss") is None and rw["pred_logits_loss_bytes"] is None  # no vocabulary logits
+    assert rw["meas_adapters_bytes"] == rw["pred_adapters_bytes"] > dpo["meas_adapters_bytes"]  # + the score copy
 
 
 def test_the_report_and_measurements_file_take_the_rows(rows, tmp_path):
-    """The report writes them like any row; the ground-truth file has no field for these methods yet
-    (quantlab.groundtruth plans with plan()): --append-measurements leaves them out instead of writing rows it
-    would re-plan as the base method."""
+    """The report writes them like any row. --append-measurements writes the preference rows with their
+    ``preference`` settings, which quantlab.groundtruth re-plans through validate.method_plan to the error validate
+    found; the PEFT variants have no field in the row format yet and are left out (not re-planned as the base
+    method)."""
     from quantlab.commands.validate import append_measurements, markdown, write_outputs
     from quantlab.validate import summarize
 
@@ -138,7 +154,18 @@ def test_the_report_and_measurements_file_take_the_rows(rows, tmp_path):
     paths = write_outputs(rs, summarize(rs), tmp_path / "out")
     doc = json.loads((tmp_path / "out" / "validation.json").read_text())
     assert {r["id"] for r in doc["configurations"]} == set(ONE_PER_FAMILY) and len(paths) == 4
-    assert append_measurements(rs, tmp_path / "m.jsonl") == 0
+    from quantlab.groundtruth import check_row, load_rows
+
+    prefs = [i for i in ONE_PER_FAMILY if i.split("-")[1] in ("dpo", "orpo", "simpo", "kto", "reward")]
+    assert append_measurements(rs, tmp_path / "m.jsonl") == len(prefs)
+    written = load_rows(tmp_path / "m.jsonl")
+    assert sorted(r["id"] for r in written) == sorted(f"quantlab-validate-{i}" for i in prefs)
+    for w in written:
+        r = rows[w["id"][len("quantlab-validate-"):]]
+        assert w["method"] == r["plans_over"] and w["preference"]["objective"] == r["method"]
+        c = check_row(w)
+        assert c.predicted == r["pred_allocated_bytes"] and c.measured == r["meas_allocated_bytes"], w["id"]
+        assert c.ok
 
 
 def test_a_planner_change_would_show_as_a_miss(rows):
@@ -174,7 +201,7 @@ def test_known_misses_are_reported_as_misses_with_their_error():
 
 @pytest.mark.parametrize("argv,says", [
     (("--method", "bitfit", "--encoder-hidden-size", "8"), "--encoder-hidden-size applies to --method ptuning"),
-    (("--method", "orpo"), "the lab measures DPO only"),
+    (("--method", "grpo", "--num-generations", "2"), "grpo is planned only"),
     (("--method", "lora", "--teacher-scale", "num_hidden_layers=1"), "teacher-scale applies to method distill"),
     (("--method", "distill", "--keep-grads"), "needs --teacher"),
     (("--method", "bitfit", "--precision", "fp32", "--compute-dtype", "fp32"), "give keep-grads: true"),
