@@ -9,6 +9,8 @@ Matrix file (YAML or JSON)::
     scales:                       # named scale-downs: HF config.json overrides of a profile
       llama-small: {num_hidden_layers: 2, hidden_size: 256, intermediate_size: 1024, vocab_size: 4096}
     defaults: {batch: 2, seq: 64} # applied to every entry (an entry's own keys win)
+    include: [more.yaml]          # optional: further matrix files (relative to this one), their own scales and
+                                  # defaults; ids are unique across them
     configurations:
       - {id: llama-lora-bf16, model: llama-3.2-1b, scale: llama-small, method: lora, precision: bf16,
          compute-dtype: bf16}
@@ -36,6 +38,15 @@ measured by their own lab code (:mod:`quantlab.validate` assumption 13)::
 
     - {id: llama-ptuning-mlp-fp32, method: ptuning, model: llama-3.2-1b, scale: llama-3.2-1b/16,
        num-virtual-tokens: 20, encoder-hidden-size: 128, precision: fp32, compute-dtype: fp32, keep-grads: true}
+
+An entry whose ``model`` names an encoder profile (``profiles/encoders/``: bert-base-uncased, roberta-base,
+modernbert-base, all-minilm-l6-v2) is an encoder row (profiles/validation/encoder-matrix.yaml): the keys of
+``quantlab plan --model ENCODER`` (``head``, ``num-labels``, ``train-last-k``, ``batch``, ``seq``) plus
+``precision`` (fp32, bf16) and ``padded``, measured by the lab's encoder step and planned by the encoder planner
+(:mod:`quantlab.validate_encoder`); the file's ``defaults`` apply to it where they are encoder keys::
+
+    - {id: bert-seqcls-k2-fp32, model: bert-base-uncased, scale: bert-base/12, head: seq-cls, num-labels: 6,
+       train-last-k: 2}
 
 ``expect: {component: error}`` marks a known miss (profiles/validation/known-misses.yaml): the row keeps its targets
 and is reported as a miss; the error it was measured at is shown beside it (``expected_errors``).
@@ -342,8 +353,21 @@ def _expect(v, where: str) -> tuple:
 
 
 def load_matrix(path: str | Path, only: tuple[str, ...] = ()) -> list:
-    """The cases of a matrix file (module docstring); a bad entry is a one-line QuantlabError naming it."""
-    p = Path(path)
+    """The cases of a matrix file and of the files it includes (module docstring); a bad entry is a one-line
+    QuantlabError naming it."""
+    cases, seen = _load_matrix(Path(path), only, set(), ())
+    if only:
+        missing = [x for x in only if x not in seen]
+        if missing:
+            raise QuantlabError(f"{path}: no configuration with id {', '.join(missing)}")
+    return cases
+
+
+def _load_matrix(p: Path, only: tuple[str, ...], seen: set, chain: tuple) -> tuple[list, set]:
+    """One matrix file's cases, then those of its ``include:`` files (paths relative to it, each with its own
+    scales and defaults); ``seen`` is every id so far (an id is unique across the files)."""
+    if p.resolve() in chain:
+        raise QuantlabError(f"{p}: includes itself (through {' -> '.join(str(c) for c in chain)})")
     if not p.is_file():
         raise QuantlabError(f"matrix file {p} does not exist")
     text = p.read_text(encoding="utf-8")
@@ -363,10 +387,18 @@ def load_matrix(path: str | Path, only: tuple[str, ...] = ()) -> list:
         raise QuantlabError(f"{p}: expected a list of configurations (or a mapping with 'configurations:')")
     scales = doc.get("scales") or {}
     defaults = doc.get("defaults") or {}
+    from quantlab.commands.encoder_plan import is_encoder
     from quantlab.commands.flags import config_dict_from_mapping
     from quantlab.commands.serve_flags import serving_values_from_mapping
+    from quantlab.validate_encoder import KEYS as ENCODER_KEYS
+    from quantlab.validate_encoder import case_from_mapping as encoder_case
 
-    cases, seen = [], set()
+    includes = doc.get("include") or []
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(x, str) and x for x in includes):
+        raise QuantlabError(f"{p}: include must be a file name or a list of them (relative to {p.parent})")
+    cases = []
     for i, raw in enumerate(doc["configurations"], 1):
         if not isinstance(raw, dict):
             raise QuantlabError(f"{p}: configuration {i} is not a mapping")
@@ -376,6 +408,15 @@ def load_matrix(path: str | Path, only: tuple[str, ...] = ()) -> list:
         if id in seen:
             raise QuantlabError(f"{where}: duplicate id")
         seen.add(id)
+        if isinstance(raw.get("model"), str) and is_encoder(raw["model"]):  # quantlab/validate_encoder.py
+            enc_defaults = {k: v for k, v in defaults.items() if str(k).replace("_", "-") in ENCODER_KEYS}
+            try:
+                case = encoder_case({**raw, "id": id}, scales=scales, defaults=enc_defaults, index=i)
+            except QuantlabError as e:
+                raise QuantlabError(f"{p}: {e}") from e
+            if not only or id in only:
+                cases.append(case)
+            continue
         weights = entry.pop("weights", None)
         expect = _expect(entry.pop("expect", None), where)
         scale = entry.pop("scale", None) or {}
@@ -396,11 +437,10 @@ def load_matrix(path: str | Path, only: tuple[str, ...] = ()) -> list:
             cases.append(dataclasses.replace(case, expect=expect) if expect else case)
         except QuantlabError as e:
             raise QuantlabError(f"{where}: {e}") from e
-    if only:
-        missing = [x for x in only if x not in seen]
-        if missing:
-            raise QuantlabError(f"{p}: no configuration with id {', '.join(missing)}")
-    return cases
+    for inc in includes:
+        more, seen = _load_matrix(p.parent / inc, only, seen, chain + (p.resolve(),))
+        cases.extend(more)
+    return cases, seen
 
 
 # ---- running -----------------------------------------------------------------------------------------------
@@ -412,7 +452,11 @@ def run(args) -> int:
         cases = load_matrix(args.matrix, tuple(x.strip() for x in args.only.split(",") if x.strip()))
     else:
         cases = [case_from_flags(args, id="cli", weights=args.weights, scale=_parse_scale(args.scale))]
+    from quantlab.validate_encoder import EncoderCase
+
     for c in cases:  # refuse before anything runs
+        if isinstance(c, EncoderCase):  # refused at load (quantlab/validate_encoder.py)
+            continue
         why = lab_refusal(c.config, c.serve)
         if why:
             raise QuantlabError(f"{c.id}: {why}")
@@ -425,11 +469,15 @@ def run_cases(cases, *, progress: bool = False, readings=None) -> list[dict]:
 
     from quantlab.lab.progress import track
     from quantlab.validate import validate
+    from quantlab.validate_encoder import EncoderCase, run_encoder_case
+
+    def one(c):
+        return run_encoder_case(c) if isinstance(c, EncoderCase) else validate(c, readings=readings)
 
     # libraries imported on the way (deepspeed, gptqmodel via peft) print banners on stdout: keep stdout for the
     # report (--format json/csv must parse)
     with contextlib.redirect_stdout(sys.stderr):
-        return [validate(c, readings=readings) for c in track(cases, "validating", total=len(cases), enabled=progress)]
+        return [one(c) for c in track(cases, "validating", total=len(cases), enabled=progress)]
 
 
 def report(rows: list[dict], *, fmt: str = "table", out: str | None = None, append: str | None = None,

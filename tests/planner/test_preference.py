@@ -53,7 +53,8 @@ def test_reward_has_no_lm_head_logits():
     p = preference_plan(lora(), PreferenceConfig(Objective.REWARD))
     assert not any("logits" in k for k in p.components)
     # llama-3.1-8b's untied lm_head (128,256 x 4,096 bf16) is gone from the weights
-    assert M.plan(lora(batch=4)).components["weights"] - p.components["weights"] == 128256 * 4096 * 2
+    # lm_head (128,256 x 4,096 bf16) is gone; the 1-label score head (4,096 x 1 bf16) is there (preference P5)
+    assert M.plan(lora(batch=4)).components["weights"] - p.components["weights"] == 128256 * 4096 * 2 - 4096 * 2
 
 
 def test_kto_plans():

@@ -139,3 +139,17 @@ def test_module_entry_point_runs_rows_and_refuses_bad_input(capsys, tmp_path):
     assert main([str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "unknown head 'mlm'" in err
+
+
+def test_quantlab_validate_runs_an_encoder_row(capsys):
+    """`quantlab validate --matrix` dispatches an encoder profile's row to the encoder lab and planner."""
+    import json as _json
+
+    from quantlab.cli import main
+
+    rc = main(["validate", "--matrix", "profiles/validation/encoder-matrix.yaml", "--only", "bert-seqcls-k0-fp32",
+               "--format", "json", "--no-progress"])
+    doc = _json.loads(capsys.readouterr().out)
+    row = doc["configurations"][0]
+    assert rc == 0 and row["method"] == "encoder-seq-cls" and row["ok"] is True
+    assert row["err_activations"] == 0.0 and row["pred_allocated_bytes"] is None
