@@ -68,6 +68,24 @@ def test_backward_points_under_autocast_see_the_weight_cast_copy():
     assert block_backward_points(_tiny(), x, True, frozenset(), True, 4, True) == (49_152, 49_152, 32_768)
 
 
+def test_eager_attention_backward_point():
+    """Eager attention at 512 tokens (T = 1,024; S = b·H·s² = 2·4·512² = 2,097,152 scores): at the softmax's backward
+    the fp32 probabilities' gradient and the fp32 output, 8·S = 16,777,216 B, beside dY (262,144), with the MLP's
+    saved tensors (norm 528,384 + its output 262,144 + gate, activation, up 1,572,864 + down_proj's input 524,288 =
+    2,887,680) and o_proj's saved input (262,144) freed: 13,889,536; where the step had no gradients the MLP's,
+    o_proj's and the post-attention norm's gradients, 4·(3·8,192 + 4,096 + 64) = 114,944 B, are live too. In bf16
+    8·S less the freed bf16 probabilities 2·S beside dY 131,072, less the MLP's 1,576,960 and o_proj's 131,072:
+    11,005,952."""
+    m = _tiny()
+    x = Act(b=2, s=512, kv_s=512, r=4, a=4, c=4, amp=False, eager=True, cuda=False, flash=True)
+    assert block_backward_points(m, x, True, frozenset(), True, 4, True)[-1] == 13_889_536
+    assert block_backward_points(m, x, True, frozenset(), True, 4, False)[-1] == 14_004_480
+    x = x._replace(r=2, a=2, c=2)
+    assert block_backward_points(m, x, True, frozenset(), True, 2, True)[-1] == 11_005_952
+    sdpa = x._replace(eager=False)
+    assert len(block_backward_points(m, sdpa, True, frozenset(), True, 2, True)) == 2  # (no s^2 point)
+
+
 def test_recompute_reuses_only_an_input_the_norm_saves_as_is():
     m = _tiny()
     assert recompute_reused(m, _x(), True, True) == 4 * 64 * 64  # fp32: x.to(float32) is x
