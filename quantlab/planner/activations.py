@@ -469,6 +469,26 @@ def recompute_reused(m: ModelSpec, x: Act, trains: bool, input_grad: bool) -> in
     return 4 * T * h if (input_grad and x.r == 4) else 0  # x.to(float32) / x.float() of an fp32 input: itself
 
 
+def attention_backward_point(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: bool, grad_bytes: int,
+                             grads_kept: bool) -> int | None:
+    """Bytes above a block's saved tensors at eager attention's softmax backward (A14d), dY included; None where it
+    is not modelled (SDPA, GPT-2's own attention) or the attention runs no backward."""
+    f = family(m)
+    if not (x.eager and f.attention_code != "gpt2" and (input_grad or trains or _has(lora, *qkv_names(m)))):
+        return None
+    T, tp = x.T, x.tp
+    dy = x.r * T * m.hidden_size * (2 if f.post_norms else 1)
+    S = x.b * m.num_attention_heads * x.s * x.kv_s
+    o_in = x.att * T * m.num_attention_heads * m.head_dim // tp if (trains or f.names[3] in lora) else 0
+    done = 0  # the gradients the block's MLP, post-attention norm and o_proj left as .grad (grads_kept False)
+    if trains and not grads_kept:
+        qkv = set(qkv_names(m))
+        done = sum(l.count * (l.in_features * l.out_features // tp + (l.out_features if l.bias else 0))
+                   for l in block_linears(m) if l.name not in qkv) + (f.norms_per_block - 1) * m.hidden_size
+    sm = 8 * S - (x.att * S if x.att != 4 else 0)  # fp32 gradient and output; a half cast of the probs freed
+    return dy + sm // tp - mlp(m, x, trains, lora, True) - o_in + done * grad_bytes
+
+
 def block_backward_points(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: bool, grad_bytes: int,
                           grads_kept: bool) -> tuple[int, ...]:
     """Bytes above a checkpointed block's recomputed tensors (and their autocast weight casts) at each candidate
@@ -486,19 +506,8 @@ def block_backward_points(m: ModelSpec, x: Act, trains: bool, lora: frozenset, i
     dy = x.r * T * h
     if f.post_norms:  # Gemma-2's post_feedforward_layernorm: its input's gradient beside dY (read, not measured)
         dy += x.r * T * h
-    attn = ()
-    if x.eager and f.attention_code != "gpt2" and (input_grad or trains or _has(lora, *qkv_names(m))):
-        # A14d: eager attention's softmax backward, the MLP's saved tensors and o_proj's saved input freed
-        S = x.b * m.num_attention_heads * x.s * x.kv_s
-        o_in = x.att * T * m.num_attention_heads * m.head_dim // tp if (trains or f.names[3] in lora) else 0
-        done = 0  # the gradients the block's MLP, post-attention norm and o_proj left as .grad (grads_kept False)
-        if trains and not grads_kept:
-            qkv = set(qkv_names(m))
-            done = sum(l.count * (l.in_features * l.out_features // tp + (l.out_features if l.bias else 0))
-                       for l in block_linears(m) if l.name not in qkv) + (f.norms_per_block - 1) * m.hidden_size
-        sm = 8 * S - (x.att * S if x.att != 4 else 0)  # fp32 gradient and output; a half cast of the probs freed
-        attn = (dy + sm // tp - mlp(m, x, trains, lora, True) - o_in
-                + done * grad_bytes,)
+    point = attention_backward_point(m, x, trains, lora, input_grad, grad_bytes, grads_kept)
+    attn = (point,) if point is not None else ()
     if m.is_moe:
         return (dy,) + attn
     down = f.names[6]

@@ -79,10 +79,12 @@ def test_trainer_checkpointed_step_without_accumulation(tmp_path, method):
     assert abs(a.error) < 0.005, c.text
 
 
+@pytest.mark.parametrize("ckpt", [True, False], ids=["ckpt", "no-ckpt"])
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
-def test_trainer_checkpointed_eager_attention_at_512_tokens(tmp_path, bf16):
-    """Eager attention at 512 tokens: the peak is the last block's softmax backward (activations A14d; 40% (fp32) and
-    15% (bf16) above the plan without it, on this CPU)."""
+def test_trainer_eager_attention_at_512_tokens(tmp_path, bf16, ckpt):
+    """Eager attention at 512 tokens: the peak is the last block's softmax backward (activations A14d, memory 5b and
+    5e; with checkpointing 40% (fp32) and 15% (bf16) above the plan without it, without checkpointing 24% (fp32), on
+    this CPU)."""
     import torch
     from transformers import Trainer
 
@@ -92,7 +94,7 @@ def test_trainer_checkpointed_eager_attention_at_512_tokens(tmp_path, bf16):
     cb = PlanCheckCallback(print_fn=lambda s: None)
     model = tiny_model("llama", attn_implementation="eager", dtype=torch.bfloat16 if bf16 else None)
     args = trainer_args(tmp_path, per_device_train_batch_size=BATCH, gradient_accumulation_steps=2,
-                        gradient_checkpointing=True)
+                        gradient_checkpointing=ckpt)
     Trainer(model=model, args=args, train_dataset=token_dataset(n=8, seq=512, vocab=VOCAB), callbacks=[cb]).train()
     c = cb.check
     assert c.derived.config.attn.value == "eager" and c.derived.config.seq == 512, c.text
