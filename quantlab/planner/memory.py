@@ -71,8 +71,9 @@ Assumptions (numbered; notes in the plan refer to them):
    and the final norm's gradients exist from the start of backward: the phase is linear in the blocks done, so the
    plan takes each block group's last and first block. Measured on a CPU to 0.03% by a real Trainer step
    (tests/integrations/test_trainer_loop_plan.py, full and LoRA, grad accum 2; grad accum 1 by the same callback):
-   before this the plan missed that phase, 26,772 B (1.3%) below on the full fine-tune. The attention's backward
-   transients (eager s^2 gradients) are not summed (A14).
+   before this the plan missed that phase, 26,772 B (1.3%) below on the full fine-tune. Eager attention's softmax
+   backward is one more candidate point of each block (A14d); GPT-2's own attention, attention dropout, Gemma-2's
+   softcap backward and SDPA's math kernel (A3b) are not traced.
    5c. ``preserve_rng_state=True`` (torch's default; transformers passes no other): each checkpointed block stashes
    ``torch.get_rng_state()`` (checkpoint.py line 1632), a 5,056-byte CPU tensor, and on CUDA the device's state,
    also a CPU tensor (``torch.cuda.get_rng_state``): device memory only on a CPU plan. Freed with the block's
