@@ -110,6 +110,45 @@ A12. Tensor parallelism (Megatron-style, no sequence parallelism) splits the hea
     degree; the norms, their outputs (each rank's q/k/v and gate/up read the whole hidden state), the router and
     the residual stream stay whole on every rank (Korthikanti et al. 2022, "Reducing Activation Recomputation in
     Large Transformer Models", section 4.2.1).
+A14. A checkpointed block in backward (memory assumption 5; torch 2.13 ``utils/checkpoint.py``, non-reentrant, as
+    transformers 5.24 ``modeling_utils.py`` ``_activation_checkpointing_enable`` sets ``use_reentrant=False``): the
+    first unpack of a saved tensor re-runs the block's forward and keeps the tensors A2-A8 name, and autograd then
+    frees each node's saved tensors after the node runs. Two facts beyond :func:`block_saved`, both measured on a
+    CPU (tiny Llama, fp32, Trainer step, torch profiler allocation events, tests/integrations/
+    test_trainer_loop_plan.py):
+    a. (:func:`recompute_reused`) the recompute reads the checkpoint's saved input, so what the first norm saves
+       as the input itself (RMSNorm's ``x.to(float32)`` of an fp32 input is that input; GPT-2's LayerNorm saves its
+       input) is not a new tensor: it is the block input memory assumption 5 already keeps.
+    b. (:func:`block_backward_points`) the block's backward starts at the MLP's output projection, with the block
+       output's gradient dY (r·T·h: the residual add passes it to both branches, and it waits in the residual's
+       input buffer) beside every recomputed tensor. down_proj's ``MmBackward`` makes its input's gradient (a·T·I)
+       and, when it trains, its weight's gradient (I·h in the gradient's dtype: a fresh tensor that
+       ``AccumulateGrad`` adds into an existing ``.grad`` or that becomes ``.grad``; under autocast the c-dtype
+       gradient of the weight's cast and its fp32 copy, ``ToCopyBackward``); a k-bit down_proj instead dequantizes
+       its weight for the input gradient (bitsandbytes 0.50 ``MatMul4Bit.backward`` / ``MatMul8bitLt.backward``:
+       c·I·h). A gated MLP's product then makes the gradients of both factors (2·a·T·I) beside down_proj's input
+       gradient, once down_proj's saved input is freed. Under autocast the weight's cast has its own
+       ``ToCopyBackward`` node, which runs after down_proj's (a higher sequence number than the product's): the c-dtype
+       and fp32 gradients are live at once, down_proj's saved input and weight cast already freed (measured on
+       ``quantlab validate --only qwen-full-amp-ckpt``: 18,258,824 B at that node). The block's transient is the
+       largest of these points.
+    c. (:func:`amp_weight_cache`) under autocast the casts of trainable leaves are cached until the outermost
+       autocast region exits, which both loops leave after the loss's forward (Trainer's
+       ``compute_loss_context_manager``; quantlab validate's loop): under checkpointing, where the blocks' casts are
+       not saved for backward, every block's casts are still live through the loss's forward (measured on the same
+       row: 8,374,528 B of casts, the step's peak at ``nll_loss_forward``).
+       Not modelled: LoRA/IA3 adapters' own backward buffers on down_proj, Gemma-2's post-norm (one more r·T·h is
+       added for it, read from the code, not measured), MoE experts (dY only), GPT-2's composed ``gelu_new``
+       backward (the output projection's point only).
+    d. Eager attention (``eager_attention_forward``, A4) reaches its softmax once the MLP's backward is done (its
+       saved tensors and o_proj's saved input freed; the residual's gradient, T·h, still live): ``matmul(probs,
+       v)``'s backward makes the probabilities' gradient, ``ToCopyBackward`` (fp16/bf16) its fp32 copy, and
+       ``_softmax_backward_data`` its fp32 output (``softmax(dtype=float32)`` casts its input first, so the
+       output's cast back is a later node) beside the saved fp32 probabilities: 8·S bytes above the saved set, less
+       the half probabilities (at·S) ``matmul(probs, v)`` saved, freed by then. Measured by a Trainer step on the
+       tiny Llama at 512 tokens (batch 2, eager): fp32 and bf16 within 0.03% (the plan was 40% and 15% below
+       without it). Not modelled: GPT-2's own attention, attention dropout, Gemma-2's softcap
+       backward, SDPA's math kernel (A3b), whose fp32 probabilities meet the same backward.
 A13. Without tensor parallelism a block's saved bytes are ``C + b·(R + P·s + Q·s²)`` for fixed switches (every term
     above is b·s·width, b·s·keys·heads, b·keys·width or a constant): :func:`block_saved` evaluates that closed form
     from coefficients computed once per model and switches; :func:`block_saved_direct` is its oracle (tests).
@@ -419,6 +458,91 @@ def _block_coefficients(m: ModelSpec, extra_keys: int, r: int, a: int, c: int, a
 def _block_saved_tp(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: bool, ia3: bool,
                     adapter_size: int) -> int:
     return block_saved_direct(m, x, trains, lora, input_grad, ia3, adapter_size)
+
+
+def recompute_reused(m: ModelSpec, x: Act, trains: bool, input_grad: bool) -> int:
+    """Bytes of a block's saved tensors that are its input itself, which a checkpointed block's recompute reads from
+    the checkpoint's saved input instead of making anew (A14a)."""
+    T, h = x.T, m.hidden_size
+    if family(m).norm == "layernorm":
+        return x.r * T * h if (input_grad or trains) else 0
+    return 4 * T * h if (input_grad and x.r == 4) else 0  # x.to(float32) / x.float() of an fp32 input: itself
+
+
+def attention_backward_point(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: bool, grad_bytes: int,
+                             grads_kept: bool) -> int | None:
+    """Bytes above a block's saved tensors at eager attention's softmax backward (A14d), dY included; None where it
+    is not modelled (SDPA, GPT-2's own attention) or the attention runs no backward."""
+    f = family(m)
+    if not (x.eager and f.attention_code != "gpt2" and (input_grad or trains or _has(lora, *qkv_names(m)))):
+        return None
+    T, tp = x.T, x.tp
+    dy = x.r * T * m.hidden_size * (2 if f.post_norms else 1)
+    S = x.b * m.num_attention_heads * x.s * x.kv_s
+    o_in = x.att * T * m.num_attention_heads * m.head_dim // tp if (trains or f.names[3] in lora) else 0
+    done = 0  # the gradients the block's MLP, post-attention norm and o_proj left as .grad (grads_kept False)
+    if trains and not grads_kept:
+        qkv = set(qkv_names(m))
+        done = sum(l.count * (l.in_features * l.out_features // tp + (l.out_features if l.bias else 0))
+                   for l in block_linears(m) if l.name not in qkv) + (f.norms_per_block - 1) * m.hidden_size
+    sm = 8 * S - (x.att * S if x.att != 4 else 0)  # fp32 gradient and output; a half cast of the probs freed
+    return dy + sm // tp - mlp(m, x, trains, lora, True) - o_in + done * grad_bytes
+
+
+def block_backward_points(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: bool, grad_bytes: int,
+                          grads_kept: bool) -> tuple[int, ...]:
+    """Bytes above a checkpointed block's recomputed tensors (and their autocast weight casts) at each candidate
+    peak of its backward's first nodes (A14b), the block output's gradient dY included in each: down_proj's
+    ``MmBackward`` (its input's gradient and its weight's gradient, or a k-bit weight's dequantized copy), under
+    autocast the ``ToCopyBackward`` of its weight's cast (the fp32 copy of that gradient; down_proj's saved input and
+    weight cast freed), and a gated MLP's product backward (the gradients of both factors beside down_proj's input
+    gradient, down_proj's saved tensors freed, its weight's gradient still live where it becomes ``.grad``:
+    ``grads_kept`` False). ``grad_bytes``: bytes of a trainable weight's ``.grad``. Each point is a closed form in the
+    shape; the caller takes their maximum (so the plan's polynomial form holds)."""
+    f = family(m)
+    if not (input_grad or trains or lora):
+        return (0,)  # (the block saves nothing and runs no backward)
+    T, h, I, a, tp = x.T, m.hidden_size, m.intermediate_size, x.a, x.tp
+    dy = x.r * T * h
+    if f.post_norms:  # Gemma-2's post_feedforward_layernorm: its input's gradient beside dY (read, not measured)
+        dy += x.r * T * h
+    point = attention_backward_point(m, x, trains, lora, input_grad, grad_bytes, grads_kept)
+    attn = (point,) if point is not None else ()
+    if m.is_moe:
+        return (dy,) + attn
+    down = f.names[6]
+    w = I * h // tp
+    gi = a * T * I // tp
+    cast = x.c * w if (x.amp and not x.kbit) else 0  # down_proj's weight cast (A5), freed after its MmBackward
+    saved_down = gi if ((trains and down not in lora) or x.kbit_keeps_input) else 0
+    if trains:
+        points = [dy + gi + (x.c if x.amp else grad_bytes) * w]
+        if x.amp:  # ToCopyBackward: the c-dtype gradient and its fp32 copy, down_proj's saved tensors freed
+            points.append(dy + gi + 4 * w - saved_down)
+    else:
+        points = [dy + gi + (x.c * w if x.kbit else 0)]  # a k-bit weight dequantized for the input gradient
+    if f.gated_mlp:
+        stays = w * grad_bytes if (trains and not grads_kept) else 0
+        points.append(dy + gi + 2 * a * T * I // tp - saved_down - cast + stays)
+    return tuple(points) + attn
+
+
+def amp_weight_cache(m: ModelSpec, x: Act, trains: bool, lora: frozenset) -> int:
+    """Bytes of one block's weight casts autocast keeps in its cache until the autocast region exits (A14c): the
+    casts of leaves that require a gradient (torch ``autocast_mode.cpp`` ``cached_cast``: ``arg.requires_grad() &&
+    arg.is_leaf()``), so every trainable linear weight and bias and the LoRA matrices; frozen and k-bit weights are
+    cast per call. MoE experts run through ``grouped_mm``, which autocast does not cover."""
+    if not x.amp:
+        return 0
+    total = 0
+    for l in block_linears(m):
+        if l.name.startswith("experts."):
+            continue
+        if trains and not (x.kbit and getattr(l, "module", True)):
+            total += l.count * (l.in_features * l.out_features + (l.out_features if l.bias else 0)) // x.tp
+        if l.name in lora:
+            total += l.count * x.rank * (l.in_features + l.out_features)
+    return x.c * total
 
 
 def block_saved_direct(m: ModelSpec, x: Act, trains: bool, lora: frozenset, input_grad: bool, ia3: bool = False,

@@ -40,8 +40,9 @@ Assumptions (numbered; notes in the plan refer to them):
    (Trainer zeroes only after the optimizer step), and so do DeepSpeed ZeRO and FSDP plans (their engines keep
    flat gradient buffers, 9d; not modelled otherwise). On CUDA the freed gradient blocks stay cached (10b):
    reserved is planned as with kept gradients. Middle-of-backward points (some gradients made, some activations
-   not yet freed) are not summed: measured on a CPU by ``quantlab validate`` below the three phases above for the
-   validated rows (profiles/validation/matrix.yaml, ``keep-grads: false``).
+   not yet freed) are not summed without checkpointing: measured on a CPU by ``quantlab validate`` below the three
+   phases above for the validated rows (profiles/validation/matrix.yaml, ``keep-grads: false``); under
+   checkpointing they are (5b).
    3b. At the end of backward a trainable embedding's gradient is a whole V x h tensor before it is added into
    ``.grad``; tied to lm_head, lm_head's gradient waits for it in autograd's input buffer from the start of
    backward (beside every later phase: block backward, checkpoint recompute) and the two are summed out of place
@@ -59,6 +60,35 @@ Assumptions (numbered; notes in the plan refer to them):
    with a mask (padding; transformers 4.57, activations A3d) the bool mask (b·s², 1 byte; measured on 4.57.6
    and, padded, on 5.24). One block is recomputed at a time during backward, so one block's saved tensors are live
    at once.
+   5b. The checkpointed backward (torch 2.13 ``utils/checkpoint.py``, non-reentrant): blocks run backward last to
+   first, each recomputed when its first saved tensor is unpacked (activations A14). At a block's backward the
+   phase holds the kept inputs of the blocks not yet done, the closure's keyword tensors, what the embedding side
+   saved, the logits a manual loop keeps, the tied lm_head gradient autograd holds (3b), the block's recomputed
+   tensors without its own input (A14a) and its autocast casts, and the first backward nodes' transient (dY,
+   down_proj's input and weight gradients, a gated product's factor gradients: A14b); what the final norm, lm_head
+   and a logit softcap saved is already freed. A block done frees its input and RNG state and, where the step
+   started without gradients (3: Trainer's zeroing with grad accum 1), leaves its weights' gradients, and lm_head's
+   and the final norm's gradients exist from the start of backward: the phase is linear in the blocks done, so the
+   plan takes each block group's last and first block. Measured on a CPU to 0.03% by a real Trainer step
+   (tests/integrations/test_trainer_loop_plan.py, full and LoRA, grad accum 2; grad accum 1 by the same callback):
+   before this the plan missed that phase, 26,772 B (1.3%) below on the full fine-tune. Eager attention's softmax
+   backward is one more candidate point of each block (A14d); GPT-2's own attention, attention dropout, Gemma-2's
+   softcap backward and SDPA's math kernel (A3b) are not traced.
+   5c. ``preserve_rng_state=True`` (torch's default; transformers passes no other): each checkpointed block stashes
+   ``torch.get_rng_state()`` (checkpoint.py line 1632), a 5,056-byte CPU tensor, and on CUDA the device's state,
+   also a CPU tensor (``torch.cuda.get_rng_state``): device memory only on a CPU plan. Freed with the block's
+   frame after its backward.
+   5d. Autocast (AMP) caches the casts of trainable leaves until its region exits, after the loss's forward in
+   both loops (activations A14c): under checkpointing every block's weight casts are live at ``nll_loss``'s
+   forward beside the logits, their fp32 upcast, ``log_softmax``'s output and the padded labels (int64
+   b·(s+1), ``nn.functional.pad`` in ``ForCausalLMLoss``); freed before backward. Measured by ``quantlab
+   validate`` (qwen-full-amp-ckpt, llama-full-amp-ckpt-eager: 1.5% and 2.8% below before, now to 16 B).
+   5e. Without checkpointing, eager attention's softmax backward in the last block (activations A14d) is a phase
+   of its own: every block's saved tensors, less the head's and the last block's MLP's (freed), plus the fp32
+   gradient and output of the softmax; where the step started without gradients, lm_head's, the final norm's and
+   the last block's MLP and o_proj gradients beside. Measured by a Trainer step on the tiny Llama at 512 tokens
+   (fp32 and bf16, full and LoRA): the plan was 24% below without it, now within 0.05%. The other middle-of-
+   backward points without checkpointing stay unsummed (3).
 6. Logits and loss (transformers ``loss/loss_utils.py`` ``ForCausalLMLoss``): the logits (T·vocab in the
    lm_head output dtype) stay referenced by the model output; the loss upcasts them to fp32
    (``logits.float()``), ``log_softmax`` saves its fp32 output, and backward allocates the fp32 gradient of
@@ -215,8 +245,9 @@ from collections import namedtuple
 
 from quantlab.families import (attended_positions, attention_masks, block_linears, family, ia3_linears,
                                learned_positions, model_cache, model_keyed, module_linears, rope_buffer_bytes)
-from quantlab.planner.activations import (Act, amp_weight_casts, block_saved, outside_blocks, sdpa_kernel,
-                                          sdpa_math)
+from quantlab.planner.activations import (Act, amp_weight_cache, amp_weight_casts, attention_backward_point,
+                                          block_backward_points, block_saved, outside_blocks, recompute_reused,
+                                          sdpa_kernel, sdpa_math)
 from quantlab.planner.formats import weight_format
 from quantlab.planner.params import ParamCounts, Tensors, block_tensors, count_params, outside_tensors
 from quantlab.specs import (ALL_LINEAR, Attention, DeviceMode, DType, LinearShape, Loop, Loss, Method, ModelSpec,
@@ -459,6 +490,9 @@ def loss_buffers(cfg: PlanConfig, dtypes: tuple | None = None, batch: int | None
     return fh.outputs_kept, fh.saved, max(fh.forward_transient, fh.backward_peak)
 
 
+# assumption 5c: ``torch.get_rng_state().nbytes`` (torch 2.13, CPU: the uint8 serialisation of the mt19937 CPU
+# generator, ``CPUGeneratorImpl::get_state``), stashed by each checkpointed block (utils/checkpoint.py line 1632)
+CPU_RNG_STATE_BYTES = 5056
 CHUNKS = 8  # torchtune CEWithChunkedOutputLoss(num_output_chunks=8), the default (assumption 12)
 
 
@@ -485,6 +519,19 @@ def _block_groups(cfg: PlanConfig, pc: ParamCounts) -> tuple[tuple[int, bool, bo
     # (enable_input_require_grads) or prompt tuning (trainable virtual tokens)
     first = cfg.grad_checkpointing or method is Method.PROMPT
     return ((1, False, first), (L - 1, False, True))
+
+
+def _block_grad_bytes(cfg: PlanConfig, pc: ParamCounts, trains: bool, grad_bytes: int) -> int:
+    """Gradient bytes one decoder block's backward leaves in ``.grad`` (assumption 5b): its weights where they train,
+    else its PEFT adapters (the per-block ones: LoRA, bottleneck adapters, IA3; prefix and prompt tuning train no
+    block tensor)."""
+    if trains:
+        return pc.per_block * grad_bytes
+    if cfg.method in (Method.LORA, Method.QLORA, Method.ADAPTER, Method.IA3):
+        n, _ = _adapter_params(cfg.model, cfg.method, cfg.lora_r, tuple(cfg.lora_targets), cfg.adapter_size,
+                               cfg.num_virtual_tokens)
+        return n // cfg.model.num_hidden_layers * grad_bytes
+    return 0
 
 
 def _embed_trains(cfg: PlanConfig, pc: ParamCounts) -> bool:
@@ -928,7 +975,10 @@ def _train_terms(cfg: PlanConfig, pc: ParamCounts, attn: Attention, dtypes: tupl
                  seq: int) -> tuple[tuple[int, ...], tuple[int, int, int, int]]:
     """The parts of one training step's activation peak (assumptions 3b, 4, 5, 6): ``(A, loss peak, logits kept,
     v_1 .. v_k)`` at (``batch``, ``seq``) — A the saved activations without the autocast weight copies, v_g the
-    tensors one block of group g saves (the block recomputed under checkpointing) — and the shape-free
+    tensors one block of group g saves; under checkpointing ``(A, loss peak, logits kept, RNG states, loss forward
+    beside autocast's cache, w_1 .. w_n)`` instead, w the last block's backward phase above A per block group and
+    candidate point (assumptions 5b-5d); without it parts[3] is eager attention's backward in the last block above
+    A (5e; 0 where not modelled) and the v_g follow — and the shape-free
     ``(autocast weight copies, tail held through backward, recompute's autocast copies, embedding-gradient tail)``.
     Without tensor parallelism each part of the first tuple is ``g(s) + b·h(s)`` with g, h quadratic in s
     (:func:`_bipoly`); :func:`_compose_train` turns both into the step's figures."""
@@ -959,6 +1009,8 @@ def _train_terms(cfg: PlanConfig, pc: ParamCounts, attn: Attention, dtypes: tupl
     per = []
     grad_blocks = blocks = 0
     qat = _qat_saved(cfg, tw_bytes) if cfg.qat_group else (0, 0)  # assumption 18
+    ckpt_phase = []  # assumption 5b: (the recomputed block's new tensors + its backward's first transient) per group
+    gb = 4 if method in _PEFT else tw_bytes  # a trainable weight's .grad
     for n, trains, ig in _block_groups(cfg, pc):
         if n > 0:
             v = block_saved(m, x, trains, lora, ig, ia3, adapter_size) + (qat[0] if trains else qat[1] if ig else 0)
@@ -966,6 +1018,9 @@ def _train_terms(cfg: PlanConfig, pc: ParamCounts, attn: Attention, dtypes: tupl
             if v:
                 grad_blocks += n
                 blocks += n * v
+            if cfg.grad_checkpointing:
+                ckpt_phase.append((v - recompute_reused(m, x, trains, ig),
+                                   block_backward_points(m, x, trains, lora, ig, gb, keeps_grads(cfg))))
     freeze = method is Method.FREEZE
     head_trains = method is Method.FULL or (freeze and "lm_head" in cfg.freeze_modules)
     norm_trains = method is Method.FULL or (freeze and bool({"norm", "ln_f"} & set(cfg.freeze_modules)))
@@ -974,8 +1029,14 @@ def _train_terms(cfg: PlanConfig, pc: ParamCounts, attn: Attention, dtypes: tupl
                              embed_trains=_embed_trains(cfg, pc), head_bytes=c if amp else r,  # lm_head's output
                              prompt_tokens=cfg.num_virtual_tokens if (prompt or prefix) else 0,
                              inputs_grad=(cfg.grad_checkpointing and method in _PEFT) or prompt)
+    # assumption 5b: what the final norm, lm_head and a logit softcap save is freed before the last block's backward
+    before = outside_blocks(m, x, head_grad=False, norm_trains=False, head_trains=False,
+                            embed_trains=_embed_trains(cfg, pc), head_bytes=c if amp else r,
+                            prompt_tokens=cfg.num_virtual_tokens if (prompt or prefix) else 0,
+                            inputs_grad=(cfg.grad_checkpointing and method in _PEFT) or prompt)
     if cfg.packed and family(m).positional == "rope":  # assumption 16: the caller's (B, S) position ids give RoPE's
         outside += 2 * (batch - 1) * s_eff * m.head_dim * r  # cos and sin one row per sequence, not one broadcast
+        before += 2 * (batch - 1) * s_eff * m.head_dim * r
     keep_logits, loss_saved, loss_grads = loss_buffers(cfg, dtypes, batch, seq)
     embed_tail, held = _embedding_grad_tail(cfg, pc, tw_bytes)  # assumption 3b
     loss_peak = keep_logits + loss_saved + loss_grads  # assumptions 6, 12-14
@@ -1005,11 +1066,64 @@ def _train_terms(cfg: PlanConfig, pc: ParamCounts, attn: Attention, dtypes: tupl
         activations = ckpt + outside
         recompute_amp = max((amp_weight_casts(m, x, trains, lora, True) // tp for _, trains, _, v in per if v),
                             default=0) if amp else 0
-        notes.append("gradient checkpointing: one input per block kept, one block recomputed at a time "
-                     "(assumption 5)")
+        notes.append("gradient checkpointing: one input per block kept, one block recomputed at a time, its "
+                     "backward beside it (assumption 5)")
+        tail = max(0, outside - before)  # 5b: freed by the time the last block's backward runs
+        # 5b: the gradients made before the last block's backward (lm_head's, the final norm's) where the step
+        # started without gradients (Trainer's zeroing, grad accum 1); a tied lm_head's is ``held`` (3b)
+        dyn = not keeps_grads(cfg) and not cfg.optimizer_in_backward
+        pre_grads = 0
+        if dyn:
+            pre_grads = (pc.lm_head * gb if head_trains and not m.tie_word_embeddings else 0) \
+                + (pc.final_norm * gb if norm_trains else 0)
+        # 5c: torch's checkpoint stashes the CPU generator's state per checkpointed block (preserve_rng_state): a
+        # CPU tensor, so on a GPU no device bytes; a block's state goes with its frame after its backward
+        rng_b = CPU_RNG_STATE_BYTES if cfg.device is DeviceMode.CPU else 0
+        rng = rng_b * grad_blocks
+        # 5b: blocks run backward last to first; once a block is done its input and RNG state are freed and, where
+        # the step started without gradients, its weights' gradients are live: the phase is linear in the blocks
+        # done, so each group's candidates are its last block and its first
+        ws = []
+        after = 0  # (gradients made) - (inputs and states freed) by the blocks after the group
+        for (n, trains, ig, v), (new, points) in reversed(list(zip(per, ckpt_phase))):
+            if not v:
+                ws.append(0)
+                continue
+            d = (_block_grad_bytes(cfg, pc, trains, gb) if dyn else 0) - r * T * m.hidden_size - rng_b
+            for p in points:
+                last = new + p - tail + pre_grads + after
+                ws += [last, last + (n - 1) * d] if n > 1 else [last]
+            after += n * d
+        ws = tuple(ws)
+        # 5d: autocast's cache keeps every block's trainable weight casts through the loss's forward
+        cache = sum(n * amp_weight_cache(m, x, trains, lora) for n, trains, _, v in per) if amp else 0
+        loss_fwd = 0
+        if cache:
+            if cfg.loss is Loss.HF:  # (6, 19) the logits, their fp32 upcast, the loss's saved tensors and the
+                # padded labels (``nn.functional.pad``, int64 b x (s+1)) at nll_loss's forward, and its output
+                out_b = c if amp else r
+                logits = out_b * T * m.vocab_size
+                loss_fwd = logits + (4 * T * m.vocab_size if out_b != 4 else 0) + loss_saved \
+                    + 8 * batch * (s_eff + 1) + 4
+            else:  # (12-14) not traced: the loss's whole peak beside the cache, an upper bound
+                loss_fwd = keep_logits + loss_saved + loss_grads
+            loss_fwd += cache
+        return ((activations, loss_peak, keep_logits, rng, loss_fwd) + ws,
+                (amp_casts, held, recompute_amp, embed_tail))
     else:
         activations = blocks + outside
-    return ((activations, loss_peak, keep_logits) + tuple(v for _, _, _, v in per),
+    # 5e: without checkpointing, eager attention's softmax backward in the last block, every block's saved tensors
+    # live but the head's (freed) and the last block's MLP's (activations A14d); 0 where not modelled (SDPA)
+    attn_bwd = 0
+    if per and not cfg.grad_checkpointing:
+        n, trains, ig, v = per[-1]
+        dyn = not keeps_grads(cfg) and not cfg.optimizer_in_backward
+        pt = attention_backward_point(m, x, trains, lora, ig, gb, not dyn) if v else None
+        if pt is not None:
+            pre = (pc.lm_head * gb if head_trains and not m.tie_word_embeddings else 0) \
+                + (pc.final_norm * gb if norm_trains else 0) if dyn else 0
+            attn_bwd = pt - (outside - before) + pre
+    return ((activations, loss_peak, keep_logits, attn_bwd) + tuple(v for _, _, _, v in per),
             (amp_casts, held, recompute_amp, embed_tail))
 
 
@@ -1019,12 +1133,16 @@ def _compose_train(parts: tuple, consts: tuple, ckpt: bool) -> tuple[int, int, i
     the kept inputs, else the loss peak beside every block's saved tensors (assumption 6)."""
     activations, loss_peak, keep_logits = parts[0], parts[1], parts[2]
     amp_casts, held, recompute_amp, embed_tail = consts
-    if ckpt:
-        recompute = max(parts[3:], default=0)
-        fwd_bwd = activations + max(loss_peak + amp_casts, keep_logits + held + recompute + recompute_amp)
-    else:
-        fwd_bwd = activations + amp_casts + max(loss_peak, keep_logits + held)
-    return activations + amp_casts, fwd_bwd - activations - amp_casts, fwd_bwd, keep_logits, embed_tail
+    rng = 0
+    if ckpt:  # parts[3]: the stashed RNG states (5c), parts[4]: the loss's forward beside autocast's cache (5d),
+        # parts[5:]: the last block's backward, per block group and candidate point (5b)
+        rng = parts[3]
+        recompute = max(parts[5:], default=0)
+        fwd_bwd = activations + rng + max(loss_peak + amp_casts, parts[4] + amp_casts,
+                                          keep_logits + held + recompute + recompute_amp)
+    else:  # parts[3]: eager attention's backward in the last block (assumption 5e), parts[4:] the blocks' saves
+        fwd_bwd = activations + amp_casts + max(loss_peak, keep_logits + held, keep_logits + held + parts[3])
+    return activations + amp_casts, fwd_bwd - activations - amp_casts - rng, fwd_bwd, keep_logits, embed_tail
 
 
 def training_activations(cfg: PlanConfig, pc: ParamCounts, attn: Attention, dtypes: tuple,
@@ -1187,7 +1305,7 @@ def _build_static(cfg: PlanConfig) -> _Static:
             notes.append("paged optimizer states live in CUDA unified memory: counted in the process total, "
                          "not in PyTorch's allocated/reserved (assumption 8)")
     if poly is not None and not cfg.grad_checkpointing:
-        poly = poly[:3]  # (the per-block recompute terms matter under checkpointing only)
+        poly = poly[:4]  # (the per-block recompute terms matter under checkpointing only)
     return _Static(cfg=cfg, training=training, pc=pc, params=pc.total, active=pc.active, attn=attn, dtypes=dtypes,
                    trainable=n_trainable if training else 0, head=tuple(head), static=static, paged_state=paged_state,
                    opt_step=opt_step, ddp_buckets=ddp_buckets, notes_pre=pre, notes_post=tuple(notes), poly=poly,
