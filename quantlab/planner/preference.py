@@ -45,8 +45,9 @@ P5. Reward models (``reward_trainer.py``): a sequence-classification head (``num
     where it was not tied); under PEFT the trainer's recommended ``modules_to_save=["score"]`` (``task_type``
     SEQ_CLS) trains a copy of it: H more adapter parameters with their gradients and AdamW states; the head saves
     its input (the last hidden state) where memory.py did not count lm_head's. With no logits, the step's peak is
-    the backbone's backward (:func:`reward_backward`) beside the saved tensors, plus under checkpointing one
-    block's recompute (:func:`block_recompute`); at the end of backward a trainable embedding (a full policy)
+    the backbone's backward (:func:`reward_backward`) beside the saved tensors; under checkpointing, one
+    block's recompute with its own backward (:func:`block_recompute`: memory.py assumptions 5 and 5b, whose
+    backward points hold the same MLP backward buffers, so reward_backward is not added again); at the end of backward a trainable embedding (a full policy)
     produces its V x H gradient beside the incoming T x H gradient (the classifier's embedding is untied: with the
     gradients freed, P8, no other copy). Measured on this CPU in fp32: every component to the byte and the peak
     within 0.1% on tiny Llama and GPT-2 (profiles/validation/matrix.yaml ``*-reward-*``).
@@ -327,10 +328,13 @@ def preference_plan(cfg: PlanConfig, pref: PreferenceConfig) -> M.Plan:
         comps["reward_scores"] = head
         # P5: no vocabulary logits, so the backbone's own backward is the peak: the last block's MLP backward
         # (measured, reports/preference-cpu)
-        comps["backward_transient"] = reward_backward(cfg, Bp)
-        if cfg.grad_checkpointing:  # one block's recompute beside the kept inputs (memory.py assumption 5)
+        if cfg.grad_checkpointing:  # one block's recompute beside the kept inputs, with that block's own
+            # backward buffers (memory.py assumptions 5, 5b: its MLP backward is the peak there)
             comps["block_recompute"] = block_recompute(pcfg)
-        policy_dyn = activations + head + comps["backward_transient"] + comps.get("block_recompute", 0)
+            policy_dyn = activations + head + comps["block_recompute"]
+        else:
+            comps["backward_transient"] = reward_backward(cfg, Bp)
+            policy_dyn = activations + head + comps["backward_transient"]
         if "embedding_grad_tail" in comps:  # the classifier has no lm_head: its embedding is untied (P5)
             comps["embedding_grad_tail"] = (V * H * wb if M.keeps_grads(cfg) else 0) + Bp * S * H * r
         notes.append("reward model: a 1-label classification head replaces lm_head, no vocabulary logits (P5)")

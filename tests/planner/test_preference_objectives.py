@@ -73,6 +73,8 @@ def test_reward_head_backward_and_static_golden_numbers():
     assert "block_recompute" not in c
     ck = preference_plan(dataclasses.replace(cfg, grad_checkpointing=True), PreferenceConfig(Objective.REWARD))
     assert ck.components["block_recompute"] > 0  # one block recomputed beside the kept inputs
+    # its own backward buffers are inside the recompute phase (memory.py 5b): not added a second time
+    assert "backward_transient" not in ck.components
 
 
 def test_full_reward_model_peaks_with_its_gradients_not_an_optimizer_transient():
