@@ -205,6 +205,16 @@ def _files(kind: str) -> list["Path"]:
     return sorted((profiles_dir() / kind).glob("*.yaml"))
 
 
+def _yaml_names(kind: str) -> list[str]:
+    """The ``*.yaml`` file names of ``kind``, sorted, through ``os`` only: every plan asks the encoder index
+    whether ``--model`` is an encoder, and pathlib's glob would cost that start its import (see :func:`_root`)."""
+    try:
+        return sorted(n for n in os.listdir(os.path.join(_root(), kind)) if n.endswith(".yaml")
+                      and os.path.isfile(os.path.join(_root(), kind, n)))
+    except OSError:
+        return []
+
+
 def list_models() -> list[str]:
     """Model profile names (file stems), sorted."""
     return [p.stem for p in _files("models")]
@@ -243,17 +253,18 @@ def _index(kind: str) -> dict[str, tuple[str, str]]:
     """name/alias/hf_id (lower case) -> (file stem, how it matched). Reads every profile of ``kind``."""
     idx: dict[str, tuple[str, str]] = {}
     _broken[kind] = []
-    for p in _files(kind):
+    for name in _yaml_names(kind):
+        stem = name[:-len(".yaml")]
         try:
-            doc = _read(str(p))
+            doc = _read(os.path.join(_root(), kind, name))
         except QuantlabError:  # one broken file must not hide the others; _unknown names it
-            _broken[kind].append(p.name)
+            _broken[kind].append(name)
             continue
-        idx.setdefault(_norm(doc["name"]), (p.stem, "profile"))
+        idx.setdefault(_norm(doc["name"]), (stem, "profile"))
         for a in doc.get("aliases") or []:
-            idx.setdefault(_norm(str(a)), (p.stem, "alias"))
+            idx.setdefault(_norm(str(a)), (stem, "alias"))
         if doc.get("hf_id"):
-            idx.setdefault(_norm(doc["hf_id"]), (p.stem, "Hugging Face id"))
+            idx.setdefault(_norm(doc["hf_id"]), (stem, "Hugging Face id"))
     return idx
 
 
