@@ -167,6 +167,7 @@ def compare_grpo(case, meas: dict) -> dict:
     cfg, pr = planned_step(pc, pref, meas)
     row = dict(id=case.id, model=case.model, weights_init=case.weights, overrides=dict(case.overrides) or None,
                method="grpo", policy=pc.method.value, plans_over=pc.method.value, precision=pc.precision.value,
+               double_quant=pc.double_quant, keep_grads=cfg.keep_grads, grad_accum=cfg.grad_accum,
                compute_dtype=pc.compute_dtype.value, training_precision=pc.training_precision.value,
                optimizer=pc.optimizer.value, batch=cfg.batch, seq=cfg.seq, attn=pc.attn.value,
                grad_checkpointing=cfg.grad_checkpointing, device=meas.get("device", "cpu"),
@@ -175,7 +176,8 @@ def compare_grpo(case, meas: dict) -> dict:
                num_iterations=meas.get("meas_num_iterations", 1),
                steps_per_generation=meas.get("meas_steps_per_generation"))
     if pc.method.value in ("lora", "qlora"):
-        row.update(lora_r=pc.lora_r, lora_alpha=pc.lora_alpha, lora_targets=list(pc.lora_targets))
+        row.update(lora_r=pc.lora_r, lora_alpha=pc.lora_alpha, lora_targets=list(pc.lora_targets),
+                   lora_dropout=pc.lora_dropout)
     row.update(predict_grpo(cfg, pr))
     row.update(meas)
     oks = []
