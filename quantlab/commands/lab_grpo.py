@@ -223,10 +223,9 @@ def report_text(res: dict, row: dict, command: str) -> str:
 
 # why a component misses, from the library code (the requests the planner's owner holds: grpo-requests.md)
 # why a component may still miss (the misses R1-R3 of /work/notes/grpo-requests.md are planned now: serving S1b's
-# no-logits-processor rule, preference P4's scoring forwards in the generation phase)
-KNOWN = {"prefill_transient": "with padded prompts SDPA gets a boolean mask (rows x 1 x prompt x prompt bytes at the "
-                              "prefill) that preference P4's generate phase (padding_mask False) does not plan "
-                              "(request R5)"}
+# no-logits-processor rule, preference P4's scoring forwards in the generation phase
+# and R5, the padded prompts' SDPA mask: serving S1d)
+KNOWN: dict[str, str] = {}
 
 
 def reading(res: dict, row: dict) -> list[str]:
@@ -265,7 +264,7 @@ def reading(res: dict, row: dict) -> list[str]:
     if g["prompt_padded"] and row.get("err_prefill_transient"):
         out.append(f"- generate's prefill transient {100 * row['err_prefill_transient']:+.2f}%: the prompts are "
                    "left-padded to the longest, so SDPA gets a boolean mask (rows x 1 x prompt x prompt bytes at the "
-                   "prefill), which preference P4 plans without (its generate phase has padding_mask False).")
+                   "prefill), planned by serving S1d (preference P4 plans padded prompts for a padded step).")
     peak = "training" if row["meas_training_allocated_bytes"] >= row["meas_generation_allocated_bytes"] else \
         "generation"
     out.append(f"- The step's peak is the {peak} phase, measured and planned: the training phase holds TRL's fused "

@@ -38,7 +38,8 @@ P4. GRPO (``grpo_trainer.py``, ``grpo_config.py``): ``generate`` (transformers, 
     ``num_generations`` (line 1131); prompt = ``seq - max_completion_length``. Its KV cache and transients are the
     serving planner's generate phase (serving S1, S3) with no logits processor: TRL samples with top_k 0, top_p
     1.0, temperature 1.0 (``grpo_config.py`` lines 532-580, ``grpo_trainer.py`` lines 1156-1173; serving S1b's
-    ``logits_warpers=False``). Then ``_generate_and_score_completions`` scores the completions under ``no_grad``
+    ``logits_warpers=False``); with ``padded`` the prompts are planned left-padded (serving S1d: SDPA's bool mask),
+    the safe reading of one padding flag for both phases. Then ``_generate_and_score_completions`` scores the completions under ``no_grad``
     (``grpo_trainer.py`` line 2634), before any training forward: the old policy's log-probs when
     ``gradient_accumulation_steps % (steps_per_generation x num_iterations) != 0`` (lines 2642-2657; TRL's defaults,
     ``num_iterations`` 1 and ``steps_per_generation`` = the accumulation steps, skip it) and the reference's when
@@ -310,14 +311,16 @@ def no_grad_forward(cfg: PlanConfig, rcfg: PlanConfig) -> int:
 def grpo_generate_config(cfg: PlanConfig, pref: PreferenceConfig):
     """The serving configuration of GRPO's generate phase (P4, P6): the policy's inference plan, ``batch x
     steps_per_generation`` sequences of ``seq - max_completion_length`` prompt tokens, no logits processor
-    (serving S1b), the LoRA adapter unmerged."""
+    (serving S1b), the LoRA adapter unmerged; a padded policy batch plans left-padded prompts (serving S1d, the safe
+    reading: TRL pads the prompts of different lengths, ``grpo_trainer.py`` lines 1814-1827)."""
     from quantlab.planner.serving import serve_config
 
     icfg = M.replace(cfg, method=Method.INFERENCE, padding_mask=False, training_precision=TrainingPrecision.PURE,
                      **_UNSHARDED)
     return serve_config(icfg, prompt_tokens=cfg.seq - pref.max_completion_length,
                         new_tokens=pref.max_completion_length, concurrency=cfg.batch * pref.generation_steps(cfg),
-                        logits_warpers=False, adapters=1 if cfg.method in (Method.LORA, Method.QLORA) else 0)
+                        logits_warpers=False, padded_prompts=cfg.padding_mask,
+                        adapters=1 if cfg.method in (Method.LORA, Method.QLORA) else 0)
 
 
 def _head_trains(cfg: PlanConfig) -> bool:

@@ -43,6 +43,14 @@ S1c. What generate adds to a forward (measured by ``quantlab validate`` on a CPU
     per-sequence positions RoPE's cos and sin are batch x tokens x head_dim (compute dtype) and GPT-2's position
     embedding output batch x tokens x hidden. Eager attention's weights stay bound to the decoder block's ``_``
     through its MLP (``hidden_states, _ = self.self_attn(...)``).
+S1d. Left-padded prompts (``padded_prompts``: a batch of prompts of different lengths, as TRL's GRPO pads them,
+    ``grpo_trainer.py`` lines 1814-1827): the attention mask has zeros, so SDPA cannot skip the mask
+    (``masking_utils.py`` ``_ignore_causal_mask_sdpa`` / ``sdpa_mask``, lines 252-290 and 510-535, transformers
+    5.24): one bool mask of batch x 1 x query x keys is built per forward and lives through it beside every block
+    (prefill: batch x prompt x prompt bytes; a decode step: batch x context). Eager attention builds its mask
+    anyway (families F4, counted). Measured: reports/grpo-cpu (SmolLM2-135M, 8 prompts left-padded to 66 tokens)
+    prefill transient 34,936 bytes above the unpadded rule, the mask 8 x 66 x 66 = 34,848. Not modelled: the K/V
+    that SDPA's GQA path repeats under a mask (activations A3c), below the MLP's peak in that run.
 S2. ``score`` is one forward that keeps every token's logits (perplexity, evaluation, reward scoring):
     :func:`quantlab.planner.memory.plan` for inference (its assumption 7), whose logits are T x vocab.
     ``prefill`` is the prefill phase of S1 alone (one forward with ``logits_to_keep=1`` and the cache kept).
@@ -237,6 +245,7 @@ class ServeConfig:
     # S1b: GenerationConfig's default top-k 50 warper; False: no logits processor (TRL GRPOConfig's top_k 0, top_p 1,
     # temperature 1): the scores are the fp32 copy itself
     logits_warpers: bool = True
+    padded_prompts: bool = False  # S1d: prompts of different lengths, left-padded (an attention mask with zeros)
     block_size: int = DEFAULTS["block_size"]  # vLLM
     gpu_memory_utilization: float = DEFAULTS["gpu_memory_utilization"]  # vLLM
     max_model_len: int | None = None  # vLLM; None: derived from the config (S8)
@@ -382,7 +391,7 @@ class ServeConfig:
                 kw["rope_scaling"] = RopeScaling(**r)
             except TypeError as e:
                 raise SpecError(f"rope_scaling: {e}") from None
-        for name in ("do_sample", "logits_warpers", "enforce_eager", "merged"):
+        for name in ("do_sample", "logits_warpers", "padded_prompts", "enforce_eager", "merged"):
             if not isinstance(kw[name], bool):
                 raise SpecError(f"{name} must be true or false, got {kw[name]!r}")
         for name in ("max_model_len", "max_num_batched_tokens", "max_num_seqs", "max_lora_rank", "max_cpu_loras",
@@ -687,6 +696,13 @@ def lora_block(s: "ServeConfig", tokens: int) -> int:
     return best + _stream(cfg, tokens) if best else 0
 
 
+def padding_mask_bytes(s: "ServeConfig", queries: int, keys: int) -> int:
+    """SDPA's bool mask over left-padded prompts, alive through a forward (S1d); 0 unpadded or eager (F4)."""
+    if not s.padded_prompts or _attention(s.plan) is Attention.EAGER:
+        return 0
+    return s.concurrency * queries * keys
+
+
 def held_scores(cfg: PlanConfig, do_sample: bool, warpers: bool = True) -> int:
     """The previous step's fp32 tensors that ``_sample``'s locals keep through the next forward (S1b): the logits'
     copy, the processed scores and the probabilities when sampling (the copy is the scores, greedy, and with no
@@ -773,7 +789,8 @@ def _phases(s: ServeConfig, notes: list) -> tuple[int, int, int, int, int, int]:
     cfg = s.plan
     logits, copies = one_position_logits(cfg, s.do_sample, warpers=s.logits_warpers)
     pre_block = max(prefill_block(cfg, s.prompt_tokens, notes),
-                    lora_block(s, s.prompt_tokens) + position_tables(cfg, s.prompt_tokens))
+                    lora_block(s, s.prompt_tokens) + position_tables(cfg, s.prompt_tokens)) \
+        + padding_mask_bytes(s, s.prompt_tokens, s.prompt_tokens)
     kv_prompt = kv_bytes(s, cached_positions(s) if s.cache is Cache.STATIC else s.prompt_tokens)
     pre = max(pre_block, logits + copies) + generate_ids_bytes(s, False)
     if s.mode is Mode.PREFILL:
@@ -782,7 +799,8 @@ def _phases(s: ServeConfig, notes: list) -> tuple[int, int, int, int, int, int]:
     kv_end = kv_bytes(s, cached_positions(s))
     dec_block = (max(block_transient(cfg, 1, []), lora_block(s, 1),
                      _stream(cfg, 1) + max(cache_transient(s), decode_attention(s)))
-                 + position_tables(cfg, 1) + held_scores(cfg, s.do_sample, s.logits_warpers))
+                 + position_tables(cfg, 1) + held_scores(cfg, s.do_sample, s.logits_warpers)
+                 + padding_mask_bytes(s, 1, cached_positions(s)))
     dec = max(dec_block, d_logits + d_copies) + generate_ids_bytes(s, True)
     return kv_prompt, pre, kv_end, dec, d_logits, max(copies, d_copies)
 
