@@ -33,25 +33,25 @@ P3. The reference (DPO, KTO; GRPO with ``beta > 0``): ``auto`` is PEFT's disable
     without them, and the true peak is lower by the gradient bytes: measured +8% for a full policy,
     reports/dpo-cpu/matrix.md).
 P4. GRPO (``grpo_trainer.py``, ``grpo_config.py``): ``generate`` (transformers, not vLLM) produces the generation
-    batch at once: ``batch x steps_per_generation`` completions per device (``steps_per_generation`` defaults to
-    the accumulation steps, ``grpo_config.py`` ``__post_init__`` lines 1098-1100), which must hold whole groups of
+    batch at once: ``batch x steps_per_generation`` completions per device (``steps_per_generation`` defaults to the
+    accumulation steps, ``grpo_config.py`` ``__post_init__`` lines 1098-1100), which must hold whole groups of
     ``num_generations`` (line 1131); prompt = ``seq - max_completion_length``. Its KV cache and transients are the
-    serving planner's generate phase (serving S1, S3) with no logits processor: TRL samples with top_k 0, top_p
-    1.0, temperature 1.0 (``grpo_config.py`` lines 532-580, ``grpo_trainer.py`` lines 1156-1173; serving S1b's
+    serving planner's generate phase (serving S1, S3) with no logits processor: TRL samples with top_k 0, top_p 1.0,
+    temperature 1.0 (``grpo_config.py`` lines 532-580, ``grpo_trainer.py`` lines 1156-1173; serving S1b's
     ``logits_warpers=False``); with ``padded`` the prompts are planned left-padded (serving S1d: SDPA's bool mask),
-    the safe reading of one padding flag for both phases. Then ``_generate_and_score_completions`` scores the completions under ``no_grad``
-    (``grpo_trainer.py`` line 2634), before any training forward: the old policy's log-probs when
-    ``gradient_accumulation_steps % (steps_per_generation x num_iterations) != 0`` (lines 2642-2657; TRL's defaults,
-    ``num_iterations`` 1 and ``steps_per_generation`` = the accumulation steps, skip it) and the reference's when
-    ``beta > 0`` (lines 2709-2737), each in chunks of ``per_device_train_batch_size`` rows
+    the safe reading of one padding flag for both phases. Then ``_generate_and_score_completions`` scores the
+    completions under ``no_grad`` (``grpo_trainer.py`` line 2634), before any training forward: the old policy's
+    log-probs when ``gradient_accumulation_steps % (steps_per_generation x num_iterations) != 0`` (lines 2642-2657;
+    TRL's defaults, ``num_iterations`` 1 and ``steps_per_generation`` = the accumulation steps, skip it) and the
+    reference's when ``beta > 0`` (lines 2709-2737), each in chunks of ``per_device_train_batch_size`` rows
     (``_get_per_token_logps_and_entropies``, ``batch_size`` line 2505). Each is the no-grad forward P3 sizes (one
-    block over the batch, or the fused head's forward beside the last hidden state; the old policy's own LoRA
-    terms, batch x seq x r per adapted linear, are below the fused head's chunk and not counted); no policy
-    activations are alive beside them (``_compute_loss`` only reads the stored log-probs), so they belong to the
-    generation phase (``generation_scoring``), not beside the activations as in DPO. The kept log-probs (rows x
-    completion x 4 bytes) are left out. Generation ends before training starts: peak = the larger phase. A reward
-    model (``reward_model``) is loaded with ``AutoModelForSequenceClassification`` and kept for the run. TRL 1.16
-    has no PPO trainer (and no value head).
+    block over the batch, or the fused head's forward beside the last hidden state; the old policy's own LoRA terms,
+    batch x seq x r per adapted linear, are below the fused head's chunk and not counted); no policy activations are
+    alive beside them (``_compute_loss`` only reads the stored log-probs), so they belong to the generation phase
+    (``generation_scoring``), not beside the activations as in DPO. The kept log-probs (rows x completion x 4 bytes)
+    are left out. Generation ends before training starts: peak = the larger phase. A reward model (``reward_model``)
+    is loaded with ``AutoModelForSequenceClassification`` and kept for the run. TRL 1.16 has no PPO trainer (and no
+    value head).
 P5. Reward models (``reward_trainer.py``): a sequence-classification head (``num_labels=1``, H x 1,
     ``AutoModelForSequenceClassification``; transformers 5.24 ``LlamaForSequenceClassification.score``) replaces
     lm_head: no vocabulary logits, the (2B, S, 1) scores only. The head's weight is counted (and lm_head's removed

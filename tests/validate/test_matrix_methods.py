@@ -1,7 +1,8 @@
 """Issue #13's methods in the validation matrix (quantlab/validate.py assumption 13): ``method: dpo | bitfit | dora |
-ptuning | distill | grpo`` rows parsed with ``quantlab plan``'s variant and preference flags, measured on this CPU by
-their own lab code (quantlab/lab/peft_measured.py, quantlab/lab/preference.py, quantlab/lab/grpo.py through
-quantlab/validate_grpo.py) and compared with their planner compositions; the known misses (profiles/validation/known-misses.yaml) are reported as misses with their error."""
+ptuning | distill | grpo`` rows parsed with ``quantlab plan``'s variant and preference flags, measured on this CPU
+by their own lab code (quantlab/lab/peft_measured.py, quantlab/lab/preference.py, quantlab/lab/grpo.py through
+quantlab/validate_grpo.py) and compared with their planner compositions; the known misses
+(profiles/validation/known-misses.yaml) are reported as misses with their error."""
 
 import dataclasses
 import json
