@@ -243,3 +243,16 @@ def test_flags_and_matrix_entry_make_the_same_case():
          "--attn", "sdpa"])
     c = case_from_flags(args, id=m.id, weights=None, scale=scale)
     assert c.config == m.config and c.teacher == m.teacher and c.variant == m.variant
+
+
+def test_grpo_flags_and_matrix_entry_make_the_same_case():
+    from quantlab.cli import build_parser
+    from quantlab.commands.validate import case_from_flags, load_matrix
+
+    m = load_matrix(MATRIX, ("llama-grpo-lora-iter2-fp32",))[0]
+    args = build_parser().parse_args(
+        ["validate", "--model", "llama-3.2-1b", "--method", "grpo", "--num-generations", "2",
+         "--max-completion-length", "16", "--num-iterations", "2", "--lora-r", "8", "--lora-alpha", "16",
+         "--precision", "fp32", "--compute-dtype", "fp32", "--batch", "4", "--seq", "48", "--attn", "sdpa"])
+    c = case_from_flags(args, id=m.id, weights=None, scale=dict(m.overrides))
+    assert c.config == m.config and c.variant == m.variant and c.variant.num_iterations == 2
