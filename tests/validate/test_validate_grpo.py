@@ -156,3 +156,30 @@ def _case_config(row):
     return PlanConfig.from_dict({"method": "lora", "precision": "fp32", "compute_dtype": "fp32", "batch": 4,
                                  "seq": 16, "lora_r": 4, "lora_alpha": 8, "lora_targets": ["q_proj", "v_proj"],
                                  "device": "cpu"}, model=model_spec("llama-3.2-1b", SCALE))
+
+
+@pytest.fixture(scope="module")
+def spg_row():
+    from quantlab.planner.preference import Objective, PreferenceConfig
+    from quantlab.validate_grpo import grpo_case, validate_grpo
+
+    pref = PreferenceConfig(Objective.GRPO, num_generations=2, max_completion_length=8, steps_per_generation=2)
+    case = grpo_case("tiny-grpo-spg2", "llama-3.2-1b", SCALE, pref, method="lora", precision="fp32",
+                     compute_dtype="fp32", batch=4, seq=16, lora_r=4, lora_alpha=8, lora_targets=["q_proj", "v_proj"])
+    try:
+        return validate_grpo(case)
+    except QuantlabError as e:
+        pytest.skip(str(e))
+
+
+def test_steps_per_generation_generates_the_larger_batch_and_scores_the_old_policy(spg_row):
+    """steps_per_generation 2 (grad_accum 1): generate makes batch x 2 = 8 completions at once (grpo_config.py
+    __post_init__), and 1 % (2 x 1) != 0 so TRL scores the old policy over them, in chunks of the 4-row batch
+    (preference P4); the training step is still 4 sequences."""
+    assert spg_row["meas_generation_rows"] == 8 and spg_row["batch"] == 4
+    assert [(s["what"], s["rows"]) for s in spg_row["meas_scoring"]] == [("old_policy", 8)]
+    for k in ("kv_cache", "prefill_transient", "decode_transient", "old_policy_forward"):
+        _within(spg_row, k, 0.02)
+    for k in ("generation_allocated", "training_allocated", "allocated"):
+        _within(spg_row, k, 0.03)
+    assert spg_row["ok"] is True
