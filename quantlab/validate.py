@@ -100,7 +100,12 @@ allocator reserve):
     reward model with the score head's input (P5); ORPO and SimPO compare ``logits_loss``: the logits the model
     returns plus what their loss saves outside the model (the lab's loss counter) against
     ``preference.logits_loss_saved`` (trl_head H7-H8); a reference copy's weights are ``reference_weights`` and
-    are added to the measured total.
+    are added to the measured total. GRPO: :func:`quantlab.validate_grpo.validate_grpo` (TRL 1.16's
+    GRPOTrainer through :mod:`quantlab.lab.grpo`, synthetic unpadded prompts of ``seq - max_completion_length``
+    tokens, every completion ``max_completion_length`` tokens; both phases of the measured step against
+    preference P4, its assumptions V1-V5): its row is in this schema with the generate phase's ``kv_cache``,
+    ``prefill_transient``, ``decode_transient`` and the ``generation_allocated`` / ``training_allocated`` phase
+    totals beside ``allocated``.
 
 Targets (issue #5): on a CPU every tensor component within 2% and every total within 3%; on a GPU allocated
 within 3%, reserved and process within 6%. An error is ``(predicted - measured) / measured``: negative is an
@@ -184,13 +189,20 @@ def lab_refusal(pc: PlanConfig, serve=None) -> str | None:
 def _lab_objectives():
     from quantlab.planner.preference import Objective
 
-    return (Objective.DPO, Objective.ORPO, Objective.SIMPO, Objective.KTO, Objective.REWARD)
+    return (Objective.DPO, Objective.ORPO, Objective.SIMPO, Objective.KTO, Objective.REWARD, Objective.GRPO)
+
+
+def is_grpo(case: Case) -> bool:
+    """A GRPO case (assumption 13): measured and compared by :mod:`quantlab.validate_grpo`."""
+    from quantlab.planner.preference import Objective, PreferenceConfig
+
+    return isinstance(case.variant, PreferenceConfig) and case.variant.objective is Objective.GRPO
 
 
 def method_refusal(pc: PlanConfig, variant) -> str | None:
     """Why the lab code of an issue #13 method (assumption 13) cannot run ``pc`` as planned, or None: its loops
     are AdamW steps in the weights' dtype on an unpadded random batch (bitfit, dora, ptuning, distill), or TRL's
-    preference trainers (DPO, ORPO, SimPO, KTO, reward) in fp32 on a LoRA or full policy."""
+    preference trainers (DPO, ORPO, SimPO, KTO, reward, GRPO) in fp32 on a LoRA or full policy."""
     from quantlab.planner.preference import Objective, PreferenceConfig
     from quantlab.specs import Optimizer, TrainingPrecision
 
@@ -225,6 +237,16 @@ def method_refusal(pc: PlanConfig, variant) -> str | None:
                     f"with vocab_size 49152, not {pc.model.vocab_size}")
         if variant.objective is Objective.KTO and pc.batch < 2:
             return "the kto lab needs a batch of at least 2 completions (KTOTrainer's KL term)"
+        if variant.objective is Objective.GRPO:
+            from quantlab.planner.preference import Reference
+
+            if variant.reward_model is not None:
+                return "the grpo lab scores with reward functions (lab/grpo.py G2): reward-model is planned only"
+            if variant.reference is not Reference.AUTO:
+                return ("the grpo lab's reference is TRL's own choice (the disabled adapter, or a copy of a full "
+                        "policy): leave reference at auto")
+            if pc.seq <= variant.max_completion_length:
+                return f"seq {pc.seq} leaves no prompt beside max-completion-length {variant.max_completion_length}"
         return None
     if pc.precision.value not in ("fp32", "bf16", "fp16"):
         return f"the {name} lab builds float weights (fp32, bf16, fp16): {pc.precision.value} is planned only"
@@ -529,7 +551,12 @@ def measure_case(case: Case, *, readings: Callable[[], CudaReadings] | None = No
     if case.variant is not None:
         if gpu:
             raise QuantlabError(f"{case.id}: the issue #13 methods' lab code measures on a CPU (assumption 13)")
-        out = _measure_method(case)
+        if is_grpo(case):
+            from quantlab.validate_grpo import measure_grpo
+
+            out = measure_grpo(case)
+        else:
+            out = _measure_method(case)
     else:
         with model_source(case) as src:
             if case.serve is not None:
@@ -943,6 +970,10 @@ def error(pred: int | None, meas: int | None) -> float | None:
 
 def compare(case: Case, meas: dict) -> dict:
     """One tidy row: the case's conditions, ``pred_``/``meas_`` bytes side by side, ``err_`` and ``diff_``."""
+    if is_grpo(case):  # both phases of a GRPO step (quantlab.validate_grpo, assumption 13)
+        from quantlab.validate_grpo import compare_grpo
+
+        return compare_grpo(case, meas)
     pc = case.config
     device = meas.get("device", "cpu")
     pcd = dataclasses.replace(pc, device=DeviceMode(device))
@@ -1101,6 +1132,10 @@ def measurement_row(row: dict, *, source: str) -> dict | None:
         ref = row.get("reference")
         preference = {"objective": row["method"], "reference": ref if ref in ("adapter", "copy") else "auto",
                       "beta": row.get("beta")}
+        if row["method"] == "grpo":  # the generation settings it was planned with (preference P4)
+            preference.update({k: row.get(k) for k in ("num_generations", "max_completion_length")},
+                              num_iterations=row.get("num_iterations") or 1,
+                              steps_per_generation=row.get("steps_per_generation"))
     r: dict[str, Any] = {"id": f"quantlab-validate-{row['id']}", "source": source, "model": row["model"],
                          "method": row["plans_over"] if preference else row["method"], "weights": row["precision"], "double_quant": row["double_quant"],
                          "compute_dtype": row["compute_dtype"], "batch": row["batch"], "seq": row["seq"],

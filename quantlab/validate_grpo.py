@@ -23,16 +23,20 @@ V3. Components, on the lab's boundaries: ``weights``, ``adapters``, ``gradients`
     components (:func:`quantlab.planner.serving.transformers_plan` on the configuration preference P4 builds)
     against the phases of generate's window; ``reference_weights`` with ``beta`` > 0 and a full policy;
     ``reference_forward`` / ``old_policy_forward``: the allocator's growth over TRL's no-grad scoring forward of
-    that kind (lab/grpo.py G5) against the plan's ``reference_forward`` (preference P3) and 0 (P4 plans no
-    old-policy forward: /work/notes/grpo-requests.md R3).
+    that kind (lab/grpo.py G5) against the plan's ``reference_forward`` (preference P3) and
+    ``old_policy_forward`` (P4: ``num_iterations`` > 1 or ``steps_per_generation`` not dividing the accumulation
+    steps).
 V4. Totals: ``allocated`` (the step's peak, the larger phase) against ``peak_allocated_bytes``; each phase apart:
     ``generation_allocated`` = the plan's static bytes (weights, adapters, optimizer states, a reference or reward
-    model; gradients only where they are kept, P8) + ``generation_kv_cache`` + ``generation_transient``, against
-    the largest measured window of the generation phase (generate, then any scoring forward);
+    model; gradients only where they are kept, P8) + the larger of ``generation_kv_cache`` +
+    ``generation_transient`` and ``generation_scoring`` (the no-grad scoring forwards, P4), against the largest
+    measured window of the generation phase (generate, then any scoring forward);
     ``training_allocated`` = the same static bytes + the larger of the policy's activations + fused head, the
-    gradients + the optimizer step and the gradients + an embedding's gradient tail (and the reference forward
-    beside the activations, as preference_plan places it, P3), against StepProbe's total. Targets: validate's
-    (tensor components 2%, totals 3%).
+    gradients + the optimizer step and the gradients + an embedding's gradient tail, against StepProbe's total.
+    Targets: validate's (tensor components 2%, totals 3%).
+V5. The lab runs TRL's default gradient accumulation (1): a case asks for ``grad_accum`` 1; its
+    ``num_iterations`` and ``steps_per_generation`` go to the trainer, and the measured step is the first after
+    the first that generates again (1 + num_iterations x steps_per_generation).
 """
 
 from __future__ import annotations
@@ -46,11 +50,10 @@ SCORING = ("reference_forward", "old_policy_forward")  # TRL's no-grad scoring f
 STATIC = ("weights", "quant_constants", "adapters", "optimizer", "ddp_buckets", "reference_weights", "reward_model")
 
 
-def measure_grpo(case, *, num_iterations: int = 1, log=lambda s: None) -> dict:
+def measure_grpo(case, *, log=lambda s: None) -> dict:
     """Run TRL's GRPOTrainer on the case's model (V1) and return the ``meas_`` keys, the step's shape and the
-    phases' readings. ``num_iterations`` (TRL's; PreferenceConfig has no such field yet: grpo-requests.md R3) > 1
-    adds the old policy's scoring forward; the step measured is the first after the first that generates again
-    (1 + num_iterations; 2 by default)."""
+    phases' readings. The case's ``num_iterations`` > 1 (or ``steps_per_generation`` > 1) adds the old policy's
+    scoring forward; the step measured is the first after the first that generates again (V5; 2 by default)."""
     from transformers import AutoTokenizer
 
     from quantlab.lab.grpo import GRPORun, run_grpo
@@ -62,7 +65,11 @@ def measure_grpo(case, *, num_iterations: int = 1, log=lambda s: None) -> dict:
     C = pref.max_completion_length
     if pc.seq <= C:
         raise QuantlabError(f"{case.id}: seq {pc.seq} leaves no prompt beside max-completion-length {C}")
-    step = 1 + num_iterations  # AdamW's states exist, and TRL generates at this step (lab/grpo.py G5)
+    if pc.grad_accum != 1:
+        raise QuantlabError(f"{case.id}: the GRPO lab runs gradient accumulation 1 (TRL's default), got "
+                            f"grad-accum {pc.grad_accum} (V5)")
+    spg = pref.steps_per_generation or 1
+    step = 1 + pref.num_iterations * spg  # AdamW's states exist, and TRL generates at this step (lab/grpo.py G5)
     max_steps = step
     with model_source(case) as src:
         tok = AutoTokenizer.from_pretrained(ensure_embedded(progress=False))
@@ -73,7 +80,7 @@ def measure_grpo(case, *, num_iterations: int = 1, log=lambda s: None) -> dict:
                       beta=float(pref.beta or 0.0), lora_r=pc.lora_r, lora_alpha=pc.lora_alpha,
                       lora_targets=tuple(pc.lora_targets), policy="full" if pc.method is Method.FULL else "lora",
                       grad_checkpointing=pc.grad_checkpointing, ignore_eos=True, measure_step=step,
-                      num_iterations=num_iterations)
+                      num_iterations=pref.num_iterations, steps_per_generation=pref.steps_per_generation)
         res = run_grpo(run, None, log=log, tokenizer=tok)
     return measured_keys(res)
 
@@ -101,6 +108,7 @@ def measured_keys(res: dict) -> dict:
                    {k: v for k, v in s.items() if not k.startswith("_")} for s in res["scoring"]],
                meas_reference=res["reference"], meas_grad_checkpointing=res["grad_checkpointing"],
                meas_num_iterations=res["config"]["num_iterations"],
+               meas_steps_per_generation=res["config"]["steps_per_generation"],
                meas_notes=list(res.get("training_notes", ())))
     return out
 
@@ -119,9 +127,8 @@ def planned_step(pc, pref, meas: dict):
 def predict_grpo(cfg, pref) -> dict:
     """``pred_`` keys of the GRPO plan on the lab's boundaries (V3, V4)."""
     from quantlab.planner import memory as M
-    from quantlab.planner.preference import _UNSHARDED, preference_plan
-    from quantlab.planner.serving import serve_config, transformers_plan
-    from quantlab.specs import Method, TrainingPrecision
+    from quantlab.planner.preference import grpo_generate_config, preference_plan
+    from quantlab.planner.serving import transformers_plan
     from quantlab.validate import TENSOR_COMPONENTS
 
     p = preference_plan(cfg, pref)
@@ -129,27 +136,20 @@ def predict_grpo(cfg, pref) -> dict:
     out = {f"pred_{k}_bytes": c.get(k, 0) for k in TENSOR_COMPONENTS}
     out["pred_kv_cache_bytes"] = c["generation_kv_cache"]
     # the generate phase as preference P4 plans it (the same configuration preference_plan builds)
-    icfg = M.replace(cfg, method=Method.INFERENCE, padding_mask=False, training_precision=TrainingPrecision.PURE,
-                     **_UNSHARDED)
-    sp = transformers_plan(serve_config(icfg, prompt_tokens=cfg.seq - pref.max_completion_length,
-                                        new_tokens=pref.max_completion_length, concurrency=cfg.batch * cfg.grad_accum,
-                                        adapters=1 if cfg.method in (Method.LORA, Method.QLORA) else 0))
+    sp = transformers_plan(grpo_generate_config(cfg, pref))
     out["pred_prefill_transient_bytes"] = sp.components["prefill_transient"]
     out["pred_decode_transient_bytes"] = sp.components.get("decode_transient", 0)
     out["pred_reference_forward_bytes"] = c.get("reference_forward", 0)
-    out["pred_old_policy_forward_bytes"] = 0  # preference P4 plans no old-policy scoring forward
+    out["pred_old_policy_forward_bytes"] = c.get("old_policy_forward", 0)
     G = c.get("gradients", 0)
     kept_grads = M.keeps_grads(cfg) or cfg.optimizer_in_backward
     static = sum(c.get(k, 0) for k in STATIC) + (G if kept_grads else 0)
-    # the generation phase as the plan places it: generate, or a no-grad scoring forward the plan puts in this
-    # phase (``generation_scoring``, once preference P4 plans it there: grpo-requests.md R2/R3)
+    # the generation phase as the plan places it: generate, or a no-grad scoring forward (preference P4)
     out["pred_generation_allocated_bytes"] = static + max(c["generation_kv_cache"] + c["generation_transient"],
                                                           c.get("generation_scoring", 0))
     G_ = 0 if kept_grads else G
     train = max(c["activations"] + c.get("logits", 0), G_ + c.get("optimizer_step", 0),
                 G_ + c.get("embedding_grad_tail", 0))
-    if "reference_forward" in c and "generation_scoring" not in c:  # today's P3: beside the activations
-        train = max(train, c["activations"] + c["reference_forward"])
     out["pred_training_allocated_bytes"] = static + train
     out["pred_allocated_bytes"] = p.peak_allocated_bytes
     out["pred_trainable_params"] = p.trainable_params
@@ -167,14 +167,17 @@ def compare_grpo(case, meas: dict) -> dict:
     cfg, pr = planned_step(pc, pref, meas)
     row = dict(id=case.id, model=case.model, weights_init=case.weights, overrides=dict(case.overrides) or None,
                method="grpo", policy=pc.method.value, plans_over=pc.method.value, precision=pc.precision.value,
+               double_quant=pc.double_quant, keep_grads=cfg.keep_grads, grad_accum=cfg.grad_accum,
                compute_dtype=pc.compute_dtype.value, training_precision=pc.training_precision.value,
                optimizer=pc.optimizer.value, batch=cfg.batch, seq=cfg.seq, attn=pc.attn.value,
                grad_checkpointing=cfg.grad_checkpointing, device=meas.get("device", "cpu"),
                padding_mask=cfg.padding_mask, num_generations=pr.num_generations,
                max_completion_length=pr.max_completion_length, beta=pr.beta, reference=meas.get("meas_reference"),
-               num_iterations=meas.get("meas_num_iterations", 1))
+               num_iterations=meas.get("meas_num_iterations", 1),
+               steps_per_generation=meas.get("meas_steps_per_generation"))
     if pc.method.value in ("lora", "qlora"):
-        row.update(lora_r=pc.lora_r, lora_alpha=pc.lora_alpha, lora_targets=list(pc.lora_targets))
+        row.update(lora_r=pc.lora_r, lora_alpha=pc.lora_alpha, lora_targets=list(pc.lora_targets),
+                   lora_dropout=pc.lora_dropout)
     row.update(predict_grpo(cfg, pr))
     row.update(meas)
     oks = []

@@ -123,7 +123,9 @@ def planned_case(res: dict, spec_dict: dict):
                     compute_dtype=DType.FP32, batch=res["train_sequences"], seq=res["train_tokens"], **lora,
                     grad_checkpointing=bool(res["grad_checkpointing"]), device=DeviceMode.CPU)
     pref = PreferenceConfig(Objective.GRPO, num_generations=c["num_generations"],
-                            max_completion_length=g["new_tokens"], beta=c["beta"])
+                            max_completion_length=g["new_tokens"], beta=c["beta"],
+                            num_iterations=c.get("num_iterations", 1),
+                            steps_per_generation=c.get("steps_per_generation"))
     return Case("lab-grpo", pc, "smollm2-135m" if c["model"] in ("smollm2-135m", "embedded") else c["model"],
                 "pretrained" if c["model"] in ("smollm2-135m", "embedded") else "random", variant=pref)
 
@@ -203,11 +205,14 @@ def report_text(res: dict, row: dict, command: str) -> str:
         + (f" --lora-r {c['lora_r']} --lora-alpha {c['lora_alpha']} --lora-targets {','.join(c['lora_targets'])}"
            if c["policy"] == "lora" else "")
         + (f" --beta {c['beta']}" if c["beta"] else "")
+        + (f" --num-iterations {c['num_iterations']}" if c.get("num_iterations", 1) != 1 else "")
+        + (f" --steps-per-generation {c['steps_per_generation']}" if c.get("steps_per_generation") else "")
         + (" --padded" if res["train_padded"] else "")
         + (" --no-grad-checkpointing" if not res["grad_checkpointing"] else "")
         + " --device cpu` (MiB = 2^20 bytes; error = (planned - measured) / measured; validate's targets: tensor "
           "components 2%, totals 3%).", "",
-        table_text(table_rows(row)), "",
+        table_text(table_rows(row)), ""] + ([res["replanned"][0].upper() + res["replanned"][1:] + ".", ""]
+                                             if res.get("replanned") else []) + [
         "Measured with the lab's instruments (lab/grpo.py G5): the generation phase is a CPU allocator window "
         "around the policy's `generate` (prefill and decode split at the second forward, as `quantlab validate` "
         "measures serving) and one per TRL no-grad scoring forward; the training phase is StepProbe from the end of "
@@ -217,16 +222,10 @@ def report_text(res: dict, row: dict, command: str) -> str:
 
 
 # why a component misses, from the library code (the requests the planner's owner holds: grpo-requests.md)
-KNOWN = {
-    "decode_transient": "serving S1b plans GenerationConfig's top-k 50 sampling (17 bytes per row and vocabulary "
-                        "entry at a decode step, 12 held through the next forward); TRL's GRPOConfig samples with "
-                        "top_k 0, top_p 1, temperature 1, so generate runs no logits processor: the fp32 copy is "
-                        "the scores, and a step holds 12 (the copy, the softmax, torch.multinomial's exponential "
-                        "noise; the previous step's copy and probabilities, 8, through the forward) (request R1)",
-    "generation_allocated": "the generation phase carries the decode transient's miss (R1) and, with beta > 0 or "
-                            "num_iterations > 1, a no-grad scoring forward the plan does not put in this phase "
-                            "(R2, R3)",
-    "reference_forward": "see R2", "old_policy_forward": "preference P4 plans no old-policy forward (R3)"}
+# why a component may still miss (the misses R1-R3 of /work/notes/grpo-requests.md are planned now: serving S1b's
+# no-logits-processor rule, preference P4's scoring forwards in the generation phase
+# and R5, the padded prompts' SDPA mask: serving S1d)
+KNOWN: dict[str, str] = {}
 
 
 def reading(res: dict, row: dict) -> list[str]:
@@ -265,7 +264,7 @@ def reading(res: dict, row: dict) -> list[str]:
     if g["prompt_padded"] and row.get("err_prefill_transient"):
         out.append(f"- generate's prefill transient {100 * row['err_prefill_transient']:+.2f}%: the prompts are "
                    "left-padded to the longest, so SDPA gets a boolean mask (rows x 1 x prompt x prompt bytes at the "
-                   "prefill), which preference P4 plans without (its generate phase has padding_mask False).")
+                   "prefill), planned by serving S1d (preference P4 plans padded prompts for a padded step).")
     peak = "training" if row["meas_training_allocated_bytes"] >= row["meas_generation_allocated_bytes"] else \
         "generation"
     out.append(f"- The step's peak is the {peak} phase, measured and planned: the training phase holds TRL's fused "
@@ -277,6 +276,9 @@ def rewrite(out: Path) -> None:
     """Compare a stored run (``grpo.json``) again and rewrite its report (the measured figures are the run's)."""
     res = json.loads((out / "grpo.json").read_text())
     res.pop("comparison", None)
+    res["replanned"] = (f"planned columns recomputed from the stored measurement with `python -c \"from pathlib "
+                        f"import Path; from quantlab.commands.lab_grpo import rewrite; rewrite(Path('{out}'))\"` "
+                        "(the measured figures are the run's)")
     row = compare(res, res["model_spec"])
     write(out, res, row, res.get("command") or "quantlab lab grpo")
 

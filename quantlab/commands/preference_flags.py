@@ -43,7 +43,8 @@ _DEFAULTS = {f.name: f.default for f in dataclasses.fields(PreferenceConfig)}
 # preference flag -> the objectives it applies to (None: every objective)
 _APPLIES = {"policy": None, "reference": ("dpo", "kto", "grpo"), "num_generations": ("grpo",),
             "max_completion_length": ("grpo",), "beta": ("dpo", "kto", "grpo", "orpo", "simpo"),
-            "num_labels": ("reward",), "reward_model": ("grpo",)}
+            "num_labels": ("reward",), "reward_model": ("grpo",), "num_iterations": ("grpo",),
+            "steps_per_generation": ("grpo",)}
 
 
 def add_preference_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +69,14 @@ def add_preference_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--num-labels", type=int, default=None, metavar="N",
                    help="reward: labels of the sequence-classification head that replaces lm_head; RewardTrainer "
                         f"scores each sequence with one (0: no head, refused) (default: {_DEFAULTS['num_labels']})")
+    g.add_argument("--num-iterations", type=int, default=None, metavar="N",
+                   help="grpo: optimizer steps per generation batch (TRL's num_iterations); above 1 TRL scores the "
+                        "old policy with one more no-grad forward after generate (preference P4) "
+                        f"(default: {_DEFAULTS['num_iterations']})")
+    g.add_argument("--steps-per-generation", type=int, default=None, metavar="N",
+                   help="grpo: micro-batches per generation batch (more = one larger generate: a larger KV cache); "
+                        "when it x --num-iterations does not divide --grad-accum, TRL adds the old policy's no-grad "
+                        "forward (default: --grad-accum)")
     g.add_argument("--reward-model", default=None, metavar="NAME",
                    help="grpo: a reward model (a model name as --model takes it) loaded as "
                         "AutoModelForSequenceClassification and kept for the run (default: none, reward functions)")
@@ -107,7 +116,8 @@ def preference_from_args(args: argparse.Namespace, method: str | None = None, *,
     if obj is Objective.REWARD and getattr(args, "num_labels", None) == 0:
         raise SpecError("--method reward needs a sequence-classification head (RewardTrainer scores each sequence "
                         "with AutoModelForSequenceClassification, num_labels=1); --num-labels 0 leaves none")
-    kw = {k: getattr(args, k) for k in ("num_generations", "max_completion_length", "beta", "num_labels")
+    kw = {k: getattr(args, k) for k in ("num_generations", "max_completion_length", "beta", "num_labels",
+                                        "num_iterations", "steps_per_generation")
           if getattr(args, k, None) is not None}
     if getattr(args, "reference", None) is not None:
         kw["reference"] = Reference(args.reference)

@@ -33,7 +33,9 @@ Issue #13's methods take ``quantlab plan``'s names and flags (:mod:`quantlab.com
 ``encoder-type``, ``encoder-num-layers``, ``teacher``, ``distill-beta``, plus ``teacher-scale`` (the teacher's
 config.json overrides, as ``scale`` is the student's); ``method: dpo | orpo | simpo | kto | reward`` with ``policy``
 (lora, full), ``reference`` (dpo, kto), ``beta`` (not reward) (``batch`` is pairs, KTO's completions, and ``seq`` the
-trainer's max_length; the row is planned for the step measured; grpo is planned only). They are
+trainer's max_length; the row is planned for the step measured); ``method: grpo`` with ``num-generations``,
+``max-completion-length``, ``beta``, ``num-iterations``, ``steps-per-generation`` (``batch`` is completions per
+step, ``seq`` prompt + completion; :mod:`quantlab.validate_grpo`). They are
 measured by their own lab code (:mod:`quantlab.validate` assumption 13)::
 
     - {id: llama-ptuning-mlp-fp32, method: ptuning, model: llama-3.2-1b, scale: llama-3.2-1b/16,
@@ -183,8 +185,11 @@ VARIANT_KEYS = ("encoder_hidden_size", "encoder_type", "encoder_num_layers", "te
                 "distill_beta", "student_method")
 PREFERENCE_KEYS = ("policy", "reference", "beta")  # the preference flags the lab runs (TRL's trainers)
 PREFERENCE_ALL = ("policy", "reference", "num_generations", "max_completion_length", "beta", "num_labels",
-                  "reward_model")
-LAB_PREFERENCE = ("dpo", "orpo", "simpo", "kto", "reward")  # quantlab/lab/preference.py OBJECTIVES
+                  "reward_model", "num_iterations", "steps_per_generation")
+# the GRPO lab's flags (quantlab/lab/grpo.py through quantlab/validate_grpo.py)
+GRPO_KEYS = ("policy", "num_generations", "max_completion_length", "beta", "num_iterations", "steps_per_generation")
+# quantlab/lab/preference.py OBJECTIVES, and GRPO (quantlab/lab/grpo.py)
+LAB_PREFERENCE = ("dpo", "orpo", "simpo", "kto", "reward", "grpo")
 LAB_METHODS = LAB_PREFERENCE + ("bitfit", "dora", "ptuning", "distill")
 
 
@@ -221,8 +226,12 @@ def method_values_from_mapping(entry: dict) -> tuple[dict, dict]:
         take_variant(ns)  # a variant key here: one line naming the methods it applies to
         take_preference(ns)
         return {}, entry
+    for d in ("num_generations", "max_completion_length", "num_iterations", "steps_per_generation"):
+        v = getattr(ns, d)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise SpecError(f"{d.replace('_', '-')} must be an integer, got {v!r}")
     for d in PREFERENCE_ALL:
-        if d not in PREFERENCE_KEYS and getattr(ns, d) is not None:
+        if d not in (GRPO_KEYS if method == "grpo" else PREFERENCE_KEYS) and getattr(ns, d) is not None:
             raise SpecError(f"{d.replace('_', '-')} does not apply to {method} (the lab runs TRL's trainer with its "
                             "defaults)")
     for d in ("encoder_hidden_size", "encoder_num_layers"):

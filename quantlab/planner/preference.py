@@ -33,12 +33,25 @@ P3. The reference (DPO, KTO; GRPO with ``beta > 0``): ``auto`` is PEFT's disable
     without them, and the true peak is lower by the gradient bytes: measured +8% for a full policy,
     reports/dpo-cpu/matrix.md).
 P4. GRPO (``grpo_trainer.py``, ``grpo_config.py``): ``generate`` (transformers, not vLLM) produces the generation
-    batch at once: ``batch x grad_accum`` completions per device (``steps_per_generation`` defaults to the
-    accumulation steps), which must hold whole groups of ``num_generations``; prompt = ``seq -
-    max_completion_length``. Its KV cache and transients are the serving planner's generate phase (serving S1, S3).
-    Generation ends before training starts: peak = the larger phase. A reward model (``reward_model``) is loaded
-    with ``AutoModelForSequenceClassification`` and kept for the run. TRL 1.16 has no PPO trainer (and no value
-    head).
+    batch at once: ``batch x steps_per_generation`` completions per device (``steps_per_generation`` defaults to the
+    accumulation steps, ``grpo_config.py`` ``__post_init__`` lines 1098-1100), which must hold whole groups of
+    ``num_generations`` (line 1131); prompt = ``seq - max_completion_length``. Its KV cache and transients are the
+    serving planner's generate phase (serving S1, S3) with no logits processor: TRL samples with top_k 0, top_p 1.0,
+    temperature 1.0 (``grpo_config.py`` lines 532-580, ``grpo_trainer.py`` lines 1156-1173; serving S1b's
+    ``logits_warpers=False``); with ``padded`` the prompts are planned left-padded (serving S1d: SDPA's bool mask),
+    the safe reading of one padding flag for both phases. Then ``_generate_and_score_completions`` scores the
+    completions under ``no_grad`` (``grpo_trainer.py`` line 2634), before any training forward: the old policy's
+    log-probs when ``gradient_accumulation_steps % (steps_per_generation x num_iterations) != 0`` (lines 2642-2657;
+    TRL's defaults, ``num_iterations`` 1 and ``steps_per_generation`` = the accumulation steps, skip it) and the
+    reference's when ``beta > 0`` (lines 2709-2737), each in chunks of ``per_device_train_batch_size`` rows
+    (``_get_per_token_logps_and_entropies``, ``batch_size`` line 2505). Each is the no-grad forward P3 sizes (one
+    block over the batch, or the fused head's forward beside the last hidden state; the old policy's own LoRA terms,
+    batch x seq x r per adapted linear, are below the fused head's chunk and not counted); no policy activations are
+    alive beside them (``_compute_loss`` only reads the stored log-probs), so they belong to the generation phase
+    (``generation_scoring``), not beside the activations as in DPO. The kept log-probs (rows x completion x 4 bytes)
+    are left out. Generation ends before training starts: peak = the larger phase. A reward model (``reward_model``)
+    is loaded with ``AutoModelForSequenceClassification`` and kept for the run. TRL 1.16 has no PPO trainer (and no
+    value head).
 P5. Reward models (``reward_trainer.py``): a sequence-classification head (``num_labels=1``, H x 1,
     ``AutoModelForSequenceClassification``; transformers 5.24 ``LlamaForSequenceClassification.score``) replaces
     lm_head: no vocabulary logits, the (2B, S, 1) scores only. The head's weight is counted (and lm_head's removed
@@ -130,6 +143,8 @@ class PreferenceConfig:
     beta: float | None = None  # None: the trainer's default (DPO/KTO 0.1; GRPO 0.0: no reference model)
     num_labels: int = 1  # reward head
     reward_model: ModelSpec | None = None  # GRPO: a sequence-classification reward model kept for the run
+    num_iterations: int = 1  # GRPO: optimizer steps per generation batch (GRPOConfig default; > 1: old-policy forward)
+    steps_per_generation: int | None = None  # GRPO: None = the accumulation steps (GRPOConfig default)
 
     def __post_init__(self) -> None:
         if not isinstance(self.objective, Objective):
@@ -144,6 +159,14 @@ class PreferenceConfig:
                                 f"{self.num_generations!r}")
         elif self.num_generations is not None:
             raise SpecError(f"--num-generations applies to grpo, not {self.objective.value}")
+        for k in ("num_iterations", "steps_per_generation"):
+            v = getattr(self, k)
+            if v is None and k == "steps_per_generation":
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise SpecError(f"{k.replace('_', '-')} must be a positive integer, got {v!r}")
+        if self.objective is not Objective.GRPO and (self.num_iterations != 1 or self.steps_per_generation is not None):
+            raise SpecError(f"--num-iterations / --steps-per-generation apply to grpo, not {self.objective.value}")
         if not isinstance(self.max_completion_length, int) or self.max_completion_length < 1:
             raise SpecError(f"max-completion-length must be a positive integer, got {self.max_completion_length!r}")
         if self.beta is not None and self.beta < 0:
@@ -159,7 +182,8 @@ class PreferenceConfig:
         return {"objective": self.objective.value, "reference": self.reference.value,
                 "num_generations": self.num_generations, "max_completion_length": self.max_completion_length,
                 "beta": self.beta, "num_labels": self.num_labels,
-                "reward_model": None if self.reward_model is None else self.reward_model.to_dict()}
+                "reward_model": None if self.reward_model is None else self.reward_model.to_dict(),
+                "num_iterations": self.num_iterations, "steps_per_generation": self.steps_per_generation}
 
     @classmethod
     def from_dict(cls, d) -> "PreferenceConfig":
@@ -179,7 +203,7 @@ class PreferenceConfig:
                 raise SpecError(f"reference must be one of {', '.join(r.value for r in Reference)}") from None
         if kw.get("reward_model") is not None:
             kw["reward_model"] = ModelSpec.from_dict(kw["reward_model"])
-        for k in ("num_generations", "max_completion_length", "num_labels"):
+        for k in ("num_generations", "max_completion_length", "num_labels", "num_iterations", "steps_per_generation"):
             if kw.get(k) is not None and (isinstance(kw[k], bool) or not isinstance(kw[k], int)):
                 raise SpecError(f"preference {k} must be an integer, got {kw[k]!r}")
         if kw.get("beta") is not None and (isinstance(kw["beta"], bool) or not isinstance(kw["beta"], (int, float))):
@@ -195,6 +219,15 @@ class PreferenceConfig:
         if self.reference is Reference.ADAPTER and not cfg.method.is_peft:
             raise SpecError("--reference adapter needs a PEFT policy (lora, qlora, ...); a full fine-tune copies it")
         return self.reference
+
+    def generation_steps(self, cfg: PlanConfig) -> int:
+        """GRPO's ``steps_per_generation`` as TRL resolves it (P4): given, else the accumulation steps."""
+        return self.steps_per_generation or cfg.grad_accum
+
+    def scores_old_policy(self, cfg: PlanConfig) -> bool:
+        """Whether TRL runs the old policy's no-grad scoring forward (P4, ``grpo_trainer.py`` line 2642)."""
+        return (self.objective is Objective.GRPO
+                and cfg.grad_accum % (self.generation_steps(cfg) * self.num_iterations) != 0)
 
 
 # P6: the inference configurations of the reference and of GRPO's generation drop ZeRO / FSDP / offload (a
@@ -257,6 +290,40 @@ def block_recompute(cfg: PlanConfig) -> int:
     return M.plan(one).components["logits_loss"]
 
 
+def inference_config(cfg: PlanConfig, rows: int) -> PlanConfig:
+    """The no-grad inference configuration of a reference or scoring forward over ``rows`` sequences (P3, P6)."""
+    return M.replace(cfg, method=Method.INFERENCE, batch=rows, padding_mask=False, **_UNSHARDED,
+                     training_precision=TrainingPrecision.PURE,
+                     precision=Precision.FP32 if cfg.training_precision is TrainingPrecision.AMP else cfg.precision)
+
+
+def no_grad_forward(cfg: PlanConfig, rcfg: PlanConfig) -> int:
+    """The transient of TRL's no-grad scoring forward over ``rcfg.batch`` rows of ``cfg.seq`` tokens (P3, P4): one
+    block's inference transient, or the fused head's no-grad forward beside the last hidden state."""
+    from quantlab.planner.serving import block_transient
+
+    r, c, w = _dtypes(cfg)
+    B, S, H, V = rcfg.batch, cfg.seq, cfg.model.hidden_size, cfg.model.vocab_size
+    rfh = trl_head.fused_head(batch=B, seq=S, hidden=H, vocab=V, hidden_bytes=r, compute_bytes=c, weight_bytes=w,
+                              head_trains=False, triton=cfg.device is DeviceMode.CUDA, no_grad=True)
+    return max(block_transient(rcfg, S, []), rfh.forward_transient + B * S * H * r)
+
+
+def grpo_generate_config(cfg: PlanConfig, pref: PreferenceConfig):
+    """The serving configuration of GRPO's generate phase (P4, P6): the policy's inference plan, ``batch x
+    steps_per_generation`` sequences of ``seq - max_completion_length`` prompt tokens, no logits processor
+    (serving S1b), the LoRA adapter unmerged; a padded policy batch plans left-padded prompts (serving S1d, the safe
+    reading: TRL pads the prompts of different lengths, ``grpo_trainer.py`` lines 1814-1827)."""
+    from quantlab.planner.serving import serve_config
+
+    icfg = M.replace(cfg, method=Method.INFERENCE, padding_mask=False, training_precision=TrainingPrecision.PURE,
+                     **_UNSHARDED)
+    return serve_config(icfg, prompt_tokens=cfg.seq - pref.max_completion_length,
+                        new_tokens=pref.max_completion_length, concurrency=cfg.batch * pref.generation_steps(cfg),
+                        logits_warpers=False, padded_prompts=cfg.padding_mask,
+                        adapters=1 if cfg.method in (Method.LORA, Method.QLORA) else 0)
+
+
 def _head_trains(cfg: PlanConfig) -> bool:
     return cfg.method is Method.FULL or (cfg.method is Method.FREEZE and "lm_head" in cfg.freeze_modules)
 
@@ -275,11 +342,13 @@ def preference_plan(cfg: PlanConfig, pref: PreferenceConfig) -> M.Plan:
     if obj is Objective.GRPO:
         if pref.max_completion_length >= S:
             raise SpecError(f"max-completion-length {pref.max_completion_length} leaves no prompt in seq {S}")
-        gen = B * cfg.grad_accum  # P4
+        spg = pref.generation_steps(cfg)  # P4
+        gen = B * spg
         if (gen * cfg.dp) % pref.num_generations:
-            raise SpecError(f"grpo: the generation batch ({B} x grad-accum {cfg.grad_accum} x {cfg.dp} GPU(s) = "
+            what = "steps-per-generation" if pref.steps_per_generation else "grad-accum"
+            raise SpecError(f"grpo: the generation batch ({B} x {what} {spg} x {cfg.dp} GPU(s) = "
                             f"{gen * cfg.dp}) must hold whole groups of --num-generations {pref.num_generations} "
-                            f"(TRL grpo_config.py); raise --batch or --grad-accum")
+                            f"(TRL grpo_config.py); raise --batch or --{what}")
     Bp = 2 * B if obj in PAIRED else B  # P1
     extra_trainable = 0
     pcfg = M.replace(cfg, batch=Bp)
@@ -359,44 +428,46 @@ def preference_plan(cfg: PlanConfig, pref: PreferenceConfig) -> M.Plan:
     dynamic = max(policy_dyn, G + comps.get("optimizer_step", 0), G + comps.get("embedding_grad_tail", 0))
     kept = max(policy_dyn, comps.get("optimizer_step", 0), comps.get("embedding_grad_tail", 0))  # G counted static
     ref = pref.resolved_reference(cfg)
+    scoring = 0  # GRPO: TRL's no-grad scoring forwards, in the generation phase (P4)
     if ref is not None and ref is not Reference.PRECOMPUTED:  # P3
-        rcfg = M.replace(cfg, method=Method.INFERENCE, batch=Bp, padding_mask=False, **_UNSHARDED,
-                         training_precision=TrainingPrecision.PURE,
-                         precision=Precision.FP32 if cfg.training_precision is TrainingPrecision.AMP
-                         else cfg.precision)
+        rcfg = inference_config(cfg, Bp)
         if ref is Reference.COPY:
             rp = M.plan(rcfg)
             refw = rp.components["weights"] + rp.components.get("quant_constants", 0)
             comps["reference_weights"] = refw
             static += refw
-        from quantlab.planner.serving import block_transient
-        rfh = trl_head.fused_head(batch=Bp, seq=S, hidden=H, vocab=V, hidden_bytes=r, compute_bytes=c,
-                                  weight_bytes=w, head_trains=False, triton=cuda, no_grad=True)
-        ref_fwd = max(block_transient(rcfg, S, []), rfh.forward_transient + Bp * S * H * r)
+        ref_fwd = no_grad_forward(cfg, rcfg)
         comps["reference_forward"] = ref_fwd
-        dynamic = max(dynamic, activations + ref_fwd)  # without freed gradients (P8)
-        kept = max(kept, activations + ref_fwd)
+        if obj is Objective.GRPO:  # P4: scored in _generate_and_score_completions, no activations beside it
+            scoring = ref_fwd
+        else:
+            dynamic = max(dynamic, activations + ref_fwd)  # without freed gradients (P8)
+            kept = max(kept, activations + ref_fwd)
         notes.append(f"reference: {ref.value} (P3)")
     elif ref is Reference.PRECOMPUTED:
         notes.append("reference log-probs precomputed: no reference model in training (P3)")
     if obj is Objective.GRPO:  # P4
-        from quantlab.planner.serving import serve_config, transformers_plan
-        gen = B * cfg.grad_accum
-        icfg = M.replace(cfg, method=Method.INFERENCE, padding_mask=False, training_precision=TrainingPrecision.PURE,
-                         **_UNSHARDED)
-        sp = transformers_plan(serve_config(icfg, prompt_tokens=S - pref.max_completion_length,
-                                            new_tokens=pref.max_completion_length, concurrency=gen,
-                                            adapters=1 if cfg.method.is_peft and cfg.method in (Method.LORA,
-                                                                                              Method.QLORA) else 0))
+        from quantlab.planner.serving import transformers_plan
+        sp = transformers_plan(grpo_generate_config(cfg, pref))
         kv = sp.components["kv_cache"]
         gen_dyn = sp.peak_allocated_bytes - sum(sp.components.get(k, 0) for k in ("weights", "quant_constants",
                                                                                    "adapters"))
         comps["generation_kv_cache"] = kv
         comps["generation_transient"] = gen_dyn - kv
+        if pref.scores_old_policy(cfg):  # P4: the policy itself, no_grad, over the same rows
+            comps["old_policy_forward"] = no_grad_forward(cfg, inference_config(cfg, Bp))
+            scoring = max(scoring, comps["old_policy_forward"])
+            notes.append(f"grpo: grad-accum {cfg.grad_accum} is not a multiple of steps-per-generation "
+                         f"{pref.generation_steps(cfg)} x num-iterations {pref.num_iterations}: TRL scores the old "
+                         "policy under no_grad after generate (P4)")
+        if scoring:
+            comps["generation_scoring"] = scoring
+        gen_dyn = max(gen_dyn, scoring)
         dynamic = max(dynamic, gen_dyn)
         kept = max(kept, gen_dyn)
-        notes.append(f"grpo: generate {gen} completions ({S - pref.max_completion_length} prompt + "
-                     f"{pref.max_completion_length} new tokens), then train; peak = the larger phase (P4)")
+        notes.append(f"grpo: generate {B * pref.generation_steps(cfg)} completions ({S - pref.max_completion_length} "
+                     f"prompt + {pref.max_completion_length} new tokens, no logits processor), score them, then "
+                     "train; peak = the larger phase (P4)")
         if pref.reward_model is not None:
             rw = M.plan(PlanConfig(model=pref.reward_model, precision=cfg.precision, compute_dtype=cfg.compute_dtype,
                                    device=cfg.device)).components["weights"]
@@ -422,13 +493,13 @@ def preference_plan(cfg: PlanConfig, pref: PreferenceConfig) -> M.Plan:
 # ---- fit (fit.py's verdict and searches, over preference_plan) ----------------------------------------------------
 def _batch_step(cfg: PlanConfig, pref: PreferenceConfig) -> int:
     """The batch granularity: GRPO's generation batch must hold whole groups (P4), so the batch moves in steps of
-    ``num_generations / gcd(num_generations, grad_accum x GPUs)``; 1 otherwise."""
+    ``num_generations / gcd(num_generations, steps_per_generation x GPUs)``; 1 otherwise."""
     if pref.objective is not Objective.GRPO:
         return 1
     import math
 
     g = pref.num_generations
-    return g // math.gcd(g, cfg.grad_accum * cfg.dp)
+    return g // math.gcd(g, pref.generation_steps(cfg) * cfg.dp)
 
 
 def _largest(ok, cap: int, step: int = 1, low: int = 1) -> int:

@@ -26,6 +26,15 @@ S1b. Sampling, ``_sample`` (transformers 5.24 ``generation/utils.py``) with ``Ge
     step's scores and probabilities are still bound (the locals are rebound only by the new step's results), so
     the masked_fill moment holds 4 + 4 + 4 + 1 + 4 = 17, and the three fp32 tensors of the previous step (12;
     greedy: its copy, 4) stay alive through each decode forward. Greedy keeps the copy (4; decoding, 8).
+    With no logits processor (``logits_warpers=False``: TRL's ``GRPOConfig`` samples with top_k 0, top_p 1.0,
+    temperature 1.0, min_p None, repetition_penalty 1.0, ``grpo_config.py`` lines 532-580, put into the
+    GenerationConfig at ``grpo_trainer.py`` lines 1156-1173), ``_get_logits_processor`` adds no warper
+    (``generation/utils.py`` lines 1472, 1618-1634) and an empty ``LogitsProcessorList`` returns its input
+    (``logits_process.py`` line 98): the scores are the fp32 copy itself (``_sample``, lines 3250-3275). A step holds
+    the copy, the softmax and ``torch.multinomial``'s fp32 exponential noise (measured: one batch x vocab fp32
+    tensor of allocator growth): 12 bytes per sequence and vocabulary entry, at the first step and at a decode
+    step alike (the previous step's copy and probabilities are rebound by then); the copy and the probabilities
+    (8) stay alive through each decode forward.
 S1c. What generate adds to a forward (measured by ``quantlab validate`` on a CPU, each traced to the code):
     position ids per sequence (``_prepare_position_ids_for_generation``: ``attention_mask.cumsum(-1) - 1``,
     batch x prompt int64, kept by ``generate``'s own ``model_kwargs`` while ``_sample`` grows its copy by
@@ -34,6 +43,14 @@ S1c. What generate adds to a forward (measured by ``quantlab validate`` on a CPU
     per-sequence positions RoPE's cos and sin are batch x tokens x head_dim (compute dtype) and GPT-2's position
     embedding output batch x tokens x hidden. Eager attention's weights stay bound to the decoder block's ``_``
     through its MLP (``hidden_states, _ = self.self_attn(...)``).
+S1d. Left-padded prompts (``padded_prompts``: a batch of prompts of different lengths, as TRL's GRPO pads them,
+    ``grpo_trainer.py`` lines 1814-1827): the attention mask has zeros, so SDPA cannot skip the mask
+    (``masking_utils.py`` ``_ignore_causal_mask_sdpa`` / ``sdpa_mask``, lines 252-290 and 510-535, transformers
+    5.24): one bool mask of batch x 1 x query x keys is built per forward and lives through it beside every block
+    (prefill: batch x prompt x prompt bytes; a decode step: batch x context). Eager attention builds its mask
+    anyway (families F4, counted). Measured: reports/grpo-cpu (SmolLM2-135M, 8 prompts left-padded to 66 tokens)
+    prefill transient 34,936 bytes above the unpadded rule, the mask 8 x 66 x 66 = 34,848. Not modelled: the K/V
+    that SDPA's GQA path repeats under a mask (activations A3c), below the MLP's peak in that run.
 S2. ``score`` is one forward that keeps every token's logits (perplexity, evaluation, reward scoring):
     :func:`quantlab.planner.memory.plan` for inference (its assumption 7), whose logits are T x vocab.
     ``prefill`` is the prefill phase of S1 alone (one forward with ``logits_to_keep=1`` and the cache kept).
@@ -225,6 +242,10 @@ class ServeConfig:
     residual_length: int = DEFAULTS["residual_length"]  # QuantizedCache default
     q_group_size: int = DEFAULTS["q_group_size"]  # QuantizedCache default
     do_sample: bool = True  # softmax over the vocabulary per step (S1); greedy skips it
+    # S1b: GenerationConfig's default top-k 50 warper; False: no logits processor (TRL GRPOConfig's top_k 0, top_p 1,
+    # temperature 1): the scores are the fp32 copy itself
+    logits_warpers: bool = True
+    padded_prompts: bool = False  # S1d: prompts of different lengths, left-padded (an attention mask with zeros)
     block_size: int = DEFAULTS["block_size"]  # vLLM
     gpu_memory_utilization: float = DEFAULTS["gpu_memory_utilization"]  # vLLM
     max_model_len: int | None = None  # vLLM; None: derived from the config (S8)
@@ -370,7 +391,7 @@ class ServeConfig:
                 kw["rope_scaling"] = RopeScaling(**r)
             except TypeError as e:
                 raise SpecError(f"rope_scaling: {e}") from None
-        for name in ("do_sample", "enforce_eager", "merged"):
+        for name in ("do_sample", "logits_warpers", "padded_prompts", "enforce_eager", "merged"):
             if not isinstance(kw[name], bool):
                 raise SpecError(f"{name} must be true or false, got {kw[name]!r}")
         for name in ("max_model_len", "max_num_batched_tokens", "max_num_seqs", "max_lora_rank", "max_cpu_loras",
@@ -536,14 +557,18 @@ def _a(cfg: PlanConfig) -> int:
     return cfg.compute_dtype.nbytes
 
 
-def one_position_logits(cfg: PlanConfig, do_sample: bool = True, decode: bool = False) -> tuple[int, int]:
+def one_position_logits(cfg: PlanConfig, do_sample: bool = True, decode: bool = False,
+                        warpers: bool = True) -> tuple[int, int]:
     """(logits of one position in the compute dtype, the fp32 tensors beside them at the sampling's peak) for
     ``cfg.batch`` sequences (S1b); a final softcap (families F5) makes a second logits tensor. ``decode``: a step
-    after the first, where the previous step's scores and probabilities are still bound."""
+    after the first, where the previous step's scores and probabilities are still bound. ``warpers`` False: no
+    logits processor (S1b)."""
     m = cfg.model
     BV = cfg.batch * m.vocab_size
     logits = (2 if family(m).final_logit_softcap else 1) * _a(cfg) * BV
-    if do_sample:  # copy, top-k mask (bool) and masked copy, then the softmax (the mask freed by then)
+    if do_sample and not warpers:  # the copy (= the scores), the softmax, multinomial's exponential noise; a decode
+        per = 4 + 4 + 4             # step: the same three (the previous copy and probabilities rebound by then)
+    elif do_sample:  # copy, top-k mask (bool) and masked copy, then the softmax (the mask freed by then)
         per = (4 + 4 + 4 + 1 + 4) if decode else max(4 + 1 + 4, 4 + 4 + 4)
     else:  # the copy (and, decoding, the previous step's)
         per = 8 if decode else 4
@@ -671,10 +696,18 @@ def lora_block(s: "ServeConfig", tokens: int) -> int:
     return best + _stream(cfg, tokens) if best else 0
 
 
-def held_scores(cfg: PlanConfig, do_sample: bool) -> int:
+def padding_mask_bytes(s: "ServeConfig", queries: int, keys: int) -> int:
+    """SDPA's bool mask over left-padded prompts, alive through a forward (S1d); 0 unpadded or eager (F4)."""
+    if not s.padded_prompts or _attention(s.plan) is Attention.EAGER:
+        return 0
+    return s.concurrency * queries * keys
+
+
+def held_scores(cfg: PlanConfig, do_sample: bool, warpers: bool = True) -> int:
     """The previous step's fp32 tensors that ``_sample``'s locals keep through the next forward (S1b): the logits'
-    copy, the processed scores and the probabilities when sampling (the copy is the scores, greedy)."""
-    return (12 if do_sample else 4) * cfg.batch * cfg.model.vocab_size
+    copy, the processed scores and the probabilities when sampling (the copy is the scores, greedy, and with no
+    logits processor: ``warpers`` False)."""
+    return ((12 if warpers else 8) if do_sample else 4) * cfg.batch * cfg.model.vocab_size
 
 
 def cached_positions(s: "ServeConfig") -> int:
@@ -754,18 +787,20 @@ def _phases(s: ServeConfig, notes: list) -> tuple[int, int, int, int, int, int]:
     """(KV at the end of prefill, prefill transient, KV at the end of decode, decode transient, logits on lm_head's
     GPU, their fp32 copies) per replica, before any split (S1, S3)."""
     cfg = s.plan
-    logits, copies = one_position_logits(cfg, s.do_sample)
+    logits, copies = one_position_logits(cfg, s.do_sample, warpers=s.logits_warpers)
     pre_block = max(prefill_block(cfg, s.prompt_tokens, notes),
-                    lora_block(s, s.prompt_tokens) + position_tables(cfg, s.prompt_tokens))
+                    lora_block(s, s.prompt_tokens) + position_tables(cfg, s.prompt_tokens)) \
+        + padding_mask_bytes(s, s.prompt_tokens, s.prompt_tokens)
     kv_prompt = kv_bytes(s, cached_positions(s) if s.cache is Cache.STATIC else s.prompt_tokens)
     pre = max(pre_block, logits + copies) + generate_ids_bytes(s, False)
     if s.mode is Mode.PREFILL:
         return kv_prompt, pre, 0, 0, logits, copies
-    d_logits, d_copies = one_position_logits(cfg, s.do_sample, decode=True)
+    d_logits, d_copies = one_position_logits(cfg, s.do_sample, decode=True, warpers=s.logits_warpers)
     kv_end = kv_bytes(s, cached_positions(s))
     dec_block = (max(block_transient(cfg, 1, []), lora_block(s, 1),
                      _stream(cfg, 1) + max(cache_transient(s), decode_attention(s)))
-                 + position_tables(cfg, 1) + held_scores(cfg, s.do_sample))
+                 + position_tables(cfg, 1) + held_scores(cfg, s.do_sample, s.logits_warpers)
+                 + padding_mask_bytes(s, 1, cached_positions(s)))
     dec = max(dec_block, d_logits + d_copies) + generate_ids_bytes(s, True)
     return kv_prompt, pre, kv_end, dec, d_logits, max(copies, d_copies)
 

@@ -56,3 +56,21 @@ def test_table_has_both_phases():
     assert [r["phase"] for r in rows] == ["both", "generation", "generation", "training", "step"]
     text = table_text(rows)
     assert "+25.00%" in text and "-4.76%" in text
+
+
+@pytest.mark.parametrize("run", ["reports/grpo-cpu", "reports/grpo-cpu/beta-0.04"])
+def test_stored_smollm2_runs_meet_the_targets(run):
+    """The stored SmolLM2-135M runs (reports/grpo-cpu: 8 left-padded prompts of 66 tokens, 32 new tokens, LoRA r 16,
+    measured on this CPU) compared again with the planner of this tree: every component and phase within
+    validate's targets, the padded prefill within 0.01% (serving S1d: SDPA's 8 x 66 x 66 bool mask)."""
+    import json
+    from pathlib import Path
+
+    from quantlab.commands.lab_grpo import compare
+
+    res = json.loads((Path(__file__).resolve().parents[2] / run / "grpo.json").read_text())
+    res.pop("comparison", None)
+    row = compare(res, res["model_spec"])
+    assert res["generation"]["prompt_padded"] and row["ok"] is True
+    assert abs(row["err_prefill_transient"]) < 1e-4
+    assert abs(row["err_generation_allocated"]) < 1e-3 and abs(row["err_allocated"]) < 1e-3

@@ -79,6 +79,10 @@ def test_trl_trainer_default_checkpointing_unless_the_flag_says_otherwise(capsys
     (["--method", "dpo", "--policy", "full"], ("reference_weights", "reference_forward"), ()),
     (["--method", "grpo", "--num-generations", "2", "--batch", "2", "--reward-model", "qwen2.5-0.5b"],
      ("reward_model", "generation_kv_cache"), ()),
+    (["--method", "grpo", "--num-generations", "4", "--batch", "4", "--num-iterations", "2"],
+     ("old_policy_forward", "generation_scoring"), ("reference_forward",)),
+    (["--method", "grpo", "--num-generations", "4", "--batch", "4", "--grad-accum", "2", "--steps-per-generation",
+      "2"], ("generation_kv_cache",), ("old_policy_forward", "generation_scoring")),
 ], ids=lambda a: " ".join(a) if isinstance(a, list) else None)
 def test_each_objective_plans_its_components(capsys, argv, has, lacks):
     c = doc_of(capsys, "--model", "8b", *argv)["components"]
@@ -98,7 +102,9 @@ def test_full_policy_reference_is_a_copy_of_the_weights(capsys):
     ["--model", "8b", "--method", "grpo", "--num-generations", "4", "--batch", "4", "--seq", "1024",
      "--max-completion-length", "256", "--beta", "0.04", "--policy", "full", "--gpu", "h100"],
     ["--model", "8b", "--method", "reward", "--batch", "2", "--policy", "qlora"],
-], ids=("dpo", "grpo", "reward"))
+    ["--model", "8b", "--method", "grpo", "--num-generations", "4", "--batch", "4", "--seq", "1024",
+     "--max-completion-length", "256", "--num-iterations", "2", "--steps-per-generation", "2"],
+], ids=("dpo", "grpo", "reward", "grpo-iterations"))
 def test_from_json_reproduces_a_preference_plan(capsys, tmp_path, argv):
     rc, first, err = run(capsys, "plan", *argv, "--format", "json")
     assert rc == 0, err
@@ -132,6 +138,10 @@ def test_from_json_refuses_a_bad_preference_key(capsys, tmp_path):
     (["--method", "dpo", "--policy", "full", "--reference", "adapter"], "needs a PEFT policy"),
     (["--method", "dpo", "--new-tokens", "64"], "serving flag"),
     (["--method", "grpo", "--num-generations", "2", "--batch", "2", "--seq", "256"], "leaves no prompt"),
+    (["--method", "dpo", "--num-iterations", "2"], "--num-iterations applies to --method grpo"),
+    (["--method", "grpo", "--num-generations", "2", "--batch", "2", "--num-iterations", "0"],
+     "num-iterations must be a positive integer"),
+    (["--method", "grpo", "--num-generations", "4", "--batch", "2", "--steps-per-generation", "1"], "whole groups"),
 ])
 def test_bad_preference_input_is_one_line_exit_2(capsys, argv, words):
     rc, out, err = run(capsys, "plan", "--model", "8b", *argv)

@@ -49,6 +49,50 @@ def test_grpo_kv_grows_with_generations():
     assert "reference_forward" not in a.components  # beta 0.0: no reference (GRPOConfig default)
 
 
+def test_grpo_scoring_forwards_are_in_the_generation_phase():
+    """P4: TRL scores the reference (beta > 0) and, when grad_accum % (steps_per_generation x num_iterations) != 0,
+    the old policy under no_grad in _generate_and_score_completions: the generation phase holds them
+    (generation_scoring), not the policy's activations. Both forwards are the same no-grad pass over B rows."""
+    base = PreferenceConfig(Objective.GRPO, num_generations=8)
+    p0 = preference_plan(lora(batch=8), base)
+    assert "generation_scoring" not in p0.components and "old_policy_forward" not in p0.components
+    ref = preference_plan(lora(batch=8), PreferenceConfig(Objective.GRPO, num_generations=8, beta=0.04))
+    old = preference_plan(lora(batch=8), PreferenceConfig(Objective.GRPO, num_generations=8, num_iterations=2))
+    assert ref.components["generation_scoring"] == ref.components["reference_forward"]
+    assert old.components["generation_scoring"] == old.components["old_policy_forward"] \
+        == ref.components["reference_forward"]
+    # aligned: grad_accum 4 = steps_per_generation 2 x num_iterations 2 runs no old-policy forward
+    aligned = preference_plan(lora(batch=8, grad_accum=4),
+                              PreferenceConfig(Objective.GRPO, num_generations=8, num_iterations=2,
+                                               steps_per_generation=2))
+    assert "old_policy_forward" not in aligned.components
+    # the training phase is unchanged by a scoring forward that runs before it
+    assert old.components["activations"] == p0.components["activations"]
+
+
+def test_grpo_steps_per_generation_sets_the_generation_batch():
+    """P4: generate produces batch x steps_per_generation completions (grpo_config.py __post_init__), whatever the
+    accumulation; the KV cache scales with it; the batch must hold whole groups."""
+    a = preference_plan(lora(batch=4), PreferenceConfig(Objective.GRPO, num_generations=4))
+    b = preference_plan(lora(batch=4), PreferenceConfig(Objective.GRPO, num_generations=4, steps_per_generation=2))
+    c = preference_plan(lora(batch=4, grad_accum=2), PreferenceConfig(Objective.GRPO, num_generations=4))
+    assert b.components["generation_kv_cache"] == 2 * a.components["generation_kv_cache"] \
+        == c.components["generation_kv_cache"]
+    assert "old_policy_forward" in b.components  # grad_accum 1 % steps_per_generation 2
+    with pytest.raises(SpecError, match="steps-per-generation"):
+        preference_plan(lora(batch=2), PreferenceConfig(Objective.GRPO, num_generations=8, steps_per_generation=2))
+
+
+@pytest.mark.parametrize("kw,words", [
+    (dict(objective=Objective.GRPO, num_generations=2, num_iterations=0), "num-iterations must be a positive"),
+    (dict(objective=Objective.GRPO, num_generations=2, steps_per_generation=0), "steps-per-generation must be"),
+    (dict(objective=Objective.DPO, num_iterations=2), "apply to grpo"),
+])
+def test_grpo_iteration_fields_are_checked(kw, words):
+    with pytest.raises(SpecError, match=words):
+        PreferenceConfig(**kw)
+
+
 def test_reward_has_no_lm_head_logits():
     p = preference_plan(lora(), PreferenceConfig(Objective.REWARD))
     assert not any("logits" in k for k in p.components)

@@ -49,11 +49,12 @@ def test_reference_and_generation_plans_drop_training_settings(kw):
 
 def test_preference_config_round_trip_and_bad_documents():
     pref = PreferenceConfig(Objective.GRPO, reference=Reference.COPY, num_generations=4, beta=0.04,
-                            reward_model=load_model("qwen2.5-0.5b").spec)
+                            reward_model=load_model("qwen2.5-0.5b").spec, num_iterations=2, steps_per_generation=4)
     assert PreferenceConfig.from_dict(pref.to_dict()) == pref
     for d, words in (({"objective": "ppo"}, "PPO"), ({"objective": "dpo", "colour": 1}, "unknown preference field"),
                      ({"objective": "dpo", "reference": "twin"}, "reference must be"),
                      ({"objective": "dpo", "beta": "x"}, "beta must be a number"),
-                     ({"objective": "grpo", "num_generations": 2.5}, "must be an integer")):
+                     ({"objective": "grpo", "num_generations": 2.5}, "must be an integer"),
+                     ({"objective": "grpo", "num_generations": 2, "num_iterations": True}, "must be an integer")):
         with pytest.raises(SpecError, match=words):
             PreferenceConfig.from_dict(d)

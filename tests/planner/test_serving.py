@@ -70,6 +70,34 @@ def test_one_position_logits_follow_sampling():
     assert S.one_position_logits(s.plan, False, decode=True)[1] == 8 * BV
 
 
+def test_no_logits_processor_holds_twelve_bytes_at_every_step():
+    """S1b, logits_warpers False (TRL GRPOConfig: top_k 0, top_p 1, temperature 1): the copy is the scores; a step
+    holds the copy, the softmax and multinomial's noise (12, also decoding), and 8 stay through the next forward
+    (top-k 50: 12). The default keeps GenerationConfig's top-k 50 (the serving matrix rows)."""
+    s = sc(prompt_tokens=64, new_tokens=8, concurrency=4)
+    BV = 4 * M8.vocab_size
+    assert S.one_position_logits(s.plan, True, warpers=False)[1] == 12 * BV
+    assert S.one_position_logits(s.plan, True, decode=True, warpers=False)[1] == 12 * BV
+    assert S.held_scores(s.plan, True, warpers=False) == 8 * BV and S.held_scores(s.plan, True) == 12 * BV
+    assert s.logits_warpers is True
+    plain = S.serve_config(s.plan, prompt_tokens=64, new_tokens=8, logits_warpers=False)
+    assert S._phases(plain, [])[3] < S._phases(s, [])[3]  # the decode transient; the prefill is the same
+    assert S._phases(plain, [])[1] == S._phases(s, [])[1]
+    assert S.ServeConfig.from_dict(plain.to_dict()) == plain
+
+
+def test_padded_prompts_add_sdpas_bool_mask():
+    """S1d: left-padded prompts make SDPA build a bool mask of batch x query x keys, alive through the forward:
+    4 x 64 x 64 bytes at the prefill; eager attention builds its mask anyway (F4): nothing more."""
+    s = sc(prompt_tokens=64, new_tokens=8, concurrency=4, attn=Attention.SDPA)
+    padded = S.serve_config(s.plan, prompt_tokens=64, new_tokens=8, padded_prompts=True)
+    assert S._phases(padded, [])[1] - S._phases(s, [])[1] == 4 * 64 * 64
+    e = sc(prompt_tokens=64, new_tokens=8, concurrency=4, attn=Attention.EAGER)
+    assert S._phases(S.serve_config(e.plan, prompt_tokens=64, new_tokens=8, padded_prompts=True), [])[1] == \
+        S._phases(e, [])[1]
+    assert S.ServeConfig.from_dict(padded.to_dict()) == padded
+
+
 def test_seq_is_the_whole_context():
     s = sc(seq=4096)
     assert (s.prompt_tokens, s.new_tokens, s.context) == (4096 - S.DEFAULT_NEW_TOKENS, S.DEFAULT_NEW_TOKENS, 4096)

@@ -1,7 +1,8 @@
 """Issue #13's methods in the validation matrix (quantlab/validate.py assumption 13): ``method: dpo | bitfit | dora |
-ptuning | distill`` rows parsed with ``quantlab plan``'s variant and preference flags, measured on this CPU by
-their own lab code (quantlab/lab/peft_measured.py, quantlab/lab/preference.py) and compared with their planner
-compositions; the known misses (profiles/validation/known-misses.yaml) are reported as misses with their error."""
+ptuning | distill | grpo`` rows parsed with ``quantlab plan``'s variant and preference flags, measured on this CPU
+by their own lab code (quantlab/lab/peft_measured.py, quantlab/lab/preference.py, quantlab/lab/grpo.py through
+quantlab/validate_grpo.py) and compared with their planner compositions; the known misses
+(profiles/validation/known-misses.yaml) are reported as misses with their error."""
 
 import dataclasses
 import json
@@ -17,7 +18,7 @@ KNOWN_MISSES = REPO / "profiles" / "validation" / "known-misses.yaml"
 # one fast row per family, from the shipped matrix
 ONE_PER_FAMILY = ("qwen-bitfit-fp32", "llama-dora-qv-fp32", "llama-ptuning-mlp-fp32", "llama-distill-gkd-fp32",
                   "llama-dpo-lora-fp32", "llama-orpo-lora-fp32", "llama-simpo-lora-fp32", "llama-kto-lora-fp32",
-                  "llama-reward-lora-fp32")
+                  "llama-reward-lora-fp32", "llama-grpo-lora-ckpt-fp32")
 LLAMA = "{num_hidden_layers: 2, hidden_size: 256, num_attention_heads: 4, num_key_value_heads: 1, head_dim: 64, " \
         "intermediate_size: 1024, vocab_size: 4096}"
 
@@ -48,6 +49,13 @@ def test_the_new_keys_parse_into_the_variant_and_its_base_method():
     assert dpo.config.method is Method.LORA and not dpo.config.grad_checkpointing
     assert c["llama-dpo-lora-ckpt-fp32"].config.grad_checkpointing  # TRL's trainer default when not given
     assert c["llama-dpo-full-refcopy-fp32"].config.method is Method.FULL  # policy: full
+    g = {x.id: x for x in load_matrix(MATRIX, ("llama-grpo-lora-ckpt-fp32", "llama-grpo-full-ref-fp32",
+                                                "llama-grpo-lora-iter2-fp32"))}
+    lo, full, it2 = g["llama-grpo-lora-ckpt-fp32"], g["llama-grpo-full-ref-fp32"], g["llama-grpo-lora-iter2-fp32"]
+    assert lo.variant.objective is Objective.GRPO and lo.variant.num_generations == 2
+    assert lo.variant.max_completion_length == 16 and lo.config.grad_checkpointing  # TRL's default
+    assert full.config.method is Method.FULL and full.variant.beta == 0.04 and not full.config.grad_checkpointing
+    assert it2.variant.num_iterations == 2 and lo.variant.num_iterations == 1
 
 
 def test_known_misses_carry_their_expected_error():
@@ -68,7 +76,12 @@ def test_known_misses_carry_their_expected_error():
     ("method: bitfit, teacher-scale: {n_layer: 1}", "teacher-scale applies to method distill, not bitfit"),
     ("method: bitfit, beta: 0.1", "applies to the preference methods, not bitfit"),
     ("method: lora, encoder-hidden-size: 64", "--encoder-hidden-size applies to --method ptuning, not lora"),
-    ("method: grpo, num-generations: 2", "grpo is planned only"),
+    ("method: grpo, num-generations: 2", "vocab_size 49152"),
+    ("method: grpo, num-generations: 2, reference: copy", "reference does not apply to grpo"),
+    ("method: grpo, num-generations: 2, num-labels: 1", "num-labels does not apply to grpo"),
+    ("method: grpo, num-generations: '2'", "num-generations must be an integer"),
+    ("method: grpo, num-generations: 2, reward-model: qwen2.5-0.5b", "reward-model does not apply to grpo"),
+    ("method: grpo", "needs --num-generations"),
     ("method: orpo", "vocab_size 49152"),
     ("method: orpo, reference: copy", "--reference applies to --method dpo or kto or grpo"),
     ("method: dpo, num-generations: 4", "num-generations does not apply to dpo"),
@@ -135,6 +148,10 @@ def test_family_specific_components_are_compared(rows):
         "meas_logits_loss_bytes"]  # ORPO's NLL term: the chosen half's log-softmax
     kto = rows["llama-kto-lora-fp32"]
     assert kto["reference"] == "adapter" and kto["batch"] == 2 and kto["err_reference_weights"] == 0.0
+    gr = rows["llama-grpo-lora-ckpt-fp32"]  # both GRPO phases, the generate phase's components (preference P4)
+    assert (gr["batch"], gr["seq"], gr["max_completion_length"], gr["reference"]) == (4, 48, 16, "none")
+    for k in ("kv_cache", "prefill_transient", "decode_transient", "generation_allocated", "training_allocated"):
+        assert gr[f"meas_{k}_bytes"] > 0 and abs(gr[f"err_{k}"]) <= 0.03, k
     rw = rows["llama-reward-lora-fp32"]
     assert rw.get("err_logits_loss") is None and rw["pred_logits_loss_bytes"] is None  # no vocabulary logits
     assert rw["meas_adapters_bytes"] == rw["pred_adapters_bytes"] > dpo["meas_adapters_bytes"]  # + the score copy
@@ -156,7 +173,7 @@ def test_the_report_and_measurements_file_take_the_rows(rows, tmp_path):
     assert {r["id"] for r in doc["configurations"]} == set(ONE_PER_FAMILY) and len(paths) == 4
     from quantlab.groundtruth import check_row, load_rows
 
-    prefs = [i for i in ONE_PER_FAMILY if i.split("-")[1] in ("dpo", "orpo", "simpo", "kto", "reward")]
+    prefs = [i for i in ONE_PER_FAMILY if i.split("-")[1] in ("dpo", "orpo", "simpo", "kto", "reward", "grpo")]
     assert append_measurements(rs, tmp_path / "m.jsonl") == len(prefs)
     written = load_rows(tmp_path / "m.jsonl")
     assert sorted(r["id"] for r in written) == sorted(f"quantlab-validate-{i}" for i in prefs)
@@ -201,7 +218,7 @@ def test_known_misses_are_reported_as_misses_with_their_error():
 
 @pytest.mark.parametrize("argv,says", [
     (("--method", "bitfit", "--encoder-hidden-size", "8"), "--encoder-hidden-size applies to --method ptuning"),
-    (("--method", "grpo", "--num-generations", "2"), "grpo is planned only"),
+    (("--method", "grpo", "--num-generations", "2"), "the grpo lab runs fp32 on a CPU"),
     (("--method", "lora", "--teacher-scale", "num_hidden_layers=1"), "teacher-scale applies to method distill"),
     (("--method", "distill", "--keep-grads"), "needs --teacher"),
     (("--method", "bitfit", "--precision", "fp32", "--compute-dtype", "fp32"), "give keep-grads: true"),
@@ -226,3 +243,16 @@ def test_flags_and_matrix_entry_make_the_same_case():
          "--attn", "sdpa"])
     c = case_from_flags(args, id=m.id, weights=None, scale=scale)
     assert c.config == m.config and c.teacher == m.teacher and c.variant == m.variant
+
+
+def test_grpo_flags_and_matrix_entry_make_the_same_case():
+    from quantlab.cli import build_parser
+    from quantlab.commands.validate import case_from_flags, load_matrix
+
+    m = load_matrix(MATRIX, ("llama-grpo-lora-iter2-fp32",))[0]
+    args = build_parser().parse_args(
+        ["validate", "--model", "llama-3.2-1b", "--method", "grpo", "--num-generations", "2",
+         "--max-completion-length", "16", "--num-iterations", "2", "--lora-r", "8", "--lora-alpha", "16",
+         "--precision", "fp32", "--compute-dtype", "fp32", "--batch", "4", "--seq", "48", "--attn", "sdpa"])
+    c = case_from_flags(args, id=m.id, weights=None, scale=dict(m.overrides))
+    assert c.config == m.config and c.variant == m.variant and c.variant.num_iterations == 2
