@@ -226,6 +226,11 @@ def vllm_derived_max_len(m: ModelSpec, rope: RopeScaling | None) -> int:
     return n
 
 
+# ServeConfig fields added after serving documents were first written (``--format json``), with the value an older
+# document meant: transformers' default top-k warper and unpadded prompts (S1b, S1d)
+ADDED_FIELDS = {"logits_warpers": True, "padded_prompts": False}
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """A serving configuration: a PlanConfig (``batch`` = concurrency, ``seq`` = prompt + new tokens, the whole
@@ -372,10 +377,12 @@ class ServeConfig:
         unknown = [k for k in d if k not in names and k != "context"]
         if unknown:
             raise SpecError(f"unknown serving field {unknown[0]!r} (fields: {', '.join(names)})")
-        missing = [k for k in names if k not in d]
+        kw = dict(d)
+        for k, v in ADDED_FIELDS.items():  # documents written before these fields existed still read back
+            kw.setdefault(k, v)
+        missing = [k for k in names if k not in kw]
         if missing:
             raise SpecError(f"serving field {missing[0]!r} is missing")
-        kw = dict(d)
         kw.pop("context", None)
         kw["plan"] = PlanConfig.from_dict(kw["plan"])
         for name, enum in (("mode", Mode), ("engine", Engine), ("cache", Cache)):

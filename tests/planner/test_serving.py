@@ -399,3 +399,16 @@ def test_vllm_budget_multiplies_cudas_total_where_the_profile_has_it():
     assert p.vllm.budget_bytes == int(s.gpu_memory_utilization * l40s.memory_bytes)
     assert any("NVML total" in n for n in p.notes)
     assert h100.with_memory(70 * 2**30).cuda_total_bytes is None and h100.with_memory(h100.memory_bytes) is h100
+
+
+def test_a_serving_document_from_before_the_sampling_fields_reads_back():
+    """A --format json serving document written before logits_warpers / padded_prompts existed reads back with
+    the values it meant (transformers' top-k warper, unpadded prompts); a field that was always there is still
+    required."""
+    s = sc(prompt_tokens=64, new_tokens=8, concurrency=4)
+    old = s.to_dict()
+    del old["logits_warpers"], old["padded_prompts"]
+    assert S.ServeConfig.from_dict(old) == s
+    del old["do_sample"]
+    with pytest.raises(SpecError, match="do_sample"):
+        S.ServeConfig.from_dict(old)
