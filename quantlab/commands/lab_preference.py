@@ -96,10 +96,12 @@ def compare_rows(res: dict) -> list[dict]:
                    comps.get("logits_both_sequences", 0), None)]
     else:  # reward
         pairs += [("activations (saved: backbone + score head input)", comps.get("activations", 0),
-                   m.get("meas_activations_bytes")),
-                  ("backward_transient (last block's MLP backward)", comps.get("backward_transient", 0), None)]
-        if "block_recompute" in comps:
-            pairs.append(("block_recompute (checkpointing: one block recomputed)", comps["block_recompute"], None))
+                   m.get("meas_activations_bytes"))]
+        if "backward_transient" in comps:
+            pairs.append(("backward_transient (last block's MLP backward)", comps["backward_transient"], None))
+        if "block_recompute" in comps:  # checkpointing: the recompute phase holds the MLP backward (P5)
+            pairs.append(("block_recompute (checkpointing: one block recomputed, with its backward)",
+                          comps["block_recompute"], None))
     pairs.append(("allocated (peak over the step)", p.peak_allocated_bytes,
                   None if m.get("meas_allocated_bytes") is None else m["meas_allocated_bytes"]
                   + res.get("reference_bytes", 0)))  # StepProbe counts the policy; a reference model is live too
