@@ -418,12 +418,13 @@ _shape_free_key = operator.attrgetter(*_KEY_FIELDS)
 _kept_tables = model_cache(lambda m: {})
 
 
-def _kept(cfg: PlanConfig, comps: dict | None) -> _Kept:
+def _kept(cfg: PlanConfig, comps: dict | None, shape_free: tuple | None = None) -> _Kept:
     """:class:`_Kept` of ``cfg``, cached per model, the configuration's fields other than batch and sequence, and the
     gradient and optimizer bytes it is given (a composition over memory.plan, such as BitFit's, trains other tensors
-    under the same configuration)."""
+    under the same configuration). ``shape_free``: ``_shape_free_key(cfg)`` where the caller made it already."""
     table = _kept_tables(cfg.model)
-    key = (_shape_free_key(cfg), None if comps is None else (comps.get("gradients", 0), comps.get("optimizer", 0)))
+    key = (_shape_free_key(cfg) if shape_free is None else shape_free,
+           None if comps is None else (comps.get("gradients", 0), comps.get("optimizer", 0)))
     hit = table.get(key)
     if hit is None:
         hit = _build_kept(cfg, comps)
@@ -503,17 +504,40 @@ def dynamic_reserved(free: tuple[int, ...], dynamic: int, loss: tuple[int, ...],
     return max(loss_phase, dynamic)
 
 
+_kept_by_owner: dict = {}  # id(owner) -> (owner, gradients, optimizer, _Kept): memory.plan's shape-free part
+
+
+def _kept_of(cfg: PlanConfig, comps: dict | None, key: tuple | None, owner) -> _Kept:
+    """:func:`_kept`, looked up by ``owner`` (memory.plan's cached shape-free part of ``cfg``) where one is given:
+    one dict lookup instead of hashing every field again; the owner is kept alive with its entry, so its id is not
+    reused while the entry exists."""
+    if owner is None or comps is None:
+        return _kept(cfg, comps, key)
+    g, o = comps.get("gradients", 0), comps.get("optimizer", 0)
+    hit = _kept_by_owner.get(id(owner))
+    if hit is not None and hit[0] is owner and hit[1] == g and hit[2] == o:
+        return hit[3]
+    kept = _kept(cfg, comps, key)
+    if len(_kept_by_owner) >= 4096:
+        _kept_by_owner.clear()
+    _kept_by_owner[id(owner)] = (owner, g, o, kept)
+    return kept
+
+
 def allocator(cfg: PlanConfig, dynamic: int, comps: dict | None = None, batch: int | None = None,
-              seq: int | None = None, expandable: bool = False) -> tuple[int, int]:
+              seq: int | None = None, expandable: bool = False, key: tuple | None = None,
+              owner=None) -> tuple[int, int]:
     """(caching-allocator reserve above the allocated peak, CUDA context) of one plan (10a-10i); both zero on a CPU.
 
     reserved = the long-lived tensors' segments (10c) + :func:`dynamic_reserved` (10d-10g); the reserve is that
     minus the allocated peak. The loss's T x vocab requests are placed only where ``comps`` (the plan's components)
-    are given; ``batch``/``seq`` are the shape the plan was made at (default: the configuration's)."""
+    are given; ``batch``/``seq`` are the shape the plan was made at (default: the configuration's); ``key``: the
+    configuration's shape-free key where the caller has it, ``owner`` the cached object it belongs to (memory.plan's
+    shape-free part: the same configuration and model for as long as it lives)."""
     if cfg.device is not DeviceMode.CUDA:
         return 0, 0
     expandable = expandable or cfg.expandable_segments  # 10h: the configuration's allocator setting
-    kept = _kept(cfg, comps)
+    kept = _kept_of(cfg, comps, key, owner)
     if comps is not None and kept.free and cfg.method is not Method.INFERENCE:
         # (without cached blocks each loss tensor takes a segment of its own: the fluid rule, up to its rounding)
         loss = loss_tensors(cfg, cfg.batch if batch is None else batch, cfg.seq if seq is None else seq)

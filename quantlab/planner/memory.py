@@ -1205,11 +1205,13 @@ _shape_free_key = operator.attrgetter(*_KEY_FIELDS)
 _static_tables = model_cache(lambda m: {})
 
 
-def _static(cfg: PlanConfig) -> _Static:
+def _static(cfg: PlanConfig, key: tuple | None = None) -> _Static:
     """The shape-free part of ``cfg``'s plan, cached per model and the configuration's other fields (a sweep over
-    batch and sequence builds it once)."""
+    batch and sequence builds it once). ``key``: ``_shape_free_key(cfg)`` where the caller has it already (the
+    key hashes every field, enums at Python speed: :func:`plan` makes it once for this and the allocator)."""
     table = _static_tables(cfg.model)
-    key = _shape_free_key(cfg)
+    if key is None:
+        key = _shape_free_key(cfg)
     st = table.get(key)
     if st is None:
         st = _build_static(cfg)
@@ -1365,10 +1367,11 @@ def _seq_notes(cfg: PlanConfig, seq: int) -> tuple:
     return ()
 
 
-def _plan_from(st: _Static, cfg: PlanConfig) -> Plan:
-    """The plan of ``cfg`` from its shape-free part ``st``: the shaped terms, then the allocator (assumption 10)."""
+def _plan_from(st: _Static, cfg: PlanConfig, key: tuple | None = None) -> Plan:
+    """The plan of ``cfg`` from its shape-free part ``st``: the shaped terms, then the allocator (assumption 10);
+    ``key`` as :func:`_static` takes it."""
     comps, dynamic, allocated, planned = _shaped(st, cfg, cfg.batch, cfg.seq)
-    reserve, context = allocator(cfg, planned, comps)
+    reserve, context = allocator(cfg, planned, comps, key=key, owner=st)
     if cfg.device is DeviceMode.CUDA:  # freed gradient blocks stay cached (assumption 3)
         reserve += st.static + st.grads_dyn + planned - allocated
     comps["cuda_context"] = context
@@ -1411,7 +1414,10 @@ def plan_direct(cfg: PlanConfig) -> Plan:
 
 
 def _clear_static() -> None:
+    from quantlab.planner import allocator as _allocator
+
     _static_tables.cache_clear()
+    _allocator._kept_by_owner.clear()  # (keyed by the shape-free parts just dropped)
 
 
 plan.cache_clear = _clear_static  # type: ignore[attr-defined]  (benchmarks clear it for cold figures)

@@ -137,3 +137,30 @@ def test_gpu_context_entries_are_sourced_and_bounded(name):
         return
     assert doc["basis"] in ("measured", "datasheet", "assumed") and len(doc["source"]) > 20 and doc.get("cuda")
     assert 64 * MiB <= g.cuda_context_bytes <= 2048 * MiB
+
+
+def test_plan_shares_one_shape_free_key_with_the_allocator():
+    """memory.plan hands the allocator its cached shape-free part (``owner``), so the allocator's cache need not
+    hash every field again: both caches name the same fields, and the allocator gives the same reserve through the
+    owner's entry as without it."""
+    import dataclasses as _dc
+
+    from quantlab.planner import allocator as A
+    from quantlab.planner import memory as M
+    from quantlab.profiles import load_model
+    from quantlab.specs import PlanConfig
+
+    assert A._KEY_FIELDS == M._KEY_FIELDS
+    spec = load_model("llama-3.1-8b").spec
+    cfg = PlanConfig.from_dict({"method": "lora", "precision": "bf16", "compute_dtype": "bf16", "batch": 3,
+                                "seq": 1024}, model=spec)
+    for c in (cfg, _dc.replace(cfg, batch=5), _dc.replace(cfg, method=M.Method.FULL, seq=333)):
+        comps, _, _, planned = M._shaped(M._static(c), c, c.batch, c.seq)
+        st = M._static(c)
+        with_key = A.allocator(c, planned, comps, key=M._shape_free_key(c), owner=st)
+        A._kept_tables.cache_clear()
+        assert with_key == A.allocator(c, planned, comps) and with_key[0] > 0
+        # the owner's entry answers only for the gradient and optimizer bytes it was made with
+        other = {**comps, "optimizer": comps["optimizer"] + 4096}
+        assert A.allocator(c, planned, other, owner=st) == A.allocator(c, planned, other)
+        assert M.plan(c).components["allocator_reserve"] >= with_key[0]
