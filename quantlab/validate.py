@@ -106,6 +106,14 @@ allocator reserve):
     preference P4, its assumptions V1-V5): its row is in this schema with the generate phase's ``kv_cache``,
     ``prefill_transient``, ``decode_transient`` and the ``generation_allocated`` / ``training_allocated`` phase
     totals beside ``allocated``.
+14. ``method: adapter`` (Houlsby bottleneck adapters, planned by ``memory.plan`` as ``Method.ADAPTER``) is measured
+    by the same lab code as assumption 13's PEFT variants: :func:`quantlab.lab.peft_measured.measure_step` on
+    :func:`~quantlab.lab.peft_measured.bottleneck_adapters` over ``tiny_from_profile`` (random weights, seed 0),
+    the adapters wrapping each block's attention output and MLP down projections, named by the family's linear
+    roles (``families.role_names``: o and down; GPT-2 ``attn.c_proj`` and ``mlp.c_proj``), ``adapter_size`` wide.
+    The adapter is a plain torch module, not a library's (its docstring says why: AdapterHub ``adapters`` pins
+    transformers 4.57, PEFT has none). Its refusals (:func:`adapter_refusal`) are what that loop cannot run as
+    planned; the fine-tune lab (``quantlab lab finetune``) still has no adapter method.
 
 Targets (issue #5): on a CPU every tensor component within 2% and every total within 3%; on a GPU allocated
 within 3%, reserved and process within 6%. An error is ``(predicted - measured) / measured``: negative is an
@@ -173,6 +181,8 @@ def lab_refusal(pc: PlanConfig, serve=None) -> str | None:
             return why
     if pc.num_gpus > 1 or pc.zero or pc.fsdp or pc.tp > 1:
         return "the lab runs one process: sharded plans (num-gpus, ZeRO, FSDP, tensor parallel) cannot be validated here"
+    if pc.method is Method.ADAPTER:
+        return adapter_refusal(pc)  # assumption 14: not the fine-tune lab, which has no adapter method
     if pc.method.is_training:
         from quantlab.lab.finetune_plan import lab_refusal as finetune_refusal
 
@@ -260,6 +270,46 @@ def method_refusal(pc: PlanConfig, variant) -> str | None:
         if dc.teacher_precision is not None and dc.teacher_precision is not pc.precision:
             return "the distill lab builds the teacher in the student's dtype (drop teacher-precision)"
     return None
+
+
+def adapter_refusal(pc: PlanConfig) -> str | None:
+    """Why :func:`quantlab.lab.peft_measured.measure_step` over ``bottleneck_adapters`` (assumption 14) cannot run
+    ``pc`` as planned, or None: AdamW steps in the weights' dtype on one unpadded random batch, no checkpointing,
+    gradients zeroed with ``set_to_none=False``, transformers' loss, one process, the model's own dense linears."""
+    from quantlab.specs import Offload, Optimizer, TrainingPrecision
+
+    if pc.offload is not Offload.NONE:
+        return "the adapter lab does not offload to CPU memory"
+    if pc.stack != "transformers==5":
+        return f"the adapter lab runs the installed transformers 5 (stack transformers==5), not {pc.stack}"
+    if pc.optimizer is not Optimizer.ADAMW:
+        return "the adapter lab steps with AdamW only (give optimizer: adamw)"
+    if pc.precision.value not in ("fp32", "bf16", "fp16"):
+        return f"the adapter lab builds float weights (fp32, bf16, fp16): {pc.precision.value} is planned only"
+    if pc.training_precision is not TrainingPrecision.PURE or pc.precision.value != pc.compute_dtype.value:
+        return f"the adapter lab computes in the weights' dtype (give compute-dtype {pc.precision.value}, pure)"
+    if pc.grad_accum != 1 or pc.loss is not Loss.HF or pc.packed or pc.optimizer_in_backward:
+        return ("the adapter lab runs one micro-batch per step with transformers' loss (no grad-accum, loss, "
+                "packed, optimizer-in-backward)")
+    if pc.grad_checkpointing:
+        return "the adapter lab runs without gradient checkpointing (give grad-checkpointing: false)"
+    if pc.attn.value != "sdpa":
+        return "the adapter lab builds the model with transformers' default attention (give attn: sdpa)"
+    if pc.padding_mask or not pc.keep_grads:
+        return ("the adapter lab zeroes gradients with set_to_none=False on an unpadded batch: give keep-grads: "
+                "true (and no padded)")
+    if pc.model.is_moe:
+        return "the adapter lab wraps a dense MLP's down projection: an MoE model's adapters are planned only"
+    return None
+
+
+def adapter_sublayers(m) -> tuple[str, str]:
+    """The module names :func:`quantlab.lab.peft_measured.bottleneck_adapters` wraps (assumption 14): the block's
+    attention output and MLP down projections, by the family's linear roles (families F6)."""
+    from quantlab.families import role_names
+
+    r = role_names(m)
+    return r["o"], r["down"]
 
 
 def method_plan(pc: PlanConfig, variant):
@@ -557,6 +607,10 @@ def measure_case(case: Case, *, readings: Callable[[], CudaReadings] | None = No
             out = measure_grpo(case)
         else:
             out = _measure_method(case)
+    elif pc.method is Method.ADAPTER:
+        if gpu:
+            raise QuantlabError(f"{case.id}: the bottleneck-adapter lab code measures on a CPU (assumption 14)")
+        out = _measure_adapter(case)
     else:
         with model_source(case) as src:
             if case.serve is not None:
@@ -598,6 +652,19 @@ def _measure_method(case: Case) -> dict:
     name, overrides = case.teacher
     teacher = L.tiny_from_profile(name, dict(overrides), dtype=dt, seed=1)
     return L.measure_distill(build(), teacher, pc.batch, pc.seq, beta=v.distill.beta)
+
+
+def _measure_adapter(case: Case) -> dict:
+    """Bottleneck adapters measured by the lab's own code (assumption 14)."""
+    from quantlab.lab import peft_measured as L
+
+    pc = case.config
+    model = L.tiny_from_profile(case.model, dict(case.overrides), dtype=pc.precision.value)
+    model = L.bottleneck_adapters(model, pc.adapter_size, sublayers=adapter_sublayers(pc.model))
+    n, want = L.count_bottlenecks(model), 2 * pc.model.num_hidden_layers
+    if n != want:  # the plan's layout (memory.py _adapter_params): two per block
+        raise QuantlabError(f"{case.id}: the lab wrapped {n} linears with adapters, the plan has {want}")
+    return L.measure_step(model, pc.batch, pc.seq)
 
 
 def _measure_preference(case: Case) -> dict:
@@ -992,6 +1059,8 @@ def compare(case: Case, meas: dict) -> dict:
                    lora_dropout=pc.lora_dropout)
     if pc.method in (Method.PREFIX, Method.PROMPT):
         row["num_virtual_tokens"] = pc.num_virtual_tokens
+    if pc.method is Method.ADAPTER:
+        row["adapter_size"] = pc.adapter_size
     if pc.method is Method.FREEZE:
         row["freeze_last_layers"] = pc.freeze_last_layers
         row["freeze_modules"] = list(pc.freeze_modules) or None
@@ -1156,8 +1225,8 @@ def measurement_row(row: dict, *, source: str) -> dict | None:
             r["loss"] = row["loss"]
         if (row.get("grad_accum") or 1) > 1:
             r["grad_accum"] = row["grad_accum"]
-    for k in ("lora_r", "lora_alpha", "lora_targets", "lora_dropout", "num_virtual_tokens", "freeze_last_layers",
-              "freeze_modules", "kbit_upcast"):
+    for k in ("lora_r", "lora_alpha", "lora_targets", "lora_dropout", "num_virtual_tokens", "adapter_size",
+              "freeze_last_layers", "freeze_modules", "kbit_upcast"):
         if row.get(k) is not None:
             r[k] = row[k]
     if row.get("mode") is not None:  # a serving case: what generate / score / prefill ran (planned by serving.py)

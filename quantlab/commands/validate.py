@@ -36,7 +36,9 @@ config.json overrides, as ``scale`` is the student's); ``method: dpo | orpo | si
 trainer's max_length; the row is planned for the step measured); ``method: grpo`` with ``num-generations``,
 ``max-completion-length``, ``beta``, ``num-iterations``, ``steps-per-generation`` (``batch`` is completions per
 step, ``seq`` prompt + completion; :mod:`quantlab.validate_grpo`). They are
-measured by their own lab code (:mod:`quantlab.validate` assumption 13)::
+measured by their own lab code (:mod:`quantlab.validate` assumption 13). ``method: adapter`` (bottleneck adapters,
+``adapter-size``, ``keep-grads: true``) is the planned method itself, measured by the same step over the lab's
+plain-torch adapter (assumption 14)::
 
     - {id: llama-ptuning-mlp-fp32, method: ptuning, model: llama-3.2-1b, scale: llama-3.2-1b/16,
        num-virtual-tokens: 20, encoder-hidden-size: 128, precision: fp32, compute-dtype: fp32, keep-grads: true}
@@ -99,6 +101,8 @@ def register(sub) -> None:
                "--mode generate --seq 64 --new-tokens 8 --concurrency 4 --adapters 2\n"
                "  quantlab validate --model llama-3.2-1b --scale num_hidden_layers=2,vocab_size=4096 --method ptuning "
                "--num-virtual-tokens 20 --encoder-hidden-size 128 --precision fp32 --compute-dtype fp32 --keep-grads --batch 2 --seq 64\n"
+               "  quantlab validate --model gpt2 --scale n_layer=2,n_embd=256,n_head=4,vocab_size=4096 --method adapter "
+               "--adapter-size 16 --precision fp32 --compute-dtype fp32 --keep-grads --batch 2 --seq 64\n"
                "  quantlab validate --matrix profiles/validation/matrix.yaml --out reports/validation-cpu "
                "--append-measurements\n"
                "A serving flag (--mode, --new-tokens, --concurrency, --cache, --greedy, --adapters, --merged, ...) makes "
@@ -337,7 +341,7 @@ def case_from_dict(model: str, config: dict, *, id: str, weights: str | None, sc
     hf = dict(resolved.config)
     hf.update(scale)
     weights = weights or ("pretrained" if resolved.name == "smollm2-135m" and not scale else "random")
-    if variant is not None and weights == "pretrained":
+    if (variant is not None or pc.method is Method.ADAPTER) and weights == "pretrained":
         raise SpecError("the issue #13 methods are validated on random weights at a scale (give a scale)")
     return Case(id, pc, resolved.name, weights, tuple(sorted(scale.items())), hf, serve=s, variant=variant,
                 teacher=teacher)

@@ -118,6 +118,12 @@ def bottleneck_adapters(model, size: int, sublayers=("self_attn.o_proj", "mlp.do
     return model
 
 
+def count_bottlenecks(model) -> int:
+    """How many :class:`Bottleneck` adapters ``model`` holds."""
+    return sum(type(m).__name__ == "Bottleneck" and hasattr(m, "down") and hasattr(m, "up")
+               for m in model.modules())
+
+
 # ---- measurement ---------------------------------------------------------------------------------------
 
 class LiveSaved:

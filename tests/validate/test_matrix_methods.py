@@ -1,7 +1,8 @@
-"""Issue #13's methods in the validation matrix (quantlab/validate.py assumption 13): ``method: dpo | bitfit | dora |
-ptuning | distill | grpo`` rows parsed with ``quantlab plan``'s variant and preference flags, measured on this CPU
-by their own lab code (quantlab/lab/peft_measured.py, quantlab/lab/preference.py, quantlab/lab/grpo.py through
-quantlab/validate_grpo.py) and compared with their planner compositions; the known misses
+"""Issue #13's methods in the validation matrix (quantlab/validate.py assumptions 13-14): ``method: dpo | bitfit |
+dora | ptuning | distill | grpo | adapter`` rows parsed with ``quantlab plan``'s variant, preference and plan flags,
+measured on this CPU by their own lab code (quantlab/lab/peft_measured.py, quantlab/lab/preference.py,
+quantlab/lab/grpo.py through quantlab/validate_grpo.py) and compared with their planner compositions (bottleneck
+adapters: memory.plan's Method.ADAPTER); the known misses
 (profiles/validation/known-misses.yaml) are reported as misses with their error."""
 
 import dataclasses
@@ -17,8 +18,8 @@ MATRIX = REPO / "profiles" / "validation" / "matrix.yaml"
 KNOWN_MISSES = REPO / "profiles" / "validation" / "known-misses.yaml"
 # one fast row per family, from the shipped matrix
 ONE_PER_FAMILY = ("qwen-bitfit-fp32", "llama-dora-qv-fp32", "llama-ptuning-mlp-fp32", "llama-distill-gkd-fp32",
-                  "llama-dpo-lora-fp32", "llama-orpo-lora-fp32", "llama-simpo-lora-fp32", "llama-kto-lora-fp32",
-                  "llama-reward-lora-fp32", "llama-grpo-lora-ckpt-fp32")
+                  "llama-adapter-fp32", "llama-dpo-lora-fp32", "llama-orpo-lora-fp32", "llama-simpo-lora-fp32",
+                  "llama-kto-lora-fp32", "llama-reward-lora-fp32", "llama-grpo-lora-ckpt-fp32")
 LLAMA = "{num_hidden_layers: 2, hidden_size: 256, num_attention_heads: 4, num_key_value_heads: 1, head_dim: 64, " \
         "intermediate_size: 1024, vocab_size: 4096}"
 
@@ -58,6 +59,41 @@ def test_the_new_keys_parse_into_the_variant_and_its_base_method():
     assert it2.variant.num_iterations == 2 and lo.variant.num_iterations == 1
 
 
+def test_adapter_rows_parse_as_the_planned_method():
+    """``method: adapter`` is memory.plan's Method.ADAPTER itself (no variant); ``adapter-size`` is ``quantlab plan
+    --adapter-size`` (PlanConfig.adapter_size, default 64)."""
+    from quantlab.commands.validate import load_matrix
+    from quantlab.specs import Method
+
+    ids = ("llama-adapter-fp32", "qwen-adapter-bf16", "gpt2-adapter-fp32", "llama-adapter-s16-bf16")
+    c = {x.id: x for x in load_matrix(MATRIX, ids)}
+    assert all(x.config.method is Method.ADAPTER and x.variant is None and x.config.keep_grads for x in c.values())
+    assert c["llama-adapter-fp32"].config.adapter_size == 64 and c["llama-adapter-s16-bf16"].config.adapter_size == 16
+    assert c["qwen-adapter-bf16"].config.precision.value == "bf16"
+
+
+def test_adapter_sublayers_follow_the_family_roles():
+    """The lab wraps the o and down roles' linears (families F6): two adapters per block, as the plan has them."""
+    pytest.importorskip("torch")
+    from quantlab.groundtruth import model_spec
+    from quantlab.lab import peft_measured as L
+    from quantlab.validate import adapter_sublayers
+
+    gpt2 = {"n_layer": 2, "n_embd": 64, "n_head": 4, "vocab_size": 256, "n_positions": 64}
+    llama = {"num_hidden_layers": 3, "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "head_dim": 16, "intermediate_size": 128, "vocab_size": 256}
+    for prof, sc, want in (("gpt2", gpt2, ("attn.c_proj", "mlp.c_proj")), ("llama-3.2-1b", llama,
+                                                                           ("o_proj", "down_proj"))):
+        spec = model_spec(prof, sc)
+        assert adapter_sublayers(spec) == want
+        m = L.bottleneck_adapters(L.tiny_from_profile(prof, sc), 8, sublayers=want)
+        assert L.count_bottlenecks(m) == 2 * spec.num_hidden_layers
+        trained = [n for n, p in m.named_parameters() if p.requires_grad]
+        assert len(trained) == 4 * 2 * spec.num_hidden_layers  # down and up, weights and biases
+        assert ".0." in trained[0] and trained[0].endswith(f"{want[0]}.down.weight")
+        assert trained[-1].endswith(f"{want[1]}.up.bias")
+
+
 def test_known_misses_carry_their_expected_error():
     from quantlab.commands.validate import load_matrix
 
@@ -91,6 +127,14 @@ def test_known_misses_carry_their_expected_error():
     ("method: bitfit, keep-grads: true, optimizer: sgd", "AdamW only"),
     ("method: dora, keep-grads: true, lora-targets: all-linear", "explicit LoRA targets"),
     ("method: bitfit, keep-grads: true, expect: {nosuch: 0.1}", "expect names an unknown component 'nosuch'"),
+    ("method: adapter", "adapter lab zeroes gradients with set_to_none=False"),
+    ("method: adapter, keep-grads: true, optimizer: sgd", "adapter lab steps with AdamW only"),
+    ("method: adapter, keep-grads: true, attn: eager", "give attn: sdpa"),
+    ("method: adapter, keep-grads: true, grad-accum: 2", "no grad-accum"),
+    ("method: adapter, keep-grads: true, precision: fp32, compute-dtype: bf16, training-precision: amp",
+     "computes in the weights' dtype"),
+    ("method: adapter, keep-grads: true, precision: int8", "int8 is planned only"),
+    ("method: lora, keep-grads: true, adapter-size: 16", "--adapter-size applies to --method adapter, not lora"),
 ])
 def test_bad_method_keys_are_one_line_exit_2(capsys, tmp_path, entry, says):
     f = tmp_path / "m.yaml"
@@ -160,8 +204,8 @@ def test_family_specific_components_are_compared(rows):
 def test_the_report_and_measurements_file_take_the_rows(rows, tmp_path):
     """The report writes them like any row. --append-measurements writes the preference rows with their
     ``preference`` settings, which quantlab.groundtruth re-plans through validate.method_plan to the error validate
-    found; the PEFT variants have no field in the row format yet and are left out (not re-planned as the base
-    method)."""
+    found, and the adapter row with its ``adapter_size`` (a plan field, re-planned by memory.plan); the PEFT
+    variants have no field in the row format yet and are left out (not re-planned as the base method)."""
     from quantlab.commands.validate import append_measurements, markdown, write_outputs
     from quantlab.validate import summarize
 
@@ -174,12 +218,16 @@ def test_the_report_and_measurements_file_take_the_rows(rows, tmp_path):
     from quantlab.groundtruth import check_row, load_rows
 
     prefs = [i for i in ONE_PER_FAMILY if i.split("-")[1] in ("dpo", "orpo", "simpo", "kto", "reward", "grpo")]
-    assert append_measurements(rs, tmp_path / "m.jsonl") == len(prefs)
+    planned = prefs + [i for i in ONE_PER_FAMILY if i.split("-")[1] == "adapter"]
+    assert append_measurements(rs, tmp_path / "m.jsonl") == len(planned)
     written = load_rows(tmp_path / "m.jsonl")
-    assert sorted(r["id"] for r in written) == sorted(f"quantlab-validate-{i}" for i in prefs)
+    assert sorted(r["id"] for r in written) == sorted(f"quantlab-validate-{i}" for i in planned)
     for w in written:
         r = rows[w["id"][len("quantlab-validate-"):]]
-        assert w["method"] == r["plans_over"] and w["preference"]["objective"] == r["method"]
+        if r["method"] == "adapter":
+            assert w["adapter_size"] == r["adapter_size"] == 64 and "preference" not in w
+        else:
+            assert w["method"] == r["plans_over"] and w["preference"]["objective"] == r["method"]
         c = check_row(w)
         assert c.predicted == r["pred_allocated_bytes"] and c.measured == r["meas_allocated_bytes"], w["id"]
         assert c.ok
