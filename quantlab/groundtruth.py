@@ -5,8 +5,9 @@ compute dtype, training precision, optimizer, LoRA, checkpointing, batch, seq, a
 one metric (``allocated``, ``reserved``, ``process`` in bytes, or ``fits``). The lab appends its own rows
 to ``reports/measurements.jsonl`` in the same format, so one check covers both. A row a TRL preference trainer
 measured carries ``preference`` (its objective, reference and beta) and is re-planned through
-:func:`quantlab.validate.method_plan`, as ``quantlab validate`` planned it; the PEFT variants' rows (bitfit, DoRA,
-P-tuning, distillation) have no such field yet and are not written.
+:func:`quantlab.validate.method_plan`, as ``quantlab validate`` planned it; a PEFT variant's row (bitfit, DoRA,
+P-tuning, distillation) carries ``variant`` (its name and settings; a distillation teacher as its architecture) and is
+re-planned the same way.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ ROW_VALUES = {"training_precision": {"amp": "amp", "amp-bf16": "amp", "amp-fp16"
 # Keys that describe the row, not the configuration (model is resolved from its profile with model_overrides;
 # ``validation``: what ``quantlab validate`` found when it measured a lab row, pass or fail).
 ROW_ONLY = ("id", "source", "model", "model_overrides", "gpu", "metric", "value_bytes", "unit_published", "fits",
-            "tolerance", "notes", "url", "date", "serve", "validation", "preference")
+            "tolerance", "notes", "url", "date", "serve", "validation", "preference", "variant")
 
 
 def row_config_dict(row: dict) -> dict:
@@ -156,6 +157,8 @@ def check_row(row: dict) -> Check:
         p = serve_row_plan(row, cfg)
     elif row.get("preference") is not None:  # a preference objective the lab measured (validate.method_plan)
         p = preference_row_plan(row, cfg)
+    elif row.get("variant") is not None:  # a PEFT variant or distillation the lab measured (the same)
+        p = variant_row_plan(row, cfg)
     else:  # where the plan meets the row's GPU, its measured CUDA context replaces the default (fit.on_gpu)
         p = plan(cfg)
         if row.get("gpu"):
@@ -166,6 +169,20 @@ def check_row(row: dict) -> Check:
     err = (pred - row["value_bytes"]) / row["value_bytes"]
     tol = row.get("tolerance") or TARGETS.get((cfg.library, metric), 0.10)
     return Check(row["id"], metric, stack, row["value_bytes"], pred, err, abs(err) <= tol)
+
+
+def variant_row_plan(row: dict, cfg: PlanConfig):
+    """The plan of a row measured by an issue #13 variant's lab code (``variant``: the
+    :meth:`quantlab.commands.variant_flags.Variant.to_dict` it was planned with, a distillation teacher as its
+    full architecture; the row's ``method`` is the base method), through :func:`quantlab.validate.method_plan`."""
+    from quantlab.commands.variant_flags import Variant
+    from quantlab.specs import SpecError
+    from quantlab.validate import method_plan
+
+    try:
+        return method_plan(cfg, Variant.from_dict(row["variant"]))
+    except SpecError as e:
+        raise QuantlabError(f"measurement row {row.get('id', '?')}: variant: {e}") from None
 
 
 def preference_row_plan(row: dict, cfg: PlanConfig):

@@ -1128,6 +1128,7 @@ def _method_row(case: Case, row: dict, pc: PlanConfig, meas: dict) -> tuple:
             row.update(batch=pc.batch, seq=pc.seq, padding_mask=pc.padding_mask, reference=meas["meas_reference"])
         return pc, v
     row["method"] = v.name
+    row["variant"] = v.to_dict()  # what measurement_row keeps, for quantlab.groundtruth to re-plan
     if v.ptuning is not None:
         row.update(encoder_hidden_size=v.ptuning.encoder_hidden_size, encoder_type=v.ptuning.encoder_type.value,
                    encoder_num_layers=v.ptuning.encoder_num_layers)
@@ -1190,12 +1191,15 @@ def measurement_row(row: dict, *, source: str) -> dict | None:
     total = row.get("meas_allocated_bytes")
     if total is None:
         return None
-    preference = None
+    preference = variant = None
     if row.get("plans_over") is not None:  # an issue #13 method (assumption 13)
         from quantlab.planner.preference import Objective
 
-        if row["method"] not in {o.value for o in Objective}:  # bitfit, dora, ptuning, distill: the row format
-            return None  # has no field for their variant settings yet
+        if row["method"] not in {o.value for o in Objective}:  # bitfit, dora, ptuning, distill: the variant's
+            variant = row.get("variant")  # settings (variant_flags.Variant.to_dict), re-planned by groundtruth
+            if variant is None:
+                return None
+    if row.get("plans_over") is not None and variant is None:
         # a preference objective: the PreferenceConfig the row was planned with (the reference as the lab ran
         # it), which quantlab.groundtruth re-plans through method_plan
         ref = row.get("reference")
@@ -1206,7 +1210,8 @@ def measurement_row(row: dict, *, source: str) -> dict | None:
                               num_iterations=row.get("num_iterations") or 1,
                               steps_per_generation=row.get("steps_per_generation"))
     r: dict[str, Any] = {"id": f"quantlab-validate-{row['id']}", "source": source, "model": row["model"],
-                         "method": row["plans_over"] if preference else row["method"], "weights": row["precision"], "double_quant": row["double_quant"],
+                         "method": row["plans_over"] if preference or variant else row["method"],
+                         "weights": row["precision"], "double_quant": row["double_quant"],
                          "compute_dtype": row["compute_dtype"], "batch": row["batch"], "seq": row["seq"],
                          "attn": row["attn"], "device": row.get("device", "cpu"), "metric": "allocated",
                          "value_bytes": int(total), "unit_published": "bytes", "flash_attention": False}
@@ -1233,6 +1238,8 @@ def measurement_row(row: dict, *, source: str) -> dict | None:
         r["serve"] = {k: row[k] for k in SERVE_ROW_KEYS}
     if preference is not None:
         r["preference"] = preference
+    if variant is not None:
+        r["variant"] = variant
     return r
 
 

@@ -17,10 +17,13 @@ LAB = load_rows(MEASUREMENTS)
 # (``validation``): the rows that missed are checked as expected failures (strict: a planner fix that makes one pass
 # fails the run until the row is measured again), so the accuracy over the file counts the misses too
 MISSED = {r["id"] for r in LAB if not r["validation"]["ok"]} if all("validation" in r for r in LAB) else set()
+# a row holds one metric (the allocated total): a row that missed only on a component (a known miss's saved
+# activations, say) is expected to meet its allocated target, and is checked as a plain row
+MISSED_METRIC = {r["id"] for r in LAB if r["id"] in MISSED and r["metric"] in r["validation"]["missed"]}
 ROWS = load_rows(PUBLISHED) + LAB
 PARAMS = [pytest.param(r, id=r["id"], marks=pytest.mark.xfail(strict=True, reason=f"validate missed "
                                                                                   f"{r['validation']['missed']}"))
-          if r["id"] in MISSED else pytest.param(r, id=r["id"]) for r in ROWS]
+          if r["id"] in MISSED_METRIC else pytest.param(r, id=r["id"]) for r in ROWS]
 ISSUE12 = {("transformers", "allocated"): 0.03, ("transformers", "reserved"): 0.06,
            ("transformers", "process"): 0.06, ("litgpt", "allocated"): 0.10, ("litgpt", "reserved"): 0.10,
            ("litgpt", "process"): 0.10}
@@ -83,10 +86,12 @@ def test_stack_of_source():
 
 
 def test_summary_printed(capsys):
+    """Every (stack, metric) group meets its target except for the lab rows recorded as missing that metric, which
+    still miss it (a group's ``right`` counts them out)."""
     checks = [check_row(r) for r in ROWS]
     for s in summarize(checks):
         print(s)
-        assert s["ok"]
+    assert {c.id for c in checks if not c.ok} == MISSED_METRIC
     assert "allocated" in capsys.readouterr().out
 
 
@@ -169,3 +174,26 @@ def test_a_preference_row_is_written_and_replanned_through_method_plan():
         assert m["batch"] == 2 and m["seq"] == 95 and m["padding_mask"] is True and m["keep_grads"] is False
         assert m["preference"]["reference"] == ("copy" if "refcopy" in id else "auto")
         assert check_row(m).predicted == row["pred_allocated_bytes"]
+
+
+def test_a_variant_row_is_written_and_replanned_through_method_plan():
+    """validate.measurement_row keeps a PEFT variant's or distillation's row with its ``variant`` settings and the
+    base method as ``method``; check_row re-plans it through validate.method_plan to the bytes compare planned
+    (no model is run: the measured side is a stand-in). Without the field, such a row could not be kept, and the
+    known misses among them would be missing from the file's accuracy."""
+    from quantlab.commands.validate import load_matrix
+    from quantlab.validate import compare, measurement_row
+
+    root = Path(__file__).resolve().parents[1] / "profiles" / "validation"
+    ids = {"qwen-bitfit-fp32": ("matrix.yaml", "full"), "llama-ptuning-mlp-fp32": ("matrix.yaml", "prompt"),
+           "llama-distill-gkd-fp32": ("matrix.yaml", "full"), "llama-ptuning-lstm-fp32": ("known-misses.yaml", "prompt"),
+           "qwen-dora-all-bf16": ("known-misses.yaml", "lora")}
+    for id, (file, base) in ids.items():
+        case = load_matrix(root / file, (id,))[0]
+        row = compare(case, {"device": "cpu", "meas_allocated_bytes": 1})
+        m = measurement_row(row, source="quantlab validate (test)")
+        assert m["method"] == base and m["variant"]["name"] == case.variant.name
+        assert check_row(m).predicted == row["pred_allocated_bytes"]
+    teacher = measurement_row(compare(load_matrix(root / "matrix.yaml", ("llama-distill-gkd-fp32",))[0],
+                                      {"device": "cpu", "meas_allocated_bytes": 1}), source="t")["variant"]["teacher"]
+    assert teacher["num_hidden_layers"] == 4 and teacher["hidden_size"] == 512  # the scaled teacher, as planned
