@@ -250,7 +250,8 @@ Assumptions (numbered; notes in the plan refer to them):
     shifted int64 labels (``loss/loss_utils.py`` lines 51-73). The plan's peak is the larger of the training step
     and this phase (the ``eval_forward`` component; a note says which). The eval inputs, like the training inputs,
     are not counted. On CUDA the evaluation is planned above the step's cached blocks (not measured on a GPU).
-    Measured on a CPU by tests/integrations/test_trainer_eval_plan.py.
+    Measured on a CPU by tests/integrations/test_trainer_eval_plan.py (tiny Llama, full fine-tune, eval batch 64 x
+    32, fp32 and bf16 weights): the plan 0.6% below the evaluation's peak (the eval inputs, not counted).
 """
 
 from __future__ import annotations
