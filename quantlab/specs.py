@@ -464,6 +464,7 @@ class PlanConfig:
     keep_grads: bool = False  # gradients live through the next forward (zero_grad(set_to_none=False)); memory 3
     loss: Loss = Loss.HF  # the loss head (memory 6, 12-14)
     loop: Loop = Loop.MANUAL  # the training loop around the loss: manual or transformers Trainer (memory 19)
+    eval_batch: int | None = None  # evaluation during training: rows of its no-grad forward; None: none (memory 20)
     optimizer_in_backward: bool = False  # a post-accumulate-grad hook steps and frees each gradient (memory 15)
     packed: bool = False  # packed sequences with position_ids, no padding and no attention mask (memory 16)
     torch_compile: bool = False  # torch.compile: inductor changes what is saved (not modelled; memory 17)
@@ -687,6 +688,9 @@ def _check_contradictions(c: "PlanConfig") -> None:
             raise SpecError(f"--loss {c.loss.value} is a training loss; inference computes no loss (drop --loss)")
         if c.loop is not Loop.MANUAL:
             raise SpecError(f"--loop {c.loop.value} is a training loop; inference runs no loss (drop --loop)")
+        if c.eval_batch is not None:
+            raise SpecError("--eval-batch plans evaluation during training; an inference plan has no training step "
+                            "(drop it, or give a training --method)")
         if c.optimizer_in_backward:
             raise SpecError("--optimizer-in-backward applies to training; inference has no optimizer")
         if c.packed:
@@ -694,6 +698,13 @@ def _check_contradictions(c: "PlanConfig") -> None:
     elif c.kv_dtype is not None:
         raise SpecError(f"--kv-dtype {c.kv_dtype.value} applies to inference (a training step keeps no KV cache); "
                         "drop it")
+    if c.eval_batch is not None:
+        e = c.eval_batch
+        if not isinstance(e, int) or isinstance(e, bool) or e <= 0:
+            raise SpecError(f"eval-batch must be a positive integer, got {e!r}")
+        if c.loss is not Loss.HF:
+            raise SpecError(f"--eval-batch plans the evaluation forward of transformers' own loss (memory 20); with "
+                            f"--loss {c.loss.value} it is not modelled: use --loss hf or drop --eval-batch")
     if c.loop is Loop.TRAINER and c.loss is Loss.CHUNKED:
         raise SpecError("--loss chunked is torchtune's recipe, which runs its own loop, not transformers Trainer's "
                         "compute_loss: use --loop manual")

@@ -64,6 +64,9 @@ HELP: dict[str, tuple[str, str]] = {
     "loop": (_TRAIN, "the loop around the loss: manual (out = model(...); out.loss.backward(): the logits stay "
                      "referenced through backward) or trainer (transformers Trainer's compute_loss returns the "
                      "loss only: the logits are freed before backward)"),
+    "eval_batch": (_TRAIN, "evaluation during training (Trainer's eval_strategy): rows of its no-grad forward "
+                           "(per_device_eval_batch_size); the weights and optimizer states stay allocated beside its "
+                           "logits and fp32 loss, so a large eval batch can be the peak"),
     "optimizer_in_backward": (_TRAIN, "step each parameter in a post-accumulate-grad hook and free its gradient "
                                       "(one gradient alive at a time; no gradient accumulation)"),
     "packed": (_WORK, "training rows pack several documents told apart by position_ids (no padding, no mask): "
@@ -104,7 +107,8 @@ DEFAULT_TEXT = {"precision": "nf4 for qlora, bf16 otherwise", "compute_dtype": "
                 "lora_targets": "PEFT's per-family default: q_proj,v_proj; c_attn for gpt2; qkv_proj for phi3",
                 "kv_dtype": "the compute dtype", "fsdp": "off", "freeze_modules": "none",
                 "flash_attention": "FlashAttention on GPUs with bf16 (sm80+)",
-                "stack": "the installed transformers' major version, else transformers==5", "qat_group": "off"}
+                "stack": "the installed transformers' major version, else transformers==5", "qat_group": "off",
+                "eval_batch": "off (no evaluation during training)"}
 RESOLVED_LATER = ("precision", "compute_dtype", "flash_attention", "grad_checkpointing", "lora_targets", "stack")
 NEGATABLE = ("grad_checkpointing",)  # --X and --no-X (argparse.BooleanOptionalAction's spelling)
 CHOICES = {"compute_dtype": ("fp32", "fp16", "bf16"), "zero": (0, 1, 2, 3), "fsdp": ("full_shard", "shard_grad_op")}
@@ -279,7 +283,7 @@ def config_dict_from_mapping(entry) -> dict:
 # ---- flags a configuration ignores (specs assumption 5: a flag the method ignores is an error when given) ----
 _TRAINING_ONLY = ("optimizer", "training_precision", "grad_checkpointing", "grad_accum", "keep_grads", "zero", "fsdp",
                   "offload", "padding_mask", "kbit_upcast", "loss", "loop", "optimizer_in_backward", "packed",
-                  "qat_group")
+                  "qat_group", "eval_batch")
 _BY_METHOD = {"lora_r": ("lora", "qlora"), "lora_alpha": ("lora", "qlora"), "lora_targets": ("lora", "qlora"),
               "lora_dropout": ("lora", "qlora"), "freeze_last_layers": ("freeze",), "freeze_modules": ("freeze",),
               "adapter_size": ("adapter",), "num_virtual_tokens": ("prefix", "prompt")}

@@ -39,6 +39,11 @@ installed here: transformers 5.24, peft 0.21.2, bitsandbytes 0.50.2, trl 1.16):
 7. A TrainingArguments dict is a transformers ``Trainer`` job (TRL's trainers are Trainers): the plan's ``loop`` is
    ``trainer`` (memory.py assumption 19: ``compute_loss`` returns the loss only, the logits are freed before
    backward). :func:`derive` without arguments (``quantlab.track``, a hand-written loop) keeps ``manual``.
+8. ``eval_strategy`` other than ``"no"`` is evaluation during training (memory.py assumption 20): the plan's
+   ``eval_batch`` is ``per_device_eval_batch_size`` (transformers 5.24's default, 8, when the dict has none). The
+   arguments do not name an eval dataset, but ``Trainer.__init__`` refuses an eval strategy without one
+   (``trainer.py`` line 682), so a Trainer that runs with these arguments evaluates. The derivation says so in a
+   note.
 """
 
 from __future__ import annotations
@@ -55,6 +60,9 @@ OPTIMIZERS = {  # TrainingArguments.optim -> the planner's optimizer (assumption
     "paged_adamw_32bit": "paged-adamw", "paged_adamw_8bit": "paged-adamw-8bit",
     "sgd": "sgd", "adafactor": "adafactor", "lion_32bit": "lion",
 }
+
+
+EVAL_BATCH_DEFAULT = 8  # TrainingArguments.per_device_eval_batch_size's default (transformers 5.24, assumption 8)
 
 
 @dataclass(frozen=True)
@@ -79,7 +87,7 @@ def _positive_int(d: Mapping, key: str):
 
 def trainer_args_fields(d: Mapping) -> tuple[dict, str | None, list[str]]:
     """(PlanConfig fields, autocast dtype or None, what was not derived) from a TrainingArguments dict
-    (assumptions 1-3, 7). The autocast dtype is resolved against the weights' dtype by :func:`resolve_amp`."""
+    (assumptions 1-3, 7, 8). The autocast dtype is resolved against the weights' dtype by :func:`resolve_amp`."""
     if not isinstance(d, Mapping):
         raise QuantlabError("TrainingArguments must be a JSON object (as TrainingArguments.to_json_string writes)")
     if "per_device_train_batch_size" not in d and "output_dir" not in d:
@@ -121,6 +129,13 @@ def trainer_args_fields(d: Mapping) -> tuple[dict, str | None, list[str]]:
             out["fsdp"] = kind
         else:
             underived.append(f"fsdp {fsdp!r} is not a sharding the planner models")
+    strategy = d.get("eval_strategy")
+    if strategy is not None and str(strategy).split(".")[-1].lower() != "no":  # assumption 8
+        eb = _positive_int(d, "per_device_eval_batch_size")
+        out["eval_batch"] = EVAL_BATCH_DEFAULT if eb is None else eb
+        underived.append(f"eval_strategy {str(strategy).split('.')[-1].lower()}: evaluation during training is "
+                         f"planned, a no-grad forward over per_device_eval_batch_size = {out['eval_batch']} rows "
+                         "beside the weights and optimizer states (Trainer requires an eval_dataset for it)")
     if d.get("packing") or d.get("padding_free"):
         underived.append("TRL packing / padding-free batches: one row of packed tokens with position ids; the plan "
                          "takes --batch x --seq as given")

@@ -234,6 +234,24 @@ Assumptions (numbered; notes in the plan refer to them):
     optimizer step before the first forward (``get_batch_samples``, lines 2289-2304) and holds their inputs (ids,
     mask and labels, 3 x 8·b·s int64 bytes per micro-batch) through the step; the plan, as for the manual loop,
     counts no input tensors (not modelled). Measured on a CPU by tests/integrations/test_trainer_loop_plan.py.
+20. ``eval_batch``: evaluation during training (transformers 5.24 ``trainer.py``). ``_inner_training_loop`` calls
+    ``_maybe_log_save_evaluate`` (line 1958) after ``optimizer.step()`` (1943) and ``model.zero_grad()`` (1954,
+    set_to_none: the gradients are None, unless the loop keeps them, assumption 3, or ZeRO/FSDP keep flat
+    buffers); it calls ``evaluate`` (line 2805), which passes ``prediction_loss_only=True`` when there is no
+    ``compute_metrics`` (line 2876), so ``evaluation_loop`` (2904) accumulates the loss only, no logits.
+    ``prediction_step`` (3193) runs ``compute_loss(model, inputs, return_outputs=True)`` under ``torch.no_grad()``
+    after ``model.eval()`` (no checkpointing, no dropout); Trainer sets ``model.config.use_cache =
+    args.use_cache`` (line 646; ``TrainingArguments.use_cache`` defaults to False), so no KV cache. The phase holds
+    the static tensors (weights, quantization constants, adapters, optimizer states, DDP buckets; gradients only
+    where they are kept) and the no-grad forward over ``eval_batch`` x ``seq`` tokens: assumption 7's transient
+    (:func:`prefill_transient`, one block's buffers beside the residual stream) or, at its end, the logits (in
+    lm_head's output dtype, as in training), the final hidden states, ``ForCausalLMLoss``'s fp32 upcast (none when
+    the logits are fp32), ``log_softmax``'s fp32 output (no autograd: nothing else is saved) and the padded and
+    shifted int64 labels (``loss/loss_utils.py`` lines 51-73). The plan's peak is the larger of the training step
+    and this phase (the ``eval_forward`` component; a note says which). The eval inputs, like the training inputs,
+    are not counted. On CUDA the evaluation is planned above the step's cached blocks (not measured on a GPU).
+    Measured on a CPU by tests/integrations/test_trainer_eval_plan.py (tiny Llama, full fine-tune, eval batch 64 x
+    32, fp32 and bf16 weights): the plan 0.6% below the evaluation's peak (the eval inputs, not counted).
 """
 
 from __future__ import annotations
@@ -911,9 +929,11 @@ def _largest_linears(m: ModelSpec) -> tuple[int, int]:
 
 
 def prefill_transient(cfg: PlanConfig, attn: Attention, notes: list, batch: int | None = None,
-                      seq: int | None = None) -> int:
+                      seq: int | None = None, scored: int | None = None) -> int:
     """The largest short-lived buffer of an inference forward over ``seq`` tokens (assumption 7): one block's
-    transient beside the residual stream, or the logits. ``batch``/``seq`` override the configuration's."""
+    transient beside the residual stream, or the logits. ``batch``/``seq`` override the configuration's.
+    ``scored``: the forward also computes transformers' loss without autograd (evaluation, assumption 20) over
+    logits of that many bytes each: the logits, their fp32 upcast and ``log_softmax``'s fp32 output at once."""
     m = cfg.model
     fam = family(m)
     tp = cfg.tp
@@ -962,8 +982,24 @@ def prefill_transient(cfg: PlanConfig, attn: Attention, notes: list, batch: int 
         # product, measured by quantlab validate)
         layer = max(layer, (2 if fam.gated_mlp else 1) * a * T * I // tp + a * largest // tp + stream)
     # a final logit softcap (``logits / cap``, tanh, ``* cap``; families F5) makes a second T x vocab tensor
-    logits = (2 if fam.final_logit_softcap else 1) * a * T * m.vocab_size + a * T * h
+    if scored is None:
+        logits = (2 if fam.final_logit_softcap else 1) * a * T * m.vocab_size + a * T * h
+    else:  # assumption 20: ForCausalLMLoss's ``logits.float()`` (a new tensor unless fp32), ``log_softmax``'s fp32
+        # output, the labels padded by one (int64 b x (s+1)) and their shifted contiguous copy (int64 T)
+        V = m.vocab_size
+        logits = ((2 if fam.final_logit_softcap else 1) * scored * T * V + a * T * h
+                  + (4 * T * V if scored != 4 else 0) + 4 * T * V + 8 * (T + b * (seq + 1)))
     return max(layer, logits)
+
+
+def eval_forward(cfg: PlanConfig, attn: Attention, dtypes: tuple | None = None, batch: int | None = None,
+                 seq: int | None = None) -> int:
+    """The transient of evaluation during training (assumption 20): a no-grad forward over ``batch`` rows
+    (``cfg.eval_batch`` unless given) of ``seq`` tokens that computes the HF loss, beside the static tensors."""
+    _, r, _, amp, _ = dtypes or _dtypes(cfg)
+    b = cfg.eval_batch if batch is None else batch
+    s = (cfg.seq if seq is None else seq) + (cfg.num_virtual_tokens if cfg.method is Method.PROMPT else 0)
+    return prefill_transient(cfg, attn, [], b, s, scored=_NBYTES[cfg.compute_dtype] if amp else r)
 
 
 @model_keyed
@@ -1318,7 +1354,22 @@ def _build_static(cfg: PlanConfig) -> _Static:
 def _shaped(st: _Static, cfg: PlanConfig, b: int, s: int) -> tuple[dict, int, int, int]:
     """(components, dynamic peak, allocated, dynamic peak the allocator plans) of ``st``'s configuration at batch
     ``b`` and sequence ``s``: the last is the dynamic peak with the gradients counted static (assumption 3: freed
-    gradient blocks stay cached; the allocator plans above them), the dynamic peak itself where they are static."""
+    gradient blocks stay cached; the allocator plans above them), the dynamic peak itself where they are static.
+    With evaluation during training (assumption 20) each is the larger of the training step's and the
+    evaluation forward's (``eval_forward``, beside the static tensors only)."""
+    if cfg.eval_batch is None:
+        return _shaped_step(st, cfg, b, s)
+    comps, dynamic, allocated, planned = _shaped_step(st, cfg, b, s)
+    ev = eval_forward(cfg, st.attn, st.dtypes, cfg.eval_batch, s)
+    comps["eval_forward"] = ev
+    if ev > dynamic:
+        dynamic = ev
+        allocated = st.static + ev
+    return comps, dynamic, allocated, max(planned, ev)
+
+
+def _shaped_step(st: _Static, cfg: PlanConfig, b: int, s: int) -> tuple[dict, int, int, int]:
+    """:func:`_shaped` of the training step (or the inference forward) alone."""
     comps = dict(st.head)
     if not st.training:  # assumption 7
         kv = kv_cache(cfg, b, s)
@@ -1378,9 +1429,18 @@ def _plan_from(st: _Static, cfg: PlanConfig, key: tuple | None = None) -> Plan:
     comps["allocator_reserve"] = reserve
     reserved = allocated + reserve
     seq = cfg.seq
+    notes = st.notes if seq <= st.context_len else st.notes_pre + _seq_notes(cfg, seq) + st.notes_post
+    if cfg.eval_batch is not None:
+        notes += (_eval_note(cfg, comps["eval_forward"], allocated - st.static),)
     return Plan(cfg, st.params, st.active, st.trainable, comps, allocated, reserved,
-                reserved + context + st.paged_state,
-                st.notes if seq <= st.context_len else st.notes_pre + _seq_notes(cfg, seq) + st.notes_post)
+                reserved + context + st.paged_state, notes)
+
+
+def _eval_note(cfg: PlanConfig, ev: int, dynamic: int) -> str:
+    """Which phase is the peak (assumption 20)."""
+    which = ("the evaluation forward is the peak" if ev >= dynamic and ev > 0 else "the training step is the peak")
+    return (f"evaluation during training: a no-grad forward over {cfg.eval_batch} rows (per_device_eval_batch_size)"
+            f" beside the weights and optimizer states: {which} (assumption 20)")
 
 
 def plan(cfg: PlanConfig) -> Plan:

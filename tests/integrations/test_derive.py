@@ -103,3 +103,22 @@ def test_derive_plans_trls_fused_head_as_the_trl_fused_loss():
     assert d.config.loss.value == "trl-fused" and d.underived == ()
     smoothed = derive(m, args=dict(args, label_smoothing_factor=0.1), batch=2, seq=24)
     assert smoothed.config.loss.value == "hf" and "label-smoothed" in smoothed.underived[0]
+
+
+@pytest.mark.parametrize("d, want", [
+    ({"output_dir": "x", "eval_strategy": "steps", "per_device_eval_batch_size": 16}, 16),
+    ({"output_dir": "x", "eval_strategy": "IntervalStrategy.EPOCH"}, 8),  # transformers' default eval batch
+    ({"output_dir": "x", "eval_strategy": "no", "per_device_eval_batch_size": 16}, None),
+    ({"output_dir": "x", "per_device_eval_batch_size": 16}, None),
+])
+def test_trainer_args_fields_derive_the_eval_batch_from_the_eval_strategy(d, want):
+    """derive assumption 8: an eval strategy other than "no" is evaluation during training over
+    per_device_eval_batch_size rows (memory assumption 20), and the derivation says so."""
+    f, _, und = trainer_args_fields(d)
+    assert f.get("eval_batch") == want
+    assert any("per_device_eval_batch_size" in n for n in und) == (want is not None)
+
+
+def test_trainer_args_fields_refuses_a_bad_eval_batch():
+    with pytest.raises(QuantlabError, match="per_device_eval_batch_size"):
+        trainer_args_fields({"output_dir": "x", "eval_strategy": "steps", "per_device_eval_batch_size": 0})

@@ -76,3 +76,22 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, content, msg):
 def test_missing_file_is_one_line(tmp_path, capsys):
     rc, _, err = run(capsys, "plan", "--from-trainer-args", str(tmp_path / "nope.json"), "--model", "smollm2-135m")
     assert rc == 2 and "cannot read it" in err and len(err.strip().splitlines()) == 1
+
+
+def test_plans_evaluation_during_training(tmp_path, capsys):
+    """eval_strategy steps: the plan has the evaluation phase (memory assumption 20, derive assumption 8); a large
+    eval batch makes it the peak, as --eval-batch on the command line plans it."""
+    f = _file(tmp_path, dict(ARGS, eval_strategy="steps", per_device_eval_batch_size=64, gradient_accumulation_steps=1))
+    common = ("--model", "smollm2-135m", "--method", "full", "--precision", "fp32", "--seq", "512", "--format", "json")
+    rc, out, err = run(capsys, "plan", "--from-trainer-args", f, *common)
+    assert rc == 0
+    p = json.loads(out)
+    assert p["config"]["eval_batch"] == 64 and "eval_forward" in p["components"]
+    assert "per_device_eval_batch_size = 64" in err
+    assert any("evaluation forward is the peak" in n for n in p["notes"])
+    rc, out2, _ = run(capsys, "plan", *common, "--batch", "8", "--grad-checkpointing", "--training-precision", "amp",
+                      "--compute-dtype", "bf16", "--loop", "trainer", "--eval-batch", "64")
+    assert rc == 0 and json.loads(out2)["peak_allocated_bytes"] == p["peak_allocated_bytes"]
+    f = _file(tmp_path, dict(ARGS, eval_strategy="no", per_device_eval_batch_size=64), "no.json")
+    rc, out, _ = run(capsys, "plan", "--from-trainer-args", f, *common)
+    assert json.loads(out)["config"]["eval_batch"] is None and "eval_forward" not in json.loads(out)["components"]
