@@ -44,7 +44,7 @@ def test_every_field_is_set_to_a_non_default_value_by_the_fixtures():
     other = dataclasses.replace(c, fsdp=None, zero=3, device=DeviceMode.CPU, num_gpus=1, tp=1)
     savers = dataclasses.replace(c, fsdp=None, num_gpus=1, tp=1, grad_accum=1, padding_mask=False, packed=True,
                                  optimizer_in_backward=True)
-    qat = PlanConfig(model=LLAMA, method=Method.FULL, qat_group=16)  # (divides 256 and 688)
+    qat = PlanConfig(model=LLAMA, method=Method.FULL, qat_group=16, eval_batch=4)  # (divides 256 and 688)
     inference = PlanConfig(**INFERENCE)
     for f in dataclasses.fields(PlanConfig):
         assert any(getattr(x, f.name) != getattr(defaults, f.name) for x in (c, other, savers, qat, inference)), f.name

@@ -383,6 +383,10 @@ def derive(model, *, args=None, optimizer=None, batch: int | None = None, seq: i
         fields["loss"] = loss
     if why:
         underived.append(why)
+    if fields.get("eval_batch") and fields.get("loss", "hf") != "hf":  # memory.py assumption 20 is the HF loss's
+        del fields["eval_batch"]
+        underived.append(f"evaluation during training with the {fields['loss']} loss is not planned (memory.py "
+                         "assumption 20 models transformers' loss; TRL's trainers evaluate through the fused head)")
     if batch is not None:
         fields["batch"] = int(batch)
     if seq is not None:

@@ -112,8 +112,20 @@ def check(derived, m, *, where: str) -> Check:
         return Check(derived, m, (), text)
     import textwrap
 
-    rs = rows(derived.config, m)
-    plan = textwrap.fill(f"plan: {describe(derived.config)}", 80, initial_indent="  ", subsequent_indent="    ")
+    cfg = derived.config
+    if getattr(cfg, "eval_batch", None):  # memory.py assumption 20: evaluation is a phase of its own
+        import dataclasses
+
+        from quantlab.planner import plan as _plan
+
+        full = _plan(cfg)
+        cfg = dataclasses.replace(cfg, eval_batch=None)
+        notes.append(f"evaluation during training (eval_batch {derived.config.eval_batch}) is planned as its own "
+                     f"phase, {full.components.get('eval_forward', 0) / 2**20:.2f} MiB of no-grad forward (plan "
+                     f"peak with it: {full.peak_allocated_bytes / 2**20:.2f} MiB); the measured step is a training "
+                     "step, so it is set beside the training step's plan")
+    rs = rows(cfg, m)
+    plan = textwrap.fill(f"plan: {describe(cfg)}", 80, initial_indent="  ", subsequent_indent="    ")
     lines = [table(rs, title=f"quantlab: planned vs measured, {where}\n{plan}")]
     if notes:
         lines.append("notes:")

@@ -171,3 +171,25 @@ def test_embedded_model_trainer_lora_within_2_percent(tmp_path):
     for r in cb.check.rows:
         if r.component != "allocated":
             assert r.ok, cb.check.text
+
+
+def test_an_evaluating_job_sets_its_step_beside_the_training_steps_plan(tmp_path):
+    """With evaluation during training (memory assumption 20) the plan's peak may be the evaluation's; the callback
+    measures a training step, so it sets it beside the plan without the evaluation phase, and says so."""
+    import dataclasses
+
+    from quantlab.integrations.transformers import PlanCheckCallback
+    from quantlab.validate import predict
+
+    from transformers import Trainer
+
+    cb = PlanCheckCallback(print_fn=lambda s: None)
+    args = trainer_args(tmp_path, eval_strategy="steps", eval_steps=100, per_device_eval_batch_size=64)
+    Trainer(model=lora_model(), args=args, train_dataset=token_dataset(), eval_dataset=token_dataset(),
+            callbacks=[cb]).train()
+    c = cb.check
+    assert c.derived.config.eval_batch == 64
+    step = predict(dataclasses.replace(c.derived.config, eval_batch=None))["pred_allocated_bytes"]
+    assert {r.component: r for r in c.rows}["allocated"].planned_bytes == step
+    assert predict(c.derived.config)["pred_allocated_bytes"] > step  # the evaluation is the larger phase here
+    assert "evaluation during training (eval_batch 64)" in c.text

@@ -122,3 +122,19 @@ def test_trainer_args_fields_derive_the_eval_batch_from_the_eval_strategy(d, wan
 def test_trainer_args_fields_refuses_a_bad_eval_batch():
     with pytest.raises(QuantlabError, match="per_device_eval_batch_size"):
         trainer_args_fields({"output_dir": "x", "eval_strategy": "steps", "per_device_eval_batch_size": 0})
+
+
+def test_evaluation_with_trls_fused_head_is_not_planned_and_says_so():
+    """memory assumption 20 models transformers' loss: a TRL-patched model (loss trl-fused) with an eval strategy
+    keeps its plan (no eval_batch: PlanConfig refuses the pair) and says evaluation is not planned."""
+    pytest.importorskip("trl")
+    from trl.trainer.utils import add_fused_lm_head
+
+    m = lora_model(r=8)
+    args = {"output_dir": "x", "per_device_train_batch_size": 2, "eval_strategy": "steps",
+            "per_device_eval_batch_size": 4}
+    assert derive(m, args=args, batch=2, seq=24).config.eval_batch == 4
+    add_fused_lm_head(m.get_base_model(), outputs=("log_probs", "entropy", "is_top1"))
+    d = derive(m, args=args, batch=2, seq=24)
+    assert d.config is not None and d.config.loss.value == "trl-fused" and d.config.eval_batch is None
+    assert any("evaluation during training with the trl-fused loss is not planned" in n for n in d.underived)
