@@ -203,9 +203,9 @@ def test_family_specific_components_are_compared(rows):
 
 def test_the_report_and_measurements_file_take_the_rows(rows, tmp_path):
     """The report writes them like any row. --append-measurements writes the preference rows with their
-    ``preference`` settings, which quantlab.groundtruth re-plans through validate.method_plan to the error validate
-    found, and the adapter row with its ``adapter_size`` (a plan field, re-planned by memory.plan); the PEFT
-    variants have no field in the row format yet and are left out (not re-planned as the base method)."""
+    ``preference`` settings and the PEFT variants' with their ``variant`` settings, which quantlab.groundtruth
+    re-plans through validate.method_plan to the error validate found, and the adapter row with its
+    ``adapter_size`` (a plan field, re-planned by memory.plan): every row, none re-planned as its base method."""
     from quantlab.commands.validate import append_measurements, markdown, write_outputs
     from quantlab.validate import summarize
 
@@ -217,15 +217,16 @@ def test_the_report_and_measurements_file_take_the_rows(rows, tmp_path):
     assert {r["id"] for r in doc["configurations"]} == set(ONE_PER_FAMILY) and len(paths) == 4
     from quantlab.groundtruth import check_row, load_rows
 
-    prefs = [i for i in ONE_PER_FAMILY if i.split("-")[1] in ("dpo", "orpo", "simpo", "kto", "reward", "grpo")]
-    planned = prefs + [i for i in ONE_PER_FAMILY if i.split("-")[1] == "adapter"]
+    planned = list(ONE_PER_FAMILY)
     assert append_measurements(rs, tmp_path / "m.jsonl") == len(planned)
     written = load_rows(tmp_path / "m.jsonl")
     assert sorted(r["id"] for r in written) == sorted(f"quantlab-validate-{i}" for i in planned)
     for w in written:
         r = rows[w["id"][len("quantlab-validate-"):]]
         if r["method"] == "adapter":
-            assert w["adapter_size"] == r["adapter_size"] == 64 and "preference" not in w
+            assert w["adapter_size"] == r["adapter_size"] == 64 and "preference" not in w and "variant" not in w
+        elif "variant" in w:
+            assert w["method"] == r["plans_over"] and w["variant"]["name"] == r["method"] and "preference" not in w
         else:
             assert w["method"] == r["plans_over"] and w["preference"]["objective"] == r["method"]
         c = check_row(w)
