@@ -1090,21 +1090,11 @@ def compare(case: Case, meas: dict) -> dict:
         row.update(predict(pcd))
     row.update(meas)
     totals = GPU_TOTALS if device == "cuda" else CPU_TOTALS
-    oks = []
-    for k in TENSOR_COMPONENTS + totals:
-        m = meas.get(f"meas_{k}_bytes")
-        p = row.get(f"pred_{k}_bytes")
-        if m is None:
-            row[f"err_{k}"] = row[f"diff_{k}_bytes"] = None
-            continue
-        e = error(p, m)
-        row[f"err_{k}"] = e
-        row[f"diff_{k}_bytes"] = p - m
-        oks.append(e is not None and abs(e) <= target(k, device))
+    ok = score(row, TENSOR_COMPONENTS + totals, lambda k: target(k, device))
     if meas.get("meas_allocated_with_workspace_bytes") is not None:  # assumption 5: shown, not a target
         row["err_allocated_with_workspace"] = error(row.get("pred_allocated_bytes"),
                                                     meas["meas_allocated_with_workspace_bytes"])
-    row["ok"] = all(oks)
+    row["ok"] = ok
     if case.expect:  # a known miss: shown with the error it was measured at; the targets are not relaxed
         row["expected_errors"] = dict(case.expect)
     return row
@@ -1168,6 +1158,25 @@ def summarize(rows: list[dict]) -> list[dict]:
                         worst_id=worst[1], worst_under=min(under[0], 0.0),
                         worst_under_id=under[1] if under[0] < 0 else None, target=None, ok=None))
     return out
+
+
+def score(row: dict, keys, target_of, *, missing_fails: bool = False) -> bool:
+    """Set ``err_<k>`` and ``diff_<k>_bytes`` of each of ``keys`` from the row's ``pred_``/``meas_`` bytes, and
+    say whether every measured one is within ``target_of(k)``; an unmeasured key has None for both and counts as a
+    miss only with ``missing_fails`` (one rule for every row maker: validate, validate_grpo, validate_encoder)."""
+    oks = []
+    for k in keys:
+        m, p = row.get(f"meas_{k}_bytes"), row.get(f"pred_{k}_bytes")
+        if m is None:
+            row[f"err_{k}"] = row[f"diff_{k}_bytes"] = None
+            if missing_fails:
+                oks.append(False)
+            continue
+        e = error(p, m)
+        row[f"err_{k}"] = e
+        row[f"diff_{k}_bytes"] = p - m
+        oks.append(e is not None and abs(e) <= target_of(k))
+    return all(oks)
 
 
 def target(component: str, device: str) -> float:

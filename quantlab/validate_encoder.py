@@ -257,7 +257,7 @@ def measure(case: EncoderCase) -> dict:
 def compare(case: EncoderCase, meas: dict) -> dict:
     """One row in :mod:`quantlab.validate`'s schema: conditions, ``pred_``/``meas_`` side by side, ``err_``,
     ``diff_``, ``ok`` over the tensor components (the allocator peak is not planned: assumption 3)."""
-    from quantlab.validate import error, target
+    from quantlab.validate import error, score, target
 
     pred, plan = predict(case)
     spec = case.spec
@@ -271,22 +271,14 @@ def compare(case: EncoderCase, meas: dict) -> dict:
                                device=meas.get("device", "cpu"), loop="transformers Trainer")
     row.update(pred)
     row.update(meas)
-    oks = []
-    for k in COMPONENTS + ("quant_constants", "adapters"):
-        m, p = row.get(f"meas_{k}_bytes"), row.get(f"pred_{k}_bytes")
-        if m is None:
-            row[f"err_{k}"] = row[f"diff_{k}_bytes"] = None
-            oks.append(False)  # a component the planner models and the lab did not measure: not a pass
-            continue
-        e = error(p, m)
-        row[f"err_{k}"] = e
-        row[f"diff_{k}_bytes"] = p - m
-        oks.append(e is not None and abs(e) <= target(k, row["device"]))
+    # a component the planner models and the lab did not measure is not a pass (missing_fails)
+    ok = score(row, COMPONENTS + ("quant_constants", "adapters"), lambda k: target(k, row["device"]),
+               missing_fails=True)
     row["err_allocated"] = None  # assumption 3: not planned, neither a pass nor a fail
     row["allocated_planned"] = False
     if row.get("meas_allocated_peak_bytes") is not None:
         row["err_sum_of_components_vs_peak"] = error(plan.total_bytes, row["meas_allocated_peak_bytes"])
-    row["ok"] = all(oks)
+    row["ok"] = ok
     row["notes"] = list(plan.notes) + [
         "allocated: the encoder planner does not model the allocator peak (quantlab/planner/encoder.py assumption "
         "8); the measured peak is meas_allocated_peak_bytes, shown, not a target"]

@@ -161,7 +161,7 @@ def predict_grpo(cfg, pref) -> dict:
 def compare_grpo(case, meas: dict) -> dict:
     """One row in validate's schema (V2-V4): the case's conditions, the plan of the measured step beside the
     measurement, ``err_`` / ``diff_`` per component and total, ``ok`` against validate's targets."""
-    from quantlab.validate import CPU_TOTALS, TENSOR_COMPONENTS, error, target
+    from quantlab.validate import CPU_TOTALS, TENSOR_COMPONENTS, score, target
 
     pc, pref = case.config, case.variant
     cfg, pr = planned_step(pc, pref, meas)
@@ -180,17 +180,8 @@ def compare_grpo(case, meas: dict) -> dict:
                    lora_dropout=pc.lora_dropout)
     row.update(predict_grpo(cfg, pr))
     row.update(meas)
-    oks = []
-    for k in TENSOR_COMPONENTS + SCORING + CPU_TOTALS + PHASE_TOTALS:
-        m, p = meas.get(f"meas_{k}_bytes"), row.get(f"pred_{k}_bytes")
-        if m is None:
-            row[f"err_{k}"] = row[f"diff_{k}_bytes"] = None
-            continue
-        e = error(p, m)
-        row[f"err_{k}"] = e
-        row[f"diff_{k}_bytes"] = p - m
-        oks.append(e is not None and abs(e) <= target("allocated" if k in PHASE_TOTALS else k, "cpu"))
-    row["ok"] = all(oks)
+    row["ok"] = score(row, TENSOR_COMPONENTS + SCORING + CPU_TOTALS + PHASE_TOTALS,
+                      lambda k: target("allocated" if k in PHASE_TOTALS else k, "cpu"))
     if case.expect:
         row["expected_errors"] = dict(case.expect)
     return row
